@@ -1,0 +1,219 @@
+"""Token packing: latents to tokens and back, per-token coordinates, local-attention windows.
+
+One packed sample is the sequence ``[video tokens | audio tokens | text tokens]`` (dit.md 3.2,
+pipeline.md 6). This module owns every rule about where a token sits in that sequence:
+
+* video patchify is **channel-major** on the way in (``f = c*4 + ph*2 + pw``) and depatchify is
+  **channels-last** on the way out (``f = (ph*2 + pw)*C + c``): dit.md pitfall P1;
+* each token gets a 9-column coordinate row ``(t, h, w, T, H, W, refT, refH, refW)`` (dit.md 3.3);
+* local attention (1080p SR) restricts video queries to +-R latent frames (dit.md 5.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+CoordsStyle = Literal["v1", "v2"]
+
+#: Video patch (time, height, width) of the DiT (dit.md 1.2: t_patch_size 1, patch_size 2).
+PATCH_T, PATCH_H, PATCH_W = 1, 2, 2
+#: v1 text coordinates start at this time offset (dit.md 1.2 ``text_offset``).
+TEXT_OFFSET_V1 = 0
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Sizes of one packed sample.
+
+    Attributes:
+        frames: latent frames T.
+        patch_rows: Hp = h / 2 (latent height over the patch height).
+        patch_cols: Wp = w / 2.
+        audio_tokens: Na = A, one token per audio latent frame.
+        text_tokens: Nt, the true (trimmed) text length.
+    """
+
+    frames: int
+    patch_rows: int
+    patch_cols: int
+    audio_tokens: int
+    text_tokens: int
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.patch_rows * self.patch_cols
+
+    @property
+    def video_tokens(self) -> int:
+        return self.frames * self.tokens_per_frame
+
+    @property
+    def groups(self) -> tuple[int, int, int]:
+        """Token counts per modality in packing order (video, audio, text); dit.md 2.3 ids 0, 1, 2."""
+        return (self.video_tokens, self.audio_tokens, self.text_tokens)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.groups)
+
+
+def token_layout(video_latent: torch.Tensor, audio_latent: torch.Tensor, text_embeds: torch.Tensor) -> TokenLayout:
+    """The layout of ``[video | audio | text]`` for unpacked inputs.
+
+    Args:
+        video_latent: ``[B, C, T, h, w]``; h and w must be even (the 2x2 patch).
+        audio_latent: ``[B, A, C_audio]``.
+        text_embeds: ``[B, Nt, C_text]``.
+
+    Raises:
+        ValueError: on a wrong rank or odd latent height/width.
+    """
+    if video_latent.ndim != 5:
+        raise ValueError(f"video_latent must be [B, C, T, h, w], got shape {tuple(video_latent.shape)}")
+    if audio_latent.ndim != 3 or text_embeds.ndim != 3:
+        raise ValueError(
+            "audio_latent must be [B, A, C] and text_embeds [B, Nt, C]; got "
+            f"{tuple(audio_latent.shape)} and {tuple(text_embeds.shape)}"
+        )
+    _, _, frames, height, width = video_latent.shape
+    if height % PATCH_H or width % PATCH_W:
+        raise ValueError(
+            f"latent height/width must be multiples of the {PATCH_H}x{PATCH_W} patch, got {height}x{width} "
+            "(pixel sizes are rounded down to multiples of 32, pipeline.md 4.1)"
+        )
+    return TokenLayout(frames, height // PATCH_H, width // PATCH_W, audio_latent.shape[1], text_embeds.shape[1])
+
+
+def patchify_video(latent: torch.Tensor) -> torch.Tensor:
+    """Video latent to tokens, channel-major features (dit.md 3.2; P1, P20).
+
+    Token ``n = (t*Hp + y)*Wp + x`` (raster, time slowest); feature ``f = c*4 + ph*2 + pw`` takes
+    ``latent[c, t, 2y+ph, 2x+pw]``. A pure reshape: exact, unlike the reference's TF32-prone conv.
+
+    Args:
+        latent: ``[B, C, T, h, w]``, any dtype, h and w even.
+
+    Returns:
+        ``[B, T*Hp*Wp, C*4]`` in the input dtype.
+    """
+    b, c, t, h, w = latent.shape
+    x = latent.reshape(b, c, t, h // PATCH_H, PATCH_H, w // PATCH_W, PATCH_W)
+    x = x.permute(0, 2, 3, 5, 1, 4, 6)  # b, t, y, x, c, ph, pw
+    return x.reshape(b, t * (h // PATCH_H) * (w // PATCH_W), c * PATCH_H * PATCH_W)
+
+
+def depatchify_video(tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """Output video tokens back to a latent, channels-last features (dit.md 3.8; P1).
+
+    Feature ``f = (ph*2 + pw)*C + c`` goes to ``out[c, t, 2y+ph, 2x+pw]``. This is **not** the
+    inverse of :func:`patchify_video`: the model's final projection is trained for this order.
+
+    Args:
+        tokens: ``[B, Nv, C*4]``.
+        layout: the sample's :class:`TokenLayout`.
+
+    Returns:
+        ``[B, C, T, h, w]``.
+    """
+    b, _, features = tokens.shape
+    c = features // (PATCH_H * PATCH_W)
+    x = tokens.reshape(b, layout.frames, layout.patch_rows, layout.patch_cols, PATCH_H, PATCH_W, c)
+    x = x.permute(0, 6, 1, 2, 4, 3, 5)  # b, c, t, y, ph, x, pw
+    return x.reshape(b, c, layout.frames, layout.patch_rows * PATCH_H, layout.patch_cols * PATCH_W)
+
+
+def grid_coords(
+    size: tuple[int, int, int], reference: tuple[int, int, int], offset: tuple[int, int, int] = (0, 0, 0),
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Coordinate rows for one modality's grid (dit.md 3.3).
+
+    Row n (raster order, first axis slowest) is ``(i0+o0, i1+o1, i2+o2, S0, S1, S2, R0, R1, R2)``.
+
+    Returns:
+        ``[S0*S1*S2, 9]`` float32.
+    """
+    axes = [torch.arange(s, dtype=torch.float32, device=device) + o for s, o in zip(size, offset)]
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    positions = torch.stack([m.reshape(-1) for m in mesh], dim=-1)
+    constants = torch.tensor([*size, *reference], dtype=torch.float32, device=device)
+    return torch.cat([positions, constants.expand(positions.shape[0], 6)], dim=-1)
+
+
+def build_coords(layout: TokenLayout, style: CoordsStyle = "v2", device: torch.device | str | None = None) -> torch.Tensor:
+    """The ``[N, 9]`` coordinate table of a packed sample (dit.md 3.3, pipeline.md 6).
+
+    | modality | grid | reference | offset |
+    |---|---|---|---|
+    | video | (T, Hp, Wp) | (T, Hp, Wp) ("extra" mode) | 0 |
+    | audio v2 | (A, 1, 1) | ((A-1)//4 + 1, 1, 1) | 0 |
+    | text v2 | (Nt, 1, 1) | (1, 1, 1) | t = -Nt |
+    | audio v1 | (A, 1, 1) | (T, 1, 1) | 0 |
+    | text v1 | (Nt, 1, 1) | (2, 1, 1) | t = 0 |
+
+    Args:
+        layout: sizes of the sample.
+        style: ``"v2"`` (base/distill) or ``"v1"`` (super-resolution).
+
+    Returns:
+        ``[N, 9]`` float32 in ``[video | audio | text]`` order.
+
+    Raises:
+        ValueError: for an unknown style.
+    """
+    video_grid = (layout.frames, layout.patch_rows, layout.patch_cols)
+    a, nt = layout.audio_tokens, layout.text_tokens
+    if style == "v2":
+        audio_ref, text_offset = ((a - 1) // 4 + 1) // PATCH_T, -nt
+        text_reference = (1, 1, 1)
+    elif style == "v1":
+        audio_ref, text_offset = layout.frames // PATCH_T, TEXT_OFFSET_V1
+        text_reference = (2, 1, 1)
+    else:
+        raise ValueError(f"coords_style must be 'v1' or 'v2', got {style!r}")
+    return torch.cat(
+        [
+            grid_coords(video_grid, video_grid, device=device),
+            grid_coords((a, 1, 1), (audio_ref, 1, 1), device=device),
+            grid_coords((nt, 1, 1), text_reference, (text_offset, 0, 0), device=device),
+        ]
+    )
+
+
+def local_attention_ranges(layout: TokenLayout, frame_receptive_field: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's (q_range, k_range) half-open pairs for local attention (dit.md 5.2).
+
+    For each latent frame i, video queries of frame i see video keys of frames ``i-R .. i+R``;
+    every video query also sees all audio and text keys; audio and text queries are global.
+    Overlapping q ranges are unioned (one softmax over the union).
+
+    Returns:
+        ``(q_ranges, k_ranges)``, each ``[T + 2, 2]`` int32.
+    """
+    p, nv, n, r = layout.tokens_per_frame, layout.video_tokens, layout.total_tokens, frame_receptive_field
+    q, k = [], []
+    for i in range(layout.frames):
+        q.append((i * p, (i + 1) * p))
+        k.append((max(0, (i - r) * p), min(nv, (i + r + 1) * p)))
+    q += [(0, nv), (nv, n)]
+    k += [(nv, n), (0, n)]
+    return torch.tensor(q, dtype=torch.int32), torch.tensor(k, dtype=torch.int32)
+
+
+def local_attention_mask(
+    layout: TokenLayout, frame_receptive_field: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Boolean ``[N, N]`` mask (True = may attend) equal to the union of :func:`local_attention_ranges`.
+
+    ``M[i, j] = i >= Nv or j >= Nv or |frame(i) - frame(j)| <= R`` with ``frame(n) = n // P``
+    (dit.md 5.2 "SDPA equivalent").
+    """
+    n, nv, p = layout.total_tokens, layout.video_tokens, layout.tokens_per_frame
+    idx = torch.arange(n, device=device)
+    frame = torch.where(idx < nv, idx // max(p, 1), torch.full_like(idx, -1))
+    is_av_text = idx >= nv
+    near = (frame[:, None] - frame[None, :]).abs() <= frame_receptive_field
+    return is_av_text[:, None] | is_av_text[None, :] | near

@@ -1,0 +1,488 @@
+"""The daVinci-MagiHuman single-stream diffusion transformer (dit.md sections 1-4).
+
+Read next to dit.md:
+
+1. ``adapter``: three float32 linear embedders (video 192, audio 64, text 3584 -> hidden) and the
+   Fourier position table (dit.md 3.6, 3.4).
+2. ``block.layers``: 40 pre-norm layers over the joint ``[video | audio | text]`` sequence
+   (dit.md 3.7). Layers in ``mm_layers`` ("sandwich") hold three experts (video, audio, text) for
+   every norm and linear; the others share one. Attention has q/k RMS norms, RoPE, GQA and a
+   per-head sigmoid gate; the MLP is gelu7 (``gelu7_layers``) or interleaved swiglu7.
+3. ``final_norm_*`` / ``final_linear_*``: float32 output heads for video and audio (dit.md 3.8).
+
+Numerics (dit.md 4, P2, P3): the residual stream is float32; every block GEMM takes bf16 inputs
+and bf16 weights and produces a bf16 result that is widened to float32; norms, RoPE, the gate and
+the activation run in float32. The model has no timestep input: it maps noisy latents (and the
+text) to the flow-matching velocity ``eps - x0``.
+
+Parameter names equal the official checkpoint keys, so loading needs no rename table (dit.md 2).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from .attention import AttentionBackend, get_attention_backend
+from .packing import (
+    CoordsStyle,
+    TokenLayout,
+    build_coords,
+    depatchify_video,
+    local_attention_mask,
+    patchify_video,
+    token_layout,
+)
+from .rope import FourierTable, apply_rope
+
+#: RMSNorm epsilon of every norm in the model (dit.md 3.7, P4).
+NORM_EPS = 1e-6
+#: Activation constants of gelu7/swiglu7 (dit.md 3.7 MLP step 3, P8, P9).
+ACT_CLAMP = 7.0
+ACT_SIGMOID_SCALE = 1.702
+#: The 15B layout (dit.md 1.1).
+OFFICIAL_MM_LAYERS = (0, 1, 2, 3, 36, 37, 38, 39)
+OFFICIAL_GELU7_LAYERS = (0, 1, 2, 3)
+#: The 1080p SR recipe's local-attention layers: all but 3, 7, ..., 31 (dit.md 1.3).
+SR1080_LOCAL_ATTN_LAYERS = tuple(i for i in range(40) if i not in (3, 7, 11, 15, 19, 23, 27, 31))
+#: Keys of the block linears, which are stored and computed in bf16 (dit.md 2.2, 2.6).
+BLOCK_LINEAR_SUFFIXES = ("linear_qkv.weight", "linear_proj.weight", "up_gate_proj.weight", "down_proj.weight")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
+    """``x * rsqrt(mean(x^2) + eps) * (weight + 1)`` over the last dim, in float32 (dit.md 3.7, P4).
+
+    Args:
+        x: ``[..., n]`` any float dtype.
+        weight: ``[n]`` float32, stored as ``gain - 1`` (zero-initialised).
+
+    Returns:
+        ``[..., n]`` float32.
+    """
+    x = x.float()
+    normed = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return normed * (weight.float() + 1)
+
+
+def split_groups(x: torch.Tensor, groups: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """Split ``[B, N, ...]`` along the token dim into the (video, audio, text) groups."""
+    return torch.split(x, list(groups), dim=1)
+
+
+class ExpertRMSNorm(nn.Module):
+    """RMSNorm with one gain per modality in sandwich layers (dit.md 2.3: weight ``[video|audio|text]``).
+
+    Args:
+        dim: normalised width (hidden size, or head_dim for q/k norms).
+        num_experts: 3 in ``mm_layers``, else 1 (shared by all tokens).
+    """
+
+    def __init__(self, dim: int, num_experts: int):
+        super().__init__()
+        self.dim, self.num_experts = dim, num_experts
+        self.weight = nn.Parameter(torch.zeros(dim * num_experts, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
+        """``x [B, N, ..., dim]`` -> float32 of the same shape, expert m applied to group m."""
+        if self.num_experts == 1:
+            return rms_norm(x, self.weight)
+        weights = self.weight.view(self.num_experts, self.dim)
+        return torch.cat([rms_norm(part, w) for part, w in zip(split_groups(x, groups), weights)], dim=1)
+
+
+class ExpertLinear(nn.Module):
+    """Bias-free block linear with per-modality experts stacked along the output dim (dit.md 2.3).
+
+    The weight is ``[out * num_experts, in]`` in bf16 (dit.md 2.6). The input is cast to the weight
+    dtype and the output stays in it (a bf16 GEMM with a bf16 result, P2). In sandwich layers each
+    expert runs as its own GEMM over its group's rows (dit.md 3.5: M = Nv, Na, Nt), which the
+    golden vectors need for bit-equality.
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_experts: int, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.in_features, self.out_features, self.num_experts = in_features, out_features, num_experts
+        self.weight = nn.Parameter(torch.empty(out_features * num_experts, in_features, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
+        """``x [B, N, in]`` -> ``[B, N, out]`` in the weight dtype."""
+        x = x.to(self.weight.dtype)
+        if self.num_experts == 1:
+            return F.linear(x, self.weight)
+        weights = self.weight.view(self.num_experts, self.out_features, self.in_features)
+        return torch.cat([F.linear(part, w) for part, w in zip(split_groups(x, groups), weights)], dim=1)
+
+
+def gelu7(x: torch.Tensor) -> torch.Tensor:
+    """``min(x, 7) * sigmoid(1.702 * min(x, 7))`` in float32, no gating (dit.md 3.7, P9)."""
+    a = x.float().clamp(max=ACT_CLAMP)
+    return a * torch.sigmoid(ACT_SIGMOID_SCALE * a)
+
+
+def swiglu7(x: torch.Tensor) -> torch.Tensor:
+    """Interleaved swiglu7 (dit.md 2.5, 3.7, P8): even columns gate, odd columns are the linear branch.
+
+    ``out_j = (a_j * sigmoid(1.702 a_j)) * (b_j + 1)`` with ``a = min(x[2j], 7)`` and
+    ``b = clamp(x[2j+1], -7, 7)``. Input ``[..., 2I]``, output ``[..., I]`` float32.
+    """
+    x = x.float()
+    a = x[..., 0::2].clamp(max=ACT_CLAMP)
+    b = x[..., 1::2].clamp(min=-ACT_CLAMP, max=ACT_CLAMP)
+    return (a * torch.sigmoid(ACT_SIGMOID_SCALE * a)) * (b + 1)
+
+
+def swiglu7_intermediate(hidden_size: int) -> int:
+    """``floor(floor(hidden*4*2/3)/4)*4`` = 13652 for 5120 (dit.md 1.1)."""
+    return (hidden_size * 4 * 2 // 3) // 4 * 4
+
+
+class Attention(nn.Module):
+    """Gated GQA self-attention sub-block with pre-norm (dit.md 3.7 "Attention sub-block").
+
+    ``linear_qkv`` rows per expert: ``[Q (Hq*d) | K (Hkv*d) | V (Hkv*d) | gate (Hq)]`` (dit.md 2.4, P6).
+    """
+
+    def __init__(self, hidden_size: int, head_dim: int, num_kv_heads: int, num_experts: int, gating: bool):
+        super().__init__()
+        self.head_dim = head_dim
+        self.num_heads = hidden_size // head_dim
+        self.num_kv_heads = num_kv_heads
+        self.gating = gating
+        qkv_out = (self.num_heads + 2 * num_kv_heads) * head_dim + (self.num_heads if gating else 0)
+        self.pre_norm = ExpertRMSNorm(hidden_size, num_experts)
+        self.linear_qkv = ExpertLinear(hidden_size, qkv_out, num_experts)
+        self.linear_proj = ExpertLinear(self.num_heads * head_dim, hidden_size, num_experts)
+        self.q_norm = ExpertRMSNorm(head_dim, num_experts)
+        self.k_norm = ExpertRMSNorm(head_dim, num_experts)
+
+    def forward(
+        self, x: torch.Tensor, rope: torch.Tensor, groups: Sequence[int],
+        attend: AttentionBackend, mask: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """``x [B, N, hidden]`` float32 residual -> the bf16 output projection ``[B, N, hidden]``."""
+        b, n, _ = x.shape
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        # 1-2. pre-norm (fp32 -> bf16) and the fused qkv+gate GEMM, widened to fp32.
+        qkvg = self.linear_qkv(self.pre_norm(x, groups), groups).float()
+        q, k, v, gate = torch.split(qkvg, [hq * d, hkv * d, hkv * d, qkvg.shape[-1] - (hq + 2 * hkv) * d], dim=-1)
+        # 3-4. per-head q/k RMS norms in fp32 (V is not normalised, P4).
+        q = self.q_norm(q.reshape(b, n, hq, d), groups)
+        k = self.k_norm(k.reshape(b, n, hkv, d), groups)
+        # 5-6. RoPE in fp32 on the first 6B dims.
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        # 7. bf16 attention over all tokens, [B, H, N, d] layout.
+        dtype = self.linear_qkv.weight.dtype
+        heads = attend(
+            q.to(dtype).transpose(1, 2), k.to(dtype).transpose(1, 2),
+            v.reshape(b, n, hkv, d).to(dtype).transpose(1, 2), mask,
+        ).transpose(1, 2)
+        # 9. per-head sigmoid gate on the fp32 attention output (P7).
+        heads = heads.float()
+        if self.gating:
+            heads = heads * torch.sigmoid(gate)[..., None]
+        # 10. bf16 output projection (bf16 result, added to the fp32 residual by the caller).
+        return self.linear_proj(heads.reshape(b, n, hq * d), groups)
+
+
+class MLP(nn.Module):
+    """Pre-norm MLP sub-block: gelu7 at 4x width, or interleaved swiglu7 (dit.md 3.7 "MLP sub-block")."""
+
+    def __init__(self, hidden_size: int, num_experts: int, gelu7_layer: bool):
+        super().__init__()
+        self.activation = gelu7 if gelu7_layer else swiglu7
+        intermediate = 4 * hidden_size if gelu7_layer else swiglu7_intermediate(hidden_size)
+        up_out = intermediate if gelu7_layer else 2 * intermediate
+        self.pre_norm = ExpertRMSNorm(hidden_size, num_experts)
+        self.up_gate_proj = ExpertLinear(hidden_size, up_out, num_experts)
+        self.down_proj = ExpertLinear(intermediate, hidden_size, num_experts)
+
+    def forward(self, x: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
+        """``x [B, N, hidden]`` float32 -> ``[B, N, hidden]`` float32 (the widened bf16 down GEMM)."""
+        up = self.up_gate_proj(self.pre_norm(x, groups), groups).float()
+        return self.down_proj(self.activation(up), groups).float()
+
+
+class TransformerLayer(nn.Module):
+    """One pre-norm layer: ``x += attn(x)``, ``x += mlp(x)``, residual in float32 (dit.md 3.7)."""
+
+    def __init__(self, hidden_size: int, head_dim: int, num_kv_heads: int, *, experts: int, gelu7_layer: bool,
+                 local: bool, gating: bool):
+        super().__init__()
+        self.local = local
+        self.attention = Attention(hidden_size, head_dim, num_kv_heads, experts, gating)
+        self.mlp = MLP(hidden_size, experts, gelu7_layer)
+
+    def forward(self, x, rope, groups, attend, local_mask):
+        x = x + self.attention(x, rope, groups, attend, local_mask if self.local else None)
+        return x + self.mlp(x, groups)
+
+
+class Adapter(nn.Module):
+    """Input embedders (float32 ``nn.Linear`` with bias) and the position table (dit.md 2.1, 3.6)."""
+
+    def __init__(self, hidden_size: int, head_dim: int, video_in: int, audio_in: int, text_in: int):
+        super().__init__()
+        self.video_embedder = nn.Linear(video_in, hidden_size)
+        self.text_embedder = nn.Linear(text_in, hidden_size)
+        self.audio_embedder = nn.Linear(audio_in, hidden_size)
+        self.rope = FourierTable(head_dim)
+
+    def forward(self, video_tokens, audio_tokens, text_tokens) -> torch.Tensor:
+        """``[B, Nv, 192]``, ``[B, Na, 64]``, ``[B, Nt, C_text]`` -> ``[B, N, hidden]`` float32."""
+        return torch.cat(
+            [
+                self.video_embedder(video_tokens.float()),
+                self.audio_embedder(audio_tokens.float()),
+                self.text_embedder(text_tokens.float()),
+            ],
+            dim=1,
+        )
+
+
+class Block(nn.Module):
+    """``block.layers``: the stack of transformer layers (official key prefix)."""
+
+    def __init__(self, layers: Sequence[TransformerLayer]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+
+class MagiHumanTransformer(ModelMixin, ConfigMixin):
+    """The daVinci-MagiHuman DiT. ``MagiHumanTransformer()`` is the published 15B configuration.
+
+    Config fields keep the official names (dit.md 1.1). The state dict has exactly the official
+    keys, shapes and dtypes: 331 entries for the 15B config, block linears bf16, everything else
+    float32 (dit.md 2).
+
+    Args:
+        num_layers: transformer layers (40).
+        hidden_size: residual width (5120).
+        head_dim: per-head width (128); query heads = hidden_size // head_dim.
+        num_query_groups: K/V heads for GQA (8).
+        video_in_channels: patchified video token width (192 = 48 x 1 x 2 x 2).
+        audio_in_channels: audio latent channels (64).
+        text_in_channels: text encoder width (3584).
+        mm_layers: layers with per-modality experts (sandwich).
+        gelu7_layers: layers with the gelu7 MLP; the others use swiglu7.
+        local_attn_layers: layers with the +-frame_receptive_field local window (1080p SR only).
+        enable_attn_gating: per-head sigmoid gates (True).
+    """
+
+    config_name = "config.json"
+    _supports_gradient_checkpointing = False
+    _no_split_modules = ["TransformerLayer"]
+    _repeated_blocks = ["TransformerLayer"]
+    _keep_in_fp32_modules = ["adapter", "final_norm_video", "final_norm_audio", "final_linear_video",
+                             "final_linear_audio", "pre_norm", "q_norm", "k_norm"]
+    _skip_layerwise_casting_patterns = ["adapter", "norm", "final_linear"]
+
+    @register_to_config
+    def __init__(
+        self,
+        num_layers: int = 40,
+        hidden_size: int = 5120,
+        head_dim: int = 128,
+        num_query_groups: int = 8,
+        video_in_channels: int = 192,
+        audio_in_channels: int = 64,
+        text_in_channels: int = 3584,
+        mm_layers: Sequence[int] = OFFICIAL_MM_LAYERS,
+        gelu7_layers: Sequence[int] = OFFICIAL_GELU7_LAYERS,
+        local_attn_layers: Sequence[int] = (),
+        enable_attn_gating: bool = True,
+    ):
+        super().__init__()
+        _check_config(num_layers, hidden_size, head_dim, num_query_groups, video_in_channels,
+                      mm_layers, gelu7_layers, local_attn_layers)
+        # 1. embedders and position table
+        self.adapter = Adapter(hidden_size, head_dim, video_in_channels, audio_in_channels, text_in_channels)
+        # 2. layers
+        self.block = Block(
+            TransformerLayer(
+                hidden_size, head_dim, num_query_groups,
+                experts=3 if i in mm_layers else 1, gelu7_layer=i in gelu7_layers,
+                local=i in local_attn_layers, gating=enable_attn_gating,
+            )
+            for i in range(num_layers)
+        )
+        # 3. output heads
+        self.final_norm_video = ExpertRMSNorm(hidden_size, 1)
+        self.final_norm_audio = ExpertRMSNorm(hidden_size, 1)
+        self.final_linear_video = nn.Linear(hidden_size, video_in_channels, bias=False)
+        self.final_linear_audio = nn.Linear(hidden_size, audio_in_channels, bias=False)
+        self._attention: AttentionBackend = get_attention_backend("sdpa")
+
+    # ----------------------------------------------------------------------------------- runtime
+    def set_attention_backend(self, backend: str | AttentionBackend) -> None:
+        """Choose the attention kernel: a registered name (``"sdpa"``, ``"math"``) or a callable
+        ``(q [B,Hq,N,D], k, v [B,Hkv,N,D], mask [N,N] | None) -> [B,Hq,N,D]`` (see ``attention.py``)."""
+        self._attention = get_attention_backend(backend) if isinstance(backend, str) else backend
+
+    @property
+    def num_heads(self) -> int:
+        return self.config.hidden_size // self.config.head_dim
+
+    @property
+    def latent_channels(self) -> int:
+        """Video latent channels C with ``video_in_channels = C * 4`` (48)."""
+        return self.config.video_in_channels // 4
+
+    # ----------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        video_latent: torch.Tensor,
+        audio_latent: torch.Tensor,
+        text_embeds: torch.Tensor,
+        *,
+        coords_style: CoordsStyle = "v2",
+        frame_receptive_field: int = 11,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict flow-matching velocities ``eps - x0`` for the video and audio latents.
+
+        Args:
+            video_latent: ``[B, 48, T, h, w]`` float32 noisy video latent (normalised Wan2.2 space);
+                h and w even.
+            audio_latent: ``[B, A, 64]`` float32 noisy audio latent, time-major.
+            text_embeds: ``[B, Nt, C_text]`` float32 text encoder states, already trimmed to the true
+                length (padding tokens are dropped, never masked: dit.md 3.2, P13).
+            coords_style: ``"v2"`` for base/distill, ``"v1"`` for the super-resolution model (dit.md 3.3).
+            frame_receptive_field: half-width in latent frames of the local-attention window, used only
+                by ``local_attn_layers`` (dit.md 5.2); ``-1`` makes those layers global.
+
+        Returns:
+            ``(video_velocity [B, 48, T, h, w], audio_velocity [B, A, 64])``, float32.
+
+        Raises:
+            ValueError: for shapes that do not match the config, unequal batch sizes, an unknown
+                coords style, or v1 coordinates with a single text token (dit.md 3.4).
+        """
+        self._check_inputs(video_latent, audio_latent, text_embeds)
+        layout = token_layout(video_latent, audio_latent, text_embeds)
+        device = video_latent.device
+        # 1. positions: coordinates -> Fourier table (shared by every layer and head).
+        rope = self.adapter.rope(build_coords(layout, coords_style, device=device))
+        local_mask = self._local_mask(layout, frame_receptive_field, device)
+        # 2. tokens -> float32 residual stream [B, N, hidden].
+        x = self.adapter(patchify_video(video_latent), audio_latent, text_embeds)
+        # 3. layers.
+        for layer in self.block.layers:
+            x = layer(x, rope, layout.groups, self._attention, local_mask)
+        # 4. output heads (text rows produce nothing, dit.md 3.8).
+        x_video, x_audio, _ = split_groups(x, layout.groups)
+        video_tokens = self.final_linear_video(self.final_norm_video(x_video, layout.groups))
+        audio_velocity = self.final_linear_audio(self.final_norm_audio(x_audio, layout.groups))
+        return depatchify_video(video_tokens, layout), audio_velocity
+
+    def _local_mask(self, layout: TokenLayout, frame_receptive_field: int, device) -> Optional[torch.Tensor]:
+        if not self.config.local_attn_layers or frame_receptive_field < 0:
+            return None
+        if frame_receptive_field >= layout.frames:  # the window already covers every frame
+            return None
+        return local_attention_mask(layout, frame_receptive_field, device=device)
+
+    def _check_inputs(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> None:
+        cfg = self.config
+        expected = {
+            "video_latent": (5, 1, self.latent_channels),
+            "audio_latent": (3, 2, cfg.audio_in_channels),
+            "text_embeds": (3, 2, cfg.text_in_channels),
+        }
+        for name, tensor in (("video_latent", video), ("audio_latent", audio), ("text_embeds", text)):
+            ndim, channel_dim, channels = expected[name]
+            if tensor.ndim != ndim or tensor.shape[channel_dim] != channels:
+                raise ValueError(
+                    f"{name} has shape {tuple(tensor.shape)}; expected {ndim} dims with {channels} channels "
+                    f"in dim {channel_dim} for this model config"
+                )
+        if not video.shape[0] == audio.shape[0] == text.shape[0]:
+            raise ValueError(
+                f"batch sizes differ: video {video.shape[0]}, audio {audio.shape[0]}, text {text.shape[0]}"
+            )
+
+    # ----------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_official(
+        cls, folder: str | Path, *, device: str | torch.device = "cpu", progress: bool = True, **config_fields
+    ) -> "MagiHumanTransformer":
+        """Load a published checkpoint folder (``base``, ``distill``, ``540p_sr``, ``1080p_sr``) unchanged.
+
+        Reads ``model.safetensors`` or the shards of ``model.safetensors.index.json`` (``<shard>.zst``
+        preferred when present), strictly: any missing, unexpected or mis-shaped key raises one
+        :class:`~magihuman.checkpoint.CheckpointError` listing them all (dit.md 7, P17). Tensors are
+        cast as the reference does: block linears to bf16, everything else float32 (dit.md 2.6).
+        ``adapter.rope.bands`` keeps the checkpoint's value, or the formula if absent (P18).
+        The model is built on the meta device and the loaded tensors are assigned, so peak host
+        memory is about one copy of the weights plus one shard.
+
+        Args:
+            folder: the checkpoint folder.
+            device: where the weights end up.
+            progress: show a progress bar over shards.
+            **config_fields: config overrides (none: the 15B configuration; e.g.
+                ``local_attn_layers=SR1080_LOCAL_ATTN_LAYERS`` for the 1080p SR recipe).
+
+        Raises:
+            CheckpointError: for a folder that is not a checkpoint or keys that do not match.
+        """
+        from .checkpoint import expected_from_module, load_official_state_dict
+
+        with torch.device("meta"):
+            model = cls(**config_fields)
+        state = load_official_state_dict(
+            folder, expected_from_module(model), device=device, progress=progress, optional={"adapter.rope.bands"}
+        )
+        if "adapter.rope.bands" not in state:
+            state["adapter.rope.bands"] = FourierTable(model.config.head_dim).bands
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.to(device).eval()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> "MagiHumanTransformer":
+        """diffusers ``from_pretrained`` (a folder written by ``save_pretrained``), keeping block
+        linears in their stored dtype unless ``torch_dtype`` is given explicitly."""
+        model = super().from_pretrained(*args, **kwargs)
+        if kwargs.get("torch_dtype") is None:
+            model.restore_official_dtypes()
+        return model
+
+    def restore_official_dtypes(self) -> "MagiHumanTransformer":
+        """Cast block linears to bf16 and everything else to float32 (dit.md 2.6)."""
+        for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
+            want = torch.bfloat16 if name.endswith(BLOCK_LINEAR_SUFFIXES) else torch.float32
+            if tensor.dtype != want:
+                tensor.data = tensor.data.to(want)
+        return self
+
+    @staticmethod
+    def is_block_linear(key: str) -> bool:
+        return key.endswith(BLOCK_LINEAR_SUFFIXES)
+
+
+def _check_config(num_layers, hidden_size, head_dim, num_query_groups, video_in_channels,
+                  mm_layers, gelu7_layers, local_attn_layers) -> None:
+    if head_dim <= 0 or hidden_size % head_dim:
+        raise ValueError(f"hidden_size ({hidden_size}) must be a positive multiple of head_dim ({head_dim})")
+    heads = hidden_size // head_dim
+    if num_query_groups <= 0 or heads % num_query_groups:
+        raise ValueError(f"query heads ({heads}) must be a multiple of num_query_groups ({num_query_groups})")
+    if video_in_channels % 4:
+        raise ValueError(f"video_in_channels ({video_in_channels}) must be latent channels x 4 (the 1x2x2 patch)")
+    for name, layers in (("mm_layers", mm_layers), ("gelu7_layers", gelu7_layers),
+                         ("local_attn_layers", local_attn_layers)):
+        outside = [i for i in layers if not 0 <= i < num_layers]
+        if outside:
+            raise ValueError(f"{name} lists layers {outside} outside 0..{num_layers - 1}")
+
+
+def parameter_count(config: dict | None = None) -> int:
+    """Number of state-dict elements of a config, computed on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = MagiHumanTransformer(**(config or {}))
+    return sum(math.prod(t.shape) for t in model.state_dict().values())
