@@ -38,3 +38,17 @@ def examples_dir() -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _demo_bundle_location(tmp_path_factory):
+    """Build the demo bundle once per test session in a temporary folder (never in the user's cache)."""
+    os.environ["MAGIHUMAN_DEMO_DIR"] = str(tmp_path_factory.mktemp("demo") / "bundle")
+    yield
+
+
+@pytest.fixture(scope="session")
+def demo_root() -> Path:
+    from magihuman.demo import ensure_demo_bundle
+
+    return ensure_demo_bundle()

@@ -1,0 +1,772 @@
+"""Wan2.2 video VAE: official ``Wan2.2_VAE.pth`` loading into diffusers' ``AutoencoderKLWan``.
+
+Fact sheet: ``codecs.md`` section 2 (architecture, key layout, conversion rules) and ``pipeline.md``
+section 4.2 (the 48-channel latent normalisation), 7.1 (image encode) and 9.1 (decode).
+
+The VAE itself is diffusers' ``AutoencoderKLWan``; this module only
+
+* converts the original key layout into diffusers names (:func:`convert_wan22_state_dict`),
+* loads checkpoints strictly without holding the weights twice (:func:`load_wan22_vae`),
+* owns the latent normalisation that the reference keeps inside its wrapper (:class:`VideoVAE`),
+* writes tiny random checkpoints in the original layout for demos and tests
+  (:func:`save_random_official`).
+
+Latent normalisation and bf16 (decision, ``pipeline.md`` 4.2 / 7.1, ``codecs.md`` 2.1 and pitfall 5):
+the reference casts its mean/std to the weight dtype and computes ``1/std`` in that dtype, so with the
+production bf16 weights ``(mu - mean) * (1/std)`` and ``z / (1/std) + mean`` run in bf16.
+:class:`VideoVAE` does the same: the constants are cast to the model dtype, ``1/std`` is computed in
+it, and both formulas run in it (plain fp32 for an fp32 model). The bf16 constants are then bit-equal
+to the golden ``wrapper_mean_bf16`` / ``wrapper_inv_std_bf16``, and the decoder receives exactly the
+reference's bf16 latent. Measured against the golden bf16 tensors (diffusers network in bf16):
+
+* encode.latent: rel_l2 0.01276 (max 0.034) with bf16 normalisation vs 0.01284 (max 0.036) in fp32;
+* decode.video: rel_l2 0.02943 (max 0.237) vs 0.02941 (max 0.229): equal within noise.
+
+The remaining gap is diffusers' RMS norm, which upcasts to fp32 where the reference does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "WAN22_LATENT_MEAN",
+    "WAN22_LATENT_STD",
+    "WAN22_CHECKPOINT_NAME",
+    "VideoVAE",
+    "convert_wan22_state_dict",
+    "load_state_dict_strict",
+    "load_wan22_vae",
+    "official_wan22_key_shapes",
+    "save_random_official",
+    "wan22_vae_config",
+]
+
+#: File name of the original checkpoint inside ``Wan-AI/Wan2.2-TI2V-5B`` (codecs.md 2.2).
+WAN22_CHECKPOINT_NAME = "Wan2.2_VAE.pth"
+
+#: Per-channel latent mean, channels 0..47 (pipeline.md 4.2).
+WAN22_LATENT_MEAN: tuple[float, ...] = (
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813,
+    0.0891, 0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108,
+    -0.2158, 0.2502, -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313,
+    -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944,
+    0.3573, -0.0548, -0.1681, -0.0667,
+)  # fmt: skip
+
+#: Per-channel latent standard deviation, channels 0..47 (pipeline.md 4.2).
+WAN22_LATENT_STD: tuple[float, ...] = (
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+)  # fmt: skip
+
+_DIM_MULT = (1, 2, 4, 4)
+_NUM_RES_BLOCKS = 2
+_TEMPORAL_DOWNSAMPLE = (False, True, True)
+_PATCH = 2
+_IMAGE_CHANNELS = 3
+_PATCHED_CHANNELS = _IMAGE_CHANNELS * _PATCH * _PATCH  # 12
+_SPATIAL_STRIDE = 16
+_TEMPORAL_STRIDE = 4
+
+_DIFFUSERS_CONFIG = "config.json"
+_DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+_DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+def wan22_vae_config(base_dim: int = 160, decoder_base_dim: int = 256, z_dim: int = 48) -> dict:
+    """Keyword arguments for ``diffusers.AutoencoderKLWan`` describing a Wan2.2 VAE (codecs.md 2.3).
+
+    Args:
+        base_dim: Encoder base width (official 160).
+        decoder_base_dim: Decoder base width (official 256; the reference never overrides it).
+        z_dim: Latent channels (official 48). The normalisation constants have 48 entries; for any
+            other ``z_dim`` they are omitted and diffusers' defaults are kept (unused by this module).
+
+    Returns:
+        A fresh dict, e.g. ``AutoencoderKLWan(**wan22_vae_config())`` builds the 704.7 M-parameter
+        official model.
+
+    Raises:
+        ValueError: If a width is not a positive integer.
+    """
+    for name, value in (("base_dim", base_dim), ("decoder_base_dim", decoder_base_dim), ("z_dim", z_dim)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    config = {
+        "base_dim": base_dim,
+        "decoder_base_dim": decoder_base_dim,
+        "z_dim": z_dim,
+        "dim_mult": list(_DIM_MULT),
+        "num_res_blocks": _NUM_RES_BLOCKS,
+        "attn_scales": [],
+        "temperal_downsample": list(_TEMPORAL_DOWNSAMPLE),
+        "is_residual": True,
+        "in_channels": _PATCHED_CHANNELS,
+        "out_channels": _PATCHED_CHANNELS,
+        "patch_size": _PATCH,
+        "scale_factor_temporal": _TEMPORAL_STRIDE,
+        "scale_factor_spatial": _SPATIAL_STRIDE,
+    }
+    if z_dim == len(WAN22_LATENT_MEAN):
+        config["latents_mean"] = list(WAN22_LATENT_MEAN)
+        config["latents_std"] = list(WAN22_LATENT_STD)
+    return config
+
+
+# --------------------------------------------------------------------------------------------------
+# Original key layout (codecs.md 2.1, 2.2)
+# --------------------------------------------------------------------------------------------------
+
+
+def _residual_shapes(prefix: str, in_dim: int, out_dim: int) -> dict[str, tuple[int, ...]]:
+    """Original ``ResidualBlock`` keys (codecs.md 2.1: RMS, SiLU, conv, RMS, SiLU, dropout, conv)."""
+    shapes = {
+        f"{prefix}.residual.0.gamma": (in_dim, 1, 1, 1),
+        f"{prefix}.residual.2.weight": (out_dim, in_dim, 3, 3, 3),
+        f"{prefix}.residual.2.bias": (out_dim,),
+        f"{prefix}.residual.3.gamma": (out_dim, 1, 1, 1),
+        f"{prefix}.residual.6.weight": (out_dim, out_dim, 3, 3, 3),
+        f"{prefix}.residual.6.bias": (out_dim,),
+    }
+    if in_dim != out_dim:
+        shapes[f"{prefix}.shortcut.weight"] = (out_dim, in_dim, 1, 1, 1)
+        shapes[f"{prefix}.shortcut.bias"] = (out_dim,)
+    return shapes
+
+
+def _middle_shapes(prefix: str, dim: int) -> dict[str, tuple[int, ...]]:
+    """Original ``middle`` keys: residual, single-head attention, residual (codecs.md 2.1/2.2)."""
+    shapes = _residual_shapes(f"{prefix}.0", dim, dim)
+    shapes.update(
+        {
+            f"{prefix}.1.norm.gamma": (dim, 1, 1),
+            f"{prefix}.1.to_qkv.weight": (3 * dim, dim, 1, 1),
+            f"{prefix}.1.to_qkv.bias": (3 * dim,),
+            f"{prefix}.1.proj.weight": (dim, dim, 1, 1),
+            f"{prefix}.1.proj.bias": (dim,),
+        }
+    )
+    shapes.update(_residual_shapes(f"{prefix}.2", dim, dim))
+    return shapes
+
+
+def _encoder_shapes(dim: int, z_dim: int) -> dict[str, tuple[int, ...]]:
+    """Original ``encoder.*`` keys for encoder base width ``dim`` (codecs.md 2.1, 2.2)."""
+    dims = [dim * m for m in (1, *_DIM_MULT)]
+    shapes = {"encoder.conv1.weight": (dim, _PATCHED_CHANNELS, 3, 3, 3), "encoder.conv1.bias": (dim,)}
+    for s in range(len(_DIM_MULT)):
+        in_dim, out_dim = dims[s], dims[s + 1]
+        for j in range(_NUM_RES_BLOCKS):
+            prefix = f"encoder.downsamples.{s}.downsamples.{j}"
+            shapes.update(_residual_shapes(prefix, in_dim if j == 0 else out_dim, out_dim))
+        if s < len(_DIM_MULT) - 1:
+            prefix = f"encoder.downsamples.{s}.downsamples.{_NUM_RES_BLOCKS}"
+            shapes[f"{prefix}.resample.1.weight"] = (out_dim, out_dim, 3, 3)
+            shapes[f"{prefix}.resample.1.bias"] = (out_dim,)
+            if _TEMPORAL_DOWNSAMPLE[s]:
+                shapes[f"{prefix}.time_conv.weight"] = (out_dim, out_dim, 3, 1, 1)
+                shapes[f"{prefix}.time_conv.bias"] = (out_dim,)
+    top = dims[-1]
+    shapes.update(_middle_shapes("encoder.middle", top))
+    shapes["encoder.head.0.gamma"] = (top, 1, 1, 1)
+    shapes["encoder.head.2.weight"] = (2 * z_dim, top, 3, 3, 3)
+    shapes["encoder.head.2.bias"] = (2 * z_dim,)
+    return shapes
+
+
+def _decoder_shapes(dim: int, z_dim: int) -> dict[str, tuple[int, ...]]:
+    """Original ``decoder.*`` keys for decoder base width ``dim`` (codecs.md 2.1, 2.2)."""
+    mults = (_DIM_MULT[-1], *_DIM_MULT[::-1])
+    dims = [dim * m for m in mults]
+    temporal_upsample = _TEMPORAL_DOWNSAMPLE[::-1]
+    shapes = {"decoder.conv1.weight": (dims[0], z_dim, 3, 3, 3), "decoder.conv1.bias": (dims[0],)}
+    shapes.update(_middle_shapes("decoder.middle", dims[0]))
+    for u in range(len(_DIM_MULT)):
+        in_dim, out_dim = dims[u], dims[u + 1]
+        for j in range(_NUM_RES_BLOCKS + 1):
+            prefix = f"decoder.upsamples.{u}.upsamples.{j}"
+            shapes.update(_residual_shapes(prefix, in_dim if j == 0 else out_dim, out_dim))
+        if u < len(_DIM_MULT) - 1:
+            prefix = f"decoder.upsamples.{u}.upsamples.{_NUM_RES_BLOCKS + 1}"
+            shapes[f"{prefix}.resample.1.weight"] = (out_dim, out_dim, 3, 3)
+            shapes[f"{prefix}.resample.1.bias"] = (out_dim,)
+            if temporal_upsample[u]:
+                shapes[f"{prefix}.time_conv.weight"] = (2 * out_dim, out_dim, 3, 1, 1)
+                shapes[f"{prefix}.time_conv.bias"] = (2 * out_dim,)
+    shapes["decoder.head.0.gamma"] = (dim, 1, 1, 1)
+    shapes["decoder.head.2.weight"] = (_PATCHED_CHANNELS, dim, 3, 3, 3)
+    shapes["decoder.head.2.bias"] = (_PATCHED_CHANNELS,)
+    return shapes
+
+
+def official_wan22_key_shapes(
+    base_dim: int = 160, decoder_base_dim: int = 256, z_dim: int = 48
+) -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape of an original ``Wan2.2_VAE.pth`` (codecs.md 2.2).
+
+    Written from the architecture description (codecs.md 2.1), independently of diffusers, so that
+    it can audit :func:`convert_wan22_state_dict` against diffusers' model.
+
+    Args:
+        base_dim: Encoder base width (official 160).
+        decoder_base_dim: Decoder base width (official 256).
+        z_dim: Latent channels (official 48).
+
+    Returns:
+        Ordered ``{original_key: shape}`` with 196 entries, in the order of the original state dict.
+
+    Raises:
+        ValueError: If a width is not a positive integer.
+    """
+    wan22_vae_config(base_dim, decoder_base_dim, z_dim)  # validates the widths
+    shapes = _encoder_shapes(base_dim, z_dim)
+    shapes["conv1.weight"] = (2 * z_dim, 2 * z_dim, 1, 1, 1)
+    shapes["conv1.bias"] = (2 * z_dim,)
+    shapes["conv2.weight"] = (z_dim, z_dim, 1, 1, 1)
+    shapes["conv2.bias"] = (z_dim,)
+    shapes.update(_decoder_shapes(decoder_base_dim, z_dim))
+    return shapes
+
+
+# --------------------------------------------------------------------------------------------------
+# Key conversion (codecs.md 2.3)
+# --------------------------------------------------------------------------------------------------
+
+_RESIDUAL_RENAMES = {
+    "residual.0.gamma": "norm1.gamma",
+    "residual.2.weight": "conv1.weight",
+    "residual.2.bias": "conv1.bias",
+    "residual.3.gamma": "norm2.gamma",
+    "residual.6.weight": "conv2.weight",
+    "residual.6.bias": "conv2.bias",
+    "shortcut.weight": "conv_shortcut.weight",
+    "shortcut.bias": "conv_shortcut.bias",
+}
+_RESAMPLE_LEAVES = {"resample.1.weight", "resample.1.bias", "time_conv.weight", "time_conv.bias"}
+_ATTENTION_LEAVES = {"norm.gamma", "to_qkv.weight", "to_qkv.bias", "proj.weight", "proj.bias"}
+_TOP_LEVEL = {
+    "conv1.weight": "quant_conv.weight",
+    "conv1.bias": "quant_conv.bias",
+    "conv2.weight": "post_quant_conv.weight",
+    "conv2.bias": "post_quant_conv.bias",
+}
+_SIDE_LEVEL = {
+    "conv1.weight": "conv_in.weight",
+    "conv1.bias": "conv_in.bias",
+    "head.0.gamma": "norm_out.gamma",
+    "head.2.weight": "conv_out.weight",
+    "head.2.bias": "conv_out.bias",
+}
+_MIDDLE_RE = re.compile(r"middle\.(\d+)\.(.+)")
+_STAGE_RE = {
+    "encoder": (re.compile(r"downsamples\.(\d+)\.downsamples\.(\d+)\.(.+)"), "down_blocks", "downsampler"),
+    "decoder": (re.compile(r"upsamples\.(\d+)\.upsamples\.(\d+)\.(.+)"), "up_blocks", "upsampler"),
+}
+
+
+def _convert_middle(side: str, rest: str) -> str | None:
+    """``X.middle.{0,1,2}.*`` -> ``X.mid_block.{resnets.0, attentions.0, resnets.1}.*``."""
+    match = _MIDDLE_RE.fullmatch(rest)
+    if match is None:
+        return None
+    index, leaf = match.groups()
+    if index in ("0", "2") and leaf in _RESIDUAL_RENAMES:
+        return f"{side}.mid_block.resnets.{int(index) // 2}.{_RESIDUAL_RENAMES[leaf]}"
+    if index == "1" and leaf in _ATTENTION_LEAVES:
+        return f"{side}.mid_block.attentions.0.{leaf}"
+    return None
+
+
+def _convert_stage(side: str, rest: str) -> str | None:
+    """``encoder.downsamples.s.downsamples.j.*`` / ``decoder.upsamples.u.upsamples.j.*`` renames."""
+    pattern, blocks, sampler = _STAGE_RE[side]
+    match = pattern.fullmatch(rest)
+    if match is None:
+        return None
+    stage, index, leaf = match.groups()
+    if leaf in _RESIDUAL_RENAMES:
+        return f"{side}.{blocks}.{stage}.resnets.{index}.{_RESIDUAL_RENAMES[leaf]}"
+    if leaf in _RESAMPLE_LEAVES:  # the index j of the resample module is dropped
+        return f"{side}.{blocks}.{stage}.{sampler}.{leaf}"
+    return None
+
+
+def _convert_wan22_key(key: str) -> str | None:
+    """Diffusers name of one original key, or ``None`` when no rule of codecs.md 2.3 applies."""
+    if key in _TOP_LEVEL:
+        return _TOP_LEVEL[key]
+    side, _, rest = key.partition(".")
+    if side not in _STAGE_RE:
+        return None
+    if rest in _SIDE_LEVEL:
+        return f"{side}.{_SIDE_LEVEL[rest]}"
+    if rest.startswith("middle."):
+        return _convert_middle(side, rest)
+    return _convert_stage(side, rest)
+
+
+def convert_wan22_state_dict(original: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an original ``Wan2.2_VAE.pth`` state dict to ``AutoencoderKLWan`` names (codecs.md 2.3).
+
+    Tensors are not copied or cast; only the names change. Shapes are identical in both layouts.
+
+    Args:
+        original: ``{key: tensor}`` in the original layout (``encoder.*``, ``conv1.*``, ``conv2.*``,
+            ``decoder.*``), any dtype/device (meta tensors work, which is how the full-size key audit
+            runs).
+
+    Returns:
+        A new ``{diffusers_key: tensor}`` dict with the same tensors, in the input order.
+
+    Raises:
+        ValueError: If any key matches no rule (all such keys are listed), or if two keys map to
+            the same diffusers name.
+    """
+    converted: dict[str, Tensor] = {}
+    unknown: list[str] = []
+    for key, tensor in original.items():
+        new_key = _convert_wan22_key(key)
+        if new_key is None:
+            unknown.append(key)
+        elif new_key in converted:
+            raise ValueError(f"two original keys map to {new_key!r}; the second one is {key!r}")
+        else:
+            converted[new_key] = tensor
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} key(s) are not part of the original Wan2.2 VAE layout (codecs.md 2.2): "
+            f"{unknown[:20]}{' ...' if len(unknown) > 20 else ''}. Pass the state dict of "
+            f"{WAN22_CHECKPOINT_NAME} unchanged (no 'module.'/'vae.' prefixes)."
+        )
+    return converted
+
+
+# --------------------------------------------------------------------------------------------------
+# Strict loading
+# --------------------------------------------------------------------------------------------------
+
+
+def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Tensor], *, what: str) -> None:
+    """Assign ``state_dict`` into ``model`` (built on the meta device) after a strict key/shape check.
+
+    The tensors become the model's parameters (``load_state_dict(assign=True)``), so no second copy
+    of the weights is made.
+
+    Args:
+        model: Module whose parameters may be on the meta device.
+        state_dict: ``{name: tensor}`` in the model's own naming, already in the wanted dtype/device.
+        what: Human-readable name of the checkpoint for the error message (e.g. a file path).
+
+    Raises:
+        ValueError: ONE error listing every missing key, unexpected key and shape mismatch.
+    """
+    expected = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {expected[k]}"
+        for k, v in state_dict.items()
+        if k in expected and tuple(v.shape) != expected[k]
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint {what} does not match the model ({type(model).__name__}):"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if items:
+                lines.append(f"  {len(items)} {title} key(s): " + ", ".join(items))
+        lines.append("  Check that the file is the right checkpoint and that the config matches it.")
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(dict(state_dict), strict=True, assign=True)
+
+
+def _cast_in_place(state_dict: dict[str, Tensor], dtype: torch.dtype, device: torch.device | str) -> None:
+    """Cast each tensor in turn so the old copy can be freed before the next one is made."""
+    for key in list(state_dict):
+        state_dict[key] = state_dict[key].to(device=device, dtype=dtype)
+
+
+def _read_safetensors_folder(folder: Path) -> dict[str, Tensor]:
+    """All tensors of a diffusers weights file, single or sharded (``.index.json``)."""
+    from safetensors.torch import load_file
+
+    single = folder / _DIFFUSERS_WEIGHTS
+    if single.is_file():
+        return load_file(str(single))
+    index = json.loads((folder / _DIFFUSERS_INDEX).read_text())
+    tensors: dict[str, Tensor] = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        tensors.update(load_file(str(folder / shard)))
+    return tensors
+
+
+def _is_diffusers_folder(folder: Path) -> bool:
+    has_weights = (folder / _DIFFUSERS_WEIGHTS).is_file() or (folder / _DIFFUSERS_INDEX).is_file()
+    return (folder / _DIFFUSERS_CONFIG).is_file() and has_weights
+
+
+def _resolve_wan22_path(path: str | os.PathLike) -> tuple[str, Path]:
+    """``("official", file)`` or ``("diffusers", folder)`` for any accepted form of ``path``."""
+    path = Path(path)
+    if path.is_file() and path.suffix in (".json", ".safetensors"):  # a file of a diffusers folder
+        path = path.parent
+    if path.is_file():
+        return "official", path
+    if path.is_dir():
+        if (path / WAN22_CHECKPOINT_NAME).is_file():
+            return "official", path / WAN22_CHECKPOINT_NAME
+        for folder in (path, path / "vae"):
+            if _is_diffusers_folder(folder):
+                return "diffusers", folder
+    raise FileNotFoundError(
+        f"no Wan2.2 VAE checkpoint at {str(path)!r}. Looked for: the file itself, "
+        f"{WAN22_CHECKPOINT_NAME} inside it (e.g. the Wan-AI/Wan2.2-TI2V-5B folder), or a diffusers "
+        f"folder with {_DIFFUSERS_CONFIG} + {_DIFFUSERS_WEIGHTS} (itself or its 'vae/' subfolder)."
+    )
+
+
+_DIM_PROBES = {  # name: ((original key, axis), ...) tried in order (codecs.md 2.2)
+    "base_dim": (("encoder.conv1.weight", 0), ("encoder.conv1.bias", 0)),
+    "decoder_base_dim": (("decoder.head.2.weight", 1), ("decoder.head.0.gamma", 0)),
+    "z_dim": (("conv2.weight", 0), ("conv2.bias", 0), ("decoder.conv1.weight", 1)),
+}
+_OFFICIAL_DIMS = {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48}
+
+
+def _infer_wan22_dims(state_dict: Mapping[str, Tensor]) -> dict[str, int]:
+    """``base_dim``, ``decoder_base_dim``, ``z_dim`` from original tensor shapes (codecs.md 2.2).
+
+    A width whose probe tensors are all absent falls back to the official value; the strict load
+    then reports the missing keys together with everything else.
+    """
+    dims = dict(_OFFICIAL_DIMS)
+    for name, probes in _DIM_PROBES.items():
+        for key, axis in probes:
+            tensor = state_dict.get(key)
+            if isinstance(tensor, Tensor) and tensor.dim() > axis:
+                dims[name] = int(tensor.shape[axis])
+                break
+    return dims
+
+
+def _build_on_meta(config: Mapping) -> "AutoencoderKLWan":  # noqa: F821
+    from diffusers import AutoencoderKLWan
+
+    with torch.device("meta"):
+        return AutoencoderKLWan.from_config(dict(config))
+
+
+def _torch_load(file: Path):
+    """``torch.load(weights_only=True)``, memory-mapped when the file format allows it."""
+    try:
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{file} is not a plain tensor state dict loadable with weights_only=True ({error}); "
+            f"{WAN22_CHECKPOINT_NAME} from Wan-AI/Wan2.2-TI2V-5B is."
+        ) from error
+
+
+def _load_official_wan22(file: Path, dtype: torch.dtype, device: torch.device | str):
+    original = _torch_load(file)
+    if not isinstance(original, Mapping):
+        raise ValueError(f"{file} does not hold a plain state dict (got {type(original).__name__})")
+    model = _build_on_meta(wan22_vae_config(**_infer_wan22_dims(original)))
+    state_dict = convert_wan22_state_dict(original)
+    del original
+    _cast_in_place(state_dict, dtype, device)
+    load_state_dict_strict(model, state_dict, what=str(file))
+    return model
+
+
+def _load_diffusers_wan22(folder: Path, dtype: torch.dtype, device: torch.device | str):
+    from diffusers import AutoencoderKLWan
+
+    config = AutoencoderKLWan.load_config(str(folder))
+    model = _build_on_meta(config)
+    state_dict = _read_safetensors_folder(folder)
+    _cast_in_place(state_dict, dtype, device)
+    load_state_dict_strict(model, state_dict, what=str(folder))
+    return model
+
+
+def load_wan22_vae(
+    path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
+) -> "AutoencoderKLWan":  # noqa: F821
+    """Load a Wan2.2 VAE into diffusers' ``AutoencoderKLWan`` (codecs.md 2.2, 2.3).
+
+    The model is built on the meta device and the checkpoint tensors are assigned into it (the
+    reference also loads with ``assign=True``, strictly), so the weights are never held twice. The
+    original ``.pth`` is read with ``torch.load(weights_only=True, mmap=True)``.
+
+    Args:
+        path: One of: the original ``Wan2.2_VAE.pth`` file; a folder containing it (e.g. the
+            ``Wan-AI/Wan2.2-TI2V-5B`` folder); a diffusers folder (``config.json`` +
+            ``diffusion_pytorch_model.safetensors``) or a folder with such a ``vae/`` subfolder.
+            For the ``.pth`` the widths (``base_dim``, ``decoder_base_dim``, ``z_dim``; official
+            160/256/48) are inferred from the tensor shapes.
+        dtype: Weight dtype. The reference runs bf16 (codecs.md 1).
+        device: Target device of the weights.
+
+    Returns:
+        ``AutoencoderKLWan`` in eval mode, tiling and slicing off (they change numerics).
+
+    Raises:
+        FileNotFoundError: If no checkpoint is found; the message lists what was looked for.
+        ValueError: If keys are unknown, missing, unexpected or mis-shaped (one error listing all).
+    """
+    kind, location = _resolve_wan22_path(path)
+    if kind == "official":
+        model = _load_official_wan22(location, dtype, device)
+    else:
+        model = _load_diffusers_wan22(location, dtype, device)
+    return model.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Wrapper with the latent normalisation
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_pixels(pixels: Tensor) -> None:
+    """Validate an encode input: ``[B,3,F,H,W]`` float, ``F = 1 + 4k``, ``H, W`` multiples of 16."""
+    if not isinstance(pixels, Tensor) or pixels.dim() != 5:
+        shape = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
+        raise ValueError(
+            f"pixels must be a 5-D tensor [B, 3, F, H, W], got {shape}; add the batch/time axes "
+            "(a single image is [1, 3, 1, H, W])"
+        )
+    _, channels, frames, height, width = pixels.shape
+    if channels != _IMAGE_CHANNELS:
+        raise ValueError(f"pixels must have 3 (RGB) channels on axis 1, got {channels}: layout is [B,3,F,H,W]")
+    if not pixels.is_floating_point():
+        raise ValueError(f"pixels must be a float tensor in [-1, 1], got {pixels.dtype}; use x / 127.5 - 1")
+    if frames < 1 or (frames - 1) % _TEMPORAL_STRIDE:
+        raise ValueError(
+            f"the number of frames must be 1 + 4k (1, 5, 9, ...), got {frames} (codecs.md 2.1); "
+            f"trim to {max(1, (frames - 1) // 4 * 4 + 1)} frames"
+        )
+    if height % _SPATIAL_STRIDE or width % _SPATIAL_STRIDE or height == 0 or width == 0:
+        raise ValueError(
+            f"height and width must be positive multiples of 16 pixels, got {height}x{width}; "
+            "crop or resize first (pipeline.md 4.1)"
+        )
+
+
+def _check_latent(latent: Tensor, z_dim: int) -> None:
+    """Validate a decode input: ``[B, z_dim, T, h, w]`` float, ``T >= 1``."""
+    if not isinstance(latent, Tensor) or latent.dim() != 5:
+        shape = tuple(latent.shape) if isinstance(latent, Tensor) else type(latent).__name__
+        raise ValueError(f"latent must be a 5-D tensor [B, {z_dim}, T, h, w], got {shape}")
+    if latent.shape[1] != z_dim:
+        raise ValueError(f"latent must have {z_dim} channels on axis 1, got {latent.shape[1]} ([B,C,T,h,w] layout)")
+    if not latent.is_floating_point():
+        raise ValueError(f"latent must be a float tensor, got {latent.dtype}")
+    if min(latent.shape[2:]) < 1:
+        raise ValueError(f"latent has an empty time/height/width axis: {tuple(latent.shape)}")
+
+
+class VideoVAE:
+    """Wan2.2 VAE with the reference's latent normalisation (codecs.md 2.1, pipeline.md 4.2).
+
+    Wraps a diffusers ``AutoencoderKLWan`` (``.model``). Latents seen by the rest of the project are
+    *normalised*: ``z = (mu - mean) * (1/std)``; :meth:`decode` inverts it as ``mu = z / (1/std) + mean``
+    (the reference's exact division form). Both run in the model dtype with ``mean`` cast to that
+    dtype and ``1/std`` computed in it, as the reference does (bf16 in production; see the module
+    docstring for why).
+
+    Args:
+        model: A loaded ``AutoencoderKLWan`` with ``z_dim == 48``.
+
+    Raises:
+        ValueError: If the model's ``z_dim`` is not 48 (the normalisation has 48 channels).
+    """
+
+    def __init__(self, model) -> None:
+        z_dim = int(model.config.z_dim)
+        if z_dim != len(WAN22_LATENT_MEAN):
+            raise ValueError(f"VideoVAE needs a Wan2.2 VAE with z_dim=48, got z_dim={z_dim}")
+        self.model = model
+        self.z_dim = z_dim
+
+    @classmethod
+    def from_official(
+        cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
+    ) -> "VideoVAE":
+        """Load from any path accepted by :func:`load_wan22_vae` (same arguments and errors)."""
+        return cls(load_wan22_vae(path, dtype=dtype, device=device))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the VAE weights (and of the normalisation arithmetic)."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the VAE weights."""
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> "VideoVAE":
+        """Move the weights to ``device`` (dtype unchanged); returns ``self``."""
+        self.model.to(device=device)
+        return self
+
+    def normalization_constants(self) -> tuple[Tensor, Tensor]:
+        """The reference wrapper's ``mean`` and ``1/std`` (pipeline.md 4.2, codecs.md pitfall 5).
+
+        Returns:
+            ``(mean, inv_std)``, each ``[1, 48, 1, 1, 1]`` in the model dtype on the model device;
+            ``mean`` is the float32 constant cast to the model dtype and ``inv_std = 1 / std`` is
+            computed in the model dtype after casting ``std`` (bf16: bit-identical to the reference).
+        """
+        shape = (1, self.z_dim, 1, 1, 1)
+        mean = torch.tensor(WAN22_LATENT_MEAN, dtype=torch.float32).to(self.dtype).view(shape)
+        std = torch.tensor(WAN22_LATENT_STD, dtype=torch.float32).to(self.dtype)
+        inv_std = (1.0 / std).view(shape)
+        return mean.to(self.device), inv_std.to(self.device)
+
+    def normalize(self, mu: Tensor) -> Tensor:
+        """``(mu - mean) * (1/std)`` in the model dtype, returned as float32 (pipeline.md 4.2).
+
+        Args:
+            mu: Raw posterior mean ``[B, 48, T, h, w]``, any float dtype.
+
+        Returns:
+            Normalised latent, same shape, float32.
+        """
+        mean, inv_std = self.normalization_constants()
+        return ((mu.to(device=self.device, dtype=self.dtype) - mean) * inv_std).float()
+
+    def denormalize(self, latent: Tensor) -> Tensor:
+        """``z / (1/std) + mean`` in the model dtype (pipeline.md 4.2); returns the model dtype.
+
+        Args:
+            latent: Normalised latent ``[B, 48, T, h, w]``, any float dtype.
+
+        Returns:
+            Raw VAE latent ``mu``, same shape, model dtype, on the model device.
+        """
+        mean, inv_std = self.normalization_constants()
+        return latent.to(device=self.device, dtype=self.dtype) / inv_std + mean
+
+    @torch.no_grad()
+    def encode(self, pixels: Tensor) -> Tensor:
+        """Encode pixels to normalised latents using the posterior **mean** (codecs.md 2.1, 2.3).
+
+        Args:
+            pixels: ``[B, 3, F, H, W]`` float in [-1, 1]; ``F = 1 + 4k`` frames, ``H`` and ``W``
+                multiples of 16 pixels. Cast to the model dtype before encoding (the reference casts
+                the image to bf16, pipeline.md 7.1 step 4).
+
+        Returns:
+            ``[B, 48, 1 + (F-1)/4, H/16, W/16]`` float32, normalised latent space.
+
+        Raises:
+            ValueError: On a wrong rank, channel count, dtype, frame count or spatial size.
+        """
+        _check_pixels(pixels)
+        x = pixels.to(device=self.device, dtype=self.dtype)
+        mu = self.model.encode(x).latent_dist.mode()
+        return self.normalize(mu)
+
+    @torch.no_grad()
+    def decode(self, latent: Tensor) -> Tensor:
+        """Decode normalised latents to pixels (codecs.md 2.1, pipeline.md 9.1, Wan branch).
+
+        Args:
+            latent: ``[B, 48, T, h, w]`` float (normally float32), normalised latent space.
+
+        Returns:
+            ``[B, 3, 4T-3, 16h, 16w]`` float32, clamped to [-1, 1]. Convert to uint8 frames with
+            ``((x*0.5+0.5).clamp(0,1)*255).to(uint8)`` (truncation, pipeline.md 9.1).
+
+        Raises:
+            ValueError: On a wrong rank, channel count or dtype.
+        """
+        _check_latent(latent, self.z_dim)
+        mu = self.denormalize(latent)
+        video = self.model.decode(mu).sample
+        return video.float().clamp_(-1.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiny random checkpoints in the original layout
+# --------------------------------------------------------------------------------------------------
+
+
+def _random_tensor(key: str, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """Init rule: conv/linear weights ``randn/sqrt(fan_in)`` (decoder output conv x0.5), biases
+    ``0.05*randn``, RMS gammas ``1 + 0.1*randn``. Keeps activations O(1) so decoded videos are
+    neither flat nor saturated."""
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    if key.endswith(".gamma"):
+        return 1.0 + 0.1 * noise
+    if key.endswith(".bias"):
+        return 0.05 * noise
+    fan_in = 1
+    for size in shape[1:]:
+        fan_in *= size
+    scale = 0.5 if key == "decoder.head.2.weight" else 1.0
+    return noise * (scale / fan_in**0.5)
+
+
+def save_random_official(
+    folder: str | os.PathLike,
+    *,
+    base_dim: int = 4,
+    decoder_base_dim: int = 4,
+    z_dim: int = 48,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random ``Wan2.2_VAE.pth`` in the ORIGINAL key layout (codecs.md 2.2).
+
+    A plain ``torch.save`` of an fp32 state dict, written atomically (temp file + rename) so a model
+    memory-mapped from an older file is never truncated under it. Deterministic for ``seed``: tensors
+    are drawn from ``torch.Generator().manual_seed(seed)`` in state-dict order.
+
+    Args:
+        folder: Output folder (created if needed).
+        base_dim: Encoder base width (default 4: a ~0.3 M parameter model).
+        decoder_base_dim: Decoder base width (default 4).
+        z_dim: Latent channels; keep 48 for :class:`VideoVAE`.
+        seed: RNG seed.
+
+    Returns:
+        Path of the written ``Wan2.2_VAE.pth``.
+
+    Raises:
+        ValueError: If a width is not a positive integer.
+    """
+    shapes = official_wan22_key_shapes(base_dim, decoder_base_dim, z_dim)
+    generator = torch.Generator().manual_seed(seed)
+    state_dict = {key: _random_tensor(key, shape, generator) for key, shape in shapes.items()}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / WAN22_CHECKPOINT_NAME
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pth")
+    os.close(fd)
+    try:
+        torch.save(state_dict, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target

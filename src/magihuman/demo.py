@@ -1,0 +1,112 @@
+"""The offline demo bundle: tiny random-weight models in the official file layouts.
+
+``magihuman generate --demo`` runs the complete pipeline (text encoder, DiT, sampler, both VAEs,
+MP4 writer) on a fresh machine with no downloads. The weights are **random**: the output is
+structured noise with noise for sound, proving the installation and the code path, not the model.
+Every file is written in the published format (sharded DiT safetensors with an index, ``.zst``
+shards for ``base/``, the original ``Wan2.2_VAE.pth``, Stable Audio Open's single
+``model.safetensors`` + ``model_config.json``, a T5Gemma seq2seq snapshot with its tokenizer), so
+the demo exercises the same loaders as the real checkpoints.
+
+The bundle is built deterministically on first use (a few seconds, about 50 MB) under
+``$MAGIHUMAN_DEMO_DIR`` or ``~/.cache/magihuman/demo-v<N>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from .codecs import audio_vae, text_encoder, video_vae
+from .pipeline import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
+from .random_weights import TINY_TRANSFORMER_CONFIG, save_random_transformer
+
+#: Bump when the bundle's contents change, so stale caches are rebuilt.
+DEMO_VERSION = 1
+_COMPLETE_MARKER = "DEMO_WEIGHTS_ARE_RANDOM.txt"
+_MARKER_TEXT = (
+    "This folder is the magihuman demo bundle: tiny models with RANDOM weights in the official file\n"
+    "layouts. It proves that the pipeline runs; its output is noise. For real results run\n"
+    "`magihuman download --root DIR` and `magihuman generate --checkpoint-root DIR ...`.\n"
+)
+
+
+def default_demo_root() -> Path:
+    """``$MAGIHUMAN_DEMO_DIR`` or ``~/.cache/magihuman/demo-v<DEMO_VERSION>``."""
+    env = os.environ.get("MAGIHUMAN_DEMO_DIR")
+    if env:
+        return Path(env)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "magihuman" / f"demo-v{DEMO_VERSION}"
+
+
+def build_demo_bundle(root: str | Path, *, seed: int = 0) -> Path:
+    """Write the bundle into ``root`` (which must not exist yet), laid out as a checkpoint root.
+
+    Layout (docs/design.md): ``distill/`` (2 safetensors shards + index), ``base/`` (``.zst`` shards),
+    ``t5gemma-9b-9b-ul2/``, ``Wan2.2-TI2V-5B/Wan2.2_VAE.pth``, ``stable-audio-open-1.0/``. The
+    transformer folders also carry ``magihuman_transformer.json`` with the tiny config.
+
+    Args:
+        root: destination folder.
+        seed: base seed; the same seed writes the same weights.
+
+    Returns:
+        ``root``.
+
+    Raises:
+        FileExistsError: if ``root`` exists.
+    """
+    root = Path(root)
+    if root.exists():
+        raise FileExistsError(f"{root} exists; remove it or pick another folder for the demo bundle")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        config = dict(TINY_TRANSFORMER_CONFIG)
+        for name, compress in (("distill", False), ("base", True)):
+            folder = staging / name
+            save_random_transformer(folder, config, seed=seed + (name == "base"), max_shard_bytes=4 << 20,
+                                    compress=compress)
+            (folder / TRANSFORMER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        text_encoder.save_random_official(staging / ROOT_LAYOUT["text_encoder"],
+                                          hidden_size=config["text_in_channels"], seed=seed + 2)
+        video_vae.save_random_official(staging / ROOT_LAYOUT["video_vae"], seed=seed + 3)
+        audio_vae.save_random_official(staging / ROOT_LAYOUT["audio_vae"], seed=seed + 4)
+        (staging / _COMPLETE_MARKER).write_text(_MARKER_TEXT)
+        os.replace(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root
+
+
+def ensure_demo_bundle(root: Optional[str | Path] = None) -> Path:
+    """The demo bundle's folder, building it first if it is missing or incomplete.
+
+    Args:
+        root: folder to use (default :func:`default_demo_root`).
+
+    Returns:
+        The bundle root, ready for ``MagiHumanPipeline.from_official(root)``.
+    """
+    root = Path(root) if root is not None else default_demo_root()
+    if (root / _COMPLETE_MARKER).is_file():
+        return root
+    if root.exists():  # an interrupted or foreign folder: rebuild only what we own
+        if not any(root.iterdir()):
+            root.rmdir()
+        else:
+            raise FileExistsError(
+                f"{root} exists but is not a complete demo bundle; delete it to rebuild the demo weights"
+            )
+    try:
+        return build_demo_bundle(root)
+    except FileExistsError:
+        if (root / _COMPLETE_MARKER).is_file():  # another process finished it first
+            return root
+        raise

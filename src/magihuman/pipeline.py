@@ -1,0 +1,421 @@
+"""``MagiHumanPipeline``: prompt (+ first-frame image, + driving audio) to video frames and speech.
+
+One request runs these stages (pipeline.md 0 and 14):
+
+1. check the request (sizes rounded as the reference does, seconds, files) before any model work;
+2. encode the prompt (and the negative prompt when the preset uses CFG);
+3. prepare latents from a seeded CPU generator: audio noise first, then video noise (pipeline.md
+   4.1, 12); with a driving audio track, its encoded latents replace the audio noise;
+4. encode the first-frame image at the base size (image-to-video, pipeline.md 7.1);
+5. denoise with the preset's sampler (:func:`magihuman.sampling.denoise`);
+6. decode video (Wan2.2 VAE) and audio (Stable Audio Open VAE, 51.2 kHz -> 44.1 kHz);
+7. return frames and waveform; :meth:`GenerationOutput.save` writes the MP4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator
+from tqdm.auto import tqdm
+
+from .codecs.audio_vae import LATENTS_PER_SECOND, MODEL_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, AudioVAE, resample_to_output_rate
+from .codecs.text_encoder import DEFAULT_NEGATIVE_PROMPT, TextEncoder
+from .codecs.video_vae import VideoVAE
+from .media import load_audio, preprocess_image, video_to_uint8, write_mp4
+from .presets import DEFAULT_HEIGHT, DEFAULT_SECONDS, DEFAULT_SEED, DEFAULT_WIDTH, FPS, Preset, get_preset
+from .sampling import denoise
+from .transformer import MagiHumanTransformer
+
+#: Spatial stride of the Wan2.2 VAE times the DiT's 2x2 patch: pixel sizes round down to this (pipeline.md 4.1).
+SIZE_MULTIPLE = 32
+#: Temporal stride of the Wan2.2 VAE (pipeline.md 4.1).
+VAE_TEMPORAL_STRIDE = 4
+#: Latent channels of the Wan2.2 VAE (pipeline.md 4.1).
+VIDEO_LATENT_CHANNELS = 48
+#: The prompt length the model was tuned for (pipeline.md 10): shorter prompts give blurrier people.
+RECOMMENDED_PROMPT_WORDS = 150
+#: Sub-folders of a checkpoint root (docs/design.md), by component.
+ROOT_LAYOUT = {
+    "text_encoder": "t5gemma-9b-9b-ul2",
+    "video_vae": "Wan2.2-TI2V-5B",
+    "audio_vae": "stable-audio-open-1.0",
+}
+#: Optional file in a transformer checkpoint folder with ``MagiHumanTransformer`` config fields
+#: (written by the demo bundle; absent in the published folders, which use the 15B defaults).
+TRANSFORMER_CONFIG_FILE = "magihuman_transformer.json"
+
+
+# ----------------------------------------------------------------------------------------- sizes
+def round_video_size(width: int, height: int) -> tuple[int, int]:
+    """Effective pixel size: each side rounded down to a multiple of 32 (pipeline.md 4.1).
+
+    ``h_latent = H // 16 // 2 * 2`` and the rendered height is ``16 * h_latent``; e.g. 480x272 renders
+    480x256.
+    """
+    return (width // SIZE_MULTIPLE) * SIZE_MULTIPLE, (height // SIZE_MULTIPLE) * SIZE_MULTIPLE
+
+
+@dataclass(frozen=True)
+class LatentPlan:
+    """Latent and output sizes of one request (pipeline.md 4.1).
+
+    Attributes:
+        width, height: effective pixel size (multiples of 32).
+        audio_latents: L_a, audio latent frames (25 per second, +1 when generated).
+        latent_frames: T = (L_a - 1) // 4 + 1.
+    """
+
+    width: int
+    height: int
+    audio_latents: int
+
+    @property
+    def latent_frames(self) -> int:
+        return (self.audio_latents - 1) // VAE_TEMPORAL_STRIDE + 1
+
+    @property
+    def pixel_frames(self) -> int:
+        """F = 4 (T - 1) + 1 decoded frames."""
+        return VAE_TEMPORAL_STRIDE * (self.latent_frames - 1) + 1
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(h, w) of the video latent."""
+        return self.height // 16, self.width // 16
+
+    @property
+    def video_latent_shape(self) -> tuple[int, int, int, int, int]:
+        return (1, VIDEO_LATENT_CHANNELS, self.latent_frames, *self.latent_size)
+
+
+def generated_audio_latents(seconds: float) -> int:
+    """``L_a = seconds * 25 + 1`` for generated audio (pipeline.md 4.1); fractional seconds round to 1/25 s."""
+    return int(round(seconds * LATENTS_PER_SECOND)) + 1
+
+
+# ----------------------------------------------------------------------------------------- request
+class GenerationRequest(BaseModel):
+    """What to generate. Checked by :meth:`validate_inputs` before any model runs.
+
+    Attributes:
+        prompt: the text prompt (150-200 words in the official three-paragraph format work best).
+        image: optional first-frame image (image-to-video).
+        audio: optional driving audio file (audio-to-video): its speech is kept in the output.
+        seconds: clip length in seconds (> 0). Video has ``4*floor(25*s/4)+1`` frames at 25 fps.
+        width, height: requested pixel size, rounded down to multiples of 32.
+        seed: seed of every noise draw.
+        preset: ``"distill"`` or ``"base"`` (see :mod:`magihuman.presets`).
+        negative_prompt: the unconditional text for CFG (``None``: our default).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    image: Optional[Path] = None
+    audio: Optional[Path] = None
+    seconds: float = DEFAULT_SECONDS
+    width: int = DEFAULT_WIDTH
+    height: int = DEFAULT_HEIGHT
+    seed: int = DEFAULT_SEED
+    preset: str = "distill"
+    negative_prompt: Optional[str] = None
+
+    @field_validator("image", "audio", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+    def validate_inputs(self) -> list[str]:
+        """Check every value; return notices (rounding, short prompt) for the user.
+
+        Raises:
+            ValueError: empty prompt, seconds <= 0 or not finite, sizes under 32 px, unknown preset.
+            FileNotFoundError: a missing image or audio file.
+        """
+        notices: list[str] = []
+        if not self.prompt or not self.prompt.strip():
+            raise ValueError("the prompt is empty; pass --prompt TEXT or --prompt-file FILE")
+        words = len(self.prompt.split())
+        if words < RECOMMENDED_PROMPT_WORDS // 3:
+            notices.append(
+                f"the prompt has {words} words; the model was tuned for 150-200 words (appearance, scene, "
+                "dialogue, delivery, camera), and short prompts tend to give blurry or ghosted people"
+            )
+        if not math.isfinite(self.seconds) or self.seconds <= 0:
+            raise ValueError(f"seconds must be a positive number, got {self.seconds}")
+        if abs(self.seconds * LATENTS_PER_SECOND - round(self.seconds * LATENTS_PER_SECOND)) > 1e-6:
+            notices.append(f"seconds {self.seconds} rounded to {round(self.seconds * 25) / 25:g} (1/25 s steps)")
+        width, height = round_video_size(self.width, self.height)
+        if width < SIZE_MULTIPLE or height < SIZE_MULTIPLE:
+            raise ValueError(f"width and height must be at least {SIZE_MULTIPLE} pixels, got {self.width}x{self.height}")
+        if (width, height) != (self.width, self.height):
+            notices.append(
+                f"size {self.width}x{self.height} rounded down to {width}x{height} (multiples of {SIZE_MULTIPLE} px)"
+            )
+        get_preset(self.preset)
+        for kind, path in (("image", self.image), ("audio", self.audio)):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"{kind} file not found: {path}")
+        return notices
+
+    def plan(self) -> LatentPlan:
+        """Latent sizes for generated audio (the driving-audio length replaces ``audio_latents`` later)."""
+        width, height = round_video_size(self.width, self.height)
+        return LatentPlan(width, height, generated_audio_latents(self.seconds))
+
+
+# ----------------------------------------------------------------------------------------- output
+@dataclass
+class GenerationOutput:
+    """A generated clip.
+
+    Attributes:
+        frames: ``uint8 [F, H, W, 3]`` RGB video frames.
+        audio: ``float32 [channels, samples]`` waveform in [-1, 1] (roughly) at ``sample_rate``.
+        fps: video frame rate (25).
+        sample_rate: audio sample rate in Hz (44100).
+        timings: seconds per stage.
+        notices: messages for the user collected while checking the request.
+        video_latent: ``[1, 48, T, h, w]`` final (normalised) video latent, for later stages.
+        audio_latent: ``[1, A, 64]`` final audio latent.
+    """
+
+    frames: np.ndarray
+    audio: np.ndarray
+    fps: int
+    sample_rate: int
+    timings: dict[str, float] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    video_latent: Optional[torch.Tensor] = None
+    audio_latent: Optional[torch.Tensor] = None
+
+    @property
+    def duration(self) -> float:
+        """Video duration in seconds."""
+        return self.frames.shape[0] / self.fps
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write an MP4 (H.264 video at ``fps``, AAC audio at ``sample_rate``) atomically.
+
+        Raises:
+            FileExistsError: if ``path`` exists and ``overwrite`` is False.
+        """
+        return write_mp4(path, self.frames, fps=self.fps, audio=self.audio, sample_rate=self.sample_rate,
+                         overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------------------- pipeline
+class MagiHumanPipeline:
+    """Text (+ image, + audio) to a talking-human clip with speech.
+
+    Args:
+        transformer: the DiT of the chosen preset.
+        text_encoder: T5Gemma encoder; its width must equal ``transformer.config.text_in_channels``.
+        video_vae: Wan2.2 VAE (encodes the first frame, decodes the video).
+        audio_vae: Stable Audio Open VAE.
+        preset: name of a :mod:`magihuman.presets` preset (its sampler is used).
+        negative_prompt: default unconditional text for CFG presets.
+
+    Raises:
+        ValueError: when the components do not fit together.
+    """
+
+    def __init__(self, transformer: MagiHumanTransformer, text_encoder: TextEncoder, video_vae: VideoVAE,
+                 audio_vae: AudioVAE, *, preset: str = "distill", negative_prompt: str = DEFAULT_NEGATIVE_PROMPT):
+        if text_encoder.hidden_size != transformer.config.text_in_channels:
+            raise ValueError(
+                f"the text encoder emits {text_encoder.hidden_size}-d states but the transformer expects "
+                f"text_in_channels={transformer.config.text_in_channels}; the checkpoints do not belong together"
+            )
+        self.transformer, self.text_encoder = transformer, text_encoder
+        self.video_vae, self.audio_vae = video_vae, audio_vae
+        self.preset: Preset = get_preset(preset)
+        self.negative_prompt = negative_prompt
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    # ------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_official(
+        cls, root: str | Path | None = None, *, transformer: str | Path | None = None,
+        text_encoder: str | Path | None = None, video_vae: str | Path | None = None,
+        audio_vae: str | Path | None = None, preset: str = "distill", device: str | torch.device = "cpu",
+        progress: bool = False,
+    ) -> "MagiHumanPipeline":
+        """Load every component from the official files, unchanged.
+
+        Args:
+            root: a checkpoint root laid out as ``magihuman download`` makes it (docs/design.md):
+                ``<preset checkpoint>/``, ``t5gemma-9b-9b-ul2/``, ``Wan2.2-TI2V-5B/``, ``stable-audio-open-1.0/``.
+            transformer, text_encoder, video_vae, audio_vae: per-component locations, overriding ``root``.
+            preset: ``"distill"`` or ``"base"``; picks the DiT sub-folder and the sampler.
+            device: where the models run. VAEs run in bf16 on CUDA and float32 on CPU.
+            progress: progress bar while loading the DiT shards.
+
+        Raises:
+            ValueError: when a component has neither an explicit path nor a root.
+            CheckpointError, FileNotFoundError: from the component loaders, naming the bad path or key.
+        """
+        chosen = get_preset(preset)
+        paths = _component_paths(root, chosen, dict(transformer=transformer, text_encoder=text_encoder,
+                                                    video_vae=video_vae, audio_vae=audio_vae))
+        device = torch.device(device)
+        vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dit = MagiHumanTransformer.from_official(
+            paths["transformer"], device=device, progress=progress, **_transformer_config(paths["transformer"])
+        )
+        return cls(
+            dit,
+            TextEncoder.from_official(paths["text_encoder"], device=device),
+            VideoVAE.from_official(paths["video_vae"], dtype=vae_dtype, device=device),
+            AudioVAE.from_official(paths["audio_vae"], device=device),
+            preset=preset,
+        )
+
+    # ------------------------------------------------------------------------------- generation
+    def __call__(self, request: GenerationRequest | None = None, *, progress: bool = False,
+                 **fields: Any) -> GenerationOutput:
+        """Generate one clip.
+
+        Args:
+            request: a :class:`GenerationRequest`, or pass its fields as keywords
+                (``pipe(prompt=..., image=..., seconds=2)``).
+            progress: show a progress bar per stage.
+
+        Returns:
+            :class:`GenerationOutput` with ``uint8 [F, H, W, 3]`` frames and a ``float32 [2, samples]``
+            waveform at 44.1 kHz.
+
+        Raises:
+            ValueError, FileNotFoundError: for a bad request, before any model runs.
+        """
+        if request is None:
+            fields.setdefault("preset", self.preset.name)
+            request = GenerationRequest(**fields)
+        notices = request.validate_inputs()
+        if request.preset != self.preset.name:
+            raise ValueError(
+                f"this pipeline was loaded for preset {self.preset.name!r}, the request asks for "
+                f"{request.preset!r}; load a pipeline with from_official(preset={request.preset!r})"
+            )
+        timer = _StageTimer(progress, self.device)
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        plan = request.plan()
+        with torch.inference_mode():
+            # 1. text
+            with timer.stage("text encode"):
+                text, negative = self._encode_prompts(request)
+            # 2. latents: driving audio or audio noise first, then video noise (pipeline.md 12)
+            with timer.stage("prepare latents"):
+                audio_latent, driving_audio, plan = self._audio_latent(request, plan, generator)
+                video_noise = self._randn(plan.video_latent_shape, generator)
+            # 3. first frame (image-to-video)
+            image_latent = None
+            if request.image is not None:
+                with timer.stage("image encode"):
+                    pixels = preprocess_image(request.image, plan.width, plan.height)
+                    image_latent = self.video_vae.encode(pixels[:, :, None].to(self.device)).float()
+            # 4. denoise
+            with timer.stage("denoise", total=self.preset.sampler.num_steps) as bar:
+                video_latent, audio_latent = denoise(
+                    self.transformer, video_noise, audio_latent, text, negative, config=self.preset.sampler,
+                    image_latent=image_latent, audio_fixed=driving_audio is not None, generator=generator,
+                    callback=lambda *_: bar.update(1),
+                )
+            # 5. decode
+            with timer.stage("video decode"):
+                frames = video_to_uint8(self.video_vae.decode(video_latent))
+            with timer.stage("audio decode"):
+                waveform = driving_audio if driving_audio is not None else self._decode_audio(audio_latent)
+        return GenerationOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, notices,
+                                video_latent.cpu(), audio_latent.cpu())
+
+    # ------------------------------------------------------------------------------- stages
+    def _encode_prompts(self, request: GenerationRequest) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Prompt embeddings ``[1, Nt, C]`` float32, and the negative ones when the sampler uses CFG."""
+        text, _ = self.text_encoder.encode(request.prompt)
+        negative = None
+        if self.preset.sampler.cfg_number == 2:
+            negative, _ = self.text_encoder.encode(request.negative_prompt or self.negative_prompt)
+            negative = negative.to(self.device)
+        return text.to(self.device), negative
+
+    def _randn(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """float32 standard normal drawn on the CPU generator, then moved (same numbers on every device)."""
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+
+    def _audio_latent(self, request: GenerationRequest, plan: LatentPlan, generator: torch.Generator):
+        """Audio noise ``[1, L_a, 64]``; or, with a driving track, its latents and its 44.1 kHz waveform.
+
+        Driving audio (pipeline.md 7.2): decoded to mono 51.2 kHz, cut to ``seconds``, duplicated to
+        stereo and encoded with a posterior sample; ``L_a`` is the encoded length (e.g. 100 for 4 s),
+        which sets the video length. The output keeps the given track itself (resampled 441/512).
+        """
+        if request.audio is None:
+            return self._randn((1, plan.audio_latents, 64), generator), None, plan
+        mono = load_audio(request.audio, sample_rate=MODEL_SAMPLE_RATE, max_seconds=request.seconds)
+        hop = MODEL_SAMPLE_RATE // LATENTS_PER_SECOND
+        if mono.shape[0] < hop:
+            raise ValueError(f"the audio file {request.audio} holds less than 1/25 s of sound")
+        stereo = torch.from_numpy(np.stack([mono, mono]))[None].to(self.device)
+        latent = self.audio_vae.encode(stereo, generator=generator).float()
+        track = resample_to_output_rate(np.stack([mono, mono]))
+        return latent, track, LatentPlan(plan.width, plan.height, latent.shape[1])
+
+    def _decode_audio(self, audio_latent: torch.Tensor) -> np.ndarray:
+        """``[1, A, 64]`` latent -> ``float32 [2, 1764*A]`` at 44.1 kHz (pipeline.md 9.2)."""
+        waveform = self.audio_vae.decode(audio_latent.float())[0]
+        return resample_to_output_rate(waveform.float().cpu().numpy())
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _component_paths(root, preset: Preset, explicit: dict[str, Any]) -> dict[str, Path]:
+    layout = dict(ROOT_LAYOUT, transformer=preset.checkpoint)
+    paths = {}
+    for name, path in explicit.items():
+        if path is None and root is None:
+            raise ValueError(
+                f"no location for the {name.replace('_', ' ')}: pass a checkpoint root (see `magihuman download`) "
+                f"or the component's own path"
+            )
+        paths[name] = Path(path) if path is not None else Path(root) / layout[name]
+    return paths
+
+
+def _transformer_config(folder: Path) -> dict[str, Any]:
+    """Config fields from :data:`TRANSFORMER_CONFIG_FILE` if the folder has one, else {} (the 15B model)."""
+    config_file = Path(folder) / TRANSFORMER_CONFIG_FILE
+    return json.loads(config_file.read_text()) if config_file.is_file() else {}
+
+
+class _StageTimer:
+    """Wall time per stage (CUDA-synchronised), with an optional progress bar per stage."""
+
+    def __init__(self, progress: bool, device: torch.device):
+        self.progress, self.device = progress, device
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int = 1) -> Iterator[tqdm]:
+        bar = tqdm(total=total, desc=name, disable=not self.progress, leave=True, dynamic_ncols=True)
+        start = time.perf_counter()
+        try:
+            yield bar
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.timings[name] = time.perf_counter() - start
+            if total == 1 and bar.n == 0:
+                bar.update(1)
+            bar.close()

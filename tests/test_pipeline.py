@@ -1,0 +1,188 @@
+"""MagiHumanPipeline on the tiny demo bundle: sizes, request checks, draw order, the three modes."""
+
+from __future__ import annotations
+
+import math
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from magihuman.codecs.audio_vae import resample_to_output_rate
+from magihuman.media import load_audio, preprocess_image
+from magihuman.pipeline import (
+    GenerationRequest,
+    LatentPlan,
+    MagiHumanPipeline,
+    generated_audio_latents,
+    round_video_size,
+)
+from magihuman.presets import PRESETS, get_preset
+
+PROMPT = "A woman in a red coat smiles and says hello to the camera in a quiet studio."
+
+
+@pytest.mark.parametrize(
+    "seconds, audio_latents, latent_frames, pixel_frames",
+    [(1, 26, 7, 25), (2, 51, 13, 49), (3, 76, 19, 73), (4, 101, 26, 101), (5, 126, 32, 125),
+     (8, 201, 51, 201), (10, 251, 63, 249)],
+)
+def test_frame_count_table(seconds, audio_latents, latent_frames, pixel_frames):
+    """pipeline.md 4.1: L_a = 25 s + 1, T = (L_a - 1)//4 + 1, F = 4 (T - 1) + 1."""
+    plan = LatentPlan(448, 256, generated_audio_latents(seconds))
+    assert (plan.audio_latents, plan.latent_frames, plan.pixel_frames) == (audio_latents, latent_frames, pixel_frames)
+
+
+def test_size_rounding():
+    """pipeline.md 4.1: 448x256 -> latent 16x28; the reference default 480x272 renders 480x256."""
+    assert round_video_size(448, 256) == (448, 256)
+    assert round_video_size(480, 272) == (480, 256)
+    assert LatentPlan(448, 256, 101).video_latent_shape == (1, 48, 26, 16, 28)
+    notices = GenerationRequest(prompt=PROMPT, width=480, height=272).validate_inputs()
+    assert any("480x272 rounded down to 480x256" in n for n in notices)
+
+
+def test_request_validation(tmp_path):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        GenerationRequest(prompt="  ").validate_inputs()
+    with pytest.raises(ValueError, match="seconds"):
+        GenerationRequest(prompt=PROMPT, seconds=0).validate_inputs()
+    with pytest.raises(ValueError, match="at least 32"):
+        GenerationRequest(prompt=PROMPT, width=20).validate_inputs()
+    with pytest.raises(FileNotFoundError, match="image file not found"):
+        GenerationRequest(prompt=PROMPT, image=tmp_path / "missing.png").validate_inputs()
+    with pytest.raises(ValueError, match="unknown preset"):
+        GenerationRequest(prompt=PROMPT, preset="turbo").validate_inputs()
+    with pytest.raises(ValueError):
+        GenerationRequest(prompt=PROMPT, sedonds=3)  # unknown field
+    assert any("150-200 words" in n for n in GenerationRequest(prompt="hi there").validate_inputs())
+    assert GenerationRequest(prompt=" ".join(["word"] * 160)).validate_inputs() == []
+
+
+def test_presets_are_data():
+    assert get_preset("distill").sampler.num_steps == 8 and get_preset("distill").sampler.cfg_number == 1
+    assert get_preset("base").sampler.num_steps == 32 and get_preset("base").sampler.cfg_number == 2
+    assert {p.checkpoint for p in PRESETS.values()} == {"distill", "base"}
+
+
+def test_missing_checkpoint_location_is_explained():
+    with pytest.raises(ValueError, match="magihuman download"):
+        MagiHumanPipeline.from_official()
+
+
+@pytest.fixture(scope="module")
+def pipes(demo_root):
+    return {name: MagiHumanPipeline.from_official(demo_root, preset=name) for name in ("distill", "base")}
+
+
+class Spy:
+    """Wraps the transformer, recording every call's inputs."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __call__(self, video, audio, text):
+        self.calls.append((video.clone(), audio.clone(), text.clone()))
+        return self.model(video, audio, text)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def _small(**kw):
+    return dict(dict(prompt=PROMPT, seconds=0.4, width=64, height=64, seed=7), **kw)
+
+
+def test_t2v_draw_order_and_determinism(pipes):
+    """pipeline.md 12: audio noise [1, L_a, 64] first, then video noise, from the request seed."""
+    pipe = pipes["distill"]
+    spy = Spy(pipe.transformer)
+    pipe.transformer, original = spy, pipe.transformer
+    try:
+        out = pipe(**_small())
+    finally:
+        pipe.transformer = original
+    generator = torch.Generator().manual_seed(7)
+    audio_noise = torch.randn(1, 11, 64, generator=generator)
+    video_noise = torch.randn(1, 48, 3, 4, 4, generator=generator)
+    first_video, first_audio, _ = spy.calls[0]
+    assert torch.equal(first_audio, audio_noise) and torch.equal(first_video, video_noise)
+    assert len(spy.calls) == 8  # distilled: 8 steps, one pass each
+    assert out.frames.shape == (9, 64, 64, 3) and out.frames.dtype == np.uint8
+    assert out.audio.shape == (2, int(11 * 2048 * 441 / 512)) and out.audio.dtype == np.float32
+    assert out.fps == 25 and out.sample_rate == 44100
+    assert set(out.timings) >= {"text encode", "denoise", "video decode", "audio decode"}
+    again = pipe(**_small())
+    assert np.array_equal(again.frames, out.frames) and np.array_equal(again.audio, out.audio)
+    other = pipe(**_small(seed=8))
+    assert not np.array_equal(other.frames, out.frames)
+
+
+def test_base_preset_runs_cfg_with_negative_prompt(pipes):
+    pipe = pipes["base"]
+    spy = Spy(pipe.transformer)
+    pipe.transformer, original = spy, pipe.transformer
+    try:
+        pipe(**_small(negative_prompt="blurry, noisy"))
+    finally:
+        pipe.transformer = original
+    assert len(spy.calls) == 64  # 32 steps x (cond, uncond)
+    cond_text, uncond_text = spy.calls[0][2], spy.calls[1][2]
+    expected_negative, _ = pipe.text_encoder.encode("blurry, noisy")
+    assert torch.equal(uncond_text, expected_negative)
+    assert torch.equal(cond_text, pipe.text_encoder.encode(PROMPT)[0])
+
+
+def test_image_to_video_keeps_frame_zero(pipes, examples_dir):
+    pipe = pipes["distill"]
+    out = pipe(**_small(image=examples_dir / "image.png"))
+    pixels = preprocess_image(examples_dir / "image.png", 64, 64)
+    image_latent = pipe.video_vae.encode(pixels[:, :, None]).float()
+    assert torch.equal(out.video_latent[:, :, :1], image_latent)  # pipeline.md 7.1 step 5
+
+
+def _write_tone(path, seconds=1.0, rate=44100, hz=440.0):
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (0.3 * np.sin(2 * math.pi * hz * t) * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(samples.tobytes())
+    return path
+
+
+def test_audio_drives_video_and_is_kept(pipes, tmp_path):
+    """pipeline.md 7.2: L_a comes from the encoded audio (25 for 1 s), the latents stay fixed, and
+    the output keeps the given track (our choice, see sampling.denoise)."""
+    pipe = pipes["distill"]
+    tone = _write_tone(tmp_path / "tone.wav", seconds=1.0)
+    out = pipe(**_small(audio=tone, seconds=1.0))
+    assert out.audio_latent.shape == (1, 25, 64)
+    assert out.frames.shape[0] == 4 * ((25 - 1) // 4) + 1
+    mono = load_audio(tone, sample_rate=51200, max_seconds=1.0)
+    assert np.array_equal(out.audio, resample_to_output_rate(np.stack([mono, mono])))
+
+
+def test_preset_mismatch_and_component_mismatch(pipes):
+    with pytest.raises(ValueError, match="loaded for preset 'distill'"):
+        pipes["distill"](GenerationRequest(**_small(preset="base")))
+    p = pipes["distill"]
+    from magihuman.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
+
+    wrong = random_transformer(dict(TINY_TRANSFORMER_CONFIG, text_in_channels=16))
+    with pytest.raises(ValueError, match="text_in_channels"):
+        MagiHumanPipeline(wrong, p.text_encoder, p.video_vae, p.audio_vae)
+
+
+def test_save_writes_mp4(pipes, tmp_path):
+    from magihuman.media import probe_media
+
+    out = pipes["distill"](**_small())
+    path = out.save(tmp_path / "clip.mp4")
+    info = probe_media(path)
+    assert info["video_codec"] == "h264" and info["num_frames"] == 9 and (info["width"], info["height"]) == (64, 64)
+    assert info["audio_codec"] == "aac" and info["sample_rate"] == 44100
+    with pytest.raises(FileExistsError):
+        out.save(tmp_path / "clip.mp4")
