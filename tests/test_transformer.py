@@ -347,3 +347,113 @@ def test_golden_forward_within_gate():
     with torch.no_grad():  # repeat calls are bitwise stable (no state kept between calls, P26)
         again = model(inputs["video_latent"], inputs["audio_latent"], inputs["text_embedding"])
     assert torch.equal(again[0], video)
+
+
+# ----------------------------------------------------------------------------------- loading
+def _tiny_inputs():
+    g = torch.Generator().manual_seed(5)
+    return (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+            torch.randn(1, 3, 32, generator=g))
+
+
+@pytest.mark.parametrize("layout", ["single", "sharded", "sharded_zst"])
+def test_from_official_layouts(tmp_path, layout):
+    from magihuman.random_weights import random_transformer_state_dict, save_random_transformer
+
+    kwargs = {"single": {}, "sharded": {"max_shard_bytes": 1 << 20},
+              "sharded_zst": {"max_shard_bytes": 1 << 20, "compress": True}}[layout]
+    folder = save_random_transformer(tmp_path / "ckpt", seed=11, **kwargs)
+    files = sorted(p.name for p in folder.iterdir())
+    if layout == "single":
+        assert files == ["model.safetensors"]
+    else:
+        assert "model.safetensors.index.json" in files and len(files) > 2
+        assert all(f.endswith(".zst") for f in files if "-of-" in f) == (layout == "sharded_zst")
+    model = MagiHumanTransformer.from_official(folder, progress=False, **TINY_TRANSFORMER_CONFIG)
+    expected = random_transformer_state_dict(TINY_TRANSFORMER_CONFIG, seed=11)
+    state = model.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) and state[k].dtype == expected[k].dtype for k in state)
+    with torch.no_grad():
+        assert torch.isfinite(model(*_tiny_inputs())[0]).all()
+
+
+def test_from_official_casts_fp32_checkpoint_like_the_reference(tmp_path):
+    """dit.md 7: the distill checkpoint reportedly ships everything in fp32; block linears become bf16 (RNE)."""
+    from magihuman.checkpoint import save_official_checkpoint
+    from magihuman.random_weights import random_transformer_state_dict
+
+    state = {k: v.float() + (1e-3 if v.dtype == torch.bfloat16 else 0) for k, v in
+             random_transformer_state_dict(TINY_TRANSFORMER_CONFIG, seed=2).items()}
+    save_official_checkpoint(state, tmp_path / "fp32")
+    model = MagiHumanTransformer.from_official(tmp_path / "fp32", progress=False, **TINY_TRANSFORMER_CONFIG)
+    qkv = "block.layers.2.attention.linear_qkv.weight"
+    assert model.state_dict()[qkv].dtype == torch.bfloat16
+    assert torch.equal(model.state_dict()[qkv], state[qkv].to(torch.bfloat16))
+    assert model.state_dict()["adapter.text_embedder.weight"].dtype == torch.float32
+
+
+def test_from_official_strict_errors(tmp_path):
+    from magihuman.checkpoint import CheckpointError, save_official_checkpoint
+    from magihuman.random_weights import random_transformer_state_dict
+
+    state = random_transformer_state_dict(TINY_TRANSFORMER_CONFIG, seed=1)
+    del state["block.layers.3.mlp.pre_norm.weight"]
+    state["block.layers.9.attention.linear_qkv.weight"] = torch.zeros(4, 4, dtype=torch.bfloat16)
+    state["final_linear_audio.weight"] = torch.zeros(64, 7)
+    save_official_checkpoint(state, tmp_path / "bad")
+    with pytest.raises(CheckpointError) as error:
+        MagiHumanTransformer.from_official(tmp_path / "bad", progress=False, **TINY_TRANSFORMER_CONFIG)
+    message = str(error.value)
+    for key in ("block.layers.3.mlp.pre_norm.weight", "block.layers.9.attention.linear_qkv.weight",
+                "final_linear_audio.weight"):
+        assert key in message
+    # the 15B default config on a tiny checkpoint: one error, every mismatch listed
+    good = tmp_path / "good"
+    save_official_checkpoint(random_transformer_state_dict(TINY_TRANSFORMER_CONFIG), good)
+    with pytest.raises(CheckpointError, match="missing"):
+        MagiHumanTransformer.from_official(good, progress=False)
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        MagiHumanTransformer.from_official(tmp_path, progress=False, **TINY_TRANSFORMER_CONFIG)
+
+
+def test_rope_bands_come_from_checkpoint_or_formula(tmp_path):
+    """dit.md 7 / P18: a checkpoint's bands win; without the key the formula is used."""
+    from magihuman.checkpoint import save_official_checkpoint
+    from magihuman.random_weights import random_transformer_state_dict
+
+    state = random_transformer_state_dict(TINY_TRANSFORMER_CONFIG)
+    state["adapter.rope.bands"] = state["adapter.rope.bands"] * 0.5
+    save_official_checkpoint(state, tmp_path / "with")
+    model = MagiHumanTransformer.from_official(tmp_path / "with", progress=False, **TINY_TRANSFORMER_CONFIG)
+    assert torch.equal(model.adapter.rope.bands, default_bands(4) * 0.5)
+    del state["adapter.rope.bands"]
+    save_official_checkpoint(state, tmp_path / "without")
+    model = MagiHumanTransformer.from_official(tmp_path / "without", progress=False, **TINY_TRANSFORMER_CONFIG)
+    assert torch.equal(model.adapter.rope.bands, default_bands(4))
+
+
+def test_diffusers_save_and_load_keep_official_dtypes(tmp_path):
+    model = random_transformer(seed=4)
+    model.save_pretrained(tmp_path / "diffusers")
+    loaded = MagiHumanTransformer.from_pretrained(tmp_path / "diffusers")
+    assert loaded.config.mm_layers == list(TINY_TRANSFORMER_CONFIG["mm_layers"])
+    for key, tensor in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == tensor.dtype and torch.equal(loaded.state_dict()[key], tensor), key
+    with torch.no_grad():
+        assert torch.equal(loaded(*_tiny_inputs())[0], model(*_tiny_inputs())[0])
+
+
+def test_golden_distill_loop_end_to_end():
+    """The 8-step distilled loop with our transformer in it (golden sampler_distill; pipeline.md 4.5)."""
+    from magihuman.sampling import DISTILL_SAMPLER, denoise
+
+    case_dir, model = _golden_model()
+    data = load_file(golden_case("sampler_distill") / "sampler.safetensors")
+    context = data["context"][:, :7]  # original_context_len = 7
+    noise = [(data["renoise_video"][k], data["renoise_audio"][k]) for k in range(8)]
+    for run, image in (("t2v", None), ("ti2v", data["image_latent"])):
+        video, audio = denoise(model, data["initial_video_noise"], data["initial_audio_noise"], context,
+                               config=DISTILL_SAMPLER, image_latent=image, renoise_noise=noise)
+        for got, want in ((video, data[f"{run}.final_video_latent"]), (audio, data[f"{run}.final_audio_latent"])):
+            assert rel_l2(got, want) <= 3e-2 and float((got - want).abs().max()) <= 0.15, run
