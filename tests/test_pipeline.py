@@ -179,7 +179,7 @@ def test_preset_mismatch_and_component_mismatch(pipes):
 def test_save_writes_mp4(pipes, tmp_path):
     from magihuman.media import probe_media
 
-    out = pipes["distill"](**_small())
+    out = pipes["distill"](PROMPT, seconds=0.4, width=64, height=64, seed=7)  # positional prompt
     path = out.save(tmp_path / "clip.mp4")
     info = probe_media(path)
     assert info["video_codec"] == "h264" and info["num_frames"] == 9 and (info["width"], info["height"]) == (64, 64)

@@ -284,14 +284,17 @@ class MagiHumanPipeline:
         )
 
     # ------------------------------------------------------------------------------- generation
-    def __call__(self, request: GenerationRequest | None = None, *, progress: bool = False,
-                 **fields: Any) -> GenerationOutput:
+    def __call__(self, prompt: str | GenerationRequest | None = None, image: str | Path | None = None,
+                 audio: str | Path | None = None, *, progress: bool = False, **fields: Any) -> GenerationOutput:
         """Generate one clip.
 
         Args:
-            request: a :class:`GenerationRequest`, or pass its fields as keywords
-                (``pipe(prompt=..., image=..., seconds=2)``).
+            prompt: the text prompt, or a whole :class:`GenerationRequest` (then pass nothing else).
+            image: optional first-frame image (image-to-video).
+            audio: optional driving audio file (its speech is kept in the output).
             progress: show a progress bar per stage.
+            **fields: the other :class:`GenerationRequest` fields: ``seconds``, ``width``, ``height``,
+                ``seed``, ``negative_prompt`` (``preset`` defaults to the loaded one).
 
         Returns:
             :class:`GenerationOutput` with ``uint8 [F, H, W, 3]`` frames and a ``float32 [2, samples]``
@@ -300,9 +303,14 @@ class MagiHumanPipeline:
         Raises:
             ValueError, FileNotFoundError: for a bad request, before any model runs.
         """
-        if request is None:
+        if isinstance(prompt, GenerationRequest):
+            if image is not None or audio is not None or fields:
+                raise ValueError("pass either a GenerationRequest or keyword fields, not both")
+            request = prompt
+        else:
             fields.setdefault("preset", self.preset.name)
-            request = GenerationRequest(**fields)
+            request = GenerationRequest(prompt=prompt if prompt is not None else fields.pop("prompt", ""),
+                                        image=image, audio=audio, **fields)
         notices = request.validate_inputs()
         if request.preset != self.preset.name:
             raise ValueError(
