@@ -147,7 +147,7 @@ class GenerationRequest(BaseModel):
         words = len(self.prompt.split())
         if words < RECOMMENDED_PROMPT_WORDS // 3:
             notices.append(
-                f"the prompt has {words} words; the model was tuned for 150-200 words (appearance, scene, "
+                f"the prompt has {words} word{'s' if words != 1 else ''}; the model was tuned for 150-200 words (appearance, scene, "
                 "dialogue, delivery, camera), and short prompts tend to give blurry or ghosted people"
             )
         if not math.isfinite(self.seconds) or self.seconds <= 0:

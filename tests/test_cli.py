@@ -1,0 +1,453 @@
+"""The ``magihuman`` command line: parsing, validation before loading, download errors, demo runs.
+
+Most tests replace ``MagiHumanPipeline.from_official`` with a recorder, so they check what the CLI
+builds without loading a model. The two ``*_demo_*`` tests run the real pipeline on the random-weight
+demo bundle and read the MP4 back.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import wave
+from pathlib import Path
+from typing import get_args
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from magihuman import cli
+from magihuman import download as hub
+
+pipeline = pytest.importorskip("magihuman.pipeline")
+
+runner = CliRunner()
+PROMPT = "A woman in a red coat smiles and says hello to the camera."
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+class FakePipeline:
+    """Stands in for ``MagiHumanPipeline``: records how it was built and what it was asked."""
+
+    def __init__(self, calls: list, fail_load: Exception | None = None):
+        self.calls, self.fail_load, self.requests = calls, fail_load, []
+
+    def from_official(self, root=None, **kwargs):
+        self.calls.append(dict(root=root, **kwargs))
+        if self.fail_load is not None:
+            raise self.fail_load
+        return self
+
+    def __call__(self, request, progress=False):
+        self.requests.append(request)
+        frames = np.zeros((5, 64, 64, 3), np.uint8)
+        audio = np.zeros((2, 8820), np.float32)
+        return pipeline.GenerationOutput(frames, audio, 25, 44100, timings={"denoise": 0.5, "video decode": 0.25})
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """A recording fake; ``fake.calls`` lists every ``from_official`` call."""
+    pipe = FakePipeline([])
+    monkeypatch.setattr(pipeline.MagiHumanPipeline, "from_official", pipe.from_official)
+    return pipe
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch) -> Path:
+    """An (empty) checkpoint root with the layout folders; also the current folder is ``tmp_path``."""
+    folder = tmp_path / "ckpt"
+    for name in ("distill", "base", *pipeline.ROOT_LAYOUT.values()):
+        (folder / name).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(cli.CHECKPOINT_ROOT_ENV, raising=False)
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    return folder
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    import PIL.Image
+
+    path = tmp_path / "face.png"
+    PIL.Image.new("RGB", (96, 64), (200, 120, 80)).save(path)
+    return path
+
+
+@pytest.fixture
+def tone(tmp_path) -> Path:
+    """A 1 s 440 Hz mono WAV tone at 16 kHz."""
+    path = tmp_path / "tone.wav"
+    rate = 16000
+    samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return path
+
+
+def run(*args: str, env: dict | None = None):
+    return runner.invoke(cli.app, [str(a) for a in args], env=env)
+
+
+def assert_bad_input(result, *needles: str) -> None:
+    """Exit code 2, one ``error:`` line naming the problem, no traceback."""
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------------------ entry points
+
+
+def test_version_and_help():
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"magihuman {cli.__version__}"
+    result = run("generate", "--help")
+    assert result.exit_code == 0
+    for spelling in ("--image_path", "--audio_path", "--br_width", "--br_height", "--output_path",
+                     "--save_path_prefix", "--checkpoint-root", "MAGIHUMAN_CHECKPOINT_ROOT", "--demo"):
+        assert spelling in result.output
+
+
+def test_module_and_console_script():
+    out = subprocess.run([sys.executable, "-m", "magihuman", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"magihuman {cli.__version__}"
+    script = shutil.which("magihuman")
+    if script is None:
+        pytest.skip("console script not installed (pip install -e .)")
+    out = subprocess.run([script, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"magihuman {cli.__version__}"
+
+
+def test_cli_constants_match_the_library():
+    """The CLI repeats preset names and help defaults so that --help needs no torch; keep them in sync."""
+    from magihuman.presets import PRESETS
+
+    assert get_args(cli.PresetName) == tuple(PRESETS)
+    assert get_args(cli.DownloadPreset) == (*hub.DIT_PRESETS, "all")
+    fields = pipeline.GenerationRequest.model_fields
+    assert cli.SHOWN_DEFAULTS == {k: fields[k].default for k in cli.SHOWN_DEFAULTS}
+    assert set(cli.REQUEST_KEYS) == set(fields)
+    assert {p.checkpoint for p in PRESETS.values()} <= set(hub.DIT_PRESETS)
+    assert set(pipeline.ROOT_LAYOUT.values()) <= {s.folder for s in hub.SOURCES}
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+def test_reference_spellings(fake, root, image, tone, tmp_path):
+    out = tmp_path / "clip.mp4"
+    result = run("generate", "--prompt", PROMPT, "--image_path", image, "--audio_path", tone, "--br_width", 480,
+                 "--br_height", 272, "--output_path", out, "--seed", 0, "--seconds", 2, "--checkpoint-root", root,
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    (request,) = fake.requests
+    assert (request.image, request.audio, request.width, request.height) == (image, tone, 480, 272)
+    assert (request.seed, request.seconds, request.preset, request.negative_prompt) == (0, 2.0, "distill", None)
+    assert "rounded down to 480x256" in result.output  # the request's notice is shown
+    assert fake.calls == [dict(root=root, transformer=None, text_encoder=None, video_vae=None, audio_vae=None,
+                               preset="distill", device="cpu", progress=True)]
+    assert out.is_file() and f"wrote {out}" in result.output
+    for stage in ("load models", "denoise", "video decode", "write mp4", "total"):
+        assert stage in result.output
+
+
+def test_save_path_prefix_gets_mp4(fake, root):
+    result = run("generate", "--prompt", PROMPT, "--save_path_prefix", "outputs_x", "--checkpoint-root", root)
+    assert result.exit_code == 0, result.output
+    assert Path("outputs_x.mp4").is_file()
+
+
+def test_prompt_file_is_read_verbatim(fake, root, tmp_path):
+    text = '"She says: ""Guten Tag!""\r\n\nDialogue:\n<Woman>: ""Hi.""\n"\n'
+    (tmp_path / "prompt.txt").write_bytes(text.encode("utf-8") + b"\n")  # two trailing newlines
+    (tmp_path / "negative.txt").write_bytes(b"blurry, noisy\r\n")
+    result = run("generate", "--prompt-file", tmp_path / "prompt.txt", "--negative-prompt-file",
+                 tmp_path / "negative.txt", "--preset", "base", "--checkpoint-root", root, "-o", "a.mp4")
+    assert result.exit_code == 0, result.output
+    (request,) = fake.requests
+    assert request.prompt == text.rstrip("\n")  # inner quotes, CR and blank lines kept; trailing newlines dropped
+    assert request.negative_prompt == "blurry, noisy"
+    assert request.preset == "base" and fake.calls[0]["preset"] == "base"
+
+
+def test_example_prompt_file_round_trip(examples_dir):
+    path = examples_dir / "prompt.txt"
+    text = cli.read_text_file(path)
+    assert text == path.read_bytes().decode("utf-8").removesuffix("\n")
+    assert text.startswith('"') and '""' in text
+
+
+def test_config_merge_and_override(fake, root, image, tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({
+        "prompt": PROMPT, "seconds": 2, "width": 320, "seed": 7, "image": str(image), "output": "from_config.mp4",
+        "checkpoint_root": str(root), "device": "cpu", "preset": "base",
+    }))
+    result = run("generate", "--config", config, "--seed", 9, "--preset", "distill")
+    assert result.exit_code == 0, result.output
+    (request,) = fake.requests
+    assert (request.seconds, request.width, request.height, request.seed, request.image) == (2, 320, 256, 9, image)
+    assert request.preset == "distill" and request.prompt == PROMPT
+    assert Path("from_config.mp4").is_file()
+    # A prompt on the command line replaces the file's prompt *or* prompt_file.
+    config.write_text(json.dumps({"prompt_file": "missing.txt", "checkpoint_root": str(root)}))
+    result = run("generate", "--config", config, "--prompt", "Override.", "-o", "b.mp4")
+    assert result.exit_code == 0, result.output
+    assert fake.requests[-1].prompt == "Override."
+
+
+def test_config_errors(fake, root, tmp_path):
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"prompt": PROMPT, "num_steps": 4, "sr_width": 896}))
+    assert_bad_input(run("generate", "--config", config), "num_steps", "sr_width", "allowed keys")
+    config.write_text("{not json")
+    assert_bad_input(run("generate", "--config", config), "not valid JSON")
+    config.write_text(json.dumps({"prompt": PROMPT, "seconds": "two", "checkpoint_root": str(root)}))
+    assert_bad_input(run("generate", "--config", config), "seconds")
+    config.write_text(json.dumps({"prompt": PROMPT, "image": 3}))
+    assert_bad_input(run("generate", "--config", config), "image must be a string")
+    assert_bad_input(run("generate", "--config", tmp_path / "nope.json"), "config file not found")
+    assert fake.calls == []
+
+
+def test_default_output_name():
+    assert cli.default_output_name('"A young woman, smiling', 2.0, 448, 256) == "A_young_woman_smiling_2s_448x256.mp4"
+    assert cli.default_output_name("Ein Mädchen sagt: ../../etc/passwd $(rm -rf)", 4, 480, 256) == (
+        "Ein_Mdchen_sagt_etcpasswd_rm_-rf_4s_480x256.mp4"
+    )
+    assert cli.default_output_name("你好 !!!", 2.5, 448, 256) == "magihuman_2.5s_448x256.mp4"
+    name = cli.default_output_name("word " * 40, 1, 64, 32)
+    assert name == "word_word_word_word_word_word_1s_64x32.mp4"
+    assert set(name.removesuffix(".mp4")) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def test_default_output_in_current_folder_uses_rendered_size(fake, root):
+    result = run("generate", "--prompt", '"Hello, world!" she says.', "--width", 450, "--seconds", 1,
+                 "--checkpoint-root", root)
+    assert result.exit_code == 0, result.output
+    assert Path("Hello_world_she_says_1s_448x256.mp4").is_file()
+
+
+def test_env_root_config_root_and_demo(fake, root, monkeypatch, tmp_path):
+    monkeypatch.setenv(cli.CHECKPOINT_ROOT_ENV, str(root))
+    assert run("generate", "--prompt", PROMPT, "-o", "env.mp4").exit_code == 0
+    assert fake.calls[-1]["root"] == root
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"checkpoint_root": str(other)}))
+    assert run("generate", "--prompt", PROMPT, "-o", "cfg.mp4", "--config", config).exit_code == 0
+    assert fake.calls[-1]["root"] == other  # the config file beats the environment
+    # --demo replaces an environment root silently (no model is built here: the bundle is faked).
+    import magihuman.demo
+
+    monkeypatch.setattr(magihuman.demo, "ensure_demo_bundle", lambda root=None: tmp_path / "demo")
+    result = run("generate", "--demo", "--prompt", PROMPT, "-o", "demo.mp4")
+    assert result.exit_code == 0, result.output
+    assert fake.calls[-1]["root"] == tmp_path / "demo"
+    assert "RANDOM weights" in result.output and "magihuman download" in result.output
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--seconds", "0"], ["seconds must be a positive number"]),
+        (["--seconds", "-1"], ["seconds"]),
+        (["--image", "no_such.png"], ["image file not found", "no_such.png"]),
+        (["--audio_path", "no_such.wav"], ["audio file not found"]),
+        (["-o", "clip.mov"], ["must end in .mp4"]),
+        (["-o", "missing_dir/clip.mp4"], ["output folder does not exist"]),
+        (["--width", "16"], ["at least 32"]),
+        (["--device", "warp9"], ["unknown device"]),
+        (["--prompt-file", "no_prompt.txt"], ["prompt file not found"]),
+    ],
+)
+def test_bad_input_exits_2_before_loading(fake, root, args, needles):
+    args = ["--prompt", PROMPT, *args] if "--prompt-file" not in args else args
+    assert_bad_input(run("generate", *args, "--checkpoint-root", root), *needles)
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n"])
+def test_empty_prompt(fake, root, prompt):
+    assert_bad_input(run("generate", "--prompt", prompt, "--checkpoint-root", root), "prompt is empty")
+    assert fake.calls == []
+
+
+def test_prompt_sources(fake, root, tmp_path):
+    (tmp_path / "p.txt").write_text(PROMPT)
+    both = run("generate", "--prompt", PROMPT, "--prompt-file", tmp_path / "p.txt", "--checkpoint-root", root)
+    assert_bad_input(both, "either --prompt or --prompt-file")
+    assert_bad_input(run("generate", "--seconds", 2, "--checkpoint-root", root), "no prompt")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    assert_bad_input(run("generate", "--prompt-file", tmp_path / "latin1.txt", "--checkpoint-root", root), "not UTF-8")
+    assert fake.calls == []
+
+
+def test_existing_output_needs_overwrite(fake, root):
+    Path("taken.mp4").write_bytes(b"old")
+    assert_bad_input(run("generate", "--prompt", PROMPT, "-o", "taken.mp4", "--checkpoint-root", root),
+                     "already exists", "--overwrite")
+    assert fake.calls == [] and Path("taken.mp4").read_bytes() == b"old"
+    result = run("generate", "--prompt", PROMPT, "-o", "taken.mp4", "--overwrite", "--checkpoint-root", root)
+    assert result.exit_code == 0, result.output
+    assert len(fake.calls) == 1 and Path("taken.mp4").stat().st_size > 3
+
+
+def test_checkpoint_locations(fake, root, tmp_path):
+    assert_bad_input(run("generate", "--prompt", PROMPT), "no checkpoint root", "magihuman download", "--demo")
+    assert_bad_input(run("generate", "--prompt", PROMPT, "--checkpoint-root", tmp_path / "nowhere"),
+                     "not a folder", "magihuman download --root")
+    shutil.rmtree(root / "t5gemma-9b-9b-ul2")
+    shutil.rmtree(root / "base")
+    assert_bad_input(run("generate", "--prompt", PROMPT, "--checkpoint-root", root, "--preset", "base"),
+                     "lacks base/, t5gemma-9b-9b-ul2/", "--preset base")
+    assert_bad_input(run("generate", "--prompt", PROMPT, "--checkpoint-root", root, "--text-encoder", tmp_path / "te"),
+                     "--text-encoder path not found")
+    assert_bad_input(run("generate", "--prompt", PROMPT, "--demo", "--checkpoint-root", root),
+                     "--demo", "--checkpoint-root")
+    assert fake.calls == []
+    # A missing root folder is fine when its component is given explicitly.
+    result = run("generate", "--prompt", PROMPT, "--checkpoint-root", root, "--text-encoder", root / "distill",
+                 "-o", "x.mp4")
+    assert result.exit_code == 0, result.output
+    assert fake.calls[-1]["text_encoder"] == root / "distill"
+
+
+def test_load_and_generation_failures_exit_1(monkeypatch, root):
+    pipe = FakePipeline([], fail_load=FileNotFoundError("no weights in distill/"))
+    monkeypatch.setattr(pipeline.MagiHumanPipeline, "from_official", pipe.from_official)
+    result = run("generate", "--prompt", PROMPT, "--checkpoint-root", root, "-o", "x.mp4")
+    assert result.exit_code == 1, result.output
+    assert "error: could not load the checkpoints: no weights in distill/" in result.output
+    assert "Traceback" not in result.output and not Path("x.mp4").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda(fake, root):
+    assert_bad_input(run("generate", "--prompt", PROMPT, "--device", "cuda", "--checkpoint-root", root),
+                     "CUDA is not available", "--device cpu")
+
+
+# ------------------------------------------------------------------------------------------------ download
+
+
+def test_download_offline(tmp_path):
+    result = run("download", "--root", tmp_path / "ckpt", env={"HF_HUB_OFFLINE": "1"})
+    assert result.exit_code == 1, result.output
+    assert "cannot reach the Hugging Face hub" in result.output and "--checkpoint-root" in result.output
+    assert "huggingface-cli login" in result.output  # the gated-model note comes first
+    assert "Traceback" not in result.output and not (tmp_path / "ckpt").exists()
+
+
+def test_download_hub_errors(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError
+
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)
+
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    result = run("download", "--root", tmp_path)
+    assert result.exit_code == 1 and "cannot reach the Hugging Face hub" in result.output
+    gated = GatedRepoError.__new__(GatedRepoError)  # skip __init__: it wants an HTTP response
+
+    def refuse(*args, **kwargs):
+        raise gated
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    result = run("download", "--root", tmp_path, "--components", "text_encoder")
+    assert result.exit_code == 1 and "google/t5gemma-9b-9b-ul2 is gated" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_download_plan_and_selection(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub.file_download import DryRunFileInfo
+
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)
+    calls, size = [], [1_500_000_000]
+
+    def fake_snapshot(repo_id, *, local_dir, allow_patterns, dry_run=False):
+        calls.append((repo_id, Path(local_dir), tuple(allow_patterns), dry_run))
+        return [DryRunFileInfo("abc", size[0], f"{allow_patterns[0]}.bin", "", False, True)]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    result = run("download", "--root", tmp_path, "--preset", "all", "--components", "dit,video_vae", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert calls == [
+        ("GAIR/daVinci-MagiHuman", tmp_path / ".", ("distill/*",), True),
+        ("GAIR/daVinci-MagiHuman", tmp_path / ".", ("base/*",), True),
+        ("Wan-AI/Wan2.2-TI2V-5B", tmp_path / "Wan2.2-TI2V-5B", ("Wan2.2_VAE.pth",), True),
+    ]
+    assert "4.5 GB" in result.output and "1.5 GB" in result.output
+    calls.clear()
+    size[0] = 1000  # small enough for the free-space check
+    result = run("download", "--root", tmp_path / "new", "--components", "audio_vae")
+    assert result.exit_code == 0, result.output
+    assert [c[3] for c in calls] == [True, False] and calls[1][2] == ("model_config.json", "model.safetensors")
+    assert "--checkpoint-root" in result.output
+    assert_bad_input(run("download", "--components", "vocoder"), "unknown component", "text_encoder")
+
+
+def test_download_default_selection():
+    names = [(s.name, s.folder) for s in hub.select_sources("distill")]
+    assert names == [("dit", "distill"), ("turbo_vae", "turbo_vae"), ("text_encoder", "t5gemma-9b-9b-ul2"),
+                     ("audio_vae", "stable-audio-open-1.0"), ("video_vae", "Wan2.2-TI2V-5B")]
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """One demo bundle for the session, outside the user's cache."""
+    return tmp_path_factory.mktemp("demo") / "bundle"
+
+
+def test_generate_demo_image_to_video(examples_dir, demo_dir, tmp_path, monkeypatch):
+    from magihuman.media import probe_media
+
+    monkeypatch.setenv("MAGIHUMAN_DEMO_DIR", str(demo_dir))
+    out = tmp_path / "out.mp4"
+    result = run("generate", "--demo", "--prompt", PROMPT, "--image", examples_dir / "image.png", "--seconds", 2,
+                 "--output", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    info = probe_media(out)
+    assert (info["num_video_streams"], info["video_codec"], info["num_frames"]) == (1, "h264", 49)
+    assert (info["width"], info["height"], info["fps"]) == (448, 256, 25.0)
+    assert (info["num_audio_streams"], info["audio_codec"]) == (1, "aac")
+    assert info["audio_header_duration"] == pytest.approx(2.04, abs=0.01)
+    assert info["audio_duration"] == pytest.approx(2.04, abs=1024 / 44100)  # AAC frame padding
+
+
+def test_generate_demo_audio_driven_text_to_video(demo_dir, tone, tmp_path, monkeypatch):
+    """No image (text-to-video) and a driving audio track, at a small size to stay fast."""
+    from magihuman.media import probe_media
+
+    monkeypatch.setenv("MAGIHUMAN_DEMO_DIR", str(demo_dir))
+    out = tmp_path / "a2v.mp4"
+    result = run("generate", "--demo", "--prompt", PROMPT, "--audio", tone, "--seconds", 1, "--width", 128,
+                 "--height", 64, "--output", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    info = probe_media(out)
+    assert (info["video_codec"], info["num_frames"], info["width"], info["height"]) == ("h264", 25, 128, 64)
+    assert info["audio_codec"] == "aac"
+    assert info["audio_header_duration"] == pytest.approx(1.0, abs=0.01)  # the driving track, kept
