@@ -24,6 +24,7 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+from torch import Tensor
 import zstandard
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 __all__ = [
     "CheckpointError",
     "CheckpointFiles",
+    "load_state_dict_strict",
     "ShardFile",
     "TensorSpec",
     "describe_checkpoint",
@@ -776,3 +778,36 @@ def _remove_stale(folder: Path, keep: Iterable[Path]) -> None:
     for path in folder.iterdir():
         if path not in keep and _LAYOUT_FILE.fullmatch(path.name) and path.is_file():
             path.unlink()
+
+
+def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Tensor], *, what: str) -> None:
+    """Assign ``state_dict`` into ``model`` (built on the meta device) after a strict key/shape check.
+
+    The tensors become the model's parameters (``load_state_dict(assign=True)``), so no second copy
+    of the weights is made.
+
+    Args:
+        model: Module whose parameters may be on the meta device.
+        state_dict: ``{name: tensor}`` in the model's own naming, already in the wanted dtype/device.
+        what: Human-readable name of the checkpoint for the error message (e.g. a file path).
+
+    Raises:
+        CheckpointError: ONE error (a ValueError) listing every missing key, unexpected key and shape
+            mismatch. Used by the codec loaders, whose files are read whole (``.pth``, single safetensors).
+    """
+    expected = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {expected[k]}"
+        for k, v in state_dict.items()
+        if k in expected and tuple(v.shape) != expected[k]
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint {what} does not match the model ({type(model).__name__}):"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if items:
+                lines.append(f"  {len(items)} {title} key(s): " + ", ".join(items))
+        lines.append("  Check that the file is the right checkpoint and that the config matches it.")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(dict(state_dict), strict=True, assign=True)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from magihuman.codecs.video_vae import load_state_dict_strict
+from magihuman.checkpoint import load_state_dict_strict
 
 __all__ = [
     "HOP_LENGTH",

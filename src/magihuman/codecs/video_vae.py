@@ -38,13 +38,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..checkpoint import load_state_dict_strict
+
 __all__ = [
     "WAN22_LATENT_MEAN",
     "WAN22_LATENT_STD",
     "WAN22_CHECKPOINT_NAME",
     "VideoVAE",
     "convert_wan22_state_dict",
-    "load_state_dict_strict",
     "load_wan22_vae",
     "official_wan22_key_shapes",
     "save_random_official",
@@ -361,38 +362,6 @@ def convert_wan22_state_dict(original: Mapping[str, Tensor]) -> dict[str, Tensor
 # --------------------------------------------------------------------------------------------------
 # Strict loading
 # --------------------------------------------------------------------------------------------------
-
-
-def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Tensor], *, what: str) -> None:
-    """Assign ``state_dict`` into ``model`` (built on the meta device) after a strict key/shape check.
-
-    The tensors become the model's parameters (``load_state_dict(assign=True)``), so no second copy
-    of the weights is made.
-
-    Args:
-        model: Module whose parameters may be on the meta device.
-        state_dict: ``{name: tensor}`` in the model's own naming, already in the wanted dtype/device.
-        what: Human-readable name of the checkpoint for the error message (e.g. a file path).
-
-    Raises:
-        ValueError: ONE error listing every missing key, unexpected key and shape mismatch.
-    """
-    expected = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {expected[k]}"
-        for k, v in state_dict.items()
-        if k in expected and tuple(v.shape) != expected[k]
-    ]
-    if missing or unexpected or mismatched:
-        lines = [f"checkpoint {what} does not match the model ({type(model).__name__}):"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if items:
-                lines.append(f"  {len(items)} {title} key(s): " + ", ".join(items))
-        lines.append("  Check that the file is the right checkpoint and that the config matches it.")
-        raise ValueError("\n".join(lines))
-    model.load_state_dict(dict(state_dict), strict=True, assign=True)
 
 
 def _cast_in_place(state_dict: dict[str, Tensor], dtype: torch.dtype, device: torch.device | str) -> None:
