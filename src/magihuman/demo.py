@@ -26,7 +26,7 @@ from .pipeline import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
 from .random_weights import TINY_TRANSFORMER_CONFIG, save_random_transformer
 
 #: Bump when the bundle's contents change, so stale caches are rebuilt.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 _COMPLETE_MARKER = "DEMO_WEIGHTS_ARE_RANDOM.txt"
 _MARKER_TEXT = (
     "This folder is the magihuman demo bundle: tiny models with RANDOM weights in the official file\n"
@@ -48,6 +48,7 @@ def build_demo_bundle(root: str | Path, *, seed: int = 0) -> Path:
     """Write the bundle into ``root`` (which must not exist yet), laid out as a checkpoint root.
 
     Layout (docs/design.md): ``distill/`` (2 safetensors shards + index), ``base/`` (``.zst`` shards),
+    ``540p_sr/`` and ``1080p_sr/`` (super-resolution DiTs, same architecture),
     ``t5gemma-9b-9b-ul2/``, ``Wan2.2-TI2V-5B/Wan2.2_VAE.pth``, ``stable-audio-open-1.0/``. The
     transformer folders also carry ``magihuman_transformer.json`` with the tiny config.
 
@@ -68,9 +69,10 @@ def build_demo_bundle(root: str | Path, *, seed: int = 0) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         config = dict(TINY_TRANSFORMER_CONFIG)
-        for name, compress in (("distill", False), ("base", True)):
+        transformers = (("distill", False), ("base", True), ("540p_sr", False), ("1080p_sr", False))
+        for offset, (name, compress) in enumerate(transformers):
             folder = staging / name
-            save_random_transformer(folder, config, seed=seed + (name == "base"), max_shard_bytes=4 << 20,
+            save_random_transformer(folder, config, seed=seed + 10 + offset, max_shard_bytes=4 << 20,
                                     compress=compress)
             (folder / TRANSFORMER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         text_encoder.save_random_official(staging / ROOT_LAYOUT["text_encoder"],

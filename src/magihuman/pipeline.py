@@ -15,6 +15,7 @@ One request runs these stages (pipeline.md 0 and 14):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -33,6 +34,7 @@ from .codecs.video_vae import VideoVAE
 from .media import load_audio, preprocess_image, video_to_uint8, write_mp4
 from .presets import DEFAULT_HEIGHT, DEFAULT_SECONDS, DEFAULT_SEED, DEFAULT_WIDTH, FPS, Preset, get_preset
 from .sampling import denoise
+from .super_resolution import SuperResolutionStage, sr1080_local_attn_layers, super_resolve
 from .transformer import MagiHumanTransformer
 
 #: Spatial stride of the Wan2.2 VAE times the DiT's 2x2 patch: pixel sizes round down to this (pipeline.md 4.1).
@@ -113,8 +115,10 @@ class GenerationRequest(BaseModel):
         seconds: clip length in seconds (> 0). Video has ``4*floor(25*s/4)+1`` frames at 25 fps.
         width, height: requested pixel size, rounded down to multiples of 32.
         seed: seed of every noise draw.
-        preset: ``"distill"`` or ``"base"`` (see :mod:`magihuman.presets`).
+        preset: ``"distill"``, ``"base"``, ``"sr_540p"`` or ``"sr_1080p"`` (see :mod:`magihuman.presets`).
         negative_prompt: the unconditional text for CFG (``None``: our default).
+        sr_width, sr_height: output size of the super-resolution stage (SR presets only; default: the
+            preset's 896x512 or 1920x1088), rounded down to multiples of 32.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -128,6 +132,8 @@ class GenerationRequest(BaseModel):
     seed: int = DEFAULT_SEED
     preset: str = "distill"
     negative_prompt: Optional[str] = None
+    sr_width: Optional[int] = None
+    sr_height: Optional[int] = None
 
     @field_validator("image", "audio", mode="before")
     @classmethod
@@ -161,11 +167,29 @@ class GenerationRequest(BaseModel):
             notices.append(
                 f"size {self.width}x{self.height} rounded down to {width}x{height} (multiples of {SIZE_MULTIPLE} px)"
             )
-        get_preset(self.preset)
+        preset = get_preset(self.preset)
+        if (self.sr_width is None) != (self.sr_height is None):
+            raise ValueError("give both sr_width and sr_height, or neither")
+        if self.sr_width is not None:
+            if preset.sr is None:
+                raise ValueError(f"preset {self.preset!r} has no super-resolution stage; use sr_540p or sr_1080p")
+            sr_size = round_video_size(self.sr_width, self.sr_height)
+            if min(sr_size) < SIZE_MULTIPLE:
+                raise ValueError(f"SR size must be at least {SIZE_MULTIPLE} pixels, got {self.sr_width}x{self.sr_height}")
+            if sr_size != (self.sr_width, self.sr_height):
+                notices.append(f"SR size {self.sr_width}x{self.sr_height} rounded down to {sr_size[0]}x{sr_size[1]}")
         for kind, path in (("image", self.image), ("audio", self.audio)):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{kind} file not found: {path}")
         return notices
+
+    def sr_stage(self) -> Optional[SuperResolutionStage]:
+        """The preset's SR stage with this request's SR size, or None."""
+        stage = get_preset(self.preset).sr
+        if stage is None or self.sr_width is None:
+            return stage
+        width, height = round_video_size(self.sr_width, self.sr_height)
+        return dataclasses.replace(stage, width=width, height=height)
 
     def plan(self) -> LatentPlan:
         """Latent sizes for generated audio (the driving-audio length replaces ``audio_latents`` later)."""
@@ -230,7 +254,8 @@ class MagiHumanPipeline:
     """
 
     def __init__(self, transformer: MagiHumanTransformer, text_encoder: TextEncoder, video_vae: VideoVAE,
-                 audio_vae: AudioVAE, *, preset: str = "distill", negative_prompt: str = DEFAULT_NEGATIVE_PROMPT):
+                 audio_vae: AudioVAE, *, preset: str = "distill", negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+                 sr_transformer: Optional[MagiHumanTransformer] = None, video_decoder=None):
         if text_encoder.hidden_size != transformer.config.text_in_channels:
             raise ValueError(
                 f"the text encoder emits {text_encoder.hidden_size}-d states but the transformer expects "
@@ -240,6 +265,13 @@ class MagiHumanPipeline:
         self.video_vae, self.audio_vae = video_vae, audio_vae
         self.preset: Preset = get_preset(preset)
         self.negative_prompt = negative_prompt
+        if (self.preset.sr is not None) != (sr_transformer is not None):
+            raise ValueError(
+                f"preset {preset!r} {'needs' if self.preset.sr else 'takes no'} super-resolution transformer"
+            )
+        self.sr_transformer = sr_transformer
+        #: decodes the final latent to pixels: the Turbo-VAED decoder or the Wan2.2 VAE (same interface)
+        self.video_decoder = video_decoder if video_decoder is not None else video_vae
 
     @property
     def device(self) -> torch.device:
@@ -250,8 +282,8 @@ class MagiHumanPipeline:
     def from_official(
         cls, root: str | Path | None = None, *, transformer: str | Path | None = None,
         text_encoder: str | Path | None = None, video_vae: str | Path | None = None,
-        audio_vae: str | Path | None = None, preset: str = "distill", device: str | torch.device = "cpu",
-        progress: bool = False,
+        audio_vae: str | Path | None = None, sr_transformer: str | Path | None = None,
+        preset: str = "distill", device: str | torch.device = "cpu", progress: bool = False,
     ) -> "MagiHumanPipeline":
         """Load every component from the official files, unchanged.
 
@@ -259,6 +291,7 @@ class MagiHumanPipeline:
             root: a checkpoint root laid out as ``magihuman download`` makes it (docs/design.md):
                 ``<preset checkpoint>/``, ``t5gemma-9b-9b-ul2/``, ``Wan2.2-TI2V-5B/``, ``stable-audio-open-1.0/``.
             transformer, text_encoder, video_vae, audio_vae: per-component locations, overriding ``root``.
+            sr_transformer: the SR DiT folder (SR presets; default ``ROOT/540p_sr`` or ``ROOT/1080p_sr``).
             preset: ``"distill"`` or ``"base"``; picks the DiT sub-folder and the sampler.
             device: where the models run. VAEs run in bf16 on CUDA and float32 on CPU.
             progress: progress bar while loading the DiT shards.
@@ -268,19 +301,28 @@ class MagiHumanPipeline:
             CheckpointError, FileNotFoundError: from the component loaders, naming the bad path or key.
         """
         chosen = get_preset(preset)
-        paths = _component_paths(root, chosen, dict(transformer=transformer, text_encoder=text_encoder,
-                                                    video_vae=video_vae, audio_vae=audio_vae))
+        explicit = dict(transformer=transformer, text_encoder=text_encoder, video_vae=video_vae, audio_vae=audio_vae)
+        if chosen.sr is not None:
+            explicit["sr_transformer"] = sr_transformer
+        paths = _component_paths(root, chosen, explicit)
         device = torch.device(device)
         vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         dit = MagiHumanTransformer.from_official(
             paths["transformer"], device=device, progress=progress, **_transformer_config(paths["transformer"])
         )
+        sr_dit = None
+        if chosen.sr is not None:
+            config = _transformer_config(paths["sr_transformer"])
+            if chosen.sr.local_attention:
+                config["local_attn_layers"] = sr1080_local_attn_layers(config.get("num_layers", 40))
+            sr_dit = MagiHumanTransformer.from_official(paths["sr_transformer"], device=device, progress=progress,
+                                                        **config)
         return cls(
             dit,
             TextEncoder.from_official(paths["text_encoder"], device=device),
             VideoVAE.from_official(paths["video_vae"], dtype=vae_dtype, device=device),
             AudioVAE.from_official(paths["audio_vae"], device=device),
-            preset=preset,
+            preset=preset, sr_transformer=sr_dit,
         )
 
     # ------------------------------------------------------------------------------- generation
@@ -341,20 +383,37 @@ class MagiHumanPipeline:
                     image_latent=image_latent, audio_fixed=driving_audio is not None, generator=generator,
                     callback=lambda *_: bar.update(1),
                 )
-            # 5. decode
+            # 5. super-resolution (SR presets): upsample, re-noise, 5 steps of the SR DiT (pipeline.md 8)
+            stage = request.sr_stage()
+            if stage is not None:
+                video_latent = self._super_resolve(request, stage, video_latent, audio_latent, text, negative,
+                                                   generator, timer)
+            # 6. decode
             with timer.stage("video decode"):
-                frames = video_to_uint8(self.video_vae.decode(video_latent))
+                frames = video_to_uint8(self.video_decoder.decode(video_latent))
             with timer.stage("audio decode"):
                 waveform = driving_audio if driving_audio is not None else self._decode_audio(audio_latent)
         return GenerationOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, notices,
                                 video_latent.cpu(), audio_latent.cpu())
 
     # ------------------------------------------------------------------------------- stages
+    def _super_resolve(self, request, stage, video_latent, audio_latent, text, negative, generator, timer):
+        """The SR stage: image re-encoded at the SR size (TI2V), then :func:`super_resolve` (pipeline.md 8)."""
+        image_latent = None
+        if request.image is not None:
+            with timer.stage("image encode (SR)"):
+                pixels = preprocess_image(request.image, stage.width, stage.height)
+                image_latent = self.video_vae.encode(pixels[:, :, None].to(self.device)).float()
+        with timer.stage("super-resolution", total=stage.sampler.num_steps) as bar:
+            return super_resolve(self.sr_transformer, video_latent, audio_latent, text, negative, stage=stage,
+                                 generator=generator, image_latent=image_latent, callback=lambda *_: bar.update(1))
+
     def _encode_prompts(self, request: GenerationRequest) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Prompt embeddings ``[1, Nt, C]`` float32, and the negative ones when the sampler uses CFG."""
         text, _ = self.text_encoder.encode(request.prompt)
         negative = None
-        if self.preset.sampler.cfg_number == 2:
+        sr_cfg = self.preset.sr is not None and self.preset.sr.sampler.cfg_number == 2
+        if self.preset.sampler.cfg_number == 2 or sr_cfg:
             negative, _ = self.text_encoder.encode(request.negative_prompt or self.negative_prompt)
             negative = negative.to(self.device)
         return text.to(self.device), negative
@@ -389,7 +448,7 @@ class MagiHumanPipeline:
 
 # ----------------------------------------------------------------------------------------- helpers
 def _component_paths(root, preset: Preset, explicit: dict[str, Any]) -> dict[str, Path]:
-    layout = dict(ROOT_LAYOUT, transformer=preset.checkpoint)
+    layout = dict(ROOT_LAYOUT, transformer=preset.checkpoint, sr_transformer=preset.sr.checkpoint if preset.sr else None)
     paths = {}
     for name, path in explicit.items():
         if path is None and root is None:

@@ -6,6 +6,8 @@ A preset is data, not a code branch: the pipeline reads these fields and nothing
 |---|---|---|---|
 | ``distill`` | ``distill/`` | 8 steps, no CFG, re-noising update | pipeline.md 1.3 "distill" example, 4.5 |
 | ``base`` | ``base/`` | 32 steps FlowUniPC, shift 5, 2-pass CFG | pipeline.md 1.3 "base" example, 4.4, 5 |
+| ``sr_540p`` | ``base/`` then ``540p_sr/`` | base, then 5 SR steps to 896x512 | pipeline.md 1.3 "sr_540p", 8 |
+| ``sr_1080p`` | ``base/`` then ``1080p_sr/`` | base, then 5 SR steps to 1920x1088, local attention | pipeline.md 1.3 "sr_1080p", 8; dit.md 1.3 |
 
 Both official examples render 448x256 (pipeline.md 1.3; the CLI default of the reference, 480x272,
 renders 480x256 after rounding). Video is 25 fps and audio 44.1 kHz.
@@ -14,8 +16,10 @@ renders 480x256 after rounding). Video is 25 fps and audio 44.1 kHz.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from .sampling import BASE_SAMPLER, DISTILL_SAMPLER, SamplerConfig
+from .super_resolution import SuperResolutionStage
 
 #: Frames per second of video and the latent-audio rate base (pipeline.md 1.2 ``fps``).
 FPS = 25
@@ -37,6 +41,7 @@ class Preset:
         sampler: the denoising loop's settings.
         description: one line for ``--help`` and the README.
         gpu_memory: rough GPU memory need, for the README's hardware table.
+        sr: the super-resolution stage, if any (its size is the output size).
     """
 
     name: str
@@ -44,6 +49,7 @@ class Preset:
     sampler: SamplerConfig
     description: str
     gpu_memory: str
+    sr: Optional[SuperResolutionStage] = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -57,7 +63,35 @@ PRESETS: dict[str, Preset] = {
         "base DiT, 32 FlowUniPC steps with 2-pass CFG: slower, the reference quality",
         "about 31 GB of DiT weights (bf16) + 18 GB text encoder (offloadable)",
     ),
+    "sr_540p": Preset(
+        "sr_540p", "base", BASE_SAMPLER,
+        "base DiT at 448x256, then the 540p SR DiT (5 steps) to 896x512",
+        "two 15B DiTs (~62 GB bf16; one at a time with offload) + text encoder",
+        SuperResolutionStage("540p_sr", 896, 512),
+    ),
+    "sr_1080p": Preset(
+        "sr_1080p", "base", BASE_SAMPLER,
+        "base DiT at 448x256, then the 1080p SR DiT (5 steps, local attention) to 1920x1088",
+        "two 15B DiTs + ~54k-token attention at 1080p; the reference needs offload even on 80 GB",
+        SuperResolutionStage("1080p_sr", 1920, 1088, local_attention=True),
+    ),
 }
+
+
+def preset_for_sr_size(name: str, sr_width: Optional[int], sr_height: Optional[int]) -> str:
+    """The preset to load when ``--sr-width/--sr-height`` are given: ``name`` itself if it has an SR stage,
+    else ``sr_1080p`` for SR heights above 720 px and ``sr_540p`` otherwise.
+
+    Raises:
+        ValueError: if only one of the two SR sizes is given.
+    """
+    if sr_width is None and sr_height is None:
+        return name
+    if sr_width is None or sr_height is None:
+        raise ValueError("give both --sr-width and --sr-height (or neither)")
+    if get_preset(name).sr is not None:
+        return name
+    return "sr_1080p" if sr_height > 720 else "sr_540p"
 
 
 def get_preset(name: str) -> Preset:

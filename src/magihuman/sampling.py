@@ -59,6 +59,9 @@ class SamplerConfig:
         guidance_switch_timestep: the switch point (500, on integer timesteps in [0, 999]).
         audio_guidance_scale: audio CFG scale at every step (cfg 2 only).
         update: ``"unipc"`` (FlowUniPC, one scheduler per stream) or ``"renoise"`` (distilled step).
+        first_frames_guidance_cap: ``(frames, cap)``: latent frames with index ``< frames`` use
+            ``min(cap, video scale)`` (the super-resolution "cfg trick", pipeline.md 5: ``(13, 2.0)``);
+            None (the base stage) applies one scale to every frame.
 
     Raises:
         ValueError: from ``__post_init__`` for an invalid value (e.g. ``cfg_number`` not in {1, 2}).
@@ -72,6 +75,7 @@ class SamplerConfig:
     guidance_switch_timestep: int = GUIDANCE_SWITCH_TIMESTEP
     audio_guidance_scale: float = AUDIO_GUIDANCE_SCALE
     update: str
+    first_frames_guidance_cap: tuple[int, float] | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.num_steps) or self.num_steps < 1:
@@ -89,6 +93,9 @@ class SamplerConfig:
             raise ValueError(f"guidance_switch_timestep must be an integer, got {self.guidance_switch_timestep!r}")
         if self.update not in UPDATES:
             raise ValueError(f"update must be one of {UPDATES}, got {self.update!r}")
+        cap = self.first_frames_guidance_cap
+        if cap is not None and (len(cap) != 2 or not _is_int(cap[0]) or cap[0] < 0 or not _is_number(cap[1])):
+            raise ValueError(f"first_frames_guidance_cap must be (frames >= 0, finite cap), got {cap!r}")
 
 
 # The `base` example: 32 FlowUniPC steps with two-pass CFG (pipeline.md 1.3, 4.5 "base & cfg 2").
@@ -96,6 +103,14 @@ BASE_SAMPLER = SamplerConfig(num_steps=32, cfg_number=2, update="unipc")
 # The `distill` example: 8 re-noise steps, conditional pass only (pipeline.md 1.3, 4.5 "base & cfg 1";
 # the sampler_distill golden case).
 DISTILL_SAMPLER = SamplerConfig(num_steps=8, cfg_number=1, update="renoise")
+# Super-resolution stage as the shipped SR examples run it: 5 FlowUniPC steps, shift 5, conditional pass only
+# (pipeline.md 1.3 `sr_cfg_number` 1, 8 step 6).
+SR_SAMPLER = SamplerConfig(num_steps=5, cfg_number=1, update="unipc")
+# Super-resolution with CFG (`sr_cfg_number` 2, the config default): video 3.5 at every step (no timestep
+# switch), capped at 2.0 on latent frames < 13 (the "cfg trick"); audio guidance is computed by the reference
+# but its result is discarded (pipeline.md 5, 8).
+SR_SAMPLER_CFG = SamplerConfig(num_steps=5, cfg_number=2, update="unipc", video_guidance_scale=3.5,
+                               guidance_switch_timestep=-1, first_frames_guidance_cap=(13, 2.0))
 
 
 def video_guidance_scale(config: SamplerConfig, timestep: int | torch.Tensor) -> float:
@@ -107,6 +122,21 @@ def video_guidance_scale(config: SamplerConfig, timestep: int | torch.Tensor) ->
     if int(timestep) > config.guidance_switch_timestep:
         return config.video_guidance_scale
     return config.video_guidance_scale_late
+
+
+def video_guidance_per_frame(config: SamplerConfig, timestep: int, num_frames: int) -> float | torch.Tensor:
+    """The video CFG scale, as a ``[1, 1, T, 1, 1]`` float32 tensor when the first-frames cap applies.
+
+    Super-resolution with ``sr_cfg_number = 2`` (pipeline.md 5): every latent frame gets 3.5, except frames
+    ``< 13`` which get ``min(2.0, 3.5) = 2.0``; there is no timestep switch in SR.
+    """
+    scale = video_guidance_scale(config, timestep)
+    if config.first_frames_guidance_cap is None:
+        return scale
+    frames, cap = config.first_frames_guidance_cap
+    per_frame = torch.full((1, 1, num_frames, 1, 1), float(scale), dtype=torch.float32)
+    per_frame[:, :, :frames] = min(float(cap), float(scale))
+    return per_frame
 
 
 def apply_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
@@ -219,9 +249,14 @@ def _guided_velocity(
         return cond_video, cond_audio
     uncond_video, uncond_audio = _call_model(model, video, audio, negative_text_embeds)
     return (
-        apply_guidance(cond_video, uncond_video, video_guidance_scale(config, timestep)),
+        apply_guidance(cond_video, uncond_video,
+                       _on(video_guidance_per_frame(config, timestep, video.shape[2]), video.device)),
         apply_guidance(cond_audio, uncond_audio, config.audio_guidance_scale),
     )
+
+
+def _on(scale: float | torch.Tensor, device: torch.device) -> float | torch.Tensor:
+    return scale.to(device) if isinstance(scale, torch.Tensor) else scale
 
 
 def _call_model(
