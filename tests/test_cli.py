@@ -156,7 +156,7 @@ def test_reference_spellings(fake, root, image, tone, tmp_path):
     assert (request.image, request.audio, request.width, request.height) == (image, tone, 480, 272)
     assert (request.seed, request.seconds, request.preset, request.negative_prompt) == (0, 2.0, "distill", None)
     assert "rounded down to 480x256" in result.output  # the request's notice is shown
-    assert fake.calls == [dict(root=root, transformer=None, text_encoder=None, video_vae=None, audio_vae=None,
+    assert fake.calls == [dict(root=root, transformer=None, text_encoder=None, video_vae=None, audio_vae=None, sr_transformer=None,
                                preset="distill", device="cpu", progress=True)]
     assert out.is_file() and f"wrote {out}" in result.output
     for stage in ("load models", "denoise", "video decode", "write mp4", "total"):
@@ -395,9 +395,11 @@ def test_download_plan_and_selection(monkeypatch, tmp_path):
     assert calls == [
         ("GAIR/daVinci-MagiHuman", tmp_path / ".", ("distill/*",), True),
         ("GAIR/daVinci-MagiHuman", tmp_path / ".", ("base/*",), True),
+        ("GAIR/daVinci-MagiHuman", tmp_path / ".", ("540p_sr/*",), True),
+        ("GAIR/daVinci-MagiHuman", tmp_path / ".", ("1080p_sr/*",), True),
         ("Wan-AI/Wan2.2-TI2V-5B", tmp_path / "Wan2.2-TI2V-5B", ("Wan2.2_VAE.pth",), True),
     ]
-    assert "4.5 GB" in result.output and "1.5 GB" in result.output
+    assert "7.5 GB" in result.output and "1.5 GB" in result.output
     calls.clear()
     size[0] = 1000  # small enough for the free-space check
     result = run("download", "--root", tmp_path / "new", "--components", "audio_vae")
@@ -451,3 +453,31 @@ def test_generate_demo_audio_driven_text_to_video(demo_dir, tone, tmp_path, monk
     assert (info["video_codec"], info["num_frames"], info["width"], info["height"]) == ("h264", 25, 128, 64)
     assert info["audio_codec"] == "aac"
     assert info["audio_header_duration"] == pytest.approx(1.0, abs=0.01)  # the driving track, kept
+
+
+def test_sr_size_selects_an_sr_preset(fake, root):
+    """--sr-width/--sr-height without an SR preset pick sr_540p (<= 720 px high) or sr_1080p."""
+    (root / "540p_sr").mkdir(exist_ok=True)
+    (root / "base").mkdir(exist_ok=True)
+    result = run("generate", "--prompt", PROMPT, "--sr-width", "896", "--sr-height", "512", "--checkpoint-root",
+                 root, "-o", "sr.mp4")
+    assert result.exit_code == 0, result.output
+    assert "using preset sr_540p" in result.output
+    (request,) = fake.requests
+    assert (request.preset, request.sr_width, request.sr_height) == ("sr_540p", 896, 512)
+    assert fake.calls[0]["preset"] == "sr_540p"
+    result = run("generate", "--prompt", PROMPT, "--sr-width", "896", "--checkpoint-root", root, "-o", "x.mp4")
+    assert result.exit_code == 2 and "both" in result.output
+
+
+def test_generate_demo_super_resolution(tmp_path):
+    """The SR preset end to end on the demo bundle: the MP4 has the SR size (issue: --demo --preset sr_540p)."""
+    from magihuman.media import probe_media
+
+    out = tmp_path / "sr.mp4"
+    result = run("generate", "--demo", "--prompt", PROMPT, "--preset", "sr_540p", "--seconds", "0.4",
+                 "--width", "64", "--height", "64", "--sr-width", "128", "--sr-height", "96", "--output", out)
+    assert result.exit_code == 0, result.output
+    info = probe_media(out)
+    assert (info["video_codec"], info["num_frames"], info["width"], info["height"]) == ("h264", 9, 128, 96)
+    assert info["audio_codec"] == "aac"

@@ -39,23 +39,24 @@ __all__ = ["app", "main", "default_output_name", "read_text_file", "CONFIG_KEYS"
 
 #: ``tuple(magihuman.presets.PRESETS)``, repeated here because importing the presets pulls in torch and
 #: diffusers (seconds) and ``--help`` should not; tests/test_cli.py checks that the two agree.
-PresetName = Literal["distill", "base"]
+PresetName = Literal["distill", "base", "sr_540p", "sr_1080p"]
 #: ``download.DIT_PRESETS`` plus ``all``, for the same reason.
-DownloadPreset = Literal["distill", "base", "all"]
+DownloadPreset = Literal["distill", "base", "sr_540p", "sr_1080p", "all"]
 #: Defaults shown in ``--help``; the values themselves come from ``GenerationRequest`` (the CLI passes
 #: nothing for an option that was not given). tests/test_cli.py checks that the two agree.
 SHOWN_DEFAULTS = {"seconds": 4.0, "width": 448, "height": 256, "seed": 42, "preset": "distill"}
 
 #: Fields of ``GenerationRequest`` (pipeline.py) the CLI fills.
-REQUEST_KEYS = ("prompt", "image", "audio", "seconds", "width", "height", "seed", "preset", "negative_prompt")
+REQUEST_KEYS = ("prompt", "image", "audio", "seconds", "width", "height", "seed", "preset", "negative_prompt",
+                "sr_width", "sr_height")
 #: Checkpoint locations, overriding a root per component (``MagiHumanPipeline.from_official``).
-COMPONENT_KEYS = ("transformer", "text_encoder", "video_vae", "audio_vae")
+COMPONENT_KEYS = ("transformer", "text_encoder", "video_vae", "audio_vae", "sr_transformer")
 #: Every key a ``--config`` JSON file may hold.
 CONFIG_KEYS = (
     *REQUEST_KEYS, "prompt_file", "negative_prompt_file", "checkpoint_root", *COMPONENT_KEYS, "output", "device",
 )
 #: Config keys whose value is a path or a name (JSON string or null).
-_STRING_KEYS = frozenset(CONFIG_KEYS) - {"seconds", "width", "height", "seed"}
+_STRING_KEYS = frozenset(CONFIG_KEYS) - {"seconds", "width", "height", "seed", "sr_width", "sr_height"}
 #: Options that form one setting: given on the command line, they replace all of the group's config keys.
 _GROUPS = (("prompt", "prompt_file"), ("negative_prompt", "negative_prompt_file"), ("output", "save_path_prefix"))
 
@@ -172,8 +173,13 @@ def generate(
     seed: Annotated[int | None, typer.Option(
         "--seed", help=f"Seed of all noise. Default: {SHOWN_DEFAULTS['seed']}.")] = None,
     preset: Annotated[PresetName | None, typer.Option(
-        "--preset", help="distill: 8 steps, no CFG (fast). base: 32 steps with CFG. Default: "
-        f"{SHOWN_DEFAULTS['preset']}.")] = None,
+        "--preset", help="distill: 8 steps, no CFG (fast). base: 32 steps with CFG. sr_540p / sr_1080p: base, "
+        f"then latent super-resolution to 896x512 / 1920x1088. Default: {SHOWN_DEFAULTS['preset']}.")] = None,
+    sr_width: Annotated[int | None, typer.Option(
+        "--sr-width", "--sr_width", help="Super-resolution output width (picks sr_540p, or sr_1080p above 720 "
+        "px high, unless --preset is an SR preset).", show_default=False)] = None,
+    sr_height: Annotated[int | None, typer.Option(
+        "--sr-height", "--sr_height", help="Super-resolution output height.", show_default=False)] = None,
     negative_prompt: Annotated[str | None, typer.Option(
         "--negative-prompt", help="Unconditional text for CFG (base preset). Default: a built-in list of "
         "visual, audio and delivery defects.", show_default=False)] = None,
@@ -193,6 +199,9 @@ def generate(
         rich_help_panel="Checkpoints")] = None,
     audio_vae: Annotated[Path | None, typer.Option(
         "--audio-vae", help="Stable Audio Open folder (overrides ROOT/stable-audio-open-1.0).",
+        rich_help_panel="Checkpoints")] = None,
+    sr_transformer: Annotated[Path | None, typer.Option(
+        "--sr-transformer", help="Super-resolution DiT folder (overrides ROOT/540p_sr or ROOT/1080p_sr).",
         rich_help_panel="Checkpoints")] = None,
     demo: Annotated[bool, typer.Option(
         "--demo", help="Use tiny built-in RANDOM weights (output is noise): checks the install, no download.",
@@ -382,6 +391,15 @@ def _build_request(settings: dict[str, Any]):
     from pydantic import ValidationError
 
     from .pipeline import GenerationRequest
+    from .presets import preset_for_sr_size
+
+    chosen = fields.get("preset", SHOWN_DEFAULTS["preset"])
+    try:
+        resolved = preset_for_sr_size(chosen, fields.get("sr_width"), fields.get("sr_height"))
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    sr_notice = [] if resolved == chosen else [f"--sr-width/--sr-height given: using preset {resolved}"]
+    fields["preset"] = resolved
 
     try:
         request = GenerationRequest(**fields)
@@ -392,7 +410,7 @@ def _build_request(settings: dict[str, Any]):
         notices = request.validate_inputs()
     except (ValueError, OSError) as exc:
         raise BadInput(str(exc)) from None
-    return request, notices
+    return request, sr_notice + notices
 
 
 def default_output_name(prompt: str, seconds: float, width: int, height: int, max_words: int = 6) -> str:
@@ -417,7 +435,8 @@ def _output_path(settings: dict[str, Any], request) -> Path:
         return Path(settings["output"])
     from .pipeline import round_video_size
 
-    width, height = round_video_size(request.width, request.height)
+    stage = request.sr_stage()
+    width, height = (stage.width, stage.height) if stage else round_video_size(request.width, request.height)
     return Path(default_output_name(request.prompt, request.seconds, width, height))
 
 
@@ -436,7 +455,7 @@ def _checkpoint_locations(settings: dict[str, Any], preset: str, *, demo: bool):
         if path is not None and not path.exists():
             raise BadInput(f"--{key.replace('_', '-')} path not found: {path}")
     if root is None:
-        unset = [f"--{k.replace('_', '-')}" for k, v in components.items() if v is None]
+        unset = [f"--{k.replace('_', '-')}" for k, v in components.items() if v is None and k != "sr_transformer"]
         if unset:
             raise BadInput(
                 f"no checkpoint root: fetch the weights with `magihuman download --root DIR`, then pass "
@@ -453,8 +472,10 @@ def _checkpoint_locations(settings: dict[str, Any], preset: str, *, demo: bool):
     from .pipeline import ROOT_LAYOUT
     from .presets import get_preset
 
-    layout = dict(ROOT_LAYOUT, transformer=get_preset(preset).checkpoint)
-    lacking = [f"{layout[k]}/" for k, v in components.items() if v is None and not (root / layout[k]).is_dir()]
+    chosen = get_preset(preset)
+    layout = dict(ROOT_LAYOUT, transformer=chosen.checkpoint, sr_transformer=chosen.sr.checkpoint if chosen.sr else None)
+    lacking = [f"{layout[k]}/" for k, v in components.items()
+               if v is None and layout[k] is not None and not (root / layout[k]).is_dir()]
     if lacking:
         raise BadInput(
             f"checkpoint root {root} lacks {', '.join(lacking)}; fetch it with `magihuman download --root {root} "

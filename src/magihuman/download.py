@@ -73,6 +73,9 @@ SOURCES: tuple[HubSource, ...] = (
     # pipeline.md 2: model.safetensors.index.json + shards (a shard may be stored as <shard>.zst).
     HubSource("dit", _MAGIHUMAN, ".", "distill", ("distill/*",), note="distilled 15B DiT (preset distill)"),
     HubSource("dit", _MAGIHUMAN, ".", "base", ("base/*",), note="base 15B DiT (preset base)"),
+    # Super-resolution DiTs (pipeline.md 8): same architecture, run after the base DiT.
+    HubSource("dit", _MAGIHUMAN, ".", "540p_sr", ("540p_sr/*",), note="540p super-resolution DiT (preset sr_540p)"),
+    HubSource("dit", _MAGIHUMAN, ".", "1080p_sr", ("1080p_sr/*",), note="1080p super-resolution DiT (preset sr_1080p)"),
     # Distilled video decoder of the official examples (pipeline.md 1.3: JSON config + checkpoint).
     HubSource("turbo_vae", _MAGIHUMAN, ".", "turbo_vae", ("turbo_vae/*",), note="Turbo VAE video decoder"),
     # Text encoder: config, tokenizer and the seq2seq weights (only the encoder half is used, but the
@@ -101,8 +104,12 @@ SOURCES: tuple[HubSource, ...] = (
     ),
 )
 
-#: Presets whose DiT can be downloaded (``--preset``), plus ``all``.
-DIT_PRESETS: tuple[str, ...] = tuple(s.folder for s in SOURCES if s.name == "dit")
+#: The DiT folders each preset needs (``magihuman.presets``; repeated so that ``download`` stays import-light).
+PRESET_FOLDERS: dict[str, tuple[str, ...]] = {
+    "distill": ("distill",), "base": ("base",), "sr_540p": ("base", "540p_sr"), "sr_1080p": ("base", "1080p_sr"),
+}
+#: Presets whose DiTs can be downloaded (``--preset``), plus ``all``.
+DIT_PRESETS: tuple[str, ...] = tuple(PRESET_FOLDERS)
 #: Component names accepted by ``--components``.
 COMPONENTS: tuple[str, ...] = tuple(dict.fromkeys(s.name for s in SOURCES))
 #: Components fetched when ``--components`` is not given.
@@ -146,7 +153,8 @@ def select_sources(preset: str = "distill", components: Sequence[str] | None = N
     """The rows of :data:`SOURCES` to fetch.
 
     Args:
-        preset: ``"distill"``, ``"base"`` or ``"all"``: which DiT(s) the ``dit`` component means.
+        preset: a preset name (``"distill"``, ``"base"``, ``"sr_540p"``, ``"sr_1080p"``) or ``"all"``: which
+            DiT folder(s) the ``dit`` component means.
         components: component names (:data:`COMPONENTS`); ``None`` or empty: :data:`DEFAULT_COMPONENTS`.
 
     Returns:
@@ -164,7 +172,7 @@ def select_sources(preset: str = "distill", components: Sequence[str] | None = N
     return [
         s
         for s in SOURCES
-        if s.name in wanted and (s.name != "dit" or preset in ("all", s.folder))
+        if s.name in wanted and (s.name != "dit" or preset == "all" or s.folder in PRESET_FOLDERS[preset])
     ]
 
 
