@@ -1,24 +1,37 @@
 """The one attention seam of the transformer (dit.md 5).
 
-Every layer calls :func:`attention` with bf16 ``q [B, Hq, N, D]`` and ``k, v [B, Hkv, N, D]``
+Every layer calls the chosen backend with bf16 ``q [B, Hq, N, D]`` and ``k, v [B, Hkv, N, D]``
 (GQA: query head h uses K/V head ``h // (Hq/Hkv)``), non-causal, softmax scale ``1/sqrt(D)``, no
-soft-cap (dit.md 5.3). Local-attention layers pass a boolean ``[N, N]`` mask (True = may attend,
-dit.md 5.2). Kernels register here by name, so no model code imports a kernel library; sequence
-parallelism wraps this same function.
+soft-cap (dit.md 5.3). Local-attention layers also pass a :class:`~magihuman.packing.LocalWindow`
+(dit.md 5.2), which each kernel turns into its own mask form. Kernels register here by name, so no
+model code imports a kernel library; sequence parallelism wraps this same seam.
+
+| backend | kernel | local window as |
+|---|---|---|
+| ``sdpa`` (default) | ``torch.nn.functional.scaled_dot_product_attention`` (flash/cuDNN/efficient/CPU) | dense ``[N, N]`` bool |
+| ``flex`` | FlexAttention (compiled on CUDA) | block-sparse mask: the 1080p SR choice |
+| ``math`` | float32 reference softmax, for tests | dense bool |
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+from .packing import LocalWindow
+
+AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[LocalWindow]], torch.Tensor]
+
+
+def _dense(mask: Optional[LocalWindow], device: torch.device) -> Optional[torch.Tensor]:
+    return None if mask is None else mask.dense(device)
 
 
 def sdpa_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor] = None
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
 ) -> torch.Tensor:
     """PyTorch ``scaled_dot_product_attention`` with native GQA (dit.md 5.1 "Equivalent in torch").
 
@@ -28,16 +41,16 @@ def sdpa_attention(
     Args:
         query: ``[B, Hq, N, D]``.
         key, value: ``[B, Hkv, N, D]``, ``Hq % Hkv == 0``.
-        mask: optional boolean ``[N, N]`` (True = attend).
+        mask: optional local window, applied as a dense boolean ``[N, N]`` mask.
 
     Returns:
         ``[B, Hq, N, D]`` in the query dtype.
     """
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=True)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=_dense(mask, query.device), enable_gqa=True)
 
 
 def math_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor] = None
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
 ) -> torch.Tensor:
     """Reference math in float32 (softmax of ``q k^T / sqrt(D)``), for tests and debugging.
 
@@ -49,11 +62,43 @@ def math_attention(
     v = value.float().repeat_interleave(groups, dim=1)
     logits = query.float() @ k.transpose(-1, -2) / query.shape[-1] ** 0.5
     if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
+        logits = logits.masked_fill(~mask.dense(query.device), float("-inf"))
     return (logits.softmax(dim=-1) @ v).to(query.dtype)
 
 
-_BACKENDS: dict[str, AttentionBackend] = {"sdpa": sdpa_attention, "math": math_attention}
+@functools.lru_cache(maxsize=8)
+def _block_mask(mask: LocalWindow, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(batch, head, q_idx, kv_idx):
+        return mask.allows(q_idx, kv_idx)
+
+    n = mask.total_tokens
+    return create_block_mask(mask_mod, None, None, n, n, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def _flex_kernel(device_type: str):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
+
+
+def flex_attention_backend(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+) -> torch.Tensor:
+    """FlexAttention with a block-sparse local window (dit.md 5.2): memory and work scale with the
+    window, not N^2, which the 1080p SR stage (~54k tokens, 32 local layers) needs. Without a window it
+    is plain SDPA. Compiled on CUDA; eager (slow, for tests) on CPU."""
+    if mask is None:
+        return sdpa_attention(query, key, value)
+    block_mask = _block_mask(mask, str(query.device))
+    return _flex_kernel(query.device.type)(query, key, value, block_mask=block_mask, enable_gqa=True)
+
+
+_BACKENDS: dict[str, AttentionBackend] = {
+    "sdpa": sdpa_attention, "math": math_attention, "flex": flex_attention_backend,
+}
 
 
 def register_attention_backend(name: str, backend: AttentionBackend) -> None:

@@ -203,17 +203,38 @@ def local_attention_ranges(layout: TokenLayout, frame_receptive_field: int) -> t
     return torch.tensor(q, dtype=torch.int32), torch.tensor(k, dtype=torch.int32)
 
 
+@dataclass(frozen=True)
+class LocalWindow:
+    """The local-attention pattern of one packed sample (dit.md 5.2), as a rule rather than a tensor.
+
+    Query i may attend key j when ``i >= Nv or j >= Nv or |i//P - j//P| <= R``: video queries see video
+    keys of latent frames within +-R plus every audio and text key; audio and text queries are global.
+    Kernels turn it into what they need: a dense boolean mask (:meth:`dense`) or a block-sparse mask
+    built from :meth:`allows` (FlexAttention), so 1080p (~54k tokens) never needs an N x N tensor.
+    """
+
+    total_tokens: int
+    video_tokens: int
+    tokens_per_frame: int
+    frame_receptive_field: int
+
+    @classmethod
+    def of(cls, layout: TokenLayout, frame_receptive_field: int) -> "LocalWindow":
+        return cls(layout.total_tokens, layout.video_tokens, max(layout.tokens_per_frame, 1), frame_receptive_field)
+
+    def allows(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """Elementwise rule on broadcastable index tensors; True = may attend."""
+        nv, p = self.video_tokens, self.tokens_per_frame
+        return (query >= nv) | (key >= nv) | ((query // p - key // p).abs() <= self.frame_receptive_field)
+
+    def dense(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """Boolean ``[N, N]`` mask (True = may attend), the "SDPA equivalent" of dit.md 5.2."""
+        idx = torch.arange(self.total_tokens, device=device)
+        return self.allows(idx[:, None], idx[None, :])
+
+
 def local_attention_mask(
     layout: TokenLayout, frame_receptive_field: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """Boolean ``[N, N]`` mask (True = may attend) equal to the union of :func:`local_attention_ranges`.
-
-    ``M[i, j] = i >= Nv or j >= Nv or |frame(i) - frame(j)| <= R`` with ``frame(n) = n // P``
-    (dit.md 5.2 "SDPA equivalent").
-    """
-    n, nv, p = layout.total_tokens, layout.video_tokens, layout.tokens_per_frame
-    idx = torch.arange(n, device=device)
-    frame = torch.where(idx < nv, idx // max(p, 1), torch.full_like(idx, -1))
-    is_av_text = idx >= nv
-    near = (frame[:, None] - frame[None, :]).abs() <= frame_receptive_field
-    return is_av_text[:, None] | is_av_text[None, :] | near
+    """Boolean ``[N, N]`` mask equal to the union of :func:`local_attention_ranges` (dit.md 5.2)."""
+    return LocalWindow.of(layout, frame_receptive_field).dense(device)

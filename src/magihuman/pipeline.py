@@ -317,6 +317,8 @@ class MagiHumanPipeline:
                 config["local_attn_layers"] = sr1080_local_attn_layers(config.get("num_layers", 40))
             sr_dit = MagiHumanTransformer.from_official(paths["sr_transformer"], device=device, progress=progress,
                                                         **config)
+            if chosen.sr.local_attention and device.type == "cuda":
+                sr_dit.set_attention_backend("flex")  # block-sparse window: no N x N mask at 1080p
         return cls(
             dit,
             TextEncoder.from_official(paths["text_encoder"], device=device),

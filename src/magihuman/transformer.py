@@ -31,15 +31,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .attention import AttentionBackend, get_attention_backend
-from .packing import (
-    CoordsStyle,
-    TokenLayout,
-    build_coords,
-    depatchify_video,
-    local_attention_mask,
-    patchify_video,
-    token_layout,
-)
+from .packing import CoordsStyle, LocalWindow, TokenLayout, build_coords, depatchify_video, patchify_video, token_layout
 from .rope import FourierTable, apply_rope
 
 #: RMSNorm epsilon of every norm in the model (dit.md 3.7, P4).
@@ -164,7 +156,7 @@ class Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, rope: torch.Tensor, groups: Sequence[int],
-        attend: AttentionBackend, mask: Optional[torch.Tensor],
+        attend: AttentionBackend, mask: Optional[LocalWindow],
     ) -> torch.Tensor:
         """``x [B, N, hidden]`` float32 residual -> the bf16 output projection ``[B, N, hidden]``."""
         b, n, _ = x.shape
@@ -321,8 +313,8 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
 
     # ----------------------------------------------------------------------------------- runtime
     def set_attention_backend(self, backend: str | AttentionBackend) -> None:
-        """Choose the attention kernel: a registered name (``"sdpa"``, ``"math"``) or a callable
-        ``(q [B,Hq,N,D], k, v [B,Hkv,N,D], mask [N,N] | None) -> [B,Hq,N,D]`` (see ``attention.py``)."""
+        """Choose the attention kernel: a registered name (``"sdpa"``, ``"flex"``, ``"math"``) or a callable
+        ``(q [B,Hq,N,D], k, v [B,Hkv,N,D], window: LocalWindow | None) -> [B,Hq,N,D]`` (see ``attention.py``)."""
         self._attention = get_attention_backend(backend) if isinstance(backend, str) else backend
 
     @property
@@ -368,7 +360,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         device = video_latent.device
         # 1. positions: coordinates -> Fourier table (shared by every layer and head).
         rope = self.adapter.rope(build_coords(layout, coords_style, device=device))
-        local_mask = self._local_mask(layout, frame_receptive_field, device)
+        local_mask = self._local_window(layout, frame_receptive_field)
         # 2. tokens -> float32 residual stream [B, N, hidden].
         x = self.adapter(patchify_video(video_latent), audio_latent, text_embeds)
         # 3. layers.
@@ -380,12 +372,12 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         audio_velocity = self.final_linear_audio(self.final_norm_audio(x_audio, layout.groups))
         return depatchify_video(video_tokens, layout), audio_velocity
 
-    def _local_mask(self, layout: TokenLayout, frame_receptive_field: int, device) -> Optional[torch.Tensor]:
+    def _local_window(self, layout: TokenLayout, frame_receptive_field: int) -> Optional[LocalWindow]:
         if not self.config.local_attn_layers or frame_receptive_field < 0:
             return None
         if frame_receptive_field >= layout.frames:  # the window already covers every frame
             return None
-        return local_attention_mask(layout, frame_receptive_field, device=device)
+        return LocalWindow.of(layout, frame_receptive_field)
 
     def _check_inputs(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> None:
         cfg = self.config
