@@ -156,8 +156,9 @@ def test_reference_spellings(fake, root, image, tone, tmp_path):
     assert (request.image, request.audio, request.width, request.height) == (image, tone, 480, 272)
     assert (request.seed, request.seconds, request.preset, request.negative_prompt) == (0, 2.0, "distill", None)
     assert "rounded down to 480x256" in result.output  # the request's notice is shown
-    assert fake.calls == [dict(root=root, transformer=None, text_encoder=None, video_vae=None, audio_vae=None, sr_transformer=None,
-                               preset="distill", device="cpu", progress=True)]
+    assert fake.calls == [dict(root=root, transformer=None, text_encoder=None, video_vae=None, audio_vae=None,
+                               sr_transformer=None, turbo_vae=None, preset="distill", video_decoder="turbo",
+                               device="cpu", progress=True)]
     assert out.is_file() and f"wrote {out}" in result.output
     for stage in ("load models", "denoise", "video decode", "write mp4", "total"):
         assert stage in result.output
@@ -481,3 +482,18 @@ def test_generate_demo_super_resolution(tmp_path):
     info = probe_media(out)
     assert (info["video_codec"], info["num_frames"], info["width"], info["height"]) == ("h264", 9, 128, 96)
     assert info["audio_codec"] == "aac"
+
+
+def test_video_decoder_choice_reaches_the_pipeline(fake, root):
+    result = run("generate", "--prompt", PROMPT, "--video-decoder", "wan", "--checkpoint-root", root, "-o", "w.mp4")
+    assert result.exit_code == 0, result.output
+    assert fake.calls[0]["video_decoder"] == "wan"
+    result = run("generate", "--prompt", PROMPT, "--video-decoder", "wan", "--turbo-vae", root / "turbo_vae",
+                 "--checkpoint-root", root, "-o", "w2.mp4")
+    assert result.exit_code == 2 and "--turbo-vae is only used" in result.output
+
+
+def test_video_decoder_names_match_the_pipeline():
+    from typing import get_args
+
+    assert get_args(cli.VideoDecoderName) == pipeline.VIDEO_DECODERS

@@ -186,3 +186,21 @@ def test_save_writes_mp4(pipes, tmp_path):
     assert info["audio_codec"] == "aac" and info["sample_rate"] == 44100
     with pytest.raises(FileExistsError):
         out.save(tmp_path / "clip.mp4")
+
+
+def test_turbo_is_the_default_decoder_and_wan_is_selectable(pipes, demo_root):
+    """issue 4 / pipeline.md 9.1: Turbo-VAED decodes by default; its windows are converted to uint8 one
+    by one, which equals converting the whole decode; the Wan2.2 decoder stays selectable."""
+    from magihuman.codecs.turbo_vae import TurboVAE
+    from magihuman.media import video_to_uint8
+
+    pipe = pipes["distill"]
+    assert isinstance(pipe.video_decoder, TurboVAE)
+    out = pipe(**_small(seconds=1.2))  # L_a 31 -> T = 8 latent frames: two sliding windows (7 + 7)
+    assert np.array_equal(out.frames, video_to_uint8(pipe.video_decoder.decode(out.video_latent)))
+    wan = MagiHumanPipeline.from_official(demo_root, preset="distill", video_decoder="wan")
+    assert wan.video_decoder is wan.video_vae
+    wan_out = wan(**_small())
+    assert wan_out.frames.shape == (9, 64, 64, 3)
+    with pytest.raises(ValueError, match="video_decoder"):
+        MagiHumanPipeline.from_official(demo_root, video_decoder="vqgan")

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import typer
 
@@ -50,10 +50,13 @@ SHOWN_DEFAULTS = {"seconds": 4.0, "width": 448, "height": 256, "seed": 42, "pres
 REQUEST_KEYS = ("prompt", "image", "audio", "seconds", "width", "height", "seed", "preset", "negative_prompt",
                 "sr_width", "sr_height")
 #: Checkpoint locations, overriding a root per component (``MagiHumanPipeline.from_official``).
-COMPONENT_KEYS = ("transformer", "text_encoder", "video_vae", "audio_vae", "sr_transformer")
+COMPONENT_KEYS = ("transformer", "text_encoder", "video_vae", "audio_vae", "sr_transformer", "turbo_vae")
+#: ``magihuman.pipeline.VIDEO_DECODERS``, repeated for a fast ``--help`` (tests check they agree).
+VideoDecoderName = Literal["turbo", "wan"]
 #: Every key a ``--config`` JSON file may hold.
 CONFIG_KEYS = (
     *REQUEST_KEYS, "prompt_file", "negative_prompt_file", "checkpoint_root", *COMPONENT_KEYS, "output", "device",
+    "video_decoder",
 )
 #: Config keys whose value is a path or a name (JSON string or null).
 _STRING_KEYS = frozenset(CONFIG_KEYS) - {"seconds", "width", "height", "seed", "sr_width", "sr_height"}
@@ -145,6 +148,7 @@ class _Job:
     components: dict[str, Path | None]
     device: str
     demo: bool
+    video_decoder: str = "turbo"
 
 
 @app.command(no_args_is_help=True)
@@ -203,6 +207,12 @@ def generate(
     sr_transformer: Annotated[Path | None, typer.Option(
         "--sr-transformer", help="Super-resolution DiT folder (overrides ROOT/540p_sr or ROOT/1080p_sr).",
         rich_help_panel="Checkpoints")] = None,
+    turbo_vae: Annotated[Path | None, typer.Option(
+        "--turbo-vae", help="Turbo-VAED folder: JSON config + .ckpt (overrides ROOT/turbo_vae).",
+        rich_help_panel="Checkpoints")] = None,
+    video_decoder: Annotated[VideoDecoderName | None, typer.Option(
+        "--video-decoder", help="turbo: the distilled Turbo-VAED decoder (default, as the official examples). "
+        "wan: the Wan2.2 VAE decoder.", rich_help_panel="Checkpoints")] = None,
     demo: Annotated[bool, typer.Option(
         "--demo", help="Use tiny built-in RANDOM weights (output is noise): checks the install, no download.",
         rich_help_panel="Checkpoints")] = False,
@@ -249,9 +259,15 @@ def _prepare(options: dict[str, Any], *, root_from_env: bool) -> _Job:
         output = check_output_path(output, overwrite=options["overwrite"])
     except (ValueError, OSError) as exc:
         raise BadInput(str(exc)) from None
-    root, components = _checkpoint_locations(settings, request.preset, demo=options["demo"])
+    root, components = _checkpoint_locations(settings, request.preset, demo=options["demo"],
+                                             turbo=(settings.get("video_decoder") or "turbo") == "turbo")
+    decoder = settings.get("video_decoder") or "turbo"
+    if decoder not in get_args(VideoDecoderName):
+        raise BadInput(f"video_decoder must be one of {', '.join(get_args(VideoDecoderName))}, got {decoder!r}")
+    if decoder != "turbo" and components.get("turbo_vae") is not None:
+        raise BadInput("--turbo-vae is only used with --video-decoder turbo")
     return _Job(request, output, options["overwrite"], root, components, _resolve_device(settings["device"]),
-                options["demo"])
+                options["demo"], decoder)
 
 
 def _run(job: _Job) -> None:
@@ -272,7 +288,8 @@ def _run(job: _Job) -> None:
     start = time.perf_counter()
     try:
         pipe = MagiHumanPipeline.from_official(
-            root, **job.components, preset=job.request.preset, device=job.device, progress=True
+            root, **job.components, preset=job.request.preset, video_decoder=job.video_decoder, device=job.device,
+            progress=True
         )
     except Exception as exc:  # noqa: BLE001 - reported in one line
         raise Failure(f"could not load the checkpoints: {exc}") from exc
@@ -440,7 +457,7 @@ def _output_path(settings: dict[str, Any], request) -> Path:
     return Path(default_output_name(request.prompt, request.seconds, width, height))
 
 
-def _checkpoint_locations(settings: dict[str, Any], preset: str, *, demo: bool):
+def _checkpoint_locations(settings: dict[str, Any], preset: str, *, demo: bool, turbo: bool = True):
     """(root, per-component paths), checked to exist; the demo bundle is resolved later."""
     components = {k: Path(settings[k]).expanduser() if settings.get(k) else None for k in COMPONENT_KEYS}
     root = settings.get("checkpoint_root")
@@ -455,7 +472,11 @@ def _checkpoint_locations(settings: dict[str, Any], preset: str, *, demo: bool):
         if path is not None and not path.exists():
             raise BadInput(f"--{key.replace('_', '-')} path not found: {path}")
     if root is None:
-        unset = [f"--{k.replace('_', '-')}" for k, v in components.items() if v is None and k != "sr_transformer"]
+        from .presets import get_preset
+
+        optional = {"sr_transformer"} if get_preset(preset).sr is None else set()
+        optional |= set() if turbo else {"turbo_vae"}
+        unset = [f"--{k.replace('_', '-')}" for k, v in components.items() if v is None and k not in optional]
         if unset:
             raise BadInput(
                 f"no checkpoint root: fetch the weights with `magihuman download --root DIR`, then pass "
@@ -474,6 +495,8 @@ def _checkpoint_locations(settings: dict[str, Any], preset: str, *, demo: bool):
 
     chosen = get_preset(preset)
     layout = dict(ROOT_LAYOUT, transformer=chosen.checkpoint, sr_transformer=chosen.sr.checkpoint if chosen.sr else None)
+    if not turbo:
+        layout["turbo_vae"] = None
     lacking = [f"{layout[k]}/" for k, v in components.items()
                if v is None and layout[k] is not None and not (root / layout[k]).is_dir()]
     if lacking:

@@ -21,12 +21,12 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from .codecs import audio_vae, text_encoder, video_vae
+from .codecs import audio_vae, text_encoder, turbo_vae, video_vae
 from .pipeline import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
 from .random_weights import TINY_TRANSFORMER_CONFIG, save_random_transformer
 
 #: Bump when the bundle's contents change, so stale caches are rebuilt.
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 _COMPLETE_MARKER = "DEMO_WEIGHTS_ARE_RANDOM.txt"
 _MARKER_TEXT = (
     "This folder is the magihuman demo bundle: tiny models with RANDOM weights in the official file\n"
@@ -48,7 +48,8 @@ def build_demo_bundle(root: str | Path, *, seed: int = 0) -> Path:
     """Write the bundle into ``root`` (which must not exist yet), laid out as a checkpoint root.
 
     Layout (docs/design.md): ``distill/`` (2 safetensors shards + index), ``base/`` (``.zst`` shards),
-    ``540p_sr/`` and ``1080p_sr/`` (super-resolution DiTs, same architecture),
+    ``540p_sr/`` and ``1080p_sr/`` (super-resolution DiTs, same architecture), ``turbo_vae/`` (Turbo-VAED
+    JSON config + ``.ckpt`` with ``module.``-prefixed ``ema_state_dict``),
     ``t5gemma-9b-9b-ul2/``, ``Wan2.2-TI2V-5B/Wan2.2_VAE.pth``, ``stable-audio-open-1.0/``. The
     transformer folders also carry ``magihuman_transformer.json`` with the tiny config.
 
@@ -79,6 +80,7 @@ def build_demo_bundle(root: str | Path, *, seed: int = 0) -> Path:
                                           hidden_size=config["text_in_channels"], seed=seed + 2)
         video_vae.save_random_official(staging / ROOT_LAYOUT["video_vae"], seed=seed + 3)
         audio_vae.save_random_official(staging / ROOT_LAYOUT["audio_vae"], seed=seed + 4)
+        turbo_vae.save_random_official(staging / ROOT_LAYOUT["turbo_vae"], seed=seed + 5)
         (staging / _COMPLETE_MARKER).write_text(_MARKER_TEXT)
         os.replace(staging, root)
     except BaseException:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .codecs.audio_vae import LATENTS_PER_SECOND, MODEL_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, AudioVAE, resample_to_output_rate
 from .codecs.text_encoder import DEFAULT_NEGATIVE_PROMPT, TextEncoder
+from .codecs.turbo_vae import TurboVAE
 from .codecs.video_vae import VideoVAE
 from .media import load_audio, preprocess_image, video_to_uint8, write_mp4
 from .presets import DEFAULT_HEIGHT, DEFAULT_SECONDS, DEFAULT_SEED, DEFAULT_WIDTH, FPS, Preset, get_preset
@@ -50,7 +51,10 @@ ROOT_LAYOUT = {
     "text_encoder": "t5gemma-9b-9b-ul2",
     "video_vae": "Wan2.2-TI2V-5B",
     "audio_vae": "stable-audio-open-1.0",
+    "turbo_vae": "turbo_vae",
 }
+#: Video decoders: the distilled Turbo-VAED (default, pipeline.md 9.1 ``use_turbo_vae``) or the Wan2.2 VAE's own.
+VIDEO_DECODERS = ("turbo", "wan")
 #: Optional file in a transformer checkpoint folder with ``MagiHumanTransformer`` config fields
 #: (written by the demo bundle; absent in the published folders, which use the 15B defaults).
 TRANSFORMER_CONFIG_FILE = "magihuman_transformer.json"
@@ -283,7 +287,8 @@ class MagiHumanPipeline:
         cls, root: str | Path | None = None, *, transformer: str | Path | None = None,
         text_encoder: str | Path | None = None, video_vae: str | Path | None = None,
         audio_vae: str | Path | None = None, sr_transformer: str | Path | None = None,
-        preset: str = "distill", device: str | torch.device = "cpu", progress: bool = False,
+        turbo_vae: str | Path | None = None, preset: str = "distill", video_decoder: str = "turbo",
+        device: str | torch.device = "cpu", progress: bool = False,
     ) -> "MagiHumanPipeline":
         """Load every component from the official files, unchanged.
 
@@ -292,6 +297,8 @@ class MagiHumanPipeline:
                 ``<preset checkpoint>/``, ``t5gemma-9b-9b-ul2/``, ``Wan2.2-TI2V-5B/``, ``stable-audio-open-1.0/``.
             transformer, text_encoder, video_vae, audio_vae: per-component locations, overriding ``root``.
             sr_transformer: the SR DiT folder (SR presets; default ``ROOT/540p_sr`` or ``ROOT/1080p_sr``).
+            turbo_vae: the Turbo-VAED folder (JSON config + ``.ckpt``; default ``ROOT/turbo_vae``).
+            video_decoder: ``"turbo"`` (default, as every official example) or ``"wan"`` (the Wan2.2 VAE decoder).
             preset: ``"distill"`` or ``"base"``; picks the DiT sub-folder and the sampler.
             device: where the models run. VAEs run in bf16 on CUDA and float32 on CPU.
             progress: progress bar while loading the DiT shards.
@@ -301,9 +308,13 @@ class MagiHumanPipeline:
             CheckpointError, FileNotFoundError: from the component loaders, naming the bad path or key.
         """
         chosen = get_preset(preset)
+        if video_decoder not in VIDEO_DECODERS:
+            raise ValueError(f"video_decoder must be one of {VIDEO_DECODERS}, got {video_decoder!r}")
         explicit = dict(transformer=transformer, text_encoder=text_encoder, video_vae=video_vae, audio_vae=audio_vae)
         if chosen.sr is not None:
             explicit["sr_transformer"] = sr_transformer
+        if video_decoder == "turbo":
+            explicit["turbo_vae"] = turbo_vae
         paths = _component_paths(root, chosen, explicit)
         device = torch.device(device)
         vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -319,12 +330,15 @@ class MagiHumanPipeline:
                                                         **config)
             if chosen.sr.local_attention and device.type == "cuda":
                 sr_dit.set_attention_backend("flex")  # block-sparse window: no N x N mask at 1080p
+        decoder = None
+        if video_decoder == "turbo":
+            decoder = TurboVAE.from_official(paths["turbo_vae"], dtype=vae_dtype, device=device)
         return cls(
             dit,
             TextEncoder.from_official(paths["text_encoder"], device=device),
             VideoVAE.from_official(paths["video_vae"], dtype=vae_dtype, device=device),
             AudioVAE.from_official(paths["audio_vae"], device=device),
-            preset=preset, sr_transformer=sr_dit,
+            preset=preset, sr_transformer=sr_dit, video_decoder=decoder,
         )
 
     # ------------------------------------------------------------------------------- generation
@@ -392,7 +406,7 @@ class MagiHumanPipeline:
                                                    generator, timer)
             # 6. decode
             with timer.stage("video decode"):
-                frames = video_to_uint8(self.video_decoder.decode(video_latent))
+                frames = self._decode_video(video_latent)
             with timer.stage("audio decode"):
                 waveform = driving_audio if driving_audio is not None else self._decode_audio(audio_latent)
         return GenerationOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, notices,
@@ -441,6 +455,17 @@ class MagiHumanPipeline:
         latent = self.audio_vae.encode(stereo, generator=generator).float()
         track = resample_to_output_rate(np.stack([mono, mono]))
         return latent, track, LatentPlan(plan.width, plan.height, latent.shape[1])
+
+    def _decode_video(self, video_latent: torch.Tensor) -> np.ndarray:
+        """``[1, 48, T, h, w]`` -> ``uint8 [4T-3, 16h, 16w, 3]`` (pipeline.md 9.1).
+
+        The Turbo decoder's sliding windows are converted to uint8 one by one on the CPU, so the float
+        video (12 bytes per pixel, ~3 GB for 5 s at 1080p) is never held whole.
+        """
+        if hasattr(self.video_decoder, "decode_chunks"):
+            chunks = self.video_decoder.decode_chunks(video_latent, output_device="cpu")
+            return np.concatenate([video_to_uint8(chunk) for chunk in chunks])
+        return video_to_uint8(self.video_decoder.decode(video_latent))
 
     def _decode_audio(self, audio_latent: torch.Tensor) -> np.ndarray:
         """``[1, A, 64]`` latent -> ``float32 [2, 1764*A]`` at 44.1 kHz (pipeline.md 9.2)."""
