@@ -32,6 +32,7 @@ from torch import nn
 
 from .attention import AttentionBackend, get_attention_backend
 from .packing import CoordsStyle, LocalWindow, TokenLayout, build_coords, depatchify_video, patchify_video, token_layout
+from .parallel import SequenceParallel
 from .rope import FourierTable, apply_rope
 
 #: RMSNorm epsilon of every norm in the model (dit.md 3.7, P4).
@@ -310,12 +311,32 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         self.final_linear_video = nn.Linear(hidden_size, video_in_channels, bias=False)
         self.final_linear_audio = nn.Linear(hidden_size, audio_in_channels, bias=False)
         self._attention: AttentionBackend = get_attention_backend("sdpa")
+        self._sequence_parallel: Optional[SequenceParallel] = None
 
     # ----------------------------------------------------------------------------------- runtime
     def set_attention_backend(self, backend: str | AttentionBackend) -> None:
         """Choose the attention kernel: a registered name (``"sdpa"``, ``"flex"``, ``"math"``) or a callable
         ``(q [B,Hq,N,D], k, v [B,Hkv,N,D], window: LocalWindow | None) -> [B,Hq,N,D]`` (see ``attention.py``)."""
         self._attention = get_attention_backend(backend) if isinstance(backend, str) else backend
+
+    def enable_sequence_parallel(self, sp: Optional[SequenceParallel]) -> None:
+        """Split each forward's token sequence across the ranks of ``sp`` (Ulysses, dit.md 6); None disables.
+
+        Every rank then calls ``forward`` with the same full inputs and gets the same full outputs; each
+        runs the layers on its contiguous chunk of tokens, with two all-to-alls around every attention
+        call (see :mod:`magihuman.parallel`).
+
+        Raises:
+            ValueError: if ``sp.world_size`` does not divide the query heads and the K/V heads.
+        """
+        if sp is not None:
+            sp.check_heads(self.num_heads, self.config.num_query_groups)
+        self._sequence_parallel = sp
+
+    @property
+    def sequence_parallel(self) -> Optional[SequenceParallel]:
+        """The sequence-parallel group set by :meth:`enable_sequence_parallel`, or None."""
+        return self._sequence_parallel
 
     @property
     def num_heads(self) -> int:
@@ -353,7 +374,8 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
 
         Raises:
             ValueError: for shapes that do not match the config, unequal batch sizes, an unknown
-                coords style, or v1 coordinates with a single text token (dit.md 3.4).
+                coords style, or v1 coordinates with a single text token (dit.md 3.4). With sequence
+                parallelism these are raised on every rank before any communication.
         """
         self._check_inputs(video_latent, audio_latent, text_embeds)
         layout = token_layout(video_latent, audio_latent, text_embeds)
@@ -361,15 +383,26 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         # 1. positions: coordinates -> Fourier table (shared by every layer and head).
         rope = self.adapter.rope(build_coords(layout, coords_style, device=device))
         local_mask = self._local_window(layout, frame_receptive_field)
-        # 2. tokens -> float32 residual stream [B, N, hidden].
-        x = self.adapter(patchify_video(video_latent), audio_latent, text_embeds)
+        tokens = (patchify_video(video_latent), audio_latent, text_embeds)
+        groups, attend = layout.groups, self._attention
+        sp = self._sequence_parallel
+        if sp is not None:
+            # dit.md 6 dispatch: keep this rank's contiguous rows (tokens, RoPE rows, the chunk's own
+            # modality group sizes); attention gets the full sequence through two all-to-alls.
+            chunk = sp.chunk(layout, video_latent.shape[0], device)
+            tokens, rope, groups = chunk.take_groups(tokens), chunk.take(rope), chunk.groups
+            attend = sp.wrap_attention(self._attention, chunk)
+        # 2. tokens -> float32 residual stream [B, N, hidden] (this rank's [B, n_k, hidden] with sp).
+        x = self.adapter(*tokens)
         # 3. layers.
         for layer in self.block.layers:
-            x = layer(x, rope, layout.groups, self._attention, local_mask)
+            x = layer(x, rope, groups, attend, local_mask)
         # 4. output heads (text rows produce nothing, dit.md 3.8).
-        x_video, x_audio, _ = split_groups(x, layout.groups)
-        video_tokens = self.final_linear_video(self.final_norm_video(x_video, layout.groups))
-        audio_velocity = self.final_linear_audio(self.final_norm_audio(x_audio, layout.groups))
+        x_video, x_audio, _ = split_groups(x, groups)
+        video_tokens = self.final_linear_video(self.final_norm_video(x_video, groups))
+        audio_velocity = self.final_linear_audio(self.final_norm_audio(x_audio, groups))
+        if sp is not None:  # dit.md 6 undispatch: every rank gets every row
+            video_tokens, audio_velocity = sp.undispatch(chunk, video_tokens, audio_velocity)
         return depatchify_video(video_tokens, layout), audio_velocity
 
     def _local_window(self, layout: TokenLayout, frame_receptive_field: int) -> Optional[LocalWindow]:
