@@ -497,3 +497,32 @@ def test_video_decoder_names_match_the_pipeline():
     from typing import get_args
 
     assert get_args(cli.VideoDecoderName) == pipeline.VIDEO_DECODERS
+
+
+def test_cp_without_torchrun_is_explained(fake, root, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    result = run("generate", "--prompt", PROMPT, "--cp", "2", "--checkpoint-root", root, "-o", "cp.mp4")
+    assert result.exit_code == 2 and "torchrun --nproc_per_node 2" in result.output
+    assert not fake.calls
+
+
+def test_torchrun_sequence_parallel_demo(tmp_path):
+    """`torchrun --nproc_per_node 2 -m magihuman generate --cp 2` (gloo on CPU): the last rank writes the MP4."""
+    import os
+    import subprocess
+    import sys
+
+    from magihuman.demo import ensure_demo_bundle
+    from magihuman.media import probe_media
+
+    ensure_demo_bundle()  # built once here rather than raced by the two ranks
+    out = tmp_path / "cp2.mp4"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "magihuman", "generate", "--demo", "--cp", "2", "--prompt", PROMPT, "--seconds", "0.4",
+               "--width", "64", "--height", "64", "--output", str(out), "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    info = probe_media(out)
+    assert (info["num_frames"], info["width"], info["height"]) == (9, 64, 64)
+    assert done.stderr.count("wrote ") + done.stdout.count("wrote ") == 1  # one writer

@@ -149,6 +149,7 @@ class _Job:
     device: str
     demo: bool
     video_decoder: str = "turbo"
+    cp: int = 1
 
 
 @app.command(no_args_is_help=True)
@@ -230,6 +231,10 @@ def generate(
         "--overwrite", help="Replace an existing output file.", rich_help_panel="Output")] = False,
     device: Annotated[str | None, typer.Option(
         "--device", help="cpu, cuda or cuda:N. Default: cuda if available, else cpu.")] = None,
+    cp: Annotated[int, typer.Option(
+        "--cp", min=1, help="Sequence-parallel (Ulysses) degree: split each sample over this many processes. "
+        "Launch with `torchrun --nproc_per_node N -m magihuman generate --cp N ...`; N must divide the "
+        "model's K/V heads (1, 2, 4 or 8 for the 15B model).", rich_help_panel="Parallelism")] = 1,
 ) -> None:
     """Generate a talking-human MP4 from a prompt (+ first-frame image, + driving audio).
 
@@ -266,8 +271,17 @@ def _prepare(options: dict[str, Any], *, root_from_env: bool) -> _Job:
         raise BadInput(f"video_decoder must be one of {', '.join(get_args(VideoDecoderName))}, got {decoder!r}")
     if decoder != "turbo" and components.get("turbo_vae") is not None:
         raise BadInput("--turbo-vae is only used with --video-decoder turbo")
-    return _Job(request, output, options["overwrite"], root, components, _resolve_device(settings["device"]),
-                options["demo"], decoder)
+    cp = options.get("cp") or 1
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cp > 1 and world % cp:
+        raise BadInput(
+            f"--cp {cp} needs a multiple of {cp} processes (WORLD_SIZE={world}); launch with "
+            f"`torchrun --nproc_per_node {cp} -m magihuman generate --cp {cp} ...`"
+        )
+    device = _resolve_device(settings["device"])
+    if world > 1 and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return _Job(request, output, options["overwrite"], root, components, device, options["demo"], decoder, cp)
 
 
 def _run(job: _Job) -> None:
@@ -276,15 +290,24 @@ def _run(job: _Job) -> None:
     Raises:
         Failure: loading, generating or writing failed.
     """
+    from .parallel import init_sequence_parallel, is_output_rank, shutdown_sequence_parallel
     from .pipeline import MagiHumanPipeline
 
+    try:
+        sp = init_sequence_parallel(cp_size=job.cp) if job.cp > 1 or "WORLD_SIZE" in os.environ else None
+    except (ValueError, RuntimeError) as exc:
+        raise BadInput(str(exc)) from None
+    speaker = is_output_rank()  # only the last rank decodes, writes and prints (pipeline.md 1.5)
     root = job.root
     if job.demo:
-        typer.echo(DEMO_NOTE, err=True)
+        if speaker:
+            typer.echo(DEMO_NOTE, err=True)
         from .demo import ensure_demo_bundle
 
-        root = ensure_demo_bundle()
-    typer.echo(f"loading {job.request.preset} checkpoints from {root or 'the given paths'} on {job.device}", err=True)
+        root = ensure_demo_bundle()  # every rank resolves it; the builder is atomic if ranks race
+    if speaker:
+        typer.echo(f"loading {job.request.preset} checkpoints from {root or 'the given paths'} on {job.device}",
+                   err=True)
     start = time.perf_counter()
     try:
         pipe = MagiHumanPipeline.from_official(
@@ -293,19 +316,24 @@ def _run(job: _Job) -> None:
         )
     except Exception as exc:  # noqa: BLE001 - reported in one line
         raise Failure(f"could not load the checkpoints: {exc}") from exc
+    for model in (pipe.transformer, pipe.sr_transformer):
+        if model is not None and sp is not None:
+            model.enable_sequence_parallel(sp)
     timings = {"load models": time.perf_counter() - start}
     try:
-        out = pipe(job.request, progress=True)
+        out = pipe(job.request, progress=speaker, decode=speaker)
     except Exception as exc:  # noqa: BLE001
         raise Failure(f"generation failed: {type(exc).__name__}: {exc}{_oom_hint(exc)}") from exc
     timings.update(out.timings)
-    start = time.perf_counter()
-    try:
-        path = out.save(job.output, overwrite=job.overwrite)
-    except Exception as exc:  # noqa: BLE001
-        raise Failure(f"could not write {job.output}: {exc}") from exc
-    timings["write mp4"] = time.perf_counter() - start
-    _print_summary(path, timings)
+    if speaker:
+        start = time.perf_counter()
+        try:
+            path = out.save(job.output, overwrite=job.overwrite)
+        except Exception as exc:  # noqa: BLE001
+            raise Failure(f"could not write {job.output}: {exc}") from exc
+        timings["write mp4"] = time.perf_counter() - start
+        _print_summary(path, timings)
+    shutdown_sequence_parallel()
 
 
 # ------------------------------------------------------------------------------------------------ options

@@ -26,7 +26,7 @@ from .pipeline import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
 from .random_weights import TINY_TRANSFORMER_CONFIG, save_random_transformer
 
 #: Bump when the bundle's contents change, so stale caches are rebuilt.
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 _COMPLETE_MARKER = "DEMO_WEIGHTS_ARE_RANDOM.txt"
 _MARKER_TEXT = (
     "This folder is the magihuman demo bundle: tiny models with RANDOM weights in the official file\n"
@@ -110,7 +110,7 @@ def ensure_demo_bundle(root: Optional[str | Path] = None) -> Path:
             )
     try:
         return build_demo_bundle(root)
-    except FileExistsError:
-        if (root / _COMPLETE_MARKER).is_file():  # another process finished it first
+    except OSError:  # FileExistsError, or the final rename lost a race with another process
+        if (root / _COMPLETE_MARKER).is_file():  # another process (e.g. another rank) finished it first
             return root
         raise

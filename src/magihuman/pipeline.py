@@ -343,7 +343,8 @@ class MagiHumanPipeline:
 
     # ------------------------------------------------------------------------------- generation
     def __call__(self, prompt: str | GenerationRequest | None = None, image: str | Path | None = None,
-                 audio: str | Path | None = None, *, progress: bool = False, **fields: Any) -> GenerationOutput:
+                 audio: str | Path | None = None, *, progress: bool = False, decode: bool = True,
+                 **fields: Any) -> GenerationOutput:
         """Generate one clip.
 
         Args:
@@ -351,6 +352,8 @@ class MagiHumanPipeline:
             image: optional first-frame image (image-to-video).
             audio: optional driving audio file (its speech is kept in the output).
             progress: show a progress bar per stage.
+            decode: decode the latents to frames and audio (False on the non-output ranks of a
+                sequence-parallel run, pipeline.md 1.5: ``frames``/``audio`` are then empty).
             **fields: the other :class:`GenerationRequest` fields: ``seconds``, ``width``, ``height``,
                 ``seed``, ``negative_prompt`` (``preset`` defaults to the loaded one).
 
@@ -405,10 +408,14 @@ class MagiHumanPipeline:
                 video_latent = self._super_resolve(request, stage, video_latent, audio_latent, text, negative,
                                                    generator, timer)
             # 6. decode
-            with timer.stage("video decode"):
-                frames = self._decode_video(video_latent)
-            with timer.stage("audio decode"):
-                waveform = driving_audio if driving_audio is not None else self._decode_audio(audio_latent)
+            if decode:
+                with timer.stage("video decode"):
+                    frames = self._decode_video(video_latent)
+                with timer.stage("audio decode"):
+                    waveform = driving_audio if driving_audio is not None else self._decode_audio(audio_latent)
+            else:
+                frames = np.zeros((0, 16 * video_latent.shape[3], 16 * video_latent.shape[4], 3), dtype=np.uint8)
+                waveform = np.zeros((2, 0), dtype=np.float32)
         return GenerationOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, notices,
                                 video_latent.cpu(), audio_latent.cpu())
 
