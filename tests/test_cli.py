@@ -43,7 +43,7 @@ class FakePipeline:
             raise self.fail_load
         return self
 
-    def __call__(self, request, progress=False):
+    def __call__(self, request, progress=False, decode=True):
         self.requests.append(request)
         frames = np.zeros((5, 64, 64, 3), np.uint8)
         audio = np.zeros((2, 8820), np.float32)

@@ -287,9 +287,9 @@ def test_cp_must_divide_heads():
         with pytest.raises(ValueError, match=r"cp=%d must divide the query heads \(4\) and the K/V heads \(2\)" % cp):
             model.enable_sequence_parallel(SequenceParallel(None, 0, cp))
     assert model.sequence_parallel is None
-    default_tiny = random_transformer(seed=0)  # 1 K/V head: only cp=1
+    one_kv_head = random_transformer(dict(TINY_TRANSFORMER_CONFIG, num_query_groups=1), seed=0)  # only cp=1
     with pytest.raises(ValueError, match=r"one of \[1\]"):
-        default_tiny.enable_sequence_parallel(SequenceParallel(None, 0, 2))
+        one_kv_head.enable_sequence_parallel(SequenceParallel(None, 0, 2))
     model.enable_sequence_parallel(SequenceParallel(None, 1, 2))
     assert model.sequence_parallel.world_size == 2
     model.enable_sequence_parallel(None)

@@ -316,9 +316,10 @@ def _run(job: _Job) -> None:
         )
     except Exception as exc:  # noqa: BLE001 - reported in one line
         raise Failure(f"could not load the checkpoints: {exc}") from exc
-    for model in (pipe.transformer, pipe.sr_transformer):
-        if model is not None and sp is not None:
-            model.enable_sequence_parallel(sp)
+    if sp is not None:
+        for model in (pipe.transformer, getattr(pipe, "sr_transformer", None)):
+            if model is not None:
+                model.enable_sequence_parallel(sp)
     timings = {"load models": time.perf_counter() - start}
     try:
         out = pipe(job.request, progress=speaker, decode=speaker)
