@@ -158,7 +158,7 @@ def test_reference_spellings(fake, root, image, tone, tmp_path):
     assert "rounded down to 480x256" in result.output  # the request's notice is shown
     assert fake.calls == [dict(root=root, transformer=None, text_encoder=None, video_vae=None, audio_vae=None,
                                sr_transformer=None, turbo_vae=None, preset="distill", video_decoder="turbo",
-                               device="cpu", progress=True)]
+                               device="cpu", progress=True, runtime=pipeline.RuntimeOptions())]
     assert out.is_file() and f"wrote {out}" in result.output
     for stage in ("load models", "denoise", "video decode", "write mp4", "total"):
         assert stage in result.output
@@ -507,7 +507,8 @@ def test_cp_without_torchrun_is_explained(fake, root, monkeypatch):
 
 
 def test_torchrun_sequence_parallel_demo(tmp_path):
-    """`torchrun --nproc_per_node 2 -m magihuman generate --cp 2` (gloo on CPU): the last rank writes the MP4."""
+    """`torchrun --nproc_per_node 2 -m magihuman generate --cp 2 --shard` (gloo on CPU): Ulysses sequence
+    parallelism over FSDP2-sharded weights; the last rank writes the MP4."""
     import os
     import subprocess
     import sys
@@ -518,7 +519,7 @@ def test_torchrun_sequence_parallel_demo(tmp_path):
     ensure_demo_bundle()  # built once here rather than raced by the two ranks
     out = tmp_path / "cp2.mp4"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "magihuman", "generate", "--demo", "--cp", "2", "--prompt", PROMPT, "--seconds", "0.4",
+               "-m", "magihuman", "generate", "--demo", "--cp", "2", "--shard", "--prompt", PROMPT, "--seconds", "0.4",
                "--width", "64", "--height", "64", "--output", str(out), "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
@@ -526,3 +527,25 @@ def test_torchrun_sequence_parallel_demo(tmp_path):
     info = probe_media(out)
     assert (info["num_frames"], info["width"], info["height"]) == (9, 64, 64)
     assert done.stderr.count("wrote ") + done.stdout.count("wrote ") == 1  # one writer
+
+
+def test_memory_and_speed_flags_reach_the_pipeline(fake, root):
+    """Each --fp8 / --offload / --compile / --attention flag becomes a RuntimeOptions field (issue 5)."""
+    result = run("generate", "--prompt", PROMPT, "--fp8", "--offload", "blocks", "--offload-blocks-per-group", "2",
+                 "--compile", "--attention", "flex", "--checkpoint-root", root, "-o", "m.mp4")
+    assert result.exit_code == 0, result.output
+    assert fake.calls[0]["runtime"] == pipeline.RuntimeOptions(fp8=True, offload=("blocks",), blocks_per_group=2,
+                                                               compile=True, attention="flex")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--offload", "components"), "drop it"),  # CPU-only machine
+    (("--offload", "disk"), "choose components or blocks"),
+    (("--shard",), "torchrun --nproc_per_node N"),
+    (("--attention", "fa3"), "FlashAttention-3"),
+    (("--offload", "blocks", "--shard"), "torchrun"),
+])
+def test_memory_flags_are_checked_before_loading(fake, root, args, needle):
+    result = run("generate", "--prompt", PROMPT, *args, "--device", "cpu", "--checkpoint-root", root, "-o", "x.mp4")
+    assert result.exit_code == 2 and needle in result.output, result.output
+    assert not fake.calls

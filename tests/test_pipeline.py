@@ -204,3 +204,49 @@ def test_turbo_is_the_default_decoder_and_wan_is_selectable(pipes, demo_root):
     assert wan_out.frames.shape == (9, 64, 64, 3)
     with pytest.raises(ValueError, match="video_decoder"):
         MagiHumanPipeline.from_official(demo_root, video_decoder="vqgan")
+
+
+def test_runtime_options_through_the_pipeline(pipes, demo_root):
+    """issue 5: --offload blocks and --attention flex leave the result bit-identical; --fp8 stores the block
+    linears in float8 and stays close; component offload refuses a CPU-only run with a clear message."""
+    from magihuman.pipeline import RuntimeOptions
+
+    reference = pipes["distill"](**_small())
+    streamed = MagiHumanPipeline.from_official(demo_root, runtime=RuntimeOptions(offload=("blocks",)))
+    assert torch.equal(streamed(**_small()).video_latent, reference.video_latent)
+    flex = MagiHumanPipeline.from_official(demo_root, runtime=RuntimeOptions(attention="flex"))
+    assert torch.equal(flex(**_small()).video_latent, reference.video_latent)  # no local layers: plain SDPA
+    fp8 = MagiHumanPipeline.from_official(demo_root, runtime=RuntimeOptions(fp8=True))
+    qkv = fp8.transformer.block.layers[2].attention.linear_qkv
+    assert any(t.dtype == torch.float8_e4m3fn for t in qkv.state_dict().values())
+    out = fp8(**_small())
+    assert torch.isfinite(out.video_latent).all() and out.frames.shape == reference.frames.shape
+    with pytest.raises(ValueError, match="nothing to offload"):
+        MagiHumanPipeline.from_official(demo_root, runtime=RuntimeOptions(offload=("components",)))
+    with pytest.raises(ValueError, match="offload mode"):
+        RuntimeOptions(offload=("disk",))
+
+
+def test_each_stage_borrows_only_its_component(pipes, examples_dir, tmp_path):
+    """With component offload every stage lends exactly its own model to the device (pipeline.md 11)."""
+
+    class Recorder:
+        execution_device = torch.device("cpu")
+
+        def __init__(self):
+            self.stages = []
+
+        def stage(self, *names):
+            self.stages.append(names)
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    pipe = pipes["distill"]
+    pipe.offload = recorder = Recorder()
+    try:
+        pipe(**_small(image=examples_dir / "image.png", audio=_write_tone(tmp_path / "t.wav", seconds=0.5)))
+    finally:
+        pipe.offload = None
+    assert recorder.stages == [("text_encoder",), ("audio_vae",), ("video_vae",), ("transformer",),
+                               ("video_decoder",), ("audio_vae",)]

@@ -53,6 +53,9 @@ REQUEST_KEYS = ("prompt", "image", "audio", "seconds", "width", "height", "seed"
 COMPONENT_KEYS = ("transformer", "text_encoder", "video_vae", "audio_vae", "sr_transformer", "turbo_vae")
 #: ``magihuman.pipeline.VIDEO_DECODERS``, repeated for a fast ``--help`` (tests check they agree).
 VideoDecoderName = Literal["turbo", "wan"]
+#: ``magihuman.pipeline.OFFLOAD_MODES`` and the ``--attention`` choices, likewise.
+OffloadName = Literal["components", "blocks"]
+AttentionName = Literal["auto", "sdpa", "flex", "fa3"]
 #: Every key a ``--config`` JSON file may hold.
 CONFIG_KEYS = (
     *REQUEST_KEYS, "prompt_file", "negative_prompt_file", "checkpoint_root", *COMPONENT_KEYS, "output", "device",
@@ -150,6 +153,7 @@ class _Job:
     demo: bool
     video_decoder: str = "turbo"
     cp: int = 1
+    runtime: Any = None  # magihuman.pipeline.RuntimeOptions
 
 
 @app.command(no_args_is_help=True)
@@ -231,6 +235,26 @@ def generate(
         "--overwrite", help="Replace an existing output file.", rich_help_panel="Output")] = False,
     device: Annotated[str | None, typer.Option(
         "--device", help="cpu, cuda or cuda:N. Default: cuda if available, else cpu.")] = None,
+    fp8: Annotated[bool, typer.Option(
+        "--fp8", help="Store the DiT block linears in FP8 (e4m3, per-row scale): 15.4 instead of 30.6 GB for the "
+        "15B model; computed in bf16.", rich_help_panel="Memory and speed")] = False,
+    offload: Annotated[list[str] | None, typer.Option(
+        "--offload", metavar="[components|blocks]",
+        help="components: each model on the GPU only for its own stage. blocks: stream the DiT "
+        "layers from host memory (GPU holds ~2 layers). Repeat to combine.",
+        rich_help_panel="Memory and speed")] = None,
+    offload_blocks_per_group: Annotated[int, typer.Option(
+        "--offload-blocks-per-group", min=1, help="Layers per streamed group with --offload blocks.",
+        rich_help_panel="Memory and speed")] = 1,
+    shard: Annotated[bool, typer.Option(
+        "--shard", help="FSDP2-shard the DiT weights over the torchrun ranks: N GPUs each hold ~1/N.",
+        rich_help_panel="Memory and speed")] = False,
+    compile_blocks: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the repeated transformer layers (first run compiles).",
+        rich_help_panel="Memory and speed")] = False,
+    attention: Annotated[AttentionName, typer.Option(
+        "--attention", help="Attention kernel: auto (SDPA: cuDNN/flash; FA3 on Hopper when installed), sdpa, "
+        "flex, fa3.", rich_help_panel="Memory and speed")] = "auto",
     cp: Annotated[int, typer.Option(
         "--cp", min=1, help="Sequence-parallel (Ulysses) degree: split each sample over this many processes. "
         "Launch with `torchrun --nproc_per_node N -m magihuman generate --cp N ...`; N must divide the "
@@ -281,7 +305,33 @@ def _prepare(options: dict[str, Any], *, root_from_env: bool) -> _Job:
     device = _resolve_device(settings["device"])
     if world > 1 and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return _Job(request, output, options["overwrite"], root, components, device, options["demo"], decoder, cp)
+    runtime = _runtime_options(options, device, world)
+    return _Job(request, output, options["overwrite"], root, components, device, options["demo"], decoder, cp,
+                runtime)
+
+
+def _runtime_options(options: dict[str, Any], device: str, world: int):
+    """The memory/speed switches, checked against the device before any model loads."""
+    from .memory import resolve_attention_backend
+    from .pipeline import RuntimeOptions
+
+    offload = tuple(dict.fromkeys(options.get("offload") or ()))
+    unknown = [mode for mode in offload if mode not in get_args(OffloadName)]
+    if unknown:
+        raise BadInput(f"--offload {unknown[0]}: choose components or blocks")
+    if "components" in offload and not device.startswith("cuda"):
+        raise BadInput("--offload components moves models between the CPU and a GPU; on --device cpu drop it")
+    if options.get("shard") and world < 2:
+        raise BadInput("--shard splits the weights over torchrun ranks; launch with "
+                       "`torchrun --nproc_per_node N -m magihuman generate --shard ...`")
+    try:
+        resolve_attention_backend(options.get("attention") or "auto", device)
+        return RuntimeOptions(fp8=bool(options.get("fp8")), offload=offload,
+                              blocks_per_group=options.get("offload_blocks_per_group") or 1,
+                              shard=bool(options.get("shard")), compile=bool(options.get("compile_blocks")),
+                              attention=options.get("attention") or "auto")
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def _run(job: _Job) -> None:
@@ -312,7 +362,7 @@ def _run(job: _Job) -> None:
     try:
         pipe = MagiHumanPipeline.from_official(
             root, **job.components, preset=job.request.preset, video_decoder=job.video_decoder, device=job.device,
-            progress=True
+            progress=True, runtime=job.runtime
         )
     except Exception as exc:  # noqa: BLE001 - reported in one line
         raise Failure(f"could not load the checkpoints: {exc}") from exc

@@ -241,6 +241,69 @@ class GenerationOutput:
                          overwrite=overwrite)
 
 
+# ----------------------------------------------------------------------------------------- runtime
+#: ``--offload`` modes (see :mod:`magihuman.memory`).
+OFFLOAD_MODES = ("components", "blocks")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the models are placed and run: memory and speed switches, each one CLI flag (:mod:`magihuman.memory`).
+
+    Attributes:
+        fp8: FP8 (e4m3, per-row scale) storage of the DiT block linears (``--fp8``): 15.4 instead of 30.6 GB.
+        offload: ``"components"`` (each model on the GPU only for its stage) and/or ``"blocks"`` (stream the
+            DiT layers from host memory) (``--offload``).
+        blocks_per_group: layers per streamed group (``--offload-blocks-per-group``).
+        shard: FSDP2-shard the DiT weights over the ``torchrun`` ranks (``--shard``).
+        compile: ``torch.compile`` of the repeated transformer layers (``--compile``).
+        attention: ``"auto"``, ``"sdpa"``, ``"flex"`` or ``"fa3"`` (``--attention``).
+
+    Raises:
+        ValueError: for an unknown offload mode or a non-positive group size.
+    """
+
+    fp8: bool = False
+    offload: tuple[str, ...] = ()
+    blocks_per_group: int = 1
+    shard: bool = False
+    compile: bool = False
+    attention: str = "auto"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.offload) - set(OFFLOAD_MODES))
+        if unknown:
+            raise ValueError(f"unknown offload mode(s) {unknown}; choose from {list(OFFLOAD_MODES)}")
+        if self.blocks_per_group < 1:
+            raise ValueError(f"blocks_per_group must be >= 1, got {self.blocks_per_group}")
+        if self.shard and "blocks" in self.offload:
+            raise ValueError("--shard and --offload blocks both place the DiT weights; pick one")
+
+    @property
+    def loads_on_host(self) -> bool:
+        """Whether the DiTs are loaded into host memory first (then converted and placed)."""
+        return self.fp8 or self.shard or bool(self.offload)
+
+
+def _place_transformer(model: MagiHumanTransformer, runtime: RuntimeOptions, device: torch.device):
+    """Apply the runtime switches to one DiT in a safe order: FP8, attention kernel, compile, placement."""
+    from . import memory
+
+    if runtime.fp8:
+        memory.enable_fp8_weights(model)
+    name = memory.resolve_attention_backend(runtime.attention, device)
+    if name == "sdpa" and model.config.local_attn_layers and device.type == "cuda":
+        name = "flex"  # block-sparse local window: no N x N mask at 1080p (dit.md 5.2)
+    model.set_attention_backend(name)
+    if runtime.compile:
+        memory.compile_repeated_blocks(model)
+    if "blocks" in runtime.offload:
+        return memory.enable_block_streaming(model, onload_device=device, blocks_per_group=runtime.blocks_per_group)
+    if runtime.shard:
+        return memory.shard_transformer(model, device=device)
+    return model.to(device)
+
+
 # ----------------------------------------------------------------------------------------- pipeline
 class MagiHumanPipeline:
     """Text (+ image, + audio) to a talking-human clip with speech.
@@ -276,10 +339,25 @@ class MagiHumanPipeline:
         self.sr_transformer = sr_transformer
         #: decodes the final latent to pixels: the Turbo-VAED decoder or the Wan2.2 VAE (same interface)
         self.video_decoder = video_decoder if video_decoder is not None else video_vae
+        #: component offload (``--offload components``), set by :meth:`enable_component_offload`
+        self.offload = None
 
     @property
     def device(self) -> torch.device:
+        """Where the stages compute and the latents live."""
+        if self.offload is not None:
+            return self.offload.execution_device
         return next(self.transformer.parameters()).device
+
+    def enable_component_offload(self, device: str | torch.device) -> None:
+        """Keep every model on the CPU and lend each to ``device`` for its own stage (``--offload components``)."""
+        from .memory import offload_idle_components
+
+        self.offload = offload_idle_components(self, device)
+
+    def _lend(self, *names: str):
+        """Context in which the named components are on the compute device (no-op without offload)."""
+        return self.offload.stage(*names) if self.offload is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------------------- loading
     @classmethod
@@ -288,7 +366,7 @@ class MagiHumanPipeline:
         text_encoder: str | Path | None = None, video_vae: str | Path | None = None,
         audio_vae: str | Path | None = None, sr_transformer: str | Path | None = None,
         turbo_vae: str | Path | None = None, preset: str = "distill", video_decoder: str = "turbo",
-        device: str | torch.device = "cpu", progress: bool = False,
+        device: str | torch.device = "cpu", progress: bool = False, runtime: RuntimeOptions | None = None,
     ) -> "MagiHumanPipeline":
         """Load every component from the official files, unchanged.
 
@@ -302,6 +380,8 @@ class MagiHumanPipeline:
             preset: ``"distill"`` or ``"base"``; picks the DiT sub-folder and the sampler.
             device: where the models run. VAEs run in bf16 on CUDA and float32 on CPU.
             progress: progress bar while loading the DiT shards.
+            runtime: memory/speed switches (:class:`RuntimeOptions`); default: everything resident on
+                ``device``, automatic attention kernel.
 
         Raises:
             ValueError: when a component has neither an explicit path nor a root.
@@ -316,30 +396,37 @@ class MagiHumanPipeline:
         if video_decoder == "turbo":
             explicit["turbo_vae"] = turbo_vae
         paths = _component_paths(root, chosen, explicit)
+        runtime = runtime or RuntimeOptions()
         device = torch.device(device)
-        vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # from the execution device
+        dit_load = torch.device("cpu") if runtime.loads_on_host else device
+        codec_load = torch.device("cpu") if "components" in runtime.offload else device
         dit = MagiHumanTransformer.from_official(
-            paths["transformer"], device=device, progress=progress, **_transformer_config(paths["transformer"])
+            paths["transformer"], device=dit_load, progress=progress, **_transformer_config(paths["transformer"])
         )
         sr_dit = None
         if chosen.sr is not None:
             config = _transformer_config(paths["sr_transformer"])
             if chosen.sr.local_attention:
                 config["local_attn_layers"] = sr1080_local_attn_layers(config.get("num_layers", 40))
-            sr_dit = MagiHumanTransformer.from_official(paths["sr_transformer"], device=device, progress=progress,
+            sr_dit = MagiHumanTransformer.from_official(paths["sr_transformer"], device=dit_load, progress=progress,
                                                         **config)
-            if chosen.sr.local_attention and device.type == "cuda":
-                sr_dit.set_attention_backend("flex")  # block-sparse window: no N x N mask at 1080p
+        dit = _place_transformer(dit, runtime, device)
+        if sr_dit is not None:
+            sr_dit = _place_transformer(sr_dit, runtime, device)
         decoder = None
         if video_decoder == "turbo":
-            decoder = TurboVAE.from_official(paths["turbo_vae"], dtype=vae_dtype, device=device)
-        return cls(
+            decoder = TurboVAE.from_official(paths["turbo_vae"], dtype=vae_dtype, device=codec_load)
+        pipe = cls(
             dit,
-            TextEncoder.from_official(paths["text_encoder"], device=device),
-            VideoVAE.from_official(paths["video_vae"], dtype=vae_dtype, device=device),
-            AudioVAE.from_official(paths["audio_vae"], device=device),
+            TextEncoder.from_official(paths["text_encoder"], device=codec_load),
+            VideoVAE.from_official(paths["video_vae"], dtype=vae_dtype, device=codec_load),
+            AudioVAE.from_official(paths["audio_vae"], device=codec_load),
             preset=preset, sr_transformer=sr_dit, video_decoder=decoder,
         )
+        if "components" in runtime.offload:
+            pipe.enable_component_offload(device)
+        return pipe
 
     # ------------------------------------------------------------------------------- generation
     def __call__(self, prompt: str | GenerationRequest | None = None, image: str | Path | None = None,
@@ -383,20 +470,20 @@ class MagiHumanPipeline:
         plan = request.plan()
         with torch.inference_mode():
             # 1. text
-            with timer.stage("text encode"):
+            with timer.stage("text encode"), self._lend("text_encoder"):
                 text, negative = self._encode_prompts(request)
             # 2. latents: driving audio or audio noise first, then video noise (pipeline.md 12)
-            with timer.stage("prepare latents"):
+            with timer.stage("prepare latents"), self._lend(*(["audio_vae"] if request.audio else [])):
                 audio_latent, driving_audio, plan = self._audio_latent(request, plan, generator)
                 video_noise = self._randn(plan.video_latent_shape, generator)
             # 3. first frame (image-to-video)
             image_latent = None
             if request.image is not None:
-                with timer.stage("image encode"):
+                with timer.stage("image encode"), self._lend("video_vae"):
                     pixels = preprocess_image(request.image, plan.width, plan.height)
                     image_latent = self.video_vae.encode(pixels[:, :, None].to(self.device)).float()
             # 4. denoise
-            with timer.stage("denoise", total=self.preset.sampler.num_steps) as bar:
+            with timer.stage("denoise", total=self.preset.sampler.num_steps) as bar, self._lend("transformer"):
                 video_latent, audio_latent = denoise(
                     self.transformer, video_noise, audio_latent, text, negative, config=self.preset.sampler,
                     image_latent=image_latent, audio_fixed=driving_audio is not None, generator=generator,
@@ -409,9 +496,9 @@ class MagiHumanPipeline:
                                                    generator, timer)
             # 6. decode
             if decode:
-                with timer.stage("video decode"):
+                with timer.stage("video decode"), self._lend("video_decoder"):
                     frames = self._decode_video(video_latent)
-                with timer.stage("audio decode"):
+                with timer.stage("audio decode"), self._lend("audio_vae"):
                     waveform = driving_audio if driving_audio is not None else self._decode_audio(audio_latent)
             else:
                 frames = np.zeros((0, 16 * video_latent.shape[3], 16 * video_latent.shape[4], 3), dtype=np.uint8)
@@ -424,10 +511,10 @@ class MagiHumanPipeline:
         """The SR stage: image re-encoded at the SR size (TI2V), then :func:`super_resolve` (pipeline.md 8)."""
         image_latent = None
         if request.image is not None:
-            with timer.stage("image encode (SR)"):
+            with timer.stage("image encode (SR)"), self._lend("video_vae"):
                 pixels = preprocess_image(request.image, stage.width, stage.height)
                 image_latent = self.video_vae.encode(pixels[:, :, None].to(self.device)).float()
-        with timer.stage("super-resolution", total=stage.sampler.num_steps) as bar:
+        with timer.stage("super-resolution", total=stage.sampler.num_steps) as bar, self._lend("sr_transformer"):
             return super_resolve(self.sr_transformer, video_latent, audio_latent, text, negative, stage=stage,
                                  generator=generator, image_latent=image_latent, callback=lambda *_: bar.update(1))
 
