@@ -460,12 +460,12 @@ def test_sr_size_selects_an_sr_preset(fake, root):
     """--sr-width/--sr-height without an SR preset pick sr_540p (<= 720 px high) or sr_1080p."""
     (root / "540p_sr").mkdir(exist_ok=True)
     (root / "base").mkdir(exist_ok=True)
-    result = run("generate", "--prompt", PROMPT, "--sr-width", "896", "--sr-height", "512", "--checkpoint-root",
-                 root, "-o", "sr.mp4")
+    result = run("generate", "--prompt", PROMPT, "--sr-width", "896", "--sr-height", "512", "--sr_cfg_number", "2",
+                 "--checkpoint-root", root, "-o", "sr.mp4")
     assert result.exit_code == 0, result.output
     assert "using preset sr_540p" in result.output
     (request,) = fake.requests
-    assert (request.preset, request.sr_width, request.sr_height) == ("sr_540p", 896, 512)
+    assert (request.preset, request.sr_width, request.sr_height, request.sr_cfg_number) == ("sr_540p", 896, 512, 2)
     assert fake.calls[0]["preset"] == "sr_540p"
     result = run("generate", "--prompt", PROMPT, "--sr-width", "896", "--checkpoint-root", root, "-o", "x.mp4")
     assert result.exit_code == 2 and "both" in result.output
@@ -532,10 +532,11 @@ def test_torchrun_sequence_parallel_demo(tmp_path):
 def test_memory_and_speed_flags_reach_the_pipeline(fake, root):
     """Each --fp8 / --offload / --compile / --attention flag becomes a RuntimeOptions field (issue 5)."""
     result = run("generate", "--prompt", PROMPT, "--fp8", "--offload", "blocks", "--offload-blocks-per-group", "2",
-                 "--compile", "--attention", "flex", "--checkpoint-root", root, "-o", "m.mp4")
+                 "--compile", "--attention", "flex", "--decode-tile-size", "16", "--checkpoint-root", root,
+                 "-o", "m.mp4")
     assert result.exit_code == 0, result.output
     assert fake.calls[0]["runtime"] == pipeline.RuntimeOptions(fp8=True, offload=("blocks",), blocks_per_group=2,
-                                                               compile=True, attention="flex")
+                                                               compile=True, attention="flex", decode_tile=16)
 
 
 @pytest.mark.parametrize("args, needle", [

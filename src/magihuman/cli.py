@@ -48,7 +48,7 @@ SHOWN_DEFAULTS = {"seconds": 4.0, "width": 448, "height": 256, "seed": 42, "pres
 
 #: Fields of ``GenerationRequest`` (pipeline.py) the CLI fills.
 REQUEST_KEYS = ("prompt", "image", "audio", "seconds", "width", "height", "seed", "preset", "negative_prompt",
-                "sr_width", "sr_height")
+                "sr_width", "sr_height", "sr_cfg_number")
 #: Checkpoint locations, overriding a root per component (``MagiHumanPipeline.from_official``).
 COMPONENT_KEYS = ("transformer", "text_encoder", "video_vae", "audio_vae", "sr_transformer", "turbo_vae")
 #: ``magihuman.pipeline.VIDEO_DECODERS``, repeated for a fast ``--help`` (tests check they agree).
@@ -62,7 +62,7 @@ CONFIG_KEYS = (
     "video_decoder",
 )
 #: Config keys whose value is a path or a name (JSON string or null).
-_STRING_KEYS = frozenset(CONFIG_KEYS) - {"seconds", "width", "height", "seed", "sr_width", "sr_height"}
+_STRING_KEYS = frozenset(CONFIG_KEYS) - {"seconds", "width", "height", "seed", "sr_width", "sr_height", "sr_cfg_number"}
 #: Options that form one setting: given on the command line, they replace all of the group's config keys.
 _GROUPS = (("prompt", "prompt_file"), ("negative_prompt", "negative_prompt_file"), ("output", "save_path_prefix"))
 
@@ -189,6 +189,10 @@ def generate(
         "px high, unless --preset is an SR preset).", show_default=False)] = None,
     sr_height: Annotated[int | None, typer.Option(
         "--sr-height", "--sr_height", help="Super-resolution output height.", show_default=False)] = None,
+    sr_cfg_number: Annotated[int | None, typer.Option(
+        "--sr-cfg-number", "--sr_cfg_number", help="SR guidance: 1 (default, as the shipped SR examples) or 2 "
+        "(negative pass, video scale 3.5 with the first 13 latent frames capped at 2.0).",
+        show_default=False)] = None,
     negative_prompt: Annotated[str | None, typer.Option(
         "--negative-prompt", help="Unconditional text for CFG (base preset). Default: a built-in list of "
         "visual, audio and delivery defects.", show_default=False)] = None,
@@ -252,6 +256,9 @@ def generate(
     compile_blocks: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the repeated transformer layers (first run compiles).",
         rich_help_panel="Memory and speed")] = False,
+    decode_tile_size: Annotated[int | None, typer.Option(
+        "--decode-tile-size", min=8, help="Decode the video in overlapping spatial tiles of this many latent "
+        "pixels (Turbo decoder): less memory at 1080p, small seams.", rich_help_panel="Memory and speed")] = None,
     attention: Annotated[AttentionName, typer.Option(
         "--attention", help="Attention kernel: auto (SDPA: cuDNN/flash; FA3 on Hopper when installed), sdpa, "
         "flex, fa3.", rich_help_panel="Memory and speed")] = "auto",
@@ -329,7 +336,8 @@ def _runtime_options(options: dict[str, Any], device: str, world: int):
         return RuntimeOptions(fp8=bool(options.get("fp8")), offload=offload,
                               blocks_per_group=options.get("offload_blocks_per_group") or 1,
                               shard=bool(options.get("shard")), compile=bool(options.get("compile_blocks")),
-                              attention=options.get("attention") or "auto")
+                              attention=options.get("attention") or "auto",
+                              decode_tile=options.get("decode_tile_size"))
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 
