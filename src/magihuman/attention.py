@@ -119,4 +119,5 @@ def get_attention_backend(name: str) -> AttentionBackend:
 
 
 def available_attention_backends() -> list[str]:
+    """Names accepted by ``MagiHumanTransformer.set_attention_backend``, sorted."""
     return sorted(_BACKENDS)

@@ -44,10 +44,12 @@ class TokenLayout:
 
     @property
     def tokens_per_frame(self) -> int:
+        """P = Hp * Wp video tokens per latent frame."""
         return self.patch_rows * self.patch_cols
 
     @property
     def video_tokens(self) -> int:
+        """Nv = T * Hp * Wp."""
         return self.frames * self.tokens_per_frame
 
     @property
@@ -57,6 +59,7 @@ class TokenLayout:
 
     @property
     def total_tokens(self) -> int:
+        """N = Nv + Na + Nt."""
         return sum(self.groups)
 
 
@@ -220,6 +223,7 @@ class LocalWindow:
 
     @classmethod
     def of(cls, layout: TokenLayout, frame_receptive_field: int) -> "LocalWindow":
+        """The window of a packed sample with half-width ``frame_receptive_field`` latent frames."""
         return cls(layout.total_tokens, layout.video_tokens, max(layout.tokens_per_frame, 1), frame_receptive_field)
 
     def allows(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:

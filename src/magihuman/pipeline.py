@@ -86,6 +86,7 @@ class LatentPlan:
 
     @property
     def latent_frames(self) -> int:
+        """T = (L_a - 1) // 4 + 1 latent video frames."""
         return (self.audio_latents - 1) // VAE_TEMPORAL_STRIDE + 1
 
     @property
@@ -100,6 +101,7 @@ class LatentPlan:
 
     @property
     def video_latent_shape(self) -> tuple[int, int, int, int, int]:
+        """``(1, 48, T, h, w)`` of the video noise."""
         return (1, VIDEO_LATENT_CHANNELS, self.latent_frames, *self.latent_size)
 
 

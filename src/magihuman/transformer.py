@@ -213,6 +213,8 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(hidden_size, experts, gelu7_layer)
 
     def forward(self, x, rope, groups, attend, local_mask):
+        """``x [B, N, hidden]`` float32 -> same; ``rope [N, 6B]``; ``groups`` = (Nv, Na, Nt) of these rows;
+        ``local_mask`` (a :class:`~magihuman.packing.LocalWindow`) is used only if this layer is local."""
         x = x + self.attention(x, rope, groups, attend, local_mask if self.local else None)
         return x + self.mlp(x, groups)
 
@@ -340,6 +342,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
 
     @property
     def num_heads(self) -> int:
+        """Query heads = hidden_size // head_dim (40 for 15B; dit.md 1.1 ``num_heads_q``)."""
         return self.config.hidden_size // self.config.head_dim
 
     @property
@@ -487,6 +490,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
 
     @staticmethod
     def is_block_linear(key: str) -> bool:
+        """Whether a state-dict key is a bf16 block linear (dit.md 2.2, 2.6)."""
         return key.endswith(BLOCK_LINEAR_SUFFIXES)
 
 
