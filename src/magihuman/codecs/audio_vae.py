@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from magihuman.checkpoint import load_state_dict_strict
+from magihuman.codecs.wrapper import ModelWrapper
 
 __all__ = [
     "HOP_LENGTH",
@@ -501,7 +502,7 @@ def _crossfade_merge(chunks: list[Tensor], hop: int) -> Tensor:
     return out
 
 
-class AudioVAE:
+class AudioVAE(ModelWrapper):
     """SAO Oobleck VAE with the pipeline's conventions (codecs.md 4, pipeline.md 7.2, 9.2).
 
     Latents are time-major ``[B, A, 64]`` float32, raw Oobleck space (no normalisation), 25 per second;
@@ -522,16 +523,6 @@ class AudioVAE:
         return cls(load_audio_vae_model(path, device=device, dtype=dtype))
 
     @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the VAE weights (float32 in the reference)."""
-        return next(self.model.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the VAE weights."""
-        return next(self.model.parameters()).device
-
-    @property
     def latent_channels(self) -> int:
         """Channels of one latent (64 for SAO 1.0)."""
         return int(self.model.config.decoder_input_channels)
@@ -540,11 +531,6 @@ class AudioVAE:
     def audio_channels(self) -> int:
         """Waveform channels (2: stereo)."""
         return int(self.model.config.audio_channels)
-
-    def to(self, device: torch.device | str) -> "AudioVAE":
-        """Move the weights to ``device``; returns ``self``."""
-        self.model.to(device=device)
-        return self
 
     @torch.no_grad()
     def decode(self, latent: Tensor) -> Tensor:

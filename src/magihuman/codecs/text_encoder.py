@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from .wrapper import ModelWrapper
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -244,7 +246,7 @@ def _resolve_official_folder(path: str | Path) -> tuple[Path, dict]:
 # ----------------------------------------------------------------------------------------------
 
 
-class TextEncoder:
+class TextEncoder(ModelWrapper):
     """Encoder half of T5Gemma plus its tokenizer; turns one prompt into DiT text tokens.
 
     Fact sheet: pipeline.md 3, codecs.md 5.1-5.3, pitfalls 17-19.
@@ -381,16 +383,6 @@ class TextEncoder:
         return int(encoder_config.hidden_size if encoder_config is not None else config.hidden_size)
 
     @property
-    def device(self) -> torch.device:
-        """Device of the encoder weights (inputs are moved there)."""
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the encoder weights (the reference uses ``torch.bfloat16``)."""
-        return next(self.model.parameters()).dtype
-
-    @property
     def softcap(self) -> float | None:
         """Attention-logit soft-cap in effect, or ``None`` when attention runs uncapped."""
         config = self.model.config
@@ -398,11 +390,6 @@ class TextEncoder:
         if getattr(encoder_config, "_attn_implementation", None) == NOCAP_ATTENTION:
             return None
         return getattr(encoder_config, "attn_logit_softcapping", None)
-
-    def to(self, device: str | torch.device) -> TextEncoder:
-        """Move the encoder to ``device`` in place; returns ``self``."""
-        self.model.to(device)
-        return self
 
     def __repr__(self) -> str:
         return (

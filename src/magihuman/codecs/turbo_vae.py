@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, load_state_dict_strict
 from .video_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD
+from .wrapper import ModelWrapper
 
 __all__ = [
     "TURBO_VAED_CONFIG_NAME",
@@ -993,7 +994,7 @@ def _tile_weights(spans: list[tuple[int, int]], index: int, scale: int, device: 
     return weights
 
 
-class TurboVAE:
+class TurboVAE(ModelWrapper):
     """Turbo-VAED decode of normalised Wan2.2 latents (codecs.md 3, pipeline.md 9.1 default branch).
 
     Same decode interface as :class:`magihuman.codecs.video_vae.VideoVAE`, so the pipeline can use
@@ -1060,23 +1061,6 @@ class TurboVAE:
         return cls(
             load_turbo_vaed(config_path, checkpoint_path, dtype=dtype, device=device, trust_checkpoint=trust_checkpoint)
         )
-
-    # -- properties ----------------------------------------------------------------------------
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the weights (the network runs in it)."""
-        return next(self.model.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the weights."""
-        return next(self.model.parameters()).device
-
-    def to(self, device: torch.device | str) -> "TurboVAE":
-        """Move the weights to ``device`` (dtype unchanged); returns ``self``."""
-        self.model.to(device=device)
-        return self
 
     # -- decode --------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import load_state_dict_strict
+from .wrapper import ModelWrapper
 
 __all__ = [
     "WAN22_LATENT_MEAN",
@@ -553,7 +554,7 @@ def _check_latent(latent: Tensor, z_dim: int) -> None:
         raise ValueError(f"latent has an empty time/height/width axis: {tuple(latent.shape)}")
 
 
-class VideoVAE:
+class VideoVAE(ModelWrapper):
     """Wan2.2 VAE with the reference's latent normalisation (codecs.md 2.1, pipeline.md 4.2).
 
     Wraps a diffusers ``AutoencoderKLWan`` (``.model``). Latents seen by the rest of the project are
@@ -582,21 +583,6 @@ class VideoVAE:
     ) -> "VideoVAE":
         """Load from any path accepted by :func:`load_wan22_vae` (same arguments and errors)."""
         return cls(load_wan22_vae(path, dtype=dtype, device=device))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the VAE weights (and of the normalisation arithmetic)."""
-        return next(self.model.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the VAE weights."""
-        return next(self.model.parameters()).device
-
-    def to(self, device: torch.device | str) -> "VideoVAE":
-        """Move the weights to ``device`` (dtype unchanged); returns ``self``."""
-        self.model.to(device=device)
-        return self
 
     def normalization_constants(self) -> tuple[Tensor, Tensor]:
         """The reference wrapper's ``mean`` and ``1/std`` (pipeline.md 4.2, codecs.md pitfall 5).
