@@ -35,8 +35,8 @@ from .codecs.video_vae import VideoVAE
 from .media import load_audio, preprocess_image, video_to_uint8, write_mp4
 from .presets import DEFAULT_HEIGHT, DEFAULT_SECONDS, DEFAULT_SEED, DEFAULT_WIDTH, FPS, Preset, get_preset
 from .sampling import SR_SAMPLER, SR_SAMPLER_CFG, denoise
-from .super_resolution import SuperResolutionStage, sr1080_local_attn_layers, super_resolve
-from .transformer import MagiHumanTransformer
+from .super_resolution import SuperResolutionStage, super_resolve
+from .transformer import MagiHumanTransformer, sr1080_local_attn_layers
 
 #: Spatial stride of the Wan2.2 VAE times the DiT's 2x2 patch: pixel sizes round down to this (pipeline.md 4.1).
 SIZE_MULTIPLE = 32

@@ -25,20 +25,12 @@ import torch.nn.functional as F
 
 from .sampling import SR_SAMPLER, SamplerConfig, denoise
 from .schedulers import SR_NOISE_INDEX, zero_snr_signal_noise
-from .transformer import MagiHumanTransformer
+from .transformer import MagiHumanTransformer, sr1080_local_attn_layers  # noqa: F401 (re-exported)
 
 #: Weight of the noise in the SR model's audio input (pipeline.md 1.2 ``sr_audio_noise_scale``).
 SR_AUDIO_NOISE_SCALE = 0.7
 #: The reference's local-attention half-width in latent frames (dit.md 1.2 ``frame_receptive_field``).
 FRAME_RECEPTIVE_FIELD = 11
-
-
-def sr1080_local_attn_layers(num_layers: int) -> tuple[int, ...]:
-    """The 1080p recipe's local layers for a model of ``num_layers``: every layer except 3, 7, ..., 31.
-
-    For the 40-layer model this is dit.md 1.3's set of 32 layers; smaller test models get the same rule.
-    """
-    return tuple(i for i in range(num_layers) if not (i % 4 == 3 and i < 32))
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,18 @@ ACT_SIGMOID_SCALE = 1.702
 #: The 15B layout (dit.md 1.1).
 OFFICIAL_MM_LAYERS = (0, 1, 2, 3, 36, 37, 38, 39)
 OFFICIAL_GELU7_LAYERS = (0, 1, 2, 3)
-#: The 1080p SR recipe's local-attention layers: all but 3, 7, ..., 31 (dit.md 1.3).
-SR1080_LOCAL_ATTN_LAYERS = tuple(i for i in range(40) if i not in (3, 7, 11, 15, 19, 23, 27, 31))
+
+
+def sr1080_local_attn_layers(num_layers: int) -> tuple[int, ...]:
+    """The 1080p SR recipe's local layers for a model of ``num_layers``: every layer except 3, 7, ..., 31.
+
+    For the 40-layer model this is dit.md 1.3's set of 32 layers; smaller test models get the same rule.
+    """
+    return tuple(i for i in range(num_layers) if not (i % 4 == 3 and i < 32))
+
+
+#: The 1080p SR recipe's local-attention layers of the 40-layer model (dit.md 1.3).
+SR1080_LOCAL_ATTN_LAYERS = sr1080_local_attn_layers(40)
 #: Keys of the block linears, which are stored and computed in bf16 (dit.md 2.2, 2.6).
 BLOCK_LINEAR_SUFFIXES = ("linear_qkv.weight", "linear_proj.weight", "up_gate_proj.weight", "down_proj.weight")
 
