@@ -577,13 +577,10 @@ def _checkpoint_locations(settings: dict[str, Any], preset: str, *, demo: bool, 
             f"checkpoint root {root} is not a folder; fetch the weights with `magihuman download --root {root}` "
             "or fix --checkpoint-root"
         )
-    from .pipeline import ROOT_LAYOUT
+    from .pipeline import component_layout
     from .presets import get_preset
 
-    chosen = get_preset(preset)
-    layout = dict(ROOT_LAYOUT, transformer=chosen.checkpoint, sr_transformer=chosen.sr.checkpoint if chosen.sr else None)
-    if not turbo:
-        layout["turbo_vae"] = None
+    layout = component_layout(get_preset(preset), video_decoder="turbo" if turbo else "wan")
     lacking = [f"{layout[k]}/" for k, v in components.items()
                if v is None and layout[k] is not None and not (root / layout[k]).is_dir()]
     if lacking:

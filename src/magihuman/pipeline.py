@@ -598,8 +598,15 @@ class MagiHumanPipeline:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+def component_layout(preset: Preset, *, video_decoder: str = "turbo") -> dict[str, Optional[str]]:
+    """Sub-folder of the checkpoint root for each component of ``preset`` (docs/design.md); None where the
+    preset does not use it (``sr_transformer`` without SR, ``turbo_vae`` with the Wan decoder)."""
+    return dict(ROOT_LAYOUT, transformer=preset.checkpoint, sr_transformer=preset.sr.checkpoint if preset.sr else None,
+                turbo_vae=ROOT_LAYOUT["turbo_vae"] if video_decoder == "turbo" else None)
+
+
 def _component_paths(root, preset: Preset, explicit: dict[str, Any]) -> dict[str, Path]:
-    layout = dict(ROOT_LAYOUT, transformer=preset.checkpoint, sr_transformer=preset.sr.checkpoint if preset.sr else None)
+    layout = component_layout(preset)
     paths = {}
     for name, path in explicit.items():
         if path is None and root is None:
