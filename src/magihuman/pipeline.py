@@ -34,7 +34,7 @@ from .codecs.turbo_vae import TurboVAE
 from .codecs.video_vae import VideoVAE
 from .media import load_audio, preprocess_image, video_to_uint8, write_mp4
 from .presets import DEFAULT_HEIGHT, DEFAULT_SECONDS, DEFAULT_SEED, DEFAULT_WIDTH, FPS, Preset, get_preset
-from .sampling import SR_SAMPLER, SR_SAMPLER_CFG, denoise
+from .sampling import SR_SAMPLER, SR_SAMPLER_CFG, denoise, draw_noise
 from .super_resolution import SuperResolutionStage, super_resolve
 from .transformer import MagiHumanTransformer, sr1080_local_attn_layers
 
@@ -496,13 +496,9 @@ class MagiHumanPipeline:
             # 2. latents: driving audio or audio noise first, then video noise (pipeline.md 12)
             with timer.stage("prepare latents"), self._lend(*(["audio_vae"] if request.audio else [])):
                 audio_latent, driving_audio, plan = self._audio_latent(request, plan, generator)
-                video_noise = self._randn(plan.video_latent_shape, generator)
+                video_noise = draw_noise(plan.video_latent_shape, generator, self.device)
             # 3. first frame (image-to-video)
-            image_latent = None
-            if request.image is not None:
-                with timer.stage("image encode"), self._lend("video_vae"):
-                    pixels = preprocess_image(request.image, plan.width, plan.height)
-                    image_latent = self.video_vae.encode(pixels[:, :, None].to(self.device)).float()
+            image_latent = self._encode_image(request.image, plan.width, plan.height, timer, "image encode")
             # 4. denoise
             with timer.stage("denoise", total=self.preset.sampler.num_steps) as bar, self._lend("transformer"):
                 video_latent, audio_latent = denoise(
@@ -530,11 +526,7 @@ class MagiHumanPipeline:
     # ------------------------------------------------------------------------------- stages
     def _super_resolve(self, request, stage, video_latent, audio_latent, text, negative, generator, timer):
         """The SR stage: image re-encoded at the SR size (TI2V), then :func:`super_resolve` (pipeline.md 8)."""
-        image_latent = None
-        if request.image is not None:
-            with timer.stage("image encode (SR)"), self._lend("video_vae"):
-                pixels = preprocess_image(request.image, stage.width, stage.height)
-                image_latent = self.video_vae.encode(pixels[:, :, None].to(self.device)).float()
+        image_latent = self._encode_image(request.image, stage.width, stage.height, timer, "image encode (SR)")
         with timer.stage("super-resolution", total=stage.sampler.num_steps) as bar, self._lend("sr_transformer"):
             return super_resolve(self.sr_transformer, video_latent, audio_latent, text, negative, stage=stage,
                                  generator=generator, image_latent=image_latent, callback=lambda *_: bar.update(1))
@@ -549,9 +541,14 @@ class MagiHumanPipeline:
             negative = negative.to(self.device)
         return text.to(self.device), negative
 
-    def _randn(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        """float32 standard normal drawn on the CPU generator, then moved (same numbers on every device)."""
-        return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+    def _encode_image(self, image, width: int, height: int, timer, stage_name: str) -> Optional[torch.Tensor]:
+        """The first-frame latent ``[1, 48, 1, h, w]`` float32 at ``width`` x ``height`` (pipeline.md 7.1, 8.2),
+        or None without an image: centre crop, Lanczos resize, Wan2.2 encode (posterior mean, normalised)."""
+        if image is None:
+            return None
+        with timer.stage(stage_name), self._lend("video_vae"):
+            pixels = preprocess_image(image, width, height)
+            return self.video_vae.encode(pixels[:, :, None].to(self.device)).float()
 
     def _audio_latent(self, request: GenerationRequest, plan: LatentPlan, generator: torch.Generator):
         """Audio noise ``[1, L_a, 64]``; or, with a driving track, its latents and its 44.1 kHz waveform.
@@ -561,7 +558,7 @@ class MagiHumanPipeline:
         which sets the video length. The output keeps the given track itself (resampled 441/512).
         """
         if request.audio is None:
-            return self._randn((1, plan.audio_latents, 64), generator), None, plan
+            return draw_noise((1, plan.audio_latents, 64), generator, self.device), None, plan
         mono = load_audio(request.audio, sample_rate=MODEL_SAMPLE_RATE, max_seconds=request.seconds)
         hop = MODEL_SAMPLE_RATE // LATENTS_PER_SECOND
         if mono.shape[0] < hop:

@@ -320,15 +320,20 @@ class _RenoiseUpdate:
         if self.renoise_noise is not None:
             eps_video, eps_audio = self.renoise_noise[k]
             return eps_video.to(video.device), None if eps_audio is None else eps_audio.to(audio.device)
-        eps_video = _draw_noise(video, self.generator)  # video first, then audio (pipeline.md 12)
-        eps_audio = _draw_noise(audio, self.generator)  # drawn even when the audio is fixed
+        eps_video = draw_noise(video.shape, self.generator, video.device)  # video first, then audio (pipeline.md 12)
+        eps_audio = draw_noise(audio.shape, self.generator, audio.device)  # drawn even when the audio is fixed
         return eps_video, eps_audio
 
 
-def _draw_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else torch.device("cpu")
-    noise = torch.randn(like.shape, generator=generator, dtype=torch.float32, device=device)
-    return noise.to(like.device)
+def draw_noise(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """One float32 standard-normal draw of ``shape`` on the generator's device (the CPU when ``generator``
+    is None, then torch's global CPU generator), moved to ``device``.
+
+    Every random draw of a request goes through here, so a seeded CPU generator gives the same numbers
+    on every device (pipeline.md 12 lists the draw order).
+    """
+    source = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device=source).to(device)
 
 
 def _make_update(config, sigmas, video_noise, audio_noise, audio_fixed, generator, renoise_noise):

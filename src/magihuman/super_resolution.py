@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .sampling import SR_SAMPLER, SamplerConfig, denoise
+from .sampling import SR_SAMPLER, SamplerConfig, denoise, draw_noise
 from .schedulers import SR_NOISE_INDEX, zero_snr_signal_noise
 from .transformer import MagiHumanTransformer, sr1080_local_attn_layers  # noqa: F401 (re-exported)
 
@@ -107,8 +107,8 @@ def super_resolve(
         The SR video latent ``[1, 48, T, h_s, w_s]`` float32.
     """
     upsampled = upsample_latent(video_latent, stage.latent_size, align_corners=stage.align_corners)
-    eps = torch.randn(upsampled.shape, generator=generator, dtype=torch.float32).to(upsampled.device)
-    eps_audio = torch.randn(audio_latent.shape, generator=generator, dtype=torch.float32).to(audio_latent.device)
+    eps = draw_noise(upsampled.shape, generator, upsampled.device)
+    eps_audio = draw_noise(audio_latent.shape, generator, audio_latent.device)
     start = renoise_latent(upsampled, eps, stage.noise_index)
     sr_audio = corrupt_audio(audio_latent.float(), eps_audio)
 
