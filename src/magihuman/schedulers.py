@@ -297,40 +297,42 @@ class FlowUniPCScheduler(SchedulerMixin, ConfigMixin):
     def _predict(self, sample: torch.Tensor, order: int) -> torch.Tensor:
         """Predictor from σ_k to σ_{k+1} (pipeline.md 4.4 step 6); ``sample`` is the corrected x_k."""
         k = self._step_index
-        sigma, sigma_next = self.sigmas[k], self.sigmas[k + 1]
         x0 = self._x0_history[-1]
-        lam = _log_snr(sigma)
-        h = _log_snr(sigma_next) - lam
-        hh = -h
-        phi = torch.expm1(hh)
-        b_h = torch.expm1(hh)
-        alpha_next = 1 - sigma_next
-        base = sigma_next / sigma * sample - alpha_next * phi * x0
+        step = _ExponentialStep(self.sigmas[k], self.sigmas[k + 1], sample, x0)
         if order == 1:
-            return base
-        r = (_log_snr(self.sigmas[k - 1]) - lam) / h
+            return step.base
+        r = (_log_snr(self.sigmas[k - 1]) - step.lam_from) / step.h
         d = (self._x0_history[-2] - x0) / r
-        return base - alpha_next * b_h * (FIXED_RHO * d)
+        return step.base - step.alpha_b_h * (FIXED_RHO * d)
 
     def _correct(self, x0: torch.Tensor, order: int) -> torch.Tensor:
         """Corrector of x_k from the stored x_{k-1} and ``M_k`` = ``x0`` (pipeline.md 4.4 step 2)."""
         k = self._step_index
-        sigma, sigma_prev = self.sigmas[k], self.sigmas[k - 1]
         prev_x0 = self._x0_history[-1]
-        lam_prev = _log_snr(sigma_prev)
-        h = _log_snr(sigma) - lam_prev
-        hh = -h
-        phi = torch.expm1(hh)
-        b_h = torch.expm1(hh)
-        alpha = 1 - sigma
-        base = sigma / sigma_prev * self._last_sample - alpha * phi * prev_x0
+        step = _ExponentialStep(self.sigmas[k - 1], self.sigmas[k], self._last_sample, prev_x0)
         d_now = x0 - prev_x0
         if order == 1:
-            return base - alpha * b_h * (FIXED_RHO * d_now)
-        r = (_log_snr(self.sigmas[k - 2]) - lam_prev) / h
+            return step.base - step.alpha_b_h * (FIXED_RHO * d_now)
+        r = (_log_snr(self.sigmas[k - 2]) - step.lam_from) / step.h
         d = (self._x0_history[-2] - prev_x0) / r
-        rho = _corrector_weights(r, hh, phi, b_h, device=x0.device)
-        return base - alpha * b_h * (rho[0] * d + rho[1] * d_now)
+        rho = _corrector_weights(r, -step.h, step.phi, step.b_h, device=x0.device)
+        return step.base - step.alpha_b_h * (rho[0] * d + rho[1] * d_now)
+
+
+class _ExponentialStep:
+    """The terms the predictor and the corrector share for a step from σ_a to σ_b (pipeline.md 4.4):
+    ``h = λ(σ_b) - λ(σ_a)``, ``φ = B = expm1(-h)``, ``α_b = 1 - σ_b`` and
+    ``base = (σ_b/σ_a)·x - (α_b·φ)·x0``; ``alpha_b_h`` is ``α_b·B`` (grouping as the sheet writes it)."""
+
+    def __init__(self, sigma_from: torch.Tensor, sigma_to: torch.Tensor, sample: torch.Tensor, x0: torch.Tensor):
+        self.lam_from = _log_snr(sigma_from)
+        self.h = _log_snr(sigma_to) - self.lam_from
+        hh = -self.h
+        self.phi = torch.expm1(hh)
+        self.b_h = torch.expm1(hh)
+        alpha_to = 1 - sigma_to
+        self.base = sigma_to / sigma_from * sample - alpha_to * self.phi * x0
+        self.alpha_b_h = alpha_to * self.b_h
 
 
 def _predictor_order(step_index: int, num_steps: int) -> int:
