@@ -61,7 +61,7 @@ from magihuman.memory import (
     resolve_attention_backend,
     weight_bytes,
 )
-from magihuman.presets import get_preset
+from magihuman.presets import get_preset, preset_for_sr_size
 from magihuman.random_weights import TINY_TRANSFORMER_CONFIG
 from magihuman.sampling import SR_SAMPLER, denoise
 from magihuman.super_resolution import (
@@ -413,9 +413,9 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
 
     # 3. super-resolution
     for width, height in settings.sr_sizes:
-        local = height > 720  # the 1080p recipe (presets.preset_for_sr_size)
-        stage = SuperResolutionStage("1080p_sr" if local else "540p_sr", width, height, sampler=sr_sampler,
-                                     local_attention=local)
+        recipe = get_preset(preset_for_sr_size("base", width, height)).sr  # 540p or the 1080p recipe
+        stage = dataclasses.replace(recipe, width=width, height=height, sampler=sr_sampler)
+        local = stage.local_attention
         h_s, w_s = stage.latent_size
         sr_video_tokens = frames * (h_s // 2) * (w_s // 2)
         name = f"SR {width}x{height}" + (" (local attn)" if local else "")
