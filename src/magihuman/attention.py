@@ -27,7 +27,14 @@ AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[
 
 
 def _dense(mask: Optional[LocalWindow], device: torch.device) -> Optional[torch.Tensor]:
-    return None if mask is None else mask.dense(device)
+    return None if mask is None else _dense_mask(mask, str(device))
+
+
+@functools.lru_cache(maxsize=2)
+def _dense_mask(mask: LocalWindow, device: str) -> torch.Tensor:
+    """The window's ``[N, N]`` bool mask, built once per (window, device) rather than in every local
+    layer of every step (the block-sparse mask of :func:`flex_attention_backend` is cached the same way)."""
+    return mask.dense(device)
 
 
 def sdpa_attention(
@@ -62,7 +69,7 @@ def math_attention(
     v = value.float().repeat_interleave(groups, dim=1)
     logits = query.float() @ k.transpose(-1, -2) / query.shape[-1] ** 0.5
     if mask is not None:
-        logits = logits.masked_fill(~mask.dense(query.device), float("-inf"))
+        logits = logits.masked_fill(~_dense(mask, query.device), float("-inf"))
     return (logits.softmax(dim=-1) @ v).to(query.dtype)
 
 
