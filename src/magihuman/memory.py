@@ -9,13 +9,14 @@ else (adapter, norms, heads, the RoPE bands buffer), 30.64 GB in all.
 |---|---|---|---|---|
 | FP8 weights | :func:`enable_fp8_weights` | ``--fp8`` | ``1 x 15.28e9`` (e4m3 block linears) ``+ 4 x 2.42e6`` (row scales) ``+ 4 x 21.6e6`` (fp32 rest) = 15.37 GB, plus one expert's bf16 weight in flight (<= 280 MB) | upcast path: the GEMMs stay bf16; the upcast adds 3 bytes of memory traffic per weight element per GEMM (estimate: ~5-10 % slower at 448x256, ~1-2 % at SR sizes) |
 | block streaming | :func:`enable_block_streaming` | ``--offload blocks`` | ``84 MB`` resident (adapter + heads, fp32) ``+ (1 + prefetch) x blocks_per_group x`` one layer (0.55 GB shared, 1.64 GB sandwich, bf16); host RAM holds the layers | bound by host-to-device copies: ~30.6 GB per forward (~1.2 s at 25 GB/s pinned); hidden behind compute only at long sequences (SR) |
-| FSDP2 sharding | :func:`shard_transformer` | ``--shard`` (under ``torchrun``) | ``30.64 GB / N`` per rank + one gathered block linear (<= 839 MB bf16) | one all-gather per block linear per forward; for N GPUs that do not fit the model alone |
+| FSDP2 sharding | :func:`shard_transformer` | ``--shard`` (under ``torchrun``) | ``30.64 GB / N`` per rank + one gathered block linear (<= 839 MB bf16); with ``--fp8``: ``15.28 GB / N`` + the replicated row scales (9.7 MB) + fp32 rest / N + one gathered e4m3 linear (<= 420 MB) | one all-gather per block linear per forward; for N GPUs that do not fit the model alone |
 | component offload | :class:`ComponentOffload` / :func:`offload_idle_components` | ``--offload components`` | only the running stage's component: max(DiT 30.6 GB, T5Gemma encoder 18.5 GB, VAE) instead of their sum (~52 GB + SR DiT) | one host-device round trip per component per request (~1-3 s for a 15B DiT) |
 | regional compile | :func:`compile_repeated_blocks` | ``--compile`` | unchanged (+ Inductor workspaces) | ~1.2x on the DiT reported for the reference's compiler (anchors.md 0); one compile per layer variant at first call |
 | attention kernel | :func:`pick_attention_backend` | ``--attention auto\\|sdpa\\|flex\\|fa3`` | unchanged | FA3 ~1.3x over FA2 on Hopper (anchors.md 4); local-window layers keep FlexAttention |
 
 Combining them: apply FP8 first, then compile, then streaming or sharding (never both: both decide
-where a weight lives). Component offload and block streaming combine (streamed models are left in
+where a weight lives). FP8 and sharding combine: the e4m3 bytes are sharded and all-gathered like any
+other weight. Component offload and block streaming combine (streamed models are left in
 place by :class:`ComponentOffload`).
 """
 
@@ -37,7 +38,7 @@ from .transformer import ExpertLinear, TransformerLayer, split_groups
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FP8_DTYPE", "FP8ExpertLinear", "enable_fp8_weights", "weight_bytes",
+    "FP8_DTYPE", "FP8ExpertLinear", "enable_fp8_weights", "fp8_gemm_coverage", "weight_bytes",
     "enable_block_streaming", "shard_transformer",
     "on_device", "ComponentOffload", "offload_idle_components",
     "compile_repeated_blocks",
@@ -104,8 +105,17 @@ def _fp8_gemm_supported(device: torch.device) -> bool:
     return device.type == "cuda" and hasattr(torch, "_scaled_mm") and _cuda_capability(device) >= (8, 9)
 
 
+#: ``torch._scaled_mm`` on CUDA needs the reduction width and the weight's output rows in multiples of 16.
+_FP8_GEMM_ALIGN = 16
+
+
 def _fp8_rowwise_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """``x @ dequant(q, scale)^T`` as one FP8 GEMM (``torch._scaled_mm``), dynamic per-token activation scales.
+    """``x @ dequant(q, scale)^T`` as an FP8 GEMM (``torch._scaled_mm``), dynamic per-token activation scales.
+
+    ``torch._scaled_mm`` wants the weight's output rows in a multiple of 16, so for ``out % 16 = r > 0``
+    the first ``out - r`` rows run as the FP8 GEMM and the last ``r`` rows (8 of the 15B's 7208
+    ``linear_qkv`` and 27304 ``up_gate_proj`` rows) as a bf16 GEMM on the dequantised rows; the two are
+    concatenated. The reduction width ``in`` must already be a multiple of 16 (the caller checks).
 
     Args:
         x: ``[..., in]`` activations (any float dtype; quantised per row to e4m3 with scale amax/448).
@@ -115,73 +125,102 @@ def _fp8_rowwise_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, o
 
     Returns:
         ``[..., out]`` in ``out_dtype``.
+
+    Raises:
+        RuntimeError: when ``torch._scaled_mm`` fails (a PyTorch without row-wise FP8 kernels for the GPU).
     """
     lead, width = x.shape[:-1], x.shape[-1]
+    out_rows = q.shape[0]
     rows = x.reshape(-1, width).float()
-    if rows.shape[0] == 0:
-        return x.new_zeros(*lead, q.shape[0], dtype=out_dtype)
+    aligned = out_rows - out_rows % _FP8_GEMM_ALIGN
+    if rows.shape[0] == 0 or aligned == 0:
+        tail = F.linear(rows.to(out_dtype), q.to(out_dtype) * scale.to(out_dtype)[:, None])
+        return tail.reshape(*lead, out_rows)
     x_scale = (rows.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp_min(torch.finfo(torch.float32).tiny)
     xq = (rows / x_scale).to(q.dtype)
     try:
-        out = torch._scaled_mm(xq, q.t(), scale_a=x_scale, scale_b=scale.float()[None, :], out_dtype=out_dtype)
+        out = torch._scaled_mm(xq, q[:aligned].t(), scale_a=x_scale, scale_b=scale[:aligned].float()[None, :],
+                               out_dtype=out_dtype)
     except RuntimeError as error:
         raise RuntimeError(
             f"the FP8 GEMM (torch._scaled_mm, row-wise scales) failed on {x.device}: {error}. This PyTorch may lack "
             "row-wise FP8 kernels for this GPU; call enable_fp8_weights(model, scaled_gemm=False) (FP8 storage only)"
         ) from error
-    return out.reshape(*lead, q.shape[0])
+    if aligned < out_rows:
+        rest = q[aligned:].to(out_dtype) * scale[aligned:].to(out_dtype)[:, None]
+        out = torch.cat([out, F.linear(rows.to(out_dtype), rest)], dim=-1)
+    return out.reshape(*lead, out_rows)
+
+
+def fp8_gemm_coverage(config: Optional[dict] = None, tokens: int = 4096) -> float:
+    """Fraction of the block-linear FLOPs that :func:`enable_fp8_weights` ``(scaled_gemm=True)`` runs as FP8 GEMMs.
+
+    Eligible: every block linear whose reduction width is a multiple of 16 (all but the swiglu7
+    ``down_proj``, whose width is 13652 in the 15B); within it every output row except the last
+    ``out % 16``. The fraction does not depend on the token count. 15B: 0.769.
+
+    Args:
+        config: :class:`~magihuman.transformer.MagiHumanTransformer` config fields (None: the 15B).
+        tokens: rows per GEMM (cancels out; kept for clarity).
+    """
+    from .transformer import MagiHumanTransformer
+
+    with torch.device("meta"):
+        model = MagiHumanTransformer(**(config or {}))
+    total = fast = 0
+    for module in model.modules():
+        if isinstance(module, ExpertLinear):
+            flops = 2 * tokens * module.in_features * module.out_features
+            total += flops
+            if module.in_features % _FP8_GEMM_ALIGN == 0:
+                fast += flops * (module.out_features - module.out_features % _FP8_GEMM_ALIGN) // module.out_features
+    return fast / total
 
 
 class FP8ExpertLinear(ExpertLinear):
     """:class:`~magihuman.transformer.ExpertLinear` with e4m3 weight storage (built by :func:`enable_fp8_weights`).
 
-    The stored parameter ``weight`` (state-dict key unchanged; attribute :attr:`weight_fp8`) is
-    ``[out * experts, in]`` float8_e4m3fn and the buffer ``weight_scale`` is ``[out * experts]``
-    float32 (power-of-two row scales, see :func:`quantize_fp8_rows`); the attribute ``weight`` reads
-    as the dequantised weight. Forward
-    dequantises one expert at a time to ``compute_dtype`` (exact) and runs the same bf16 GEMMs as
-    ``ExpertLinear``, so the output equals a bf16 model holding the dequantised weights bit-for-bit.
-    With ``scaled_gemm`` on a GPU with FP8 tensor cores, shapes that are multiples of 16 run as one FP8
-    GEMM instead (:func:`_fp8_rowwise_linear`; untested on a GPU here; never taken on CPU).
+    The parameter ``weight`` (state-dict key unchanged) is ``[out * experts, in]`` **uint8 holding the
+    float8_e4m3fn bit patterns** (:attr:`weight_e4m3` is the same memory viewed as e4m3) and the buffer
+    ``weight_scale`` is ``[out * experts]`` float32 (power-of-two row scales, see
+    :func:`quantize_fp8_rows`). Bytes rather than a float8 dtype, so that every collective backend
+    moves them (gloo has no float8 type; FSDP2 all-gathers them for ``--fp8 --shard``) and
+    ``model.to(dtype)`` leaves them alone (it casts floating-point tensors only). :attr:`compute_dtype`
+    (bf16) is the GEMM and output dtype, which is what the rest of the model reads. Forward dequantises one expert at a time to
+    ``compute_dtype`` (exact) and runs the same bf16 GEMMs as ``ExpertLinear``, so the output equals a
+    bf16 model holding the dequantised weights bit-for-bit. With ``scaled_gemm`` on a GPU with FP8
+    tensor cores the GEMMs run as FP8 GEMMs instead (:func:`_fp8_rowwise_linear`; untested on a GPU
+    here; never taken on CPU).
     """
 
     compute_dtype: torch.dtype = torch.bfloat16
     scaled_gemm: bool = False
 
     @property
-    def weight(self) -> torch.Tensor:
-        """The effective weight: :meth:`dequantized_weight` (``compute_dtype``).
+    def weight_e4m3(self) -> torch.Tensor:
+        """The stored ``[out * experts, in]`` weight viewed as float8_e4m3fn (no copy).
 
-        Code outside this class that reads ``linear.weight`` (``Attention.forward`` takes its attention
-        dtype from ``linear_qkv.weight.dtype``) thus keeps seeing bf16. The stored e4m3 parameter (the
-        state-dict entry ``weight``) is :attr:`weight_fp8`. In eager mode each read dequantises the
-        weight once (~1-3 % of a layer's time for the dtype read); under ``torch.compile`` the unused
-        result is eliminated.
+        Raises:
+            RuntimeError: when the stored bytes were cast to another dtype after :func:`enable_fp8_weights`.
         """
-        return self.dequantized_weight()
-
-    @property
-    def weight_fp8(self) -> torch.Tensor:
-        """The stored ``[out * experts, in]`` float8_e4m3fn parameter."""
-        return self._parameters["weight"]
+        stored = self.weight
+        if stored.dtype != torch.uint8:
+            raise RuntimeError(
+                f"an FP8 block linear holds {stored.dtype} weights: the model was cast (e.g. "
+                "restore_official_dtypes()) after enable_fp8_weights; reload it, then call enable_fp8_weights last"
+            )
+        return stored.view(FP8_DTYPE)
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The full weight in ``compute_dtype`` (exact)."""
-        return self.weight_fp8.to(self.compute_dtype) * self.weight_scale.to(self.compute_dtype)[:, None]
+        """The full ``[out * experts, in]`` weight in ``compute_dtype`` (exact)."""
+        return self.weight_e4m3.to(self.compute_dtype) * self.weight_scale.to(self.compute_dtype)[:, None]
 
     def _use_scaled_gemm(self, x: torch.Tensor) -> bool:
-        return (self.scaled_gemm and x.is_cuda and self.in_features % 16 == 0 and self.out_features % 16 == 0
-                and _fp8_gemm_supported(x.device))
+        return self.scaled_gemm and self.in_features % _FP8_GEMM_ALIGN == 0 and _fp8_gemm_supported(x.device)
 
     def forward(self, x: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
         """``x [B, N, in]`` -> ``[B, N, out]`` in ``compute_dtype``."""
-        stored = self.weight_fp8
-        if stored.dtype != FP8_DTYPE:
-            raise RuntimeError(
-                f"an FP8 block linear holds {stored.dtype} weights: the model was cast (e.g. .to(dtype) or "
-                "restore_official_dtypes()) after enable_fp8_weights; reload it, then call enable_fp8_weights last"
-            )
-        weights = stored.view(self.num_experts, self.out_features, self.in_features)
+        weights = self.weight_e4m3.view(self.num_experts, self.out_features, self.in_features)
         scales = self.weight_scale.view(self.num_experts, self.out_features)
         parts = (x,) if self.num_experts == 1 else split_groups(x, groups)
         if self._use_scaled_gemm(x):
@@ -218,10 +257,12 @@ def enable_fp8_weights(model: nn.Module, *, compute_dtype: torch.dtype = torch.b
         model: a loaded :class:`~magihuman.transformer.MagiHumanTransformer` (any module holding
             ``ExpertLinear`` layers), on any device. Do not cast the model's dtype afterwards.
         compute_dtype: GEMM dtype (bf16 as the reference; float16/float32 allowed).
-        scaled_gemm: on GPUs with compute capability >= 8.9, run eligible GEMMs (in/out features
-            multiples of 16: on the 15B shapes, ``linear_proj`` everywhere and the gelu7 MLPs of layers
-            0-3) as FP8 tensor-core GEMMs with per-token activation scales. Experimental and **untested
-            on a GPU in this project**; the upcast path is used on CPU and wherever the check fails.
+        scaled_gemm: on GPUs with compute capability >= 8.9 (CLI ``--fp8-gemm``), run the block linears
+            whose input width is a multiple of 16 as FP8 tensor-core GEMMs with per-token activation
+            scales (:func:`_fp8_rowwise_linear`; 76.9 % of the 15B's block FLOPs, see
+            :func:`fp8_gemm_coverage`: all but the swiglu7 ``down_proj``). Experimental and **untested on
+            a GPU in this project** (the routing and the math are tested on CPU through CPU
+            ``torch._scaled_mm``); the upcast path is used on CPU and for the other linears.
 
     Returns:
         ``model``.
@@ -255,7 +296,7 @@ def enable_fp8_weights(model: nn.Module, *, compute_dtype: torch.dtype = torch.b
                 q, scale = quantize_fp8_rows(weight.detach())
             except ValueError as error:
                 raise ValueError(f"{name}.weight: {error}") from None
-        module._parameters["weight"] = nn.Parameter(q, requires_grad=False)
+        module._parameters["weight"] = nn.Parameter(q.view(torch.uint8), requires_grad=False)
         module.register_buffer("weight_scale", scale, persistent=True)
         module.__class__ = FP8ExpertLinear
         module.compute_dtype, module.scaled_gemm = compute_dtype, scaled_gemm
@@ -435,11 +476,6 @@ def shard_transformer(model: nn.Module, group: Optional["torch.distributed.Proce
         raise ValueError(f"{type(model).__name__} has no TransformerLayer; pass a MagiHumanTransformer")
     if _is_sharded(model):
         raise ValueError("the model is already sharded")
-    if any(isinstance(m, FP8ExpertLinear) for m in model.modules()):
-        raise ValueError(
-            "FP8 weights cannot be sharded yet (Attention reads linear_qkv.weight outside the FSDP unit); "
-            "use either --fp8 or --shard"
-        )
     if hasattr(model, "enable_group_offload") and _is_group_offloaded(model):
         raise ValueError("the model streams its blocks; use either enable_block_streaming or shard_transformer")
     device_type = (_as_device(device, "device") if device is not None else next(model.parameters()).device).type
