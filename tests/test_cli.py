@@ -537,6 +537,11 @@ def test_memory_and_speed_flags_reach_the_pipeline(fake, root):
     assert result.exit_code == 0, result.output
     assert fake.calls[0]["runtime"] == pipeline.RuntimeOptions(fp8=True, offload=("blocks",), blocks_per_group=2,
                                                                compile=True, attention="flex", decode_tile=16)
+    assert fake.calls[0]["runtime"].batch_cfg  # batched CFG is the default
+    result = run("generate", "--prompt", PROMPT, "--fp8-gemm", "--no-batch-cfg", "--checkpoint-root", root,
+                 "-o", "n.mp4")
+    assert result.exit_code == 0, result.output
+    assert fake.calls[1]["runtime"] == pipeline.RuntimeOptions(fp8=True, fp8_gemm=True, batch_cfg=False)
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -73,6 +73,16 @@ def denoise_inputs():
     return video, audio, text, negative
 
 
+#: Batched CFG through sequence parallelism: two samples with 3 and 5 real text tokens, padded to 5.
+RAGGED_LENGTHS = (3, 5)
+
+
+def ragged_inputs():
+    video, audio, text = make_inputs(2, (4, 4, 4), 13, 5, seed=9)
+    text[0, RAGGED_LENGTHS[0]:] = 0  # sample 0's padding
+    return video, audio, text
+
+
 # ----------------------------------------------------------------------------------- spawned job
 def _cp2_job(rank: int, world_size: int, port: int, out_dir: str) -> None:
     """One rank of the cp=2 job, set up as torchrun would: every case, the all-to-alls, P26, denoise."""
@@ -118,6 +128,14 @@ def _cp2_job(rank: int, world_size: int, port: int, out_dir: str) -> None:
         # denoise calls the model unchanged (cond + negative calls: two token counts per step).
         video, audio, text, negative = denoise_inputs()
         results["denoise"] = denoise(model, video, audio, text, negative, config=DENOISE_CONFIG)
+        # batched CFG: one batch-2 call with padded text and per-sample lengths (ragged attention inside
+        # the all-to-alls; per-sample RoPE tables split by rows); v1 so the tables really differ.
+        local = models[id(LOCAL_CONFIG)]
+        with torch.no_grad():
+            results["ragged_v1"] = local(*ragged_inputs(), coords_style="v1", frame_receptive_field=1,
+                                         text_lengths=RAGGED_LENGTHS)
+        results["denoise_batched"] = denoise(model, video, audio, text, negative, config=DENOISE_CONFIG,
+                                             batch_cfg=True)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     except BaseException:
         dist.destroy_process_group()  # no barrier: the other rank may be inside a collective
@@ -246,6 +264,19 @@ def test_denoise_with_sp_model(cp2):
     want = denoise(model, video, audio, text, negative, config=DENOISE_CONFIG)
     for rank in range(CP):
         assert_matches(cp2[rank]["denoise"], want)
+
+
+def test_batched_cfg_with_sp_model(cp2):
+    """issue 5: ragged (batched-CFG) forwards under cp=2 equal the single-process ones."""
+    local = random_transformer(LOCAL_CONFIG, seed=0)
+    with torch.no_grad():
+        want = local(*ragged_inputs(), coords_style="v1", frame_receptive_field=1, text_lengths=RAGGED_LENGTHS)
+    model = random_transformer(SP_CONFIG, seed=0)
+    video, audio, text, negative = denoise_inputs()
+    want_denoise = denoise(model, video, audio, text, negative, config=DENOISE_CONFIG, batch_cfg=True)
+    for rank in range(CP):
+        assert_matches(cp2[rank]["ragged_v1"], want)
+        assert_matches(cp2[rank]["denoise_batched"], want_denoise)
 
 
 # ----------------------------------------------------------------------------------- single process

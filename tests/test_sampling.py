@@ -169,6 +169,53 @@ def test_cfg2_unipc_guidance_scales_and_call_order(monkeypatch):
         assert torch.equal(v, uncond[1] + 5.0 * (cond[1] - uncond[1]))
 
 
+class BatchAwareModel:
+    """Velocities that depend on the true text of each batch row; records every call's batch and lengths."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, video, audio, text, text_lengths=None):
+        lengths = text_lengths or (text.shape[1],) * text.shape[0]
+        self.calls.append((video.shape[0], tuple(lengths)))
+        rows = [text[i, :n].sum() + n for i, n in enumerate(lengths)]  # padding must not count
+        scale = torch.stack(rows).view(-1, 1, 1, 1, 1)
+        return video * 0.1 * scale, audio * 0.01 * scale.view(-1, 1, 1)
+
+
+def test_batched_cfg_is_one_call_per_step_and_equals_two_passes():
+    """issue 5: with batch_cfg the conditional and negative passes are one call of batch 2 (text zero-padded,
+    true lengths passed along), and the guided result equals the two-pass loop."""
+    video, audio = _small_latents()
+    gen = torch.Generator().manual_seed(2)
+    text, negative = torch.randn(1, 4, 8, generator=gen), torch.randn(1, 6, 8, generator=gen)
+    config = dataclasses.replace(BASE_SAMPLER, num_steps=4)
+    two_pass, batched = BatchAwareModel(), BatchAwareModel()
+    want = denoise(two_pass, video, audio, text, negative, config=config)
+    got = denoise(batched, video, audio, text, negative, config=config, batch_cfg=True)
+    assert two_pass.calls == [(1, (4,)), (1, (6,))] * 4
+    assert batched.calls == [(2, (4, 6))] * 4
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    one = BatchAwareModel()  # cfg 1 ignores batch_cfg
+    denoise(one, video, audio, text, negative, config=dataclasses.replace(config, cfg_number=1), batch_cfg=True)
+    assert one.calls == [(1, (4,))] * 4
+
+
+def test_batched_cfg_with_the_tiny_transformer():
+    """The real model: batched and two-pass CFG agree to bf16 GEMM rounding (the rows' GEMMs run in another M)."""
+    from magihuman.random_weights import random_transformer
+
+    model = random_transformer()
+    gen = torch.Generator().manual_seed(4)
+    video, audio = torch.randn(1, 48, 3, 4, 4, generator=gen), torch.randn(1, 9, 64, generator=gen)
+    text, negative = torch.randn(1, 5, 32, generator=gen), torch.randn(1, 8, 32, generator=gen)
+    config = dataclasses.replace(BASE_SAMPLER, num_steps=3)
+    want = denoise(model, video, audio, text, negative, config=config)
+    got = denoise(model, video, audio, text, negative, config=config, batch_cfg=True)
+    for g, w in zip(got, want):
+        assert float((g - w).norm() / w.norm()) < 1e-2
+
+
 def test_video_guidance_scale_switch():
     assert video_guidance_scale(BASE_SAMPLER, 501) == 5.0
     assert video_guidance_scale(BASE_SAMPLER, 500) == 2.0

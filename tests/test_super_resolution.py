@@ -141,14 +141,19 @@ def test_sr_cfg_number_two_runs_the_negative_pass(sr_pipe):
     original = sr_pipe.sr_transformer
 
     def counting(video, audio, text, **kwargs):
-        calls.append(text.shape[1])
+        calls.append((video.shape[0], text.shape[1], kwargs.get("text_lengths")))
         return original(video, audio, text, **kwargs)
 
     sr_pipe.sr_transformer = counting
     try:
         out = sr_pipe(request)
+        assert len(calls) == 5 and len(set(calls)) == 1  # batched CFG: one (cond, negative) call per step
+        assert calls[0][0] == 2 and calls[0][1] == max(calls[0][2]) and len(set(calls[0][2])) == 2
+        calls.clear()
+        sr_pipe.batch_cfg = False
+        sr_pipe(request)
     finally:
-        sr_pipe.sr_transformer = original
+        sr_pipe.sr_transformer, sr_pipe.batch_cfg = original, True
     assert len(calls) == 10 and len(set(calls[0::2])) == 1  # (cond, negative) x 5 steps
     assert out.frames.shape == (9, 96, 128, 3)
     with pytest.raises(ValueError, match="sr_cfg_number"):

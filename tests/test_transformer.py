@@ -22,6 +22,7 @@ from magihuman.packing import (
     depatchify_video,
     local_attention_mask,
     local_attention_ranges,
+    pad_text_batch,
     patchify_video,
     token_layout,
     TokenLayout,
@@ -237,6 +238,53 @@ def test_batch_matches_single_samples():
         for got, want in zip(batched, singles[i]):
             assert got[i].shape == want[0].shape
             assert rel_l2(got[i], want[0]) < 1e-2
+
+
+@pytest.mark.parametrize("style, local", [("v2", False), ("v1", False), ("v1", True)])
+def test_text_lengths_batch_equals_each_prompt_alone(style, local):
+    """Batched CFG (issue 5): samples with different text lengths, zero-padded to one length and run with
+    ``text_lengths``, give each sample's own forward: its own coordinates (v1 spreads text over its true
+    length; v2's single-token case rotates) and attention over its own tokens; the padding is never seen."""
+    config = dict(TINY_TRANSFORMER_CONFIG, local_attn_layers=(0, 2, 3) if local else ())
+    model = random_transformer(config, seed=5)
+    g = torch.Generator().manual_seed(11)
+    video, audio = torch.randn(1, 48, 4, 4, 4, generator=g), torch.randn(1, 13, 64, generator=g)
+    lengths = (7, 4, 1) if style == "v2" else (7, 4)  # v1 rejects a single text token (dit.md 3.4)
+    texts = [torch.randn(1, n, 32, generator=g) for n in lengths]
+    padded, got_lengths = pad_text_batch(texts)
+    assert got_lengths == lengths and padded.shape == (len(lengths), 7, 32)
+    assert torch.equal(padded[1, :4], texts[1][0]) and not padded[1, 4:].any()
+    padded[1:, 4:] = 1e3 * torch.randn(len(lengths) - 1, 3, 32, generator=g)  # garbage must change nothing
+    b = len(lengths)
+    kwargs = dict(coords_style=style, frame_receptive_field=1)
+    batch = (video.expand(b, -1, -1, -1, -1), audio.expand(b, -1, -1), padded)
+    with torch.no_grad():
+        attended = model(*batch, **kwargs)
+        for dtype, tolerance in ((torch.bfloat16, None), (torch.float32, 2e-5)):
+            model.to(dtype).restore_official_dtypes() if dtype == torch.bfloat16 else model.float()
+            batched = model(*batch, text_lengths=lengths, **kwargs)
+            alone = [model(video, audio, text, **kwargs) for text in texts]
+            for i in range(b):
+                for got, want in zip(batched, alone[i]):
+                    if tolerance is None:  # bf16 GEMMs round differently for other row counts (M = 1 for Nt = 1)
+                        assert rel_l2(got[i], want[0]) < 1e-2
+                    else:  # float32 block linears: exact up to float32 rounding (measured <= 4.5e-6)
+                        assert (got[i] - want[0]).abs().max() < tolerance
+    assert rel_l2(attended[0][1], alone[1][0][0]) > 0.05  # without text_lengths the padding is attended (~0.1)
+
+
+def test_text_lengths_validation():
+    model = random_transformer()
+    video, audio, text = torch.randn(2, 48, 2, 4, 4), torch.randn(2, 5, 64), torch.randn(2, 3, 32)
+    for bad in ((3,), (3, 0), (3, 4), (3, 2.0), (True, 3)):
+        with pytest.raises(ValueError, match="text_lengths must be 2 integers in 1..3"):
+            model(video, audio, text, text_lengths=bad)
+    with torch.no_grad():  # all full: the plain path
+        assert torch.equal(model(video, audio, text, text_lengths=(3, 3))[0], model(video, audio, text)[0])
+    with pytest.raises(ValueError, match="width or dtype"):
+        pad_text_batch([torch.zeros(1, 2, 32), torch.zeros(1, 2, 16)])
+    with pytest.raises(ValueError, match="at least one"):
+        pad_text_batch([])
 
 
 def test_empty_text_and_audio_groups():

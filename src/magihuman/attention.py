@@ -15,6 +15,7 @@ model code imports a kernel library; sequence parallelism wraps this same seam.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable, Optional
 
@@ -101,6 +102,44 @@ def flex_attention_backend(
         return sdpa_attention(query, key, value)
     block_mask = _block_mask(mask, str(query.device))
     return _flex_kernel(query.device.type)(query, key, value, block_mask=block_mask, enable_gqa=True)
+
+
+class RaggedAttention:
+    """An :data:`AttentionBackend` over a batch whose samples have different true lengths (batched CFG).
+
+    Sample ``b`` holds ``key_lengths[b]`` real tokens followed by padding (the packed sequence ends in
+    text, so padded text sits at the end). Each sample's real rows go through ``backend`` on their own:
+    the same kernel call, with the same shapes, as an unbatched forward of that sample, so no key
+    padding mask is needed and the result is exact. Padding query rows get zeros. A local-attention
+    window is re-sized to the sample's length; its rule does not depend on the text length (dit.md 5.2).
+
+    Build it with :func:`ragged_attention` (cached, so a compiled layer sees the same object each step).
+    """
+
+    def __init__(self, backend: AttentionBackend, key_lengths: tuple[int, ...]):
+        self.backend, self.key_lengths = backend, key_lengths
+
+    def __call__(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+    ) -> torch.Tensor:
+        n = query.shape[2]
+        if len(self.key_lengths) != query.shape[0] or max(self.key_lengths) > n:
+            raise ValueError(f"key_lengths {self.key_lengths} do not fit a batch of {query.shape[0]} x {n} tokens")
+        if all(length == n for length in self.key_lengths):
+            return self.backend(query, key, value, mask)
+        out = query.new_zeros(query.shape)
+        for b, length in enumerate(self.key_lengths):
+            window = mask if mask is None or length == n else dataclasses.replace(mask, total_tokens=length)
+            out[b:b + 1, :, :length] = self.backend(
+                query[b:b + 1, :, :length], key[b:b + 1, :, :length], value[b:b + 1, :, :length], window
+            )
+        return out
+
+
+@functools.lru_cache(maxsize=16)
+def ragged_attention(backend: AttentionBackend, key_lengths: tuple[int, ...]) -> RaggedAttention:
+    """The :class:`RaggedAttention` of ``backend`` for samples of ``key_lengths`` real tokens (one object per pair)."""
+    return RaggedAttention(backend, tuple(int(n) for n in key_lengths))
 
 
 _BACKENDS: dict[str, AttentionBackend] = {

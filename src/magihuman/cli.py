@@ -242,6 +242,14 @@ def generate(
     fp8: Annotated[bool, typer.Option(
         "--fp8", help="Store the DiT block linears in FP8 (e4m3, per-row scale): 15.4 instead of 30.6 GB for the "
         "15B model; computed in bf16.", rich_help_panel="Memory and speed")] = False,
+    fp8_gemm: Annotated[bool, typer.Option(
+        "--fp8-gemm", help="With FP8 weights (implies --fp8), run the block linears whose width allows it as FP8 "
+        "tensor-core GEMMs (GPUs of compute capability >= 8.9; experimental).",
+        rich_help_panel="Memory and speed")] = False,
+    batch_cfg: Annotated[bool, typer.Option(
+        "--batch-cfg/--no-batch-cfg", help="CFG presets: run the prompt and negative-prompt passes as one "
+        "batched DiT call (exact). --no-batch-cfg: two calls, half the activation memory.",
+        rich_help_panel="Memory and speed")] = True,
     offload: Annotated[list[str] | None, typer.Option(
         "--offload", metavar="[components|blocks]",
         help="components: each model on the GPU only for its own stage. blocks: stream the DiT "
@@ -333,11 +341,13 @@ def _runtime_options(options: dict[str, Any], device: str, world: int):
                        "`torchrun --nproc_per_node N -m magihuman generate --shard ...`")
     try:
         resolve_attention_backend(options.get("attention") or "auto", device)
-        return RuntimeOptions(fp8=bool(options.get("fp8")), offload=offload,
+        fp8_gemm = bool(options.get("fp8_gemm"))
+        return RuntimeOptions(fp8=bool(options.get("fp8")) or fp8_gemm, fp8_gemm=fp8_gemm, offload=offload,
                               blocks_per_group=options.get("offload_blocks_per_group") or 1,
                               shard=bool(options.get("shard")), compile=bool(options.get("compile_blocks")),
                               attention=options.get("attention") or "auto",
-                              decode_tile=options.get("decode_tile_size"))
+                              decode_tile=options.get("decode_tile_size"),
+                              batch_cfg=options.get("batch_cfg", True) is not False)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 

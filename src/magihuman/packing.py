@@ -242,3 +242,33 @@ def local_attention_mask(
 ) -> torch.Tensor:
     """Boolean ``[N, N]`` mask equal to the union of :func:`local_attention_ranges` (dit.md 5.2)."""
     return LocalWindow.of(layout, frame_receptive_field).dense(device)
+
+
+def pad_text_batch(text_embeds: "list[torch.Tensor] | tuple[torch.Tensor, ...]") -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Stack text embeddings of different lengths into one batch, zero padding at the end (batched CFG).
+
+    The result goes to ``MagiHumanTransformer(..., text_lengths=lengths)``, which keeps every sample
+    exactly what it would be alone: its own coordinates and attention over its own real tokens
+    (dit.md P13 forbids letting padding into the attention; it is never attended here).
+
+    Args:
+        text_embeds: tensors ``[B_i, Nt_i, C]`` with one C and one dtype, e.g. ``(prompt, negative prompt)``.
+
+    Returns:
+        ``(padded [sum B_i, max Nt_i, C], lengths)`` with ``lengths`` the true Nt of each row, in order.
+
+    Raises:
+        ValueError: for an empty list, a tensor that is not 3-d, or different widths or dtypes.
+    """
+    if not text_embeds:
+        raise ValueError("pad_text_batch needs at least one text embedding")
+    if any(t.ndim != 3 for t in text_embeds):
+        raise ValueError(f"text embeddings must be [B, Nt, C], got shapes {[tuple(t.shape) for t in text_embeds]}")
+    if len({(t.shape[2], t.dtype) for t in text_embeds}) != 1:
+        raise ValueError(
+            f"text embeddings differ in width or dtype: {[(tuple(t.shape), t.dtype) for t in text_embeds]}"
+        )
+    longest = max(t.shape[1] for t in text_embeds)
+    padded = torch.cat([torch.nn.functional.pad(t, (0, 0, 0, longest - t.shape[1])) for t in text_embeds])
+    lengths = tuple(t.shape[1] for t in text_embeds for _ in range(t.shape[0]))
+    return padded, lengths

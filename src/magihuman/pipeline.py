@@ -275,6 +275,12 @@ class RuntimeOptions:
         decode_tile: Turbo decoder spatial tile in latent pixels (``--decode-tile-size``; None: off).
             Tiles overlap by a third and are blended; on random weights tile 48 / overlap 32 stays within
             8e-4 of the untiled decode (tests/test_turbo_vae.py).
+        fp8_gemm: with ``fp8``, run the eligible block linears as FP8 tensor-core GEMMs on GPUs of
+            compute capability >= 8.9 (``--fp8-gemm``; experimental, see
+            :func:`~magihuman.memory.enable_fp8_weights`).
+        batch_cfg: CFG presets run the conditional and the negative-prompt pass as one batched call
+            (exact: :func:`~magihuman.sampling.denoise`); False (``--no-batch-cfg``) runs two calls and
+            needs half the activation memory.
 
     Raises:
         ValueError: for an unknown offload mode or a non-positive group size.
@@ -287,6 +293,8 @@ class RuntimeOptions:
     compile: bool = False
     attention: str = "auto"
     decode_tile: Optional[int] = None
+    fp8_gemm: bool = False
+    batch_cfg: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.offload) - set(OFFLOAD_MODES))
@@ -296,6 +304,8 @@ class RuntimeOptions:
             raise ValueError(f"blocks_per_group must be >= 1, got {self.blocks_per_group}")
         if self.shard and "blocks" in self.offload:
             raise ValueError("--shard and --offload blocks both place the DiT weights; pick one")
+        if self.fp8_gemm and not self.fp8:
+            raise ValueError("fp8_gemm computes with the FP8 weights; set fp8=True too (--fp8-gemm implies --fp8)")
 
     @property
     def loads_on_host(self) -> bool:
@@ -308,7 +318,7 @@ def _place_transformer(model: MagiHumanTransformer, runtime: RuntimeOptions, dev
     from . import memory
 
     if runtime.fp8:
-        memory.enable_fp8_weights(model)
+        memory.enable_fp8_weights(model, scaled_gemm=runtime.fp8_gemm)
     name = memory.resolve_attention_backend(runtime.attention, device)
     if name == "sdpa" and model.config.local_attn_layers and device.type == "cuda":
         name = "flex"  # block-sparse local window: no N x N mask at 1080p (dit.md 5.2)
@@ -361,6 +371,8 @@ class MagiHumanPipeline:
         self.offload = None
         #: spatial tile size of the Turbo decode in latent pixels (None: whole frames; ``--decode-tile-size``)
         self.decode_tile: Optional[int] = None
+        #: CFG presets: the conditional and the negative pass as one batched DiT call (``--no-batch-cfg``: two)
+        self.batch_cfg: bool = True
 
     @property
     def device(self) -> torch.device:
@@ -447,6 +459,7 @@ class MagiHumanPipeline:
         if "components" in runtime.offload:
             pipe.enable_component_offload(device)
         pipe.decode_tile = runtime.decode_tile
+        pipe.batch_cfg = runtime.batch_cfg
         return pipe
 
     # ------------------------------------------------------------------------------- generation
@@ -504,7 +517,7 @@ class MagiHumanPipeline:
                 video_latent, audio_latent = denoise(
                     self.transformer, video_noise, audio_latent, text, negative, config=self.preset.sampler,
                     image_latent=image_latent, audio_fixed=driving_audio is not None, generator=generator,
-                    callback=lambda *_: bar.update(1),
+                    callback=lambda *_: bar.update(1), batch_cfg=self.batch_cfg,
                 )
             # 5. super-resolution (SR presets): upsample, re-noise, 5 steps of the SR DiT (pipeline.md 8)
             stage = request.sr_stage()
@@ -529,7 +542,8 @@ class MagiHumanPipeline:
         image_latent = self._encode_image(request.image, stage.width, stage.height, timer, "image encode (SR)")
         with timer.stage("super-resolution", total=stage.sampler.num_steps) as bar, self._lend("sr_transformer"):
             return super_resolve(self.sr_transformer, video_latent, audio_latent, text, negative, stage=stage,
-                                 generator=generator, image_latent=image_latent, callback=lambda *_: bar.update(1))
+                                 generator=generator, image_latent=image_latent, callback=lambda *_: bar.update(1),
+                                 batch_cfg=self.batch_cfg)
 
     def _encode_prompts(self, request: GenerationRequest) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Prompt embeddings ``[1, Nt, C]`` float32, and the negative ones when the sampler uses CFG."""

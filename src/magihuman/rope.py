@@ -82,13 +82,14 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
     Args:
         x: ``[B, N, H, D]`` float32 queries or keys.
-        table: ``[N, 6B]`` float32 from :class:`FourierTable`.
+        table: ``[N, 6B]`` float32 from :class:`FourierTable`, or ``[B, N, 6B]`` with one table per
+            sample (a batch of samples with different text lengths).
 
     Returns:
         ``[B, N, H, D]`` float32.
     """
     half = table.shape[-1] // 2
-    sin, cos = table[:, None, :half], table[:, None, half:]
+    sin, cos = table[..., None, :half], table[..., None, half:]
     rotated, passthrough = x[..., : 2 * half], x[..., 2 * half :]
     rot = torch.cat([-rotated[..., half:], rotated[..., :half]], dim=-1)
     out = rotated * torch.cat([cos, cos], dim=-1) + rot * torch.cat([sin, sin], dim=-1)

@@ -3,8 +3,8 @@
 One step k of :func:`denoise` (pipeline.md 14 step 5):
 
 1. TI2V: overwrite latent frame 0 with the clean image latent (pipeline.md 7.1 step 5, pitfall 20);
-2. conditional model call; with ``cfg_number = 2`` a second, separate call with the negative-prompt
-   embedding, then ``v = v_u + g·(v_c - v_u)`` (pipeline.md 5);
+2. conditional model call; with ``cfg_number = 2`` a second call with the negative-prompt embedding
+   (or both in one batched call, ``batch_cfg``), then ``v = v_u + g·(v_c - v_u)`` (pipeline.md 5);
 3. update both streams: FlowUniPC (base model) or predict-x0-then-renoise (distilled model)
    (pipeline.md 4.4, 4.5); the audio stays untouched when it drives the video (pipeline.md 7.2).
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from magihuman.packing import pad_text_batch
 from magihuman.schedulers import DEFAULT_SHIFT, FlowUniPCScheduler, renoise_step, shifted_schedule
 
 # Valid classifier-free-guidance modes: 1 = conditional pass only, 2 = conditional + negative pass
@@ -168,13 +169,19 @@ def denoise(
     generator: torch.Generator | None = None,
     renoise_noise: Sequence[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
     callback: StepCallback | None = None,
+    batch_cfg: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise a video latent and an audio latent jointly (pipeline.md 4.4, 4.5, 5, 7.1 step 5, 7.2, 14).
 
     ``model(video_latent, audio_latent, text_embeds) -> (video_velocity, audio_velocity)`` may be any
     callable, e.g. ``MagiHumanTransformer``. With ``cfg_number = 2`` it is called twice per step, first with
-    ``text_embeds`` then with ``negative_text_embeds``, on the same latents; the two calls are never
-    batched (pipeline.md 5: packed-sequence attention would mix them).
+    ``text_embeds`` then with ``negative_text_embeds``, on the same latents. With ``batch_cfg`` the two
+    passes are one call instead: the latents repeated, the two texts zero-padded to one length
+    (:func:`~magihuman.packing.pad_text_batch`) and ``model(video, audio, text, text_lengths=lengths)``,
+    which must keep the samples apart (``MagiHumanTransformer`` does: own coordinates, attention over
+    each sample's real tokens only). That is exact, unlike packing both into one attention, which
+    would mix them (pipeline.md 5); the velocities equal the two-pass ones up to the GEMMs' rounding
+    for a different row count.
 
     Updates (pipeline.md 4.5 "which update is used"):
 
@@ -210,6 +217,8 @@ def denoise(
             ``audio_eps`` may be None when ``audio_fixed``.
         callback: ``callback(step_index, timestep, video_latent, audio_latent)`` after each update (e.g. a
             progress bar); the latents are the loop's state, read them only.
+        batch_cfg: with ``cfg_number = 2``, run the conditional and the negative pass as one batched
+            call (speed: one pass over the weights per step; memory: twice the activations).
 
     Returns:
         ``(video_latent, audio_latent)``, float32, shapes of the inputs; new tensors (inputs are not modified).
@@ -227,7 +236,8 @@ def denoise(
     video, audio = video_noise.clone(), audio_noise.clone()
     for k, t in enumerate(timesteps.tolist()):
         video = _overwrite_first_frame(video, image_latent)
-        v_video, v_audio = _guided_velocity(model, video, audio, text_embeds, negative_text_embeds, config, t)
+        v_video, v_audio = _guided_velocity(model, video, audio, text_embeds, negative_text_embeds, config, t,
+                                            batch_cfg)
         video, audio = update(k, video, audio, v_video, v_audio)
         if callback is not None:
             callback(k, t, video, audio)
@@ -242,12 +252,19 @@ def _guided_velocity(
     negative_text_embeds: torch.Tensor | None,
     config: SamplerConfig,
     timestep: int,
+    batch_cfg: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Conditional call, then (cfg 2) the negative call and the guidance combination (pipeline.md 5)."""
-    cond_video, cond_audio = _call_model(model, video, audio, text_embeds)
     if config.cfg_number == 1:
-        return cond_video, cond_audio
-    uncond_video, uncond_audio = _call_model(model, video, audio, negative_text_embeds)
+        return _call_model(model, video, audio, text_embeds)
+    if batch_cfg:
+        text, lengths = pad_text_batch([text_embeds, negative_text_embeds.to(text_embeds.dtype)])
+        both_video, both_audio = _call_model(model, torch.cat([video, video]), torch.cat([audio, audio]), text,
+                                             text_lengths=lengths)
+        (cond_video, uncond_video), (cond_audio, uncond_audio) = both_video.chunk(2), both_audio.chunk(2)
+    else:
+        cond_video, cond_audio = _call_model(model, video, audio, text_embeds)
+        uncond_video, uncond_audio = _call_model(model, video, audio, negative_text_embeds)
     return (
         apply_guidance(cond_video, uncond_video,
                        _on(video_guidance_per_frame(config, timestep, video.shape[2]), video.device)),
@@ -260,9 +277,9 @@ def _on(scale: float | torch.Tensor, device: torch.device) -> float | torch.Tens
 
 
 def _call_model(
-    model: ModelFn, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor
+    model: ModelFn, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    v_video, v_audio = model(video, audio, text)
+    v_video, v_audio = model(video, audio, text, **kwargs)
     if v_video.shape != video.shape or v_audio.shape != audio.shape:
         raise ValueError(
             f"the model returned velocities of shapes {tuple(v_video.shape)} and {tuple(v_audio.shape)}, "

@@ -90,6 +90,7 @@ def super_resolve(
     generator: torch.Generator,
     image_latent: Optional[torch.Tensor] = None,
     callback=None,
+    batch_cfg: bool = False,
 ) -> torch.Tensor:
     """Refine a base video latent at the SR size (pipeline.md 8).
 
@@ -102,6 +103,8 @@ def super_resolve(
         generator: the request's generator, after the base stage's draws.
         image_latent: image-to-video: the image encoded at the SR size, ``[1, 48, 1, h_s, w_s]``.
         callback: per-step callback, as in :func:`~magihuman.sampling.denoise`.
+        batch_cfg: with ``sr_cfg_number = 2``, one batched call per step for both CFG passes
+            (:func:`~magihuman.sampling.denoise`).
 
     Returns:
         The SR video latent ``[1, 48, T, h_s, w_s]`` float32.
@@ -112,9 +115,9 @@ def super_resolve(
     start = renoise_latent(upsampled, eps, stage.noise_index)
     sr_audio = corrupt_audio(audio_latent.float(), eps_audio)
 
-    def sr_model(video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor):
-        return model(video, audio, text, coords_style="v1", frame_receptive_field=FRAME_RECEPTIVE_FIELD)
+    def sr_model(video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor, **kwargs):
+        return model(video, audio, text, coords_style="v1", frame_receptive_field=FRAME_RECEPTIVE_FIELD, **kwargs)
 
     video, _ = denoise(sr_model, start, sr_audio, text_embeds, negative_text_embeds, config=stage.sampler,
-                       image_latent=image_latent, audio_fixed=True, callback=callback)
+                       image_latent=image_latent, audio_fixed=True, callback=callback, batch_cfg=batch_cfg)
     return video

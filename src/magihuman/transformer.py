@@ -20,6 +20,7 @@ Parameter names equal the official checkpoint keys, so loading needs no rename t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Optional, Sequence
@@ -30,7 +31,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .attention import AttentionBackend, get_attention_backend
+from .attention import AttentionBackend, get_attention_backend, ragged_attention
 from .packing import CoordsStyle, LocalWindow, TokenLayout, build_coords, depatchify_video, patchify_video, token_layout
 from .parallel import SequenceParallel
 from .rope import FourierTable, apply_rope
@@ -114,6 +115,14 @@ class ExpertLinear(nn.Module):
         self.in_features, self.out_features, self.num_experts = in_features, out_features, num_experts
         self.weight = nn.Parameter(torch.empty(out_features * num_experts, in_features, dtype=dtype))
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the GEMM and of its result (the weight dtype; bf16 in the official model).
+
+        Callers read this instead of ``weight.dtype`` so that layers storing their weight in another
+        form (FP8 storage, an FSDP2 shard) can answer without touching the weight."""
+        return self.weight.dtype
+
     def forward(self, x: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
         """``x [B, N, in]`` -> ``[B, N, out]`` in the weight dtype."""
         x = x.to(self.weight.dtype)
@@ -181,7 +190,7 @@ class Attention(nn.Module):
         # 5-6. RoPE in fp32 on the first 6B dims.
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         # 7. bf16 attention over all tokens, [B, H, N, d] layout.
-        dtype = self.linear_qkv.weight.dtype
+        dtype = self.linear_qkv.compute_dtype
         heads = attend(
             q.to(dtype).transpose(1, 2), k.to(dtype).transpose(1, 2),
             v.reshape(b, n, hkv, d).to(dtype).transpose(1, 2), mask,
@@ -223,7 +232,7 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(hidden_size, experts, gelu7_layer)
 
     def forward(self, x, rope, groups, attend, local_mask):
-        """``x [B, N, hidden]`` float32 -> same; ``rope [N, 6B]``; ``groups`` = (Nv, Na, Nt) of these rows;
+        """``x [B, N, hidden]`` float32 -> same; ``rope [N, 6B]`` or ``[B, N, 6B]``; ``groups`` = (Nv, Na, Nt) of these rows;
         ``local_mask`` (a :class:`~magihuman.packing.LocalWindow`) is used only if this layer is local."""
         x = x + self.attention(x, rope, groups, attend, local_mask if self.local else None)
         return x + self.mlp(x, groups)
@@ -369,6 +378,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         *,
         coords_style: CoordsStyle = "v2",
         frame_receptive_field: int = 11,
+        text_lengths: Optional[Sequence[int]] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict flow-matching velocities ``eps - x0`` for the video and audio latents.
 
@@ -377,34 +387,48 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
                 h and w even.
             audio_latent: ``[B, A, 64]`` float32 noisy audio latent, time-major.
             text_embeds: ``[B, Nt, C_text]`` float32 text encoder states, already trimmed to the true
-                length (padding tokens are dropped, never masked: dit.md 3.2, P13).
+                length (padding tokens are dropped, never masked: dit.md 3.2, P13), or, with
+                ``text_lengths``, each sample's true states followed by padding rows.
             coords_style: ``"v2"`` for base/distill, ``"v1"`` for the super-resolution model (dit.md 3.3).
             frame_receptive_field: half-width in latent frames of the local-attention window, used only
                 by ``local_attn_layers`` (dit.md 5.2); ``-1`` makes those layers global.
+            text_lengths: the true text length of each sample (``1 <= L <= Nt``), for a batch of
+                samples whose prompts differ in length (batched CFG: the prompt and the negative
+                prompt in one call, see :func:`~magihuman.packing.pad_text_batch`). Each sample then gets
+                its own coordinates (its true Nt, dit.md 3.3) and attends over its own real tokens
+                only (:class:`~magihuman.attention.RaggedAttention`), so every sample's velocities equal
+                those of a forward with its trimmed text alone; padding rows affect nothing. None: every
+                sample uses all ``Nt`` rows.
 
         Returns:
             ``(video_velocity [B, 48, T, h, w], audio_velocity [B, A, 64])``, float32.
 
         Raises:
             ValueError: for shapes that do not match the config, unequal batch sizes, an unknown
-                coords style, or v1 coordinates with a single text token (dit.md 3.4). With sequence
+                coords style, v1 coordinates with a single text token (dit.md 3.4), or ``text_lengths``
+                that are not B integers in ``1..Nt``. With sequence
                 parallelism these are raised on every rank before any communication.
         """
         self._check_inputs(video_latent, audio_latent, text_embeds)
         layout = token_layout(video_latent, audio_latent, text_embeds)
+        lengths = self._text_lengths(text_lengths, layout, video_latent.shape[0])
         device = video_latent.device
-        # 1. positions: coordinates -> Fourier table (shared by every layer and head).
-        rope = self.adapter.rope(build_coords(layout, coords_style, device=device))
+        # 1. positions: coordinates -> Fourier table (shared by every layer and head; one per sample
+        #    when the samples' text lengths differ).
+        rope = self._rope_table(layout, coords_style, lengths, device)
         local_mask = self._local_window(layout, frame_receptive_field)
         tokens = (patchify_video(video_latent), audio_latent, text_embeds)
         groups, attend = layout.groups, self._attention
+        if lengths is not None:  # each sample attends over its own real tokens only
+            padding = layout.text_tokens
+            attend = ragged_attention(attend, tuple(layout.total_tokens - padding + n for n in lengths))
         sp = self._sequence_parallel
         if sp is not None:
             # dit.md 6 dispatch: keep this rank's contiguous rows (tokens, RoPE rows, the chunk's own
             # modality group sizes); attention gets the full sequence through two all-to-alls.
             chunk = sp.chunk(layout, video_latent.shape[0], device)
-            tokens, rope, groups = chunk.take_groups(tokens), chunk.take(rope), chunk.groups
-            attend = sp.wrap_attention(self._attention, chunk)
+            tokens, rope, groups = chunk.take_groups(tokens), chunk.take(rope, dim=rope.ndim - 2), chunk.groups
+            attend = sp.wrap_attention(attend, chunk)
         # 2. tokens -> float32 residual stream [B, N, hidden] (this rank's [B, n_k, hidden] with sp).
         x = self.adapter(*tokens)
         # 3. layers.
@@ -417,6 +441,31 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         if sp is not None:  # dit.md 6 undispatch: every rank gets every row
             video_tokens, audio_velocity = sp.undispatch(chunk, video_tokens, audio_velocity)
         return depatchify_video(video_tokens, layout), audio_velocity
+
+    def _text_lengths(self, text_lengths, layout: TokenLayout, batch: int) -> Optional[tuple[int, ...]]:
+        """Validated ``text_lengths``; None when absent or when every sample uses all ``Nt`` rows."""
+        if text_lengths is None:
+            return None
+        lengths = tuple(text_lengths)
+        if len(lengths) != batch or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= layout.text_tokens for n in lengths
+        ):
+            raise ValueError(
+                f"text_lengths must be {batch} integers in 1..{layout.text_tokens} (one per sample, at most the "
+                f"padded text length), got {text_lengths!r}"
+            )
+        return None if all(n == layout.text_tokens for n in lengths) else lengths
+
+    def _rope_table(self, layout: TokenLayout, style: CoordsStyle, lengths, device) -> torch.Tensor:
+        """``[N, 6B]``, or ``[B, N, 6B]`` with each sample's table from its true text length (rows past
+        it zero: padding rows are never attended)."""
+        if lengths is None:
+            return self.adapter.rope(build_coords(layout, style, device=device))
+        tables = []
+        for n in lengths:
+            table = self.adapter.rope(build_coords(dataclasses.replace(layout, text_tokens=n), style, device=device))
+            tables.append(F.pad(table, (0, 0, 0, layout.text_tokens - n)))
+        return torch.stack(tables)
 
     def _local_window(self, layout: TokenLayout, frame_receptive_field: int) -> Optional[LocalWindow]:
         if not self.config.local_attn_layers or frame_receptive_field < 0:
