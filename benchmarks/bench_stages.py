@@ -4,7 +4,8 @@ GPU, real sizes (the 15B DiT ``MagiHumanTransformer()``, a T5Gemma-9B encoder, t
 Stable Audio Open VAE at their published configs, random weights built directly on the device; one
 model on the device at a time, so ~31 GB is enough for the bf16 DiT stages, ~16 GB with ``--fp8``)::
 
-    python benchmarks/bench_stages.py --device cuda [--fp8] [--compile] [--attention auto] [--json out.json]
+    python benchmarks/bench_stages.py --device cuda [--fp8 | --fp8-gemm] [--compile] [--attention auto] \
+        [--preset base [--no-batch-cfg]] [--json out.json]
 
 CPU, tiny configs (``TINY_TRANSFORMER_CONFIG``, demo-sized VAEs and text encoder; the default when
 CUDA is absent; 1 s at 448x256 with the 896x512 SR stage, a few minutes on two busy cores; add
@@ -14,7 +15,8 @@ CUDA is absent; 1 s at 448x256 with the 896x512 SR stage, a few minutes on two b
 
 Stages, in pipeline order (pipeline.md 14): text encode (``--text-tokens`` random token ids, ~200 =
 a 150-word prompt), the base denoise loop at ``--width x --height`` (5 s at 448x256 by default;
-``--preset distill``: 8 steps, no CFG; ``base``: 32 steps x 2 CFG passes), one super-resolution loop
+``--preset distill``: 8 steps, no CFG; ``base``: 32 steps x 2 CFG passes, one batched call per step
+unless ``--no-batch-cfg``; the negative text is the prompt's, so the batch has one length), one super-resolution loop
 per ``--sr-sizes`` entry (5 steps; 896x512 is the 540p recipe, anything above 720 px high the 1080p
 recipe with local attention on 32 layers and FlexAttention on CUDA, as the pipeline does), the
 Wan2.2 video decode at every size, and the audio decode (+ the 441/512 resample). Each stage runs
@@ -288,6 +290,8 @@ class BenchSettings:
     sr_steps: Optional[int] = None
     text_tokens: int = 200
     fp8: bool = False
+    fp8_gemm: bool = False
+    batch_cfg: bool = True
     compile: bool = False
     compile_mode: Optional[str] = None
     attention: str = "auto"
@@ -306,8 +310,8 @@ def _dit_config(settings: BenchSettings, local: bool) -> dict:
 def _prepare_dit(settings: BenchSettings, device: torch.device, local: bool) -> tuple[MagiHumanTransformer, dict]:
     config = _dit_config(settings, local)
     model = build_dit(config, device, settings.seed)
-    if settings.fp8:
-        enable_fp8_weights(model)
+    if settings.fp8 or settings.fp8_gemm:
+        enable_fp8_weights(model, scaled_gemm=settings.fp8_gemm)
     backend = resolve_attention_backend(settings.attention, device)
     if local and device.type == "cuda" and backend == "sdpa":
         backend = "flex"  # what the pipeline does for the 1080p SR DiT: no N x N mask
@@ -397,7 +401,7 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
 
             def run(tick) -> None:
                 denoise(model, video, audio, text, negative, config=sampler,
-                        generator=torch.Generator().manual_seed(1), callback=tick)
+                        generator=torch.Generator().manual_seed(1), callback=tick, batch_cfg=settings.batch_cfg)
 
             seconds, per_step, peak = _timed(clock, run, settings.repeats)
         flops = dit_forward_flops(config, video_tokens=video_tokens, audio_tokens=audio_latents,
@@ -538,6 +542,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[BenchSettings, Opt
     parser.add_argument("--sr-steps", type=int, default=None, help="override the 5 SR steps")
     parser.add_argument("--text-tokens", type=int, default=200)
     parser.add_argument("--fp8", action="store_true", help="FP8 block-linear storage (memory.enable_fp8_weights)")
+    parser.add_argument("--fp8-gemm", action="store_true",
+                        help="FP8 weights and FP8 tensor-core GEMMs where the shapes allow (implies --fp8)")
+    parser.add_argument("--no-batch-cfg", dest="batch_cfg", action="store_false",
+                        help="base preset: two DiT calls per step instead of one batched call")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer layer")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--attention", default="auto", choices=("auto", "sdpa", "flex", "fa3"))
@@ -554,7 +562,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[BenchSettings, Opt
     return BenchSettings(
         tiny=tiny, device=device, seconds=args.seconds if args.seconds is not None else (1.0 if tiny else 5.0),
         width=args.width, height=args.height, sr_sizes=sr_sizes, preset=args.preset, steps=args.steps,
-        sr_steps=args.sr_steps, text_tokens=args.text_tokens, fp8=args.fp8, compile=args.compile,
+        sr_steps=args.sr_steps, text_tokens=args.text_tokens, fp8=args.fp8 or args.fp8_gemm,
+        fp8_gemm=args.fp8_gemm, batch_cfg=args.batch_cfg, compile=args.compile,
         compile_mode=args.compile_mode, attention=args.attention, warmup=args.warmup, repeats=args.repeats,
         seed=args.seed,
     ), args.json
@@ -570,6 +579,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"device={meta['device']} ({meta['device_name']}) torch={meta['torch']} threads={meta['threads']} "
           f"{'tiny configs' if settings.tiny else 'real sizes'} preset={settings.preset} {settings.seconds:g} s "
           f"({meta['audio_latents']} audio latents, {meta['latent_frames']} latent frames) fp8={settings.fp8} "
+          f"fp8_gemm={settings.fp8_gemm} batch_cfg={settings.batch_cfg} "
           f"compile={settings.compile} attention={settings.attention}"
           + (f" DiT weights={weights / 1e9:.3g} GB" if weights else ""))
     print(format_table(rows))

@@ -71,3 +71,15 @@ def test_15b_flop_count_at_the_official_base_shape(bench):
     expected = 2 * n * per_token + 40 * 4 * n * n * 128 * 40 + 2 * 5120 * (2 * (192 * nv + 64 * na) + 3584 * nt)
     assert flops == expected
     assert math.isclose(flops / 1e12, 97.88, rel_tol=1e-4)  # ~98 TFLOP per forward
+
+
+def test_memory_and_cfg_flags(bench, capsys):
+    settings, _ = bench.parse_args(["--cpu-tiny", "--fp8-gemm", "--no-batch-cfg", "--preset", "base"])
+    assert settings.fp8 and settings.fp8_gemm and not settings.batch_cfg and settings.preset == "base"
+    settings, _ = bench.parse_args(["--cpu-tiny", "--fp8"])
+    assert settings.fp8 and not settings.fp8_gemm and settings.batch_cfg
+    code = bench.main(["--cpu-tiny", "--preset", "base", "--fp8", "--seconds", "0.2", "--width", "64", "--height",
+                       "64", "--sr-sizes", "", "--steps", "1", "--text-tokens", "8", "--warmup", "0"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| denoise (base) |" in out and "fp8=True" in out and "batch_cfg=True" in out
