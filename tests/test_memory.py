@@ -208,6 +208,16 @@ def test_block_streaming_is_bit_exact(reference, blocks_per_group):
         assert torch.equal(out[0], reference[0]) and torch.equal(out[1], reference[1])
 
 
+def test_fp8_with_block_streaming_is_bit_exact():
+    """--fp8 --offload blocks (the 24 GB recipe): the streamed e4m3 bytes give the resident FP8 model's output."""
+    resident = enable_fp8_weights(random_transformer())
+    streamed = enable_block_streaming(enable_fp8_weights(random_transformer()), onload_device="cpu")
+    with torch.no_grad():
+        want, got = resident(*tiny_inputs()), streamed(*tiny_inputs())
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert all(m.weight.dtype == torch.uint8 for m in streamed.modules() if isinstance(m, FP8ExpertLinear))
+
+
 def test_block_streaming_moves_groups_in_layer_order(monkeypatch):
     from diffusers.hooks.group_offloading import ModuleGroup
 
