@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -742,30 +743,42 @@ def _write_sharded(groups: list[dict[str, torch.Tensor]], folder: Path, compress
         total += sum(t.numel() * t.element_size() for t in group.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     text = json.dumps(index, indent=2) + "\n"
-    written.append(_write_atomic(folder / INDEX_FILE, lambda fh: fh.write(text.encode("utf-8"))))
+    written.append(write_atomic(folder / INDEX_FILE, lambda tmp: tmp.write_bytes(text.encode("utf-8"))))
     return written
 
 
 def _write_shard(tensors: dict[str, torch.Tensor], target: Path, *, compress: bool) -> Path:
     data = safetensors.torch.save(tensors, metadata={"format": "pt"})
     if not compress:
-        return _write_atomic(target, lambda fh: fh.write(data))
+        return write_atomic(target, lambda tmp: tmp.write_bytes(data))
 
-    def write_zst(fh) -> None:
-        with zstandard.ZstdCompressor().stream_writer(fh, size=len(data), closefd=False) as writer:
+    def write_zst(tmp: Path) -> None:
+        with open(tmp, "wb") as fh, zstandard.ZstdCompressor().stream_writer(fh, size=len(data)) as writer:
             writer.write(data)
 
-    return _write_atomic(target, write_zst)
+    return write_atomic(target, write_zst)
 
 
-def _write_atomic(target: Path, write: Callable) -> Path:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+def write_atomic(target: Path, write: Callable[[Path], None]) -> Path:
+    """Create or replace ``target`` all at once: ``write(tmp)`` fills a hidden temp file in the same
+    folder, which is then renamed onto ``target`` (``os.replace``). On any error the temp file is
+    removed and ``target`` is left as it was.
+
+    Args:
+        target: the file to write; its folder must exist.
+        write: fills the file at the given path (e.g. ``torch.save``, ``safetensors.torch.save_file``).
+
+    Returns:
+        ``target``.
+    """
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with open(tmp, "wb") as fh:
-            write(fh)
+        write(Path(tmp))
         os.replace(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return target
 
 

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from magihuman.checkpoint import load_state_dict_strict
+from magihuman.checkpoint import load_state_dict_strict, write_atomic
 from magihuman.codecs.wrapper import ModelWrapper
 
 __all__ = [
@@ -717,17 +716,6 @@ def _random_sao_tensor(key: str, shape: tuple[int, ...], output_conv: str, gener
     return noise
 
 
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp_", suffix=target.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_random_official(folder: str | os.PathLike, *, channels: int = 4, seed: int = 0) -> Path:
     """Write a tiny random SAO checkpoint in the ORIGINAL layout (codecs.md 4.2).
 
@@ -761,6 +749,6 @@ def save_random_official(folder: str | os.PathLike, *, channels: int = 4, seed: 
     tensors["conditioner.conditioners.prompt.stand_in_weight"] = torch.randn(4, generator=generator)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / _SAO_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
-    _atomic_write(folder / _SAO_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_atomic(folder / _SAO_CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
+    write_atomic(folder / _SAO_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     return folder

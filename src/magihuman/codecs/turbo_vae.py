@@ -34,7 +34,6 @@ import json
 import math
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, load_state_dict_strict
+from ..checkpoint import CheckpointError, load_state_dict_strict, write_atomic
 from .video_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD
 from .wrapper import ModelWrapper
 
@@ -1228,17 +1227,6 @@ def _shipped_structure(channels: Sequence[int]) -> dict[str, Any]:
     }
 
 
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp_", suffix=target.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_random_official(
     folder: str | os.PathLike, *, channels: Sequence[int] = (8, 8, 16, 16), seed: int = 0
 ) -> Path:
@@ -1276,8 +1264,8 @@ def save_random_official(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(config.to_dict(), indent=2) + "\n"
-    _atomic_write(folder / TURBO_VAED_CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    _atomic_write(
+    write_atomic(folder / TURBO_VAED_CONFIG_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomic(
         folder / TURBO_VAED_CHECKPOINT_NAME, lambda tmp: torch.save({_EMA_KEY: ema, "global_step": 0}, tmp)
     )
     return folder

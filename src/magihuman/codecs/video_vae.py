@@ -31,14 +31,13 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ..checkpoint import load_state_dict_strict
+from ..checkpoint import load_state_dict_strict, write_atomic
 from .wrapper import ModelWrapper
 
 __all__ = [
@@ -715,13 +714,4 @@ def save_random_official(
     state_dict = {key: _random_tensor(key, shape, generator) for key, shape in shapes.items()}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / WAN22_CHECKPOINT_NAME
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pth")
-    os.close(fd)
-    try:
-        torch.save(state_dict, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return write_atomic(folder / WAN22_CHECKPOINT_NAME, lambda tmp: torch.save(state_dict, tmp))
