@@ -347,7 +347,7 @@ def _runtime_options(options: dict[str, Any], device: str, world: int):
                               shard=bool(options.get("shard")), compile=bool(options.get("compile_blocks")),
                               attention=options.get("attention") or "auto",
                               decode_tile=options.get("decode_tile_size"),
-                              batch_cfg=options.get("batch_cfg", True) is not False)
+                              batch_cfg=bool(options.get("batch_cfg", True)))
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 

@@ -109,13 +109,26 @@ def _fp8_gemm_supported(device: torch.device) -> bool:
 _FP8_GEMM_ALIGN = 16
 
 
+def _fp8_gemm_rows(in_features: int, out_features: int) -> int:
+    """Output rows of a ``[out, in]`` linear that run as the FP8 GEMM: all but the last ``out % 16``, or
+    none when ``in`` is not a multiple of 16 (the rest run as bf16 GEMMs)."""
+    if in_features % _FP8_GEMM_ALIGN:
+        return 0
+    return out_features - out_features % _FP8_GEMM_ALIGN
+
+
+def _dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``q [rows, in]`` e4m3 times its ``scale [rows]`` in ``dtype`` (exact: power-of-two scales)."""
+    return q.to(dtype) * scale.to(dtype)[:, None]
+
+
 def _fp8_rowwise_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """``x @ dequant(q, scale)^T`` as an FP8 GEMM (``torch._scaled_mm``), dynamic per-token activation scales.
 
     ``torch._scaled_mm`` wants the weight's output rows in a multiple of 16, so for ``out % 16 = r > 0``
     the first ``out - r`` rows run as the FP8 GEMM and the last ``r`` rows (8 of the 15B's 7208
     ``linear_qkv`` and 27304 ``up_gate_proj`` rows) as a bf16 GEMM on the dequantised rows; the two are
-    concatenated. The reduction width ``in`` must already be a multiple of 16 (the caller checks).
+    concatenated; an input width that is not a multiple of 16 runs wholly as the bf16 GEMM (:func:`_fp8_gemm_rows`).
 
     Args:
         x: ``[..., in]`` activations (any float dtype; quantised per row to e4m3 with scale amax/448).
@@ -132,10 +145,9 @@ def _fp8_rowwise_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, o
     lead, width = x.shape[:-1], x.shape[-1]
     out_rows = q.shape[0]
     rows = x.reshape(-1, width).float()
-    aligned = out_rows - out_rows % _FP8_GEMM_ALIGN
+    aligned = _fp8_gemm_rows(width, out_rows)
     if rows.shape[0] == 0 or aligned == 0:
-        tail = F.linear(rows.to(out_dtype), q.to(out_dtype) * scale.to(out_dtype)[:, None])
-        return tail.reshape(*lead, out_rows)
+        return F.linear(rows.to(out_dtype), _dequantize(q, scale, out_dtype)).reshape(*lead, out_rows)
     x_scale = (rows.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp_min(torch.finfo(torch.float32).tiny)
     xq = (rows / x_scale).to(q.dtype)
     try:
@@ -147,12 +159,12 @@ def _fp8_rowwise_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, o
             "row-wise FP8 kernels for this GPU; call enable_fp8_weights(model, scaled_gemm=False) (FP8 storage only)"
         ) from error
     if aligned < out_rows:
-        rest = q[aligned:].to(out_dtype) * scale[aligned:].to(out_dtype)[:, None]
-        out = torch.cat([out, F.linear(rows.to(out_dtype), rest)], dim=-1)
+        rest = F.linear(rows.to(out_dtype), _dequantize(q[aligned:], scale[aligned:], out_dtype))
+        out = torch.cat([out, rest], dim=-1)
     return out.reshape(*lead, out_rows)
 
 
-def fp8_gemm_coverage(config: Optional[dict] = None, tokens: int = 4096) -> float:
+def fp8_gemm_coverage(config: Optional[dict] = None) -> float:
     """Fraction of the block-linear FLOPs that :func:`enable_fp8_weights` ``(scaled_gemm=True)`` runs as FP8 GEMMs.
 
     Eligible: every block linear whose reduction width is a multiple of 16 (all but the swiglu7
@@ -161,19 +173,16 @@ def fp8_gemm_coverage(config: Optional[dict] = None, tokens: int = 4096) -> floa
 
     Args:
         config: :class:`~magihuman.transformer.MagiHumanTransformer` config fields (None: the 15B).
-        tokens: rows per GEMM (cancels out; kept for clarity).
     """
     from .transformer import MagiHumanTransformer
 
     with torch.device("meta"):
         model = MagiHumanTransformer(**(config or {}))
-    total = fast = 0
+    total = fast = 0  # multiply-adds per token (every token passes one expert of every linear)
     for module in model.modules():
         if isinstance(module, ExpertLinear):
-            flops = 2 * tokens * module.in_features * module.out_features
-            total += flops
-            if module.in_features % _FP8_GEMM_ALIGN == 0:
-                fast += flops * (module.out_features - module.out_features % _FP8_GEMM_ALIGN) // module.out_features
+            total += module.in_features * module.out_features
+            fast += module.in_features * _fp8_gemm_rows(module.in_features, module.out_features)
     return fast / total
 
 
@@ -213,10 +222,11 @@ class FP8ExpertLinear(ExpertLinear):
 
     def dequantized_weight(self) -> torch.Tensor:
         """The full ``[out * experts, in]`` weight in ``compute_dtype`` (exact)."""
-        return self.weight_e4m3.to(self.compute_dtype) * self.weight_scale.to(self.compute_dtype)[:, None]
+        return _dequantize(self.weight_e4m3, self.weight_scale, self.compute_dtype)
 
     def _use_scaled_gemm(self, x: torch.Tensor) -> bool:
-        return self.scaled_gemm and self.in_features % _FP8_GEMM_ALIGN == 0 and _fp8_gemm_supported(x.device)
+        return (self.scaled_gemm and _fp8_gemm_rows(self.in_features, self.out_features) > 0
+                and _fp8_gemm_supported(x.device))
 
     def forward(self, x: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
         """``x [B, N, in]`` -> ``[B, N, out]`` in ``compute_dtype``."""
@@ -227,7 +237,7 @@ class FP8ExpertLinear(ExpertLinear):
             outs = [_fp8_rowwise_linear(part, q, s, self.compute_dtype) for part, q, s in zip(parts, weights, scales)]
         else:
             outs = [
-                F.linear(part.to(self.compute_dtype), q.to(self.compute_dtype) * s.to(self.compute_dtype)[:, None])
+                F.linear(part.to(self.compute_dtype), _dequantize(q, s, self.compute_dtype))
                 for part, q, s in zip(parts, weights, scales)
             ]
         return outs[0] if self.num_experts == 1 else torch.cat(outs, dim=1)

@@ -420,8 +420,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         tokens = (patchify_video(video_latent), audio_latent, text_embeds)
         groups, attend = layout.groups, self._attention
         if lengths is not None:  # each sample attends over its own real tokens only
-            padding = layout.text_tokens
-            attend = ragged_attention(attend, tuple(layout.total_tokens - padding + n for n in lengths))
+            attend = ragged_attention(attend, tuple(layout.total_tokens - layout.text_tokens + n for n in lengths))
         sp = self._sequence_parallel
         if sp is not None:
             # dit.md 6 dispatch: keep this rank's contiguous rows (tokens, RoPE rows, the chunk's own
