@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +14,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MAGIHUMAN_SHARED", REPO_ROOT.parent / "shared"))
 GOLDEN = SHARED / "golden"
 EXAMPLES = SHARED / "examples"
+
+
+def write_wav(path: Path, pcm: np.ndarray, sample_rate: int) -> Path:
+    """Write 16-bit PCM ``[samples, channels]`` (int16) as a WAV file; returns ``path``."""
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(pcm.shape[1])
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm.astype("<i2").tobytes())
+    return path
+
+
+def write_tone(path: Path, *, seconds: float = 1.0, rate: int = 44100, hz: float = 440.0) -> Path:
+    """A mono sine tone at amplitude 0.3 as a 16-bit WAV file (samples truncated toward zero)."""
+    t = np.arange(int(seconds * rate)) / rate
+    return write_wav(path, (0.3 * np.sin(2 * np.pi * hz * t) * 32767).astype(np.int16)[:, None], rate)
 
 
 def golden_case(name: str) -> Path:

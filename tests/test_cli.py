@@ -11,12 +11,12 @@ import json
 import shutil
 import subprocess
 import sys
-import wave
 from pathlib import Path
 from typing import get_args
 
 import numpy as np
 import pytest
+from conftest import write_tone
 from typer.testing import CliRunner
 
 from magihuman import cli
@@ -82,15 +82,7 @@ def image(tmp_path) -> Path:
 @pytest.fixture
 def tone(tmp_path) -> Path:
     """A 1 s 440 Hz mono WAV tone at 16 kHz."""
-    path = tmp_path / "tone.wav"
-    rate = 16000
-    samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
-    return path
+    return write_tone(tmp_path / "tone.wav", rate=16000)
 
 
 def run(*args: str, env: dict | None = None):

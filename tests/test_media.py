@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import wave
 from pathlib import Path
 
 import av
@@ -11,7 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import golden_case
+from conftest import golden_case, write_wav
 
 from magihuman import media
 
@@ -34,16 +33,6 @@ def _smooth_frames(num_frames: int, height: int, width: int) -> np.ndarray:
         b = 255 * (xx + yy) / (width + height)
         frames.append(np.stack([r, g, b], axis=-1))
     return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
-
-
-def _write_wav(path: Path, signal: np.ndarray, sample_rate: int) -> None:
-    """signal: float [samples, channels] in [-1, 1] -> 16-bit PCM wav."""
-    pcm = np.round(np.clip(signal, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(signal.shape[1])
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm.tobytes())
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -289,7 +278,7 @@ def test_load_audio_wav_resample_downmix_truncate(tmp_path):
     t = np.arange(int(seconds * sr)) / sr
     tone = 0.5 * np.sin(2 * np.pi * 440 * t)
     path = tmp_path / "tone.wav"
-    _write_wav(path, np.stack([tone, tone], axis=1), sr)
+    write_wav(path, np.round(np.stack([tone, tone], axis=1) * 32767).astype(np.int16), sr)
 
     x = media.load_audio(path)  # 51200 Hz mono
     assert x.dtype == np.float32 and x.ndim == 1

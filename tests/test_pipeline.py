@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import wave
-
 import numpy as np
 import pytest
 import torch
+from conftest import write_tone
 
 from magihuman.codecs.audio_vae import resample_to_output_rate
 from magihuman.media import load_audio, preprocess_image
@@ -158,22 +156,11 @@ def test_image_to_video_keeps_frame_zero(pipes, examples_dir):
     assert torch.equal(out.video_latent[:, :, :1], image_latent)  # pipeline.md 7.1 step 5
 
 
-def _write_tone(path, seconds=1.0, rate=44100, hz=440.0):
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (0.3 * np.sin(2 * math.pi * hz * t) * 32767).astype(np.int16)
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes(samples.tobytes())
-    return path
-
-
 def test_audio_drives_video_and_is_kept(pipes, tmp_path):
     """pipeline.md 7.2: L_a comes from the encoded audio (25 for 1 s), the latents stay fixed, and
     the output keeps the given track (our choice, see sampling.denoise)."""
     pipe = pipes["distill"]
-    tone = _write_tone(tmp_path / "tone.wav", seconds=1.0)
+    tone = write_tone(tmp_path / "tone.wav", seconds=1.0)
     out = pipe(**_small(audio=tone, seconds=1.0))
     assert out.audio_latent.shape == (1, 25, 64)
     assert out.frames.shape[0] == 4 * ((25 - 1) // 4) + 1
@@ -261,7 +248,7 @@ def test_each_stage_borrows_only_its_component(pipes, examples_dir, tmp_path):
     pipe = pipes["distill"]
     pipe.offload = recorder = Recorder()
     try:
-        pipe(**_small(image=examples_dir / "image.png", audio=_write_tone(tmp_path / "t.wav", seconds=0.5)))
+        pipe(**_small(image=examples_dir / "image.png", audio=write_tone(tmp_path / "t.wav", seconds=0.5)))
     finally:
         pipe.offload = None
     assert recorder.stages == [("text_encoder",), ("audio_vae",), ("video_vae",), ("transformer",),
