@@ -543,3 +543,15 @@ def test_from_official_file_choice(tmp_path):
     (folder / TURBO_VAED_CONFIG_NAME).rename(folder / "a.json")
     with pytest.raises(FileNotFoundError, match=r"\['a\.json', 'notes\.json'\]"):
         TurboVAE.from_official(folder)
+
+
+@pytest.mark.parametrize("shape, dtype, needle", [
+    ((1, 48, 2, 4), torch.float32, "5-D tensor"),
+    ((1, 16, 2, 4, 4), torch.float32, "48 channels"),
+    ((1, 48, 2, 4, 4), torch.int64, "float tensor"),
+    ((1, 48, 0, 4, 4), torch.float32, "empty time/height/width axis"),
+    ((0, 48, 2, 4, 4), torch.float32, "empty axis"),  # the Turbo decode also refuses an empty batch
+])
+def test_decode_input_errors(random_vae, shape, dtype, needle):
+    with pytest.raises(ValueError, match=needle):
+        random_vae.decode_chunks(torch.zeros(shape, dtype=dtype))

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, load_state_dict_strict, write_atomic
-from .video_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD
+from .video_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD, check_video_latent
 from .wrapper import ModelWrapper
 
 __all__ = [
@@ -931,14 +931,9 @@ def _find_official_files(folder: Path) -> tuple[Path, Path]:
 
 
 def _check_latent(latent: object, channels: int) -> None:
-    if not isinstance(latent, Tensor) or latent.dim() != 5:
-        shape = tuple(latent.shape) if isinstance(latent, Tensor) else type(latent).__name__
-        raise ValueError(f"latent must be a 5-D tensor [B, {channels}, T, h, w], got {shape}")
-    if latent.shape[1] != channels:
-        raise ValueError(f"latent must have {channels} channels on axis 1, got {latent.shape[1]} ([B,C,T,h,w] layout)")
-    if not latent.is_floating_point():
-        raise ValueError(f"latent must be a float tensor, got {latent.dtype}")
-    if min(latent.shape) < 1:
+    """:func:`~magihuman.codecs.video_vae.check_video_latent`, and a non-empty batch."""
+    check_video_latent(latent, channels)
+    if latent.shape[0] < 1:
         raise ValueError(f"latent has an empty axis: {tuple(latent.shape)}")
 
 

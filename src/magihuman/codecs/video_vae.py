@@ -540,8 +540,13 @@ def _check_pixels(pixels: Tensor) -> None:
         )
 
 
-def _check_latent(latent: Tensor, z_dim: int) -> None:
-    """Validate a decode input: ``[B, z_dim, T, h, w]`` float, ``T >= 1``."""
+def check_video_latent(latent: Tensor, z_dim: int) -> None:
+    """Validate a video decoder input: ``[B, z_dim, T, h, w]`` float with non-empty T, h and w
+    (the Wan2.2 VAE's and the Turbo-VAED's decode).
+
+    Raises:
+        ValueError: naming the wrong rank, channel count, dtype or empty axis.
+    """
     if not isinstance(latent, Tensor) or latent.dim() != 5:
         shape = tuple(latent.shape) if isinstance(latent, Tensor) else type(latent).__name__
         raise ValueError(f"latent must be a 5-D tensor [B, {z_dim}, T, h, w], got {shape}")
@@ -655,7 +660,7 @@ class VideoVAE(ModelWrapper):
         Raises:
             ValueError: On a wrong rank, channel count or dtype.
         """
-        _check_latent(latent, self.z_dim)
+        check_video_latent(latent, self.z_dim)
         mu = self.denormalize(latent)
         video = self.model.decode(mu).sample
         return video.float().clamp_(-1.0, 1.0)
