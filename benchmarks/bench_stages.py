@@ -57,22 +57,22 @@ import torch
 
 from magihuman.codecs.audio_vae import AudioVAE, LATENTS_PER_SECOND, resample_to_output_rate
 from magihuman.codecs.video_vae import VideoVAE, wan22_vae_config
-from magihuman.memory import (
+from magihuman.runtime.memory import (
     compile_repeated_blocks,
     enable_fp8_weights,
     resolve_attention_backend,
     weight_bytes,
 )
-from magihuman.presets import get_preset, preset_for_sr_size
-from magihuman.random_weights import TINY_TRANSFORMER_CONFIG
-from magihuman.sampling import SR_SAMPLER, denoise
-from magihuman.super_resolution import (
+from magihuman.pipeline.presets import get_preset, preset_for_sr_size
+from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG
+from magihuman.sampling.loop import SR_SAMPLER, denoise
+from magihuman.sampling.super_resolution import (
     FRAME_RECEPTIVE_FIELD,
     SuperResolutionStage,
     sr1080_local_attn_layers,
     super_resolve,
 )
-from magihuman.transformer import ExpertLinear, MagiHumanTransformer
+from magihuman.model.transformer import ExpertLinear, MagiHumanTransformer
 
 #: Official sizes (pipeline.md 1.3): the base stage, and the 540p / 1080p SR outputs.
 REAL_BASE_SIZE = (448, 256)

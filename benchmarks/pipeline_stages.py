@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from magihuman.demo import ensure_demo_bundle
-from magihuman.pipeline import MagiHumanPipeline
+from magihuman.demo.bundle import ensure_demo_bundle
+from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 
 
 def main() -> None:

@@ -67,6 +67,6 @@ def _demo_bundle_location(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_root() -> Path:
-    from magihuman.demo import ensure_demo_bundle
+    from magihuman.demo.bundle import ensure_demo_bundle
 
     return ensure_demo_bundle()

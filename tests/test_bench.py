@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from magihuman.packing import LocalWindow, TokenLayout
+from magihuman.model.packing import LocalWindow, TokenLayout
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_stages.py"
 

@@ -12,8 +12,8 @@ from conftest import golden_case
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from magihuman import checkpoint
-from magihuman.checkpoint import (
+from magihuman.model import checkpoint
+from magihuman.model.checkpoint import (
     INDEX_FILE,
     CheckpointError,
     describe_checkpoint,

@@ -19,10 +19,10 @@ import pytest
 from conftest import write_tone
 from typer.testing import CliRunner
 
-from magihuman import cli
-from magihuman import download as hub
+import magihuman.cli.app as cli
+import magihuman.pipeline.download as hub
 
-pipeline = pytest.importorskip("magihuman.pipeline")
+pipeline = pytest.importorskip("magihuman.pipeline.magihuman_pipeline")
 
 runner = CliRunner()
 PROMPT = "A woman in a red coat smiles and says hello to the camera."
@@ -124,7 +124,7 @@ def test_module_and_console_script():
 
 def test_cli_constants_match_the_library():
     """The CLI repeats preset names and help defaults so that --help needs no torch; keep them in sync."""
-    from magihuman.presets import PRESETS
+    from magihuman.pipeline.presets import PRESETS
 
     assert get_args(cli.PresetName) == tuple(PRESETS)
     assert get_args(cli.DownloadPreset) == (*hub.DIT_PRESETS, "all")
@@ -244,9 +244,9 @@ def test_env_root_config_root_and_demo(fake, root, monkeypatch, tmp_path):
     assert run("generate", "--prompt", PROMPT, "-o", "cfg.mp4", "--config", config).exit_code == 0
     assert fake.calls[-1]["root"] == other  # the config file beats the environment
     # --demo replaces an environment root silently (no model is built here: the bundle is faked).
-    import magihuman.demo
+    import magihuman.demo.bundle
 
-    monkeypatch.setattr(magihuman.demo, "ensure_demo_bundle", lambda root=None: tmp_path / "demo")
+    monkeypatch.setattr(magihuman.demo.bundle, "ensure_demo_bundle", lambda root=None: tmp_path / "demo")
     result = run("generate", "--demo", "--prompt", PROMPT, "-o", "demo.mp4")
     assert result.exit_code == 0, result.output
     assert fake.calls[-1]["root"] == tmp_path / "demo"
@@ -418,7 +418,7 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 def test_generate_demo_image_to_video(examples_dir, demo_dir, tmp_path, monkeypatch):
-    from magihuman.media import probe_media
+    from magihuman.pipeline.media import probe_media
 
     monkeypatch.setenv("MAGIHUMAN_DEMO_DIR", str(demo_dir))
     out = tmp_path / "out.mp4"
@@ -435,7 +435,7 @@ def test_generate_demo_image_to_video(examples_dir, demo_dir, tmp_path, monkeypa
 
 def test_generate_demo_audio_driven_text_to_video(demo_dir, tone, tmp_path, monkeypatch):
     """No image (text-to-video) and a driving audio track, at a small size to stay fast."""
-    from magihuman.media import probe_media
+    from magihuman.pipeline.media import probe_media
 
     monkeypatch.setenv("MAGIHUMAN_DEMO_DIR", str(demo_dir))
     out = tmp_path / "a2v.mp4"
@@ -465,7 +465,7 @@ def test_sr_size_selects_an_sr_preset(fake, root):
 
 def test_generate_demo_super_resolution(tmp_path):
     """The SR preset end to end on the demo bundle: the MP4 has the SR size (issue: --demo --preset sr_540p)."""
-    from magihuman.media import probe_media
+    from magihuman.pipeline.media import probe_media
 
     out = tmp_path / "sr.mp4"
     result = run("generate", "--demo", "--prompt", PROMPT, "--preset", "sr_540p", "--seconds", "0.4",
@@ -505,8 +505,8 @@ def test_torchrun_sequence_parallel_demo(tmp_path):
     import subprocess
     import sys
 
-    from magihuman.demo import ensure_demo_bundle
-    from magihuman.media import probe_media
+    from magihuman.demo.bundle import ensure_demo_bundle
+    from magihuman.pipeline.media import probe_media
 
     ensure_demo_bundle()  # built once here rather than raced by the two ranks
     out = tmp_path / "cp2.mp4"

@@ -1,4 +1,4 @@
-"""Tests for magihuman.media: image preprocessing, pixel conversion, audio input, MP4 output."""
+"""Tests for magihuman.pipeline.media: image preprocessing, pixel conversion, audio input, MP4 output."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import golden_case, write_wav
 
-from magihuman import media
+from magihuman.pipeline import media
 
 # ------------------------------------------------------------------------------------------------ helpers
 

@@ -1,4 +1,4 @@
-"""Memory and speed switches (magihuman.memory) on tiny CPU models.
+"""Memory and speed switches (magihuman.runtime.memory) on tiny CPU models.
 
 What runs here and what needs a GPU:
 - FP8 storage: bytes, fp32 islands, numerics (bit-exact against a bf16 model holding the dequantised
@@ -22,8 +22,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magihuman import attention, memory
-from magihuman.memory import (
+from magihuman.model import attention
+from magihuman.runtime import memory
+from magihuman.runtime.memory import (
     ComponentOffload,
     FP8ExpertLinear,
     compile_repeated_blocks,
@@ -38,9 +39,9 @@ from magihuman.memory import (
     shard_transformer,
     weight_bytes,
 )
-from magihuman.packing import LocalWindow
-from magihuman.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
-from magihuman.transformer import ExpertLinear, MagiHumanTransformer
+from magihuman.model.packing import LocalWindow
+from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
+from magihuman.model.transformer import ExpertLinear, MagiHumanTransformer
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:

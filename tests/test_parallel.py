@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from magihuman.packing import TokenLayout
-from magihuman.parallel import (
+from magihuman.model.packing import TokenLayout
+from magihuman.model.sequence_parallel import (
     SequenceParallel,
     TokenChunk,
     init_sequence_parallel,
@@ -29,8 +29,8 @@ from magihuman.parallel import (
     shutdown_sequence_parallel,
     split_sizes,
 )
-from magihuman.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
-from magihuman.sampling import SamplerConfig, denoise
+from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
+from magihuman.sampling.loop import SamplerConfig, denoise
 
 CP = 2
 TOLERANCE = 1e-2
@@ -329,7 +329,7 @@ def test_cp_must_divide_heads():
 
 def test_15b_allows_cp_1_2_4_8():
     with torch.device("meta"):
-        from magihuman.transformer import MagiHumanTransformer
+        from magihuman.model.transformer import MagiHumanTransformer
 
         model = MagiHumanTransformer()
     for cp in (1, 2, 4, 8):

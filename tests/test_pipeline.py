@@ -8,15 +8,15 @@ import torch
 from conftest import write_tone
 
 from magihuman.codecs.audio_vae import resample_to_output_rate
-from magihuman.media import load_audio, preprocess_image
-from magihuman.pipeline import (
+from magihuman.pipeline.media import load_audio, preprocess_image
+from magihuman.pipeline.magihuman_pipeline import (
     GenerationRequest,
     LatentPlan,
     MagiHumanPipeline,
     generated_audio_latents,
     round_video_size,
 )
-from magihuman.presets import PRESETS, get_preset
+from magihuman.pipeline.presets import PRESETS, get_preset
 
 PROMPT = "A woman in a red coat smiles and says hello to the camera in a quiet studio."
 
@@ -172,7 +172,7 @@ def test_preset_mismatch_and_component_mismatch(pipes):
     with pytest.raises(ValueError, match="loaded for preset 'distill'"):
         pipes["distill"](GenerationRequest(**_small(preset="base")))
     p = pipes["distill"]
-    from magihuman.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
+    from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
 
     wrong = random_transformer(dict(TINY_TRANSFORMER_CONFIG, text_in_channels=16))
     with pytest.raises(ValueError, match="text_in_channels"):
@@ -180,7 +180,7 @@ def test_preset_mismatch_and_component_mismatch(pipes):
 
 
 def test_save_writes_mp4(pipes, tmp_path):
-    from magihuman.media import probe_media
+    from magihuman.pipeline.media import probe_media
 
     out = pipes["distill"](PROMPT, seconds=0.4, width=64, height=64, seed=7)  # positional prompt
     path = out.save(tmp_path / "clip.mp4")
@@ -195,7 +195,7 @@ def test_turbo_is_the_default_decoder_and_wan_is_selectable(pipes, demo_root):
     """issue 4 / pipeline.md 9.1: Turbo-VAED decodes by default; its windows are converted to uint8 one
     by one, which equals converting the whole decode; the Wan2.2 decoder stays selectable."""
     from magihuman.codecs.turbo_vae import TurboVAE
-    from magihuman.media import video_to_uint8
+    from magihuman.pipeline.media import video_to_uint8
 
     pipe = pipes["distill"]
     assert isinstance(pipe.video_decoder, TurboVAE)
@@ -212,7 +212,7 @@ def test_turbo_is_the_default_decoder_and_wan_is_selectable(pipes, demo_root):
 def test_runtime_options_through_the_pipeline(pipes, demo_root):
     """issue 5: --offload blocks and --attention flex leave the result bit-identical; --fp8 stores the block
     linears in float8 and stays close; component offload refuses a CPU-only run with a clear message."""
-    from magihuman.pipeline import RuntimeOptions
+    from magihuman.pipeline.magihuman_pipeline import RuntimeOptions
 
     reference = pipes["distill"](**_small())
     streamed = MagiHumanPipeline.from_official(demo_root, runtime=RuntimeOptions(offload=("blocks",)))

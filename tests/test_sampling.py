@@ -10,7 +10,7 @@ from conftest import golden_case
 from safetensors.torch import load_file
 from torch import nn
 
-from magihuman.sampling import (
+from magihuman.sampling.loop import (
     BASE_SAMPLER,
     DISTILL_SAMPLER,
     SamplerConfig,
@@ -18,7 +18,7 @@ from magihuman.sampling import (
     denoise,
     video_guidance_scale,
 )
-from magihuman.schedulers import FlowUniPCScheduler, shifted_schedule
+from magihuman.sampling.schedulers import FlowUniPCScheduler, shifted_schedule
 
 GOLDEN_STEPS = 8
 GOLDEN_NOISE_SEED = 3001  # case.json "noise.seed": initial audio, initial video, then 2 eps per step
@@ -203,7 +203,7 @@ def test_batched_cfg_is_one_call_per_step_and_equals_two_passes():
 
 def test_batched_cfg_with_the_tiny_transformer():
     """The real model: batched and two-pass CFG agree to bf16 GEMM rounding (the rows' GEMMs run in another M)."""
-    from magihuman.random_weights import random_transformer
+    from magihuman.demo.random_weights import random_transformer
 
     model = random_transformer()
     gen = torch.Generator().manual_seed(4)

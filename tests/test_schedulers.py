@@ -9,7 +9,7 @@ import torch
 from conftest import golden_case
 from safetensors.torch import load_file
 
-from magihuman.schedulers import (
+from magihuman.sampling.schedulers import (
     FlowUniPCScheduler,
     flow_shift,
     renoise_step,

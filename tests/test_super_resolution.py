@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from magihuman.pipeline import GenerationRequest, MagiHumanPipeline
-from magihuman.presets import PRESETS, preset_for_sr_size
-from magihuman.sampling import SR_SAMPLER, SR_SAMPLER_CFG, SamplerConfig, video_guidance_per_frame
-from magihuman.super_resolution import (
+from magihuman.pipeline.magihuman_pipeline import GenerationRequest, MagiHumanPipeline
+from magihuman.pipeline.presets import PRESETS, preset_for_sr_size
+from magihuman.sampling.loop import SR_SAMPLER, SR_SAMPLER_CFG, SamplerConfig, video_guidance_per_frame
+from magihuman.sampling.super_resolution import (
     SuperResolutionStage,
     corrupt_audio,
     renoise_latent,
@@ -17,7 +17,7 @@ from magihuman.super_resolution import (
     super_resolve,
     upsample_latent,
 )
-from magihuman.transformer import SR1080_LOCAL_ATTN_LAYERS
+from magihuman.model.transformer import SR1080_LOCAL_ATTN_LAYERS
 
 
 def test_sr_latent_sizes():
@@ -114,7 +114,7 @@ def test_sr_pipeline_on_demo_bundle(sr_pipe, examples_dir):
                   height=64, sr_width=128, sr_height=96, seed=3)
     assert out.frames.shape == (9, 96, 128, 3)
     assert out.video_latent.shape == (1, 48, 3, 6, 8)
-    from magihuman.media import preprocess_image
+    from magihuman.pipeline.media import preprocess_image
 
     image_latent = sr_pipe.video_vae.encode(preprocess_image(examples_dir / "image.png", 128, 96)[:, :, None])
     assert torch.equal(out.video_latent[:, :, :1], image_latent.float())

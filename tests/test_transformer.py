@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import golden_case
-from magihuman.packing import (
+from magihuman.model.packing import (
     build_coords,
     depatchify_video,
     local_attention_mask,
@@ -27,9 +27,9 @@ from magihuman.packing import (
     token_layout,
     TokenLayout,
 )
-from magihuman.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
-from magihuman.rope import FourierTable, apply_rope, default_bands
-from magihuman.transformer import (
+from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
+from magihuman.model.rope import FourierTable, apply_rope, default_bands
+from magihuman.model.transformer import (
     SR1080_LOCAL_ATTN_LAYERS,
     MagiHumanTransformer,
     gelu7,
@@ -318,7 +318,7 @@ def test_local_attention_layers_use_the_window():
         calls.append(m is not None)
         if m is not None:
             assert torch.equal(m.dense(), mask)
-        from magihuman.attention import sdpa_attention
+        from magihuman.model.attention import sdpa_attention
         return sdpa_attention(q, k, v, m)
 
     local.set_attention_backend(masked_math)
@@ -411,7 +411,7 @@ def _tiny_inputs():
 
 @pytest.mark.parametrize("layout", ["single", "sharded", "sharded_zst"])
 def test_from_official_layouts(tmp_path, layout):
-    from magihuman.random_weights import random_transformer_state_dict, save_random_transformer
+    from magihuman.demo.random_weights import random_transformer_state_dict, save_random_transformer
 
     kwargs = {"single": {}, "sharded": {"max_shard_bytes": 1 << 20},
               "sharded_zst": {"max_shard_bytes": 1 << 20, "compress": True}}[layout]
@@ -433,8 +433,8 @@ def test_from_official_layouts(tmp_path, layout):
 
 def test_from_official_casts_fp32_checkpoint_like_the_reference(tmp_path):
     """dit.md 7: the distill checkpoint reportedly ships everything in fp32; block linears become bf16 (RNE)."""
-    from magihuman.checkpoint import save_official_checkpoint
-    from magihuman.random_weights import random_transformer_state_dict
+    from magihuman.model.checkpoint import save_official_checkpoint
+    from magihuman.demo.random_weights import random_transformer_state_dict
 
     state = {k: v.float() + (1e-3 if v.dtype == torch.bfloat16 else 0) for k, v in
              random_transformer_state_dict(TINY_TRANSFORMER_CONFIG, seed=2).items()}
@@ -447,8 +447,8 @@ def test_from_official_casts_fp32_checkpoint_like_the_reference(tmp_path):
 
 
 def test_from_official_strict_errors(tmp_path):
-    from magihuman.checkpoint import CheckpointError, save_official_checkpoint
-    from magihuman.random_weights import random_transformer_state_dict
+    from magihuman.model.checkpoint import CheckpointError, save_official_checkpoint
+    from magihuman.demo.random_weights import random_transformer_state_dict
 
     state = random_transformer_state_dict(TINY_TRANSFORMER_CONFIG, seed=1)
     del state["block.layers.3.mlp.pre_norm.weight"]
@@ -472,8 +472,8 @@ def test_from_official_strict_errors(tmp_path):
 
 def test_rope_bands_come_from_checkpoint_or_formula(tmp_path):
     """dit.md 7 / P18: a checkpoint's bands win; without the key the formula is used."""
-    from magihuman.checkpoint import save_official_checkpoint
-    from magihuman.random_weights import random_transformer_state_dict
+    from magihuman.model.checkpoint import save_official_checkpoint
+    from magihuman.demo.random_weights import random_transformer_state_dict
 
     state = random_transformer_state_dict(TINY_TRANSFORMER_CONFIG)
     state["adapter.rope.bands"] = state["adapter.rope.bands"] * 0.5
@@ -499,7 +499,7 @@ def test_diffusers_save_and_load_keep_official_dtypes(tmp_path):
 
 def test_golden_distill_loop_end_to_end():
     """The 8-step distilled loop with our transformer in it (golden sampler_distill; pipeline.md 4.5)."""
-    from magihuman.sampling import DISTILL_SAMPLER, denoise
+    from magihuman.sampling.loop import DISTILL_SAMPLER, denoise
 
     case_dir, model = _golden_model()
     data = load_file(golden_case("sampler_distill") / "sampler.safetensors")

@@ -33,7 +33,7 @@ from conftest import golden_case
 from safetensors.torch import load_file
 from torch import nn
 
-from magihuman.checkpoint import CheckpointError
+from magihuman.model.checkpoint import CheckpointError
 from magihuman.codecs.turbo_vae import (
     TURBO_VAED_CHECKPOINT_NAME,
     TURBO_VAED_CONFIG_NAME,
@@ -44,7 +44,7 @@ from magihuman.codecs.turbo_vae import (
     save_random_official,
     sliding_window_plan,
 )
-from magihuman.media import video_to_uint8
+from magihuman.pipeline.media import video_to_uint8
 
 CONFIG_NAME = "TurboV3-Wan22-tiny.json"
 CKPT_NAME = "checkpoint-tiny.ckpt"

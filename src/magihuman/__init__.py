@@ -12,9 +12,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "MagiHumanTransformer": "magihuman.transformer",
-    "MagiHumanPipeline": "magihuman.pipeline",
-    "GenerationOutput": "magihuman.pipeline",
+    "MagiHumanTransformer": "magihuman.model.transformer",
+    "MagiHumanPipeline": "magihuman.pipeline.magihuman_pipeline",
+    "GenerationOutput": "magihuman.pipeline.magihuman_pipeline",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from magihuman.checkpoint import load_state_dict_strict, write_atomic
+from magihuman.model.checkpoint import load_state_dict_strict, write_atomic
 from magihuman.codecs.wrapper import ModelWrapper
 
 __all__ = [

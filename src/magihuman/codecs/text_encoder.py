@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from .wrapper import ModelWrapper
+from magihuman.codecs.wrapper import ModelWrapper
 
 logger = logging.getLogger(__name__)
 

@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, load_state_dict_strict, write_atomic
-from .video_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD, check_video_latent
-from .wrapper import ModelWrapper
+from magihuman.model.checkpoint import CheckpointError, load_state_dict_strict, write_atomic
+from magihuman.codecs.video_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD, check_video_latent
+from magihuman.codecs.wrapper import ModelWrapper
 
 __all__ = [
     "TURBO_VAED_CONFIG_NAME",
@@ -994,7 +994,7 @@ class TurboVAE(ModelWrapper):
     Same decode interface as :class:`magihuman.codecs.video_vae.VideoVAE`, so the pipeline can use
     either: ``decode(latent [B, 48, T, h, w] float32 normalised) -> [B, 3, 4T-3, 16h, 16w] float32``.
     Unlike Wan's decoder the output is **not clamped** (codecs.md 3.4, pitfall 6); the pipeline's
-    ``x*0.5+0.5``, clamp and truncating uint8 cast (``magihuman.media.video_to_uint8``) handle range.
+    ``x*0.5+0.5``, clamp and truncating uint8 cast (``magihuman.pipeline.media.video_to_uint8``) handle range.
 
     Args:
         model: A loaded :class:`TurboVAEDecoder` whose ``latent_channels`` is 48.
@@ -1183,7 +1183,7 @@ class TurboVAE(ModelWrapper):
 
         Returns:
             ``[B, 3, 4T-3, 16h, 16w]`` float32, **unclamped** (nominally [-1, 1]). Convert to uint8
-            frames with ``magihuman.media.video_to_uint8`` (truncation, pipeline.md 9.1).
+            frames with ``magihuman.pipeline.media.video_to_uint8`` (truncation, pipeline.md 9.1).
 
         Raises:
             ValueError: On a wrong rank, channel count, dtype, empty axis or tiling argument.

@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..checkpoint import load_state_dict_strict, write_atomic
-from .wrapper import ModelWrapper
+from magihuman.model.checkpoint import load_state_dict_strict, write_atomic
+from magihuman.codecs.wrapper import ModelWrapper
 
 __all__ = [
     "WAN22_LATENT_MEAN",

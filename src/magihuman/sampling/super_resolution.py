@@ -23,9 +23,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .sampling import SR_SAMPLER, SamplerConfig, denoise, draw_noise
-from .schedulers import SR_NOISE_INDEX, zero_snr_signal_noise
-from .transformer import MagiHumanTransformer, sr1080_local_attn_layers  # noqa: F401 (re-exported)
+from magihuman.sampling.loop import SR_SAMPLER, SamplerConfig, denoise, draw_noise
+from magihuman.sampling.schedulers import SR_NOISE_INDEX, zero_snr_signal_noise
+from magihuman.model.transformer import MagiHumanTransformer, sr1080_local_attn_layers  # noqa: F401 (re-exported)
 
 #: Weight of the noise in the SR model's audio input (pipeline.md 1.2 ``sr_audio_noise_scale``).
 SR_AUDIO_NOISE_SCALE = 0.7
@@ -40,8 +40,8 @@ class SuperResolutionStage:
     Attributes:
         checkpoint: sub-folder of the checkpoint root (``540p_sr``, ``1080p_sr``).
         width, height: SR pixel size (multiples of 32; 896x512 and 1920x1088 in the official examples).
-        sampler: the SR loop's sampler (:data:`~magihuman.sampling.SR_SAMPLER` as in the shipped examples,
-            or :data:`~magihuman.sampling.SR_SAMPLER_CFG`).
+        sampler: the SR loop's sampler (:data:`~magihuman.sampling.loop.SR_SAMPLER` as in the shipped examples,
+            or :data:`~magihuman.sampling.loop.SR_SAMPLER_CFG`).
         local_attention: use the 1080p recipe's local-attention layers (``SR2_1080``).
         noise_index: ZeroSNR table index of the re-noise (220).
         align_corners: upsampling corner alignment (True = the reference).
@@ -102,9 +102,9 @@ def super_resolve(
         stage: the SR recipe.
         generator: the request's generator, after the base stage's draws.
         image_latent: image-to-video: the image encoded at the SR size, ``[1, 48, 1, h_s, w_s]``.
-        callback: per-step callback, as in :func:`~magihuman.sampling.denoise`.
+        callback: per-step callback, as in :func:`~magihuman.sampling.loop.denoise`.
         batch_cfg: with ``sr_cfg_number = 2``, one batched call per step for both CFG passes
-            (:func:`~magihuman.sampling.denoise`).
+            (:func:`~magihuman.sampling.loop.denoise`).
 
     Returns:
         The SR video latent ``[1, 48, T, h_s, w_s]`` float32.

@@ -7,7 +7,7 @@ One request runs these stages (pipeline.md 0 and 14):
 3. prepare latents from a seeded CPU generator: audio noise first, then video noise (pipeline.md
    4.1, 12); with a driving audio track, its encoded latents replace the audio noise;
 4. encode the first-frame image at the base size (image-to-video, pipeline.md 7.1);
-5. denoise with the preset's sampler (:func:`magihuman.sampling.denoise`);
+5. denoise with the preset's sampler (:func:`magihuman.sampling.loop.denoise`);
 6. decode video (Wan2.2 VAE) and audio (Stable Audio Open VAE, 51.2 kHz -> 44.1 kHz);
 7. return frames and waveform; :meth:`GenerationOutput.save` writes the MP4.
 """
@@ -28,15 +28,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, field_validator
 from tqdm.auto import tqdm
 
-from .codecs.audio_vae import LATENTS_PER_SECOND, MODEL_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, AudioVAE, resample_to_output_rate
-from .codecs.text_encoder import DEFAULT_NEGATIVE_PROMPT, TextEncoder
-from .codecs.turbo_vae import TurboVAE
-from .codecs.video_vae import VideoVAE
-from .media import load_audio, preprocess_image, video_to_uint8, write_mp4
-from .presets import DEFAULT_HEIGHT, DEFAULT_SECONDS, DEFAULT_SEED, DEFAULT_WIDTH, FPS, Preset, get_preset
-from .sampling import SR_SAMPLER, SR_SAMPLER_CFG, denoise, draw_noise
-from .super_resolution import SuperResolutionStage, super_resolve
-from .transformer import MagiHumanTransformer, sr1080_local_attn_layers
+from magihuman.codecs.audio_vae import LATENTS_PER_SECOND, MODEL_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, AudioVAE, resample_to_output_rate
+from magihuman.codecs.text_encoder import DEFAULT_NEGATIVE_PROMPT, TextEncoder
+from magihuman.codecs.turbo_vae import TurboVAE
+from magihuman.codecs.video_vae import VideoVAE
+from magihuman.pipeline.media import load_audio, preprocess_image, video_to_uint8, write_mp4
+from magihuman.pipeline.presets import DEFAULT_HEIGHT, DEFAULT_SECONDS, DEFAULT_SEED, DEFAULT_WIDTH, FPS, Preset, get_preset
+from magihuman.sampling.loop import SR_SAMPLER, SR_SAMPLER_CFG, denoise, draw_noise
+from magihuman.sampling.super_resolution import SuperResolutionStage, super_resolve
+from magihuman.model.transformer import MagiHumanTransformer, sr1080_local_attn_layers
 
 #: Spatial stride of the Wan2.2 VAE times the DiT's 2x2 patch: pixel sizes round down to this (pipeline.md 4.1).
 SIZE_MULTIPLE = 32
@@ -121,7 +121,7 @@ class GenerationRequest(BaseModel):
         seconds: clip length in seconds (> 0). Video has ``4*floor(25*s/4)+1`` frames at 25 fps.
         width, height: requested pixel size, rounded down to multiples of 32.
         seed: seed of every noise draw.
-        preset: ``"distill"``, ``"base"``, ``"sr_540p"`` or ``"sr_1080p"`` (see :mod:`magihuman.presets`).
+        preset: ``"distill"``, ``"base"``, ``"sr_540p"`` or ``"sr_1080p"`` (see :mod:`magihuman.pipeline.presets`).
         negative_prompt: the unconditional text for CFG (``None``: our default).
         sr_width, sr_height: output size of the super-resolution stage (SR presets only; default: the
             preset's 896x512 or 1920x1088), rounded down to multiples of 32.
@@ -256,13 +256,13 @@ class GenerationOutput:
 
 
 # ----------------------------------------------------------------------------------------- runtime
-#: ``--offload`` modes (see :mod:`magihuman.memory`).
+#: ``--offload`` modes (see :mod:`magihuman.runtime.memory`).
 OFFLOAD_MODES = ("components", "blocks")
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How the models are placed and run: memory and speed switches, each one CLI flag (:mod:`magihuman.memory`).
+    """How the models are placed and run: memory and speed switches, each one CLI flag (:mod:`magihuman.runtime.memory`).
 
     Attributes:
         fp8: FP8 (e4m3, per-row scale) storage of the DiT block linears (``--fp8``): 15.4 instead of 30.6 GB.
@@ -277,9 +277,9 @@ class RuntimeOptions:
             8e-4 of the untiled decode (tests/test_turbo_vae.py).
         fp8_gemm: with ``fp8``, run the eligible block linears as FP8 tensor-core GEMMs on GPUs of
             compute capability >= 8.9 (``--fp8-gemm``; experimental, see
-            :func:`~magihuman.memory.enable_fp8_weights`).
+            :func:`~magihuman.runtime.memory.enable_fp8_weights`).
         batch_cfg: CFG presets run the conditional and the negative-prompt pass as one batched call
-            (exact: :func:`~magihuman.sampling.denoise`); False (``--no-batch-cfg``) runs two calls and
+            (exact: :func:`~magihuman.sampling.loop.denoise`); False (``--no-batch-cfg``) runs two calls and
             needs half the activation memory.
 
     Raises:
@@ -315,7 +315,7 @@ class RuntimeOptions:
 
 def _place_transformer(model: MagiHumanTransformer, runtime: RuntimeOptions, device: torch.device):
     """Apply the runtime switches to one DiT in a safe order: FP8, attention kernel, compile, placement."""
-    from . import memory
+    import magihuman.runtime.memory as memory
 
     if runtime.fp8:
         memory.enable_fp8_weights(model, scaled_gemm=runtime.fp8_gemm)
@@ -341,7 +341,7 @@ class MagiHumanPipeline:
         text_encoder: T5Gemma encoder; its width must equal ``transformer.config.text_in_channels``.
         video_vae: Wan2.2 VAE (encodes the first frame, decodes the video).
         audio_vae: Stable Audio Open VAE.
-        preset: name of a :mod:`magihuman.presets` preset (its sampler is used).
+        preset: name of a :mod:`magihuman.pipeline.presets` preset (its sampler is used).
         negative_prompt: default unconditional text for CFG presets.
 
     Raises:
@@ -383,7 +383,7 @@ class MagiHumanPipeline:
 
     def enable_component_offload(self, device: str | torch.device) -> None:
         """Keep every model on the CPU and lend each to ``device`` for its own stage (``--offload components``)."""
-        from .memory import offload_idle_components
+        from magihuman.runtime.memory import offload_idle_components
 
         self.offload = offload_idle_components(self, device)
 

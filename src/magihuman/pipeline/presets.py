@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .sampling import BASE_SAMPLER, DISTILL_SAMPLER, SamplerConfig
-from .super_resolution import SuperResolutionStage
+from magihuman.sampling.loop import BASE_SAMPLER, DISTILL_SAMPLER, SamplerConfig
+from magihuman.sampling.super_resolution import SuperResolutionStage
 
 #: Frames per second of video and the latent-audio rate base (pipeline.md 1.2 ``fps``).
 FPS = 25

@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from .codecs import audio_vae, text_encoder, turbo_vae, video_vae
-from .pipeline import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
-from .random_weights import TINY_TRANSFORMER_CONFIG, save_random_transformer
+from magihuman.codecs import audio_vae, text_encoder, turbo_vae, video_vae
+from magihuman.pipeline.magihuman_pipeline import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
+from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, save_random_transformer
 
 #: Bump when the bundle's contents change, so stale caches are rebuilt.
 DEMO_VERSION = 4

@@ -209,7 +209,7 @@ def preprocess_image(image: str | os.PathLike | PIL.Image.Image, width: int, hei
                 f"got {value!r}; the pipeline uses multiples of 32 (e.g. 448x256)"
             )
     width, height = int(width), int(height)
-    from diffusers.video_processor import VideoProcessor  # local: keeps `import magihuman.media` light
+    from diffusers.video_processor import VideoProcessor  # local: keeps `import magihuman.pipeline.media` light
 
     img = load_image(image)
     if img.size != (width, height):

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from magihuman.packing import pad_text_batch
-from magihuman.schedulers import DEFAULT_SHIFT, FlowUniPCScheduler, renoise_step, shifted_schedule
+from magihuman.model.packing import pad_text_batch
+from magihuman.sampling.schedulers import DEFAULT_SHIFT, FlowUniPCScheduler, renoise_step, shifted_schedule
 
 # Valid classifier-free-guidance modes: 1 = conditional pass only, 2 = conditional + negative pass
 # (pipeline.md 5; anything else is a ValueError there too).
@@ -177,7 +177,7 @@ def denoise(
     callable, e.g. ``MagiHumanTransformer``. With ``cfg_number = 2`` it is called twice per step, first with
     ``text_embeds`` then with ``negative_text_embeds``, on the same latents. With ``batch_cfg`` the two
     passes are one call instead: the latents repeated, the two texts zero-padded to one length
-    (:func:`~magihuman.packing.pad_text_batch`) and ``model(video, audio, text, text_lengths=lengths)``,
+    (:func:`~magihuman.model.packing.pad_text_batch`) and ``model(video, audio, text, text_lengths=lengths)``,
     which must keep the samples apart (``MagiHumanTransformer`` does: own coordinates, attention over
     each sample's real tokens only). That is exact, unlike packing both into one attention, which
     would mix them (pipeline.md 5); the velocities equal the two-pass ones up to the GEMMs' rounding
@@ -185,9 +185,9 @@ def denoise(
 
     Updates (pipeline.md 4.5 "which update is used"):
 
-    * ``"unipc"``: one :class:`~magihuman.schedulers.FlowUniPCScheduler` for the video and one for the
+    * ``"unipc"``: one :class:`~magihuman.sampling.schedulers.FlowUniPCScheduler` for the video and one for the
       audio, fresh for this call.
-    * ``"renoise"``: :func:`~magihuman.schedulers.renoise_step` with a fresh ε per stream and step.
+    * ``"renoise"``: :func:`~magihuman.sampling.schedulers.renoise_step` with a fresh ε per stream and step.
       Draw order (pipeline.md 12): per step the video ε, then the audio ε, at every step including the
       last (σ = 0, where ε is multiplied by 0): 2·N draws of
       ``torch.randn(shape, generator=generator, dtype=torch.float32)`` on the generator's device (the CPU

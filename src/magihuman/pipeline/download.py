@@ -13,7 +13,7 @@ What is fetched from where is data (:data:`SOURCES`); the functions only select 
 the file sizes (a dry run) and call :func:`huggingface_hub.snapshot_download`. Hub problems surface as
 :class:`DownloadError` with a message that says what to do; the CLI turns it into exit code 1.
 
-``huggingface_hub`` is imported inside the functions so that ``import magihuman.download`` (and the
+``huggingface_hub`` is imported inside the functions so that ``import magihuman.pipeline.download`` (and the
 CLI's ``--help``) stays cheap.
 """
 
@@ -104,7 +104,7 @@ SOURCES: tuple[HubSource, ...] = (
     ),
 )
 
-#: The DiT folders each preset needs (``magihuman.presets``; repeated so that ``download`` stays import-light).
+#: The DiT folders each preset needs (``magihuman.pipeline.presets``; repeated so that ``download`` stays import-light).
 PRESET_FOLDERS: dict[str, tuple[str, ...]] = {
     "distill": ("distill",), "base": ("base",), "sr_540p": ("base", "540p_sr"), "sr_1080p": ("base", "1080p_sr"),
 }

@@ -1,4 +1,4 @@
-"""Ulysses sequence (context) parallelism for :class:`~magihuman.transformer.MagiHumanTransformer` (dit.md 6).
+"""Ulysses sequence (context) parallelism for :class:`~magihuman.model.transformer.MagiHumanTransformer` (dit.md 6).
 
 One sample's packed token sequence ``[video | audio | text]`` (N tokens) is cut into ``cp``
 contiguous chunks, one per rank of the sequence-parallel group (dit.md 6 "dispatch", P23): with
@@ -48,8 +48,8 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from .attention import AttentionBackend
-from .packing import LocalWindow, TokenLayout
+from magihuman.model.attention import AttentionBackend
+from magihuman.model.packing import LocalWindow, TokenLayout
 
 
 def split_sizes(num_tokens: int, world_size: int) -> list[int]:
@@ -316,7 +316,7 @@ class SequenceParallel:
 
 @dataclass(frozen=True)
 class UlyssesAttention:
-    """An :data:`~magihuman.attention.AttentionBackend` over a sequence split across ranks.
+    """An :data:`~magihuman.model.attention.AttentionBackend` over a sequence split across ranks.
 
     Takes and returns this rank's rows in the seam's layout (``q [B, Hq, n_k, D]``,
     ``k, v [B, Hkv, n_k, D]`` -> ``[B, Hq, n_k, D]``); the wrapped kernel sees the full sequence for

@@ -2,8 +2,8 @@
 
 The CLI is thin: it parses and merges the options (``--config`` file, flags, environment), checks
 everything it can **before any model loads** (the reference checks the prompt and output only after
-loading all models, pipeline.md 13 pitfall 24), builds a :class:`~magihuman.pipeline.GenerationRequest`,
-calls :class:`~magihuman.pipeline.MagiHumanPipeline` and writes the MP4.
+loading all models, pipeline.md 13 pitfall 24), builds a :class:`~magihuman.pipeline.magihuman_pipeline.GenerationRequest`,
+calls :class:`~magihuman.pipeline.magihuman_pipeline.MagiHumanPipeline` and writes the MP4.
 
 Exit codes: 0 success; 2 bad input (one-line ``error:`` message, no traceback; also click's own usage
 errors); 1 a failure while loading, generating, writing or downloading (set ``MAGIHUMAN_DEBUG=1`` to see
@@ -32,12 +32,12 @@ from typing import Annotated, Any, Literal, get_args
 
 import typer
 
-from . import __version__
-from . import download as hub
+from magihuman import __version__
+import magihuman.pipeline.download as hub
 
 __all__ = ["app", "main", "default_output_name", "read_text_file", "CONFIG_KEYS"]
 
-#: ``tuple(magihuman.presets.PRESETS)``, repeated here because importing the presets pulls in torch and
+#: ``tuple(magihuman.pipeline.presets.PRESETS)``, repeated here because importing the presets pulls in torch and
 #: diffusers (seconds) and ``--help`` should not; tests/test_cli.py checks that the two agree.
 PresetName = Literal["distill", "base", "sr_540p", "sr_1080p"]
 #: ``download.DIT_PRESETS`` plus ``all``, for the same reason.
@@ -51,9 +51,9 @@ REQUEST_KEYS = ("prompt", "image", "audio", "seconds", "width", "height", "seed"
                 "sr_width", "sr_height", "sr_cfg_number")
 #: Checkpoint locations, overriding a root per component (``MagiHumanPipeline.from_official``).
 COMPONENT_KEYS = ("transformer", "text_encoder", "video_vae", "audio_vae", "sr_transformer", "turbo_vae")
-#: ``magihuman.pipeline.VIDEO_DECODERS``, repeated for a fast ``--help`` (tests check they agree).
+#: ``magihuman.pipeline.magihuman_pipeline.VIDEO_DECODERS``, repeated for a fast ``--help`` (tests check they agree).
 VideoDecoderName = Literal["turbo", "wan"]
-#: ``magihuman.pipeline.OFFLOAD_MODES`` and the ``--attention`` choices, likewise.
+#: ``magihuman.pipeline.magihuman_pipeline.OFFLOAD_MODES`` and the ``--attention`` choices, likewise.
 OffloadName = Literal["components", "blocks"]
 AttentionName = Literal["auto", "sdpa", "flex", "fa3"]
 #: Every key a ``--config`` JSON file may hold.
@@ -144,7 +144,7 @@ def _exit_codes() -> Iterator[None]:
 class _Job:
     """Everything ``generate`` needs after validation."""
 
-    request: Any  # magihuman.pipeline.GenerationRequest (imported lazily)
+    request: Any  # magihuman.pipeline.magihuman_pipeline.GenerationRequest (imported lazily)
     output: Path
     overwrite: bool
     root: Path | None
@@ -153,7 +153,7 @@ class _Job:
     demo: bool
     video_decoder: str = "turbo"
     cp: int = 1
-    runtime: Any = None  # magihuman.pipeline.RuntimeOptions
+    runtime: Any = None  # magihuman.pipeline.magihuman_pipeline.RuntimeOptions
 
 
 @app.command(no_args_is_help=True)
@@ -297,7 +297,7 @@ def _prepare(options: dict[str, Any], *, root_from_env: bool) -> _Job:
     for notice in notices:
         typer.echo(f"note: {notice}", err=True)
     output = _output_path(settings, request)
-    from .media import check_output_path
+    from magihuman.pipeline.media import check_output_path
 
     try:
         output = check_output_path(output, overwrite=options["overwrite"])
@@ -327,8 +327,8 @@ def _prepare(options: dict[str, Any], *, root_from_env: bool) -> _Job:
 
 def _runtime_options(options: dict[str, Any], device: str, world: int):
     """The memory/speed switches, checked against the device before any model loads."""
-    from .memory import resolve_attention_backend
-    from .pipeline import RuntimeOptions
+    from magihuman.runtime.memory import resolve_attention_backend
+    from magihuman.pipeline.magihuman_pipeline import RuntimeOptions
 
     offload = tuple(dict.fromkeys(options.get("offload") or ()))
     unknown = [mode for mode in offload if mode not in get_args(OffloadName)]
@@ -358,8 +358,8 @@ def _run(job: _Job) -> None:
     Raises:
         Failure: loading, generating or writing failed.
     """
-    from .parallel import init_sequence_parallel, is_output_rank, shutdown_sequence_parallel
-    from .pipeline import MagiHumanPipeline
+    from magihuman.model.sequence_parallel import init_sequence_parallel, is_output_rank, shutdown_sequence_parallel
+    from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 
     try:
         sp = init_sequence_parallel(cp_size=job.cp) if job.cp > 1 or "WORLD_SIZE" in os.environ else None
@@ -370,7 +370,7 @@ def _run(job: _Job) -> None:
     if job.demo:
         if speaker:
             typer.echo(DEMO_NOTE, err=True)
-        from .demo import ensure_demo_bundle
+        from magihuman.demo.bundle import ensure_demo_bundle
 
         root = ensure_demo_bundle()  # every rank resolves it; the builder is atomic if ranks race
     if speaker:
@@ -504,8 +504,8 @@ def _build_request(settings: dict[str, Any]):
     fields = {k: v for k, v in fields.items() if v is not None}  # unset: the request's own default
     from pydantic import ValidationError
 
-    from .pipeline import GenerationRequest
-    from .presets import preset_for_sr_size
+    from magihuman.pipeline.magihuman_pipeline import GenerationRequest
+    from magihuman.pipeline.presets import preset_for_sr_size
 
     chosen = fields.get("preset", SHOWN_DEFAULTS["preset"])
     try:
@@ -547,7 +547,7 @@ def _output_path(settings: dict[str, Any], request) -> Path:
         return Path(prefix if prefix.lower().endswith(".mp4") else prefix + ".mp4")
     if settings.get("output") is not None:
         return Path(settings["output"])
-    from .pipeline import round_video_size
+    from magihuman.pipeline.magihuman_pipeline import round_video_size
 
     stage = request.sr_stage()
     width, height = (stage.width, stage.height) if stage else round_video_size(request.width, request.height)
@@ -569,7 +569,7 @@ def _checkpoint_locations(settings: dict[str, Any], preset: str, *, demo: bool, 
         if path is not None and not path.exists():
             raise BadInput(f"--{key.replace('_', '-')} path not found: {path}")
     if root is None:
-        from .presets import get_preset
+        from magihuman.pipeline.presets import get_preset
 
         optional = {"sr_transformer"} if get_preset(preset).sr is None else set()
         optional |= set() if turbo else {"turbo_vae"}
@@ -587,8 +587,8 @@ def _checkpoint_locations(settings: dict[str, Any], preset: str, *, demo: bool, 
             f"checkpoint root {root} is not a folder; fetch the weights with `magihuman download --root {root}` "
             "or fix --checkpoint-root"
         )
-    from .pipeline import component_layout
-    from .presets import get_preset
+    from magihuman.pipeline.magihuman_pipeline import component_layout
+    from magihuman.pipeline.presets import get_preset
 
     layout = component_layout(get_preset(preset), video_decoder="turbo" if turbo else "wan")
     lacking = [f"{layout[k]}/" for k, v in components.items()
@@ -631,7 +631,7 @@ def _print_summary(path: Path, timings: dict[str, float]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .media import probe_media
+    from magihuman.pipeline.media import probe_media
 
     table = Table(title="Timings")
     table.add_column("stage")

@@ -2,7 +2,7 @@
 
 Every layer calls the chosen backend with bf16 ``q [B, Hq, N, D]`` and ``k, v [B, Hkv, N, D]``
 (GQA: query head h uses K/V head ``h // (Hq/Hkv)``), non-causal, softmax scale ``1/sqrt(D)``, no
-soft-cap (dit.md 5.3). Local-attention layers also pass a :class:`~magihuman.packing.LocalWindow`
+soft-cap (dit.md 5.3). Local-attention layers also pass a :class:`~magihuman.model.packing.LocalWindow`
 (dit.md 5.2), which each kernel turns into its own mask form. Kernels register here by name, so no
 model code imports a kernel library; sequence parallelism wraps this same seam.
 
@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .packing import LocalWindow
+from magihuman.model.packing import LocalWindow
 
 AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[LocalWindow]], torch.Tensor]
 

@@ -31,10 +31,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .attention import AttentionBackend, get_attention_backend, ragged_attention
-from .packing import CoordsStyle, LocalWindow, TokenLayout, build_coords, depatchify_video, patchify_video, token_layout
-from .parallel import SequenceParallel
-from .rope import FourierTable, apply_rope
+from magihuman.model.attention import AttentionBackend, get_attention_backend, ragged_attention
+from magihuman.model.packing import CoordsStyle, LocalWindow, TokenLayout, build_coords, depatchify_video, patchify_video, token_layout
+from magihuman.model.sequence_parallel import SequenceParallel
+from magihuman.model.rope import FourierTable, apply_rope
 
 #: RMSNorm epsilon of every norm in the model (dit.md 3.7, P4).
 NORM_EPS = 1e-6
@@ -233,7 +233,7 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x, rope, groups, attend, local_mask):
         """``x [B, N, hidden]`` float32 -> same; ``rope [N, 6B]`` or ``[B, N, 6B]``; ``groups`` = (Nv, Na, Nt) of these rows;
-        ``local_mask`` (a :class:`~magihuman.packing.LocalWindow`) is used only if this layer is local."""
+        ``local_mask`` (a :class:`~magihuman.model.packing.LocalWindow`) is used only if this layer is local."""
         x = x + self.attention(x, rope, groups, attend, local_mask if self.local else None)
         return x + self.mlp(x, groups)
 
@@ -345,7 +345,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
 
         Every rank then calls ``forward`` with the same full inputs and gets the same full outputs; each
         runs the layers on its contiguous chunk of tokens, with two all-to-alls around every attention
-        call (see :mod:`magihuman.parallel`).
+        call (see :mod:`magihuman.model.sequence_parallel`).
 
         Raises:
             ValueError: if ``sp.world_size`` does not divide the query heads and the K/V heads.
@@ -394,9 +394,9 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
                 by ``local_attn_layers`` (dit.md 5.2); ``-1`` makes those layers global.
             text_lengths: the true text length of each sample (``1 <= L <= Nt``), for a batch of
                 samples whose prompts differ in length (batched CFG: the prompt and the negative
-                prompt in one call, see :func:`~magihuman.packing.pad_text_batch`). Each sample then gets
+                prompt in one call, see :func:`~magihuman.model.packing.pad_text_batch`). Each sample then gets
                 its own coordinates (its true Nt, dit.md 3.3) and attends over its own real tokens
-                only (:class:`~magihuman.attention.RaggedAttention`), so every sample's velocities equal
+                only (:class:`~magihuman.model.attention.RaggedAttention`), so every sample's velocities equal
                 those of a forward with its trimmed text alone; padding rows affect nothing. None: every
                 sample uses all ``Nt`` rows.
 
@@ -501,7 +501,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
 
         Reads ``model.safetensors`` or the shards of ``model.safetensors.index.json`` (``<shard>.zst``
         preferred when present), strictly: any missing, unexpected or mis-shaped key raises one
-        :class:`~magihuman.checkpoint.CheckpointError` listing them all (dit.md 7, P17). Tensors are
+        :class:`~magihuman.model.checkpoint.CheckpointError` listing them all (dit.md 7, P17). Tensors are
         cast as the reference does: block linears to bf16, everything else float32 (dit.md 2.6).
         ``adapter.rope.bands`` keeps the checkpoint's value, or the formula if absent (P18).
         The model is built on the meta device and the loaded tensors are assigned, so peak host
@@ -517,7 +517,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         Raises:
             CheckpointError: for a folder that is not a checkpoint or keys that do not match.
         """
-        from .checkpoint import expected_from_module, load_official_state_dict
+        from magihuman.model.checkpoint import expected_from_module, load_official_state_dict
 
         with torch.device("meta"):
             model = cls(**config_fields)

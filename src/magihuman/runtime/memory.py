@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import flex_attention_backend, get_attention_backend, register_attention_backend
-from .transformer import ExpertLinear, TransformerLayer, split_groups
+from magihuman.model.attention import flex_attention_backend, get_attention_backend, register_attention_backend
+from magihuman.model.transformer import ExpertLinear, TransformerLayer, split_groups
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +172,9 @@ def fp8_gemm_coverage(config: Optional[dict] = None) -> float:
     ``out % 16``. The fraction does not depend on the token count. 15B: 0.769.
 
     Args:
-        config: :class:`~magihuman.transformer.MagiHumanTransformer` config fields (None: the 15B).
+        config: :class:`~magihuman.model.transformer.MagiHumanTransformer` config fields (None: the 15B).
     """
-    from .transformer import MagiHumanTransformer
+    from magihuman.model.transformer import MagiHumanTransformer
 
     with torch.device("meta"):
         model = MagiHumanTransformer(**(config or {}))
@@ -187,7 +187,7 @@ def fp8_gemm_coverage(config: Optional[dict] = None) -> float:
 
 
 class FP8ExpertLinear(ExpertLinear):
-    """:class:`~magihuman.transformer.ExpertLinear` with e4m3 weight storage (built by :func:`enable_fp8_weights`).
+    """:class:`~magihuman.model.transformer.ExpertLinear` with e4m3 weight storage (built by :func:`enable_fp8_weights`).
 
     The parameter ``weight`` (state-dict key unchanged) is ``[out * experts, in]`` **uint8 holding the
     float8_e4m3fn bit patterns** (:attr:`weight_e4m3` is the same memory viewed as e4m3) and the buffer
@@ -264,7 +264,7 @@ def enable_fp8_weights(model: nn.Module, *, compute_dtype: torch.dtype = torch.b
     result is for inference: save and load the official bf16 checkpoints, and convert after loading.
 
     Args:
-        model: a loaded :class:`~magihuman.transformer.MagiHumanTransformer` (any module holding
+        model: a loaded :class:`~magihuman.model.transformer.MagiHumanTransformer` (any module holding
             ``ExpertLinear`` layers), on any device. Do not cast the model's dtype afterwards.
         compute_dtype: GEMM dtype (bf16 as the reference; float16/float32 allowed).
         scaled_gemm: on GPUs with compute capability >= 8.9 (CLI ``--fp8-gemm``), run the block linears
@@ -375,7 +375,7 @@ def enable_block_streaming(model: nn.Module, *, onload_device: str | torch.devic
     run); any other equal pair is an error.
 
     Args:
-        model: a :class:`~magihuman.transformer.MagiHumanTransformer` (``block.layers`` ModuleList).
+        model: a :class:`~magihuman.model.transformer.MagiHumanTransformer` (``block.layers`` ModuleList).
         onload_device: where layers run (``"cuda"``).
         offload_device: where layers wait (``"cpu"``).
         blocks_per_group: layers moved together (>= 1). Prefetch on CUDA requires 1.
@@ -454,7 +454,7 @@ def shard_transformer(model: nn.Module, group: Optional["torch.distributed.Proce
     and heads. Every rank must run the same forward calls (same shapes) in the same order.
 
     Args:
-        model: a :class:`~magihuman.transformer.MagiHumanTransformer` on ``device``, or on the CPU:
+        model: a :class:`~magihuman.model.transformer.MagiHumanTransformer` on ``device``, or on the CPU:
             FSDP2 moves a unit's parameters to the mesh device when it shards that unit, so the GPU
             should only ever hold one whole unit (expected from FSDP2's design; untested here without
             a GPU). Host RAM: one full copy per rank.
@@ -556,7 +556,7 @@ class ComponentOffload:
     Components that place their own weights (block streaming, FSDP sharding) are never moved.
 
     Attributes:
-        pipe: a :class:`~magihuman.pipeline.MagiHumanPipeline` (or any object with the
+        pipe: a :class:`~magihuman.pipeline.magihuman_pipeline.MagiHumanPipeline` (or any object with the
             :data:`PIPELINE_COMPONENTS` attributes; missing or None ones are skipped).
         device: the compute device.
         offload_device: where idle components wait (``"cpu"``).
@@ -663,7 +663,7 @@ def compile_repeated_blocks(model: nn.Module, **compile_kwargs: Any) -> nn.Modul
     ``dynamic=False`` to keep static graphs per shape instead.
 
     Args:
-        model: a :class:`~magihuman.transformer.MagiHumanTransformer`.
+        model: a :class:`~magihuman.model.transformer.MagiHumanTransformer`.
         **compile_kwargs: passed to ``torch.compile`` (e.g. ``backend="inductor"``, ``mode=...``,
             ``dynamic=False``; the CPU tests use ``backend="eager"``).
 
@@ -712,7 +712,7 @@ def fa3_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
     ``[B, Hq, N, D]``; FA3 itself wants ``[B, N, H, D]``, which the transposes give for free (the model
     builds q/k/v as transposed views of ``[B, N, H, D]`` tensors). Non-causal, scale ``1/sqrt(D)``
     (dit.md 5.3). FA3 has no form of the frame-based local window (dit.md 5.2), so masked layers go to
-    :func:`~magihuman.attention.flex_attention_backend` (block-sparse on CUDA).
+    :func:`~magihuman.model.attention.flex_attention_backend` (block-sparse on CUDA).
     """
     if mask is not None:
         return flex_attention_backend(query, key, value, mask)
@@ -725,7 +725,7 @@ def fa3_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
 
 
 def register_fa3_backend() -> str:
-    """Register :func:`fa3_attention` as ``"fa3"`` in :mod:`magihuman.attention` (idempotent); returns ``"fa3"``."""
+    """Register :func:`fa3_attention` as ``"fa3"`` in :mod:`magihuman.model.attention` (idempotent); returns ``"fa3"``."""
     register_attention_backend("fa3", fa3_attention)
     return "fa3"
 

@@ -16,8 +16,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from .rope import default_bands
-from .transformer import MagiHumanTransformer
+from magihuman.model.rope import default_bands
+from magihuman.model.transformer import MagiHumanTransformer
 
 #: A ~2.5 M-parameter configuration with the 15B model's structure (sandwich experts at both ends,
 #: gelu7 then swiglu7, GQA 4:2 with gates; 2 K/V heads so ``--cp 2`` runs), fast enough for CPU tests and the demo.
@@ -82,7 +82,7 @@ def save_random_transformer(
     Returns:
         The folder.
     """
-    from .checkpoint import save_official_checkpoint
+    from magihuman.model.checkpoint import save_official_checkpoint
 
     return save_official_checkpoint(
         random_transformer_state_dict(config, seed), folder, max_shard_bytes=max_shard_bytes, compress=compress
