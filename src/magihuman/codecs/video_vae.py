@@ -44,6 +44,11 @@ __all__ = [
     "WAN22_LATENT_MEAN",
     "WAN22_LATENT_STD",
     "WAN22_CHECKPOINT_NAME",
+    "SPATIAL_STRIDE",
+    "TEMPORAL_STRIDE",
+    "LATENT_CHANNELS",
+    "pixel_frames",
+    "latent_frames_for",
     "VideoVAE",
     "convert_wan22_state_dict",
     "load_wan22_vae",
@@ -78,8 +83,24 @@ _TEMPORAL_DOWNSAMPLE = (False, True, True)
 _PATCH = 2
 _IMAGE_CHANNELS = 3
 _PATCHED_CHANNELS = _IMAGE_CHANNELS * _PATCH * _PATCH  # 12
-_SPATIAL_STRIDE = 16
-_TEMPORAL_STRIDE = 4
+#: Pixels per latent pixel along height and width (the VAE's 2x2 patchify times three 2x downsamples).
+SPATIAL_STRIDE = 16
+#: Pixel frames per latent frame after the first: ``F = TEMPORAL_STRIDE * (T - 1) + 1``.
+TEMPORAL_STRIDE = 4
+#: Channels of the Wan2.2 latent.
+LATENT_CHANNELS = 48
+_SPATIAL_STRIDE = SPATIAL_STRIDE
+_TEMPORAL_STRIDE = TEMPORAL_STRIDE
+
+
+def pixel_frames(latent_frames: int) -> int:
+    """Decoded frames of ``latent_frames`` latent frames: ``4 * (T - 1) + 1`` (causal first frame)."""
+    return TEMPORAL_STRIDE * (latent_frames - 1) + 1
+
+
+def latent_frames_for(pixel_frames: int) -> int:
+    """Latent frames that encode ``pixel_frames`` frames: ``(F - 1) // 4 + 1``."""
+    return (pixel_frames - 1) // TEMPORAL_STRIDE + 1
 
 _DIFFUSERS_CONFIG = "config.json"
 _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
