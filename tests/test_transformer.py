@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import golden_case
+from conftest import golden_case, require_golden_cpu
 from magihuman.model.packing import (
     build_coords,
     depatchify_video,
@@ -358,24 +358,51 @@ def _golden_model():
     return case_dir, model
 
 
-def test_golden_layers_bitwise():
-    """dit.md 9.6: every layer reproduces the reference bit for bit from the reference's layer input."""
+def _golden_layer_run():
+    """The golden model, its per-layer outputs recomputed from the reference's layer inputs, and the case's tensors."""
+    case_dir, model = _golden_model()
+    inputs = load_file(case_dir / "inputs.safetensors")
+    inter = load_file(case_dir / "intermediates.safetensors")
+    layout = token_layout(inputs["video_latent"], inputs["audio_latent"], inputs["text_embedding"])
+    rope = model.adapter.rope(build_coords(layout, "v2"))
+    layer_outputs = inter["layer_outputs"]
+    with torch.no_grad():
+        ours = [model.block.layers[i](layer_outputs[i - 1][None], rope, layout.groups, model._attention, None)[0]
+                for i in range(1, len(model.block.layers))]
+    return model, layout, inputs, inter, ours
+
+
+def test_golden_token_layout_bitwise():
+    """dit.md 9.6: coordinates, RoPE table, packed tokens and local ranges equal the reference bit for bit."""
     case_dir, model = _golden_model()
     inputs = load_file(case_dir / "inputs.safetensors")
     inter = load_file(case_dir / "intermediates.safetensors")
     layout = token_layout(inputs["video_latent"], inputs["audio_latent"], inputs["text_embedding"])
     coords = build_coords(layout, "v2")
     assert torch.equal(coords, inter["coords_mapping"])
-    rope = model.adapter.rope(coords)
-    assert torch.equal(rope, inter["rope_table"])
+    assert torch.equal(model.adapter.rope(coords), inter["rope_table"])
     assert torch.equal(patchify_video(inputs["video_latent"])[0], inter["packed_video_tokens"])
     q_ranges, k_ranges = local_attention_ranges(layout, 11)
     assert torch.equal(q_ranges, inter["local_q_ranges"]) and torch.equal(k_ranges, inter["local_k_ranges"])
+
+
+def test_golden_layers_within_gate():
+    """Every layer from the reference's layer input stays within the accepted gate on any CPU."""
+    _, _, _, inter, ours = _golden_layer_run()
+    for i, out in enumerate(ours, start=1):
+        want = inter["layer_outputs"][i]
+        assert rel_l2(out, want) <= 1e-3, f"layer {i}"
+        assert float((out - want).abs().max()) <= 0.15, f"layer {i}"
+
+
+def test_golden_layers_bitwise():
+    """dit.md 9.6: every layer reproduces the reference bit for bit from the reference's layer input."""
+    require_golden_cpu()
+    model, layout, _, inter, ours = _golden_layer_run()
     layer_outputs = inter["layer_outputs"]
+    for i, out in enumerate(ours, start=1):
+        assert torch.equal(out, layer_outputs[i]), f"layer {i}"
     with torch.no_grad():
-        for i in range(1, len(model.block.layers)):
-            out = model.block.layers[i](layer_outputs[i - 1][None], rope, layout.groups, model._attention, None)
-            assert torch.equal(out[0], layer_outputs[i]), f"layer {i}"
         x_video, x_audio, _ = split_groups(layer_outputs[-1][None], layout.groups)
         video_rows = model.final_linear_video(model.final_norm_video(x_video, layout.groups))[0]
         audio_rows = model.final_linear_audio(model.final_norm_audio(x_audio, layout.groups))[0]
