@@ -1,0 +1,86 @@
+"""Dataset manifests, buckets and the latent cache written by ``prepare`` (demo-bundle encoders)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from magihuman.train.cache import CacheError, load_negative, load_samples, read_index
+from magihuman.train.dataset import Bucket, DatasetError, choose_bucket, parse_buckets, read_dataset
+from magihuman.train.prepare import prepare_dataset
+
+from .helpers import write_clip
+
+
+def test_bucket_sizes_follow_the_pipeline():
+    bucket = Bucket(448, 256, 4.0)
+    # 4 s: 101 audio latents, 26 latent frames, 101 frames (pipeline.md 4.1)
+    assert (bucket.audio_latents, bucket.latent_frames, bucket.pixel_frames) == (101, 26, 101)
+    with pytest.raises(DatasetError, match="multiple of 32"):
+        Bucket(450, 256, 4.0)
+
+
+def test_choose_bucket_by_aspect_and_length():
+    buckets = parse_buckets(["448x256", "256x448", "320x320"], [2, 4])
+    assert choose_bucket(buckets, 1920, 1080, 5.0) == Bucket(448, 256, 4.0)
+    assert choose_bucket(buckets, 720, 1280, 3.0) == Bucket(256, 448, 2.0)
+    assert choose_bucket(buckets, 500, 480, 2.5) == Bucket(320, 320, 2.0)
+    assert choose_bucket(buckets, 500, 480, 1.5) is None  # shorter than every length
+    with pytest.raises(DatasetError, match="WIDTHxHEIGHT"):
+        parse_buckets(["448by256"], [4])
+
+
+def test_manifest_formats(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "a.txt").write_text("a woman speaks\n")
+    assert [(r.clip_id, r.caption) for r in read_dataset(tmp_path)] == [("a", "a woman speaks")]
+    (tmp_path / "b.mp4").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="b.txt"):
+        read_dataset(tmp_path)
+    csv_file = tmp_path / "m.csv"
+    csv_file.write_text("video,caption\na.mp4,one\nb.mp4,two\n")
+    assert [r.caption for r in read_dataset(csv_file)] == ["one", "two"]
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(json.dumps({"video": "a.mp4", "caption": ""}) + "\n")
+    with pytest.raises(DatasetError, match="caption is empty"):
+        read_dataset(jsonl)
+    jsonl.write_text(json.dumps({"video": "missing.mp4", "caption": "x"}) + "\n")
+    with pytest.raises(DatasetError, match="not found"):
+        read_dataset(jsonl)
+
+
+def test_prepare_writes_a_resumable_cache(tmp_path):
+    from magihuman.demo.bundle import ensure_demo_bundle
+
+    root = ensure_demo_bundle()
+    data = tmp_path / "clips"
+    data.mkdir()
+    for i in range(2):
+        write_clip(data / f"c{i}.mp4", seed=i)
+        (data / f"c{i}.txt").write_text(f"a person says hello number {i}")
+    silent = tmp_path / "silent"
+    silent.mkdir()
+    write_clip(silent / "s.mp4", sound=False)
+    (silent / "s.txt").write_text("a quiet person")
+    buckets = parse_buckets(["64x64"], [0.32])
+    with pytest.raises(DatasetError, match="no sound.*--video-only"):
+        prepare_dataset(silent, tmp_path / "bad", root=root, buckets=buckets, progress=False)
+    cache = prepare_dataset(data, tmp_path / "cache", root=root, buckets=buckets, progress=False)
+    samples = load_samples(cache)
+    # 0.32 s at 64x64: 9 audio latents, 3 latent frames of 4x4 (pipeline.md 4.1)
+    assert [tuple(s.video_latent.shape) for s in samples] == [(48, 3, 4, 4)] * 2
+    assert [tuple(s.audio_latent.shape) for s in samples] == [(9, 64)] * 2
+    assert samples[0].text_embeds.shape[1] == 32 and load_negative(cache).shape[1] == 32
+    assert not torch.equal(samples[0].video_latent, samples[1].video_latent)
+    # resume: a removed entry is encoded again, the others are kept (same bytes as before)
+    before = {e["id"]: (cache / e["file"]).read_bytes() for e in read_index(cache)}
+    (cache / "samples" / "c1.safetensors").unlink()
+    prepare_dataset(data, cache, root=root, buckets=buckets, progress=False)
+    after = {e["id"]: (cache / e["file"]).read_bytes() for e in read_index(cache)}
+    assert after == before  # deterministic: the re-encoded clip is bit-identical
+    with pytest.raises(CacheError, match="other settings"):
+        prepare_dataset(data, cache, root=root, buckets=buckets, video_only=True, progress=False)
+    video_only = prepare_dataset(silent, tmp_path / "vo", root=root, buckets=buckets, video_only=True, progress=False)
+    assert load_samples(video_only)[0].audio_latent is None
