@@ -1,0 +1,143 @@
+"""The training configuration: one validated pydantic record per run, from a JSON/TOML file plus overrides.
+
+Every field carries its meaning in ``description``; ``magihuman train lora --help-config`` prints them.
+Values come, later ones winning, from the defaults, the ``--config`` file, then ``--set key=value``
+overrides (dotted keys reach the nested ``lora`` block: ``--set lora.rank=32``).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: Module-name patterns of the LoRA targets per group (``lora.targets``); matched against the names of the
+#: block linears (``ExpertLinear``), e.g. ``block.layers.3.attention.linear_qkv``.
+LORA_TARGET_GROUPS = {
+    "attention": (r"attention\.linear_qkv", r"attention\.linear_proj"),
+    "mlp": (r"mlp\.up_gate_proj", r"mlp\.down_proj"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that does not validate; the message names each bad field."""
+
+
+class LoraSettings(BaseModel):
+    """LoRA adapter settings (``lora`` block)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(32, ge=1, description="Rank r of each low-rank pair (A: r x in, B: out x r).")
+    alpha: float = Field(32.0, gt=0, description="Scale numerator: the update is (alpha / rank) * B A.")
+    targets: list[str] = Field(
+        ["attention", "mlp"],
+        description="Which block linears get adapters: group names 'attention' (linear_qkv, linear_proj) and "
+        "'mlp' (up_gate_proj, down_proj), or regular expressions matched against module names "
+        "(e.g. 'layers\\.(0|1)\\.attention\\.linear_qkv'). Sandwich layers get one pair per modality expert.",
+    )
+    layers: list[int] | None = Field(None, description="Only these layer indices (None: every layer).")
+    fp8_base: bool = Field(False, description="Store the frozen base block linears in FP8 (e4m3, per-row scale) "
+                           "as `--fp8` inference does; halves their memory. The adapters stay float32.")
+
+
+class TrainConfig(BaseModel):
+    """One training run (``magihuman train lora`` / ``finetune``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["lora", "finetune"] = Field("lora", description="Train LoRA adapters or every weight.")
+    cache: Path = Field(..., description="Latent cache folder written by `magihuman train prepare`.")
+    base: Path = Field(..., description="Transformer checkpoint folder to start from (e.g. ROOT/base).")
+    output: Path = Field(..., description="Run folder: checkpoints/, loss.csv, loss.png, validation/, the result.")
+    root: Path | None = Field(None, description="Checkpoint root with the VAEs, for validation MP4s (None: no MP4s).")
+    steps: int = Field(1000, ge=1, description="Optimiser steps.")
+    batch_size: int = Field(1, ge=1, description="Samples per process per micro-step (one bucket per batch).")
+    grad_accum: int = Field(1, ge=1, description="Micro-steps accumulated per optimiser step.")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW peak learning rate.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps, then constant.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float | None = Field(1.0, description="Clip the global gradient norm (None: no clipping).")
+    shift: float = Field(5.0, gt=0, description="Flow time shift of the sigma distribution (the sampler's 5.0).")
+    first_frame_rate: float = Field(0.5, ge=0, le=1, description="Share of samples trained as image-to-video: "
+                                    "latent frame 0 is the clean latent and carries no loss (inference overwrites it).")
+    text_dropout: float = Field(0.1, ge=0, le=1, description="Share of samples whose text is replaced by the "
+                                "negative prompt (the unconditional branch CFG uses).")
+    audio_loss_weight: float = Field(1.0, ge=0, description="Weight of the audio velocity loss next to the video's.")
+    mixed_precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16: block GEMMs in bf16 (autocast) "
+                                                      "over float32 master weights, as inference computes; fp32: all float32.")
+    gradient_checkpointing: bool = Field(False, description="Recompute each transformer layer in the backward pass.")
+    ema_decay: float | None = Field(None, ge=0, lt=1, description="Keep an EMA of the trained weights (None: off).")
+    seed: int = Field(0, description="Seed of the data order, sigmas, noises and dropouts (each step re-derives it).")
+    checkpoint_every: int = Field(500, ge=1, description="Save a resumable checkpoint every N steps (and at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept (oldest removed first).")
+    validation_every: int | None = Field(None, ge=1, description="Write validation MP4s every N steps (None: off).")
+    validation_samples: int = Field(2, ge=1, description="Cached captions sampled at each validation.")
+    validation_preset: Literal["base", "distill"] = Field("base", description="Sampler of the validation MP4s.")
+    tensorboard: bool = Field(False, description="Also log to TensorBoard (needs the `tensorboard` extra).")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (mode 'lora').")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.mode == "finetune" and self.lora.fp8_base:
+            raise ValueError("lora.fp8_base only applies to mode 'lora' (full fine-tuning trains every weight)")
+        return self
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                sets: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the file (``.json`` or ``.toml``), then ``overrides``, then ``key=value`` strings.
+
+    Raises:
+        ConfigError: an unreadable file, a malformed ``--set``, or fields that do not validate (all listed).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the training config {path}: {exc}") from None
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _assign(data, key, value)
+    for item in sets or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: write key=value, e.g. --set learning_rate=5e-5")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        _assign(data, key.strip(), value)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid training config: {problems}") from None
+
+
+def _assign(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+def describe_fields(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[str]:
+    """One ``name (default): description`` line per field, nested blocks flattened with dots."""
+    lines = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines += describe_fields(annotation, f"{prefix}{name}.")
+            continue
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        lines.append(f"{prefix}{name} ({default}): {field.description}")
+    return lines

@@ -1,0 +1,155 @@
+"""The flow-matching objective of the shipped sampler, for both modalities (pipeline.md 4.3, 4.4, 7.1).
+
+For a clean sample ``(x0_video, x0_audio, text)``:
+
+1. ``u ~ U(0, 1)`` and ``σ = shift·u / (1 + (shift - 1)·u)``: the shifted time the sampler walks
+   (:func:`~magihuman.sampling.schedulers.flow_shift`, shift 5); one σ for both modalities, as at inference;
+2. ``x_σ = (1 - σ)·x0 + σ·ε`` per modality, target velocity ``v = ε - x0`` (the model is timestep-free);
+3. image-to-video with probability ``first_frame_rate``: latent frame 0 is the clean frame (the sampler
+   overwrites it at every step, pipeline.md 7.1 step 5) and is left out of the loss;
+4. text dropout with probability ``text_dropout``: the text becomes the negative prompt, the unconditional
+   input that CFG contrasts with (pipeline.md 5);
+5. loss per sample = mean squared velocity error over the video elements + ``audio_loss_weight`` x the
+   audio's (no audio term for video-only samples, whose audio input is pure noise); the batch loss is the
+   mean over samples.
+
+Every random draw of sample ``j`` of global batch ``k`` comes from its own generator seeded by
+``(seed, k, j)`` (:func:`sample_generator`), so the result does not depend on how a global batch is split
+over processes, and a resumed run draws what the uninterrupted run drew.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from magihuman.model.packing import pad_text_batch
+from magihuman.sampling.schedulers import flow_shift
+from magihuman.train.cache import LatentSample
+
+_MASK64 = (1 << 63) - 1
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 mixing); equal inputs give equal seeds on every machine."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) & ((1 << 64) - 1))) * 0xBF58476D1CE4E5B9 & ((1 << 64) - 1)
+        value ^= value >> 31
+    return value & _MASK64
+
+
+def sample_generator(seed: int, batch_index: int, sample_index: int) -> torch.Generator:
+    """The CPU generator of sample ``sample_index`` in global batch ``batch_index``."""
+    return torch.Generator().manual_seed(derive_seed(seed, 1, batch_index, sample_index))
+
+
+@dataclass
+class NoisedBatch:
+    """Model inputs and targets of one (per-process) batch.
+
+    Attributes:
+        video, audio: noisy latents ``[B, 48, T, h, w]`` / ``[B, A, 64]`` float32.
+        text: ``[B, Nt, C]`` float32, zero-padded; ``text_lengths`` the true lengths.
+        video_target, audio_target: velocities ``ε - x0``.
+        video_mask: ``[B, 1, T, 1, 1]`` float32, 0 on a conditioning frame.
+        audio_weight: ``[B]`` float32, 0 for video-only samples.
+        sigma: ``[B]`` float32 noise levels.
+    """
+
+    video: torch.Tensor
+    audio: torch.Tensor
+    text: torch.Tensor
+    text_lengths: tuple[int, ...]
+    video_target: torch.Tensor
+    audio_target: torch.Tensor
+    video_mask: torch.Tensor
+    audio_weight: torch.Tensor
+    sigma: torch.Tensor
+
+    def to(self, device: torch.device) -> NoisedBatch:
+        """A copy on ``device``."""
+        return NoisedBatch(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()})
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """The random choices of the objective (see the module docstring)."""
+
+    shift: float = 5.0
+    first_frame_rate: float = 0.5
+    text_dropout: float = 0.1
+    audio_loss_weight: float = 1.0
+
+
+def noise_batch(samples: Sequence[LatentSample], negative: torch.Tensor, settings: ObjectiveSettings,
+                generators: Sequence[torch.Generator]) -> NoisedBatch:
+    """Draw σ, ε and the dropouts of each sample (one generator each) and build the batch.
+
+    Draw order per sample: u, video ε, audio ε, text-dropout u, first-frame u (all float32 on the CPU).
+
+    Args:
+        samples: clips of one shape (one bucket).
+        negative: ``[Nn, C]`` negative-prompt states.
+        settings: the objective's rates.
+        generators: one per sample.
+
+    Raises:
+        ValueError: samples of different latent shapes.
+    """
+    if len({s.shape_key for s in samples}) != 1:
+        raise ValueError("a batch must hold samples of one bucket (equal latent shapes)")
+    rows = [_noise_one(s, negative, settings, g) for s, g in zip(samples, generators)]
+    text, lengths = pad_text_batch([r["text"][None] for r in rows])
+    stacked = {k: torch.stack([r[k] for r in rows]) for k in rows[0] if k != "text"}
+    return NoisedBatch(text=text, text_lengths=lengths, **stacked)
+
+
+def _noise_one(sample: LatentSample, negative: torch.Tensor, settings: ObjectiveSettings,
+               generator: torch.Generator) -> dict[str, torch.Tensor]:
+    u = torch.rand((), generator=generator, dtype=torch.float64)
+    sigma = torch.tensor(float(flow_shift(u, settings.shift)), dtype=torch.float32)
+    x0_video = sample.video_latent.float()
+    eps_video = torch.randn(x0_video.shape, generator=generator, dtype=torch.float32)
+    audio_shape = (sample.audio_latent.shape if sample.audio_latent is not None
+                   else (4 * (x0_video.shape[1] - 1) + 1, 64))
+    eps_audio = torch.randn(tuple(audio_shape), generator=generator, dtype=torch.float32)
+    drop_text = torch.rand((), generator=generator).item() < settings.text_dropout
+    first_frame = torch.rand((), generator=generator).item() < settings.first_frame_rate
+    video = (1 - sigma) * x0_video + sigma * eps_video
+    mask = torch.ones(1, x0_video.shape[1], 1, 1)
+    if first_frame:
+        video[:, :1] = x0_video[:, :1]
+        mask[:, :1] = 0
+    if sample.audio_latent is not None:
+        x0_audio = sample.audio_latent.float()
+        audio, audio_target, weight = (1 - sigma) * x0_audio + sigma * eps_audio, eps_audio - x0_audio, 1.0
+    else:  # video-only: the audio stream is pure noise and carries no loss
+        audio, audio_target, weight = eps_audio, torch.zeros_like(eps_audio), 0.0
+    return {
+        "video": video, "audio": audio, "text": negative if drop_text else sample.text_embeds.float(),
+        "video_target": eps_video - x0_video, "audio_target": audio_target, "video_mask": mask,
+        "audio_weight": torch.tensor(weight * settings.audio_loss_weight), "sigma": sigma,
+    }
+
+
+def flow_matching_loss(model, batch: NoisedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean over samples of the per-sample velocity loss (module docstring step 5).
+
+    Args:
+        model: ``model(video, audio, text, text_lengths=...) -> (v_video, v_audio)`` (a
+            :class:`~magihuman.model.transformer.MagiHumanTransformer`, possibly wrapped by DDP/PEFT).
+        batch: from :func:`noise_batch`, on the model's device.
+
+    Returns:
+        ``(loss, parts)``: a 0-d float32 tensor with gradient, and float ``video``/``audio`` loss parts.
+    """
+    v_video, v_audio = model(batch.video, batch.audio, batch.text, text_lengths=batch.text_lengths)
+    video_err = (v_video.float() - batch.video_target).pow(2) * batch.video_mask
+    video_count = batch.video_mask.flatten(1).sum(1) * (video_err[0].numel() / batch.video_mask[0].numel())
+    video_loss = video_err.flatten(1).sum(1) / video_count
+    audio_loss = (v_audio.float() - batch.audio_target).pow(2).flatten(1).mean(1) * batch.audio_weight
+    loss = (video_loss + audio_loss).mean()
+    return loss, {"video": float(video_loss.detach().mean()), "audio": float(audio_loss.detach().mean())}
