@@ -53,7 +53,7 @@ REQUEST_KEYS = ("prompt", "image", "audio", "seconds", "width", "height", "seed"
 COMPONENT_KEYS = ("transformer", "text_encoder", "video_vae", "audio_vae", "sr_transformer", "turbo_vae")
 #: ``magihuman.pipeline.magihuman_pipeline.VIDEO_DECODERS``, repeated for a fast ``--help`` (tests check they agree).
 VideoDecoderName = Literal["turbo", "wan"]
-#: ``magihuman.pipeline.magihuman_pipeline.OFFLOAD_MODES`` and the ``--attention`` choices, likewise.
+#: ``magihuman.runtime.options.OFFLOAD_MODES`` and ``ATTENTION_CHOICES``, likewise.
 OffloadName = Literal["components", "blocks"]
 AttentionName = Literal["auto", "sdpa", "flex", "fa3"]
 #: Every key a ``--config`` JSON file may hold.
@@ -153,7 +153,7 @@ class _Job:
     demo: bool
     video_decoder: str = "turbo"
     cp: int = 1
-    runtime: Any = None  # magihuman.pipeline.magihuman_pipeline.RuntimeOptions
+    runtime: Any = None  # magihuman.runtime.options.RuntimeOptions
 
 
 @app.command(no_args_is_help=True)
@@ -327,8 +327,8 @@ def _prepare(options: dict[str, Any], *, root_from_env: bool) -> _Job:
 
 def _runtime_options(options: dict[str, Any], device: str, world: int):
     """The memory/speed switches, checked against the device before any model loads."""
-    from magihuman.runtime.memory import resolve_attention_backend
-    from magihuman.pipeline.magihuman_pipeline import RuntimeOptions
+    from magihuman.model.attention import resolve_attention_backend
+    from magihuman.runtime.options import RuntimeOptions
 
     offload = tuple(dict.fromkeys(options.get("offload") or ()))
     unknown = [mode for mode in offload if mode not in get_args(OffloadName)]

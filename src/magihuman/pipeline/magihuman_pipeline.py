@@ -34,6 +34,8 @@ from magihuman.codecs.turbo_vae import TurboVAE
 from magihuman.codecs.video_vae import VideoVAE
 from magihuman.pipeline.media import load_audio, preprocess_image, video_to_uint8, write_mp4
 from magihuman.pipeline.presets import DEFAULT_HEIGHT, DEFAULT_SECONDS, DEFAULT_SEED, DEFAULT_WIDTH, FPS, Preset, get_preset
+from magihuman.runtime.options import RuntimeOptions
+from magihuman.runtime.placement import place_transformer
 from magihuman.sampling.loop import SR_SAMPLER, SR_SAMPLER_CFG, denoise, draw_noise
 from magihuman.sampling.super_resolution import SuperResolutionStage, super_resolve
 from magihuman.model.transformer import MagiHumanTransformer, sr1080_local_attn_layers
@@ -255,83 +257,6 @@ class GenerationOutput:
                          overwrite=overwrite)
 
 
-# ----------------------------------------------------------------------------------------- runtime
-#: ``--offload`` modes (see :mod:`magihuman.runtime.memory`).
-OFFLOAD_MODES = ("components", "blocks")
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """How the models are placed and run: memory and speed switches, each one CLI flag (:mod:`magihuman.runtime.memory`).
-
-    Attributes:
-        fp8: FP8 (e4m3, per-row scale) storage of the DiT block linears (``--fp8``): 15.4 instead of 30.6 GB.
-        offload: ``"components"`` (each model on the GPU only for its stage) and/or ``"blocks"`` (stream the
-            DiT layers from host memory) (``--offload``).
-        blocks_per_group: layers per streamed group (``--offload-blocks-per-group``).
-        shard: FSDP2-shard the DiT weights over the ``torchrun`` ranks (``--shard``).
-        compile: ``torch.compile`` of the repeated transformer layers (``--compile``).
-        attention: ``"auto"``, ``"sdpa"``, ``"flex"`` or ``"fa3"`` (``--attention``).
-        decode_tile: Turbo decoder spatial tile in latent pixels (``--decode-tile-size``; None: off).
-            Tiles overlap by a third and are blended; on random weights tile 48 / overlap 32 stays within
-            8e-4 of the untiled decode (tests/test_turbo_vae.py).
-        fp8_gemm: with ``fp8``, run the eligible block linears as FP8 tensor-core GEMMs on GPUs of
-            compute capability >= 8.9 (``--fp8-gemm``; experimental, see
-            :func:`~magihuman.runtime.memory.enable_fp8_weights`).
-        batch_cfg: CFG presets run the conditional and the negative-prompt pass as one batched call
-            (exact: :func:`~magihuman.sampling.loop.denoise`); False (``--no-batch-cfg``) runs two calls and
-            needs half the activation memory.
-
-    Raises:
-        ValueError: for an unknown offload mode or a non-positive group size.
-    """
-
-    fp8: bool = False
-    offload: tuple[str, ...] = ()
-    blocks_per_group: int = 1
-    shard: bool = False
-    compile: bool = False
-    attention: str = "auto"
-    decode_tile: Optional[int] = None
-    fp8_gemm: bool = False
-    batch_cfg: bool = True
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.offload) - set(OFFLOAD_MODES))
-        if unknown:
-            raise ValueError(f"unknown offload mode(s) {unknown}; choose from {list(OFFLOAD_MODES)}")
-        if self.blocks_per_group < 1:
-            raise ValueError(f"blocks_per_group must be >= 1, got {self.blocks_per_group}")
-        if self.shard and "blocks" in self.offload:
-            raise ValueError("--shard and --offload blocks both place the DiT weights; pick one")
-        if self.fp8_gemm and not self.fp8:
-            raise ValueError("fp8_gemm computes with the FP8 weights; set fp8=True too (--fp8-gemm implies --fp8)")
-
-    @property
-    def loads_on_host(self) -> bool:
-        """Whether the DiTs are loaded into host memory first (then converted and placed)."""
-        return self.fp8 or self.shard or bool(self.offload)
-
-
-def _place_transformer(model: MagiHumanTransformer, runtime: RuntimeOptions, device: torch.device):
-    """Apply the runtime switches to one DiT in a safe order: FP8, attention kernel, compile, placement."""
-    import magihuman.runtime.memory as memory
-
-    if runtime.fp8:
-        memory.enable_fp8_weights(model, scaled_gemm=runtime.fp8_gemm)
-    name = memory.resolve_attention_backend(runtime.attention, device)
-    if name == "sdpa" and model.config.local_attn_layers and device.type == "cuda":
-        name = "flex"  # block-sparse local window: no N x N mask at 1080p (dit.md 5.2)
-    model.set_attention_backend(name)
-    if runtime.compile:
-        memory.compile_repeated_blocks(model)
-    if "blocks" in runtime.offload:
-        return memory.enable_block_streaming(model, onload_device=device, blocks_per_group=runtime.blocks_per_group)
-    if runtime.shard:
-        return memory.shard_transformer(model, device=device)
-    return model.to(device)
-
-
 # ----------------------------------------------------------------------------------------- pipeline
 class MagiHumanPipeline:
     """Text (+ image, + audio) to a talking-human clip with speech.
@@ -383,7 +308,7 @@ class MagiHumanPipeline:
 
     def enable_component_offload(self, device: str | torch.device) -> None:
         """Keep every model on the CPU and lend each to ``device`` for its own stage (``--offload components``)."""
-        from magihuman.runtime.memory import offload_idle_components
+        from magihuman.runtime.placement import offload_idle_components
 
         self.offload = offload_idle_components(self, device)
 
@@ -443,9 +368,9 @@ class MagiHumanPipeline:
                 config["local_attn_layers"] = sr1080_local_attn_layers(config.get("num_layers", 40))
             sr_dit = MagiHumanTransformer.from_official(paths["sr_transformer"], device=dit_load, progress=progress,
                                                         **config)
-        dit = _place_transformer(dit, runtime, device)
+        dit = place_transformer(dit, runtime, device)
         if sr_dit is not None:
-            sr_dit = _place_transformer(sr_dit, runtime, device)
+            sr_dit = place_transformer(sr_dit, runtime, device)
         decoder = None
         if video_decoder == "turbo":
             decoder = TurboVAE.from_official(paths["turbo_vae"], dtype=vae_dtype, device=codec_load)
