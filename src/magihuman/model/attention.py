@@ -8,11 +8,12 @@ model code imports a kernel library; sequence parallelism wraps this same seam.
 
 | backend | kernel | local window as |
 |---|---|---|
-| ``sdpa`` (default) | ``torch.nn.functional.scaled_dot_product_attention`` (flash/cuDNN/efficient/CPU) | CPU: the reference's range split + LSE merge (``local_attention.py``); elsewhere dense ``[N, N]`` bool |
+| ``sdpa`` (default) | ``torch.nn.functional.scaled_dot_product_attention`` (flash/cuDNN/efficient/CPU) | CPU: range split + LSE merge; else dense bool |
 | ``sdpa_mask`` | the same kernel | dense ``[N, N]`` bool on every device |
 | ``flex`` | FlexAttention (compiled on CUDA) | block-sparse mask: the 1080p SR choice |
 | ``math`` | float32 reference softmax, for tests | dense bool |
 
+On CPU, ``sdpa`` runs a window as the reference does without its Hopper kernel (``local_attention.py``).
 A window that covers every frame (``R >= T - 1``) allows every pair, so the mask forms drop it; the
 range split still runs then, as the reference's local layers do.
 """
@@ -89,8 +90,9 @@ def math_attention(
     k = key.float().repeat_interleave(groups, dim=1)
     v = value.float().repeat_interleave(groups, dim=1)
     logits = query.float() @ k.transpose(-1, -2) / query.shape[-1] ** 0.5
-    if mask is not None:
-        logits = logits.masked_fill(~_dense(mask, query.device), float("-inf"))
+    allowed = _dense(mask, query.device)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     return (logits.softmax(dim=-1) @ v).to(query.dtype)
 
 
@@ -163,7 +165,8 @@ def ragged_attention(backend: AttentionBackend, key_lengths: tuple[int, ...]) ->
 
 
 _BACKENDS: dict[str, AttentionBackend] = {
-    "sdpa": sdpa_attention, "sdpa_mask": sdpa_mask_attention, "math": math_attention, "flex": flex_attention_backend,
+    "sdpa": sdpa_attention, "sdpa_mask": sdpa_mask_attention, "math": math_attention,
+    "flex": flex_attention_backend,
 }
 
 

@@ -22,7 +22,8 @@ dense mask of :meth:`~magihuman.model.packing.LocalWindow.dense`; the bits follo
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+import itertools
+from collections.abc import Sequence
 
 import torch
 
@@ -54,7 +55,7 @@ def split_query_ranges(pairs: Sequence[RangePair]) -> tuple[QueryInterval, ...]:
             raise ValueError(f"range pair {q} -> {k} has an end before its start; ranges are half-open [start, end)")
     bounds = sorted({b for q, _ in pairs for b in q})
     intervals = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         keys = tuple(tuple(k) for q, k in pairs if q[0] <= lo and hi <= q[1])
         if keys:
             intervals.append(((lo, hi), keys))
