@@ -307,7 +307,14 @@ def test_local_attention_layers_use_the_window():
         disabled = local(video, audio, text, frame_receptive_field=-1)
         global_model = random_transformer(TINY_TRANSFORMER_CONFIG, seed=3)
         reference = global_model(video, audio, text)
-    assert torch.equal(wide[0], reference[0]) and torch.equal(disabled[0], reference[0])
+    assert torch.equal(disabled[0], reference[0])
+    # a window covering every frame: the CPU range split still runs (as in the reference), the same
+    # function as global attention; the dense-mask backend drops such a window (bitwise global)
+    assert 0 < rel_l2(wide[0], reference[0]) < 1e-2
+    local.set_attention_backend("sdpa_mask")
+    with torch.no_grad():
+        assert torch.equal(local(video, audio, text, frame_receptive_field=11)[0], reference[0])
+    local.set_attention_backend("sdpa")
     assert rel_l2(windowed[0], reference[0]) > 1e-2
     # the same window through the math backend and an explicit mask
     layout = token_layout(video, audio, text)

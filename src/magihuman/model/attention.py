@@ -8,9 +8,14 @@ model code imports a kernel library; sequence parallelism wraps this same seam.
 
 | backend | kernel | local window as |
 |---|---|---|
-| ``sdpa`` (default) | ``torch.nn.functional.scaled_dot_product_attention`` (flash/cuDNN/efficient/CPU) | dense ``[N, N]`` bool |
+| ``sdpa`` (default) | ``torch.nn.functional.scaled_dot_product_attention`` (flash/cuDNN/efficient/CPU) | CPU: range split + LSE merge; else dense bool |
+| ``sdpa_mask`` | the same kernel | dense ``[N, N]`` bool on every device |
 | ``flex`` | FlexAttention (compiled on CUDA) | block-sparse mask: the 1080p SR choice |
 | ``math`` | float32 reference softmax, for tests | dense bool |
+
+On CPU, ``sdpa`` runs a window as the reference does without its Hopper kernel (``local_attention.py``).
+A window that covers every frame (``R >= T - 1``) allows every pair, so the mask forms drop it; the
+range split still runs then, as the reference's local layers do.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from magihuman.model.local_attention import range_split_attention
 from magihuman.model.packing import LocalWindow
 
 AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[LocalWindow]], torch.Tensor]
 
 
 def _dense(mask: Optional[LocalWindow], device: torch.device) -> Optional[torch.Tensor]:
-    return None if mask is None else _dense_mask(mask, str(device))
+    return None if mask is None or mask.covers_every_frame else _dense_mask(mask, str(device))
 
 
 @functools.lru_cache(maxsize=2)
@@ -44,15 +50,30 @@ def sdpa_attention(
     """PyTorch ``scaled_dot_product_attention`` with native GQA (dit.md 5.1 "Equivalent in torch").
 
     On CPU with no mask this is the kernel the golden vectors were produced with, so the
-    transformer reproduces them bit-for-bit (golden README).
+    transformer reproduces them bit-for-bit (golden README). On CPU a local window runs as the
+    reference does without its Hopper kernel: one call of the same kernel per (query, key) range,
+    merged by log-sum-exp (:func:`~magihuman.model.local_attention.range_split_attention`, dit.md 5.2).
 
     Args:
         query: ``[B, Hq, N, D]``.
         key, value: ``[B, Hkv, N, D]``, ``Hq % Hkv == 0``.
-        mask: optional local window, applied as a dense boolean ``[N, N]`` mask.
+        mask: optional local window: the range split on CPU, a dense boolean ``[N, N]`` mask elsewhere.
 
     Returns:
         ``[B, Hq, N, D]`` in the query dtype.
+    """
+    if mask is not None and query.device.type == "cpu":
+        return range_split_attention(query, key, value, mask)
+    return sdpa_mask_attention(query, key, value, mask)
+
+
+def sdpa_mask_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+) -> torch.Tensor:
+    """:func:`sdpa_attention` with a local window always as one dense boolean ``[N, N]`` mask (dit.md 5.2
+    "SDPA equivalent"): one kernel call per layer; mathematically equal to the range split, other bits.
+
+    Args and returns as :func:`sdpa_attention`.
     """
     return F.scaled_dot_product_attention(query, key, value, attn_mask=_dense(mask, query.device), enable_gqa=True)
 
@@ -69,8 +90,9 @@ def math_attention(
     k = key.float().repeat_interleave(groups, dim=1)
     v = value.float().repeat_interleave(groups, dim=1)
     logits = query.float() @ k.transpose(-1, -2) / query.shape[-1] ** 0.5
-    if mask is not None:
-        logits = logits.masked_fill(~_dense(mask, query.device), float("-inf"))
+    allowed = _dense(mask, query.device)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     return (logits.softmax(dim=-1) @ v).to(query.dtype)
 
 
@@ -98,7 +120,7 @@ def flex_attention_backend(
     """FlexAttention with a block-sparse local window (dit.md 5.2): memory and work scale with the
     window, not N^2, which the 1080p SR stage (~54k tokens, 32 local layers) needs. Without a window it
     is plain SDPA. Compiled on CUDA; eager (slow, for tests) on CPU."""
-    if mask is None:
+    if mask is None or mask.covers_every_frame:
         return sdpa_attention(query, key, value)
     block_mask = _block_mask(mask, str(query.device))
     return _flex_kernel(query.device.type)(query, key, value, block_mask=block_mask, enable_gqa=True)
@@ -143,7 +165,8 @@ def ragged_attention(backend: AttentionBackend, key_lengths: tuple[int, ...]) ->
 
 
 _BACKENDS: dict[str, AttentionBackend] = {
-    "sdpa": sdpa_attention, "math": math_attention, "flex": flex_attention_backend,
+    "sdpa": sdpa_attention, "sdpa_mask": sdpa_mask_attention, "math": math_attention,
+    "flex": flex_attention_backend,
 }
 
 

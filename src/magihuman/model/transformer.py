@@ -469,8 +469,8 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
     def _local_window(self, layout: TokenLayout, frame_receptive_field: int) -> Optional[LocalWindow]:
         if not self.config.local_attn_layers or frame_receptive_field < 0:
             return None
-        if frame_receptive_field >= layout.frames:  # the window already covers every frame
-            return None
+        # a window covering every frame is still passed on: the reference's local layers run the range
+        # split then too (dit.md 5.2); the mask backends drop it themselves.
         return LocalWindow.of(layout, frame_receptive_field)
 
     def _check_inputs(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> None:
