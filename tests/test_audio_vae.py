@@ -33,8 +33,8 @@ from magihuman.codecs.audio_vae import (
     official_sao_vae_key_shapes,
     oobleck_config_from_sao_config,
     resample_to_output_rate,
-    save_random_official,
 )
+from magihuman.demo.random_codecs import save_random_audio_vae
 
 
 def rel_l2(a, b) -> float:
@@ -69,7 +69,7 @@ def vae(case):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return AudioVAE.from_official(save_random_official(tmp_path_factory.mktemp("sao"), seed=0))
+    return AudioVAE.from_official(save_random_audio_vae(tmp_path_factory.mktemp("sao"), seed=0))
 
 
 def sao10_config(golden_config):
@@ -349,8 +349,8 @@ def test_decode_rejects_bad_latents(tiny, shape):
 # ------------------------------------------------------------------------------------------ random ckpt
 
 
-def test_save_random_official_round_trip(tmp_path, tiny):
-    folder = save_random_official(tmp_path / "a", seed=0)
+def test_save_random_audio_vae_round_trip(tmp_path, tiny):
+    folder = save_random_audio_vae(tmp_path / "a", seed=0)
     config = json.loads((folder / "model_config.json").read_text())
     with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
         keys = list(handle.keys())
@@ -359,8 +359,8 @@ def test_save_random_official_round_trip(tmp_path, tiny):
         assert any(k.endswith("weight_g") for k in keys) and any(k.endswith("weight_v") for k in keys)
         first = {k: handle.get_tensor(k) for k in keys}
     assert config["model"]["pretransform"]["config"]["encoder"]["config"]["latent_dim"] == 128
-    other = load_file(str(save_random_official(tmp_path / "b", seed=1) / "model.safetensors"))
-    same = load_file(str(save_random_official(tmp_path / "c", seed=0) / "model.safetensors"))
+    other = load_file(str(save_random_audio_vae(tmp_path / "b", seed=1) / "model.safetensors"))
+    same = load_file(str(save_random_audio_vae(tmp_path / "c", seed=0) / "model.safetensors"))
     assert all(torch.equal(first[k], same[k]) for k in first)
     assert not torch.equal(first["pretransform.model.decoder.layers.0.weight_v"], other["pretransform.model.decoder.layers.0.weight_v"])
 

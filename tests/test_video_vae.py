@@ -21,9 +21,9 @@ from magihuman.codecs.video_vae import (
     convert_wan22_state_dict,
     load_wan22_vae,
     official_wan22_key_shapes,
-    save_random_official,
     wan22_vae_config,
 )
+from magihuman.demo.random_codecs import save_random_wan22_vae
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -263,14 +263,14 @@ def test_decode_rejects_bad_latents(vae_f32, shape):
 # ---------------------------------------------------------------------------------------- random ckpt
 
 
-def test_save_random_official_round_trip(tmp_path):
-    path = save_random_official(tmp_path / "a", seed=3)
+def test_save_random_wan22_vae_round_trip(tmp_path):
+    path = save_random_wan22_vae(tmp_path / "a", seed=3)
     assert path.name == WAN22_CHECKPOINT_NAME
     first = torch.load(path, weights_only=True)
     assert list(first) == list(official_wan22_key_shapes(4, 4, 48))
     assert all(v.dtype == torch.float32 for v in first.values())
-    again = torch.load(save_random_official(tmp_path / "b", seed=3), weights_only=True)
-    other = torch.load(save_random_official(tmp_path / "c", seed=4), weights_only=True)
+    again = torch.load(save_random_wan22_vae(tmp_path / "b", seed=3), weights_only=True)
+    other = torch.load(save_random_wan22_vae(tmp_path / "c", seed=4), weights_only=True)
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["decoder.conv1.weight"], other["decoder.conv1.weight"])
 
