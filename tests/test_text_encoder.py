@@ -21,6 +21,7 @@ from magihuman.codecs.text_encoder import (
     load_tokenizer,
 )
 from magihuman.demo.random_codecs import save_random_text_encoder
+from magihuman.model.checkpoint import CheckpointError
 
 # The official example prompt style: German umlauts, typographic and doubled quotes, plus CJK.
 MIXED_PROMPT = 'Ein Mann sagt: „Grüß Gott!" und lächelt. ""Hallo"" — 你好，世界。 The speaker smiles.'
@@ -430,3 +431,44 @@ def test_default_negative_prompt(encoder):
     embeds, length = encoder.encode(text)
     assert length == encoder.token_count(text) < TEXT_MAX_TOKENS
     assert math.isfinite(embeds.sum().item())
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged files
+# ---------------------------------------------------------------------------------------------
+
+
+def _damaged_copy(ckpt: Path, tmp_path: Path, name: str, content: bytes) -> Path:
+    folder = tmp_path / "t5gemma-9b-9b-ul2"
+    shutil.copytree(ckpt, folder)
+    (folder / name).write_bytes(content)
+    return folder
+
+
+def _load_error(folder: Path, name: str) -> str:
+    with pytest.raises(CheckpointError) as info:
+        TextEncoder.from_official(folder)
+    message = str(info.value)
+    assert str(folder / name) in message and f"{name} from the google/t5gemma-9b-9b-ul2" in message
+    assert "download it again" in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("name", "cut", "what"),
+    [
+        ("model.safetensors", 0.5, "truncated"),
+        ("config.json", 0.5, "not valid JSON"),
+        ("tokenizer.json", 0.5, "not valid JSON"),
+        ("tokenizer_config.json", 0.0, "empty"),
+    ],
+)
+def test_damaged_file_is_one_clear_error(ckpt, tmp_path, name, cut, what):
+    data = (ckpt / name).read_bytes()
+    folder = _damaged_copy(ckpt, tmp_path, name, data[: int(len(data) * cut)])
+    assert what in _load_error(folder, name)
+
+
+def test_weights_that_are_a_text_file_are_one_clear_error(ckpt, tmp_path):
+    folder = _damaged_copy(ckpt, tmp_path, "model.safetensors", b"version https://git-lfs.github.com/spec/v1\n")
+    assert "text file" in _load_error(folder, "model.safetensors")

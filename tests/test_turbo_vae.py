@@ -555,3 +555,64 @@ def test_from_official_file_choice(tmp_path):
 def test_decode_input_errors(random_vae, shape, dtype, needle):
     with pytest.raises(ValueError, match=needle):
         random_vae.decode_chunks(torch.zeros(shape, dtype=dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Damaged files and ~ paths
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"<html><body>Access denied</body></html>\n", "text file"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1868000000\n", "Git LFS pointer"),
+        (b"", "empty"),
+    ],
+)
+def test_checkpoint_that_is_not_a_torch_file_is_one_clear_error(case, tmp_path, content, what):
+    path = tmp_path / CKPT_NAME
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_turbo_vaed(case[0] / CONFIG_NAME, path)
+    message = str(info.value)
+    assert what in message and str(path) in message
+    assert "checkpoint-340000.ckpt from the turbo_vae/ folder of GAIR/daVinci-MagiHuman" in message
+    assert "download it again" in message and "weights_only" not in message and "trust_checkpoint" not in message
+
+
+def test_truncated_checkpoint_says_truncated(case, tmp_path):
+    path = tmp_path / CKPT_NAME
+    path.write_bytes((case[0] / CKPT_NAME).read_bytes()[:4096])
+    with pytest.raises(CheckpointError, match=r"zip archive .*truncated.*download it again"):
+        load_turbo_vaed(case[0] / CONFIG_NAME, path)
+
+
+def test_checkpoint_with_the_wrong_keys_names_the_official_file(case, tmp_path):
+    path = _save_ckpt(tmp_path / CKPT_NAME, {"module.encoder.conv.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError) as info:
+        load_turbo_vaed(case[0] / CONFIG_NAME, path)
+    message = str(info.value)
+    assert "is not a usable Turbo-VAED checkpoint" in message and "encoder.conv.weight" in message
+    assert "Expected checkpoint-340000.ckpt" in message
+
+
+def test_damaged_config_json_is_one_clear_error(case, tmp_path):
+    path = tmp_path / CONFIG_NAME
+    path.write_text((case[0] / CONFIG_NAME).read_text()[:40])
+    with pytest.raises(CheckpointError, match=r"Turbo-VAED config .*not valid JSON.*download it again"):
+        load_turbo_vaed(path, case[0] / CKPT_NAME)
+
+
+def test_tilde_paths_are_expanded(tmp_path, monkeypatch):
+    folder = save_random_turbo_vae(tmp_path / "turbo_vae", seed=0)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    latent = torch.randn(1, 48, 2, 1, 1, generator=torch.Generator().manual_seed(0))
+    by_folder = TurboVAE.from_official("~/turbo_vae", dtype=torch.float32)
+    by_root = TurboVAE.from_official("~", dtype=torch.float32)
+    by_files = TurboVAE.from_files(
+        f"~/turbo_vae/{TURBO_VAED_CONFIG_NAME}", f"~/turbo_vae/{TURBO_VAED_CHECKPOINT_NAME}", dtype=torch.float32
+    )
+    video = by_folder.decode(latent)
+    assert torch.equal(video, by_root.decode(latent)) and torch.equal(video, by_files.decode(latent))
+    assert folder == tmp_path / "turbo_vae"
