@@ -50,6 +50,13 @@ _SAO_STRIDES = (2, 4, 4, 8, 8)  # SAO 1.0 (codecs.md 4.1); product = HOP_LENGTH
 _SAO_C_MULTS = (1, 2, 4, 8, 16)
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through an open file, so the zip's inner folder is ``archive/`` and not the name of
+    the (random) temporary file: the same seed then gives the same bytes."""
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
 # ----------------------------------------------------------------------------------------------
 # Tiny random checkpoint in the official layout
 # ----------------------------------------------------------------------------------------------
@@ -298,7 +305,7 @@ def save_random_wan22_vae(
     state_dict = {key: _random_tensor(key, shape, generator) for key, shape in shapes.items()}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return write_atomic(folder / WAN22_CHECKPOINT_NAME, lambda tmp: torch.save(state_dict, tmp))
+    return write_atomic(folder / WAN22_CHECKPOINT_NAME, lambda tmp: _torch_save(state_dict, tmp))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -458,6 +465,6 @@ def save_random_turbo_vae(
     text = json.dumps(config.to_dict(), indent=2) + "\n"
     write_atomic(folder / TURBO_VAED_CONFIG_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     write_atomic(
-        folder / TURBO_VAED_CHECKPOINT_NAME, lambda tmp: torch.save({TURBO_VAED_EMA_KEY: ema, "global_step": 0}, tmp)
+        folder / TURBO_VAED_CHECKPOINT_NAME, lambda tmp: _torch_save({TURBO_VAED_EMA_KEY: ema, "global_step": 0}, tmp)
     )
     return folder
