@@ -45,7 +45,12 @@ from magihuman.codecs.audio_vae_format import (
     official_sao_vae_key_shapes,
     oobleck_config_from_sao_config,
 )
-from magihuman.codecs.files import OfficialFile, read_json_file, safetensors_error, wrong_contents_error
+from magihuman.codecs.files import (
+    OfficialFile,
+    read_json_file,
+    safetensors_error,
+    wrong_contents_error,
+)
 from magihuman.codecs.wrapper import ModelWrapper
 from magihuman.model.checkpoint import CheckpointError, load_state_dict_strict
 

@@ -24,8 +24,14 @@ from safetensors import SafetensorError
 
 from magihuman.model.checkpoint_files import CheckpointError, safetensors_damage
 
-__all__ = ["OfficialFile", "damaged_file_error", "wrong_contents_error", "torch_load_file", "read_json_file",
-           "safetensors_error"]
+__all__ = [
+    "OfficialFile",
+    "damaged_file_error",
+    "read_json_file",
+    "safetensors_error",
+    "torch_load_file",
+    "wrong_contents_error",
+]
 
 _REDOWNLOAD = "delete it and download it again (`magihuman download`)"
 _UNSUPPORTED_GLOBAL = "Unsupported global"

@@ -15,7 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from magihuman.codecs.files import OfficialFile, damaged_file_error, read_json_file, safetensors_error
+from magihuman.codecs.files import (
+    OfficialFile,
+    damaged_file_error,
+    read_json_file,
+    safetensors_error,
+)
 from magihuman.model.checkpoint_files import safetensors_damage
 
 __all__ = [

@@ -57,7 +57,11 @@ from magihuman.codecs.turbo_vae_window import (
     decode_tiled,
     sliding_window_plan,
 )
-from magihuman.codecs.video_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD, check_video_latent
+from magihuman.codecs.video_vae import (
+    WAN22_LATENT_MEAN,
+    WAN22_LATENT_STD,
+    check_video_latent,
+)
 from magihuman.codecs.wrapper import ModelWrapper
 from magihuman.model.checkpoint import CheckpointError, load_state_dict_strict
 

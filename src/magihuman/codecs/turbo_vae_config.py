@@ -255,10 +255,23 @@ class TurboVAEDConfig:
 
     def _validate(self) -> None:
         """Check types and supported values, normalising lists to tuples (called by ``__init__``)."""
+        self._validate_blocks()
+        self._validate_head_and_window()
+        spatial = self.spatial_compression_ratio
+        if spatial is not None and spatial != self.spatial_upsample_factor:
+            warnings.warn(
+                f"Turbo-VAED config: spatial_compression_ratio={spatial} but the network upsamples by "
+                f"{self.spatial_upsample_factor}; the reference only stores this value, so it is ignored",
+                UserWarning,
+                stacklevel=3,
+            )
 
-        def store(name: str, value: object) -> None:
-            object.__setattr__(self, name, value)  # the dataclass is frozen
+    def _store(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)  # the dataclass is frozen
 
+    def _validate_blocks(self) -> None:
+        """Widths, per-block resnet counts and upsampler flags (one per width, mid block + one per width)."""
+        store = self._store
         _int_field("latent_channels", self.latent_channels, minimum=1)
         _int_field("out_channels", self.out_channels, minimum=1)
         widths = self.decoder_block_out_channels
@@ -283,6 +296,10 @@ class TurboVAEDConfig:
                 "depthwise-separable convs, which this implementation does not build (the shipped config "
                 "uses plain convs, codecs.md 3.2/3.3)"
             )
+
+    def _validate_head_and_window(self) -> None:
+        """The output head, the norm epsilon, the sliding-window sizes and the stored-only keys."""
+        store = self._store
         if _int_field("patch_size", self.patch_size, minimum=1) != 2:
             raise ValueError(
                 f"Turbo-VAED config key 'patch_size' must be 2 (the reference asserts it), got {self.patch_size}"
@@ -312,11 +329,3 @@ class TurboVAEDConfig:
                 _int_field(name, getattr(self, name), minimum=1)
         if self.scaling_factor is not None:
             store("scaling_factor", _float_field("scaling_factor", self.scaling_factor, positive=False))
-        spatial = self.spatial_compression_ratio
-        if spatial is not None and spatial != self.spatial_upsample_factor:
-            warnings.warn(
-                f"Turbo-VAED config: spatial_compression_ratio={spatial} but the network upsamples by "
-                f"{self.spatial_upsample_factor}; the reference only stores this value, so it is ignored",
-                UserWarning,
-                stacklevel=3,
-            )

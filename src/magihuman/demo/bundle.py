@@ -27,7 +27,10 @@ from magihuman.demo.random_codecs import (
     save_random_turbo_vae,
     save_random_wan22_vae,
 )
-from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, save_random_transformer
+from magihuman.demo.random_weights import (
+    TINY_TRANSFORMER_CONFIG,
+    save_random_transformer,
+)
 from magihuman.pipeline.magihuman_pipeline import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
 
 #: Bump when the bundle's contents change, so stale caches are rebuilt.

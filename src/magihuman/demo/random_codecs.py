@@ -41,7 +41,11 @@ from magihuman.codecs.turbo_vae import (
     TurboVAEDConfig,
     TurboVAEDecoder,
 )
-from magihuman.codecs.video_vae import WAN22_CHECKPOINT_NAME, WAN22_LATENT_MEAN, official_wan22_key_shapes
+from magihuman.codecs.video_vae import (
+    WAN22_CHECKPOINT_NAME,
+    WAN22_LATENT_MEAN,
+    official_wan22_key_shapes,
+)
 from magihuman.model.checkpoint import write_atomic
 
 __all__ = ["save_random_audio_vae", "save_random_text_encoder", "save_random_turbo_vae", "save_random_wan22_vae"]

@@ -43,18 +43,18 @@ from magihuman.model.checkpoint_files import (
 from magihuman.model.checkpoint_writer import save_official_checkpoint, write_atomic
 
 __all__ = [
-    "CheckpointError",
-    "CheckpointFiles",
-    "CheckpointNotFoundError",
     "INDEX_FILE",
     "SINGLE_FILE",
     "ZST_SUFFIX",
-    "load_state_dict_strict",
+    "CheckpointError",
+    "CheckpointFiles",
+    "CheckpointNotFoundError",
     "ShardFile",
     "TensorSpec",
     "describe_checkpoint",
     "expected_from_module",
     "load_official_state_dict",
+    "load_state_dict_strict",
     "save_official_checkpoint",
     "write_atomic",
 ]

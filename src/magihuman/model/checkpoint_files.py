@@ -26,13 +26,13 @@ import zstandard
 from safetensors import SafetensorError
 
 __all__ = [
+    "INDEX_FILE",
+    "SINGLE_FILE",
+    "ZST_SUFFIX",
     "CheckpointError",
     "CheckpointFiles",
     "CheckpointNotFoundError",
-    "INDEX_FILE",
-    "SINGLE_FILE",
     "ShardFile",
-    "ZST_SUFFIX",
     "describe_checkpoint",
     "safetensors_damage",
 ]
