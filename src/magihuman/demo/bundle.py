@@ -21,9 +21,17 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from magihuman.codecs import audio_vae, text_encoder, turbo_vae, video_vae
+from magihuman.demo.random_codecs import (
+    save_random_audio_vae,
+    save_random_text_encoder,
+    save_random_turbo_vae,
+    save_random_wan22_vae,
+)
+from magihuman.demo.random_weights import (
+    TINY_TRANSFORMER_CONFIG,
+    save_random_transformer,
+)
 from magihuman.pipeline.magihuman_pipeline import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
-from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, save_random_transformer
 
 #: Bump when the bundle's contents change, so stale caches are rebuilt.
 DEMO_VERSION = 4
@@ -76,11 +84,11 @@ def build_demo_bundle(root: str | Path, *, seed: int = 0) -> Path:
             save_random_transformer(folder, config, seed=seed + 10 + offset, max_shard_bytes=4 << 20,
                                     compress=compress)
             (folder / TRANSFORMER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        text_encoder.save_random_official(staging / ROOT_LAYOUT["text_encoder"],
-                                          hidden_size=config["text_in_channels"], seed=seed + 2)
-        video_vae.save_random_official(staging / ROOT_LAYOUT["video_vae"], seed=seed + 3)
-        audio_vae.save_random_official(staging / ROOT_LAYOUT["audio_vae"], seed=seed + 4)
-        turbo_vae.save_random_official(staging / ROOT_LAYOUT["turbo_vae"], seed=seed + 5)
+        save_random_text_encoder(staging / ROOT_LAYOUT["text_encoder"], hidden_size=config["text_in_channels"],
+                                 seed=seed + 2)
+        save_random_wan22_vae(staging / ROOT_LAYOUT["video_vae"], seed=seed + 3)
+        save_random_audio_vae(staging / ROOT_LAYOUT["audio_vae"], seed=seed + 4)
+        save_random_turbo_vae(staging / ROOT_LAYOUT["turbo_vae"], seed=seed + 5)
         (staging / _COMPLETE_MARKER).write_text(_MARKER_TEXT)
         os.replace(staging, root)
     except BaseException:
