@@ -16,10 +16,10 @@ def test_options_module_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-def test_attention_choices_agree_with_the_model_side():
+def test_attention_choices_name_registered_kernels():
     from magihuman.model import attention
 
-    assert ATTENTION_CHOICES == attention.ATTENTION_CHOICES
+    # auto is a rule, fa3 registers itself when flash_attn_interface is installed; the rest are always there
     assert set(ATTENTION_CHOICES) - {"auto", "fa3"} <= set(attention.available_attention_backends())
 
 

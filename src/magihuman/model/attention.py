@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from magihuman.model.local_attention import range_split_attention
+from magihuman.model.attention_choices import ATTENTION_CHOICES
 from magihuman.model.packing import LocalWindow
 
 AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[LocalWindow]], torch.Tensor]
@@ -196,10 +197,6 @@ def available_attention_backends() -> list[str]:
 # Which registered kernel a model runs: the ``--attention`` values, FlashAttention-3 detection and
 # registration, and the rule that sends local-window layers on CUDA to FlexAttention. All backend
 # choice lives here; runtime.placement and the CLI call :func:`resolve_attention_backend`.
-
-#: Values of ``--attention`` (``magihuman.runtime.options`` and the CLI take their choices from here).
-ATTENTION_CHOICES = ("auto", "sdpa", "flex", "fa3")
-
 
 def _as_device(value: object) -> torch.device:
     try:

@@ -10,16 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from magihuman.model.attention_choices import ATTENTION_CHOICES
+
 __all__ = ["OFFLOAD_MODES", "ATTENTION_CHOICES", "RuntimeOptions"]
 
 #: ``--offload`` modes: ``"components"`` (:mod:`magihuman.runtime.offload` ``ComponentOffload``) and
 #: ``"blocks"`` (``enable_block_streaming``).
 OFFLOAD_MODES = ("components", "blocks")
 
-#: ``--attention`` values. The owner is ``magihuman.model.attention.ATTENTION_CHOICES``, next to the
-#: function that interprets them (``resolve_attention_backend``); repeated here because that module
-#: imports torch and this one must not. tests/test_options.py checks that the two agree.
-ATTENTION_CHOICES = ("auto", "sdpa", "flex", "fa3")
 
 
 @dataclass(frozen=True)
