@@ -94,7 +94,7 @@ def _exit_code(run: Any) -> int:
             exc.show()
             return 2
         if "ClickException" in kind:
-            message = exc.format_message().replace("Value error, ", "")
+            message = exc.format_message().replace("Value error, ", "").rstrip(".")
             command = getattr(getattr(exc, "ctx", None), "command_path", None) or "magihuman"
             return _error(f"{message}; see `{command} --help`", exc.exit_code)
         if "Abort" in kind:
@@ -143,5 +143,17 @@ app.command("download", cls=_Command)(download)
 
 
 def main() -> None:
-    """Console-script entry point (``magihuman``, ``python -m magihuman``)."""
-    app(prog_name="magihuman")
+    """Console-script entry point (``magihuman``, ``python -m magihuman``).
+
+    After Ctrl-C the process ends at once with exit code 130 (``os._exit`` after flushing): the
+    interpreter's ordinary teardown of torch and the loaded models takes seconds, and an interrupted run
+    has nothing left to save (a partial MP4 is removed where it is written).
+    """
+    try:
+        app(prog_name="magihuman")
+    except SystemExit as exc:
+        if exc.code == 130:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise

@@ -168,8 +168,9 @@ def _preset_names() -> list[str]:
 def _check_size(width: int, height: int, limit: int, what: str, fields: tuple[str, str]) -> list[str]:
     for name, value in zip(fields, (width, height)):
         if isinstance(value, bool) or not isinstance(value, int) or value < MIN_SIZE:
-            raise InputError(f"{name} must be at least {MIN_SIZE} pixels, got {value}; e.g. 448x256 "
-                             f"(width and height must be at least {MIN_SIZE})", field=name)
+            example = "896x512" if name.startswith("sr_") else "448x256"
+            raise InputError(f"{name} must be at least {MIN_SIZE} pixels, got {value}; use e.g. {example}",
+                             field=name)
         if value > limit:
             raise InputError(f"{name}={value} is over the limit of {limit} px for the {what}; pass at most "
                              f"{limit}" + ("" if fields[0] == "sr_width" else
@@ -253,6 +254,9 @@ def _check_image(request: Any) -> list[str]:
     from magihuman.pipeline.media.image import check_image_file
 
     path = expand_path(request.image)
+    if str(request.image).lower().startswith(("http:/", "https:/", "ftp:/")):  # Path() folds the //
+        raise InputError(f"image URLs are not supported (offline tool): {request.image}; download the file and pass "
+                         "its local path", field="image")
     if not path.exists():
         raise MissingInputError(f"image file not found: {path}; check the path (--image)", field="image")
     try:

@@ -113,7 +113,7 @@ def _existing_file(path: str | os.PathLike, what: str) -> Path:
     if not src.exists():
         raise FileNotFoundError(f"{what} not found: {str(src)!r}; check the path")
     if src.is_dir():
-        raise ValueError(f"{what} path is a folder, not a file: {str(src)!r}")
+        raise ValueError(f"{what} path is a folder, not a file: {str(src)!r}; pass a file")
     return src
 
 
@@ -121,4 +121,9 @@ def _open_input(src: Path, what: str) -> Any:
     try:
         return av.open(os.fspath(src), mode="r")
     except av.error.FFmpegError as exc:
-        raise ValueError(f"not a readable {what} file: {str(src)!r} ({exc})") from exc
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ValueError(
+            f"not a readable {what} file: {str(src)!r} ({reason}); it is empty, damaged or not media: pass a "
+            "wav/mp3/m4a/flac file or a video with sound" if what == "audio" else
+            f"not a readable {what} file: {str(src)!r} ({reason}); it is empty, damaged or not media"
+        ) from exc
