@@ -8,7 +8,7 @@ shards for ``base/``, the original ``Wan2.2_VAE.pth``, Stable Audio Open's singl
 ``model.safetensors`` + ``model_config.json``, a T5Gemma seq2seq snapshot with its tokenizer), so
 the demo exercises the same loaders as the real checkpoints.
 
-The bundle is built deterministically on first use (a few seconds, about 50 MB) under
+The bundle is built deterministically on first use (a few seconds, about 23 MB) under
 ``$MAGIHUMAN_DEMO_DIR`` or ``~/.cache/magihuman/demo-v<N>``.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -116,6 +117,7 @@ def ensure_demo_bundle(root: Optional[str | Path] = None) -> Path:
             raise FileExistsError(
                 f"{root} exists but is not a complete demo bundle; delete it to rebuild the demo weights"
             )
+    print(f"building the demo bundle (random weights, about 23 MB, once) at {root}", file=sys.stderr, flush=True)
     try:
         return build_demo_bundle(root)
     except OSError:  # FileExistsError, or the final rename lost a race with another process

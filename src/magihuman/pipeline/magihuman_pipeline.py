@@ -151,53 +151,15 @@ class GenerationRequest(BaseModel):
     def _empty_path_is_none(cls, value: Any) -> Any:
         return None if value in ("", None) else value
 
-    def validate_inputs(self) -> list[str]:
-        """Check every value; return notices (rounding, short prompt) for the user.
+    def validate_inputs(self, *, device: Any = None, runtime: Any = None) -> list[str]:
+        """Check every value and file before any model loads (:func:`magihuman.pipeline.validation.validate_request`).
 
-        Raises:
-            ValueError: empty prompt, seconds <= 0 or not finite, sizes under 32 px, unknown preset.
-            FileNotFoundError: a missing image or audio file.
+        Returns notices (rounding, short or long prompt, audio length). Raises ``InputError`` (a
+        ``ValueError``; ``MissingInputError`` is also a ``FileNotFoundError``) naming the field and the fix.
         """
-        notices: list[str] = []
-        if not self.prompt or not self.prompt.strip():
-            raise ValueError("the prompt is empty; pass --prompt TEXT or --prompt-file FILE")
-        words = len(self.prompt.split())
-        if words < RECOMMENDED_PROMPT_WORDS // 3:
-            notices.append(
-                f"the prompt has {words} word{'s' if words != 1 else ''}; the model was tuned for 150-200 words (appearance, scene, "
-                "dialogue, delivery, camera), and short prompts tend to give blurry or ghosted people"
-            )
-        if not math.isfinite(self.seconds) or self.seconds <= 0:
-            raise ValueError(f"seconds must be a positive number, got {self.seconds}")
-        if abs(self.seconds * LATENTS_PER_SECOND - round(self.seconds * LATENTS_PER_SECOND)) > 1e-6:
-            notices.append(f"seconds {self.seconds} rounded to {round(self.seconds * 25) / 25:g} (1/25 s steps)")
-        width, height = round_video_size(self.width, self.height)
-        if width < SIZE_MULTIPLE or height < SIZE_MULTIPLE:
-            raise ValueError(f"width and height must be at least {SIZE_MULTIPLE} pixels, got {self.width}x{self.height}")
-        if (width, height) != (self.width, self.height):
-            notices.append(
-                f"size {self.width}x{self.height} rounded down to {width}x{height} (multiples of {SIZE_MULTIPLE} px)"
-            )
-        preset = get_preset(self.preset)
-        if self.sr_cfg_number is not None:
-            if preset.sr is None:
-                raise ValueError(f"sr_cfg_number needs an SR preset (sr_540p, sr_1080p), not {self.preset!r}")
-            if self.sr_cfg_number not in (1, 2):
-                raise ValueError(f"sr_cfg_number must be 1 or 2, got {self.sr_cfg_number}")
-        if (self.sr_width is None) != (self.sr_height is None):
-            raise ValueError("give both sr_width and sr_height, or neither")
-        if self.sr_width is not None:
-            if preset.sr is None:
-                raise ValueError(f"preset {self.preset!r} has no super-resolution stage; use sr_540p or sr_1080p")
-            sr_size = round_video_size(self.sr_width, self.sr_height)
-            if min(sr_size) < SIZE_MULTIPLE:
-                raise ValueError(f"SR size must be at least {SIZE_MULTIPLE} pixels, got {self.sr_width}x{self.sr_height}")
-            if sr_size != (self.sr_width, self.sr_height):
-                notices.append(f"SR size {self.sr_width}x{self.sr_height} rounded down to {sr_size[0]}x{sr_size[1]}")
-        for kind, path in (("image", self.image), ("audio", self.audio)):
-            if path is not None and not Path(path).is_file():
-                raise FileNotFoundError(f"{kind} file not found: {path}")
-        return notices
+        from magihuman.pipeline.validation import validate_request
+
+        return validate_request(self, device=device, runtime=runtime)
 
     def sr_stage(self) -> Optional[SuperResolutionStage]:
         """The preset's SR stage with this request's SR size, or None."""
@@ -344,6 +306,9 @@ class MagiHumanPipeline:
             ValueError: when a component has neither an explicit path nor a root.
             CheckpointError, FileNotFoundError: from the component loaders, naming the bad path or key.
         """
+        from magihuman.pipeline.validation import check_device
+
+        device = check_device(device)  # one clear error for cuda on a CPU-only torch, before any loading
         chosen = get_preset(preset)
         if video_decoder not in VIDEO_DECODERS:
             raise ValueError(f"video_decoder must be one of {VIDEO_DECODERS}, got {video_decoder!r}")
