@@ -504,7 +504,7 @@ def _build_request(settings: dict[str, Any]):
     fields = {k: v for k, v in fields.items() if v is not None}  # unset: the request's own default
     from pydantic import ValidationError
 
-    from magihuman.pipeline.magihuman_pipeline import GenerationRequest
+    from magihuman.pipeline.request import GenerationRequest
     from magihuman.pipeline.presets import preset_for_sr_size
 
     chosen = fields.get("preset", SHOWN_DEFAULTS["preset"])
@@ -547,7 +547,7 @@ def _output_path(settings: dict[str, Any], request) -> Path:
         return Path(prefix if prefix.lower().endswith(".mp4") else prefix + ".mp4")
     if settings.get("output") is not None:
         return Path(settings["output"])
-    from magihuman.pipeline.magihuman_pipeline import round_video_size
+    from magihuman.pipeline.request import round_video_size
 
     stage = request.sr_stage()
     width, height = (stage.width, stage.height) if stage else round_video_size(request.width, request.height)
@@ -587,7 +587,7 @@ def _checkpoint_locations(settings: dict[str, Any], preset: str, *, demo: bool, 
             f"checkpoint root {root} is not a folder; fetch the weights with `magihuman download --root {root}` "
             "or fix --checkpoint-root"
         )
-    from magihuman.pipeline.magihuman_pipeline import component_layout
+    from magihuman.pipeline.loading import component_layout
     from magihuman.pipeline.presets import get_preset
 
     layout = component_layout(get_preset(preset), video_decoder="turbo" if turbo else "wan")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from magihuman.codecs import audio_vae, text_encoder, turbo_vae, video_vae
-from magihuman.pipeline.magihuman_pipeline import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
+from magihuman.pipeline.loading import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
 from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, save_random_transformer
 
 #: Bump when the bundle's contents change, so stale caches are rebuilt.
