@@ -115,8 +115,14 @@ def sr_pipe(demo_root):
 def test_sr_pipeline_on_demo_bundle(sr_pipe, examples_dir):
     """Base 64x64 -> SR 128x96 (TI2V): output at the SR size, frame 0 = the image encoded at the SR size,
     audio = the base audio (SR audio discarded)."""
+    steps = []
     out = sr_pipe("A man talks to the camera.", image=examples_dir / "image.png", seconds=0.4, width=64,
-                  height=64, sr_width=128, sr_height=96, seed=3)
+                  height=64, sr_width=128, sr_height=96, seed=3,
+                  callback_on_step_end=lambda pipe, k, t, kw: steps.append(
+                      (k, kw["stage"], kw["num_steps"], kw["total_steps"], kw["completed_steps"])))
+    # callback_on_step_end: every step of both stages, 32 base + 5 SR
+    assert steps == ([(k, "denoise", 32, 37, k + 1) for k in range(32)]
+                     + [(k, "super_resolution", 5, 37, 33 + k) for k in range(5)])
     assert out.frames.shape == (9, 96, 128, 3)
     assert out.video_latent.shape == (1, 48, 3, 6, 8)
     from magihuman.pipeline.media import preprocess_image

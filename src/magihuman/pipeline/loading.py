@@ -10,8 +10,9 @@ DiT checkpoint (``distill/``, ``base/``, ``540p_sr/``, ``1080p_sr/``) and one pe
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from magihuman.pipeline.presets import DEFAULT_VIDEO_DECODER, VIDEO_DECODERS, Preset
 
@@ -27,7 +28,7 @@ ROOT_LAYOUT = {
 TRANSFORMER_CONFIG_FILE = "magihuman_transformer.json"
 
 
-def component_layout(preset: Preset, *, video_decoder: str = DEFAULT_VIDEO_DECODER) -> dict[str, Optional[str]]:
+def component_layout(preset: Preset, *, video_decoder: str = DEFAULT_VIDEO_DECODER) -> dict[str, str | None]:
     """Sub-folder of the checkpoint root for each component of ``preset`` (docs/design.md).
 
     Returns:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
-from typing import Any, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from magihuman.sampling.records import Latents
 
 #: ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs) -> dict | None``.
-StepEndCallback = Callable[[Any, int, int, dict[str, Any]], Optional[dict]]
+StepEndCallback = Callable[[Any, int, int, dict[str, Any]], dict | None]
 
 
 class GenerationInterrupted(RuntimeError):
@@ -68,7 +68,7 @@ class StepReporter:
     ``"latents"`` (the loop's :class:`~magihuman.sampling.records.Latents` after the step).
     """
 
-    def __init__(self, pipe: Any, callback: Optional[StepEndCallback], total_steps: int):
+    def __init__(self, pipe: Any, callback: StepEndCallback | None, total_steps: int):
         self.pipe, self.callback, self.total_steps = pipe, callback, total_steps
         self.completed_steps = 0
 

@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from magihuman.codecs import video_vae
-from magihuman.codecs.audio_vae import LATENTS_PER_SECOND, MODEL_SAMPLE_RATE, resample_to_output_rate
+from magihuman.codecs.audio_vae import (
+    LATENTS_PER_SECOND,
+    MODEL_SAMPLE_RATE,
+    resample_to_output_rate,
+)
 from magihuman.pipeline.media import load_audio, preprocess_image, video_to_uint8
 from magihuman.pipeline.progress import check_interrupt
 from magihuman.pipeline.request import GenerationRequest, LatentPlan
@@ -38,13 +42,13 @@ if TYPE_CHECKING:
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 
 
-def total_steps(pipe: "MagiHumanPipeline", sr_stage: Optional[SuperResolutionStage]) -> int:
+def total_steps(pipe: MagiHumanPipeline, sr_stage: SuperResolutionStage | None) -> int:
     """Denoising steps of a request over all its stages (base sampler, plus the SR sampler if any)."""
     return pipe.preset.sampler.num_steps + (sr_stage.sampler.num_steps if sr_stage is not None else 0)
 
 
-def encode_text(pipe: "MagiHumanPipeline", request: GenerationRequest,
-                sr_stage: Optional[SuperResolutionStage]) -> TextConditioning:
+def encode_text(pipe: MagiHumanPipeline, request: GenerationRequest,
+                sr_stage: SuperResolutionStage | None) -> TextConditioning:
     """Stage 1: prompt embeddings ``[1, Nt, C]`` float32 on the pipeline's device, and the negative-prompt
     ones (the request's or the pipeline's default) when the base or the SR sampler uses CFG (pipeline.md 3, 5)."""
     prompt, _ = pipe.text_encoder.encode(request.prompt)
@@ -55,8 +59,8 @@ def encode_text(pipe: "MagiHumanPipeline", request: GenerationRequest,
     return TextConditioning(prompt.to(pipe.device), negative)
 
 
-def prepare_latents(pipe: "MagiHumanPipeline", request: GenerationRequest,
-                    generator: torch.Generator) -> tuple[Latents, Optional[DrivingAudio], LatentPlan]:
+def prepare_latents(pipe: MagiHumanPipeline, request: GenerationRequest,
+                    generator: torch.Generator) -> tuple[Latents, DrivingAudio | None, LatentPlan]:
     """Stage 2: the initial latents, drawn from the request's seeded CPU generator (pipeline.md 4.1, 12).
 
     First the audio: noise ``[1, L_a, 64]``, or with a driving track its encoded latents
@@ -81,7 +85,7 @@ def prepare_latents(pipe: "MagiHumanPipeline", request: GenerationRequest,
     return Latents(video, audio), driving, plan
 
 
-def load_driving_audio(pipe: "MagiHumanPipeline", path: str | Path, seconds: float,
+def load_driving_audio(pipe: MagiHumanPipeline, path: str | Path, seconds: float,
                        generator: torch.Generator) -> DrivingAudio:
     """A driving audio track (pipeline.md 7.2): decoded to mono 51.2 kHz, cut to ``seconds``, duplicated to
     stereo and encoded with a posterior sample (e.g. 100 latents for 4 s); the output keeps the given track
@@ -99,32 +103,32 @@ def load_driving_audio(pipe: "MagiHumanPipeline", path: str | Path, seconds: flo
     return DrivingAudio(latent, resample_to_output_rate(np.stack([mono, mono])))
 
 
-def encode_image(pipe: "MagiHumanPipeline", image: str | Path, width: int, height: int) -> torch.Tensor:
+def encode_image(pipe: MagiHumanPipeline, image: str | Path, width: int, height: int) -> torch.Tensor:
     """Stage 3: the first-frame latent ``[1, 48, 1, h, w]`` float32 at ``width`` x ``height`` (pipeline.md 7.1,
     8.2): centre crop, Lanczos resize, Wan2.2 encode (posterior mean, normalised)."""
     pixels = preprocess_image(image, width, height)
     return pipe.video_vae.encode(pixels[:, :, None].to(pipe.device)).float()
 
 
-def denoise_latents(pipe: "MagiHumanPipeline", latents: Latents, text: TextConditioning, *,
-                    image_latent: Optional[torch.Tensor], audio_fixed: bool, generator: torch.Generator,
-                    callback: Optional[StepCallback] = None) -> Latents:
+def denoise_latents(pipe: MagiHumanPipeline, latents: Latents, text: TextConditioning, *,
+                    image_latent: torch.Tensor | None, audio_fixed: bool, generator: torch.Generator,
+                    callback: StepCallback | None = None) -> Latents:
     """Stage 4: the preset's sampler over the initial latents (:func:`~magihuman.sampling.loop.denoise`);
     ``audio_fixed`` keeps a driving track's latents as they are (pipeline.md 7.2)."""
     return denoise(pipe.transformer, latents, text, config=pipe.preset.sampler, image_latent=image_latent,
                    audio_fixed=audio_fixed, generator=generator, callback=callback, batch_cfg=pipe.batch_cfg)
 
 
-def super_resolve_latents(pipe: "MagiHumanPipeline", stage: SuperResolutionStage, latents: Latents,
-                          text: TextConditioning, *, image_latent: Optional[torch.Tensor],
-                          generator: torch.Generator, callback: Optional[StepCallback] = None) -> Latents:
+def super_resolve_latents(pipe: MagiHumanPipeline, stage: SuperResolutionStage, latents: Latents,
+                          text: TextConditioning, *, image_latent: torch.Tensor | None,
+                          generator: torch.Generator, callback: StepCallback | None = None) -> Latents:
     """Stage 5 (SR presets): upsample, re-noise and refine the video with the SR DiT; the audio stays the
     base stage's (:func:`~magihuman.sampling.super_resolution.super_resolve`, pipeline.md 8)."""
     return super_resolve(pipe.sr_transformer, latents, text, stage=stage, generator=generator,
                          image_latent=image_latent, callback=callback, batch_cfg=pipe.batch_cfg)
 
 
-def decode_video(pipe: "MagiHumanPipeline", video_latent: torch.Tensor) -> np.ndarray:
+def decode_video(pipe: MagiHumanPipeline, video_latent: torch.Tensor) -> np.ndarray:
     """Stage 6: ``[1, 48, T, h, w]`` -> ``uint8 [4T-3, 16h, 16w, 3]`` (pipeline.md 9.1).
 
     The Turbo decoder's sliding windows are converted to uint8 one by one on the CPU into one
@@ -153,7 +157,7 @@ def decode_video(pipe: "MagiHumanPipeline", video_latent: torch.Tensor) -> np.nd
     return frames
 
 
-def decode_audio(pipe: "MagiHumanPipeline", audio_latent: torch.Tensor) -> np.ndarray:
+def decode_audio(pipe: MagiHumanPipeline, audio_latent: torch.Tensor) -> np.ndarray:
     """Stage 7: ``[1, A, 64]`` latent -> ``float32 [2, 1764*A]`` at 44.1 kHz (pipeline.md 9.2)."""
     waveform = pipe.audio_vae.decode(audio_latent.float())[0]
     return resample_to_output_rate(waveform.float().cpu().numpy())

@@ -134,7 +134,9 @@ class SuperResolutionStage:
     def latent_size(self) -> tuple[int, int]:
         """(h_s, w_s) = (H // 16 // 2 * 2, W // 16 // 2 * 2) (pipeline.md 8 step 1): the Wan2.2 spatial
         stride, then even for the DiT's 2x2 patch."""
-        from magihuman.codecs.video_vae import SPATIAL_STRIDE  # local: keeps this module torch-free
+        from magihuman.codecs.video_vae import (
+            SPATIAL_STRIDE,  # local: keeps this module torch-free
+        )
         from magihuman.model.packing import PATCH_H, PATCH_W
 
         return (self.height // SPATIAL_STRIDE // PATCH_H * PATCH_H,

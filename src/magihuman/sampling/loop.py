@@ -21,7 +21,11 @@ import torch
 from magihuman.sampling.config import SamplerConfig
 from magihuman.sampling.guidance import ModelFn, guided_velocity
 from magihuman.sampling.records import Latents, TextConditioning
-from magihuman.sampling.schedulers import FlowUniPCScheduler, renoise_step, shifted_schedule
+from magihuman.sampling.schedulers import (
+    FlowUniPCScheduler,
+    renoise_step,
+    shifted_schedule,
+)
 
 #: ``callback(step_index, timestep, latents)`` after each update; ``latents`` is the loop's state (read only).
 StepCallback = Callable[[int, int, Latents], None]

@@ -12,7 +12,6 @@ so a stage hands the next one a single value instead of loose positional tensors
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -55,11 +54,11 @@ class Latents:
         """B."""
         return self.video.shape[0]
 
-    def to(self, device: torch.device | str) -> "Latents":
+    def to(self, device: torch.device | str) -> Latents:
         """Both latents moved to ``device`` (a new record; the same tensors when already there)."""
         return Latents(self.video.to(device), self.audio.to(device))
 
-    def clone(self) -> "Latents":
+    def clone(self) -> Latents:
         """A record of copies (the loop's state never aliases its inputs)."""
         return Latents(self.video.clone(), self.audio.clone())
 
@@ -78,7 +77,7 @@ class TextConditioning:
     """
 
     prompt: torch.Tensor
-    negative: Optional[torch.Tensor] = None
+    negative: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         _check_tensor("text.prompt", self.prompt, 3, "[B, Nt, C]")
