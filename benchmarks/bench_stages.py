@@ -62,10 +62,11 @@ from magihuman.runtime.compile import compile_repeated_blocks
 from magihuman.runtime.fp8 import enable_fp8_weights, weight_bytes
 from magihuman.pipeline.presets import get_preset, preset_for_sr_size
 from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG
-from magihuman.sampling.loop import SR_SAMPLER, denoise
+from magihuman.sampling.config import SR_SAMPLER, SuperResolutionStage
+from magihuman.sampling.loop import denoise
+from magihuman.sampling.records import Latents, TextConditioning
 from magihuman.sampling.super_resolution import (
     FRAME_RECEPTIVE_FIELD,
-    SuperResolutionStage,
     sr1080_local_attn_layers,
     super_resolve,
 )
@@ -395,7 +396,7 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
                 model(video, audio, text)
 
             def run(tick) -> None:
-                denoise(model, video, audio, text, negative, config=sampler,
+                denoise(model, Latents(video, audio), TextConditioning(text, negative), config=sampler,
                         generator=torch.Generator().manual_seed(1), callback=tick, batch_cfg=settings.batch_cfg)
 
             seconds, per_step, peak = _timed(clock, run, settings.repeats)
@@ -428,7 +429,7 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
                     model(sr_input, audio, text, coords_style="v1", frame_receptive_field=FRAME_RECEPTIVE_FIELD)
 
                 def run(tick) -> None:
-                    super_resolve(model, video, audio, text, None, stage=stage,
+                    super_resolve(model, Latents(video, audio), TextConditioning(text), stage=stage,
                                   generator=torch.Generator().manual_seed(2), callback=tick)
 
                 seconds, per_step, peak = _timed(clock, run, settings.repeats)

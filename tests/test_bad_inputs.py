@@ -25,7 +25,9 @@ from typer.testing import CliRunner
 import magihuman.cli.app as cli
 import magihuman.demo.bundle as bundle
 import magihuman.pipeline.validation as validation
-from magihuman.pipeline.magihuman_pipeline import ROOT_LAYOUT, GenerationRequest, MagiHumanPipeline
+from magihuman.pipeline.loading import ROOT_LAYOUT
+from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
+from magihuman.pipeline.request import GenerationRequest
 from magihuman.pipeline.validation import InputError, MissingInputError
 
 PROMPT = "A woman in a red coat smiles and says hello to the camera."
@@ -284,7 +286,7 @@ def test_python_api_gets_the_same_checks(world):
         GenerationRequest(prompt=PROMPT, audio="~/no/such.wav").validate_inputs()
     assert isinstance(caught.value, FileNotFoundError) and str(Path.home()) in str(caught.value)  # ~ expanded
     with pytest.raises(InputError, match="--fp8-gemm"):
-        from magihuman.pipeline.magihuman_pipeline import RuntimeOptions
+        from magihuman.runtime.options import RuntimeOptions
 
         GenerationRequest(prompt=PROMPT).validate_inputs(device="cpu", runtime=RuntimeOptions(fp8=True, fp8_gemm=True))
 

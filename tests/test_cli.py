@@ -23,7 +23,10 @@ import magihuman.cli.generate as cli_generate
 import magihuman.pipeline.download as hub
 from magihuman.cli.options import REQUEST_KEYS, GenerateOptions
 
-pipeline = pytest.importorskip("magihuman.pipeline.magihuman_pipeline")
+import magihuman.pipeline.magihuman_pipeline as pipeline
+from magihuman.pipeline.loading import ROOT_LAYOUT
+from magihuman.pipeline.request import GenerationRequest
+from magihuman.runtime.options import RuntimeOptions
 
 runner = CliRunner()
 PROMPT = "A woman in a red coat smiles and says hello to the camera."
@@ -64,7 +67,7 @@ def root(tmp_path, monkeypatch) -> Path:
     """A checkpoint root with the layout folders (a config file each, no weights); also the current folder is
     ``tmp_path``."""
     folder = tmp_path / "ckpt"
-    for name in ("distill", "base", "540p_sr", *pipeline.ROOT_LAYOUT.values()):
+    for name in ("distill", "base", "540p_sr", *ROOT_LAYOUT.values()):
         (folder / name).mkdir(parents=True)
         (folder / name / "config.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
@@ -140,9 +143,9 @@ def test_help_shows_flags_without_placeholders_and_states_the_limits():
 def test_cli_keys_match_the_library():
     from magihuman.pipeline.presets import PRESETS
 
-    assert set(REQUEST_KEYS) == set(pipeline.GenerationRequest.model_fields)
+    assert set(REQUEST_KEYS) == set(GenerationRequest.model_fields)
     assert {p.checkpoint for p in PRESETS.values()} <= set(hub.DIT_PRESETS)
-    assert set(pipeline.ROOT_LAYOUT.values()) <= {s.folder for s in hub.SOURCES}
+    assert set(ROOT_LAYOUT.values()) <= {s.folder for s in hub.SOURCES}
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -160,7 +163,7 @@ def test_reference_spellings(fake, root, image, tone, tmp_path):
     assert "rounded down to 480x256" in result.output  # the request's notice is shown
     assert fake.calls == [dict(root=root, transformer=None, text_encoder=None, video_vae=None, audio_vae=None,
                                sr_transformer=None, turbo_vae=None, preset="distill", video_decoder="turbo",
-                               device="cpu", progress=True, runtime=pipeline.RuntimeOptions())]
+                               device="cpu", progress=True, runtime=RuntimeOptions())]
     assert out.is_file() and f"wrote {out}" in result.output
     for stage in ("load models", "denoise", "video decode", "write mp4", "total"):
         assert stage in result.output
@@ -532,19 +535,19 @@ def test_memory_and_speed_flags_reach_the_pipeline(fake, root):
     result = run("generate", "--prompt", PROMPT, "--fp8", "--compile", "--attention", "flex", "--decode-tile-size",
                  "16", "--device", "cpu", "--checkpoint-root", root, "-o", "m.mp4")
     assert result.exit_code == 0, result.output
-    assert fake.calls[0]["runtime"] == pipeline.RuntimeOptions(fp8=True, compile=True, attention="flex",
+    assert fake.calls[0]["runtime"] == RuntimeOptions(fp8=True, compile=True, attention="flex",
                                                                decode_tile=16)
     assert fake.calls[0]["runtime"].batch_cfg  # batched CFG is the default
     result = run("generate", "--prompt", PROMPT, "--no-batch-cfg", "--device", "cpu", "--checkpoint-root", root,
                  "-o", "n.mp4")
     assert result.exit_code == 0, result.output
-    assert fake.calls[1]["runtime"] == pipeline.RuntimeOptions(batch_cfg=False)
+    assert fake.calls[1]["runtime"] == RuntimeOptions(batch_cfg=False)
 
 
 def test_gpu_switches_become_runtime_options():
     """The GPU-only switches (refused on a CPU run, tests/test_bad_inputs.py) map to their fields by name."""
     options = GenerateOptions(offload=["blocks", "components", "blocks"], offload_blocks_per_group=2, fp8_gemm=True)
-    assert cli_generate._runtime_options(options) == pipeline.RuntimeOptions(
+    assert cli_generate._runtime_options(options) == RuntimeOptions(
         fp8=True, fp8_gemm=True, offload=("blocks", "components"), blocks_per_group=2)
 
 

@@ -533,14 +533,17 @@ def test_diffusers_save_and_load_keep_official_dtypes(tmp_path):
 
 def test_golden_distill_loop_end_to_end():
     """The 8-step distilled loop with our transformer in it (golden sampler_distill; pipeline.md 4.5)."""
-    from magihuman.sampling.loop import DISTILL_SAMPLER, denoise
+    from magihuman.sampling.config import DISTILL_SAMPLER
+    from magihuman.sampling.loop import denoise
+    from magihuman.sampling.records import Latents, TextConditioning
 
     case_dir, model = _golden_model()
     data = load_file(golden_case("sampler_distill") / "sampler.safetensors")
     context = data["context"][:, :7]  # original_context_len = 7
     noise = [(data["renoise_video"][k], data["renoise_audio"][k]) for k in range(8)]
     for run, image in (("t2v", None), ("ti2v", data["image_latent"])):
-        video, audio = denoise(model, data["initial_video_noise"], data["initial_audio_noise"], context,
-                               config=DISTILL_SAMPLER, image_latent=image, renoise_noise=noise)
+        out = denoise(model, Latents(data["initial_video_noise"], data["initial_audio_noise"]), TextConditioning(context),
+                      config=DISTILL_SAMPLER, image_latent=image, renoise_noise=noise)
+        video, audio = out.video, out.audio
         for got, want in ((video, data[f"{run}.final_video_latent"]), (audio, data[f"{run}.final_audio_latent"])):
             assert rel_l2(got, want) <= 3e-2 and float((got - want).abs().max()) <= 0.15, run

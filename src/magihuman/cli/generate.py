@@ -85,7 +85,7 @@ def _build_request(options: GenerateOptions):
     """The ``GenerationRequest`` of the options (SR size picks an SR preset); values are checked later."""
     from pydantic import ValidationError
 
-    from magihuman.pipeline.magihuman_pipeline import GenerationRequest
+    from magihuman.pipeline.request import GenerationRequest
     from magihuman.pipeline.presets import preset_for_sr_size
 
     prompt = _text_option(options, "prompt")
@@ -171,7 +171,7 @@ def _output_path(options: GenerateOptions, request) -> Path:
         return Path(prefix if prefix.lower().endswith(".mp4") else prefix + ".mp4")
     if options.output is not None:
         return Path(options.output)
-    from magihuman.pipeline.magihuman_pipeline import round_video_size
+    from magihuman.pipeline.request import round_video_size
 
     stage = request.sr_stage()
     width, height = (stage.width, stage.height) if stage else round_video_size(request.width, request.height)

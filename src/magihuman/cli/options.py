@@ -28,7 +28,7 @@ from magihuman.pipeline.validation import (
 )
 
 # The runtime's name tables, imported in this one place (they move to magihuman.runtime.options).
-from magihuman.pipeline.magihuman_pipeline import VIDEO_DECODERS  # noqa: E402
+from magihuman.pipeline.presets import VIDEO_DECODERS  # noqa: E402
 from magihuman.runtime.options import ATTENTION_CHOICES, OFFLOAD_MODES  # noqa: E402
 
 __all__ = ["GenerateOptions", "CONFIG_KEYS", "CHECKPOINT_ROOT_ENV", "COMPONENT_KEYS", "REQUEST_KEYS"]

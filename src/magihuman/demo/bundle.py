@@ -32,7 +32,7 @@ from magihuman.demo.random_weights import (
     TINY_TRANSFORMER_CONFIG,
     save_random_transformer,
 )
-from magihuman.pipeline.magihuman_pipeline import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
+from magihuman.pipeline.loading import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
 
 #: Bump when the bundle's contents change, so stale caches are rebuilt.
 DEMO_VERSION = 4

@@ -90,7 +90,7 @@ def expand_path(path: str | os.PathLike | None) -> Optional[Path]:
 # ----------------------------------------------------------------------------------------- request
 def validate_request(request: Any, *, device: Any = None, runtime: Any = None,
                      checkpoints: Optional[Mapping[str, Path]] = None) -> list[str]:
-    """Check a :class:`~magihuman.pipeline.magihuman_pipeline.GenerationRequest` before any model loads.
+    """Check a :class:`~magihuman.pipeline.request.GenerationRequest` before any model loads.
 
     Args:
         request: the request (its ``prompt``, ``image``, ``audio``, ``seconds``, ``width``, ``height``,
@@ -234,11 +234,10 @@ def _count_tokens(prompt: str, text_encoder: Optional[Path]) -> list[str]:
         return []
     count, about = None, ""
     if text_encoder is not None and Path(text_encoder).is_dir():
-        try:
-            from transformers import AutoTokenizer
+        from magihuman.codecs.t5gemma_snapshot import count_prompt_tokens
 
-            tokenizer = AutoTokenizer.from_pretrained(str(text_encoder), local_files_only=True)
-            count = len(tokenizer([prompt])["input_ids"][0])
+        try:
+            count = count_prompt_tokens(text_encoder, prompt)
         except Exception:  # noqa: BLE001 - a broken tokenizer is the loader's error to report
             count = None
     if count is None:
@@ -483,7 +482,7 @@ def check_checkpoint_root(root: Any, components: Mapping[str, Any], *, preset: s
         InputError: a root that is missing, not a folder or lacks a layout folder; a component path that
             does not exist; no root and not every component given.
     """
-    from magihuman.pipeline.magihuman_pipeline import component_layout
+    from magihuman.pipeline.loading import component_layout
 
     table = component_layout(get_preset(preset), video_decoder=video_decoder)
     layout = {k: table[k] for k in _COMPONENTS if table.get(k)}  # DiT first, as the user thinks of them
