@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
-from magihuman.model.transformer import ExpertLinear, MagiHumanTransformer
+from magihuman.model.layers import ExpertLinear
+from magihuman.model.transformer import MagiHumanTransformer
 from magihuman.runtime import fp8
 from magihuman.runtime.fp8 import FP8ExpertLinear, enable_fp8_weights, quantize_fp8_rows, weight_bytes
 from magihuman.runtime.offload import enable_block_streaming

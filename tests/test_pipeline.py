@@ -13,7 +13,7 @@ from conftest import write_tone
 
 from magihuman.codecs.audio_vae import resample_to_output_rate
 from magihuman.pipeline.media import load_audio, preprocess_image
-from magihuman.pipeline.loading import TRANSFORMER_CONFIG_FILE, component_paths, transformer_config
+from magihuman.pipeline.loading import TRANSFORMER_CONFIG_FILE, check_checkpoint_root, transformer_config
 from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 from magihuman.pipeline.presets import PRESETS, get_preset
 from magihuman.pipeline.progress import GenerationInterrupted
@@ -274,8 +274,9 @@ def test_home_relative_checkpoint_root(demo_root, tmp_path, monkeypatch):
     home.mkdir()
     (home / "demo").symlink_to(demo_root, target_is_directory=True)
     monkeypatch.setenv("HOME", str(home))
-    paths = component_paths("~/demo", get_preset("distill"), {"transformer": None, "audio_vae": "~/demo/x"})
-    assert paths == {"transformer": home / "demo" / "distill", "audio_vae": home / "demo" / "x"}
+    paths = check_checkpoint_root("~/demo", {"audio_vae": "~/demo/stable-audio-open-1.0"}, preset="distill")
+    assert paths["transformer"] == home / "demo" / "distill"
+    assert paths["audio_vae"] == home / "demo" / "stable-audio-open-1.0"
     assert (demo_root / "distill" / TRANSFORMER_CONFIG_FILE).is_file()
     assert transformer_config("~/demo/distill")["num_layers"] == transformer_config(demo_root / "distill")["num_layers"]
     pipe = MagiHumanPipeline.from_official("~/demo", preset="distill")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
-from magihuman.model.transformer import ExpertLinear, MagiHumanTransformer
+from magihuman.model.layers import ExpertLinear
+from magihuman.model.transformer import MagiHumanTransformer
 from magihuman.runtime.fp8 import FP8ExpertLinear, enable_fp8_weights
 from magihuman.runtime.options import RuntimeOptions
 from magihuman.runtime.placement import place_transformer

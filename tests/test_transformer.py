@@ -29,15 +29,8 @@ from magihuman.model.packing import (
 )
 from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
 from magihuman.model.rope import FourierTable, apply_rope, default_bands
-from magihuman.model.transformer import (
-    SR1080_LOCAL_ATTN_LAYERS,
-    MagiHumanTransformer,
-    gelu7,
-    rms_norm,
-    split_groups,
-    swiglu7,
-    swiglu7_intermediate,
-)
+from magihuman.model.layers import gelu7, rms_norm, split_groups, swiglu7, swiglu7_intermediate
+from magihuman.model.transformer import SR1080_LOCAL_ATTN_LAYERS, MagiHumanTransformer
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:

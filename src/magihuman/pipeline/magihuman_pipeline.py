@@ -36,7 +36,7 @@ from magihuman.pipeline import stages
 from magihuman.pipeline.loading import (  # noqa: F401 (ROOT_LAYOUT re-exported for callers of the old module)
     ROOT_LAYOUT,
     check_video_decoder,
-    component_paths,
+    check_checkpoint_root,
     transformer_config,
 )
 from magihuman.pipeline.media import write_mp4
@@ -194,7 +194,7 @@ class MagiHumanPipeline:
             explicit["sr_transformer"] = sr_transformer
         if video_decoder == "turbo":
             explicit["turbo_vae"] = turbo_vae
-        paths = component_paths(root, chosen, explicit, video_decoder=video_decoder)
+        paths = check_checkpoint_root(root, explicit, preset=chosen, video_decoder=video_decoder)
         runtime = runtime or RuntimeOptions()
         device = torch.device(device)
         vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # from the execution device

@@ -8,7 +8,6 @@ times the DiT's 2x2 patch); generated audio has ``L_a = 25 s + 1`` latents; the 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -30,8 +29,6 @@ from magihuman.sampling.config import SR_SAMPLER, SR_SAMPLER_CFG, SuperResolutio
 
 #: Spatial stride of the Wan2.2 VAE times the DiT's 2x2 patch: pixel sizes round down to this (pipeline.md 4.1).
 SIZE_MULTIPLE = video_vae.SPATIAL_STRIDE * PATCH_H
-#: The prompt length the model was tuned for (pipeline.md 10): shorter prompts give blurrier people.
-RECOMMENDED_PROMPT_WORDS = 150
 
 
 def round_video_size(width: int, height: int) -> tuple[int, int]:

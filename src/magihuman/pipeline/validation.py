@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from magihuman.codecs.audio_vae import LATENTS_PER_SECOND
 from magihuman.codecs.video_vae import LATENT_CHANNELS, SPATIAL_STRIDE, latent_frames_for, pixel_frames
+from magihuman.pipeline.errors import InputError, MissingInputError, expand_path
+from magihuman.pipeline.loading import check_checkpoint_files, check_checkpoint_root
 from magihuman.pipeline.presets import get_preset
 
 __all__ = [
@@ -61,30 +62,6 @@ _DIT_HIDDEN = 5120
 _ACTIVATION_WIDTHS = 8
 #: Video-latent copies alive in the sampler (noise, sample, velocity, solver history).
 _LATENT_COPIES = 6
-
-
-class InputError(ValueError):
-    """A bad input: one line that names the problem and the fix.
-
-    Attributes:
-        field: the request field or option at fault (``"seconds"``, ``"image"``, ``"device"``, ...), or
-            None when no single field is.
-    """
-
-    def __init__(self, message: str, *, field: Optional[str] = None):
-        super().__init__(" ".join(str(message).split("\n")))
-        self.field = field
-
-
-class MissingInputError(InputError, FileNotFoundError):
-    """A file or folder the request names does not exist (also a ``FileNotFoundError``)."""
-
-
-def expand_path(path: str | os.PathLike | None) -> Optional[Path]:
-    """``Path(path)`` with ``~`` expanded; None and ``""`` stay None."""
-    if path is None or os.fspath(path) == "":
-        return None
-    return Path(os.fspath(path)).expanduser()
 
 
 # ----------------------------------------------------------------------------------------- request
@@ -454,115 +431,3 @@ def _check_memory(request: Any, device: str, runtime: Any, checkpoints: Optional
     hint = "; or --offload blocks / --fp8" if device.startswith("cuda") else ""
     raise InputError(f"this request needs about {_gb(need)} on {device} (estimate: {detail}), more than its "
                      f"{_gb(have)}; use fewer seconds or a smaller width/height{hint}", field="seconds")
-
-
-# ----------------------------------------------------------------------------------------- checkpoints
-#: What each component is, for messages, and its ``magihuman download --components`` name.
-_COMPONENTS = {
-    "transformer": ("DiT", "dit"), "sr_transformer": ("super-resolution DiT", "dit"),
-    "text_encoder": ("T5Gemma text encoder", "text_encoder"), "video_vae": ("Wan2.2 VAE (Wan2.2_VAE.pth)", "video_vae"),
-    "audio_vae": ("Stable Audio Open VAE", "audio_vae"), "turbo_vae": ("Turbo-VAED decoder", "turbo_vae"),
-}
-
-
-def check_checkpoint_root(root: Any, components: Mapping[str, Any], *, preset: str,
-                          video_decoder: str = "turbo") -> dict[str, Path]:
-    """Where each component of ``preset`` comes from: its own path, else ``root``'s layout folder.
-
-    Args:
-        root: a checkpoint root made by ``magihuman download`` (``~`` expanded), or None.
-        components: component name -> explicit path or None (``transformer``, ``text_encoder``, ...).
-        preset: the preset (picks the DiT folder and whether an SR DiT is needed).
-        video_decoder: ``"turbo"`` (needs ``turbo_vae``) or ``"wan"``.
-
-    Returns:
-        Component name -> path, for every component the preset uses.
-
-    Raises:
-        InputError: a root that is missing, not a folder or lacks a layout folder; a component path that
-            does not exist; no root and not every component given.
-    """
-    from magihuman.pipeline.loading import component_layout
-
-    table = component_layout(get_preset(preset), video_decoder=video_decoder)
-    layout = {k: table[k] for k in _COMPONENTS if table.get(k)}  # DiT first, as the user thinks of them
-    given = {k: expand_path(v) for k, v in components.items() if v is not None and k in layout}
-    for name, path in given.items():
-        if not path.exists():
-            raise MissingInputError(f"--{name.replace('_', '-')} path not found: {path}", field=name)
-    root = expand_path(root)
-    if root is None:
-        unset = [f"--{k.replace('_', '-')}" for k in layout if k not in given]
-        if unset:
-            raise InputError("no checkpoint root: fetch the weights with `magihuman download --root DIR`, then pass "
-                             "--checkpoint-root DIR (or set MAGIHUMAN_CHECKPOINT_ROOT); or give "
-                             f"{', '.join(unset)}; or try --demo (random weights)", field="checkpoint_root")
-        return given
-    if not root.is_dir():
-        raise InputError(f"checkpoint root {root} is not a folder; fetch the weights with `magihuman download --root "
-                         f"{root}` or fix --checkpoint-root", field="checkpoint_root")
-    lacking = [f"{layout[k]}/" for k in layout if k not in given and not (root / layout[k]).is_dir()]
-    if lacking:
-        raise InputError(f"checkpoint root {root} lacks {', '.join(lacking)}; fetch it with `magihuman download "
-                         f"--root {root} --preset {preset}` or give the component's own path (--transformer, "
-                         "--text-encoder, --video-vae, --audio-vae)", field="checkpoint_root")
-    return {k: given.get(k, root / layout[k]) for k in layout}
-
-
-def check_checkpoint_files(paths: Mapping[str, Path]) -> None:
-    """Cheap checks of each component's files: present, not empty, and every ``.safetensors`` header and
-    ``.pth``/``.ckpt`` archive directory intact (a truncated download is found here, not by the loader).
-
-    Raises:
-        InputError: naming the component, the file, what it is and what was expected.
-    """
-    for name, path in paths.items():
-        label, download = _COMPONENTS.get(name, (name, name))
-        fix = f"re-download it (`magihuman download --components {download}`) or give the right path"
-        path = expand_path(path)
-        if not path.exists():
-            raise MissingInputError(f"{label} checkpoint not found: {path}; {fix}", field=name)
-        files = [path] if path.is_file() else sorted(p for sub in (path, path / "vae") if sub.is_dir()
-                                                     for p in sub.iterdir() if p.is_file())
-        if not files:
-            raise InputError(f"{label} folder {path} is empty; {fix}", field=name)
-        for file in files:
-            problem = _file_problem(file)
-            if problem:
-                raise InputError(f"{label} file {file} {problem}; {fix}", field=name)
-
-
-def _file_problem(file: Path) -> Optional[str]:
-    """What is wrong with a weights file, judged from its header and size; None when it looks whole."""
-    size = file.stat().st_size
-    suffix = file.suffix.lower()
-    if suffix not in (".safetensors", ".pth", ".ckpt", ".pt"):
-        return None
-    if size == 0:
-        return "is empty (0 bytes)"
-    with open(file, "rb") as handle:
-        head = handle.read(8)
-        if suffix == ".safetensors":
-            length = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if not 0 < length <= min(size - 8, 100_000_000):
-                return f"is not a safetensors file ({size:,} bytes, no valid header); expected a safetensors shard"
-            try:
-                header = json.loads(handle.read(length))
-                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-            except (ValueError, KeyError, TypeError, IndexError):
-                return "has a damaged safetensors header; expected a safetensors shard"
-            if 8 + length + end > size:
-                return f"is truncated: {size:,} bytes, its header promises {8 + length + end:,}"
-            return None
-    if head[:1] == b"\x80":  # a legacy (non-zip) torch.save pickle: nothing cheap to check
-        return None
-    if head[:4] != b"PK\x03\x04":
-        return (f"is not a PyTorch checkpoint (a {size:,}-byte file starting with {head[:8]!r}); expected a "
-                "torch.save archive")
-    try:
-        with zipfile.ZipFile(file) as archive:
-            if not any(n.endswith("data.pkl") for n in archive.namelist()):
-                return "is a zip archive but not a torch.save checkpoint (no data.pkl); expected a torch.save archive"
-    except (zipfile.BadZipFile, OSError):
-        return f"is damaged or truncated ({size:,} bytes, its zip directory is unreadable); expected a torch.save archive"
-    return None

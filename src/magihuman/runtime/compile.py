@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from magihuman.model.transformer import TransformerLayer
+from magihuman.model.layers import TransformerLayer
 
 __all__ = ["compile_repeated_blocks"]
 

@@ -1,6 +1,6 @@
 """FP8 (e4m3) storage of the DiT block linears, and the FP8 tensor-core GEMM (CLI ``--fp8``, ``--fp8-gemm``).
 
-Each block linear (:class:`~magihuman.model.transformer.ExpertLinear`) is replaced by an
+Each block linear (:class:`~magihuman.model.layers.ExpertLinear`) is replaced by an
 :class:`FP8ExpertLinear` built from it: the weight is held as e4m3 bit patterns (uint8 bytes) with one
 power-of-two float32 scale per output row, and is upcast to bf16 just before each GEMM (exact), or run
 as an FP8 GEMM (``torch._scaled_mm``) on GPUs with FP8 tensor cores. Everything in dit.md's float32
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magihuman.model.transformer import ExpertLinear, split_groups
+from magihuman.model.layers import ExpertLinear, split_groups
 from magihuman.runtime.state import is_block_streamed
 
 __all__ = [
@@ -172,7 +172,7 @@ def _check_compute_dtype(compute_dtype: object) -> torch.dtype:
 
 
 class FP8ExpertLinear(ExpertLinear):
-    """:class:`~magihuman.model.transformer.ExpertLinear` with e4m3 weight storage.
+    """:class:`~magihuman.model.layers.ExpertLinear` with e4m3 weight storage.
 
     The parameter ``weight`` (state-dict key unchanged) is ``[out * experts, in]`` **uint8 holding the
     float8_e4m3fn bit patterns** (:attr:`weight_e4m3` is the same memory viewed as e4m3) and the buffer

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from magihuman.model.transformer import ExpertLinear, TransformerLayer
+from magihuman.model.layers import ExpertLinear, TransformerLayer
 from magihuman.runtime.state import as_device, is_block_streamed, is_sharded
 
 __all__ = ["shard_transformer"]
