@@ -57,18 +57,16 @@ import torch
 
 from magihuman.codecs.audio_vae import AudioVAE, LATENTS_PER_SECOND, resample_to_output_rate
 from magihuman.codecs.video_vae import VideoVAE, wan22_vae_config
-from magihuman.runtime.memory import (
-    compile_repeated_blocks,
-    enable_fp8_weights,
-    resolve_attention_backend,
-    weight_bytes,
-)
+from magihuman.model.attention import resolve_attention_backend
+from magihuman.runtime.compile import compile_repeated_blocks
+from magihuman.runtime.fp8 import enable_fp8_weights, weight_bytes
 from magihuman.pipeline.presets import get_preset, preset_for_sr_size
 from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG
-from magihuman.sampling.loop import SR_SAMPLER, denoise
+from magihuman.sampling.config import SR_SAMPLER, SuperResolutionStage
+from magihuman.sampling.loop import denoise
+from magihuman.sampling.records import Latents, TextConditioning
 from magihuman.sampling.super_resolution import (
     FRAME_RECEPTIVE_FIELD,
-    SuperResolutionStage,
     sr1080_local_attn_layers,
     super_resolve,
 )
@@ -312,9 +310,7 @@ def _prepare_dit(settings: BenchSettings, device: torch.device, local: bool) -> 
     model = build_dit(config, device, settings.seed)
     if settings.fp8 or settings.fp8_gemm:
         enable_fp8_weights(model, scaled_gemm=settings.fp8_gemm)
-    backend = resolve_attention_backend(settings.attention, device)
-    if local and device.type == "cuda" and backend == "sdpa":
-        backend = "flex"  # what the pipeline does for the 1080p SR DiT: no N x N mask
+    backend = resolve_attention_backend(settings.attention, device, local_window_layers=local)  # as the pipeline
     model.set_attention_backend(backend)
     if settings.compile:
         torch._dynamo.reset()  # each stage compiles static graphs for its own token count (in the warm-up)
@@ -400,7 +396,7 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
                 model(video, audio, text)
 
             def run(tick) -> None:
-                denoise(model, video, audio, text, negative, config=sampler,
+                denoise(model, Latents(video, audio), TextConditioning(text, negative), config=sampler,
                         generator=torch.Generator().manual_seed(1), callback=tick, batch_cfg=settings.batch_cfg)
 
             seconds, per_step, peak = _timed(clock, run, settings.repeats)
@@ -433,7 +429,7 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
                     model(sr_input, audio, text, coords_style="v1", frame_receptive_field=FRAME_RECEPTIVE_FIELD)
 
                 def run(tick) -> None:
-                    super_resolve(model, video, audio, text, None, stage=stage,
+                    super_resolve(model, Latents(video, audio), TextConditioning(text), stage=stage,
                                   generator=torch.Generator().manual_seed(2), callback=tick)
 
                 seconds, per_step, peak = _timed(clock, run, settings.repeats)
@@ -541,7 +537,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[BenchSettings, Opt
     parser.add_argument("--steps", type=int, default=None, help="override the preset's denoise steps")
     parser.add_argument("--sr-steps", type=int, default=None, help="override the 5 SR steps")
     parser.add_argument("--text-tokens", type=int, default=200)
-    parser.add_argument("--fp8", action="store_true", help="FP8 block-linear storage (memory.enable_fp8_weights)")
+    parser.add_argument("--fp8", action="store_true", help="FP8 block-linear storage (runtime.fp8.enable_fp8_weights)")
     parser.add_argument("--fp8-gemm", action="store_true",
                         help="FP8 weights and FP8 tensor-core GEMMs where the shapes allow (implies --fp8)")
     parser.add_argument("--no-batch-cfg", dest="batch_cfg", action="store_false",

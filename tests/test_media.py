@@ -319,3 +319,25 @@ def test_load_audio_errors(tmp_path):
         media.load_audio(junk)
     with pytest.raises(ValueError, match="max_seconds"):
         media.load_audio(silent, max_seconds=0)
+
+
+def test_check_image_file_decodes_and_reports_the_upright_size(tmp_path):
+    path = tmp_path / "portrait.jpg"
+    img = PIL.Image.new("RGB", (40, 20), (10, 200, 30))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(path, exif=exif)
+    assert media.check_image_file(path, max_pixels=10_000) == (20, 40)
+    with pytest.raises(ValueError, match="40x20 pixels, more than the 100"):
+        media.check_image_file(path, max_pixels=100)
+    path.write_bytes(path.read_bytes()[:-200])  # cut inside the entropy-coded data
+    with pytest.raises(ValueError, match="damaged"):
+        media.check_image_file(path, max_pixels=10_000)
+
+
+def test_check_audio_file_gives_the_duration(tmp_path):
+    tone = write_wav(tmp_path / "tone.wav", (np.ones((24000, 2)) * 1000).astype(np.int16), 16000)
+    assert media.check_audio_file(tone, min_seconds=0.04) == pytest.approx(1.5)
+    short = write_wav(tmp_path / "short.wav", np.zeros((320, 1), np.int16), 16000)  # 0.02 s
+    with pytest.raises(ValueError, match="0.020 s of sound, less than the 0.04 s"):
+        media.check_audio_file(short, min_seconds=0.04)

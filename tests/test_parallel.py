@@ -30,7 +30,9 @@ from magihuman.model.sequence_parallel import (
     split_sizes,
 )
 from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
-from magihuman.sampling.loop import SamplerConfig, denoise
+from magihuman.sampling.config import SamplerConfig
+from magihuman.sampling.loop import denoise
+from magihuman.sampling.records import Latents, TextConditioning
 
 CP = 2
 TOLERANCE = 1e-2
@@ -127,14 +129,14 @@ def _cp2_job(rank: int, world_size: int, port: int, out_dir: str) -> None:
             results["after_failure"] = model(*make_inputs(1, (3, 4, 6), 9, 4))
         # denoise calls the model unchanged (cond + negative calls: two token counts per step).
         video, audio, text, negative = denoise_inputs()
-        results["denoise"] = denoise(model, video, audio, text, negative, config=DENOISE_CONFIG)
+        results["denoise"] = denoise_pair(model, video, audio, text, negative, config=DENOISE_CONFIG)
         # batched CFG: one batch-2 call with padded text and per-sample lengths (ragged attention inside
         # the all-to-alls; per-sample RoPE tables split by rows); v1 so the tables really differ.
         local = models[id(LOCAL_CONFIG)]
         with torch.no_grad():
             results["ragged_v1"] = local(*ragged_inputs(), coords_style="v1", frame_receptive_field=1,
                                          text_lengths=RAGGED_LENGTHS)
-        results["denoise_batched"] = denoise(model, video, audio, text, negative, config=DENOISE_CONFIG,
+        results["denoise_batched"] = denoise_pair(model, video, audio, text, negative, config=DENOISE_CONFIG,
                                              batch_cfg=True)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     except BaseException:
@@ -199,6 +201,12 @@ def single_process(name):
         return model(*make_inputs(batch, thw, audio, text), **kwargs)
 
 
+def denoise_pair(model, video, audio, text, negative, **kwargs):
+    """denoise on the records, as a (video, audio) tuple (saved across processes, loaded weights_only)."""
+    out = denoise(model, Latents(video, audio), TextConditioning(text, negative), **kwargs)
+    return out.video, out.audio
+
+
 def assert_matches(got, want):
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.dtype == w.dtype
@@ -261,7 +269,7 @@ def test_failed_forward_leaves_nothing_stale(cp2):
 def test_denoise_with_sp_model(cp2):
     model = random_transformer(SP_CONFIG, seed=0)
     video, audio, text, negative = denoise_inputs()
-    want = denoise(model, video, audio, text, negative, config=DENOISE_CONFIG)
+    want = denoise_pair(model, video, audio, text, negative, config=DENOISE_CONFIG)
     for rank in range(CP):
         assert_matches(cp2[rank]["denoise"], want)
 
@@ -273,7 +281,7 @@ def test_batched_cfg_with_sp_model(cp2):
         want = local(*ragged_inputs(), coords_style="v1", frame_receptive_field=1, text_lengths=RAGGED_LENGTHS)
     model = random_transformer(SP_CONFIG, seed=0)
     video, audio, text, negative = denoise_inputs()
-    want_denoise = denoise(model, video, audio, text, negative, config=DENOISE_CONFIG, batch_cfg=True)
+    want_denoise = denoise_pair(model, video, audio, text, negative, config=DENOISE_CONFIG, batch_cfg=True)
     for rank in range(CP):
         assert_matches(cp2[rank]["ragged_v1"], want)
         assert_matches(cp2[rank]["denoise_batched"], want_denoise)

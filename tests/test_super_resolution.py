@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from magihuman.pipeline.magihuman_pipeline import GenerationRequest, MagiHumanPipeline
+from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 from magihuman.pipeline.presets import PRESETS, preset_for_sr_size
-from magihuman.sampling.loop import SR_SAMPLER, SR_SAMPLER_CFG, SamplerConfig, video_guidance_per_frame
+from magihuman.pipeline.request import GenerationRequest
+from magihuman.sampling.config import SR_SAMPLER, SR_SAMPLER_CFG, SamplerConfig, SuperResolutionStage
+from magihuman.sampling.guidance import video_guidance_per_frame
+from magihuman.sampling.records import Latents, TextConditioning
 from magihuman.sampling.super_resolution import (
-    SuperResolutionStage,
     corrupt_audio,
     renoise_latent,
     sr1080_local_attn_layers,
@@ -74,7 +76,10 @@ def test_super_resolve_draws_and_inputs():
     stage = SuperResolutionStage("540p_sr", 128, 64)
     video, audio, text = torch.randn(1, 48, 3, 2, 2), torch.randn(1, 9, 64), torch.randn(1, 4, 32)
     model = Recorder()
-    out = super_resolve(model, video, audio, text, stage=stage, generator=torch.Generator().manual_seed(3))
+    result = super_resolve(model, Latents(video, audio), TextConditioning(text), stage=stage,
+                           generator=torch.Generator().manual_seed(3))
+    out = result.video
+    assert result.audio is audio  # the SR loop's audio is discarded: the base audio is the final one
     g = torch.Generator().manual_seed(3)
     eps = torch.randn(1, 48, 3, 4, 8, generator=g)
     eps_audio = torch.randn(1, 9, 64, generator=g)
@@ -110,8 +115,14 @@ def sr_pipe(demo_root):
 def test_sr_pipeline_on_demo_bundle(sr_pipe, examples_dir):
     """Base 64x64 -> SR 128x96 (TI2V): output at the SR size, frame 0 = the image encoded at the SR size,
     audio = the base audio (SR audio discarded)."""
+    steps = []
     out = sr_pipe("A man talks to the camera.", image=examples_dir / "image.png", seconds=0.4, width=64,
-                  height=64, sr_width=128, sr_height=96, seed=3)
+                  height=64, sr_width=128, sr_height=96, seed=3,
+                  callback_on_step_end=lambda pipe, k, t, kw: steps.append(
+                      (k, kw["stage"], kw["num_steps"], kw["total_steps"], kw["completed_steps"])))
+    # callback_on_step_end: every step of both stages, 32 base + 5 SR
+    assert steps == ([(k, "denoise", 32, 37, k + 1) for k in range(32)]
+                     + [(k, "super_resolution", 5, 37, 33 + k) for k in range(5)])
     assert out.frames.shape == (9, 96, 128, 3)
     assert out.video_latent.shape == (1, 48, 3, 6, 8)
     from magihuman.pipeline.media import preprocess_image

@@ -196,14 +196,24 @@ def local_attention_ranges(layout: TokenLayout, frame_receptive_field: int) -> t
     Returns:
         ``(q_ranges, k_ranges)``, each ``[T + 2, 2]`` int32.
     """
-    p, nv, n, r = layout.tokens_per_frame, layout.video_tokens, layout.total_tokens, frame_receptive_field
-    q, k = [], []
-    for i in range(layout.frames):
-        q.append((i * p, (i + 1) * p))
-        k.append((max(0, (i - r) * p), min(nv, (i + r + 1) * p)))
-    q += [(0, nv), (nv, n)]
-    k += [(nv, n), (0, n)]
-    return torch.tensor(q, dtype=torch.int32), torch.tensor(k, dtype=torch.int32)
+    pairs = _range_pairs(layout.frames, layout.tokens_per_frame, layout.video_tokens, layout.total_tokens,
+                         frame_receptive_field)
+    return (torch.tensor([q for q, _ in pairs], dtype=torch.int32),
+            torch.tensor([k for _, k in pairs], dtype=torch.int32))
+
+
+RangePair = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _range_pairs(frames: int, tokens_per_frame: int, video_tokens: int, total_tokens: int,
+                 frame_receptive_field: int) -> tuple[RangePair, ...]:
+    """``((q_start, q_end), (k_start, k_end))`` pairs in the reference's table order (dit.md 5.2): one per
+    latent frame, then (all video queries, audio + text keys), then (audio + text queries, all keys)."""
+    p, nv, n, r = tokens_per_frame, video_tokens, total_tokens, frame_receptive_field
+    frame_pairs = tuple(
+        ((i * p, (i + 1) * p), (max(0, (i - r) * p), min(nv, (i + r + 1) * p))) for i in range(frames)
+    )
+    return frame_pairs + (((0, nv), (nv, n)), ((nv, n), (0, n)))
 
 
 @dataclass(frozen=True)
@@ -225,6 +235,25 @@ class LocalWindow:
     def of(cls, layout: TokenLayout, frame_receptive_field: int) -> "LocalWindow":
         """The window of a packed sample with half-width ``frame_receptive_field`` latent frames."""
         return cls(layout.total_tokens, layout.video_tokens, max(layout.tokens_per_frame, 1), frame_receptive_field)
+
+    @property
+    def frames(self) -> int:
+        """T = Nv / P latent frames."""
+        return self.video_tokens // self.tokens_per_frame
+
+    @property
+    def covers_every_frame(self) -> bool:
+        """True when ``R >= T - 1``: every video query sees every video key, so the window allows every
+        (query, key) pair and is mathematically global attention (dit.md 5.2: ``T <= 12`` at R = 11).
+        The reference still runs its local layers through the range split then (:meth:`range_pairs`)."""
+        return self.frame_receptive_field >= self.frames - 1
+
+    def range_pairs(self) -> tuple[RangePair, ...]:
+        """The window as the reference's half-open ``((q_start, q_end), (k_start, k_end))`` pairs, in its
+        table order (the same pairs as :func:`local_attention_ranges`, as Python ints): ``T`` frame
+        pairs, then (all video queries, audio + text keys), then (audio + text queries, all keys)."""
+        return _range_pairs(self.frames, self.tokens_per_frame, self.video_tokens, self.total_tokens,
+                            self.frame_receptive_field)
 
     def allows(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         """Elementwise rule on broadcastable index tensors; True = may attend."""

@@ -1,6 +1,7 @@
 """Named generation presets: which checkpoint, which sampler, what size (pipeline.md 1.3).
 
-A preset is data, not a code branch: the pipeline reads these fields and nothing else.
+A preset is data, not a code branch: the pipeline reads these fields and nothing else. This module
+imports no torch (the CLI's ``--help`` and a server's request parser read it).
 
 | preset | DiT checkpoint | sampler | source |
 |---|---|---|---|
@@ -18,8 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from magihuman.sampling.loop import BASE_SAMPLER, DISTILL_SAMPLER, SamplerConfig
-from magihuman.sampling.super_resolution import SuperResolutionStage
+from magihuman.sampling.config import BASE_SAMPLER, DISTILL_SAMPLER, SamplerConfig, SuperResolutionStage
 
 #: Frames per second of video and the latent-audio rate base (pipeline.md 1.2 ``fps``).
 FPS = 25
@@ -29,6 +29,12 @@ DEFAULT_WIDTH, DEFAULT_HEIGHT = 448, 256
 DEFAULT_SECONDS = 4.0
 #: Request seed default of the reference (pipeline.md 12).
 DEFAULT_SEED = 42
+#: Preset of a request that names none: the distilled model (pipeline.md 1.3 "distill" example).
+DEFAULT_PRESET = "distill"
+#: Video decoders: the distilled Turbo-VAED (default, pipeline.md 9.1 ``use_turbo_vae``) or the Wan2.2 VAE's own.
+VIDEO_DECODERS = ("turbo", "wan")
+#: Video decoder used when none is named.
+DEFAULT_VIDEO_DECODER = "turbo"
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from magihuman.sampling.config import DEFAULT_SHIFT, SR_NOISE_INDEX
+
 # Training grid of the flow-matching model (pipeline.md 4.4: "train grid of 1000").
 NUM_TRAIN_TIMESTEPS = 1000
-# Flow time shift s of the base and SR stages (pipeline.md 1.2 `shift`, 4.3).
-DEFAULT_SHIFT = 5.0
 # Order of the multistep UniPC solver (pipeline.md 4.4 "solver_order 2").
 SOLVER_ORDER = 2
 # The predictor at order 2 uses this fixed weight for its one difference term instead of solving for
@@ -39,8 +39,6 @@ FIXED_RHO = 0.5
 # Scaled-linear DDPM betas of the ZeroSNR table: β = linspace(√start, √end, 1000)² (pipeline.md 4.6).
 DDPM_BETA_START = 0.00085
 DDPM_BETA_END = 0.012
-# DDPM index at which the SR stage re-noises (pipeline.md 1.2 `noise_value`, 8 step 4).
-SR_NOISE_INDEX = 220
 
 
 def flow_shift(sigma: torch.Tensor | np.ndarray | float, shift: float = DEFAULT_SHIFT):
