@@ -84,7 +84,7 @@ def test_scale_zero_fuse_and_round_trip(lora_run):
         assert rel(unfused, reference) > 0.1
         half = load_lora_copy(base, result.output, 0.5)(*inputs)[0]
         assert rel(half, reference) < rel(unfused, reference)
-        from magihuman.runtime.memory import enable_fp8_weights
+        from magihuman.runtime.fp8 import enable_fp8_weights
 
         fp8 = enable_fp8_weights(copy.deepcopy(base))
         fp8_unfused = load_lora_copy(fp8, result.output, 1.0)(*inputs)[0]

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from magihuman.model.checkpoint import write_atomic
-from magihuman.model.transformer import ExpertLinear, split_groups
+from magihuman.model.layers import ExpertLinear, split_groups
 
 #: Key prefix of the adapter tensors in a file (diffusers' convention for a pipeline's transformer).
 KEY_PREFIX = "transformer."
@@ -144,7 +144,7 @@ class ExpertLoraLinear(nn.Module, LoraLayer):
 
 def _add_to_weight(base: ExpertLinear, delta: torch.Tensor) -> None:
     if hasattr(base, "dequantized_weight"):  # FP8 storage (runtime FP8): dequantise, add, re-quantise
-        from magihuman.runtime.memory import quantize_fp8_rows
+        from magihuman.runtime.fp8 import quantize_fp8_rows
 
         merged = base.dequantized_weight().float() + delta.to(base.weight.device)
         q, scale = quantize_fp8_rows(merged)

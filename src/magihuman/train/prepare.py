@@ -130,7 +130,7 @@ class _Encoders:
         from magihuman.codecs.audio_vae import AudioVAE
         from magihuman.codecs.text_encoder import TextEncoder
         from magihuman.codecs.video_vae import VideoVAE
-        from magihuman.pipeline.magihuman_pipeline import ROOT_LAYOUT
+        from magihuman.pipeline.loading import ROOT_LAYOUT
 
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.device = device

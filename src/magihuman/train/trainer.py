@@ -34,14 +34,13 @@ import torch.utils.checkpoint
 from torch import nn
 
 from magihuman.model.transformer import MagiHumanTransformer
+from magihuman.pipeline.loading import TRANSFORMER_CONFIG_FILE, transformer_config
 from magihuman.train.cache import LatentSample, group_by_shape, load_negative, load_samples
 from magihuman.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from magihuman.train.config import TrainConfig
 from magihuman.train.metrics import LossLog
 from magihuman.train.objective import ObjectiveSettings, derive_seed, flow_matching_loss, noise_batch, sample_generator
 
-#: Optional config file in a transformer folder (the pipeline reads it; absent for the 15B model).
-TRANSFORMER_CONFIG_FILE = "magihuman_transformer.json"
 
 
 def global_batch(groups: dict[tuple, list[int]], seed: int, batch_index: int, size: int) -> list[int]:
@@ -60,9 +59,7 @@ def global_batch(groups: dict[tuple, list[int]], seed: int, batch_index: int, si
 
 def load_transformer(folder: str | Path, device: str | torch.device = "cpu") -> MagiHumanTransformer:
     """A transformer checkpoint folder with its optional ``magihuman_transformer.json`` config."""
-    config_file = Path(folder) / TRANSFORMER_CONFIG_FILE
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    return MagiHumanTransformer.from_official(folder, device=device, progress=False, **config)
+    return MagiHumanTransformer.from_official(folder, device=device, progress=False, **transformer_config(folder))
 
 
 def save_transformer(model: MagiHumanTransformer, folder: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
@@ -139,7 +136,7 @@ class Trainer:
 
             self.model.requires_grad_(False)
             if config.lora.fp8_base:
-                from magihuman.runtime.memory import enable_fp8_weights
+                from magihuman.runtime.fp8 import enable_fp8_weights
 
                 enable_fp8_weights(self.model)
             add_lora(self.model, config.lora)

@@ -14,7 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 from magihuman.model.checkpoint import write_atomic
-from magihuman.sampling.loop import BASE_SAMPLER, DISTILL_SAMPLER, SamplerConfig, denoise, draw_noise
+from magihuman.sampling.config import BASE_SAMPLER, DISTILL_SAMPLER, SamplerConfig
+from magihuman.sampling.loop import denoise, draw_noise
+from magihuman.sampling.records import Latents, TextConditioning
 from magihuman.train.cache import LatentSample
 
 #: Seed of the validation noise (the same at every validation).
@@ -47,9 +49,9 @@ def sample_like(model, sample: LatentSample, negative: torch.Tensor | None, *, p
     config = preset if isinstance(preset, SamplerConfig) else BASE_SAMPLER if preset == "base" else DISTILL_SAMPLER
     text = sample.text_embeds[None].float().to(device)
     neg = negative[None].float().to(device) if negative is not None and config.cfg_number == 2 else None
-    video, audio = denoise(model, video, audio, text, neg, config=config, generator=generator,
-                           image_latent=None if image_latent is None else image_latent.to(device))
-    return video.cpu(), audio.cpu()
+    out = denoise(model, Latents(video, audio), TextConditioning(text, neg), config=config, generator=generator,
+                  image_latent=None if image_latent is None else image_latent.to(device))
+    return out.video.cpu(), out.audio.cpu()
 
 
 class Validator:
@@ -92,7 +94,7 @@ class _Decoders:
     def __init__(self, root: Path):
         from magihuman.codecs.audio_vae import AudioVAE
         from magihuman.codecs.video_vae import VideoVAE
-        from magihuman.pipeline.magihuman_pipeline import ROOT_LAYOUT
+        from magihuman.pipeline.loading import ROOT_LAYOUT
 
         self.video_vae = VideoVAE.from_official(root / ROOT_LAYOUT["video_vae"], dtype=torch.float32)
         self.audio_vae = AudioVAE.from_official(root / ROOT_LAYOUT["audio_vae"])
