@@ -141,3 +141,32 @@ def describe_fields(model: type[BaseModel] = TrainConfig, prefix: str = "") -> l
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         lines.append(f"{prefix}{name} ({default}): {field.description}")
     return lines
+
+
+class DistillConfig(BaseModel):
+    """One DMD-2 distillation run (``magihuman train distill``; :mod:`magihuman.train.distill`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cache: Path = Field(..., description="Latent cache (captions; clean latents for the GAN term).")
+    teacher: Path = Field(..., description="The base transformer folder (frozen real score; initialises both "
+                          "the generator and the fake score).")
+    output: Path = Field(..., description="Run folder; the student is written to OUTPUT/distill in the official layout.")
+    steps: int = Field(1000, ge=1, description="Generator updates.")
+    batch_size: int = Field(1, ge=1, description="Captions per update.")
+    fake_steps: int = Field(5, ge=1, description="Fake-score updates per generator update (two time-scale rule).")
+    generator_lr: float = Field(2e-6, gt=0, description="AdamW learning rate of the generator.")
+    fake_lr: float = Field(2e-6, gt=0, description="AdamW learning rate of the fake score (and the GAN head).")
+    betas: tuple[float, float] = Field((0.0, 0.999), description="AdamW betas of both optimisers.")
+    max_grad_norm: float | None = Field(10.0, description="Gradient-norm clip of each update (None: off).")
+    student_steps: int = Field(8, ge=1, description="Steps of the distilled sampler (8: the shipped `distill` preset).")
+    shift: float = Field(5.0, gt=0, description="Flow time shift of the student's sigmas and of the score noise levels.")
+    video_guidance_scale: float = Field(5.0, description="Real-score video CFG while t > 500 (the base sampler's).")
+    video_guidance_scale_late: float = Field(2.0, description="Real-score video CFG once t <= 500.")
+    audio_guidance_scale: float = Field(5.0, description="Real-score audio CFG.")
+    score_sigma_range: tuple[float, float] = Field((0.02, 0.98), description="Noise levels at which the scores "
+                                                   "compare the generator's samples (shifted-uniform, clamped).")
+    gan_weight: float = Field(0.0, ge=0, description="Weight of the GAN term on fake-score features (0: off; "
+                              "DMD-2 uses ~1e-3 with real clips from the cache).")
+    mixed_precision: Literal["bf16", "fp32"] = Field("bf16", description="As TrainConfig.mixed_precision.")
+    seed: int = Field(0, description="Seed of every draw (re-derived per update).")
