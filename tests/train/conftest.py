@@ -39,6 +39,14 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """The random-weight demo bundle, built once for the session outside the user's cache."""
+    from magihuman.demo.bundle import ensure_demo_bundle
+
+    return ensure_demo_bundle(tmp_path_factory.mktemp("demo") / "bundle")
+
+
+@pytest.fixture(scope="session")
 def trained_base(tmp_path_factory) -> TrainedBase:
     """A 2-layer width-256 model trained with the full objective (text dropout 0.1, first-frame rate 0.2)
     for 300 AdamW steps at lr 1e-3 on 4 clips (batch 4, fp32)."""

@@ -51,10 +51,8 @@ def test_manifest_formats(tmp_path):
         read_dataset(jsonl)
 
 
-def test_prepare_writes_a_resumable_cache(tmp_path):
-    from magihuman.demo.bundle import ensure_demo_bundle
-
-    root = ensure_demo_bundle()
+def test_prepare_writes_a_resumable_cache(tmp_path, demo_root):
+    root = demo_root
     data = tmp_path / "clips"
     data.mkdir()
     for i in range(2):

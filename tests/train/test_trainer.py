@@ -97,13 +97,12 @@ def test_config_file_overrides_and_errors(tmp_path):
         load_config(path, sets=["steps"])
 
 
-def test_validation_writes_mp4s_with_the_step(tmp_path):
-    from magihuman.demo.bundle import ensure_demo_bundle
+def test_validation_writes_mp4s_with_the_step(tmp_path, demo_root):
     from magihuman.pipeline.media import probe_media
 
     samples = latent_dataset(2)
     config = _config(tmp_path, steps=2, grad_accum=1, validation_every=2, validation_samples=1,
-                     validation_preset="distill", root=ensure_demo_bundle(), mixed_precision="fp32")
+                     validation_preset="distill", root=demo_root, mixed_precision="fp32")
     Trainer(config, model=random_transformer(SMALL, seed=2), samples=samples, negative=torch.randn(4, 32)).train()
     video = tmp_path / "run" / "validation" / "step-0000002_clip0.mp4"
     info = probe_media(video)

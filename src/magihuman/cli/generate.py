@@ -70,6 +70,7 @@ def prepare(options: GenerateOptions) -> Job:
     if world > 1 and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     runtime = _runtime_options(options)
+    _check_loras(options)
     checkpoints = _checkpoints(options, request.preset)
     from magihuman.pipeline.validation import validate_request
 
@@ -256,6 +257,8 @@ def run(job: Job) -> None:
             device=job.device, progress=True, runtime=job.runtime)
     except Exception as exc:  # noqa: BLE001 - reported in one line
         raise Failure(f"could not load the checkpoints: {exc}") from exc
+    for path, scale in _check_loras(options):
+        _lora_input_errors(lambda p=path, s=scale: pipe.load_lora(p, s))
     if sp is not None:
         for model in (pipe.transformer, getattr(pipe, "sr_transformer", None)):
             if model is not None:
@@ -308,3 +311,19 @@ def _print_summary(path: Path, timings: dict[str, float]) -> None:
         seconds = info["audio_header_duration"] or info["audio_duration"] or 0.0
         facts += f", {info['audio_codec']} audio {info['sample_rate']} Hz, {seconds:.2f} s"
     typer.echo(f"wrote {path} ({facts})")
+
+
+def _check_loras(options: GenerateOptions) -> list:
+    """``--lora FILE[:SCALE]`` parsed and the files checked (before any model loads)."""
+    from magihuman.pipeline.lora import check_lora_specs
+
+    return _lora_input_errors(lambda: check_lora_specs(options.lora or ()))
+
+
+def _lora_input_errors(run):
+    from magihuman.pipeline.lora import LoraError
+
+    try:
+        return run()
+    except LoraError as exc:
+        raise InputError(str(exc), field="lora") from None

@@ -322,3 +322,25 @@ def parse_lora_spec(spec: str) -> tuple[Path, float]:
                 return Path(spec), 1.0
             raise LoraError(f"--lora {spec!r}: the scale after ':' must be a number (e.g. style.safetensors:0.8)") from None
     return Path(spec), 1.0
+
+
+def check_lora_specs(specs: Iterable[str]) -> list[tuple[Path, float]]:
+    """Parse ``FILE[:SCALE]`` specs and check that each file exists and holds adapter metadata (no tensor read).
+
+    Raises:
+        LoraError: a malformed spec, a missing file or a file that is not an adapter.
+    """
+    parsed = []
+    for spec in specs:
+        path, scale = parse_lora_spec(spec)
+        if not path.expanduser().is_file():
+            raise LoraError(f"--lora {spec!r}: file {path} not found")
+        try:
+            with safe_open(str(path.expanduser()), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+            raise LoraError(f"--lora {spec!r}: {path} is not a readable .safetensors adapter ({exc})") from None
+        if METADATA_KEY not in metadata:
+            raise LoraError(f"--lora {spec!r}: {path} is not an adapter written by `magihuman train lora`")
+        parsed.append((path.expanduser(), scale))
+    return parsed

@@ -150,6 +150,12 @@ class MagiHumanPipeline:
         """Keep every model on the CPU and lend each to ``device`` for its own stage (``--offload components``)."""
         self.offload = offload_idle_components(self, device)
 
+    def load_lora(self, path: str | Path, scale: float = 1.0, *, fuse: bool = False) -> str:
+        """Add a LoRA adapter file to the DiT (see :func:`magihuman.pipeline.lora.load_lora`: errors, scale, fuse)."""
+        from magihuman.pipeline.lora import load_lora
+
+        return load_lora(self.transformer, path, scale, fuse=fuse)
+
     def _lend(self, *names: str):
         """Context in which the named components are on the compute device (no-op without offload)."""
         return self.offload.stage(*names) if self.offload is not None else contextlib.nullcontext()

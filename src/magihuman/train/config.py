@@ -90,8 +90,10 @@ class TrainConfig(BaseModel):
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                sets: list[str] | None = None) -> TrainConfig:
+                sets: list[str] | None = None, *, model: type[BaseModel] | None = None) -> TrainConfig:
     """Defaults, then the file (``.json`` or ``.toml``), then ``overrides``, then ``key=value`` strings.
+
+    ``model`` picks the record (default :class:`TrainConfig`; :class:`DistillConfig` for distillation).
 
     Raises:
         ConfigError: an unreadable file, a malformed ``--set``, or fields that do not validate (all listed).
@@ -117,7 +119,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             value = raw
         _assign(data, key.strip(), value)
     try:
-        return TrainConfig.model_validate(data)
+        return (model or TrainConfig).model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid training config: {problems}") from None
