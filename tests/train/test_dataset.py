@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,10 +33,12 @@ def test_choose_bucket_by_aspect_and_length():
         parse_buckets(["448by256"], [4])
 
 
-def test_manifest_formats(tmp_path):
+def test_manifest_formats(tmp_path, monkeypatch):
     (tmp_path / "a.mp4").write_bytes(b"x")
     (tmp_path / "a.txt").write_text("a woman speaks\n")
     assert [(r.clip_id, r.caption) for r in read_dataset(tmp_path)] == [("a", "a woman speaks")]
+    monkeypatch.chdir(tmp_path.parent)  # a relative folder path works too
+    assert read_dataset(Path(tmp_path.name))[0].video.is_file()
     (tmp_path / "b.mp4").write_bytes(b"x")
     with pytest.raises(DatasetError, match="b.txt"):
         read_dataset(tmp_path)

@@ -169,7 +169,7 @@ def _folder_rows(folder: Path) -> list[dict]:
         caption = video.with_suffix(".txt")
         if not caption.is_file():
             raise DatasetError(f"{video} has no caption file {caption.name}; write the clip's prompt there")
-        rows.append({"video": str(video), "caption": caption.read_text(encoding="utf-8"), "_where": str(caption)})
+        rows.append({"video": video.name, "caption": caption.read_text(encoding="utf-8"), "_where": str(caption)})
     return rows
 
 
