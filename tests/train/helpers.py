@@ -9,7 +9,8 @@ import torch
 
 from magihuman.train.cache import LatentSample
 
-#: Transformer config of the training tests: 2 layers at width 256 (wider than a 192-d video token, so a layer can carry the noisy latent through) with the 15B structure (a sandwich
+#: Transformer config of the training tests: 2 layers at width 256 (wider than a 192-d video token, so a
+#: layer can carry the noisy latent through) with the 15B structure (a sandwich
 #: layer with per-modality experts, a gelu7 and a swiglu7 layer, GQA with gates).
 TRAIN_TINY_CONFIG = dict(
     num_layers=2, hidden_size=256, head_dim=32, num_query_groups=2, video_in_channels=192,

@@ -123,3 +123,28 @@ def test_parse_lora_spec():
     assert parse_lora_spec("style.safetensors")[1] == 1.0
     with pytest.raises(LoraError, match="must be a number"):
         parse_lora_spec("style.safetensors:strong")
+
+
+def test_lora_trains_on_an_fp8_base(tmp_path):
+    """lora.fp8_base: the frozen block linears are stored in FP8 (as `generate --fp8`), the adapters train."""
+    from magihuman.runtime.fp8 import FP8ExpertLinear
+
+    small = dict(TRAIN_TINY_CONFIG, hidden_size=64, head_dim=16)
+    model = random_transformer(small, seed=3)
+    config = TrainConfig(mode="lora", cache=tmp_path, base=tmp_path, output=tmp_path / "run", steps=3, batch_size=2,
+                         learning_rate=1e-2, mixed_precision="bf16", checkpoint_every=3,
+                         lora={"rank": 4, "alpha": 4, "fp8_base": True, "targets": ["attention"]})
+    result = Trainer(config, model=model, samples=latent_dataset(2), negative=torch.randn(4, 32)).train()
+    bases = [layer.get_base_layer() for layer in lora_layers(model)]
+    assert len(bases) == 4 and all(isinstance(b, FP8ExpertLinear) for b in bases)  # qkv and proj of 2 layers
+    fresh = enable_fp8_weights_copy(small)
+    load_lora(fresh, result.output)
+    assert all(torch.equal(a.lora_B["lora_0"].weight, b.lora_B["default"].weight)
+               for a, b in zip(lora_layers(fresh), lora_layers(model)))
+    assert any(b.lora_B["default"].weight.abs().sum() > 0 for b in lora_layers(model))
+
+
+def enable_fp8_weights_copy(config):
+    from magihuman.runtime.fp8 import enable_fp8_weights
+
+    return enable_fp8_weights(random_transformer(config, seed=3))

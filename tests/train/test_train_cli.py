@@ -49,7 +49,8 @@ def test_guide_commands_on_the_demo_bundle(tmp_path, demo_root):
 
 
 def test_bad_inputs_stop_before_loading(tmp_path, demo_root):
-    result = run("generate", "--prompt", PROMPT, "--checkpoint-root", demo_root, "--lora", tmp_path / "none.safetensors",
+    result = run("generate", "--prompt", PROMPT, "--checkpoint-root", demo_root, "--lora",
+                 tmp_path / "none.safetensors",
                  "--output", tmp_path / "x.mp4")
     assert result.exit_code == 2 and "none.safetensors" in result.output and "not found" in result.output
     silent = tmp_path / "silent"
@@ -59,5 +60,6 @@ def test_bad_inputs_stop_before_loading(tmp_path, demo_root):
     result = run("train", "prepare", silent, "-o", tmp_path / "c", "--checkpoint-root", demo_root, "--size", "64x64",
                  "--seconds", "0.32")
     assert result.exit_code == 2 and "--video-only" in result.output
-    result = run("train", "lora", "--cache", tmp_path, "--base", tmp_path, "--output", tmp_path / "o", "--set", "steps=0")
+    result = run("train", "lora", "--cache", tmp_path, "--base", tmp_path, "--output", tmp_path / "o",
+                 "--set", "steps=0")
     assert result.exit_code == 2 and "steps" in result.output

@@ -108,3 +108,21 @@ def test_validation_writes_mp4s_with_the_step(tmp_path, demo_root):
     info = probe_media(video)
     # 2 latent frames of 4x4 -> 5 frames of 64x64 at 25 fps, with sound
     assert (info["num_frames"], info["width"], info["height"], info["num_audio_streams"]) == (5, 64, 64, 1)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """Recomputing each layer in the backward pass changes memory, not numbers: gradients equal bit for bit."""
+    from magihuman.train.objective import ObjectiveSettings, flow_matching_loss, noise_batch, sample_generator
+    from magihuman.train.trainer import enable_gradient_checkpointing
+
+    samples = latent_dataset(2)
+    batch = noise_batch(samples, torch.randn(4, 32), ObjectiveSettings(), [sample_generator(0, 0, j) for j in range(2)])
+    grads = []
+    for checkpointing in (False, True):
+        model = random_transformer(SMALL, seed=2).float().train()
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        loss, _ = flow_matching_loss(model, batch)
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])

@@ -116,7 +116,8 @@ class ExpertLoraLinear(nn.Module, LoraLayer):
             if adapter not in self.lora_A or self.scaling[adapter] == 0:
                 continue
             weight_dtype = self.lora_A[adapter].weight.dtype
-            delta = [F.linear(F.linear(part.to(weight_dtype), a), b) for part, (a, b) in zip(parts, self._pairs(adapter))]
+            pairs = self._pairs(adapter)
+            delta = [F.linear(F.linear(part.to(weight_dtype), a), b) for part, (a, b) in zip(parts, pairs)]
             result = result.float() + (delta[0] if len(delta) == 1 else torch.cat(delta, dim=1)).float() * \
                 self.scaling[adapter]
         return result
@@ -261,7 +262,8 @@ def check_lora_state(model: nn.Module, state: dict[str, torch.Tensor], rank: int
     if unknown or wrong:
         lines = []
         if unknown:
-            lines.append(f"{len(unknown)} key(s) name no block linear of this model: {', '.join(unknown[:_MAX_LISTED])}")
+            listed = ", ".join(unknown[:_MAX_LISTED])
+            lines.append(f"{len(unknown)} key(s) name no block linear of this model: {listed}")
         if wrong:
             lines.append(f"{len(wrong)} key(s) have the wrong shape: {'; '.join(wrong[:_MAX_LISTED])}")
         raise LoraError(f"the LoRA {path} does not fit this transformer (trained for another model?): "
@@ -320,7 +322,8 @@ def parse_lora_spec(spec: str) -> tuple[Path, float]:
         except ValueError:
             if Path(spec).exists():
                 return Path(spec), 1.0
-            raise LoraError(f"--lora {spec!r}: the scale after ':' must be a number (e.g. style.safetensors:0.8)") from None
+            raise LoraError(f"--lora {spec!r}: the scale after ':' must be a number "
+                            "(e.g. style.safetensors:0.8)") from None
     return Path(spec), 1.0
 
 

@@ -48,7 +48,8 @@ def save_checkpoint(run: Path, step: int, trainable: dict[str, torch.Tensor], op
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(staging / "trainable.safetensors"))
+        tensors = {k: v.detach().cpu().contiguous() for k, v in trainable.items()}
+        save_file(tensors, str(staging / "trainable.safetensors"))
         torch.save(optimizer_state, staging / "optimizer.pt")
         if ema is not None:
             save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(staging / "ema.safetensors"))

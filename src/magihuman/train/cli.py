@@ -8,7 +8,7 @@ training: ``torchrun --nproc_per_node N -m magihuman train lora ...`` (DDP; gloo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -37,13 +37,13 @@ def _input_errors(run):
 def prepare(
     dataset: Annotated[Path, typer.Argument(help="Folder of clips with .txt captions, or a .csv/.jsonl manifest.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Cache folder (resumed when it exists).")],
-    checkpoint_root: Annotated[Optional[Path], typer.Option("--checkpoint-root", help="Folder made by "
+    checkpoint_root: Annotated[Path | None, typer.Option("--checkpoint-root", help="Folder made by "
                                "`magihuman download` (the T5Gemma, Wan2.2 and Stable Audio encoders).")] = None,
     size: Annotated[list[str], typer.Option("--size", help="Bucket size WxH; repeat for several.")] = ["448x256"],  # noqa: B006
     seconds: Annotated[list[float], typer.Option("--seconds", help="Bucket length; repeat for several.")] = [4.0],  # noqa: B006
     video_only: Annotated[bool, typer.Option("--video-only", help="Train video only: accept silent clips, "
                           "encode no sound.")] = False,
-    negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="Unconditional text "
+    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", help="Unconditional text "
                                "(text dropout). Default: the pipeline's.")] = None,
     device: Annotated[str, typer.Option("--device", help="Where the encoders run.")] = "cpu",
     demo: Annotated[bool, typer.Option("--demo", help="Use the tiny RANDOM demo encoders (tests, the guide).")] = False,
@@ -58,7 +58,7 @@ def prepare(
     typer.echo(f"latent cache ready: {out}")
 
 
-def _root(checkpoint_root: Optional[Path], demo: bool) -> Optional[Path]:
+def _root(checkpoint_root: Path | None, demo: bool) -> Path | None:
     if demo:
         if checkpoint_root is not None:
             raise InputError("--demo brings its own encoders; drop --checkpoint-root or --demo")
@@ -72,7 +72,7 @@ def _root(checkpoint_root: Optional[Path], demo: bool) -> Optional[Path]:
     return checkpoint_root
 
 
-def _train(mode: str, config: Optional[Path], overrides: dict, sets: Optional[list[str]], device: str) -> None:
+def _train(mode: str, config: Path | None, overrides: dict, sets: list[str] | None, device: str) -> None:
     from magihuman.train.config import load_config
     from magihuman.train.distributed import init_from_env, shutdown
     from magihuman.train.trainer import Trainer
@@ -106,13 +106,13 @@ _HELP_CONFIG = typer.Option("--help-config", callback=_help_config, is_eager=Tru
 
 @train_app.command("lora")
 def lora(
-    config: Annotated[Optional[Path], _CONFIG] = None,
-    cache: Annotated[Optional[Path], typer.Option("--cache", help="Latent cache (train prepare).")] = None,
-    base: Annotated[Optional[Path], typer.Option("--base", help="Transformer folder to adapt (e.g. ROOT/base).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps.")] = None,
-    rank: Annotated[Optional[int], typer.Option("--rank", help="LoRA rank.")] = None,
-    sets: Annotated[Optional[list[str]], _SET] = None,
+    config: Annotated[Path | None, _CONFIG] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Latent cache (train prepare).")] = None,
+    base: Annotated[Path | None, typer.Option("--base", help="Transformer folder to adapt (e.g. ROOT/base).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimiser steps.")] = None,
+    rank: Annotated[int | None, typer.Option("--rank", help="LoRA rank.")] = None,
+    sets: Annotated[list[str] | None, _SET] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     help_config: Annotated[bool, _HELP_CONFIG] = False,
 ) -> None:
@@ -125,12 +125,12 @@ def lora(
 
 @train_app.command("finetune")
 def finetune(
-    config: Annotated[Optional[Path], _CONFIG] = None,
-    cache: Annotated[Optional[Path], typer.Option("--cache", help="Latent cache (train prepare).")] = None,
-    base: Annotated[Optional[Path], typer.Option("--base", help="Transformer folder to start from.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps.")] = None,
-    sets: Annotated[Optional[list[str]], _SET] = None,
+    config: Annotated[Path | None, _CONFIG] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Latent cache (train prepare).")] = None,
+    base: Annotated[Path | None, typer.Option("--base", help="Transformer folder to start from.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimiser steps.")] = None,
+    sets: Annotated[list[str] | None, _SET] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     help_config: Annotated[bool, _HELP_CONFIG] = False,
 ) -> None:
@@ -140,12 +140,12 @@ def finetune(
 
 @train_app.command("distill")
 def distill(
-    config: Annotated[Optional[Path], _CONFIG] = None,
-    cache: Annotated[Optional[Path], typer.Option("--cache", help="Latent cache (captions).")] = None,
-    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Base transformer folder.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder (student: OUTPUT/distill).")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Generator updates.")] = None,
-    sets: Annotated[Optional[list[str]], _SET] = None,
+    config: Annotated[Path | None, _CONFIG] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Latent cache (captions).")] = None,
+    teacher: Annotated[Path | None, typer.Option("--teacher", help="Base transformer folder.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (student: OUTPUT/distill).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Generator updates.")] = None,
+    sets: Annotated[list[str] | None, _SET] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
 ) -> None:
     """DMD-2: distil the base model into an 8-step student (OUTPUT/distill, loadable by --preset distill)."""

@@ -69,8 +69,9 @@ class TrainConfig(BaseModel):
     text_dropout: float = Field(0.1, ge=0, le=1, description="Share of samples whose text is replaced by the "
                                 "negative prompt (the unconditional branch CFG uses).")
     audio_loss_weight: float = Field(1.0, ge=0, description="Weight of the audio velocity loss next to the video's.")
-    mixed_precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16: block GEMMs in bf16 (autocast) "
-                                                      "over float32 master weights, as inference computes; fp32: all float32.")
+    mixed_precision: Literal["bf16", "fp32"] = Field(
+        "bf16", description="bf16: block GEMMs in bf16 (autocast) over float32 master weights, as inference "
+        "computes; fp32: all float32.")
     gradient_checkpointing: bool = Field(False, description="Recompute each transformer layer in the backward pass.")
     ema_decay: float | None = Field(None, ge=0, lt=1, description="Keep an EMA of the trained weights (None: off).")
     seed: int = Field(0, description="Seed of the data order, sigmas, noises and dropouts (each step re-derives it).")
@@ -153,7 +154,8 @@ class DistillConfig(BaseModel):
     cache: Path = Field(..., description="Latent cache (captions; clean latents for the GAN term).")
     teacher: Path = Field(..., description="The base transformer folder (frozen real score; initialises both "
                           "the generator and the fake score).")
-    output: Path = Field(..., description="Run folder; the student is written to OUTPUT/distill in the official layout.")
+    output: Path = Field(..., description="Run folder; the student is written to OUTPUT/distill in the "
+                         "official layout.")
     steps: int = Field(1000, ge=1, description="Generator updates.")
     batch_size: int = Field(1, ge=1, description="Captions per update.")
     fake_steps: int = Field(5, ge=1, description="Fake-score updates per generator update (two time-scale rule).")
@@ -162,7 +164,8 @@ class DistillConfig(BaseModel):
     betas: tuple[float, float] = Field((0.0, 0.999), description="AdamW betas of both optimisers.")
     max_grad_norm: float | None = Field(10.0, description="Gradient-norm clip of each update (None: off).")
     student_steps: int = Field(8, ge=1, description="Steps of the distilled sampler (8: the shipped `distill` preset).")
-    shift: float = Field(5.0, gt=0, description="Flow time shift of the student's sigmas and of the score noise levels.")
+    shift: float = Field(5.0, gt=0, description="Flow time shift of the student's sigmas and of the score "
+                         "noise levels.")
     video_guidance_scale: float = Field(5.0, description="Real-score video CFG while t > 500 (the base sampler's).")
     video_guidance_scale_late: float = Field(2.0, description="Real-score video CFG once t <= 500.")
     audio_guidance_scale: float = Field(5.0, description="Real-score audio CFG.")

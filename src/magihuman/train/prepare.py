@@ -63,7 +63,8 @@ def plan_clips(records: Sequence[ClipRecord], buckets: Sequence[Bucket], *, vide
         bucket = choose_bucket(buckets, info.width, info.height, info.duration)
         if bucket is None:
             shortest = min(b.seconds for b in buckets)
-            problems.append(f"{record.video}: {info.duration:.2f} s is shorter than the shortest bucket ({shortest:g} s)")
+            problems.append(f"{record.video}: {info.duration:.2f} s is shorter than the shortest bucket "
+                            f"({shortest:g} s)")
             continue
         if not info.has_audio and not video_only:
             problems.append(f"{record.video} has no sound; add its audio track, or train video-only with --video-only")
@@ -156,5 +157,6 @@ class _Encoders:
             generator = torch.Generator().manual_seed(seed + zlib.crc32(clip.record.clip_id.encode()))
             audio = self.audio_vae.encode(sound.to(self.device), generator=generator)[0].float().cpu()
             if audio.shape[0] != bucket.audio_latents:
-                raise CacheError(f"{clip.record.video}: {audio.shape[0]} audio latents, expected {bucket.audio_latents}")
+                raise CacheError(f"{clip.record.video}: {audio.shape[0]} audio latents, "
+                                 f"expected {bucket.audio_latents}")
         return LatentSample(clip.record.clip_id, clip.record.caption, video, audio, self.text(clip.record.caption))

@@ -42,7 +42,6 @@ from magihuman.train.metrics import LossLog
 from magihuman.train.objective import ObjectiveSettings, derive_seed, flow_matching_loss, noise_batch, sample_generator
 
 
-
 def global_batch(groups: dict[tuple, list[int]], seed: int, batch_index: int, size: int) -> list[int]:
     """Sample indices of global batch ``batch_index``: a bucket picked in proportion to its size, then
     ``size`` of its samples (without replacement when it has that many). A pure function of its inputs."""
@@ -249,7 +248,8 @@ class Trainer:
         step, trainable, optimizer_state, ema, _ = load_checkpoint(found)
         missing = sorted(set(self.params) - set(trainable))
         if missing or set(trainable) - set(self.params):
-            raise ValueError(f"{found} does not match this run's trainable weights (e.g. {(missing or sorted(trainable))[:3]}); "
+            example = (missing or sorted(trainable))[:3]
+            raise ValueError(f"{found} does not match this run's trainable weights (e.g. {example}); "
                              "resume with the same mode and LoRA settings, or use a new output folder")
         with torch.no_grad():
             for name, param in self.params.items():

@@ -25,7 +25,8 @@ VALIDATION_SEED = 1234
 
 @torch.no_grad()
 def sample_like(model, sample: LatentSample, negative: torch.Tensor | None, *, preset: str | SamplerConfig,
-                seed: int = VALIDATION_SEED, image_latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                seed: int = VALIDATION_SEED,
+                image_latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate latents of ``sample``'s shapes from its caption's text states.
 
     Draw order as the pipeline: audio noise, then video noise, then the re-noise draws (pipeline.md 12).
