@@ -13,7 +13,7 @@ CUDA is absent; 1 s at 448x256 with the 896x512 SR stage, a few minutes on two b
 
     python benchmarks/bench_stages.py --cpu-tiny
 
-Stages, in pipeline order (pipeline.md 14): text encode (``--text-tokens`` random token ids, ~200 =
+Stages, in pipeline order (architecture.md §1.2): text encode (``--text-tokens`` random token ids, ~200 =
 a 150-word prompt), the base denoise loop at ``--width x --height`` (5 s at 448x256 by default;
 ``--preset distill``: 8 steps, no CFG; ``base``: 32 steps x 2 CFG passes, one batched call per step
 unless ``--no-batch-cfg``; the negative text is the prompt's, so the batch has one length), one super-resolution loop
@@ -33,7 +33,7 @@ FLOPs of one DiT forward (GEMMs and attention; a multiply-add counts 2)::
 with ``N = Nv + Na + Nt`` tokens; ``P_tok`` = the block-linear parameters one token meets = sum over
 layers of one expert's ``linear_qkv + linear_proj + up_gate_proj + down_proj`` (each token uses
 exactly the expert of its modality: 10,912,645,120 for the 15B); ``D`` = 128 head dim, ``Hq`` = 40
-query heads; ``A_l = N^2`` for global layers and, for local-window layers (dit.md 5.2: video queries
+query heads; ``A_l = N^2`` for global layers and, for local-window layers (architecture.md §6.2: video queries
 see video keys within +-R latent frames, everything else is global),
 ``A_l = N^2 - Nv^2 + P^2 * #{(f, g) in [0, T)^2 : |f - g| <= R}`` with ``P`` video tokens per latent
 frame. TFLOP/s = F x forwards / seconds of the stage (scheduler updates included).
@@ -70,12 +70,13 @@ from magihuman.sampling.super_resolution import (
     sr1080_local_attn_layers,
     super_resolve,
 )
-from magihuman.model.transformer import ExpertLinear, MagiHumanTransformer
+from magihuman.model.layers import ExpertLinear
+from magihuman.model.transformer import MagiHumanTransformer
 
-#: Official sizes (pipeline.md 1.3): the base stage, and the 540p / 1080p SR outputs.
+#: Official sizes (architecture.md §13.1): the base stage, and the 540p / 1080p SR outputs.
 REAL_BASE_SIZE = (448, 256)
 REAL_SR_SIZES = ((896, 512), (1920, 1088))
-#: The T5Gemma-9B-9B-UL2 encoder (codecs.md 5.1): 9.24e9 parameters.
+#: The T5Gemma-9B-9B-UL2 encoder (architecture.md §11.2): 9.24e9 parameters.
 T5GEMMA_9B = dict(hidden_size=3584, num_layers=42, num_heads=16, num_kv_heads=8, head_dim=256,
                   intermediate_size=14336, vocab_size=256000)
 #: The demo bundle's tiny encoder (text_encoder.save_random_official defaults).
@@ -124,7 +125,7 @@ def per_token_block_params(config: dict) -> int:
 
 
 def local_attention_pairs(total: int, video: int, frames: int, radius: int) -> int:
-    """Allowed (query, key) pairs of a local-window layer (dit.md 5.2): ``N^2 - Nv^2 + P^2 * pairs(T, R)``."""
+    """Allowed (query, key) pairs of a local-window layer (architecture.md §6.2): ``N^2 - Nv^2 + P^2 * pairs(T, R)``."""
     if radius < 0 or radius >= frames:  # the model then runs the layer globally
         return total * total
     per_frame = video // frames
@@ -179,7 +180,7 @@ def build_dit(config: dict, device: torch.device, seed: int = 0) -> MagiHumanTra
 
 
 def build_text_encoder(sizes: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """A T5Gemma encoder with random weights (the pipeline's no-soft-cap SDPA attention, codecs.md 5.3)."""
+    """A T5Gemma encoder with random weights (the pipeline's no-soft-cap SDPA attention, architecture.md §11.2)."""
     from transformers import T5GemmaConfig, T5GemmaEncoderModel
     from transformers.models.t5gemma import T5GemmaModuleConfig
 

@@ -74,7 +74,7 @@ def tiny(tmp_path_factory):
 
 
 def sao10_config(golden_config):
-    """The SAO 1.0 ``model_config.json`` structure at full width (codecs.md 4.1)."""
+    """The SAO 1.0 ``model_config.json`` structure at full width (architecture.md §11.5)."""
     config = copy.deepcopy(golden_config)
     for side in ("encoder", "decoder"):
         config["model"]["pretransform"]["config"][side]["config"]["channels"] = 128
@@ -158,7 +158,7 @@ def test_full_size_key_audit_on_meta(golden_config):
     official = official_sao_vae_key_shapes(sao10_config(golden_config))
     converted = convert_stable_audio_state_dict({k: torch.empty(s, device="meta") for k, s in official.items()})
     with torch.device("meta"):
-        model = AutoencoderOobleck()  # diffusers defaults == SAO 1.0 (codecs.md 4.3)
+        model = AutoencoderOobleck()  # diffusers defaults == SAO 1.0 (architecture.md §11.5)
     assert len(official) == len(converted) == 365
     assert shapes_of(converted) == shapes_of(model.state_dict())
     assert round(sum(torch.Size(s).numel() for s in official.values()) / 1e6, 1) == 156.1
@@ -286,7 +286,7 @@ def test_long_clip_windowing(tiny):
     total = 23 * 2048 + 1000  # > window; not a multiple of the hop
     waveform = 0.3 * torch.randn(1, 2, total, generator=torch.Generator().manual_seed(3))
     latent = tiny.encode(waveform, generator=torch.Generator().manual_seed(5), window_samples=window)
-    assert latent.shape == (1, math.ceil(total / 2048), 64)  # 24: ceil rule of pipeline.md 7.2
+    assert latent.shape == (1, math.ceil(total / 2048), 64)  # 24: ceil rule of architecture.md §9.2
 
     # independent reconstruction: windows start every 4 latents, zero-padded to 8 latents, noise drawn
     # window after window, linear cross-fade w = p / 3 over the 4 shared latents

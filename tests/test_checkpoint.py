@@ -1,4 +1,4 @@
-"""Strict official checkpoint loading and writing (dit.md section 7, P17, P18)."""
+"""Strict official checkpoint loading and writing (architecture.md §7.2)."""
 
 from __future__ import annotations
 

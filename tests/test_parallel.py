@@ -1,4 +1,4 @@
-"""Ulysses sequence parallelism (dit.md 6, P23, P26) on CPU with gloo and 2 processes.
+"""Ulysses sequence parallelism (architecture.md §6.4) on CPU with gloo and 2 processes.
 
 The cp=2 cases run in one spawned 2-process job (``_cp2_job``, set up from torchrun-style
 environment variables on a free 127.0.0.1 port) that writes each rank's outputs to
@@ -87,7 +87,7 @@ def ragged_inputs():
 
 # ----------------------------------------------------------------------------------- spawned job
 def _cp2_job(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    """One rank of the cp=2 job, set up as torchrun would: every case, the all-to-alls, P26, denoise."""
+    """One rank of the cp=2 job, set up as torchrun would: every case, the all-to-alls, a failed forward (architecture.md §6.4), denoise."""
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -111,7 +111,7 @@ def _cp2_job(rank: int, world_size: int, port: int, out_dir: str) -> None:
             with torch.no_grad():
                 results[name] = models[key](*make_inputs(batch, thw, audio, text), **kwargs)
         model = models[id(SP_CONFIG)]
-        # P26: a forward that raises (v1 with one text token) leaves nothing behind.
+        # architecture.md §6.4: a forward that raises (v1 with one text token) leaves nothing behind.
         try:
             with torch.no_grad():
                 model(*make_inputs(1, (3, 4, 4), 9, 1), coords_style="v1")
@@ -248,13 +248,13 @@ def test_init_from_torchrun_env(cp2):
     for rank in range(CP):
         env = cp2[rank]["env"]
         assert (env["rank"], env["world_size"], env["backend"]) == (rank, CP, "gloo")
-        assert env["output_rank"] == (rank == CP - 1)  # only the last rank writes (pipeline.md 1.5)
+        assert env["output_rank"] == (rank == CP - 1)  # only the last rank writes (architecture.md §6.4)
         assert env["cp1_is_none"]
         assert "positive divisor of the world size 2" in env["cp3_error"]
 
 
 def test_failed_forward_leaves_nothing_stale(cp2):
-    """P26: v1 with one text token raises ValueError on every rank, and so do inputs that differ between
+    """architecture.md §6.4: v1 with one text token raises ValueError on every rank, and so do inputs that differ between
     ranks; the next forward (another N) works."""
     config, batch, thw, audio, text, _ = CASES["even"]
     model = random_transformer(config, seed=0)

@@ -28,13 +28,13 @@ PROMPT = "A woman in a red coat smiles and says hello to the camera in a quiet s
      (8, 201, 51, 201), (10, 251, 63, 249)],
 )
 def test_frame_count_table(seconds, audio_latents, latent_frames, pixel_frames):
-    """pipeline.md 4.1: L_a = 25 s + 1, T = (L_a - 1)//4 + 1, F = 4 (T - 1) + 1."""
+    """architecture.md §13.2: L_a = 25 s + 1, T = (L_a - 1)//4 + 1, F = 4 (T - 1) + 1."""
     plan = LatentPlan(448, 256, generated_audio_latents(seconds))
     assert (plan.audio_latents, plan.latent_frames, plan.pixel_frames) == (audio_latents, latent_frames, pixel_frames)
 
 
 def test_size_rounding():
-    """pipeline.md 4.1: 448x256 -> latent 16x28; the reference default 480x272 renders 480x256."""
+    """architecture.md §13.2: 448x256 -> latent 16x28; the reference default 480x272 renders 480x256."""
     assert round_video_size(448, 256) == (448, 256)
     assert round_video_size(480, 272) == (480, 256)
     assert LatentPlan(448, 256, 101).video_latent_shape == (1, 48, 26, 16, 28)
@@ -95,7 +95,7 @@ def _small(**kw):
 
 
 def test_t2v_draw_order_and_determinism(pipes):
-    """pipeline.md 12: audio noise [1, L_a, 64] first, then video noise, from the request seed."""
+    """architecture.md §8.5: audio noise [1, L_a, 64] first, then video noise, from the request seed."""
     pipe = pipes["distill"]
     spy = Spy(pipe.transformer)
     pipe.transformer, original = spy, pipe.transformer
@@ -155,11 +155,11 @@ def test_image_to_video_keeps_frame_zero(pipes, examples_dir):
     out = pipe(**_small(image=examples_dir / "image.png"))
     pixels = preprocess_image(examples_dir / "image.png", 64, 64)
     image_latent = pipe.video_vae.encode(pixels[:, :, None]).float()
-    assert torch.equal(out.video_latent[:, :, :1], image_latent)  # pipeline.md 7.1 step 5
+    assert torch.equal(out.video_latent[:, :, :1], image_latent)  # architecture.md §9.1
 
 
 def test_audio_drives_video_and_is_kept(pipes, tmp_path):
-    """pipeline.md 7.2: L_a comes from the encoded audio (25 for 1 s), the latents stay fixed, and
+    """architecture.md §9.2: L_a comes from the encoded audio (25 for 1 s), the latents stay fixed, and
     the output keeps the given track (our choice, see sampling.denoise)."""
     pipe = pipes["distill"]
     tone = write_tone(tmp_path / "tone.wav", seconds=1.0)
@@ -194,7 +194,7 @@ def test_save_writes_mp4(pipes, tmp_path):
 
 
 def test_turbo_is_the_default_decoder_and_wan_is_selectable(pipes, demo_root):
-    """issue 4 / pipeline.md 9.1: Turbo-VAED decodes by default; its windows are converted to uint8 one
+    """issue 4 / architecture.md §12.1: Turbo-VAED decodes by default; its windows are converted to uint8 one
     by one, which equals converting the whole decode; the Wan2.2 decoder stays selectable."""
     from magihuman.codecs.turbo_vae import TurboVAE
     from magihuman.pipeline.media import video_to_uint8
@@ -233,7 +233,7 @@ def test_runtime_options_through_the_pipeline(pipes, demo_root):
 
 
 def test_each_stage_borrows_only_its_component(pipes, examples_dir, tmp_path):
-    """With component offload every stage lends exactly its own model to the device (pipeline.md 11)."""
+    """With component offload every stage lends exactly its own model to the device (architecture.md §14)."""
 
     class Recorder:
         execution_device = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Turbo-VAED student decoder: config rules, module tree, strict loading, sliding window, tiling (codecs.md 3).
+"""Turbo-VAED student decoder: config rules, module tree, strict loading, sliding window, tiling (architecture.md §11.4).
 
 Golden case ``codec_turbo_vaed`` (tiny widths 4/8/12/16, shipped structure flags, 17 latent frames at 2x2
 -> 65 frames at 32x32). Measured on this machine's CPU (2 threads, torch 2.13):
@@ -12,7 +12,7 @@ Golden case ``codec_turbo_vaed`` (tiny widths 4/8/12/16, shipped structure flags
   architecture difference: a float64 decode of the same weights is 2.0e-5 (max) from ours and 2.8e-5
   from the reference's float32 result. Gate: ``rtol=1e-5, atol=5e-5`` plus mean |diff| <= 5e-6.
 * A single pass over all 17 frames differs from the windowed decode by max 2.51 (case.json: 2.52), so
-  the window is part of the model (codecs.md 3.5, pitfall 7).
+  the window is part of the model (architecture.md §11.4).
 
 Tiling (random ``save_random_turbo_vae`` model, float32, one latent frame): the decoder's receptive field
 is ~13 latent pixels, so on random weights only wide overlaps are near-exact. Measured max |diff| vs
@@ -60,7 +60,7 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def shipped_config_dict(channels=(64, 128, 256, 512)) -> dict:
-    """The shipped structure (codecs.md 3.2, values [3rd-party, unverified]) with the given widths."""
+    """The shipped structure (architecture.md §11.4, values [3rd-party, unverified]) with the given widths."""
     return {
         "in_channels": 3,
         "out_channels": 3,
@@ -127,7 +127,7 @@ def random_vae(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------------------------------
-# Config (codecs.md 3.2, pitfalls 8 and 9)
+# Config (architecture.md §11.4)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -210,7 +210,7 @@ def test_config_json_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# Module tree (codecs.md 3.3)
+# Module tree (architecture.md §11.4)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -254,7 +254,7 @@ def test_relu_only_in_resnets_of_upsampling_blocks(vae_f32):
 
 
 # --------------------------------------------------------------------------------------------------
-# Golden decode (codecs.md 3.4, 3.5; pipeline.md 9.1)
+# Golden decode (architecture.md §11.4, §12.1)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -309,7 +309,7 @@ def test_denormalize_is_fp32_division_form(vae_bf16):
 
 
 # --------------------------------------------------------------------------------------------------
-# Sliding-window plan (codecs.md 3.5)
+# Sliding-window plan (architecture.md §11.4)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -332,10 +332,10 @@ def test_plan_frame_counts(latent, pixels):
 
 
 def test_plan_general_rules():
-    assert sliding_window_plan(26, 7, 7).padded_frames == 28  # codecs.md 3.5 example
+    assert sliding_window_plan(26, 7, 7).padded_frames == 28  # architecture.md §11.4 example
     single = sliding_window_plan(5, 7, 7)
     assert [(c.start, c.stop, c.is_first_chunk) for c in single.chunks] == [(0, 7, True)]
-    # pipeline.md 9.1 with the constructor defaults 3/5: [0,4) first, then [i-1, i+6), last [i-1, i+5)
+    # architecture.md §11.4 with the constructor defaults 3/5: [0,4) first, then [i-1, i+6), last [i-1, i+5)
     plan = sliding_window_plan(13, 3, 5)
     assert plan.padded_frames == 13
     assert [(c.start, c.stop) for c in plan.chunks] == [(0, 4), (2, 9), (7, 13)]
@@ -349,7 +349,7 @@ def test_plan_general_rules():
 
 
 # --------------------------------------------------------------------------------------------------
-# Strict loading (codecs.md 3.1, pitfalls 8 and 20)
+# Strict loading (architecture.md §11.4)
 # --------------------------------------------------------------------------------------------------
 
 

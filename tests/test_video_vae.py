@@ -1,4 +1,4 @@
-"""Wan2.2 video VAE: key conversion, strict loading, latent normalisation, golden parity (codecs.md 2).
+"""Wan2.2 video VAE: key conversion, strict loading, latent normalisation, golden parity (architecture.md §11.3).
 
 Golden case ``codec_wan22_vae`` (tiny widths 4/4, real 48-channel constants). Measured on CPU:
 * float32 path vs ``f32.*``: decode max |diff| ~2e-6, encode ~2e-6 (gate 1e-5).
@@ -95,7 +95,7 @@ def test_full_size_key_audit_on_meta():
     assert shapes_of(converted) == model_shapes
     total = sum(torch.Size(s).numel() for s in official.values())
     encoder = sum(torch.Size(s).numel() for k, s in official.items() if k.startswith(("encoder.", "conv1.")))
-    assert total == 704_688_668  # 704.7 M (codecs.md 2.1)
+    assert total == 704_688_668  # 704.7 M (architecture.md §11.3)
     assert round(encoder / 1e6, 1) == 149.6 and round((total - encoder) / 1e6, 1) == 555.1
     assert official["encoder.conv1.weight"] == (160, 12, 3, 3, 3)
     assert official["decoder.head.0.gamma"] == (256, 1, 1, 1)

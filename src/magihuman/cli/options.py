@@ -6,7 +6,7 @@ it by the same name (``options.seconds``, ``options.offload``, ...). The choices
 library's own tables (presets, video decoders, offload modes, attention kernels) and the limits from
 :mod:`magihuman.pipeline.validation`, so ``--help`` states what the checks enforce.
 
-A ``--config`` JSON file fills what the command line left unset (pipeline.md 1.2 describes the
+A ``--config`` JSON file fills what the command line left unset (architecture.md 1.2 describes the
 reference's layered settings; ours are: flags > config file > environment > defaults).
 """
 

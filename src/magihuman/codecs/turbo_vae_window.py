@@ -1,4 +1,4 @@
-"""Turbo-VAED decode arithmetic: the sliding-window plan (codecs.md 3.5) and the spatial tiling.
+"""Turbo-VAED decode arithmetic: the sliding-window plan (architecture.md §11.4) and the spatial tiling.
 
 :func:`sliding_window_plan` is the pure chunk arithmetic of the reference's sliding-window decode;
 :func:`decode_tiled` runs one decoder call in overlapping spatial tiles and cross-fades them (our own
@@ -71,7 +71,7 @@ class WindowPlan:
 def sliding_window_plan(
     num_latent_frames: int, first_chunk_size: int, step_size: int, *, temporal_ratio: int = 4
 ) -> WindowPlan:
-    """Chunk arithmetic of the reference's sliding-window decode (codecs.md 3.5, pipeline.md 9.1).
+    """Chunk arithmetic of the reference's sliding-window decode (architecture.md §11.4, §12.1).
 
     With ``F = first_chunk_size``, ``S = step_size``, ``r = temporal_ratio`` and an overlap of one
     latent frame (``r`` pixel frames):

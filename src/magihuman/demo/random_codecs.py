@@ -1,6 +1,6 @@
 """Random-weight codecs in their official file layouts, for tests and the offline demo bundle.
 
-One writer per codec, each writing exactly the files its loader reads (codecs.md 2.2, 3.1, 4.2, 5.1):
+One writer per codec, each writing exactly the files its loader reads (architecture.md §11.3, 3.1, 4.2, 5.1):
 
 * :func:`save_random_text_encoder` - a tiny T5Gemma seq2seq snapshot (``config.json``,
   ``model.safetensors``, a Gemma-style BPE tokenizer built without downloads);
@@ -50,7 +50,7 @@ from magihuman.model.checkpoint import write_atomic
 
 __all__ = ["save_random_audio_vae", "save_random_text_encoder", "save_random_turbo_vae", "save_random_wan22_vae"]
 
-_SAO_STRIDES = (2, 4, 4, 8, 8)  # SAO 1.0 (codecs.md 4.1); product = HOP_LENGTH
+_SAO_STRIDES = (2, 4, 4, 8, 8)  # SAO 1.0 (architecture.md §11.5); product = HOP_LENGTH
 _SAO_C_MULTS = (1, 2, 4, 8, 16)
 
 
@@ -285,7 +285,7 @@ def save_random_wan22_vae(
     z_dim: int = 48,
     seed: int = 0,
 ) -> Path:
-    """Write a tiny random ``Wan2.2_VAE.pth`` in the ORIGINAL key layout (codecs.md 2.2).
+    """Write a tiny random ``Wan2.2_VAE.pth`` in the ORIGINAL key layout (architecture.md §11.3).
 
     A plain ``torch.save`` of an fp32 state dict, written atomically (temp file + rename) so a model
     memory-mapped from an older file is never truncated under it. Deterministic for ``seed``: tensors
@@ -363,7 +363,7 @@ def _random_sao_tensor(key: str, shape: tuple[int, ...], output_conv: str, gener
 
 
 def save_random_audio_vae(folder: str | os.PathLike, *, channels: int = 4, seed: int = 0) -> Path:
-    """Write a tiny random SAO checkpoint in the ORIGINAL layout (codecs.md 4.2).
+    """Write a tiny random SAO checkpoint in the ORIGINAL layout (architecture.md §11.5).
 
     ``model_config.json`` (full SAO structure; real strides, c_mults, latent dims 128/64 and the 2048
     hop; width ``channels``) and ``model.safetensors`` with the 365 ``pretransform.model.*`` float32
@@ -389,7 +389,7 @@ def save_random_audio_vae(folder: str | os.PathLike, *, channels: int = 4, seed:
     config = _tiny_sao_config(channels)
     generator = torch.Generator().manual_seed(seed)
     shapes = official_sao_vae_key_shapes(config)
-    output_conv = f"{SAO_VAE_PREFIX}decoder.layers.{len(_SAO_STRIDES) + 2}."  # the last WN conv (codecs.md 4.1)
+    output_conv = f"{SAO_VAE_PREFIX}decoder.layers.{len(_SAO_STRIDES) + 2}."  # the last WN conv (architecture.md §11.5)
     tensors = {k: _random_sao_tensor(k, s, output_conv, generator) for k, s in shapes.items()}
     tensors["model.model.stand_in_dit_weight"] = torch.randn(4, 4, generator=generator)
     tensors["conditioner.conditioners.prompt.stand_in_weight"] = torch.randn(4, generator=generator)
@@ -406,7 +406,7 @@ def save_random_audio_vae(folder: str | os.PathLike, *, channels: int = 4, seed:
 
 
 def _shipped_structure(channels: Sequence[int]) -> dict[str, Any]:
-    """Official JSON with the shipped structure flags (codecs.md 3.2) and the given widths."""
+    """Official JSON with the shipped structure flags (architecture.md §11.4) and the given widths."""
     return {
         "in_channels": 3,
         "out_channels": 3,
@@ -433,7 +433,7 @@ def _shipped_structure(channels: Sequence[int]) -> dict[str, Any]:
 def save_random_turbo_vae(
     folder: str | os.PathLike, *, channels: Sequence[int] = (8, 8, 16, 16), seed: int = 0
 ) -> Path:
-    """Write a tiny random Turbo-VAED in the official layout (codecs.md 3.1, 3.3).
+    """Write a tiny random Turbo-VAED in the official layout (architecture.md §11.4).
 
     Files: ``TurboV3-Wan22-TinyShallow_7_7.json`` (every key, shipped structure flags, widths
     ``channels``) and ``checkpoint-340000.ckpt`` = ``torch.save({"ema_state_dict":

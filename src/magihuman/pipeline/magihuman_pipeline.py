@@ -1,14 +1,14 @@
 """``MagiHumanPipeline``: prompt (+ first-frame image, + driving audio) to video frames and speech.
 
-One request runs these stages (pipeline.md 0 and 14; each one a function of :mod:`magihuman.pipeline.stages`):
+One request runs these stages (architecture.md §1.2; each one a function of :mod:`magihuman.pipeline.stages`):
 
 0. check the request (sizes rounded as the reference does, seconds, files) before any model work;
 1. encode the prompt (and the negative prompt when the preset uses CFG);
-2. prepare latents from a seeded CPU generator: audio noise first, then video noise (pipeline.md
-   4.1, 12); with a driving audio track, its encoded latents replace the audio noise;
-3. encode the first-frame image at the base size (image-to-video, pipeline.md 7.1);
+2. prepare latents from a seeded CPU generator: audio noise first, then video noise (architecture.md
+   §13.2, §8.5); with a driving audio track, its encoded latents replace the audio noise;
+3. encode the first-frame image at the base size (image-to-video, architecture.md §9.1);
 4. denoise with the preset's sampler (:func:`magihuman.sampling.loop.denoise`);
-5. super-resolution presets: upsample, re-noise and refine with the SR DiT (pipeline.md 8);
+5. super-resolution presets: upsample, re-noise and refine with the SR DiT (architecture.md §10.1);
 6. decode video (Turbo-VAED or Wan2.2 VAE) and audio (Stable Audio Open VAE, 51.2 kHz -> 44.1 kHz);
 7. return frames and waveform; :meth:`GenerationOutput.save` writes the MP4.
 
@@ -228,7 +228,7 @@ class MagiHumanPipeline:
             audio: optional driving audio file (its speech is kept in the output).
             progress: show a progress bar per stage.
             decode: decode the latents to frames and audio (False on the non-output ranks of a
-                sequence-parallel run, pipeline.md 1.5: ``frames``/``audio`` are then empty).
+                sequence-parallel run, architecture.md §6.4: ``frames``/``audio`` are then empty).
             callback_on_step_end: ``callback(pipe, step_index, timestep, callback_kwargs)`` after every
                 denoising step of every stage (diffusers' convention); ``callback_kwargs`` holds ``"stage"``
                 (``"denoise"`` or ``"super_resolution"``), ``"num_steps"`` (of that stage), ``"total_steps"``
@@ -254,7 +254,7 @@ class MagiHumanPipeline:
             # 1. text
             with timer.stage("text encode"), self._lend("text_encoder"):
                 text = stages.encode_text(self, request, sr_stage)
-            # 2. latents: driving audio or audio noise first, then video noise (pipeline.md 12)
+            # 2. latents: driving audio or audio noise first, then video noise (architecture.md §8.5)
             with timer.stage("prepare latents"), self._lend(*(["audio_vae"] if request.audio else [])):
                 latents, driving, plan = stages.prepare_latents(self, request, generator)
             # 3. first frame (image-to-video)
@@ -265,7 +265,7 @@ class MagiHumanPipeline:
                 latents = stages.denoise_latents(self, latents, text, image_latent=image_latent,
                                                  audio_fixed=driving is not None, generator=generator,
                                                  callback=steps.for_stage("denoise", num_steps, bar))
-            # 5. super-resolution (SR presets): image re-encoded at the SR size, then the SR DiT (pipeline.md 8)
+            # 5. super-resolution (SR presets): image re-encoded at the SR size, then the SR DiT (architecture.md §10.1)
             if sr_stage is not None:
                 image_latent = self._image_latent(request.image, sr_stage.width, sr_stage.height, timer,
                                                   "image encode (SR)")

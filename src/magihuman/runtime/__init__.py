@@ -1,9 +1,9 @@
-"""Memory and speed switches: fast on one GPU, and fits on small GPUs (anchors.md 1 "memory" theme, 4).
+"""Memory and speed switches: fast on one GPU, and fits on small GPUs (architecture.md §14).
 
 Each switch is one function that changes a loaded model (or pipeline) in place;
 :class:`~magihuman.runtime.options.RuntimeOptions` holds them as plain data and
 :func:`~magihuman.runtime.placement.place_transformer` applies them in one stated order. Numbers are
-for the 15B DiT (dit.md 2): 15,277,834,240 block-linear weight elements (``linear_qkv``,
+for the 15B DiT (architecture.md §2.3): 15,277,834,240 block-linear weight elements (``linear_qkv``,
 ``linear_proj``, ``up_gate_proj``, ``down_proj``; bf16, 2 bytes each) and 21,584,912 float32 elements
 for everything else (adapter, norms, heads, the RoPE bands buffer), 30.64 GB in all.
 
@@ -13,8 +13,8 @@ for everything else (adapter, norms, heads, the RoPE bands buffer), 30.64 GB in 
 | block streaming | :mod:`~magihuman.runtime.offload` | ``--offload blocks`` | ``84 MB`` resident (adapter + heads, fp32) ``+ (1 + prefetch) x blocks_per_group x`` one layer (0.55 GB shared, 1.64 GB sandwich, bf16); host RAM holds the layers | bound by host-to-device copies: ~30.6 GB per forward (~1.2 s at 25 GB/s pinned); hidden behind compute only at long sequences (SR) |
 | FSDP2 sharding | :mod:`~magihuman.runtime.sharding` | ``--shard`` (under ``torchrun``) | ``30.64 GB / N`` per rank + one gathered block linear (<= 839 MB bf16); with ``--fp8``: ``15.28 GB / N`` + the replicated row scales (9.7 MB) + fp32 rest / N + one gathered e4m3 linear (<= 420 MB) | one all-gather per block linear per forward; for N GPUs that do not fit the model alone |
 | component offload | :mod:`~magihuman.runtime.offload` | ``--offload components`` | only the running stage's component: max(DiT 30.6 GB, T5Gemma encoder 18.5 GB, VAE) instead of their sum (~52 GB + SR DiT) | one host-device round trip per component per request (~1-3 s for a 15B DiT) |
-| regional compile | :mod:`~magihuman.runtime.compile` | ``--compile`` | unchanged (+ Inductor workspaces) | ~1.2x on the DiT reported for the reference's compiler (anchors.md 0); one compile per layer variant at first call |
-| attention kernel | :func:`magihuman.model.attention.resolve_attention_backend` | ``--attention auto\\|sdpa\\|flex\\|fa3`` | unchanged | FA3 ~1.3x over FA2 on Hopper (anchors.md 4); local-window layers keep FlexAttention |
+| regional compile | :mod:`~magihuman.runtime.compile` | ``--compile`` | unchanged (+ Inductor workspaces) | ~1.2x on the DiT reported for the reference's compiler (architecture.md §14); one compile per layer variant at first call |
+| attention kernel | :func:`magihuman.model.attention.resolve_attention_backend` | ``--attention auto\\|sdpa\\|flex\\|fa3`` | unchanged | FA3 ~1.3x over FA2 on Hopper (architecture.md §14); local-window layers keep FlexAttention |
 
 Combining them: FP8 first, then the attention kernel, then compile, then streaming or sharding (never
 both: both decide where a weight lives); :func:`~magihuman.runtime.placement.place_transformer` says

@@ -1,7 +1,7 @@
 """Regional compilation of the DiT (CLI ``--compile``): ``torch.compile`` of each repeated transformer layer.
 
 Memory: unchanged (+ Inductor workspaces). Speed: ~1.2x on the DiT reported for the reference's
-compiler (anchors.md 0); one compile per layer variant at first call.
+compiler (architecture.md §14); one compile per layer variant at first call.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ def compile_repeated_blocks(model: nn.Module, **compile_kwargs: Any) -> nn.Modul
 
     CLI: ``--compile`` (optionally ``--compile-mode max-autotune-no-cudagraphs``). Memory: unchanged.
     Speed: Inductor fuses the float32 norm/RoPE/gate/activation element-wise work around the bf16 GEMMs;
-    the reference credits its own compiler with ~1.2x (anchors.md 0). Layers sharing a structure share
+    the reference credits its own compiler with ~1.2x (architecture.md §14). Layers sharing a structure share
     a compiled graph (3 variants in the 15B: sandwich gelu7, shared swiglu7, sandwich swiglu7; 5 in
     the 1080p SR model, whose local-window layers differ), so compile time is that of a few layers,
-    paid at the first call of each new token count. Numerics: Inductor may change float32 rounding (dit.md 4).
+    paid at the first call of each new token count. Numerics: Inductor may change float32 rounding (architecture.md §5.1).
 
     Uses diffusers ``ModelMixin.compile_repeated_blocks`` (``_repeated_blocks = ["TransformerLayer"]``)
     when the model has it, else compiles every ``TransformerLayer`` itself. All layers share one code

@@ -3,7 +3,7 @@
 Each block linear (:class:`~magihuman.model.layers.ExpertLinear`) is replaced by an
 :class:`FP8ExpertLinear` built from it: the weight is held as e4m3 bit patterns (uint8 bytes) with one
 power-of-two float32 scale per output row, and is upcast to bf16 just before each GEMM (exact), or run
-as an FP8 GEMM (``torch._scaled_mm``) on GPUs with FP8 tensor cores. Everything in dit.md's float32
+as an FP8 GEMM (``torch._scaled_mm``) on GPUs with FP8 tensor cores. Everything in architecture.md's float32
 list (adapter, norms, heads, RoPE bands) is left alone. Memory of the 15B DiT's weights: 30.64 GB ->
 15.37 GB (see :func:`enable_fp8_weights`).
 """
@@ -296,7 +296,7 @@ def enable_fp8_weights(model: nn.Module, *, compute_dtype: torch.dtype = torch.b
     """Store the block linears in FP8 (e4m3, per-row power-of-two scales); upcast just before each GEMM.
 
     CLI: ``--fp8``. Memory/speed: block-linear weights take 1 byte per element + 4 bytes per output row
-    instead of 2 bytes per element; everything in dit.md's float32 list (adapter, all RMSNorm gains,
+    instead of 2 bytes per element; everything in the float32 list of architecture.md §5.1 (adapter, all RMSNorm gains,
     heads, RoPE bands) is untouched. 15B DiT: 30.64 GB -> 15.37 GB, plus one expert's dequantised
     weight during its GEMM (<= 27304 x 5120 x 2 B = 280 MB). Speed: the GEMMs stay bf16; the
     upcast adds 3 bytes of traffic per weight element per GEMM (estimated ~5-10 % slower at

@@ -29,10 +29,10 @@ def shard_transformer(model: nn.Module, group: Optional["torch.distributed.Proce
     replicated: 64 bytes) plus the gathered weight of the block linear being run and possibly the
     next one's (each <= 81912 x 5120 x 2 B = 839 MB). Speed: one all-gather of
     each block linear per forward (30.6 GB x (N-1)/N of traffic per rank per forward); this answers
-    "8 GPUs x 22 GB all OOM" (anchors.md 1, #39), it is not a speed-up.
+    "8 GPUs x 22 GB all OOM" (architecture.md §14, #39), it is not a speed-up.
 
     Units: FSDP2 gathers each unit with one flat all-gather and requires one dtype per unit, and a
-    layer mixes bf16 block linears with float32 norms (dit.md 2.2), so every ``ExpertLinear`` is its
+    layer mixes bf16 block linears with float32 norms (architecture.md §2.3), so every ``ExpertLinear`` is its
     own unit, each ``TransformerLayer`` is one for its float32 norms, and the root holds the adapter
     and heads. Every rank must run the same forward calls (same shapes) in the same order.
 
