@@ -17,7 +17,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import golden_case
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -36,6 +35,8 @@ from magihuman.codecs.audio_vae import (
 )
 from magihuman.demo.random_codecs import save_random_audio_vae
 from magihuman.model.checkpoint import CheckpointError
+
+from conftest import golden_case
 
 
 def rel_l2(a, b) -> float:

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_tone
 from typer.testing import CliRunner
 
 import magihuman.cli.app as cli
 import magihuman.cli.generate as cli_generate
 import magihuman.pipeline.download as hub
-from magihuman.cli.options import REQUEST_KEYS, GenerateOptions
-
 import magihuman.pipeline.magihuman_pipeline as pipeline
+from magihuman.cli.options import REQUEST_KEYS, GenerateOptions
 from magihuman.pipeline.loading import ROOT_LAYOUT
 from magihuman.pipeline.request import GenerationRequest
 from magihuman.runtime.options import RuntimeOptions
+
+from conftest import write_tone
 
 runner = CliRunner()
 PROMPT = "A woman in a red coat smiles and says hello to the camera."

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
 from magihuman.model.packing import TokenLayout
 from magihuman.model.sequence_parallel import (
     SequenceParallel,
@@ -29,7 +30,6 @@ from magihuman.model.sequence_parallel import (
     shutdown_sequence_parallel,
     split_sizes,
 )
-from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
 from magihuman.sampling.config import SamplerConfig
 from magihuman.sampling.loop import denoise
 from magihuman.sampling.records import Latents, TextConditioning

@@ -16,8 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import golden_case, require_golden_cpu
+from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
+from magihuman.model.layers import gelu7, rms_norm, split_groups, swiglu7, swiglu7_intermediate
 from magihuman.model.packing import (
+    TokenLayout,
     build_coords,
     depatchify_video,
     local_attention_mask,
@@ -25,12 +27,11 @@ from magihuman.model.packing import (
     pad_text_batch,
     patchify_video,
     token_layout,
-    TokenLayout,
 )
-from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
 from magihuman.model.rope import FourierTable, apply_rope, default_bands
-from magihuman.model.layers import gelu7, rms_norm, split_groups, swiglu7, swiglu7_intermediate
 from magihuman.model.transformer import SR1080_LOCAL_ATTN_LAYERS, MagiHumanTransformer
+
+from conftest import golden_case, require_golden_cpu
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -460,8 +461,8 @@ def test_from_official_layouts(tmp_path, layout):
 
 def test_from_official_casts_fp32_checkpoint_like_the_reference(tmp_path):
     """architecture.md §7.2: the distill checkpoint reportedly ships everything in fp32; block linears become bf16 (RNE)."""
-    from magihuman.model.checkpoint import save_official_checkpoint
     from magihuman.demo.random_weights import random_transformer_state_dict
+    from magihuman.model.checkpoint import save_official_checkpoint
 
     state = {k: v.float() + (1e-3 if v.dtype == torch.bfloat16 else 0) for k, v in
              random_transformer_state_dict(TINY_TRANSFORMER_CONFIG, seed=2).items()}
@@ -474,8 +475,8 @@ def test_from_official_casts_fp32_checkpoint_like_the_reference(tmp_path):
 
 
 def test_from_official_strict_errors(tmp_path):
-    from magihuman.model.checkpoint import CheckpointError, save_official_checkpoint
     from magihuman.demo.random_weights import random_transformer_state_dict
+    from magihuman.model.checkpoint import CheckpointError, save_official_checkpoint
 
     state = random_transformer_state_dict(TINY_TRANSFORMER_CONFIG, seed=1)
     del state["block.layers.3.mlp.pre_norm.weight"]
@@ -499,8 +500,8 @@ def test_from_official_strict_errors(tmp_path):
 
 def test_rope_bands_come_from_checkpoint_or_formula(tmp_path):
     """architecture.md §7.2: a checkpoint's bands win; without the key the formula is used."""
-    from magihuman.model.checkpoint import save_official_checkpoint
     from magihuman.demo.random_weights import random_transformer_state_dict
+    from magihuman.model.checkpoint import save_official_checkpoint
 
     state = random_transformer_state_dict(TINY_TRANSFORMER_CONFIG)
     state["adapter.rope.bands"] = state["adapter.rope.bands"] * 0.5

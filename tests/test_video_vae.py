@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import golden_case
 from safetensors.torch import load_file
 
 from magihuman.codecs.video_vae import (
@@ -25,6 +24,8 @@ from magihuman.codecs.video_vae import (
 )
 from magihuman.demo.random_codecs import save_random_wan22_vae
 from magihuman.model.checkpoint import CheckpointError
+
+from conftest import golden_case
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -20,7 +20,6 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 from magihuman.demo.random_codecs import (
     save_random_audio_vae,
@@ -98,7 +97,7 @@ def build_demo_bundle(root: str | Path, *, seed: int = 0) -> Path:
     return root
 
 
-def ensure_demo_bundle(root: Optional[str | Path] = None) -> Path:
+def ensure_demo_bundle(root: str | Path | None = None) -> Path:
     """The demo bundle's folder, building it first if it is missing or incomplete.
 
     Args:
