@@ -31,11 +31,7 @@ from magihuman.model.packing import (
 from magihuman.model.rope import FourierTable, apply_rope, default_bands
 from magihuman.model.transformer import SR1080_LOCAL_ATTN_LAYERS, MagiHumanTransformer
 
-from conftest import golden_case, require_golden_cpu
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+from conftest import golden_case, rel_l2, require_golden_cpu
 
 
 # ----------------------------------------------------------------------------------- config / keys
@@ -147,8 +143,8 @@ def test_rope_rotation_pairs():
     assert torch.equal(out[..., 96:], x[..., 96:])
 
 
-def test_single_text_token_v1_is_rejected():
-    model = random_transformer()
+def test_single_text_token_v1_is_rejected(tiny_model):
+    model = tiny_model
     video, audio, text = torch.randn(1, 48, 1, 2, 2), torch.randn(1, 5, 64), torch.randn(1, 1, 32)
     with pytest.raises(ValueError, match="v1"):
         model(video, audio, text, coords_style="v1")
@@ -267,8 +263,8 @@ def test_text_lengths_batch_equals_each_prompt_alone(style, local):
     assert rel_l2(attended[0][1], alone[1][0][0]) > 0.05  # without text_lengths the padding is attended (~0.1)
 
 
-def test_text_lengths_validation():
-    model = random_transformer()
+def test_text_lengths_validation(tiny_model):
+    model = tiny_model
     video, audio, text = torch.randn(2, 48, 2, 4, 4), torch.randn(2, 5, 64), torch.randn(2, 3, 32)
     for bad in ((3,), (3, 0), (3, 4), (3, 2.0), (True, 3)):
         with pytest.raises(ValueError, match="text_lengths must be 2 integers in 1..3"):
@@ -281,9 +277,9 @@ def test_text_lengths_validation():
         pad_text_batch([])
 
 
-def test_empty_text_and_audio_groups():
+def test_empty_text_and_audio_groups(tiny_model):
     """architecture.md §4.6: zero-length modality groups are safe."""
-    model = random_transformer()
+    model = tiny_model
     video = torch.randn(1, 48, 2, 2, 2)
     with torch.no_grad():
         v, a = model(video, torch.zeros(1, 0, 64), torch.zeros(1, 0, 32))
@@ -334,8 +330,8 @@ def test_local_attention_layers_use_the_window():
     assert rel_l2(flexed[0], windowed[0]) < 1e-2 < 2e-2 < rel_l2(flexed[0], reference[0])
 
 
-def test_input_validation_messages():
-    model = random_transformer()
+def test_input_validation_messages(tiny_model):
+    model = tiny_model
     with pytest.raises(ValueError, match="video_latent"):
         model(torch.randn(1, 16, 2, 4, 4), torch.randn(1, 5, 64), torch.randn(1, 3, 32))
     with pytest.raises(ValueError, match="text_embeds"):

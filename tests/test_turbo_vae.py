@@ -45,19 +45,10 @@ from magihuman.demo.random_codecs import save_random_turbo_vae
 from magihuman.model.checkpoint import CheckpointError
 from magihuman.pipeline.media import video_to_uint8
 
-from conftest import golden_case, require_golden_cpu
+from conftest import golden_case, max_abs, rel_l2, require_golden_cpu
 
 CONFIG_NAME = "TurboV3-Wan22-tiny.json"
 CKPT_NAME = "checkpoint-tiny.ckpt"
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
-
-
-def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
 
 
 def shipped_config_dict(channels=(64, 128, 256, 512)) -> dict:
