@@ -361,7 +361,8 @@ def test_download_offline(tmp_path):
     result = run("download", "--root", tmp_path / "ckpt", env={"HF_HUB_OFFLINE": "1"})
     assert result.exit_code == 1, result.output
     assert "cannot reach the Hugging Face hub" in result.output and "--checkpoint-root" in result.output
-    assert "gated" in result.output  # the gated-model note comes first
+    assert "gated" in result.output and "hf auth login" in result.output  # the gated-model note comes first
+    assert "huggingface-cli" not in result.output  # the old command name is gone
     assert "Traceback" not in result.output and not (tmp_path / "ckpt").exists()
 
 
@@ -385,6 +386,7 @@ def test_download_hub_errors(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
     result = run("download", "--root", tmp_path, "--components", "text_encoder")
     assert result.exit_code == 1 and "google/t5gemma-9b-9b-ul2 is gated" in result.output
+    assert "hf auth login" in result.output
     assert "Traceback" not in result.output
 
 

@@ -47,7 +47,7 @@ def default_demo_root() -> Path:
     """``$MAGIHUMAN_DEMO_DIR`` or ``~/.cache/magihuman/demo-v<DEMO_VERSION>``."""
     env = os.environ.get("MAGIHUMAN_DEMO_DIR")
     if env:
-        return Path(env)
+        return Path(env).expanduser()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "magihuman" / f"demo-v{DEMO_VERSION}"
 
@@ -71,7 +71,7 @@ def build_demo_bundle(root: str | Path, *, seed: int = 0) -> Path:
     Raises:
         FileExistsError: if ``root`` exists.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     if root.exists():
         raise FileExistsError(f"{root} exists; remove it or pick another folder for the demo bundle")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def ensure_demo_bundle(root: str | Path | None = None) -> Path:
     Returns:
         The bundle root, ready for ``MagiHumanPipeline.from_official(root)``.
     """
-    root = Path(root) if root is not None else default_demo_root()
+    root = Path(root).expanduser() if root is not None else default_demo_root()
     if (root / _COMPLETE_MARKER).is_file():
         return root
     if root.exists():  # an interrupted or foreign folder: rebuild only what we own
