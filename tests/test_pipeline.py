@@ -356,8 +356,8 @@ def test_interrupt_between_steps_and_between_decode_windows(pipes):
     assert len(windows) == 1 and pipe.interrupt is False
 
 
-def test_demo_dir_and_download_root_expand_home(tmp_path, monkeypatch):
-    """``~`` in $MAGIHUMAN_DEMO_DIR and in the download root means the user's home, not a folder named ``~``."""
+def test_demo_dir_expands_home(tmp_path, monkeypatch):
+    """``~`` in $MAGIHUMAN_DEMO_DIR means the user's home, not a folder named ``~``."""
     from magihuman.demo.bundle import default_demo_root
 
     monkeypatch.setenv("HOME", str(tmp_path))
