@@ -223,7 +223,7 @@ class LocalWindow:
     Query i may attend key j when ``i >= Nv or j >= Nv or |i//P - j//P| <= R``: video queries see video
     keys of latent frames within +-R plus every audio and text key; audio and text queries are global.
     Kernels turn it into what they need: a dense boolean mask (:meth:`dense`) or a block-sparse mask
-    built from :meth:`allows` (FlexAttention), so 1080p (~54k tokens) never needs an N x N tensor.
+    built from :meth:`allows` (FlexAttention), so 1080p (about 54k tokens for 4 s) never needs an N x N tensor.
     """
 
     total_tokens: int

@@ -132,8 +132,9 @@ def decode_video(pipe: MagiHumanPipeline, video_latent: torch.Tensor) -> np.ndar
     """Stage 6: ``[1, 48, T, h, w]`` -> ``uint8 [4T-3, 16h, 16w, 3]`` (architecture.md §12.1).
 
     The Turbo decoder's sliding windows are converted to uint8 one by one on the CPU into one
-    preallocated array, so the float video (12 bytes per pixel, ~3 GB for 5 s at 1080p) is never held
-    whole and the frames are held once. ``pipe.decode_tile`` (latent pixels) adds spatial tiling.
+    preallocated array, so the float video (12 bytes per pixel: 3.1 GB for 125 frames at 1920x1088,
+    computed) is never held whole and the frames are held once. ``pipe.decode_tile`` (latent pixels)
+    adds spatial tiling.
 
     Raises:
         GenerationInterrupted: when ``pipe.interrupt`` is set between two windows.
