@@ -71,7 +71,8 @@ def test_15b_state_dict_audit_on_meta():
     for key, shape in shapes.items():
         assert tuple(state[key].shape) == shape, key
     for key, tensor in state.items():
-        block_linear = key.endswith(("linear_qkv.weight", "linear_proj.weight", "up_gate_proj.weight", "down_proj.weight"))
+        block_linear = key.endswith(
+            ("linear_qkv.weight", "linear_proj.weight", "up_gate_proj.weight", "down_proj.weight"))
         assert tensor.dtype == (torch.bfloat16 if block_linear else torch.float32), key
     assert not any("post_norm" in k or k.endswith(".bias") and k.startswith("block") for k in state)
     assert swiglu7_intermediate(5120) == 13652
@@ -292,7 +293,8 @@ def test_empty_text_and_audio_groups():
 
 
 def test_local_attention_layers_use_the_window():
-    """architecture.md §6.2: with T > 2R+1 a local layer differs from global attention, and equals an explicit masked run."""
+    """architecture.md §6.2: with T > 2R+1 a local layer differs from global attention, and equals an explicit
+    masked run."""
     config = dict(TINY_TRANSFORMER_CONFIG, local_attn_layers=(2, 3))
     local = random_transformer(config, seed=3)
     video, audio, text = torch.randn(1, 48, 6, 2, 2), torch.randn(1, 9, 64), torch.randn(1, 4, 32)
@@ -461,7 +463,8 @@ def test_from_official_layouts(tmp_path, layout):
 
 
 def test_from_official_casts_fp32_checkpoint_like_the_reference(tmp_path):
-    """architecture.md §7.2: the distill checkpoint reportedly ships everything in fp32; block linears become bf16 (RNE)."""
+    """architecture.md §7.2: the distill checkpoint reportedly ships everything in fp32; block linears become
+    bf16 (RNE)."""
     from magihuman.demo.random_weights import random_transformer_state_dict
     from magihuman.model.checkpoint import save_official_checkpoint
 
@@ -537,7 +540,8 @@ def test_golden_distill_loop_end_to_end():
     context = data["context"][:, :7]  # original_context_len = 7
     noise = [(data["renoise_video"][k], data["renoise_audio"][k]) for k in range(8)]
     for run, image in (("t2v", None), ("ti2v", data["image_latent"])):
-        out = denoise(model, Latents(data["initial_video_noise"], data["initial_audio_noise"]), TextConditioning(context),
+        latents = Latents(data["initial_video_noise"], data["initial_audio_noise"])
+        out = denoise(model, latents, TextConditioning(context),
                       config=DISTILL_SAMPLER, image_latent=image, renoise_noise=noise)
         video, audio = out.video, out.audio
         for got, want in ((video, data[f"{run}.final_video_latent"]), (audio, data[f"{run}.final_audio_latent"])):

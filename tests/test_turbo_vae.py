@@ -520,7 +520,8 @@ def test_save_random_turbo_vae_round_trip(tmp_path, random_vae):
     loaded = TurboVAE.from_official(tmp_path, dtype=torch.float32)  # a root holding turbo_vae/ works too
     for (name, a), b in zip(loaded.model.state_dict().items(), random_vae.model.state_dict().values()):
         assert torch.equal(a, b), name
-    other = torch.load(save_random_turbo_vae(tmp_path / "seed1", seed=1) / TURBO_VAED_CHECKPOINT_NAME, weights_only=True)
+    other_path = save_random_turbo_vae(tmp_path / "seed1", seed=1) / TURBO_VAED_CHECKPOINT_NAME
+    other = torch.load(other_path, weights_only=True)
     key = "module.decoder.conv_in.conv.weight"
     assert not torch.equal(other["ema_state_dict"][key], ckpt["ema_state_dict"][key])
 

@@ -273,7 +273,8 @@ class TurboVAE(ModelWrapper):
             ValueError, CheckpointError: As :func:`load_turbo_vaed`.
         """
         config_path, checkpoint_path = _find_official_files(Path(path).expanduser())
-        return cls.from_files(config_path, checkpoint_path, dtype=dtype, device=device, trust_checkpoint=trust_checkpoint)
+        return cls.from_files(config_path, checkpoint_path, dtype=dtype, device=device,
+                              trust_checkpoint=trust_checkpoint)
 
     @classmethod
     def from_files(

@@ -1,6 +1,6 @@
 """Random-weight codecs in their official file layouts, for tests and the offline demo bundle.
 
-One writer per codec, each writing exactly the files its loader reads (architecture.md §11.3, 3.1, 4.2, 5.1):
+One writer per codec, each writing exactly the files its loader reads (architecture.md §11.3, §11.4, §11.5, §11.2):
 
 * :func:`save_random_text_encoder` - a tiny T5Gemma seq2seq snapshot (``config.json``,
   ``model.safetensors``, a Gemma-style BPE tokenizer built without downloads);
@@ -135,7 +135,8 @@ def save_random_text_encoder(
     decoder ``T5GemmaModuleConfig`` sub-configs of the same size), ``model.safetensors`` with
     ``model.encoder.*`` and ``model.decoder.*`` tensors (float32, tied ``lm_head`` omitted) and the
     tokenizer files (``tokenizer.json``, ``tokenizer_config.json``).
-    :meth:`~magihuman.codecs.text_encoder.TextEncoder.from_official` loads it offline. Same arguments -> byte-identical tensors -> identical embeddings.
+    :meth:`~magihuman.codecs.text_encoder.TextEncoder.from_official` loads it offline. Same arguments ->
+    byte-identical tensors -> identical embeddings.
 
     Weights are drawn from a private ``torch.Generator(seed)`` (the global RNG is untouched):
     linear weights ``N(0, 1/fan_in)``, token embeddings ``N(0, 1/hidden_size)`` (unit RMS after

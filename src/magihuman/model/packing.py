@@ -146,7 +146,9 @@ def grid_coords(
     return torch.cat([positions, constants.expand(positions.shape[0], 6)], dim=-1)
 
 
-def build_coords(layout: TokenLayout, style: CoordsStyle = "v2", device: torch.device | str | None = None) -> torch.Tensor:
+def build_coords(
+    layout: TokenLayout, style: CoordsStyle = "v2", device: torch.device | str | None = None
+) -> torch.Tensor:
     """The ``[N, 9]`` coordinate table of a packed sample (architecture.md §3.2, §3).
 
     | modality | grid | reference | offset |
