@@ -274,7 +274,8 @@ def resolve_attention_backend(choice: str, device: str | torch.device, *, local_
     ``"flex"`` pass through (and any other registered name). A model with local-window layers (the
     1080p SR DiT, architecture.md §6.2) that would run ``"sdpa"`` on CUDA gets ``"flex"`` instead: its window
     becomes a block-sparse mask rather than a dense ``N x N`` one (FA3 already sends masked layers to
-    FlexAttention). On CPU the dense mask is kept (eager FlexAttention is slow there).
+    FlexAttention). On CPU ``"sdpa"`` is kept and runs the window as the range split (eager
+    FlexAttention is slow there).
 
     Args:
         choice: one of :data:`ATTENTION_CHOICES` or another registered backend name.

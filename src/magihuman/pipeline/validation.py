@@ -34,7 +34,7 @@ __all__ = [
     "estimate_memory", "device_memory", "expand_path",
 ]
 
-#: Longest prompt accepted, in characters. The encoder keeps 640 tokens (architecture.md §11.2.1), roughly
+#: Longest prompt accepted, in characters. The encoder keeps 640 tokens (architecture.md §11.2), roughly
 #: 2,500 characters of English; 20,000 leaves room for any real prompt and refuses pasted files.
 MAX_PROMPT_CHARS = 20_000
 #: Largest seed: the CPU generator takes a signed 64-bit seed (architecture.md §8.5).
@@ -199,7 +199,7 @@ def _check_prompt(request: Any) -> list[str]:
 
 
 def _count_tokens(prompt: str, text_encoder: Path | None) -> list[str]:
-    """A notice when the prompt is over the encoder's 640 tokens (architecture.md §11.2.1): the rest is cut.
+    """A notice when the prompt is over the encoder's 640 tokens (architecture.md §11.2): the rest is cut.
 
     Every token covers at least one UTF-8 byte (byte-fallback BPE), so a prompt of at most 639 bytes
     needs no count; longer ones are counted with the checkpoint's tokenizer when its folder is known

@@ -79,7 +79,7 @@ def super_resolve(
 
     Returns:
         :class:`~magihuman.sampling.records.Latents` with the SR video ``[1, 48, T, h_s, w_s]`` float32 and
-        the base audio ``latents.audio`` itself: the SR loop's audio output is discarded (architecture.md §10.1.5).
+        the base audio ``latents.audio`` itself: the SR loop's audio output is discarded (architecture.md §10.1).
     """
     upsampled = upsample_latent(latents.video, stage.latent_size, align_corners=stage.align_corners)
     eps = draw_noise(upsampled.shape, generator, upsampled.device)
