@@ -8,8 +8,7 @@ of both are re-exported here, so ``from magihuman.model.checkpoint import ...`` 
 The reference loads with ``strict=False`` and only prints mismatches, which leaves uninitialised weights
 behind (architecture.md §7.2). Here every mismatch is collected across all shards and raised as one
 :class:`CheckpointError`, and the whole key/shape/dtype audit runs on the safetensors headers before any
-tensor data is read, so a wrong folder fails before any weight is read rather than after reading tens of
-gigabytes.
+tensor data is read, so a wrong folder fails at once rather than after reading tens of gigabytes.
 """
 
 from __future__ import annotations
