@@ -245,13 +245,15 @@ class _Clock:
         return torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else None
 
 
-def _timed(clock: _Clock, run: Callable[[Callable[[], None]], Any], repeats: int) -> tuple[float, float | None, float | None]:
+def _timed(
+    clock: _Clock, run: Callable[[Callable[[], None]], Any], repeats: int
+) -> tuple[float, float | None, float | None]:
     """Run ``run(step_tick)`` ``repeats`` times; median (total s, s/step), and the peak memory."""
     clock.reset_peak()
     totals, steps = [], []
     for _ in range(repeats):
         marks = [clock.now()]
-        run(lambda *_: marks.append(clock.now()))
+        run(lambda *_, marks=marks: marks.append(clock.now()))
         end = clock.now()
         totals.append(end - marks[0])
         steps += [b - a for a, b in zip(marks, marks[1:])]
@@ -321,7 +323,9 @@ def _prepare_dit(settings: BenchSettings, device: torch.device, local: bool) -> 
     return model, config
 
 
-def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambda _: None) -> tuple[list[StageResult], dict]:
+def run_benchmark(
+    settings: BenchSettings, *, log: Callable[[str], None] = lambda _: None
+) -> tuple[list[StageResult], dict]:
     """Measure every stage.
 
     Args:
@@ -345,8 +349,12 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
             raise ValueError(f"sizes must be multiples of 32 pixels, got {w}x{h}")
     clock = _Clock(device)
     preset = get_preset(settings.preset)
-    sampler = preset.sampler if settings.steps is None else dataclasses.replace(preset.sampler, num_steps=settings.steps)
-    sr_sampler = SR_SAMPLER if settings.sr_steps is None else dataclasses.replace(SR_SAMPLER, num_steps=settings.sr_steps)
+    sampler = preset.sampler
+    if settings.steps is not None:
+        sampler = dataclasses.replace(sampler, num_steps=settings.steps)
+    sr_sampler = SR_SAMPLER
+    if settings.sr_steps is not None:
+        sr_sampler = dataclasses.replace(sr_sampler, num_steps=settings.sr_steps)
     vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     audio_latents = int(round(settings.seconds * LATENTS_PER_SECOND)) + 1
     frames = (audio_latents - 1) // 4 + 1
@@ -423,7 +431,8 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
         name = f"SR {width}x{height}" + (" (local attn)" if local else "")
         shape = f"{frames}x{h_s}x{w_s} latent"
 
-        def sr_stage(stage=stage, local=local, sr_video_tokens=sr_video_tokens, name=name, shape=shape) -> StageResult:
+        def sr_stage(stage=stage, local=local, sr_video_tokens=sr_video_tokens, name=name, shape=shape,
+                     h_s=h_s, w_s=w_s) -> StageResult:
             model, config = _prepare_dit(settings, device, local=local)
             with torch.inference_mode():
                 sr_input = torch.zeros(1, 48, frames, h_s, w_s, device=device)
@@ -464,7 +473,8 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
             for _ in range(settings.warmup):
                 decode(None)
             seconds, _, peak = _timed(clock, decode, settings.repeats)
-        return StageResult("audio decode", f"{audio_latents} latents -> 44.1 kHz", None, None, seconds, None, None, peak)
+        shape = f"{audio_latents} latents -> 44.1 kHz"
+        return StageResult("audio decode", shape, None, None, seconds, None, None, peak)
 
     log("audio decode")
     rows.append(_guard_oom("audio decode", f"{audio_latents} latents", audio_stage))

@@ -355,7 +355,8 @@ def test_save_random_audio_vae_round_trip(tmp_path, tiny):
     other = load_file(str(save_random_audio_vae(tmp_path / "b", seed=1) / "model.safetensors"))
     same = load_file(str(save_random_audio_vae(tmp_path / "c", seed=0) / "model.safetensors"))
     assert all(torch.equal(first[k], same[k]) for k in first)
-    assert not torch.equal(first["pretransform.model.decoder.layers.0.weight_v"], other["pretransform.model.decoder.layers.0.weight_v"])
+    key = "pretransform.model.decoder.layers.0.weight_v"
+    assert not torch.equal(first[key], other[key])
 
     latent = torch.randn(1, 51, 64, generator=torch.Generator().manual_seed(0))  # 2 s of model time
     waveform = tiny.decode(latent)

@@ -83,7 +83,9 @@ def ragged_inputs():
 
 # ----------------------------------------------------------------------------------- spawned job
 def _cp2_job(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    """One rank of the cp=2 job, set up as torchrun would: every case, the all-to-alls, a failed forward (architecture.md §6.4), denoise."""
+    """One rank of the cp=2 job, set up as torchrun would.
+
+    Runs every case, the all-to-alls, a failed forward (architecture.md §6.4) and denoise."""
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -250,8 +252,8 @@ def test_init_from_torchrun_env(cp2):
 
 
 def test_failed_forward_leaves_nothing_stale(cp2):
-    """architecture.md §6.4: v1 with one text token raises ValueError on every rank, and so do inputs that differ between
-    ranks; the next forward (another N) works."""
+    """architecture.md §6.4: v1 with one text token raises ValueError on every rank, and so do inputs that
+    differ between ranks; the next forward (another N) works."""
     config, batch, thw, audio, text, _ = CASES["even"]
     model = random_transformer(config, seed=0)
     with torch.no_grad():
@@ -319,7 +321,7 @@ def test_token_chunk_local_groups():
 def test_cp_must_divide_heads():
     model = random_transformer(SP_CONFIG, seed=0)  # 4 query heads, 2 K/V heads
     for cp in (3, 4):
-        with pytest.raises(ValueError, match=r"cp=%d must divide the query heads \(4\) and the K/V heads \(2\)" % cp):
+        with pytest.raises(ValueError, match=rf"cp={cp} must divide the query heads \(4\) and the K/V heads \(2\)"):
             model.enable_sequence_parallel(SequenceParallel(None, 0, cp))
     assert model.sequence_parallel is None
     one_kv_head = random_transformer(dict(TINY_TRANSFORMER_CONFIG, num_query_groups=1), seed=0)  # only cp=1

@@ -6,7 +6,7 @@ it by the same name (``options.seconds``, ``options.offload``, ...). The choices
 library's own tables (presets, video decoders, offload modes, attention kernels) and the limits from
 :mod:`magihuman.pipeline.validation`, so ``--help`` states what the checks enforce.
 
-A ``--config`` JSON file fills what the command line left unset (architecture.md 1.2 describes the
+A ``--config`` JSON file fills what the command line left unset (architecture.md §13.3 describes the
 reference's layered settings; ours are: flags > config file > environment > defaults).
 """
 
@@ -80,7 +80,8 @@ class GenerateOptions:
     prompt_file: Annotated[Path | None, _opt("--prompt-file", help="Read the prompt from this UTF-8 file, "
         "verbatim (quotes kept; trailing newlines removed). Use instead of --prompt.")] = None
     image: Annotated[Path | None, _opt("--image", "--image_path", "-i", help="First-frame image: image-to-video "
-        f"(at least {MIN_SIZE}x{MIN_SIZE}, at most {MAX_IMAGE_PIXELS // 1_000_000} MP). Without it: text-to-video.")] = None
+        f"(at least {MIN_SIZE}x{MIN_SIZE}, at most {MAX_IMAGE_PIXELS // 1_000_000} MP). "
+        "Without it: text-to-video.")] = None
     audio: Annotated[Path | None, _opt("--audio", "--audio_path", "-a", help="Driving audio file (its speech is "
         f"kept; it sets the length, cut to --seconds; at least {MIN_AUDIO_SECONDS:g} s).")] = None
     seconds: Annotated[float | None, _opt("--seconds", "-s", help=f"Clip length in seconds, up to {MAX_SECONDS:g} "
@@ -141,7 +142,8 @@ class GenerateOptions:
     batch_cfg: Annotated[bool, _flag("--batch-cfg/--no-batch-cfg", help="CFG presets: run the prompt and "
         "negative-prompt passes as one batched DiT call (exact, default). --no-batch-cfg: two calls, half the "
         "activation memory.", panel=_MEM)] = True
-    offload: Annotated[list[str] | None, _opt("--offload", metavar="[" + "|".join(OFFLOAD_MODES) + "]", help="GPU only. components: each model on the "
+    offload: Annotated[list[str] | None, _opt(
+        "--offload", metavar="[" + "|".join(OFFLOAD_MODES) + "]", help="GPU only. components: each model on the "
         "GPU only for its own stage. blocks: stream the DiT layers from host memory (GPU holds ~2 layers). Repeat "
         "to combine.", panel=_MEM)] = None
     offload_blocks_per_group: Annotated[int, _opt("--offload-blocks-per-group", min=1, help="Layers per streamed "

@@ -15,9 +15,9 @@ What the reference does, and what this module reproduces:
 One deliberate difference (architecture.md §11.2): the reference encodes *all* tokens and keeps
 the first 640 states, so those states saw the whole prompt. Here the token ids are cut to the first
 640 **before** encoding, so the encoder's memory and time stay bounded for any prompt length (a
-100,000-character prompt would otherwise run a ~25k-token sequence through a 9 B encoder). Prompts
-of at most 640 tokens (every normal prompt) are encoded bit-identically to the reference; for longer
-ones the kept states differ because they no longer attend to the dropped tail.
+100,000-character prompt, roughly 25k tokens, would otherwise run through a 9 B encoder). Prompts
+of at most 640 tokens (every normal prompt) go through the same computation as in the reference; for
+longer ones the kept states differ because they no longer attend to the dropped tail.
 
 The reference zero-pads to 640 and passes ``original_len`` separately; the padding is sliced off
 before the DiT anyway, so :meth:`TextEncoder.encode` returns the trimmed tensor and its length.
@@ -287,9 +287,9 @@ class TextEncoder(ModelWrapper):
         :attr:`max_tokens` (640) token ids, all-ones attention mask, run the encoder, take
         ``last_hidden_state``, cast to float16, cast to float32.
 
-        The reference instead encodes every token and keeps the first 640 *states* (architecture.md §11.2).
-        Cutting the ids first bounds the encoder's memory and time for any prompt length; a prompt of
-        at most 640 tokens gives bit-identical output either way, while for a longer one the kept
+        The reference instead encodes every token and keeps the first 640 *states* (architecture.md
+        §11.2). Cutting the ids first bounds the encoder's memory and time for any prompt length; a
+        prompt of at most 640 tokens runs the same computation either way, while for a longer one the kept
         states no longer attend to the dropped tail (see the module docstring).
 
         Args:

@@ -23,8 +23,8 @@ Tiny random weights in the official layout are written by
 Numerics (architecture.md §11.4, §11.1): the pipeline casts the float32 latent to the model dtype
 (bf16) first, de-normalises it in float32 with float32 constants, ``z / (1/std) + mean``, and casts the
 result back; RMS norms and the nearest-exact upsampling run in float32 and are cast back; everything
-else runs in the model dtype. This is the reference's op order, and on CPU it reproduces the golden
-bf16 decode bit for bit (see ``tests/test_turbo_vae.py`` for the measured numbers).
+else runs in the model dtype. This is the reference's op order; how close the bf16 decode comes to the
+golden one depends on the CPU's bf16 kernels (docs/parity.md).
 """
 
 from __future__ import annotations
@@ -273,7 +273,8 @@ class TurboVAE(ModelWrapper):
             ValueError, CheckpointError: As :func:`load_turbo_vaed`.
         """
         config_path, checkpoint_path = _find_official_files(Path(path).expanduser())
-        return cls.from_files(config_path, checkpoint_path, dtype=dtype, device=device, trust_checkpoint=trust_checkpoint)
+        return cls.from_files(config_path, checkpoint_path, dtype=dtype, device=device,
+                              trust_checkpoint=trust_checkpoint)
 
     @classmethod
     def from_files(
@@ -350,9 +351,8 @@ class TurboVAE(ModelWrapper):
                 evenly spaced, overlapping spatial tiles of at most ``tile_size`` x ``tile_size`` latent
                 pixels (to bound activation memory at 1080p), and the tiles are cross-faded linearly in
                 the middle half of each overlap (the outer quarters, whose receptive field crosses a tile
-                border, are discarded). Inexact: the decoder's receptive field is about 13 latent pixels,
-                so seams vanish only for overlaps of ~48 or more on random weights; trained weights are
-                far more local. Measured errors are in ``tests/test_turbo_vae.py``.
+                border, are discarded). Inexact where the overlap is below the receptive field (about 13
+                latent pixels); measured errors: docs/parity.md.
             tile_overlap: Minimum overlap of neighbouring tiles in latent pixels,
                 ``0 <= tile_overlap < tile_size``; ``None`` means ``tile_size // 3`` (e.g. 48 -> 16).
             output_device: Where to put each yielded chunk (e.g. ``"cpu"`` to offload from a GPU);

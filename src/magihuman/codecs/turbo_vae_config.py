@@ -100,10 +100,11 @@ def _float_field(name: str, value: object, *, positive: bool) -> float:
 class TurboVAEDConfig:
     """Every key of the official Turbo-VAED JSON that the reference reads (architecture.md §11.4).
 
-    Lists are stored as given, in **encoder order**; the decoder reverses them (architecture.md §11.4), see the
-    ``decoder_*`` properties. The shipped values quoted in architecture.md §11.4 are **[3rd-party,
-    unverified]** (widths 64/128/256/512, layers (2,2,2,3,3), chunks 7/7, ...), and architecture.md §11.4 marks the 7/7 chunk values as unverified too: that is why every one of them is a field read
-    from the JSON, never a constant in this module.
+    Lists are stored as given, in **encoder order**; the decoder reverses them (architecture.md §11.4),
+    see the ``decoder_*`` properties. The shipped values quoted in architecture.md §11.4 are
+    **[3rd-party, unverified]** (widths 64/128/256/512, layers (2,2,2,3,3), chunks 7/7, ...), the 7/7
+    chunk values included: that is why every one of them is a field read from the JSON, never a
+    constant in this module.
 
     Attributes:
         latent_channels: ``z``, input channels of ``conv_in`` (48 for the Wan2.2 latent space).

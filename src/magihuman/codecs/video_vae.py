@@ -18,14 +18,9 @@ Latent normalisation and bf16 (decision, architecture.md §11.1, §9.1, §11.3):
 the reference casts its mean/std to the weight dtype and computes ``1/std`` in that dtype, so with the
 production bf16 weights ``(mu - mean) * (1/std)`` and ``z / (1/std) + mean`` run in bf16.
 :class:`VideoVAE` does the same: the constants are cast to the model dtype, ``1/std`` is computed in
-it, and both formulas run in it (plain fp32 for an fp32 model). The bf16 constants are then bit-equal
-to the golden ``wrapper_mean_bf16`` / ``wrapper_inv_std_bf16``, and the decoder receives exactly the
-reference's bf16 latent. Measured against the golden bf16 tensors (diffusers network in bf16):
-
-* encode.latent: rel_l2 0.01276 (max 0.034) with bf16 normalisation vs 0.01284 (max 0.036) in fp32;
-* decode.video: rel_l2 0.02943 (max 0.237) vs 0.02941 (max 0.229): equal within noise.
-
-The remaining gap is diffusers' RMS norm, which upcasts to fp32 where the reference does not.
+it, and both formulas run in it (plain fp32 for an fp32 model). With bf16 weights the constants equal
+the original wrapper's bf16 values and the decoder receives its bf16 latent; the remaining gap is
+diffusers' RMS norm, which upcasts to float32 (figures: docs/parity.md).
 """
 
 from __future__ import annotations
@@ -383,7 +378,8 @@ class VideoVAE(ModelWrapper):
         Returns:
             ``(mean, inv_std)``, each ``[1, 48, 1, 1, 1]`` in the model dtype on the model device;
             ``mean`` is the float32 constant cast to the model dtype and ``inv_std = 1 / std`` is
-            computed in the model dtype after casting ``std`` (bf16: bit-identical to the reference).
+            computed in the model dtype after casting ``std`` (bf16: the original wrapper's values;
+            docs/parity.md).
         """
         shape = (1, self.z_dim, 1, 1, 1)
         mean = torch.tensor(WAN22_LATENT_MEAN, dtype=torch.float32).to(self.dtype).view(shape)

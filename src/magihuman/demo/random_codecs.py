@@ -1,6 +1,6 @@
 """Random-weight codecs in their official file layouts, for tests and the offline demo bundle.
 
-One writer per codec, each writing exactly the files its loader reads (architecture.md §11.3, 3.1, 4.2, 5.1):
+One writer per codec, each writing exactly the files its loader reads (architecture.md §11.3, §11.4, §11.5, §11.2):
 
 * :func:`save_random_text_encoder` - a tiny T5Gemma seq2seq snapshot (``config.json``,
   ``model.safetensors``, a Gemma-style BPE tokenizer built without downloads);
@@ -134,8 +134,9 @@ def save_random_text_encoder(
     Layout (as ``google/t5gemma-9b-9b-ul2``): ``config.json`` (``T5GemmaConfig`` with encoder and
     decoder ``T5GemmaModuleConfig`` sub-configs of the same size), ``model.safetensors`` with
     ``model.encoder.*`` and ``model.decoder.*`` tensors (float32, tied ``lm_head`` omitted) and the
-    tokenizer files (``tokenizer.json``, ``tokenizer_config.json``). :meth:`~magihuman.codecs.text_encoder.TextEncoder.from_official`
-    loads it offline. Same arguments -> byte-identical tensors -> identical embeddings.
+    tokenizer files (``tokenizer.json``, ``tokenizer_config.json``).
+    :meth:`~magihuman.codecs.text_encoder.TextEncoder.from_official` loads it offline. Same arguments ->
+    byte-identical tensors -> identical embeddings.
 
     Weights are drawn from a private ``torch.Generator(seed)`` (the global RNG is untouched):
     linear weights ``N(0, 1/fan_in)``, token embeddings ``N(0, 1/hidden_size)`` (unit RMS after
@@ -293,7 +294,7 @@ def save_random_wan22_vae(
 
     Args:
         folder: Output folder (created if needed).
-        base_dim: Encoder base width (default 4: a ~0.3 M parameter model).
+        base_dim: Encoder base width (default 4: about 0.3 M parameters).
         decoder_base_dim: Decoder base width (default 4).
         z_dim: Latent channels; keep 48 for :class:`~magihuman.codecs.video_vae.VideoVAE`.
         seed: RNG seed.
@@ -351,7 +352,7 @@ def _tiny_sao_config(channels: int) -> dict:
 def _random_sao_tensor(key: str, shape: tuple[int, ...], output_conv: str, generator: torch.Generator) -> Tensor:
     """Init: ``weight_v`` randn, ``weight_g`` ``0.7*(1+0.1*randn)`` (halved for the decoder's output
     conv), bias ``0.05*randn``, Snake ``alpha``/``beta`` ``0.1*randn`` (log scale). Gives an audible,
-    unclipped waveform (std ~0.05, peak ~0.5)."""
+    unclipped waveform."""
     noise = torch.randn(shape, generator=generator, dtype=torch.float32)
     if key.endswith(".weight_g"):
         return (0.35 if key.startswith(output_conv) else 0.7) * (1.0 + 0.1 * noise)
@@ -373,7 +374,7 @@ def save_random_audio_vae(folder: str | os.PathLike, *, channels: int = 4, seed:
 
     Args:
         folder: Output folder (created if needed).
-        channels: Base width (SAO 1.0 uses 128; default 4 gives ~0.2 M parameters).
+        channels: Base width (SAO 1.0 uses 128; default 4 gives about 0.2 M parameters).
         seed: RNG seed.
 
     Returns:
@@ -446,12 +447,13 @@ def save_random_turbo_vae(
         folder: Output folder (created), e.g. ``ROOT/turbo_vae``.
         channels: Widths in encoder order (4 entries; the shipped model has 64, 128, 256, 512). The
             default (8, 8, 16, 16) is chosen for CPU speed, not size: float32 CPU convolutions with
-            few channels fall back to PyTorch's slow native kernel, so the demo decode (13 latent
-            frames at 16x28) takes ~2.5 s on 2 cores here versus ~13 s with (4, 8, 12, 16).
+            few channels fall back to PyTorch's slow native kernel, so it decodes faster than
+            narrower widths such as (4, 8, 12, 16) (timings: docs/benchmarks.md).
         seed: RNG seed.
 
     Returns:
-        ``folder`` as a :class:`~pathlib.Path` (loadable with :meth:`~magihuman.codecs.turbo_vae.TurboVAE.from_official`).
+        ``folder`` as a :class:`~pathlib.Path` (loadable with
+        :meth:`~magihuman.codecs.turbo_vae.TurboVAE.from_official`).
 
     Raises:
         ValueError: ``channels`` is not 4 positive integers.

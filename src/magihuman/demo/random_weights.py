@@ -20,8 +20,9 @@ import torch
 from magihuman.model.rope import default_bands
 from magihuman.model.transformer import MagiHumanTransformer
 
-#: A ~2.5 M-parameter configuration with the 15B model's structure (sandwich experts at both ends,
-#: gelu7 then swiglu7, GQA 4:2 with gates; 2 K/V heads so ``--cp 2`` runs), fast enough for CPU tests and the demo.
+#: An about 2.5 M-parameter configuration with the 15B model's structure (sandwich experts at both
+#: ends, gelu7 then swiglu7, GQA 4:2 with gates; 2 K/V heads so ``--cp 2`` runs), fast enough for CPU
+#: tests and the demo.
 TINY_TRANSFORMER_CONFIG: dict[str, Any] = dict(
     num_layers=6, hidden_size=128, head_dim=32, num_query_groups=2, video_in_channels=192,
     audio_in_channels=64, text_in_channels=32, mm_layers=(0, 1, 4, 5), gelu7_layers=(0, 1),

@@ -6,9 +6,9 @@ The folder layout (single ``model.safetensors`` or an index with plain or ``.zst
 of both are re-exported here, so ``from magihuman.model.checkpoint import ...`` keeps working.
 
 The reference loads with ``strict=False`` and only prints mismatches, which leaves uninitialised weights
-behind (architecture.md §7.2). Here every mismatch is collected across all shards and raised as one :class:`CheckpointError`,
-and the whole key/shape/dtype audit runs on the safetensors headers before any tensor data is read, so a
-wrong folder fails in seconds rather than after reading tens of gigabytes.
+behind (architecture.md §7.2). Here every mismatch is collected across all shards and raised as one
+:class:`CheckpointError`, and the whole key/shape/dtype audit runs on the safetensors headers before any
+tensor data is read, so a wrong folder fails at once rather than after reading tens of gigabytes.
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ class _Problems:
         if self.missing or self.unexpected or self.misshaped or self.mistyped:
             lines.append(
                 "Check that this folder holds the checkpoint for this model configuration, and re-download it "
-                "if its index or shards disagree; loading it anyway would leave uninitialised weights (architecture.md §7.2)."
+                "if its index or shards disagree; loading it anyway would leave uninitialised weights "
+                "(architecture.md §7.2)."
             )
         return "\n".join(lines)
 
@@ -268,8 +269,8 @@ def load_official_state_dict(
         optional: names of ``expected`` that may be absent from the checkpoint; they are then left out of
             the result so the caller keeps its own value. The transformer passes
             ``{"adapter.rope.bands"}``: a persistent buffer that the checkpoint overrides when it has one
-            and the formula of architecture.md §3.3 supplies otherwise (architecture.md §7.2). Present optional keys are checked like
-            any other.
+            and the formula of architecture.md §3.3 supplies otherwise (architecture.md §7.2). Present
+            optional keys are checked like any other.
         device: where the returned tensors live (cast happens on the CPU first).
         progress: show a progress bar over shards (it also hides itself when stderr is not a terminal).
 

@@ -197,8 +197,9 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(hidden_size, experts, gelu7_layer)
 
     def forward(self, x, rope, groups, attend, local_mask):
-        """``x [B, N, hidden]`` float32 -> same; ``rope [N, 6B]`` or ``[B, N, 6B]``; ``groups`` = (Nv, Na, Nt) of these rows;
-        ``local_mask`` (a :class:`~magihuman.model.packing.LocalWindow`) is used only if this layer is local."""
+        """``x [B, N, hidden]`` float32 -> same; ``rope [N, 6B]`` or ``[B, N, 6B]``; ``groups`` = (Nv, Na, Nt)
+        of these rows; ``local_mask`` (a :class:`~magihuman.model.packing.LocalWindow`) is used only if this
+        layer is local."""
         x = x + self.attention(x, rope, groups, attend, local_mask if self.local else None)
         return x + self.mlp(x, groups)
 

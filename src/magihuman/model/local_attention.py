@@ -16,7 +16,8 @@ The reference gives a local-attention layer its window as half-open ``(q_range, 
 (``aten._scaled_dot_product_flash_attention_for_cpu``): the same kernel as our global layers, and
 it returns the LSE with the output as the reference's kernel does. A query's softmax thereby
 runs over the union of its key ranges, normalised once, mathematically equal to one call with the
-dense mask of :meth:`~magihuman.model.packing.LocalWindow.dense`; the bits follow the reference.
+dense mask of :meth:`~magihuman.model.packing.LocalWindow.dense`, in the reference's op order, which
+bit parity needs (no golden case has a local layer yet: docs/parity.md).
 """
 
 from __future__ import annotations

@@ -146,7 +146,9 @@ def grid_coords(
     return torch.cat([positions, constants.expand(positions.shape[0], 6)], dim=-1)
 
 
-def build_coords(layout: TokenLayout, style: CoordsStyle = "v2", device: torch.device | str | None = None) -> torch.Tensor:
+def build_coords(
+    layout: TokenLayout, style: CoordsStyle = "v2", device: torch.device | str | None = None
+) -> torch.Tensor:
     """The ``[N, 9]`` coordinate table of a packed sample (architecture.md §3.2, §3).
 
     | modality | grid | reference | offset |
@@ -223,7 +225,7 @@ class LocalWindow:
     Query i may attend key j when ``i >= Nv or j >= Nv or |i//P - j//P| <= R``: video queries see video
     keys of latent frames within +-R plus every audio and text key; audio and text queries are global.
     Kernels turn it into what they need: a dense boolean mask (:meth:`dense`) or a block-sparse mask
-    built from :meth:`allows` (FlexAttention), so 1080p (~54k tokens) never needs an N x N tensor.
+    built from :meth:`allows` (FlexAttention), so 1080p (about 54k tokens for 4 s) never needs an N x N tensor.
     """
 
     total_tokens: int

@@ -1,4 +1,6 @@
-"""Ulysses sequence (context) parallelism for :class:`~magihuman.model.transformer.MagiHumanTransformer` (architecture.md §6.4).
+"""Ulysses sequence (context) parallelism for the transformer (architecture.md §6.4).
+
+The model is :class:`~magihuman.model.transformer.MagiHumanTransformer`.
 
 One sample's packed token sequence ``[video | audio | text]`` (N tokens) is cut into ``cp``
 contiguous chunks, one per rank of the sequence-parallel group (architecture.md §6.4): with

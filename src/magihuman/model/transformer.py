@@ -137,7 +137,9 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         self._attention = get_attention_backend(backend) if isinstance(backend, str) else backend
 
     def enable_sequence_parallel(self, sp: SequenceParallel | None) -> None:
-        """Split each forward's token sequence across the ranks of ``sp`` (Ulysses, architecture.md §6.4); None disables.
+        """Split each forward's token sequence across the ranks of ``sp`` (Ulysses, architecture.md §6.4).
+
+        ``None`` disables it.
 
         Every rank then calls ``forward`` with the same full inputs and gets the same full outputs; each
         runs the layers on its contiguous chunk of tokens, with two all-to-alls around every attention

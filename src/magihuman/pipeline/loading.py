@@ -166,5 +166,6 @@ def _file_problem(file: Path) -> str | None:
             if not any(n.endswith("data.pkl") for n in archive.namelist()):
                 return "is a zip archive but not a torch.save checkpoint (no data.pkl); expected a torch.save archive"
     except (zipfile.BadZipFile, OSError):
-        return f"is damaged or truncated ({size:,} bytes, its zip directory is unreadable); expected a torch.save archive"
+        return (f"is damaged or truncated ({size:,} bytes, its zip directory is unreadable); "
+                "expected a torch.save archive")
     return None

@@ -3,12 +3,14 @@
 A preset is data, not a code branch: the pipeline reads these fields and nothing else. This module
 imports no torch (the CLI's ``--help`` and a server's request parser read it).
 
-| preset | DiT checkpoint | sampler | source |
-|---|---|---|---|
-| ``distill`` | ``distill/`` | 8 steps, no CFG, re-noising update | architecture.md §13.1, §8.3 |
-| ``base`` | ``base/`` | 32 steps FlowUniPC, shift 5, 2-pass CFG | architecture.md §13.1, §8.2, §8.4 |
-| ``sr_540p`` | ``base/`` then ``540p_sr/`` | base, then 5 SR steps to 896x512 | architecture.md §13.1, §10.1 |
-| ``sr_1080p`` | ``base/`` then ``1080p_sr/`` | base, then 5 SR steps to 1920x1088, local attention | architecture.md §13.1, §10.1, §2.2 |
+Presets (DiT checkpoint; sampler; source):
+
+* ``distill``: ``distill/``; 8 steps, no CFG, re-noising update (architecture.md §13.1, §8.3).
+* ``base``: ``base/``; 32 steps FlowUniPC, shift 5, 2-pass CFG (architecture.md §13.1, §8.2, §8.4).
+* ``sr_540p``: ``base/`` then ``540p_sr/``; base, then 5 SR steps to 896x512 (architecture.md §13.1,
+  §10.1).
+* ``sr_1080p``: ``base/`` then ``1080p_sr/``; base, then 5 SR steps to 1920x1088, local attention
+  (architecture.md §13.1, §10.1, §2.2).
 
 Both official examples render 448x256 (architecture.md §13.1; the CLI default of the reference, 480x272,
 renders 480x256 after rounding). Video is 25 fps and audio 44.1 kHz.

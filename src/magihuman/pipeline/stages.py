@@ -9,7 +9,7 @@ Each stage takes the pipeline (its components, device and switches) and typed re
 3. :func:`encode_image`: the first-frame latent (image-to-video, architecture.md §9.1);
 4. :func:`denoise_latents`: the preset's sampler;
 5. :func:`super_resolve_latents`: the SR presets' refinement (architecture.md §10.1);
-6. :func:`decode_video` and :func:`decode_audio` (architecture.md 9).
+6. :func:`decode_video` and :func:`decode_audio` (architecture.md §12.1, §12.2).
 
 Timing, progress and lending offloaded components to the device are the pipeline's business, not the
 stages'.
@@ -50,7 +50,8 @@ def total_steps(pipe: MagiHumanPipeline, sr_stage: SuperResolutionStage | None) 
 def encode_text(pipe: MagiHumanPipeline, request: GenerationRequest,
                 sr_stage: SuperResolutionStage | None) -> TextConditioning:
     """Stage 1: prompt embeddings ``[1, Nt, C]`` float32 on the pipeline's device, and the negative-prompt
-    ones (the request's or the pipeline's default) when the base or the SR sampler uses CFG (architecture.md §11.2, 5)."""
+    ones (the request's or the pipeline's default) when the base or the SR sampler uses CFG (architecture.md
+    §11.2, §8.4)."""
     prompt, _ = pipe.text_encoder.encode(request.prompt)
     negative = None
     if pipe.preset.sampler.cfg_number == 2 or (sr_stage is not None and sr_stage.sampler.cfg_number == 2):
@@ -61,7 +62,7 @@ def encode_text(pipe: MagiHumanPipeline, request: GenerationRequest,
 
 def prepare_latents(pipe: MagiHumanPipeline, request: GenerationRequest,
                     generator: torch.Generator) -> tuple[Latents, DrivingAudio | None, LatentPlan]:
-    """Stage 2: the initial latents, drawn from the request's seeded CPU generator (architecture.md §13.2, 12).
+    """Stage 2: the initial latents, drawn from the request's seeded CPU generator (architecture.md §13.2, §8.5).
 
     First the audio: noise ``[1, L_a, 64]``, or with a driving track its encoded latents
     (:func:`load_driving_audio`, whose length ``L_a`` then sets the video length); then the video noise
@@ -132,8 +133,9 @@ def decode_video(pipe: MagiHumanPipeline, video_latent: torch.Tensor) -> np.ndar
     """Stage 6: ``[1, 48, T, h, w]`` -> ``uint8 [4T-3, 16h, 16w, 3]`` (architecture.md §12.1).
 
     The Turbo decoder's sliding windows are converted to uint8 one by one on the CPU into one
-    preallocated array, so the float video (12 bytes per pixel, ~3 GB for 5 s at 1080p) is never held
-    whole and the frames are held once. ``pipe.decode_tile`` (latent pixels) adds spatial tiling.
+    preallocated array, so the float video (12 bytes per pixel: 3.1 GB for 125 frames at 1920x1088,
+    computed) is never held whole and the frames are held once. ``pipe.decode_tile`` (latent pixels)
+    adds spatial tiling.
 
     Raises:
         GenerationInterrupted: when ``pipe.interrupt`` is set between two windows.

@@ -1,6 +1,7 @@
 """The input boundary: every bad input is refused here, before any model loads.
 
-The reference checks the prompt and the output only after loading every model (architecture.md §13.3), so a typo costs minutes of loading. Here the CLI, the Python API
+The reference checks the prompt and the output only after loading every model (architecture.md §13.3),
+so a typo costs a full model load. Here the CLI, the Python API
 (:meth:`GenerationRequest.validate_inputs`) and the HTTP server call the same
 :func:`validate_request`, cheapest checks first: numbers and sizes, seed, prompt length, preset
 switches, the device and the runtime switches, prompt tokens, then every file opened and decoded
@@ -33,7 +34,7 @@ __all__ = [
     "estimate_memory", "device_memory", "expand_path",
 ]
 
-#: Longest prompt accepted, in characters. The encoder keeps 640 tokens (architecture.md §11.2.1), roughly
+#: Longest prompt accepted, in characters. The encoder keeps 640 tokens (architecture.md §11.2), roughly
 #: 2,500 characters of English; 20,000 leaves room for any real prompt and refuses pasted files.
 MAX_PROMPT_CHARS = 20_000
 #: Largest seed: the CPU generator takes a signed 64-bit seed (architecture.md §8.5).
@@ -41,13 +42,13 @@ MAX_SEED = 2**63 - 1
 #: Smallest rendered side in pixels: one 2x2 patch of 16-px VAE cells (architecture.md §13.2).
 MIN_SIZE = 2 * SPATIAL_STRIDE
 #: Largest base-stage side in pixels. The base and distilled DiTs generate at 256p (every official
-#: example renders 448x256, the reference CLI defaults to 480x272, architecture.md §13.3, 1.3); larger
+#: example renders 448x256, the reference CLI defaults to 480x272, architecture.md §13.3, §13.1); larger
 #: frames come from the SR presets. 896 (the 540p SR width) allows 896x512 or 512x896 directly.
 MAX_BASE_SIDE = 896
 #: Largest super-resolution side in pixels: the 1080p SR preset's 1920x1088 (architecture.md §13.1).
 MAX_SR_SIDE = 1920
 #: Longest clip in seconds until longer clips are supported: the original examples render 4 s and
-#: its published timings are for 5 s clips (architecture.md §13.1, 8); 10 s is twice the longest shown.
+#: its published timings are for 5 s clips (architecture.md §13.1, §14); 10 s is twice the longest shown.
 MAX_SECONDS = 10.0
 #: Least driving audio that encodes to one latent frame (25 per second, architecture.md §11.5).
 MIN_AUDIO_SECONDS = 1 / LATENTS_PER_SECOND
@@ -198,7 +199,7 @@ def _check_prompt(request: Any) -> list[str]:
 
 
 def _count_tokens(prompt: str, text_encoder: Path | None) -> list[str]:
-    """A notice when the prompt is over the encoder's 640 tokens (architecture.md §11.2.1): the rest is cut.
+    """A notice when the prompt is over the encoder's 640 tokens (architecture.md §11.2): the rest is cut.
 
     Every token covers at least one UTF-8 byte (byte-fallback BPE), so a prompt of at most 639 bytes
     needs no count; longer ones are counted with the checkpoint's tokenizer when its folder is known

@@ -37,8 +37,8 @@ def shard_transformer(model: nn.Module, group: torch.distributed.ProcessGroup | 
     Args:
         model: a :class:`~magihuman.model.transformer.MagiHumanTransformer` on ``device``, or on the CPU:
             FSDP2 moves a unit's parameters to the mesh device when it shards that unit, so the GPU
-            should only ever hold one whole unit (expected from FSDP2's design; untested here without
-            a GPU). Host RAM: one full copy per rank.
+            should only ever hold one whole unit (expected from FSDP2's design; GPU status:
+            docs/benchmarks.md). Host RAM: one full copy per rank.
         group: process group to shard over (default: the world).
         device: the compute device (``cuda`` after ``torch.cuda.set_device(LOCAL_RANK)`` with NCCL;
             ``cpu`` with gloo, as the tests run). Default: where the parameters are.

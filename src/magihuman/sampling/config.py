@@ -110,7 +110,9 @@ SR_SAMPLER_CFG = SamplerConfig(num_steps=5, cfg_number=2, update="unipc", video_
 
 @dataclass(frozen=True)
 class SuperResolutionStage:
-    """One SR recipe (architecture.md §10.1); data only, run by :func:`magihuman.sampling.super_resolution.super_resolve`.
+    """One SR recipe (architecture.md §10.1); data only.
+
+    Run by :func:`magihuman.sampling.super_resolution.super_resolve`.
 
     Attributes:
         checkpoint: sub-folder of the checkpoint root (``540p_sr``, ``1080p_sr``).

@@ -175,7 +175,8 @@ class _RenoiseUpdate:
         if self.renoise_noise is not None:
             eps_video, eps_audio = self.renoise_noise[k]
             return eps_video.to(video.device), None if eps_audio is None else eps_audio.to(audio.device)
-        eps_video = draw_noise(video.shape, self.generator, video.device)  # video first, then audio (architecture.md §8.5)
+        # video first, then audio (architecture.md §8.5)
+        eps_video = draw_noise(video.shape, self.generator, video.device)
         eps_audio = draw_noise(audio.shape, self.generator, audio.device)  # drawn even when the audio is fixed
         return eps_video, eps_audio
 

@@ -4,7 +4,7 @@ Each record is a frozen dataclass whose fields state their shape and dtype, chec
 so a stage hands the next one a single value instead of loose positional tensors:
 
 * :class:`Latents`: the video and audio latents of one denoising state (architecture.md §13.2);
-* :class:`TextConditioning`: the prompt embedding and, for CFG, the negative-prompt one (architecture.md §11.2, 5);
+* :class:`TextConditioning`: the prompt embedding and, for CFG, the negative-prompt one (architecture.md §11.2, §8.4);
 * :class:`DrivingAudio`: a driving audio track's encoded latents and the waveform kept for the output
   (architecture.md §9.2).
 """
@@ -25,7 +25,7 @@ def _check_tensor(name: str, value, ndim: int, layout: str) -> None:
 
 @dataclass(frozen=True)
 class Latents:
-    """Video and audio latents of one request, denoised together (architecture.md §13.2, 4.2).
+    """Video and audio latents of one request, denoised together (architecture.md §13.2, §11.1).
 
     Attributes:
         video: ``[B, 48, T, h, w]`` float32, normalised Wan2.2 latent (``h = H/16``, ``w = W/16``).
@@ -65,7 +65,7 @@ class Latents:
 
 @dataclass(frozen=True)
 class TextConditioning:
-    """The text side of one request (architecture.md §11.2, 5).
+    """The text side of one request (architecture.md §11.2, §8.4).
 
     Attributes:
         prompt: ``[B, Nt, C]`` prompt embedding (T5Gemma encoder states; float32 from the encoder).

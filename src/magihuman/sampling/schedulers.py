@@ -7,8 +7,9 @@
   diffusers' ``UniPCMultistepScheduler`` gives 1.0 / 501 there, which is why the update is implemented
   here rather than configured from diffusers (architecture.md §8.2 (diffusers' UniPC)).
 * :class:`FlowUniPCScheduler` is the order-2 "bh2" predictor-corrector in x0-prediction form, written
-  from the step-by-step description of architecture.md §8.2 with its multiplication grouping, which makes it
-  reproduce the reference to the last bit on CPU.
+  from the step-by-step description of architecture.md §8.2 with its multiplication grouping, which
+  last-bit parity with the reference needs (the tests compare it with a literal transcription of the
+  reference's update; no golden case covers the UniPC loop yet: docs/parity.md).
 * :func:`renoise_step` is the distilled model's "predict x0, then re-noise" update (architecture.md §8.3).
 * :func:`zero_snr_signal_noise` gives the variance-preserving DDPM coefficients that the super-resolution
   stage uses to partially re-noise the upsampled latent (architecture.md §10.2, §10.1).

@@ -1,9 +1,10 @@
-"""Latent super-resolution: upsample the base latent, partly re-noise it, refine with the SR DiT (architecture.md §10.1).
+"""Latent super-resolution: upsample the base latent, partly re-noise, refine with the SR DiT (architecture.md §10.1).
 
 1. Trilinear upsample of the final base video latent over (T, h, w) to the SR latent size, time unchanged,
    ``align_corners=True`` in float32 as the reference does (architecture.md §10.1). The MLX port of the
-   reference switched to ``align_corners=False`` to fix ghosting (GAIR-NLP/daVinci-MagiHuman PR #42; architecture.md §10.1); that is available as
-   an option but is **not** the default, because the SR checkpoints were trained against the reference.
+   reference switched to ``align_corners=False`` to fix ghosting (GAIR-NLP/daVinci-MagiHuman PR #42;
+   architecture.md §10.1); that is available as an option but is **not** the default, because the SR
+   checkpoints were trained against the reference.
 2. Re-noise with the ZeroSNR DDPM pair at index 220: ``0.8389104*x + 0.5442696*eps`` (architecture.md §10.2, §10.1).
 3. The SR model's audio input is ``0.7*eps_a + 0.3*audio_base``, fixed for all steps; its output is
    discarded and the base audio is the final audio (architecture.md §10.1).
@@ -78,7 +79,7 @@ def super_resolve(
 
     Returns:
         :class:`~magihuman.sampling.records.Latents` with the SR video ``[1, 48, T, h_s, w_s]`` float32 and
-        the base audio ``latents.audio`` itself: the SR loop's audio output is discarded (architecture.md §10.1.5).
+        the base audio ``latents.audio`` itself: the SR loop's audio output is discarded (architecture.md §10.1).
     """
     upsampled = upsample_latent(latents.video, stage.latent_size, align_corners=stage.align_corners)
     eps = draw_noise(upsampled.shape, generator, upsampled.device)

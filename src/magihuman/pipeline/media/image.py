@@ -138,8 +138,8 @@ def preprocess_image(image: str | os.PathLike | PIL.Image.Image, width: int, hei
     Steps: :func:`load_image` (EXIF orientation, RGB); crop with :func:`center_crop_box` unless the image
     already is exactly ``width`` x ``height``; then ``diffusers.video_processor.VideoProcessor(
     vae_scale_factor=16).preprocess`` (PIL Lanczos resize to ``(width, height)``, ``/255``, NCHW,
-    ``2x - 1``), as the reference does. Reproduces the reference tensor bit for bit (golden
-    ``codec_wan22_vae`` ``encode.preprocessed_image``). The bf16 cast and the time axis are the VAE's
+    ``2x - 1``), as the reference does. Parity: docs/parity.md (``codec_wan22_vae``,
+    ``encode.preprocessed_image``). The bf16 cast and the time axis are the VAE's
     business (step 4), not done here.
 
     Args:
