@@ -13,7 +13,7 @@ CUDA is absent; 1 s at 448x256 with the 896x512 SR stage, a few minutes on two b
 
     python benchmarks/bench_stages.py --cpu-tiny
 
-Stages, in pipeline order (pipeline.md 14): text encode (``--text-tokens`` random token ids, ~200 =
+Stages, in pipeline order (architecture.md §1.2): text encode (``--text-tokens`` random token ids, ~200 =
 a 150-word prompt), the base denoise loop at ``--width x --height`` (5 s at 448x256 by default;
 ``--preset distill``: 8 steps, no CFG; ``base``: 32 steps x 2 CFG passes, one batched call per step
 unless ``--no-batch-cfg``; the negative text is the prompt's, so the batch has one length), one super-resolution loop
@@ -33,7 +33,7 @@ FLOPs of one DiT forward (GEMMs and attention; a multiply-add counts 2)::
 with ``N = Nv + Na + Nt`` tokens; ``P_tok`` = the block-linear parameters one token meets = sum over
 layers of one expert's ``linear_qkv + linear_proj + up_gate_proj + down_proj`` (each token uses
 exactly the expert of its modality: 10,912,645,120 for the 15B); ``D`` = 128 head dim, ``Hq`` = 40
-query heads; ``A_l = N^2`` for global layers and, for local-window layers (dit.md 5.2: video queries
+query heads; ``A_l = N^2`` for global layers and, for local-window layers (architecture.md §6.2: video queries
 see video keys within +-R latent frames, everything else is global),
 ``A_l = N^2 - Nv^2 + P^2 * #{(f, g) in [0, T)^2 : |f - g| <= R}`` with ``P`` video tokens per latent
 frame. TFLOP/s = F x forwards / seconds of the stage (scheduler updates included).
@@ -49,19 +49,22 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 
-from magihuman.codecs.audio_vae import AudioVAE, LATENTS_PER_SECOND, resample_to_output_rate
+from magihuman.codecs.audio_vae import LATENTS_PER_SECOND, AudioVAE, resample_to_output_rate
 from magihuman.codecs.video_vae import VideoVAE, wan22_vae_config
+from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG
 from magihuman.model.attention import resolve_attention_backend
+from magihuman.model.layers import ExpertLinear
+from magihuman.model.transformer import MagiHumanTransformer
+from magihuman.pipeline.presets import get_preset, preset_for_sr_size
 from magihuman.runtime.compile import compile_repeated_blocks
 from magihuman.runtime.fp8 import enable_fp8_weights, weight_bytes
-from magihuman.pipeline.presets import get_preset, preset_for_sr_size
-from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG
 from magihuman.sampling.config import SR_SAMPLER, SuperResolutionStage
 from magihuman.sampling.loop import denoise
 from magihuman.sampling.records import Latents, TextConditioning
@@ -70,12 +73,11 @@ from magihuman.sampling.super_resolution import (
     sr1080_local_attn_layers,
     super_resolve,
 )
-from magihuman.model.transformer import ExpertLinear, MagiHumanTransformer
 
-#: Official sizes (pipeline.md 1.3): the base stage, and the 540p / 1080p SR outputs.
+#: Official sizes (architecture.md §13.1): the base stage, and the 540p / 1080p SR outputs.
 REAL_BASE_SIZE = (448, 256)
 REAL_SR_SIZES = ((896, 512), (1920, 1088))
-#: The T5Gemma-9B-9B-UL2 encoder (codecs.md 5.1): 9.24e9 parameters.
+#: The T5Gemma-9B-9B-UL2 encoder (architecture.md §11.2): 9.24e9 parameters.
 T5GEMMA_9B = dict(hidden_size=3584, num_layers=42, num_heads=16, num_kv_heads=8, head_dim=256,
                   intermediate_size=14336, vocab_size=256000)
 #: The demo bundle's tiny encoder (text_encoder.save_random_official defaults).
@@ -106,12 +108,12 @@ class StageResult:
 
     stage: str
     shape: str
-    tokens: Optional[int] = None
-    steps: Optional[int] = None
-    seconds: Optional[float] = None
-    seconds_per_step: Optional[float] = None
-    tflops: Optional[float] = None
-    peak_gb: Optional[float] = None
+    tokens: int | None = None
+    steps: int | None = None
+    seconds: float | None = None
+    seconds_per_step: float | None = None
+    tflops: float | None = None
+    peak_gb: float | None = None
     note: str = ""
 
 
@@ -124,7 +126,7 @@ def per_token_block_params(config: dict) -> int:
 
 
 def local_attention_pairs(total: int, video: int, frames: int, radius: int) -> int:
-    """Allowed (query, key) pairs of a local-window layer (dit.md 5.2): ``N^2 - Nv^2 + P^2 * pairs(T, R)``."""
+    """Allowed (query, key) pairs of a local-window layer (architecture.md §6.2): ``N^2 - Nv^2 + P^2 * pairs(T, R)``."""
     if radius < 0 or radius >= frames:  # the model then runs the layer globally
         return total * total
     per_frame = video // frames
@@ -133,7 +135,7 @@ def local_attention_pairs(total: int, video: int, frames: int, radius: int) -> i
 
 
 def dit_forward_flops(config: dict, *, video_tokens: int, audio_tokens: int, text_tokens: int, frames: int,
-                      frame_receptive_field: int = FRAME_RECEPTIVE_FIELD, _per_token: Optional[int] = None) -> float:
+                      frame_receptive_field: int = FRAME_RECEPTIVE_FIELD, _per_token: int | None = None) -> float:
     """GEMM + attention FLOPs of one forward (module docstring formula)."""
     cfg = dict(config)
     full = {**_default_config(), **cfg}
@@ -179,7 +181,7 @@ def build_dit(config: dict, device: torch.device, seed: int = 0) -> MagiHumanTra
 
 
 def build_text_encoder(sizes: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """A T5Gemma encoder with random weights (the pipeline's no-soft-cap SDPA attention, codecs.md 5.3)."""
+    """A T5Gemma encoder with random weights (the pipeline's no-soft-cap SDPA attention, architecture.md §11.2)."""
     from transformers import T5GemmaConfig, T5GemmaEncoderModel
     from transformers.models.t5gemma import T5GemmaModuleConfig
 
@@ -239,17 +241,19 @@ class _Clock:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def peak_gb(self) -> Optional[float]:
+    def peak_gb(self) -> float | None:
         return torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else None
 
 
-def _timed(clock: _Clock, run: Callable[[Callable[[], None]], Any], repeats: int) -> tuple[float, Optional[float], Optional[float]]:
+def _timed(
+    clock: _Clock, run: Callable[[Callable[[], None]], Any], repeats: int
+) -> tuple[float, float | None, float | None]:
     """Run ``run(step_tick)`` ``repeats`` times; median (total s, s/step), and the peak memory."""
     clock.reset_peak()
     totals, steps = [], []
     for _ in range(repeats):
         marks = [clock.now()]
-        run(lambda *_: marks.append(clock.now()))
+        run(lambda *_, marks=marks: marks.append(clock.now()))
         end = clock.now()
         totals.append(end - marks[0])
         steps += [b - a for a, b in zip(marks, marks[1:])]
@@ -284,14 +288,14 @@ class BenchSettings:
     height: int = REAL_BASE_SIZE[1]
     sr_sizes: Sequence[tuple[int, int]] = REAL_SR_SIZES
     preset: str = "distill"
-    steps: Optional[int] = None
-    sr_steps: Optional[int] = None
+    steps: int | None = None
+    sr_steps: int | None = None
     text_tokens: int = 200
     fp8: bool = False
     fp8_gemm: bool = False
     batch_cfg: bool = True
     compile: bool = False
-    compile_mode: Optional[str] = None
+    compile_mode: str | None = None
     attention: str = "auto"
     warmup: int = 1
     repeats: int = 1
@@ -319,7 +323,9 @@ def _prepare_dit(settings: BenchSettings, device: torch.device, local: bool) -> 
     return model, config
 
 
-def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambda _: None) -> tuple[list[StageResult], dict]:
+def run_benchmark(
+    settings: BenchSettings, *, log: Callable[[str], None] = lambda _: None
+) -> tuple[list[StageResult], dict]:
     """Measure every stage.
 
     Args:
@@ -343,8 +349,12 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
             raise ValueError(f"sizes must be multiples of 32 pixels, got {w}x{h}")
     clock = _Clock(device)
     preset = get_preset(settings.preset)
-    sampler = preset.sampler if settings.steps is None else dataclasses.replace(preset.sampler, num_steps=settings.steps)
-    sr_sampler = SR_SAMPLER if settings.sr_steps is None else dataclasses.replace(SR_SAMPLER, num_steps=settings.sr_steps)
+    sampler = preset.sampler
+    if settings.steps is not None:
+        sampler = dataclasses.replace(sampler, num_steps=settings.steps)
+    sr_sampler = SR_SAMPLER
+    if settings.sr_steps is not None:
+        sr_sampler = dataclasses.replace(sr_sampler, num_steps=settings.sr_steps)
     vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     audio_latents = int(round(settings.seconds * LATENTS_PER_SECOND)) + 1
     frames = (audio_latents - 1) // 4 + 1
@@ -421,7 +431,8 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
         name = f"SR {width}x{height}" + (" (local attn)" if local else "")
         shape = f"{frames}x{h_s}x{w_s} latent"
 
-        def sr_stage(stage=stage, local=local, sr_video_tokens=sr_video_tokens, name=name, shape=shape) -> StageResult:
+        def sr_stage(stage=stage, local=local, sr_video_tokens=sr_video_tokens, name=name, shape=shape,
+                     h_s=h_s, w_s=w_s) -> StageResult:
             model, config = _prepare_dit(settings, device, local=local)
             with torch.inference_mode():
                 sr_input = torch.zeros(1, 48, frames, h_s, w_s, device=device)
@@ -462,7 +473,8 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
             for _ in range(settings.warmup):
                 decode(None)
             seconds, _, peak = _timed(clock, decode, settings.repeats)
-        return StageResult("audio decode", f"{audio_latents} latents -> 44.1 kHz", None, None, seconds, None, None, peak)
+        shape = f"{audio_latents} latents -> 44.1 kHz"
+        return StageResult("audio decode", shape, None, None, seconds, None, None, peak)
 
     log("audio decode")
     rows.append(_guard_oom("audio decode", f"{audio_latents} latents", audio_stage))
@@ -494,7 +506,7 @@ def _video_decode_stages(settings: BenchSettings, device: torch.device, dtype: t
 
 
 # ========================================================================================== output
-def _fmt(value: Optional[float], digits: int = 4) -> str:
+def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None:
         return "-"
     if isinstance(value, int):
@@ -521,7 +533,7 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[BenchSettings, Optional[Path]]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchSettings, Path | None]:
     """Command line -> (settings, JSON path or None)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-tiny", action="store_true",
@@ -565,7 +577,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[BenchSettings, Opt
     ), args.json
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # "modules that should be kept in float32: []" on every VAE cast

@@ -28,11 +28,11 @@ from safetensors.torch import load_file
 from magihuman.codecs.audio_vae import AudioVAE, resample_to_output_rate
 from magihuman.codecs.turbo_vae import TurboVAE
 from magihuman.codecs.video_vae import WAN22_CHECKPOINT_NAME, VideoVAE
-from magihuman.pipeline.media import preprocess_image, video_to_uint8
 from magihuman.model.packing import build_coords, local_attention_ranges, patchify_video, token_layout
+from magihuman.model.transformer import MagiHumanTransformer
+from magihuman.pipeline.media import preprocess_image, video_to_uint8
 from magihuman.sampling.loop import DISTILL_SAMPLER, denoise
 from magihuman.sampling.schedulers import shifted_schedule
-from magihuman.model.transformer import MagiHumanTransformer
 
 DEFAULT_GOLDEN = Path(os.environ.get("MAGIHUMAN_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "golden"
 TRANSFORMER_FIELDS = ("num_layers", "hidden_size", "head_dim", "num_query_groups", "video_in_channels",
@@ -112,7 +112,8 @@ def dit_forward_a(golden: Path, report: Report, model: MagiHumanTransformer) -> 
                compare(patchify_video(inputs["video_latent"])[0], inter["packed_video_tokens"]))
     report.add("dit_forward_a", "coordinates [N, 9] (v2)", bitwise, compare(coords, inter["coords_mapping"]))
     with torch.no_grad():
-        report.add("dit_forward_a", "RoPE table [N, 6B]", bitwise, compare(model.adapter.rope(coords), inter["rope_table"]))
+        report.add("dit_forward_a", "RoPE table [N, 6B]", bitwise,
+                   compare(model.adapter.rope(coords), inter["rope_table"]))
     q_ranges, k_ranges = local_attention_ranges(layout, 11)
     report.add("dit_forward_a", "local-attention range tables (q and k, R = 11)", bitwise,
                compare(torch.cat([q_ranges, k_ranges]), torch.cat([inter["local_q_ranges"], inter["local_k_ranges"]])))
@@ -122,11 +123,13 @@ def dit_forward_a(golden: Path, report: Report, model: MagiHumanTransformer) -> 
     chained, (video, audio) = layer_outputs(model, inputs)
     config = model.config
     for i in range(len(reference)):
-        kind = ("sandwich" if i in config.mm_layers else "shared") + (", gelu7" if i in config.gelu7_layers else ", swiglu7")
+        kind = "sandwich" if i in config.mm_layers else "shared"
+        kind += ", gelu7" if i in config.gelu7_layers else ", swiglu7"
         kind += ", local attention" if i in config.local_attn_layers else ", full attention"
         source = "our embedders" if i == 0 else f"reference layer {i - 1} output"
         report.layers.append({"layer": i, "kind": kind, "input": source,
-                              "isolated": compare(isolated[i], reference[i]), "chained": compare(chained[i], reference[i])})
+                              "isolated": compare(isolated[i], reference[i]),
+                              "chained": compare(chained[i], reference[i])})
     for name, got in (("video", head_velocities[0]), ("audio", head_velocities[1])):
         report.add("dit_forward_a", f"output heads on the reference final residual: {name} velocity",
                    "max_abs <= 1e-5 (float32 GEMM ulps)", m := compare(got, outputs[f"{name}_velocity"]),
@@ -177,7 +180,8 @@ def sampler_distill(golden: Path, report: Report, model: MagiHumanTransformer) -
         replay = Replay(data[f"{run}.cond_v_video"], data[f"{run}.cond_v_audio"])
         video, audio = denoise(replay, initial_video, initial_audio, context, config=DISTILL_SAMPLER,
                                image_latent=image, generator=generator)
-        report.add("sampler_distill", f"{run}: same replay drawing all noise from a seeded generator (draw order), final latents",
+        report.add("sampler_distill",
+                   f"{run}: same replay drawing all noise from a seeded generator (draw order), final latents",
                    bitwise, compare(torch.cat([video.flatten(), audio.flatten()]),
                                     torch.cat([data[f"{run}.final_video_latent"].flatten(),
                                                data[f"{run}.final_audio_latent"].flatten()])))
@@ -255,12 +259,15 @@ def codec_sa_audio(golden: Path, report: Report) -> None:
         m = compare(waveform, t["decode.waveform"])
         report.add(name, "decode vs decode.waveform", "max_abs <= 1e-5, rel_l2 <= 1e-5", m,
                    m["max_abs"] <= 1e-5 and m["rel_l2"] <= 1e-5)
-        report.add(name, "441/512 resample of the golden waveform vs decode.waveform_resampled", "bitwise (np.array_equal)",
-                   compare(resample_to_output_rate(t["decode.waveform"][0].numpy().T, axis=0), t["decode.waveform_resampled"]))
+        golden_resampled = resample_to_output_rate(t["decode.waveform"][0].numpy().T, axis=0)
+        report.add(name, "441/512 resample of the golden waveform vs decode.waveform_resampled",
+                   "bitwise (np.array_equal)", compare(golden_resampled, t["decode.waveform_resampled"]))
         m = compare(resample_to_output_rate(waveform[0]).T, t["decode.waveform_resampled"])
-        report.add(name, "our decode, resampled, vs decode.waveform_resampled", "max_abs <= 1e-5", m, m["max_abs"] <= 1e-5)
+        report.add(name, "our decode, resampled, vs decode.waveform_resampled", "max_abs <= 1e-5", m,
+                   m["max_abs"] <= 1e-5)
         m = compare(vae.pre_bottleneck(t["encode.waveform"].unsqueeze(0)), t["encode.pre_bottleneck"])
-        report.add(name, "encoder output [mean | scale] vs encode.pre_bottleneck", "max_abs <= 1e-5", m, m["max_abs"] <= 1e-5)
+        report.add(name, "encoder output [mean | scale] vs encode.pre_bottleneck", "max_abs <= 1e-5", m,
+                   m["max_abs"] <= 1e-5)
 
 
 # ------------------------------------------------------------------------------------------ output

@@ -14,7 +14,8 @@ from magihuman.demo.random_weights import random_transformer
 from magihuman.model import attention
 from magihuman.model.attention import fa3_attention, pick_attention_backend, resolve_attention_backend
 from magihuman.model.packing import LocalWindow
-from tiny_dit import reference_velocities, rel_l2, tiny_inputs
+
+from conftest import reference_velocities, rel_l2, tiny_inputs
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_fa3_backend_layout_and_local_window_fallback(monkeypatch, fresh_registr
 )
 def test_local_window_layers_on_cuda_run_flex(monkeypatch, fresh_registry, choice, device, local, expected):
     """The 1080p SR DiT (local-window layers) gets block-sparse FlexAttention instead of a dense N x N
-    mask on CUDA (dit.md 5.2); CPU keeps SDPA, and other kernels are left as chosen."""
+    mask on CUDA (architecture.md §6.2); CPU keeps SDPA, and other kernels are left as chosen."""
     monkeypatch.setattr(attention, "_fa3_importable", lambda: False)
     assert resolve_attention_backend(choice, device, local_window_layers=local) == expected
 

@@ -17,7 +17,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import golden_case
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -37,14 +36,7 @@ from magihuman.codecs.audio_vae import (
 from magihuman.demo.random_codecs import save_random_audio_vae
 from magihuman.model.checkpoint import CheckpointError
 
-
-def rel_l2(a, b) -> float:
-    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
-    return ((a - b).norm() / b.norm()).item()
-
-
-def max_abs(a, b) -> float:
-    return (torch.as_tensor(a).double() - torch.as_tensor(b).double()).abs().max().item()
+from conftest import golden_case, max_abs, rel_l2
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +66,7 @@ def tiny(tmp_path_factory):
 
 
 def sao10_config(golden_config):
-    """The SAO 1.0 ``model_config.json`` structure at full width (codecs.md 4.1)."""
+    """The SAO 1.0 ``model_config.json`` structure at full width (architecture.md §11.5)."""
     config = copy.deepcopy(golden_config)
     for side in ("encoder", "decoder"):
         config["model"]["pretransform"]["config"][side]["config"]["channels"] = 128
@@ -158,7 +150,7 @@ def test_full_size_key_audit_on_meta(golden_config):
     official = official_sao_vae_key_shapes(sao10_config(golden_config))
     converted = convert_stable_audio_state_dict({k: torch.empty(s, device="meta") for k, s in official.items()})
     with torch.device("meta"):
-        model = AutoencoderOobleck()  # diffusers defaults == SAO 1.0 (codecs.md 4.3)
+        model = AutoencoderOobleck()  # diffusers defaults == SAO 1.0 (architecture.md §11.5)
     assert len(official) == len(converted) == 365
     assert shapes_of(converted) == shapes_of(model.state_dict())
     assert round(sum(torch.Size(s).numel() for s in official.values()) / 1e6, 1) == 156.1
@@ -286,7 +278,7 @@ def test_long_clip_windowing(tiny):
     total = 23 * 2048 + 1000  # > window; not a multiple of the hop
     waveform = 0.3 * torch.randn(1, 2, total, generator=torch.Generator().manual_seed(3))
     latent = tiny.encode(waveform, generator=torch.Generator().manual_seed(5), window_samples=window)
-    assert latent.shape == (1, math.ceil(total / 2048), 64)  # 24: ceil rule of pipeline.md 7.2
+    assert latent.shape == (1, math.ceil(total / 2048), 64)  # 24: ceil rule of architecture.md §9.2
 
     # independent reconstruction: windows start every 4 latents, zero-padded to 8 latents, noise drawn
     # window after window, linear cross-fade w = p / 3 over the 4 shared latents
@@ -363,7 +355,8 @@ def test_save_random_audio_vae_round_trip(tmp_path, tiny):
     other = load_file(str(save_random_audio_vae(tmp_path / "b", seed=1) / "model.safetensors"))
     same = load_file(str(save_random_audio_vae(tmp_path / "c", seed=0) / "model.safetensors"))
     assert all(torch.equal(first[k], same[k]) for k in first)
-    assert not torch.equal(first["pretransform.model.decoder.layers.0.weight_v"], other["pretransform.model.decoder.layers.0.weight_v"])
+    key = "pretransform.model.decoder.layers.0.weight_v"
+    assert not torch.equal(first[key], other[key])
 
     latent = torch.randn(1, 51, 64, generator=torch.Generator().manual_seed(0))  # 2 s of model time
     waveform = tiny.decode(latent)

@@ -19,7 +19,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import write_tone, write_wav
 from typer.testing import CliRunner
 
 import magihuman.cli.app as cli
@@ -29,6 +28,8 @@ from magihuman.pipeline.loading import ROOT_LAYOUT
 from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 from magihuman.pipeline.request import GenerationRequest
 from magihuman.pipeline.validation import InputError, MissingInputError
+
+from conftest import write_tone, write_wav
 
 PROMPT = "A woman in a red coat smiles and says hello to the camera."
 runner = CliRunner()
@@ -102,7 +103,8 @@ CASES = {
                       ["sr_width=4000", "limit of 1920"]),
     "sr-width-alone": (["--sr-width", "896"], ["both", "--sr-height"]),
     "sr-height-alone": (["--sr-height", "512"], ["both", "--sr-width"]),
-    "sr-size-small": (["--preset", "sr_540p", "--sr-width", "16", "--sr-height", "512"], ["sr_width", "at least 32", "896x512"]),
+    "sr-size-small": (["--preset", "sr_540p", "--sr-width", "16", "--sr-height", "512"],
+                      ["sr_width", "at least 32", "896x512"]),
     # seconds
     "seconds-0": (["--seconds", "0"], ["seconds must be a positive number", "e.g. 4"]),
     "seconds-negative": (["--seconds", "-1"], ["seconds must be a positive number"]),
@@ -123,7 +125,8 @@ CASES = {
     "prompt-20001": (["--prompt", "a" * 20_001], ["20,001 characters", "limit of 20,000", "shorten"]),
     "prompt-100000": (["--prompt", "word " * 20_000], ["100,000 characters", "limit of 20,000"]),
     "prompt-none": (["--prompt", None], ["no prompt", "--prompt-file"]),
-    "prompt-file-missing": (["--prompt", None, "--prompt-file", "nope.txt"], ["prompt file not found", "--prompt-file"]),
+    "prompt-file-missing": (["--prompt", None, "--prompt-file", "nope.txt"],
+                            ["prompt file not found", "--prompt-file"]),
     "prompt-file-binary": (["--prompt", None, "--prompt-file", "binary.txt"], ["binary", "UTF-8 text file"]),
     "prompt-file-empty": (["--prompt", None, "--prompt-file", "blank.txt"], ["empty", "--prompt"]),
     "prompt-file-latin1": (["--prompt", None, "--prompt-file", "latin1.txt"], ["not UTF-8", "save it as UTF-8"]),

@@ -29,8 +29,9 @@ def bench():
 
 def test_cpu_tiny_benchmark_reports_every_stage(bench, tmp_path, capsys):
     json_path = tmp_path / "bench.json"
-    code = bench.main(["--cpu-tiny", "--seconds", "0.2", "--width", "64", "--height", "64", "--sr-sizes", "128x64,64x768",
-                       "--steps", "2", "--sr-steps", "1", "--text-tokens", "16", "--warmup", "0", "--repeats", "1",
+    code = bench.main(["--cpu-tiny", "--seconds", "0.2", "--width", "64", "--height", "64",
+                       "--sr-sizes", "128x64,64x768", "--steps", "2", "--sr-steps", "1", "--text-tokens", "16",
+                       "--warmup", "0", "--repeats", "1",
                        "--json", str(json_path)])
     assert code == 0
     table = capsys.readouterr().out

@@ -1,9 +1,9 @@
-"""Local attention in the reference's range form (dit.md 5.2): range split, per-range kernel + LSE, merge.
+"""Local attention in the reference's range form (architecture.md §6.2): range split, per-range kernel + LSE, merge.
 
 The reference runs a local layer without its Hopper kernel as one flash-attention call per (query
 interval, key range) and folds the partial results with a log-sum-exp merge. The golden case
 ``dit_forward_a`` has no local layer, so the reference arithmetic is re-derived here from the fact
-sheet: :func:`reference_local_attention` builds the intervals from the rules of dit.md 5.2 in the
+sheet: :func:`reference_local_attention` builds the intervals from the rules of architecture.md §6.2 in the
 reference's ``[N, H, D]`` layout, calls the public SDPA per range and merges in float32. Our path must
 equal it bit for bit; the one-call dense-mask path (``sdpa_mask``) is the same function with other
 bits (bf16 rounding only).
@@ -38,9 +38,7 @@ from magihuman.model.packing import (
     local_attention_ranges,
 )
 
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
+from conftest import rel_l2
 
 
 def qkv(layout: TokenLayout, seed: int = 0, heads: tuple[int, int] = (8, 2), head_dim: int = 32, batch: int = 1):
@@ -55,7 +53,7 @@ def qkv(layout: TokenLayout, seed: int = 0, heads: tuple[int, int] = (8, 2), hea
 
 
 def reference_local_attention(query, key, value, layout: TokenLayout, radius: int, lse_from_logits: bool = False):
-    """dit.md 5.2 transcribed: per latent frame i, the query rows of frame i attend to video frames i-R..i+R
+    """architecture.md §6.2 transcribed: per latent frame i, the query rows of frame i attend to video frames i-R..i+R
     and then to all audio+text keys, the two results merged by LSE; audio+text query rows attend to all
     keys in one call. Tensors are handled as ``[N, H, D]`` per sample, like the reference; the merge is
     ``o1 * (w1 / s) + o2 * (w2 / s)`` in float32 with ``w = exp(lse - max)``. The LSE comes with the kernel's
@@ -105,7 +103,7 @@ def test_split_query_ranges_by_hand():
 
 
 def test_window_range_pairs_are_the_reference_table():
-    """LocalWindow.range_pairs is local_attention_ranges (dit.md 5.2) and its union is the dense mask."""
+    """LocalWindow.range_pairs is local_attention_ranges (architecture.md §6.2) and its union is the dense mask."""
     layout = TokenLayout(frames=7, patch_rows=1, patch_cols=2, audio_tokens=3, text_tokens=2)
     window = LocalWindow.of(layout, 2)
     q_ranges, k_ranges = local_attention_ranges(layout, 2)

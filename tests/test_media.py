@@ -10,9 +10,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import golden_case, write_wav
 
 from magihuman.pipeline import media
+
+from conftest import golden_case, write_wav
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -45,7 +46,7 @@ def _leftovers(folder: Path) -> list[str]:
 def test_center_crop_box_golden_and_example():
     # golden: 101x80 -> 96:64 aspect -> (0, 6.5, 101, 73.5), PIL rounds half-to-even -> 101x68
     assert media.center_crop_box(101, 80, 96, 64) == (0.0, 6.5, 101.0, 73.5)
-    # official example 1280x720 -> 448x256: crop 1260x720 at x 10..1270 (pipeline.md 7.1)
+    # official example 1280x720 -> 448x256: crop 1260x720 at x 10..1270 (architecture.md §9.1)
     assert media.center_crop_box(1280, 720, 448, 256) == (10.0, 0.0, 1270.0, 720.0)
     # taller-than-target image keeps the full width
     assert media.center_crop_box(100, 300, 64, 64) == (0.0, 100.0, 100.0, 200.0)

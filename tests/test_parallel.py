@@ -1,4 +1,4 @@
-"""Ulysses sequence parallelism (dit.md 6, P23, P26) on CPU with gloo and 2 processes.
+"""Ulysses sequence parallelism (architecture.md §6.4) on CPU with gloo and 2 processes.
 
 The cp=2 cases run in one spawned 2-process job (``_cp2_job``, set up from torchrun-style
 environment variables on a free 127.0.0.1 port) that writes each rank's outputs to
@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
 from magihuman.model.packing import TokenLayout
 from magihuman.model.sequence_parallel import (
     SequenceParallel,
@@ -29,10 +30,11 @@ from magihuman.model.sequence_parallel import (
     shutdown_sequence_parallel,
     split_sizes,
 )
-from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
 from magihuman.sampling.config import SamplerConfig
 from magihuman.sampling.loop import denoise
 from magihuman.sampling.records import Latents, TextConditioning
+
+from conftest import rel_l2
 
 CP = 2
 TOLERANCE = 1e-2
@@ -50,12 +52,6 @@ CASES = {
     "v1": (SP_CONFIG, 1, (3, 4, 4), 9, 4, {"coords_style": "v1"}),  # N = 25, split 13/12
     "tiny_n": (SP_CONFIG, 1, (1, 2, 2), 0, 0, {}),  # N = 1: rank 1 holds no token
 }
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    if b.numel() == 0:  # e.g. an empty audio stream
-        return 0.0 if a.numel() == 0 else float("inf")
-    return float((a - b).norm() / b.norm())
 
 
 def make_inputs(batch, video_thw, audio, text, seed=0):
@@ -87,7 +83,9 @@ def ragged_inputs():
 
 # ----------------------------------------------------------------------------------- spawned job
 def _cp2_job(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    """One rank of the cp=2 job, set up as torchrun would: every case, the all-to-alls, P26, denoise."""
+    """One rank of the cp=2 job, set up as torchrun would.
+
+    Runs every case, the all-to-alls, a failed forward (architecture.md §6.4) and denoise."""
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -111,7 +109,7 @@ def _cp2_job(rank: int, world_size: int, port: int, out_dir: str) -> None:
             with torch.no_grad():
                 results[name] = models[key](*make_inputs(batch, thw, audio, text), **kwargs)
         model = models[id(SP_CONFIG)]
-        # P26: a forward that raises (v1 with one text token) leaves nothing behind.
+        # architecture.md §6.4: a forward that raises (v1 with one text token) leaves nothing behind.
         try:
             with torch.no_grad():
                 model(*make_inputs(1, (3, 4, 4), 9, 1), coords_style="v1")
@@ -248,14 +246,14 @@ def test_init_from_torchrun_env(cp2):
     for rank in range(CP):
         env = cp2[rank]["env"]
         assert (env["rank"], env["world_size"], env["backend"]) == (rank, CP, "gloo")
-        assert env["output_rank"] == (rank == CP - 1)  # only the last rank writes (pipeline.md 1.5)
+        assert env["output_rank"] == (rank == CP - 1)  # only the last rank writes (architecture.md §6.4)
         assert env["cp1_is_none"]
         assert "positive divisor of the world size 2" in env["cp3_error"]
 
 
 def test_failed_forward_leaves_nothing_stale(cp2):
-    """P26: v1 with one text token raises ValueError on every rank, and so do inputs that differ between
-    ranks; the next forward (another N) works."""
+    """architecture.md §6.4: v1 with one text token raises ValueError on every rank, and so do inputs that
+    differ between ranks; the next forward (another N) works."""
     config, batch, thw, audio, text, _ = CASES["even"]
     model = random_transformer(config, seed=0)
     with torch.no_grad():
@@ -323,7 +321,7 @@ def test_token_chunk_local_groups():
 def test_cp_must_divide_heads():
     model = random_transformer(SP_CONFIG, seed=0)  # 4 query heads, 2 K/V heads
     for cp in (3, 4):
-        with pytest.raises(ValueError, match=r"cp=%d must divide the query heads \(4\) and the K/V heads \(2\)" % cp):
+        with pytest.raises(ValueError, match=rf"cp={cp} must divide the query heads \(4\) and the K/V heads \(2\)"):
             model.enable_sequence_parallel(SequenceParallel(None, 0, cp))
     assert model.sequence_parallel is None
     one_kv_head = random_transformer(dict(TINY_TRANSFORMER_CONFIG, num_query_groups=1), seed=0)  # only cp=1

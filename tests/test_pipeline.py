@@ -9,15 +9,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import write_tone
 
 from magihuman.codecs.audio_vae import resample_to_output_rate
-from magihuman.pipeline.media import load_audio, preprocess_image
 from magihuman.pipeline.loading import TRANSFORMER_CONFIG_FILE, check_checkpoint_root, transformer_config
 from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
+from magihuman.pipeline.media import load_audio, preprocess_image
 from magihuman.pipeline.presets import PRESETS, get_preset
 from magihuman.pipeline.progress import GenerationInterrupted
 from magihuman.pipeline.request import GenerationRequest, LatentPlan, generated_audio_latents, round_video_size
+
+from conftest import write_tone
 
 PROMPT = "A woman in a red coat smiles and says hello to the camera in a quiet studio."
 
@@ -28,13 +29,13 @@ PROMPT = "A woman in a red coat smiles and says hello to the camera in a quiet s
      (8, 201, 51, 201), (10, 251, 63, 249)],
 )
 def test_frame_count_table(seconds, audio_latents, latent_frames, pixel_frames):
-    """pipeline.md 4.1: L_a = 25 s + 1, T = (L_a - 1)//4 + 1, F = 4 (T - 1) + 1."""
+    """architecture.md §13.2: L_a = 25 s + 1, T = (L_a - 1)//4 + 1, F = 4 (T - 1) + 1."""
     plan = LatentPlan(448, 256, generated_audio_latents(seconds))
     assert (plan.audio_latents, plan.latent_frames, plan.pixel_frames) == (audio_latents, latent_frames, pixel_frames)
 
 
 def test_size_rounding():
-    """pipeline.md 4.1: 448x256 -> latent 16x28; the reference default 480x272 renders 480x256."""
+    """architecture.md §13.2: 448x256 -> latent 16x28; the reference default 480x272 renders 480x256."""
     assert round_video_size(448, 256) == (448, 256)
     assert round_video_size(480, 272) == (480, 256)
     assert LatentPlan(448, 256, 101).video_latent_shape == (1, 48, 26, 16, 28)
@@ -95,7 +96,7 @@ def _small(**kw):
 
 
 def test_t2v_draw_order_and_determinism(pipes):
-    """pipeline.md 12: audio noise [1, L_a, 64] first, then video noise, from the request seed."""
+    """architecture.md §8.5: audio noise [1, L_a, 64] first, then video noise, from the request seed."""
     pipe = pipes["distill"]
     spy = Spy(pipe.transformer)
     pipe.transformer, original = spy, pipe.transformer
@@ -155,11 +156,11 @@ def test_image_to_video_keeps_frame_zero(pipes, examples_dir):
     out = pipe(**_small(image=examples_dir / "image.png"))
     pixels = preprocess_image(examples_dir / "image.png", 64, 64)
     image_latent = pipe.video_vae.encode(pixels[:, :, None]).float()
-    assert torch.equal(out.video_latent[:, :, :1], image_latent)  # pipeline.md 7.1 step 5
+    assert torch.equal(out.video_latent[:, :, :1], image_latent)  # architecture.md §9.1
 
 
 def test_audio_drives_video_and_is_kept(pipes, tmp_path):
-    """pipeline.md 7.2: L_a comes from the encoded audio (25 for 1 s), the latents stay fixed, and
+    """architecture.md §9.2: L_a comes from the encoded audio (25 for 1 s), the latents stay fixed, and
     the output keeps the given track (our choice, see sampling.denoise)."""
     pipe = pipes["distill"]
     tone = write_tone(tmp_path / "tone.wav", seconds=1.0)
@@ -194,7 +195,7 @@ def test_save_writes_mp4(pipes, tmp_path):
 
 
 def test_turbo_is_the_default_decoder_and_wan_is_selectable(pipes, demo_root):
-    """issue 4 / pipeline.md 9.1: Turbo-VAED decodes by default; its windows are converted to uint8 one
+    """issue 4 / architecture.md §12.1: Turbo-VAED decodes by default; its windows are converted to uint8 one
     by one, which equals converting the whole decode; the Wan2.2 decoder stays selectable."""
     from magihuman.codecs.turbo_vae import TurboVAE
     from magihuman.pipeline.media import video_to_uint8
@@ -233,7 +234,7 @@ def test_runtime_options_through_the_pipeline(pipes, demo_root):
 
 
 def test_each_stage_borrows_only_its_component(pipes, examples_dir, tmp_path):
-    """With component offload every stage lends exactly its own model to the device (pipeline.md 11)."""
+    """With component offload every stage lends exactly its own model to the device (architecture.md §14)."""
 
     class Recorder:
         execution_device = torch.device("cpu")
@@ -353,3 +354,12 @@ def test_interrupt_between_steps_and_between_decode_windows(pipes):
     finally:
         del decoder.decode_chunks
     assert len(windows) == 1 and pipe.interrupt is False
+
+
+def test_demo_dir_expands_home(tmp_path, monkeypatch):
+    """``~`` in $MAGIHUMAN_DEMO_DIR means the user's home, not a folder named ``~``."""
+    from magihuman.demo.bundle import default_demo_root
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MAGIHUMAN_DEMO_DIR", "~/demo-bundle")
+    assert default_demo_root() == tmp_path / "demo-bundle"

@@ -11,7 +11,8 @@ import torch
 from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
 from magihuman.runtime.fp8 import enable_fp8_weights, weight_bytes
 from magihuman.runtime.sharding import shard_transformer
-from tiny_dit import tiny_inputs
+
+from conftest import tiny_inputs
 
 
 def _shard_worker(rank: int, world: int, store: str, out_dir: str) -> None:
@@ -41,7 +42,8 @@ def _shard_worker(rank: int, world: int, store: str, out_dir: str) -> None:
         result = dict(
             total=total, local=local, fp8_total=fp8_total, fp8_local=fp8_local,
             fp8_equal=bool(torch.equal(fp8_out[0], fp8_expected[0]) and torch.equal(fp8_out[1], fp8_expected[1])),
-            video_max_diff=float((video - expected[0]).abs().max()), audio_max_diff=float((audio - expected[1]).abs().max()),
+            video_max_diff=float((video - expected[0]).abs().max()),
+            audio_max_diff=float((audio - expected[1]).abs().max()),
             repeat_equal=bool(torch.equal(video, video2)),
             all_dtensor=all(hasattr(p, "to_local") for p in model.parameters()),
         )

@@ -1,4 +1,4 @@
-"""Latent super-resolution (pipeline.md 8): upsample, re-noise, SR loop, presets, demo end to end."""
+"""Latent super-resolution (architecture.md §10.1): upsample, re-noise, SR loop, presets, demo end to end."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from magihuman.model.transformer import SR1080_LOCAL_ATTN_LAYERS
 from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 from magihuman.pipeline.presets import PRESETS, preset_for_sr_size
 from magihuman.pipeline.request import GenerationRequest
@@ -19,11 +20,10 @@ from magihuman.sampling.super_resolution import (
     super_resolve,
     upsample_latent,
 )
-from magihuman.model.transformer import SR1080_LOCAL_ATTN_LAYERS
 
 
 def test_sr_latent_sizes():
-    """pipeline.md 8 step 1: 896x512 -> 32x56; 1920x1088 -> 68x120."""
+    """architecture.md §10.1: 896x512 -> 32x56; 1920x1088 -> 68x120."""
     assert PRESETS["sr_540p"].sr.latent_size == (32, 56)
     assert PRESETS["sr_1080p"].sr.latent_size == (68, 120)
     assert PRESETS["sr_1080p"].sr.local_attention and not PRESETS["sr_540p"].sr.local_attention
@@ -31,7 +31,7 @@ def test_sr_latent_sizes():
 
 
 def test_trilinear_upsample_align_corners_true():
-    """pipeline.md 8 step 3: time unchanged; corners kept exactly; midpoints averaged (align_corners=True)."""
+    """architecture.md §10.1: time unchanged; corners kept exactly; midpoints averaged (align_corners=True)."""
     latent = torch.arange(2 * 2 * 3, dtype=torch.float32).reshape(1, 1, 2, 2, 3)
     up = upsample_latent(latent, (3, 5))
     assert up.shape == (1, 1, 2, 3, 5)
@@ -44,7 +44,7 @@ def test_trilinear_upsample_align_corners_true():
 
 
 def test_renoise_and_audio_corruption_constants():
-    """pipeline.md 4.6 / 8: 0.8389104 x + 0.5442696 eps at index 220; audio 0.7 eps + 0.3 a."""
+    """architecture.md §10.2, §10.1: 0.8389104 x + 0.5442696 eps at index 220; audio 0.7 eps + 0.3 a."""
     x, eps = torch.ones(4), torch.full((4,), 2.0)
     assert torch.allclose(renoise_latent(x, eps), torch.full((4,), 0.8389104008674622 + 2 * 0.5442695617675781))
     assert torch.equal(renoise_latent(x, eps, index=0), x)
@@ -52,7 +52,7 @@ def test_renoise_and_audio_corruption_constants():
 
 
 def test_sr_guidance_cfg_trick():
-    """pipeline.md 5: SR cfg 2 uses 3.5 on every frame but frames < 13 at 2.0, at every timestep."""
+    """architecture.md §8.4: SR cfg 2 uses 3.5 on every frame but frames < 13 at 2.0, at every timestep."""
     for t in (999, 555):
         scale = video_guidance_per_frame(SR_SAMPLER_CFG, t, 20)
         assert scale.shape == (1, 1, 20, 1, 1)
@@ -72,7 +72,7 @@ class Recorder:
 
 
 def test_super_resolve_draws_and_inputs():
-    """Draw order (pipeline.md 12): re-noise eps, then the audio-corruption eps; v1 coordinates; audio fixed."""
+    """Draw order (architecture.md §8.5): re-noise eps, then the audio-corruption eps; v1 coordinates; audio fixed."""
     stage = SuperResolutionStage("540p_sr", 128, 64)
     video, audio, text = torch.randn(1, 48, 3, 2, 2), torch.randn(1, 9, 64), torch.randn(1, 4, 32)
     model = Recorder()
@@ -144,7 +144,7 @@ def test_sr_1080p_loads_local_attention(demo_root):
 
 
 def test_sr_cfg_number_two_runs_the_negative_pass(sr_pipe):
-    """pipeline.md 5: sr_cfg_number 2 adds a negative call per SR step and uses the first-frames cap."""
+    """architecture.md §8.4: sr_cfg_number 2 adds a negative call per SR step and uses the first-frames cap."""
     request = GenerationRequest(prompt="A man talks.", preset="sr_540p", sr_cfg_number=2, seconds=0.4,
                                 width=64, height=64, sr_width=128, sr_height=96)
     assert request.sr_stage().sampler is SR_SAMPLER_CFG

@@ -1,4 +1,4 @@
-"""Tests for the T5Gemma text-encoder wrapper (pipeline.md 3, codecs.md 5, pitfalls 17-19)."""
+"""Tests for the T5Gemma text-encoder wrapper (architecture.md §11.2)."""
 
 from __future__ import annotations
 

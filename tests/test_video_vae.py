@@ -1,4 +1,4 @@
-"""Wan2.2 video VAE: key conversion, strict loading, latent normalisation, golden parity (codecs.md 2).
+"""Wan2.2 video VAE: key conversion, strict loading, latent normalisation, golden parity (architecture.md §11.3).
 
 Golden case ``codec_wan22_vae`` (tiny widths 4/4, real 48-channel constants). Measured on CPU:
 * float32 path vs ``f32.*``: decode max |diff| ~2e-6, encode ~2e-6 (gate 1e-5).
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import golden_case
 from safetensors.torch import load_file
 
 from magihuman.codecs.video_vae import (
@@ -26,14 +25,7 @@ from magihuman.codecs.video_vae import (
 from magihuman.demo.random_codecs import save_random_wan22_vae
 from magihuman.model.checkpoint import CheckpointError
 
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
-
-
-def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
+from conftest import golden_case, max_abs, rel_l2
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +87,7 @@ def test_full_size_key_audit_on_meta():
     assert shapes_of(converted) == model_shapes
     total = sum(torch.Size(s).numel() for s in official.values())
     encoder = sum(torch.Size(s).numel() for k, s in official.items() if k.startswith(("encoder.", "conv1.")))
-    assert total == 704_688_668  # 704.7 M (codecs.md 2.1)
+    assert total == 704_688_668  # 704.7 M (architecture.md §11.3)
     assert round(encoder / 1e6, 1) == 149.6 and round((total - encoder) / 1e6, 1) == 555.1
     assert official["encoder.conv1.weight"] == (160, 12, 3, 3, 3)
     assert official["decoder.head.0.gamma"] == (256, 1, 1, 1)
@@ -156,7 +148,8 @@ def test_strict_load_extra_key(golden_state_dict, tmp_path):
     broken = dict(golden_state_dict)
     # a well-formed name whose module does not exist: stage 3 of the encoder has no downsampler
     broken["encoder.downsamples.3.downsamples.2.resample.1.bias"] = torch.zeros(16)
-    with pytest.raises(ValueError, match=r"unexpected key\(s\): encoder\.down_blocks\.3\.downsampler\.resample\.1\.bias"):
+    expected = r"unexpected key\(s\): encoder\.down_blocks\.3\.downsampler\.resample\.1\.bias"
+    with pytest.raises(ValueError, match=expected):
         load_wan22_vae(_write(broken, tmp_path / "a"), dtype=torch.float32)
     broken = dict(golden_state_dict)
     broken["encoder.extra.weight"] = torch.zeros(1)

@@ -1,4 +1,4 @@
-"""Command line: the ``magihuman`` app, its entry point, and how errors end a run (pipeline.md 1.1).
+"""Command line: the ``magihuman`` app, its entry point, and how errors end a run (architecture.md §13.3).
 
 The commands live in :mod:`magihuman.cli.generate` and :mod:`magihuman.cli.download`; their options
 in :mod:`magihuman.cli.options`. This module turns every way a run can end into one exit code and at

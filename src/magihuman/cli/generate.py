@@ -1,7 +1,7 @@
-"""``magihuman generate``: options -> checked job -> models -> MP4 (pipeline.md 1.1).
+"""``magihuman generate``: options -> checked job -> models -> MP4 (architecture.md §13.3).
 
 Everything the user gave is checked by :mod:`magihuman.pipeline.validation` before any model loads
-(the reference checks the prompt and output only after loading, pipeline.md 13 pitfall 24); only then
+(the reference checks the prompt and output only after loading, architecture.md §13.3); only then
 are the checkpoints (or the demo bundle) loaded.
 """
 
@@ -13,14 +13,18 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
 from magihuman.cli.errors import Failure
 from magihuman.cli.options import REQUEST_KEYS, GenerateOptions
 from magihuman.pipeline.validation import (
-    InputError, check_checkpoint_root, check_device, check_output_file, expand_path,
+    InputError,
+    check_checkpoint_root,
+    check_device,
+    check_output_file,
+    expand_path,
 )
 
 __all__ = ["generate", "prepare", "default_output_name", "read_text_file", "DEMO_NOTE"]
@@ -86,8 +90,8 @@ def _build_request(options: GenerateOptions):
     """The ``GenerationRequest`` of the options (SR size picks an SR preset); values are checked later."""
     from pydantic import ValidationError
 
-    from magihuman.pipeline.request import GenerationRequest
     from magihuman.pipeline.presets import preset_for_sr_size
+    from magihuman.pipeline.request import GenerationRequest
 
     prompt = _text_option(options, "prompt")
     if prompt is None:
@@ -113,8 +117,8 @@ def read_text_file(path: str | os.PathLike, what: str = "prompt") -> str:
     """Read a prompt file verbatim: UTF-8, inner quotes and newlines kept, trailing newlines removed.
 
     The official example prompt starts and ends with a literal ``"`` and holds doubled quotes; they are
-    part of the encoded text (pipeline.md 1.3, 13 pitfall 28). Only the trailing ``\\n`` characters are
-    dropped, as the reference's ``$(<file)`` shell substitution does (pipeline.md 1.3).
+    part of the encoded text (architecture.md §13.1, §13.4). Only the trailing ``\\n`` characters are
+    dropped, as the reference's ``$(<file)`` shell substitution does (architecture.md §13.1).
 
     Raises:
         InputError: missing, a folder, unreadable, binary, not UTF-8 or empty.
@@ -142,7 +146,7 @@ def read_text_file(path: str | os.PathLike, what: str = "prompt") -> str:
     return text
 
 
-def _text_option(options: GenerateOptions, key: str) -> Optional[str]:
+def _text_option(options: GenerateOptions, key: str) -> str | None:
     """The text of ``key`` or of its ``<key>_file`` companion."""
     file = getattr(options, f"{key}_file")
     if file is not None:
@@ -156,7 +160,7 @@ def default_output_name(prompt: str, seconds: float, width: int, height: int, ma
     Each word keeps its letters and digits in any script (NFC-normalised), ``_`` and ``-``; words that end
     up empty are skipped; at most ``max_words`` words and 48 characters; ``magihuman`` if nothing is left.
     No separator or dot survives, so the name cannot leave the folder. The size is the rendered one
-    (rounded to multiples of 32), not the requested one as in the reference (pipeline.md 13 pitfall 13).
+    (rounded to multiples of 32), not the requested one as in the reference (architecture.md §13.2).
 
     Example: ``'"Ein Mädchen, lächelnd'`` for 2 s at 448x256 gives ``Ein_Mädchen_lächelnd_2s_448x256.mp4``.
     """
@@ -238,7 +242,7 @@ def run(job: Job) -> None:
         sp = init_sequence_parallel(cp_size=options.cp) if options.cp > 1 or "WORLD_SIZE" in os.environ else None
     except (ValueError, RuntimeError) as exc:
         raise InputError(str(exc), field="cp") from None
-    speaker = is_output_rank()  # only the last rank decodes, writes and prints (pipeline.md 1.5)
+    speaker = is_output_rank()  # only the last rank decodes, writes and prints (architecture.md §6.4)
     root = None if options.demo else expand_path(options.checkpoint_root)  # `~` expanded for every loader
     components = {k: expand_path(v) for k, v in options.components().items()}
     if options.demo:

@@ -1,14 +1,14 @@
 """Stable Audio Open 1.0 audio VAE (Oobleck) in diffusers' ``AutoencoderOobleck``.
 
-Fact sheet: ``codecs.md`` section 4 (architecture, keys, conversion rules), ``pipeline.md`` 7.2
-(reference/driving audio encode) and 9.2 (decode and the 441/512 resample).
+Reference: architecture.md §11.5 (architecture, keys, conversion rules), §9.2 (driving audio
+encode) and §12.2 (decode and the 441/512 resample).
 
-The 51.2 kHz convention (``pipeline.md`` 9.2, ``codecs.md`` pitfall 12): the VAE hop is 2048 samples
+The 51.2 kHz convention (architecture.md §12.2, §11.5): the VAE hop is 2048 samples
 and the DiT runs 25 audio latents per second, so the VAE waveform is treated as
 ``25 * 2048 = 51200`` Hz audio (:data:`MODEL_SAMPLE_RATE`). Decoded audio is resampled by 441/512 to
 44.1 kHz (:func:`resample_to_output_rate`); audio to encode must first be brought to 51.2 kHz.
 
-Encoder-width tie (decision, ``codecs.md`` 4.3): diffusers' ``OobleckEncoder`` makes its last conv
+Encoder-width tie (decision, architecture.md §11.5): diffusers' ``OobleckEncoder`` makes its last conv
 output ``encoder_hidden_size`` channels, i.e. it assumes ``encoder.latent_dim == encoder.channels``
 (true for SAO 1.0: 128 == 128). Tiny configs such as the golden one (channels 4, latent_dim 128) break
 that tie. After building the diffusers model we therefore replace ``encoder.conv2`` by a weight-normed
@@ -69,22 +69,22 @@ __all__ = [
     "resample_to_output_rate",
 ]
 
-#: VAE hop: waveform samples per audio latent (codecs.md 4.1).
+#: VAE hop: waveform samples per audio latent (architecture.md §11.5).
 HOP_LENGTH = 2048
-#: Audio latents per second of model time (pipeline.md 4.2, 9.2).
+#: Audio latents per second of model time (architecture.md §11.1, §12.2).
 LATENTS_PER_SECOND = 25
-#: Rate the VAE waveform is interpreted at: 25 latents/s x 2048 (pipeline.md 9.2).
+#: Rate the VAE waveform is interpreted at: 25 latents/s x 2048 (architecture.md §12.2).
 MODEL_SAMPLE_RATE = LATENTS_PER_SECOND * HOP_LENGTH  # 51200 Hz
-#: Rate of the written audio, SAO's own rate (pipeline.md 9.2).
+#: Rate of the written audio, SAO's own rate (architecture.md §12.2).
 OUTPUT_SAMPLE_RATE = 44100
 #: Channels of one audio latent (the bottleneck latent_dim; DiT audio width).
 LATENT_CHANNELS = 64
-#: Longest clip encoded in one pass: 29 s at MODEL_SAMPLE_RATE (pipeline.md 7.2).
+#: Longest clip encoded in one pass: 29 s at MODEL_SAMPLE_RATE (architecture.md §9.2).
 WINDOW_SAMPLES = 29 * MODEL_SAMPLE_RATE  # 1_484_800 = 725 latents
 
 _DIFFUSERS_CONFIG = "config.json"
 _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
-_POSTERIOR_EPS = 1e-4  # std = softplus(scale) + 1e-4 (codecs.md 4.1)
+_POSTERIOR_EPS = 1e-4  # std = softplus(scale) + 1e-4 (architecture.md §11.5)
 _SAO_SOURCE = "the stabilityai/stable-audio-open-1.0 repository"
 _SAO_CONFIG_FILE = OfficialFile("Stable Audio Open config", SAO_CONFIG_NAME, _SAO_SOURCE)
 _SAO_WEIGHTS_FILE = OfficialFile("Stable Audio Open checkpoint", SAO_WEIGHTS_NAME, _SAO_SOURCE)
@@ -192,8 +192,8 @@ def _resolve_audio_path(path: str | os.PathLike) -> tuple[str, Path]:
 
 def load_audio_vae_model(
     path: str | os.PathLike, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> "AutoencoderOobleck":  # noqa: F821
-    """Load the SAO VAE into diffusers' ``AutoencoderOobleck`` (codecs.md 4.1-4.3).
+) -> AutoencoderOobleck:  # noqa: F821
+    """Load the SAO VAE into diffusers' ``AutoencoderOobleck`` (architecture.md §11.5).
 
     Order of preference: the original single-file layout (what the reference reads; only the
     ``pretransform.model.*`` tensors are read, via ``safetensors.safe_open``), then a diffusers
@@ -204,7 +204,7 @@ def load_audio_vae_model(
         path: ``stable-audio-open-1.0`` folder (``model_config.json`` + ``model.safetensors``, or
             ``vae/``), a diffusers VAE folder, or a file inside one of them.
         device: Target device.
-        dtype: Weight dtype; the reference keeps the SAO VAE in float32 (codecs.md 1).
+        dtype: Weight dtype; the reference keeps the SAO VAE in float32 (architecture.md §11).
 
     Returns:
         ``AutoencoderOobleck`` in eval mode, tiling/slicing off. ``model.encoder_output_channels`` is
@@ -233,7 +233,7 @@ def _check_waveform(waveform: Tensor, channels: int) -> None:
     if waveform.shape[1] != channels:
         raise ValueError(
             f"waveform must have {channels} channels on axis 1, got {waveform.shape[1]}; duplicate mono "
-            "audio to stereo (pipeline.md 7.2)"
+            "audio to stereo (architecture.md §9.2)"
         )
     if not waveform.is_floating_point():
         raise ValueError(f"waveform must be a float tensor, got {waveform.dtype}")
@@ -253,7 +253,7 @@ def _check_window(window_samples: int) -> int:
 
 
 def _crossfade_merge(chunks: list[Tensor], hop: int) -> Tensor:
-    """Merge per-window latents ``[B, C, L]`` placed every ``hop`` latents (pipeline.md 7.2).
+    """Merge per-window latents ``[B, C, L]`` placed every ``hop`` latents (architecture.md §9.2).
 
     In each overlap of ``L - hop`` latents the earlier window fades out and the later one fades in
     linearly: ``w = linspace(0, 1, overlap)``, ``merged = (1 - w) * earlier + w * later``.
@@ -272,7 +272,7 @@ def _crossfade_merge(chunks: list[Tensor], hop: int) -> Tensor:
 
 
 class AudioVAE(ModelWrapper):
-    """SAO Oobleck VAE with the pipeline's conventions (codecs.md 4, pipeline.md 7.2, 9.2).
+    """SAO Oobleck VAE with the pipeline's conventions (architecture.md §11.5, §9.2, §12.2).
 
     Latents are time-major ``[B, A, 64]`` float32, raw Oobleck space (no normalisation), 25 per second;
     waveforms are ``[B, 2, 2048 * A]`` float32 at :data:`MODEL_SAMPLE_RATE` (51.2 kHz).
@@ -287,7 +287,7 @@ class AudioVAE(ModelWrapper):
     @classmethod
     def from_official(
         cls, path: str | os.PathLike, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> "AudioVAE":
+    ) -> AudioVAE:
         """Load from any path accepted by :func:`load_audio_vae_model` (same arguments and errors)."""
         return cls(load_audio_vae_model(path, device=device, dtype=dtype))
 
@@ -303,11 +303,11 @@ class AudioVAE(ModelWrapper):
 
     @torch.no_grad()
     def decode(self, latent: Tensor) -> Tensor:
-        """Decode time-major latents to a waveform (codecs.md 4.1, pipeline.md 9.2).
+        """Decode time-major latents to a waveform (architecture.md §11.5, §12.2).
 
         Args:
             latent: ``[B, A, 64]`` float, time-major (the pipeline layout); fed to diffusers as
-                ``[B, 64, A]`` (never the reference's 2-D trick, codecs.md pitfall 13).
+                ``[B, 64, A]`` (never the reference's 2-D trick, architecture.md §11.5).
 
         Returns:
             ``[B, 2, 2048 * A]`` float32 waveform at :data:`MODEL_SAMPLE_RATE` (51.2 kHz); resample with
@@ -327,7 +327,7 @@ class AudioVAE(ModelWrapper):
 
     @torch.no_grad()
     def pre_bottleneck(self, waveform: Tensor) -> Tensor:
-        """Deterministic encoder output ``[mean | scale]`` (codecs.md 4.1).
+        """Deterministic encoder output ``[mean | scale]`` (architecture.md §11.5).
 
         Args:
             waveform: ``[B, 2, N]`` float at :data:`MODEL_SAMPLE_RATE`, ``N >= 2048``.
@@ -355,14 +355,14 @@ class AudioVAE(ModelWrapper):
         generator: torch.Generator | None = None,
         window_samples: int = WINDOW_SAMPLES,
     ) -> Tensor:
-        """Encode a waveform to time-major latents by posterior SAMPLING (codecs.md 4.1, pipeline.md 7.2).
+        """Encode a waveform to time-major latents by posterior SAMPLING (architecture.md §11.5, §9.2).
 
         Like the reference, the bottleneck always samples: ``mean + (softplus(scale) + 1e-4) * eps``.
         ``eps`` is drawn as ``torch.randn([B, 64, L], generator=generator)`` in float32 on the CPU
         (channel-major, the shape of the reference's ``randn_like``) and then moved to the model
         device; ``generator=None`` uses the global CPU RNG, as the reference does.
 
-        Clips longer than ``window_samples`` (29 s) are encoded in windows (pipeline.md 7.2):
+        Clips longer than ``window_samples`` (29 s) are encoded in windows (architecture.md §9.2):
         ``L_win = window_samples / 2048`` latents per window, windows start every
         ``hop = ceil(L_win / 2)`` latents (``2048 * hop`` samples, i.e. 50 % up to half a latent, so
         windows stay latent-aligned), each window is zero-padded to ``window_samples`` and sampled
@@ -402,12 +402,12 @@ class AudioVAE(ModelWrapper):
 
 
 # --------------------------------------------------------------------------------------------------
-# Resampling (pipeline.md 9.2)
+# Resampling (architecture.md §12.2)
 # --------------------------------------------------------------------------------------------------
 
 
 def resample_to_output_rate(waveform: np.ndarray | Tensor, axis: int = -1) -> np.ndarray:
-    """Resample 51.2 kHz model audio to 44.1 kHz output audio (pipeline.md 9.2, codecs.md pitfall 12).
+    """Resample 51.2 kHz model audio to 44.1 kHz output audio (architecture.md §12.2, §11.5).
 
     ``scipy.signal.resample`` (FFT) to ``int(n * 441 / 512)`` samples along ``axis``, computed in
     float32 like the reference (a float32 input keeps scipy's FFT in single precision).

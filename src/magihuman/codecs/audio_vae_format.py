@@ -1,6 +1,6 @@
 """The Stable Audio Open 1.0 checkpoint format: ``model_config.json`` and the VAE keys of ``model.safetensors``.
 
-Fact sheet: ``codecs.md`` 4.1 (architecture and config), 4.2 (the ``pretransform.model.*`` keys of the
+Fact sheet: architecture.md §11.5 (architecture and config), 4.2 (the ``pretransform.model.*`` keys of the
 original single file), 4.3 (the renames to diffusers' ``AutoencoderOobleck``). The config parser refuses
 what diffusers' Oobleck cannot represent; :func:`official_sao_vae_key_shapes` describes the original file
 from the architecture alone, independently of diffusers, so it can audit
@@ -25,13 +25,13 @@ __all__ = [
     "oobleck_config_from_sao_config",
 ]
 
-#: The config file of the ``stabilityai/stable-audio-open-1.0`` repository (codecs.md 4.2).
+#: The config file of the ``stabilityai/stable-audio-open-1.0`` repository (architecture.md §11.5).
 SAO_CONFIG_NAME = "model_config.json"
 #: The single weights file of that repository (whole model; the VAE is under :data:`SAO_VAE_PREFIX`).
 SAO_WEIGHTS_NAME = "model.safetensors"
-#: Prefix of the VAE tensors inside :data:`SAO_WEIGHTS_NAME` (codecs.md 4.2).
+#: Prefix of the VAE tensors inside :data:`SAO_WEIGHTS_NAME` (architecture.md §11.5).
 SAO_VAE_PREFIX = "pretransform.model."
-_SAO_SAMPLE_RATE = 44100  # the config's ``sample_rate`` when it has none (SAO's own rate, codecs.md 4.1)
+_SAO_SAMPLE_RATE = 44100  # the config's ``sample_rate`` when it has none (SAO's own rate, architecture.md §11.5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ def _pretransform_config(model_config: Mapping) -> Mapping:
     except (KeyError, TypeError):
         raise ValueError(
             "SAO model_config.json has no model.pretransform section; pass the stable-audio-open-1.0 "
-            "model_config.json (codecs.md 4.1)"
+            "model_config.json (architecture.md §11.5)"
         ) from None
     if pretransform.get("type", "autoencoder") != "autoencoder":
         raise ValueError(f"model.pretransform.type must be 'autoencoder', got {pretransform.get('type')!r}")
@@ -84,7 +84,7 @@ def _oobleck_side(pre: Mapping, side: str) -> Mapping:
 
 
 def _parse_sao_config(model_config: Mapping) -> tuple[dict, int]:
-    """``(AutoencoderOobleck kwargs, encoder output channels)`` from a SAO config (codecs.md 4.1/4.3)."""
+    """``(AutoencoderOobleck kwargs, encoder output channels)`` from a SAO config (architecture.md §11.5)."""
     pre = _pretransform_config(model_config)
     enc, dec = _oobleck_side(pre, "encoder"), _oobleck_side(pre, "decoder")
     bottleneck = pre.get("bottleneck", {}).get("type")
@@ -120,7 +120,7 @@ def _parse_sao_config(model_config: Mapping) -> tuple[dict, int]:
 
 
 def oobleck_config_from_sao_config(model_config: Mapping) -> dict:
-    """``AutoencoderOobleck`` kwargs from a Stable Audio Open ``model_config.json`` (codecs.md 4.1, 4.3).
+    """``AutoencoderOobleck`` kwargs from a Stable Audio Open ``model_config.json`` (architecture.md §11.5).
 
     Reads ``model.pretransform.config`` (encoder/decoder oobleck configs, bottleneck) and the top-level
     ``sample_rate``. For SAO 1.0 this gives diffusers' defaults (128, [2,4,4,8,8], [1,2,4,8,16], 128,
@@ -142,7 +142,7 @@ def oobleck_config_from_sao_config(model_config: Mapping) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# Original key layout and conversion (codecs.md 4.2, 4.3)
+# Original key layout and conversion (architecture.md §11.5)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -167,9 +167,9 @@ def _res_unit(prefix: str, ch: int) -> dict[str, tuple[int, ...]]:
 
 
 def official_sao_vae_key_shapes(model_config: Mapping) -> dict[str, tuple[int, ...]]:
-    """Every ``pretransform.model.*`` tensor name and shape of a SAO ``model.safetensors`` (codecs.md 4.2).
+    """Every ``pretransform.model.*`` tensor name and shape of a SAO ``model.safetensors`` (architecture.md §11.5).
 
-    Written from the architecture description (codecs.md 4.1), independently of diffusers: used by
+    Written from the architecture description (architecture.md §11.5), independently of diffusers: used by
     :func:`magihuman.demo.random_codecs.save_random_audio_vae` and by the full-size key audit (365 tensors for SAO 1.0).
 
     Args:
@@ -239,7 +239,7 @@ def _convert_block_rest(side: str, rest: str) -> str | None:
 
 
 def _convert_sao_key(key: str, last_index: Mapping[str, int]) -> str | None:
-    """Diffusers name of one prefix-stripped SAO key, or ``None`` (codecs.md 4.3 rules 2-5)."""
+    """Diffusers name of one prefix-stripped SAO key, or ``None`` (architecture.md §11.5)."""
     match = _TOP_RE.fullmatch(key)
     if match is None:
         return None
@@ -260,7 +260,7 @@ def _convert_sao_key(key: str, last_index: Mapping[str, int]) -> str | None:
 
 
 def convert_stable_audio_state_dict(full: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """SAO single-file keys -> ``AutoencoderOobleck`` keys (codecs.md 4.3).
+    """SAO single-file keys -> ``AutoencoderOobleck`` keys (architecture.md §11.5).
 
     Keeps only ``pretransform.model.*`` (the DiT, conditioners and anything else are ignored), drops
     the prefix, renames ``layers.i`` to ``conv1/block.k/snake1/conv2`` and the block/residual-unit
@@ -298,7 +298,7 @@ def convert_stable_audio_state_dict(full: Mapping[str, Tensor]) -> dict[str, Ten
         converted[new_key] = tensor
     if unknown:
         raise ValueError(
-            f"{len(unknown)} key(s) are not part of the SAO Oobleck VAE layout (codecs.md 4.2): "
+            f"{len(unknown)} key(s) are not part of the SAO Oobleck VAE layout (architecture.md §11.5): "
             f"{unknown[:20]}{' ...' if len(unknown) > 20 else ''}"
         )
     return converted

@@ -1,6 +1,6 @@
 """Reading the codecs' official files with one clear error per damaged or wrong file.
 
-The codec checkpoints come from several repositories and formats (codecs.md 2.2, 3.1, 4.2, 5.1):
+The codec checkpoints come from several repositories and formats (architecture.md §11.3, §11.4, §11.5, §11.2):
 a ``torch.save`` pickle (``Wan2.2_VAE.pth``, the Turbo-VAED ``.ckpt``), JSON configs, safetensors
 files. When one of them is truncated, is a text file (an HTML error page, a Git LFS pointer) or holds
 something else, the libraries raise errors that name their internals (torch even advises

@@ -1,4 +1,4 @@
-"""The local ``google/t5gemma-9b-9b-ul2`` snapshot: folder checks, tokenizer, token counting (codecs.md 5.1).
+"""The local ``google/t5gemma-9b-9b-ul2`` snapshot: folder checks, tokenizer, token counting (architecture.md §11.2).
 
 A snapshot folder holds ``config.json`` (``T5GemmaConfig`` with ``encoder``/``decoder`` sub-configs), the
 weights (``model.safetensors`` or ``model.safetensors.index.json`` with its shards) and the tokenizer
@@ -195,7 +195,7 @@ def raise_if_weights_damaged(folder: Path, exc: Exception) -> None:
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """The snapshot's own tokenizer, loaded offline (``AutoTokenizer.from_pretrained``, codecs.md 5.1).
+    """The snapshot's own tokenizer, loaded offline (``AutoTokenizer.from_pretrained``, architecture.md §11.2).
 
     Needs only ``config.json`` and the tokenizer files (cheap: no weights are read or checked).
 
@@ -238,7 +238,7 @@ def count_prompt_tokens(tokenizer: Any, prompt: str) -> int:
         prompt: any text (an empty string gives the number of special tokens, normally 1).
 
     Returns:
-        The raw token count ``L_raw``; the encoder keeps ``min(L_raw, 640)`` (pipeline.md 3).
+        The raw token count ``L_raw``; the encoder keeps ``min(L_raw, 640)`` (architecture.md §11.2).
 
     Raises:
         TypeError: ``prompt`` is not a ``str``.

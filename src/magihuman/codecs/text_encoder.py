@@ -1,7 +1,6 @@
 """T5Gemma 9B-9B UL2 text encoder wrapper (encoder half only).
 
-Fact sheets: ``pipeline.md`` section 3 (text encoding), ``codecs.md`` section 5 (T5Gemma) and
-pitfalls 17-19.
+Reference: architecture.md §11.2 (the T5Gemma text encoder) and §3.1 (text tokens).
 
 What the reference does, and what this module reproduces:
 
@@ -13,17 +12,17 @@ What the reference does, and what this module reproduces:
 3. Cast bf16 -> **fp16** (``.half()``), keep the first ``TEXT_MAX_TOKENS`` (640) vectors, then cast
    to fp32.
 
-One deliberate difference (pipeline.md 3, pitfall 18): the reference encodes *all* tokens and keeps
+One deliberate difference (architecture.md §11.2): the reference encodes *all* tokens and keeps
 the first 640 states, so those states saw the whole prompt. Here the token ids are cut to the first
 640 **before** encoding, so the encoder's memory and time stay bounded for any prompt length (a
-100,000-character prompt would otherwise run a ~25k-token sequence through a 9 B encoder). Prompts
-of at most 640 tokens (every normal prompt) are encoded bit-identically to the reference; for longer
-ones the kept states differ because they no longer attend to the dropped tail.
+100,000-character prompt, roughly 25k tokens, would otherwise run through a 9 B encoder). Prompts
+of at most 640 tokens (every normal prompt) go through the same computation as in the reference; for
+longer ones the kept states differ because they no longer attend to the dropped tail.
 
 The reference zero-pads to 640 and passes ``original_len`` separately; the padding is sliced off
 before the DiT anyway, so :meth:`TextEncoder.encode` returns the trimmed tensor and its length.
 
-Attention soft-cap (codecs.md 5.3, pitfall 17): the reference ran transformers 4.56, whose default
+Attention soft-cap (architecture.md §11.2): the reference ran transformers 4.56, whose default
 T5Gemma attention was SDPA, and that path silently ignored the 50.0 attention-logit soft-cap.
 transformers 5.x refuses SDPA for T5Gemma and its eager path *applies* the soft-cap. The default
 here (``softcap=False``) reproduces the reference: the encoder config's ``attn_logit_softcapping``
@@ -67,7 +66,7 @@ __all__ = [
     "quiet_transformers",
 ]
 
-#: Cap on the number of text tokens handed to the DiT (``t5_gemma_target_length``, pipeline.md 3).
+#: Cap on the number of text tokens handed to the DiT (``t5_gemma_target_length``, architecture.md §11.2).
 TEXT_MAX_TOKENS = 640
 
 #: Name under which the soft-cap-free SDPA attention is registered with transformers.
@@ -100,7 +99,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 
 # ----------------------------------------------------------------------------------------------
-# Soft-cap-free attention (reproduces transformers 4.56 sdpa, codecs.md 5.3)
+# Soft-cap-free attention (reproduces transformers 4.56 sdpa, architecture.md §11.2)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -152,7 +151,7 @@ def _register_nocap_attention() -> str:
 class TextEncoder(ModelWrapper):
     """Encoder half of T5Gemma plus its tokenizer; turns one prompt into DiT text tokens.
 
-    Fact sheet: pipeline.md 3, codecs.md 5.1-5.3, pitfalls 17-19.
+    Reference: architecture.md §11.2.
 
     Usually built with :meth:`from_official`. The wrapped objects stay reachable as
     :attr:`model` (a ``transformers.T5GemmaEncoderModel`` in eval mode) and :attr:`tokenizer`.
@@ -189,7 +188,7 @@ class TextEncoder(ModelWrapper):
 
         Loads ``AutoTokenizer.from_pretrained(path)`` and
         ``T5GemmaEncoderModel.from_pretrained(path, dtype=dtype)`` with the config override
-        ``is_encoder_decoder=False`` (codecs.md 5.1-5.2). The checkpoint's ``model.encoder.*``
+        ``is_encoder_decoder=False`` (architecture.md §11.2). The checkpoint's ``model.encoder.*``
         tensors load into ``encoder.*``; ``model.decoder.*`` (and ``lm_head``) are skipped.
         Nothing is fetched from the network (``local_files_only=True``).
 
@@ -201,7 +200,7 @@ class TextEncoder(ModelWrapper):
             device: Where the encoder runs (``"cpu"``, ``"cuda"``, ``torch.device``).
             dtype: Weight/activation dtype; the reference uses ``torch.bfloat16``.
             softcap: ``False`` (default) runs attention WITHOUT the 50.0 logit soft-cap, as the
-                reference did (transformers 4.56 sdpa ignored it, codecs.md 5.3): the encoder
+                reference did (transformers 4.56 sdpa ignored it, architecture.md §11.2): the encoder
                 config's ``attn_logit_softcapping`` is set to ``None`` and attention uses the
                 registered SDPA function :data:`NOCAP_ATTENTION`. ``True`` keeps the checkpoint's
                 soft-cap with transformers' eager attention.
@@ -282,15 +281,15 @@ class TextEncoder(ModelWrapper):
 
     @torch.no_grad()
     def encode(self, prompt: str) -> tuple[torch.Tensor, int]:
-        """Encode one prompt into DiT text tokens (pipeline.md 3, pitfall 18).
+        """Encode one prompt into DiT text tokens (architecture.md §11.2).
 
         Steps: tokenise with defaults (``<bos>`` prepended, no padding), keep the first
         :attr:`max_tokens` (640) token ids, all-ones attention mask, run the encoder, take
         ``last_hidden_state``, cast to float16, cast to float32.
 
-        The reference instead encodes every token and keeps the first 640 *states* (pipeline.md 3).
-        Cutting the ids first bounds the encoder's memory and time for any prompt length; a prompt of
-        at most 640 tokens gives bit-identical output either way, while for a longer one the kept
+        The reference instead encodes every token and keeps the first 640 *states* (architecture.md
+        §11.2). Cutting the ids first bounds the encoder's memory and time for any prompt length; a
+        prompt of at most 640 tokens runs the same computation either way, while for a longer one the kept
         states no longer attend to the dropped tail (see the module docstring).
 
         Args:
@@ -342,7 +341,7 @@ def _load_encoder(folder: Path, dtype: torch.dtype, softcap: bool):
 
     with quiet_transformers():
         config = T5GemmaConfig.from_pretrained(folder, local_files_only=True)
-        # Encoder-only override (codecs.md 5.1): T5GemmaEncoderModel refuses a seq2seq config.
+        # Encoder-only override (architecture.md §11.2): T5GemmaEncoderModel refuses a seq2seq config.
         config.is_encoder_decoder = False
         if softcap:
             attn_implementation = "eager"

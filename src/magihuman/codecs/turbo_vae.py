@@ -1,17 +1,16 @@
 """Turbo-VAED: the distilled student video decoder that daVinci-MagiHuman uses instead of Wan2.2's.
 
-Fact sheet: ``codecs.md`` section 3 (3.1 files and loading, 3.2 config keys, 3.3 module tree and
-parameter names, 3.4 layer semantics, 3.5 sliding-window decode) and pitfalls 5-11 in section 6;
-``pipeline.md`` section 9.1 (how the pipeline calls it). There is no Turbo-VAED class in diffusers
-(codecs.md 0), so the network is written here from the fact sheet.
+Reference: architecture.md §11.4 (files and loading, configuration keys, layers, sliding-window
+decode) and §12.1 (how the pipeline calls it). There is no Turbo-VAED class in diffusers
+(architecture.md §11), so the network is written here from that description.
 
 The codec is split by concept; this module loads it and wraps the decode:
 
 * :mod:`magihuman.codecs.turbo_vae_config` - :class:`TurboVAEDConfig`, the typed record of the official
-  JSON; every key that changes the computation must be present (pitfall 8).
+  JSON; every key that changes the computation must be present (architecture.md §15 item 22).
 * :mod:`magihuman.codecs.turbo_vae_network` - the layers and :class:`TurboVAEDecoder`, with parameter
   names exactly as the checkpoint's ``ema_state_dict`` (``decoder.*`` after ``module.`` is stripped).
-* :mod:`magihuman.codecs.turbo_vae_window` - :func:`sliding_window_plan` (codecs.md 3.5) and the spatial
+* :mod:`magihuman.codecs.turbo_vae_window` - :func:`sliding_window_plan` (architecture.md §11.4) and the spatial
   tiling.
 * here: :func:`load_turbo_vaed` (strict loading of ``<config>.json`` + ``<checkpoint>.ckpt``) and
   :class:`TurboVAE` (normalised latent in, float32 pixels out, same interface as
@@ -21,11 +20,11 @@ The codec is split by concept; this module loads it and wraps the decode:
 Tiny random weights in the official layout are written by
 :func:`magihuman.demo.random_codecs.save_random_turbo_vae` (demo bundle, tests).
 
-Numerics (codecs.md 3.4, 3.5, pitfall 5): the pipeline casts the float32 latent to the model dtype
+Numerics (architecture.md §11.4, §11.1): the pipeline casts the float32 latent to the model dtype
 (bf16) first, de-normalises it in float32 with float32 constants, ``z / (1/std) + mean``, and casts the
 result back; RMS norms and the nearest-exact upsampling run in float32 and are cast back; everything
-else runs in the model dtype. This is the reference's op order, and on CPU it reproduces the golden
-bf16 decode bit for bit (see ``tests/test_turbo_vae.py`` for the measured numbers).
+else runs in the model dtype. This is the reference's op order; how close the bf16 decode comes to the
+golden one depends on the CPU's bf16 kernels (docs/parity.md).
 """
 
 from __future__ import annotations
@@ -85,9 +84,9 @@ __all__ = [
     "TurboVAE",
 ]
 
-#: Checkpoint file name inside the published ``turbo_vae/`` folder (codecs.md 3.1).
+#: Checkpoint file name inside the published ``turbo_vae/`` folder (architecture.md §11.4).
 TURBO_VAED_CHECKPOINT_NAME = "checkpoint-340000.ckpt"
-#: The checkpoint entry holding the decoder weights the reference uses (codecs.md 3.1).
+#: The checkpoint entry holding the decoder weights the reference uses (architecture.md §11.4).
 TURBO_VAED_EMA_KEY = "ema_state_dict"
 
 _CHECKPOINT = OfficialFile(
@@ -100,12 +99,12 @@ _TRUST_HINT = (
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading (codecs.md 3.1)
+# Loading (architecture.md §11.4)
 # --------------------------------------------------------------------------------------------------
 
 
 def _decoder_state_dict(checkpoint: Any, path: Path) -> dict[str, Tensor]:
-    """``ema_state_dict`` with ``module.`` stripped and ``decoder.`` added when absent (codecs.md 3.1)."""
+    """``ema_state_dict`` with ``module.`` stripped and ``decoder.`` added when absent (architecture.md §11.4)."""
     key = TURBO_VAED_EMA_KEY
     if not isinstance(checkpoint, Mapping):
         detail = f"it holds a {type(checkpoint).__name__}, not a dict with an {key!r} entry"
@@ -132,7 +131,7 @@ def load_turbo_vaed(
     device: torch.device | str = "cpu",
     trust_checkpoint: bool = False,
 ) -> TurboVAEDecoder:
-    """Load the official Turbo-VAED decoder strictly (codecs.md 3.1, pitfalls 8 and 20).
+    """Load the official Turbo-VAED decoder strictly (architecture.md §11.4).
 
     Steps: validate the JSON (:class:`TurboVAEDConfig`); ``torch.load`` the checkpoint with
     ``weights_only=True`` (memory-mapped when possible); take ``ema_state_dict``; strip a leading
@@ -143,7 +142,7 @@ def load_turbo_vaed(
     Args:
         config_path: The official JSON, e.g. ``turbo_vae/TurboV3-Wan22-TinyShallow_7_7.json``.
         checkpoint_path: The pickle, e.g. ``turbo_vae/checkpoint-340000.ckpt``.
-        dtype: Weight dtype (bf16 in the reference pipeline, codecs.md 1).
+        dtype: Weight dtype (bf16 in the reference pipeline, architecture.md §11).
         device: Target device.
         trust_checkpoint: Load with ``weights_only=False``. Only for a file from a trusted source:
             unpickling can run arbitrary code.
@@ -224,11 +223,11 @@ def _check_latent(latent: object, channels: int) -> None:
 
 
 class TurboVAE(ModelWrapper):
-    """Turbo-VAED decode of normalised Wan2.2 latents (codecs.md 3, pipeline.md 9.1 default branch).
+    """Turbo-VAED decode of normalised Wan2.2 latents (architecture.md §11.4, §12.1 (default decoder)).
 
     Same decode interface as :class:`magihuman.codecs.video_vae.VideoVAE`, so the pipeline can use
     either: ``decode(latent [B, 48, T, h, w] float32 normalised) -> [B, 3, 4T-3, 16h, 16w] float32``.
-    Unlike Wan's decoder the output is **not clamped** (codecs.md 3.4, pitfall 6); the pipeline's
+    Unlike Wan's decoder the output is **not clamped** (architecture.md §11.4, §12.1); the pipeline's
     ``x*0.5+0.5``, clamp and truncating uint8 cast (``magihuman.pipeline.media.video_to_uint8``) handle range.
 
     Args:
@@ -257,7 +256,7 @@ class TurboVAE(ModelWrapper):
         dtype: torch.dtype = torch.bfloat16,
         device: torch.device | str = "cpu",
         trust_checkpoint: bool = False,
-    ) -> "TurboVAE":
+    ) -> TurboVAE:
         """Load from the published ``turbo_vae/`` folder (or a checkpoint root holding one, or a file in it).
 
         The folder must hold one ``*.json`` and one ``*.ckpt``; when there are several, the official
@@ -274,7 +273,8 @@ class TurboVAE(ModelWrapper):
             ValueError, CheckpointError: As :func:`load_turbo_vaed`.
         """
         config_path, checkpoint_path = _find_official_files(Path(path).expanduser())
-        return cls.from_files(config_path, checkpoint_path, dtype=dtype, device=device, trust_checkpoint=trust_checkpoint)
+        return cls.from_files(config_path, checkpoint_path, dtype=dtype, device=device,
+                              trust_checkpoint=trust_checkpoint)
 
     @classmethod
     def from_files(
@@ -285,7 +285,7 @@ class TurboVAE(ModelWrapper):
         dtype: torch.dtype = torch.bfloat16,
         device: torch.device | str = "cpu",
         trust_checkpoint: bool = False,
-    ) -> "TurboVAE":
+    ) -> TurboVAE:
         """Load from an explicit config + checkpoint pair (same arguments and errors as :func:`load_turbo_vaed`)."""
         return cls(
             load_turbo_vaed(config_path, checkpoint_path, dtype=dtype, device=device, trust_checkpoint=trust_checkpoint)
@@ -294,7 +294,7 @@ class TurboVAE(ModelWrapper):
     # -- decode --------------------------------------------------------------------------------
 
     def denormalize(self, latent: Tensor) -> Tensor:
-        """``z / (1/std) + mean`` (codecs.md 3.5 step 1, pitfall 5); returns the model dtype.
+        """``z / (1/std) + mean`` (architecture.md §11.4, §11.1); returns the model dtype.
 
         As the pipeline does, ``latent`` is first cast to the model dtype; the arithmetic then runs in
         float32 with float32 constants (Turbo keeps them fp32, unlike Wan), and the result is cast back.
@@ -339,7 +339,7 @@ class TurboVAE(ModelWrapper):
         tile_overlap: int | None = None,
         output_device: torch.device | str | None = None,
     ) -> Iterator[Tensor]:
-        """Sliding-window decode (codecs.md 3.5), yielding the output chunk by chunk.
+        """Sliding-window decode (architecture.md §11.4), yielding the output chunk by chunk.
 
         Concatenating the chunks along time gives :meth:`decode`'s result, so a writer can stream
         frames without holding the whole video twice. Chunk ``k`` holds ``plan.chunks[k].kept_frames``
@@ -351,9 +351,8 @@ class TurboVAE(ModelWrapper):
                 evenly spaced, overlapping spatial tiles of at most ``tile_size`` x ``tile_size`` latent
                 pixels (to bound activation memory at 1080p), and the tiles are cross-faded linearly in
                 the middle half of each overlap (the outer quarters, whose receptive field crosses a tile
-                border, are discarded). Inexact: the decoder's receptive field is about 13 latent pixels,
-                so seams vanish only for overlaps of ~48 or more on random weights; trained weights are
-                far more local. Measured errors are in ``tests/test_turbo_vae.py``.
+                border, are discarded). Inexact where the overlap is below the receptive field (about 13
+                latent pixels); measured errors: docs/parity.md.
             tile_overlap: Minimum overlap of neighbouring tiles in latent pixels,
                 ``0 <= tile_overlap < tile_size``; ``None`` means ``tile_size // 3`` (e.g. 48 -> 16).
             output_device: Where to put each yielded chunk (e.g. ``"cpu"`` to offload from a GPU);
@@ -398,7 +397,7 @@ class TurboVAE(ModelWrapper):
         tile_overlap: int | None = None,
         output_device: torch.device | str | None = None,
     ) -> Tensor:
-        """Decode normalised latents to pixels (codecs.md 3.5, pipeline.md 9.1).
+        """Decode normalised latents to pixels (architecture.md §11.4, §12.1).
 
         Args:
             latent: ``[B, 48, T, h, w]`` float (normally float32), normalised latent space.
@@ -408,7 +407,7 @@ class TurboVAE(ModelWrapper):
 
         Returns:
             ``[B, 3, 4T-3, 16h, 16w]`` float32, **unclamped** (nominally [-1, 1]). Convert to uint8
-            frames with ``magihuman.pipeline.media.video_to_uint8`` (truncation, pipeline.md 9.1).
+            frames with ``magihuman.pipeline.media.video_to_uint8`` (truncation, architecture.md §12.1).
 
         Raises:
             ValueError: On a wrong rank, channel count, dtype, empty axis or tiling argument.

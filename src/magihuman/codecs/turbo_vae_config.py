@@ -1,8 +1,8 @@
-"""Turbo-VAED configuration: the typed, validated record of the official JSON (codecs.md 3.2, pitfalls 8-9).
+"""Turbo-VAED configuration: the typed, validated record of the official JSON (architecture.md §11.4, §15 item 22).
 
-Every key that changes the computation must be present in the JSON (pitfall 8: the reference's code
-defaults are LTX-like traps); the lists are kept in encoder order and reversed by the ``decoder_*``
-properties (pitfall 9). The network is :mod:`magihuman.codecs.turbo_vae_network`; loading and the
+Every key that changes the computation must be present in the JSON (architecture.md §15 item 22: the reference's
+code defaults are traps); the lists are kept in encoder order and reversed by the ``decoder_*``
+properties (architecture.md §11.4). The network is :mod:`magihuman.codecs.turbo_vae_network`; loading and the
 decode wrapper are :mod:`magihuman.codecs.turbo_vae`.
 """
 
@@ -21,14 +21,14 @@ from magihuman.codecs.files import OfficialFile, read_json_file
 
 __all__ = ["TURBO_VAED_CONFIG_NAME", "TurboVAEDConfig"]
 
-#: Config file name inside the published ``turbo_vae/`` folder (codecs.md 3.1).
+#: Config file name inside the published ``turbo_vae/`` folder (architecture.md §11.4).
 TURBO_VAED_CONFIG_NAME = "TurboV3-Wan22-TinyShallow_7_7.json"
 
 _CONFIG_FILE = OfficialFile(
     "Turbo-VAED config", TURBO_VAED_CONFIG_NAME, "the turbo_vae/ folder of GAIR/daVinci-MagiHuman"
 )
 
-# Keys whose value changes the network or the decode: they must be in the JSON (pitfall 8).
+# Keys whose value changes the network or the decode: they must be in the JSON (architecture.md §11.4).
 _REQUIRED_KEYS = (
     "latent_channels",
     "out_channels",
@@ -45,7 +45,7 @@ _REQUIRED_KEYS = (
     "step_size",
     "temporal_compression_ratio",
 )
-# Keys the reference stores but never computes with (codecs.md 3.2: "stored only", "unused", "only
+# Keys the reference stores but never computes with (architecture.md §11.4: "stored only", "unused", "only
 # used with dw convs"). A missing one cannot fall back to a harmful default, so it may be absent.
 _OPTIONAL_KEYS = (
     "decoder_dw_kernel_size",
@@ -98,13 +98,13 @@ def _float_field(name: str, value: object, *, positive: bool) -> float:
 
 @dataclass(frozen=True)
 class TurboVAEDConfig:
-    """Every key of the official Turbo-VAED JSON that the reference reads (codecs.md 3.2).
+    """Every key of the official Turbo-VAED JSON that the reference reads (architecture.md §11.4).
 
-    Lists are stored as given, in **encoder order**; the decoder reverses them (pitfall 9), see the
-    ``decoder_*`` properties. The shipped values quoted in codecs.md 3.2 are **[3rd-party,
-    unverified]** (widths 64/128/256/512, layers (2,2,2,3,3), chunks 7/7, ...), and ``pipeline.md``
-    9.1 marks the 7/7 chunk override as unverified too: that is why every one of them is a field read
-    from the JSON, never a constant in this module.
+    Lists are stored as given, in **encoder order**; the decoder reverses them (architecture.md §11.4),
+    see the ``decoder_*`` properties. The shipped values quoted in architecture.md §11.4 are
+    **[3rd-party, unverified]** (widths 64/128/256/512, layers (2,2,2,3,3), chunks 7/7, ...), the 7/7
+    chunk values included: that is why every one of them is a field read from the JSON, never a
+    constant in this module.
 
     Attributes:
         latent_channels: ``z``, input channels of ``conv_in`` (48 for the Wan2.2 latent space).
@@ -119,7 +119,7 @@ class TurboVAEDConfig:
         use_unpatchify: Final x2 by unpatchify. Must be true (the pixel-shuffle head is not built).
         decoder_causal: Must be false (the reference asserts it; its convs are not causal anyway).
         resnet_norm_eps: Epsilon of the shortcut-path RMS norm (``norm3``) only.
-        first_chunk_size: ``F`` of the sliding-window decode (codecs.md 3.5), in latent frames.
+        first_chunk_size: ``F`` of the sliding-window decode (architecture.md §11.4), in latent frames.
         step_size: ``S`` of the sliding-window decode, in latent frames.
         temporal_compression_ratio: Pixel frames per latent frame; the overlap trim of the window.
             Must equal ``2 ** (number of 3D upsamplers)``.
@@ -157,7 +157,7 @@ class TurboVAEDConfig:
     # -- construction --------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> "TurboVAEDConfig":
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> TurboVAEDConfig:
         """Build from the parsed JSON object.
 
         Keys starting with ``_`` (diffusers metadata such as ``_class_name``) are ignored silently;
@@ -182,7 +182,7 @@ class TurboVAEDConfig:
         if missing:
             raise ValueError(
                 f"Turbo-VAED {source} is missing required key(s) {missing}. The reference would silently "
-                f"fall back to LTX-style constructor defaults (codecs.md pitfall 8); use the official JSON."
+                f"fall back to LTX-style constructor defaults (architecture.md §11.4); use the official JSON."
             )
         known = set(_REQUIRED_KEYS) | set(_OPTIONAL_KEYS)
         unknown = sorted(k for k in values if k not in known and not str(k).startswith("_"))
@@ -195,7 +195,7 @@ class TurboVAEDConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "TurboVAEDConfig":
+    def from_json(cls, path: str | os.PathLike) -> TurboVAEDConfig:
         """Read and validate an official JSON file (see :meth:`from_dict` for the rules).
 
         Raises:
@@ -218,7 +218,7 @@ class TurboVAEDConfig:
             out[field.name] = list(value) if isinstance(value, tuple) else value
         return out
 
-    # -- decoder-order views (pitfall 9) -------------------------------------------------------
+    # -- decoder-order views (architecture.md §11.4) -------------------------------------------------------
 
     @property
     def decoder_channels(self) -> tuple[int, ...]:
@@ -294,7 +294,7 @@ class TurboVAEDConfig:
             raise ValueError(
                 f"Turbo-VAED config key 'decoder_is_dw_conv' = {list(self.decoder_is_dw_conv)} asks for "
                 "depthwise-separable convs, which this implementation does not build (the shipped config "
-                "uses plain convs, codecs.md 3.2/3.3)"
+                "uses plain convs, architecture.md §11.4)"
             )
 
     def _validate_head_and_window(self) -> None:
@@ -307,12 +307,12 @@ class TurboVAEDConfig:
         if not _bool_field("use_unpatchify", self.use_unpatchify):
             raise ValueError(
                 "Turbo-VAED config key 'use_unpatchify' = false selects the pixel-shuffle head, which this "
-                "implementation does not build (the shipped config uses the 2x2 unpatchify, codecs.md 3.3)"
+                "implementation does not build (the shipped config uses the 2x2 unpatchify, architecture.md §11.4)"
             )
         if _bool_field("decoder_causal", self.decoder_causal):
             raise ValueError(
                 "Turbo-VAED config key 'decoder_causal' = true is rejected by the reference (assert); "
-                "only false is supported (codecs.md pitfall 7)"
+                "only false is supported (architecture.md §11.4)"
             )
         store("resnet_norm_eps", _float_field("resnet_norm_eps", self.resnet_norm_eps, positive=True))
         _int_field("first_chunk_size", self.first_chunk_size, minimum=1)

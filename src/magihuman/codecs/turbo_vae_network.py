@@ -1,12 +1,12 @@
-"""Turbo-VAED network: layers and the decoder with the checkpoint's parameter names (codecs.md 3.3, 3.4).
+"""Turbo-VAED network: layers and the decoder with the checkpoint's parameter names (architecture.md §11.4).
 
 In data-flow order: :class:`ReplicatePadConv3d` (the reference's misnamed "causal" conv),
 :class:`ChannelRMSNorm`, :class:`ResnetBlock3d`, :class:`Upsampler`, :class:`MidBlock`, :class:`UpBlock`,
 :class:`DecoderTrunk`, and :class:`TurboVAEDecoder` whose ``state_dict()`` keys are the checkpoint's
 ``ema_state_dict`` keys after the ``module.`` prefix is stripped. There is no Turbo-VAED class in
-diffusers (codecs.md 0), so the network is written here from the fact sheet.
+diffusers (architecture.md §11), so the network is written here from the fact sheet.
 
-Numerics (codecs.md 3.4): RMS norms and the nearest-exact upsampling run in float32 and are cast back;
+Numerics (architecture.md §11.4): RMS norms and the nearest-exact upsampling run in float32 and are cast back;
 everything else runs in the model dtype.
 """
 
@@ -29,11 +29,11 @@ __all__ = [
     "TurboVAEDecoder",
 ]
 
-_NORM_EPS = 1e-8  # norm1 / norm2 / the decoder's final norm (codecs.md 3.4)
+_NORM_EPS = 1e-8  # norm1 / norm2 / the decoder's final norm (architecture.md §11.4)
 
 
 class ReplicatePadConv3d(nn.Module):
-    """3D conv with **replicate** temporal padding on both sides (codecs.md 3.4, pitfall 7).
+    """3D conv with **replicate** temporal padding on both sides (architecture.md §11.4).
 
     The reference calls this a "causal" conv, but it pads ``(kT-1)/2`` copies of the first frame on the
     left and of the last frame on the right, so it sees the future. Spatial padding is zero padding of
@@ -62,7 +62,7 @@ class ReplicatePadConv3d(nn.Module):
 
 
 class ChannelRMSNorm(nn.Module):
-    """Parameter-free RMS norm over the channel axis, computed in float32 (codecs.md 3.4).
+    """Parameter-free RMS norm over the channel axis, computed in float32 (architecture.md §11.4).
 
     ``y = x * rsqrt(mean_C(x^2) + eps)`` in float32, cast back to ``x.dtype``.
 
@@ -85,7 +85,7 @@ class ChannelRMSNorm(nn.Module):
 
 
 class ResnetBlock3d(nn.Module):
-    """Turbo-VAED resnet block (codecs.md 3.4).
+    """Turbo-VAED resnet block (architecture.md §11.4).
 
     ``norm1 -> act_a -> conv1 (3^3) -> norm2 -> SiLU -> conv2 (3^3)`` plus a shortcut that is the
     identity, or ``norm3 -> conv_shortcut (1^3)`` when the widths differ; the two paths are added.
@@ -95,7 +95,7 @@ class ResnetBlock3d(nn.Module):
         out_channels: Output width.
         shortcut_eps: Epsilon of ``norm3`` (the config's ``resnet_norm_eps``).
         relu_first: ``act_a`` is ReLU instead of SiLU (the reference's ``is_upsampler_modified``: true for
-            the resnets of an up block that has an upsampler, pitfall 10).
+            the resnets of an up block that has an upsampler, architecture.md §11.4).
 
     Parameters: ``conv1.conv.*``, ``conv2.conv.*`` and, if the widths differ, ``conv_shortcut.conv.*``.
     """
@@ -134,7 +134,7 @@ class _NearestUp2x(nn.Module):
 
 
 class Upsampler(nn.Module):
-    """Turbo-VAED upsampler, 3D or 2D-only (codecs.md 3.4).
+    """Turbo-VAED upsampler, 3D or 2D-only (architecture.md §11.4).
 
     3D mode: ``time_conv`` (3x1x1, C -> 2C, replicate-padded), channel block ``k`` becomes output frame
     ``2t + k`` (T -> 2T), output frame 0 is dropped on a first chunk (T -> 2T - 1), then per frame a
@@ -187,7 +187,7 @@ class MidBlock(nn.Module):
 class UpBlock(nn.Module):
     """One up block: ``conv_in`` resnet (only if the width changes) -> upsampler (optional) -> resnets.
 
-    This order differs from Wan's, which upsamples last (codecs.md 3.4).
+    This order differs from Wan's, which upsamples last (architecture.md §11.4).
 
     Args:
         in_channels: Width of the previous block.
@@ -232,7 +232,7 @@ class UpBlock(nn.Module):
 
 
 class DecoderTrunk(nn.Module):
-    """The network under the ``decoder.`` prefix (codecs.md 3.3, 3.4).
+    """The network under the ``decoder.`` prefix (architecture.md §11.4).
 
     ``conv_in (z -> c0) -> mid_block -> up_blocks -> RMSNorm(1e-8) -> SiLU -> conv_out (c_last ->
     out_channels * 4) -> 2x2 unpatchify``.
@@ -284,13 +284,13 @@ def _unpatchify(x: Tensor, channels: int, p: int) -> Tensor:
 
 
 class TurboVAEDecoder(nn.Module):
-    """The Turbo-VAED decoder with the checkpoint's parameter names (codecs.md 3.3).
+    """The Turbo-VAED decoder with the checkpoint's parameter names (architecture.md §11.4).
 
     ``state_dict()`` keys are exactly the ``ema_state_dict`` keys after stripping ``module.``:
     ``decoder.conv_in.conv.weight``, ``decoder.mid_block.resnets.{i}.conv{1,2}.conv.*``,
     ``decoder.up_blocks.{i}.conv_in.*``, ``.upsamplers.0.resample.1.*``,
     ``.upsamplers.0.time_conv.conv.*``, ``.resnets.{j}.*``, ``decoder.conv_out.conv.*``. Norms have no
-    parameters. The mean/std normalisation lives in :class:`TurboVAE`, not here (codecs.md 3.1).
+    parameters. The mean/std normalisation lives in :class:`TurboVAE`, not here (architecture.md §11.4).
 
     Args:
         config: A validated :class:`TurboVAEDConfig`.

@@ -1,4 +1,4 @@
-"""Turbo-VAED decode arithmetic: the sliding-window plan (codecs.md 3.5) and the spatial tiling.
+"""Turbo-VAED decode arithmetic: the sliding-window plan (architecture.md §11.4) and the spatial tiling.
 
 :func:`sliding_window_plan` is the pure chunk arithmetic of the reference's sliding-window decode;
 :func:`decode_tiled` runs one decoder call in overlapping spatial tiles and cross-fades them (our own
@@ -71,7 +71,7 @@ class WindowPlan:
 def sliding_window_plan(
     num_latent_frames: int, first_chunk_size: int, step_size: int, *, temporal_ratio: int = 4
 ) -> WindowPlan:
-    """Chunk arithmetic of the reference's sliding-window decode (codecs.md 3.5, pipeline.md 9.1).
+    """Chunk arithmetic of the reference's sliding-window decode (architecture.md §11.4, §12.1).
 
     With ``F = first_chunk_size``, ``S = step_size``, ``r = temporal_ratio`` and an overlap of one
     latent frame (``r`` pixel frames):
@@ -160,10 +160,9 @@ def _tile_weights(spans: list[tuple[int, int]], index: int, scale: int, device: 
     """1-D blend weights (pixels) of tile ``index`` along one axis.
 
     In the band shared with a neighbour, the quarter next to this tile's border gets weight 0 (the
-    decoder's receptive field crosses the border there: on random weights the error is still ~1e-2 at
-    8 latent pixels from a border and reaches float noise at ~13), the middle half is a linear
-    cross-fade ``(k + 0.5)/L``, and the quarter on the far side gets weight 1. The two tiles' weights
-    over a band sum to one; elsewhere the weight is 1.
+    decoder's receptive field, about 13 latent pixels, crosses the border there; errors:
+    docs/parity.md), the middle half is a linear cross-fade ``(k + 0.5)/L``, and the quarter on the
+    far side gets weight 1. The two tiles' weights over a band sum to one; elsewhere the weight is 1.
     """
     a, b = spans[index]
     weights = torch.ones((b - a) * scale, dtype=torch.float32, device=device)

@@ -1,7 +1,7 @@
 """Wan2.2 video VAE: official ``Wan2.2_VAE.pth`` loading into diffusers' ``AutoencoderKLWan``.
 
-Fact sheet: ``codecs.md`` section 2 (architecture, key layout, conversion rules) and ``pipeline.md``
-section 4.2 (the 48-channel latent normalisation), 7.1 (image encode) and 9.1 (decode).
+Reference: architecture.md §11.3 (architecture, key layout, conversion rules), §11.1 (the 48-channel
+latent normalisation), §9.1 (image encode) and §12.1 (decode).
 
 The VAE itself is diffusers' ``AutoencoderKLWan``; this module only
 
@@ -14,18 +14,13 @@ The VAE itself is diffusers' ``AutoencoderKLWan``; this module only
 Tiny random checkpoints in the original layout (demo bundle, tests) are written by
 :func:`magihuman.demo.random_codecs.save_random_wan22_vae`.
 
-Latent normalisation and bf16 (decision, ``pipeline.md`` 4.2 / 7.1, ``codecs.md`` 2.1 and pitfall 5):
+Latent normalisation and bf16 (decision, architecture.md §11.1, §9.1, §11.3):
 the reference casts its mean/std to the weight dtype and computes ``1/std`` in that dtype, so with the
 production bf16 weights ``(mu - mean) * (1/std)`` and ``z / (1/std) + mean`` run in bf16.
 :class:`VideoVAE` does the same: the constants are cast to the model dtype, ``1/std`` is computed in
-it, and both formulas run in it (plain fp32 for an fp32 model). The bf16 constants are then bit-equal
-to the golden ``wrapper_mean_bf16`` / ``wrapper_inv_std_bf16``, and the decoder receives exactly the
-reference's bf16 latent. Measured against the golden bf16 tensors (diffusers network in bf16):
-
-* encode.latent: rel_l2 0.01276 (max 0.034) with bf16 normalisation vs 0.01284 (max 0.036) in fp32;
-* decode.video: rel_l2 0.02943 (max 0.237) vs 0.02941 (max 0.229): equal within noise.
-
-The remaining gap is diffusers' RMS norm, which upcasts to fp32 where the reference does not.
+it, and both formulas run in it (plain fp32 for an fp32 model). With bf16 weights the constants equal
+the original wrapper's bf16 values and the decoder receives its bf16 latent; the remaining gap is
+diffusers' RMS norm, which upcasts to float32 (figures: docs/parity.md).
 """
 
 from __future__ import annotations
@@ -77,7 +72,7 @@ __all__ = [
     "wan22_vae_config",
 ]
 
-#: Per-channel latent mean, channels 0..47 (pipeline.md 4.2).
+#: Per-channel latent mean, channels 0..47 (architecture.md §11.1).
 WAN22_LATENT_MEAN: tuple[float, ...] = (
     -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813,
     0.0891, 0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108,
@@ -86,7 +81,7 @@ WAN22_LATENT_MEAN: tuple[float, ...] = (
     0.3573, -0.0548, -0.1681, -0.0667,
 )  # fmt: skip
 
-#: Per-channel latent standard deviation, channels 0..47 (pipeline.md 4.2).
+#: Per-channel latent standard deviation, channels 0..47 (architecture.md §11.1).
 WAN22_LATENT_STD: tuple[float, ...] = (
     0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
     0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
@@ -130,7 +125,7 @@ _DIFFUSERS_FILE = OfficialFile(
 
 
 def wan22_vae_config(base_dim: int = 160, decoder_base_dim: int = 256, z_dim: int = 48) -> dict:
-    """Keyword arguments for ``diffusers.AutoencoderKLWan`` describing a Wan2.2 VAE (codecs.md 2.3).
+    """Keyword arguments for ``diffusers.AutoencoderKLWan`` describing a Wan2.2 VAE (architecture.md §11.3).
 
     Args:
         base_dim: Encoder base width (official 160).
@@ -228,7 +223,7 @@ def _resolve_wan22_path(path: str | os.PathLike) -> tuple[str, Path]:
 
 
 
-def _build_on_meta(config: Mapping) -> "AutoencoderKLWan":  # noqa: F821
+def _build_on_meta(config: Mapping) -> AutoencoderKLWan:  # noqa: F821
     from diffusers import AutoencoderKLWan
 
     with torch.device("meta"):
@@ -265,8 +260,8 @@ def _load_diffusers_wan22(folder: Path, dtype: torch.dtype, device: torch.device
 
 def load_wan22_vae(
     path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
-) -> "AutoencoderKLWan":  # noqa: F821
-    """Load a Wan2.2 VAE into diffusers' ``AutoencoderKLWan`` (codecs.md 2.2, 2.3).
+) -> AutoencoderKLWan:  # noqa: F821
+    """Load a Wan2.2 VAE into diffusers' ``AutoencoderKLWan`` (architecture.md §11.3).
 
     The model is built on the meta device and the checkpoint tensors are assigned into it (the
     reference also loads with ``assign=True``, strictly), so the weights are never held twice. The
@@ -278,7 +273,7 @@ def load_wan22_vae(
             ``diffusion_pytorch_model.safetensors``) or a folder with such a ``vae/`` subfolder.
             For the ``.pth`` the widths (``base_dim``, ``decoder_base_dim``, ``z_dim``; official
             160/256/48) are inferred from the tensor shapes.
-        dtype: Weight dtype. The reference runs bf16 (codecs.md 1).
+        dtype: Weight dtype. The reference runs bf16 (architecture.md §11).
         device: Target device of the weights.
 
     Returns:
@@ -319,13 +314,13 @@ def _check_pixels(pixels: Tensor) -> None:
         raise ValueError(f"pixels must be a float tensor in [-1, 1], got {pixels.dtype}; use x / 127.5 - 1")
     if frames < 1 or (frames - 1) % _TEMPORAL_STRIDE:
         raise ValueError(
-            f"the number of frames must be 1 + 4k (1, 5, 9, ...), got {frames} (codecs.md 2.1); "
+            f"the number of frames must be 1 + 4k (1, 5, 9, ...), got {frames} (architecture.md §11.3); "
             f"trim to {max(1, (frames - 1) // 4 * 4 + 1)} frames"
         )
     if height % _SPATIAL_STRIDE or width % _SPATIAL_STRIDE or height == 0 or width == 0:
         raise ValueError(
             f"height and width must be positive multiples of 16 pixels, got {height}x{width}; "
-            "crop or resize first (pipeline.md 4.1)"
+            "crop or resize first (architecture.md §13.2)"
         )
 
 
@@ -348,7 +343,7 @@ def check_video_latent(latent: Tensor, z_dim: int) -> None:
 
 
 class VideoVAE(ModelWrapper):
-    """Wan2.2 VAE with the reference's latent normalisation (codecs.md 2.1, pipeline.md 4.2).
+    """Wan2.2 VAE with the reference's latent normalisation (architecture.md §11.3, §11.1).
 
     Wraps a diffusers ``AutoencoderKLWan`` (``.model``). Latents seen by the rest of the project are
     *normalised*: ``z = (mu - mean) * (1/std)``; :meth:`decode` inverts it as ``mu = z / (1/std) + mean``
@@ -373,17 +368,18 @@ class VideoVAE(ModelWrapper):
     @classmethod
     def from_official(
         cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
-    ) -> "VideoVAE":
+    ) -> VideoVAE:
         """Load from any path accepted by :func:`load_wan22_vae` (same arguments and errors)."""
         return cls(load_wan22_vae(path, dtype=dtype, device=device))
 
     def normalization_constants(self) -> tuple[Tensor, Tensor]:
-        """The reference wrapper's ``mean`` and ``1/std`` (pipeline.md 4.2, codecs.md pitfall 5).
+        """The reference wrapper's ``mean`` and ``1/std`` (architecture.md §11.1).
 
         Returns:
             ``(mean, inv_std)``, each ``[1, 48, 1, 1, 1]`` in the model dtype on the model device;
             ``mean`` is the float32 constant cast to the model dtype and ``inv_std = 1 / std`` is
-            computed in the model dtype after casting ``std`` (bf16: bit-identical to the reference).
+            computed in the model dtype after casting ``std`` (bf16: the original wrapper's values;
+            docs/parity.md).
         """
         shape = (1, self.z_dim, 1, 1, 1)
         mean = torch.tensor(WAN22_LATENT_MEAN, dtype=torch.float32).to(self.dtype).view(shape)
@@ -392,7 +388,7 @@ class VideoVAE(ModelWrapper):
         return mean.to(self.device), inv_std.to(self.device)
 
     def normalize(self, mu: Tensor) -> Tensor:
-        """``(mu - mean) * (1/std)`` in the model dtype, returned as float32 (pipeline.md 4.2).
+        """``(mu - mean) * (1/std)`` in the model dtype, returned as float32 (architecture.md §11.1).
 
         Args:
             mu: Raw posterior mean ``[B, 48, T, h, w]``, any float dtype.
@@ -404,7 +400,7 @@ class VideoVAE(ModelWrapper):
         return ((mu.to(device=self.device, dtype=self.dtype) - mean) * inv_std).float()
 
     def denormalize(self, latent: Tensor) -> Tensor:
-        """``z / (1/std) + mean`` in the model dtype (pipeline.md 4.2); returns the model dtype.
+        """``z / (1/std) + mean`` in the model dtype (architecture.md §11.1); returns the model dtype.
 
         Args:
             latent: Normalised latent ``[B, 48, T, h, w]``, any float dtype.
@@ -417,12 +413,12 @@ class VideoVAE(ModelWrapper):
 
     @torch.no_grad()
     def encode(self, pixels: Tensor) -> Tensor:
-        """Encode pixels to normalised latents using the posterior **mean** (codecs.md 2.1, 2.3).
+        """Encode pixels to normalised latents using the posterior **mean** (architecture.md §11.3).
 
         Args:
             pixels: ``[B, 3, F, H, W]`` float in [-1, 1]; ``F = 1 + 4k`` frames, ``H`` and ``W``
                 multiples of 16 pixels. Cast to the model dtype before encoding (the reference casts
-                the image to bf16, pipeline.md 7.1 step 4).
+                the image to bf16, architecture.md §9.1).
 
         Returns:
             ``[B, 48, 1 + (F-1)/4, H/16, W/16]`` float32, normalised latent space.
@@ -437,14 +433,14 @@ class VideoVAE(ModelWrapper):
 
     @torch.no_grad()
     def decode(self, latent: Tensor) -> Tensor:
-        """Decode normalised latents to pixels (codecs.md 2.1, pipeline.md 9.1, Wan branch).
+        """Decode normalised latents to pixels (architecture.md §11.3, §12.1, Wan branch).
 
         Args:
             latent: ``[B, 48, T, h, w]`` float (normally float32), normalised latent space.
 
         Returns:
             ``[B, 3, 4T-3, 16h, 16w]`` float32, clamped to [-1, 1]. Convert to uint8 frames with
-            ``((x*0.5+0.5).clamp(0,1)*255).to(uint8)`` (truncation, pipeline.md 9.1).
+            ``((x*0.5+0.5).clamp(0,1)*255).to(uint8)`` (truncation, architecture.md §12.1).
 
         Raises:
             ValueError: On a wrong rank, channel count or dtype.

@@ -1,6 +1,6 @@
 """The original Wan2.2 VAE checkpoint format: file name, key layout, conversion to diffusers names.
 
-Fact sheet: ``codecs.md`` 2.1 (architecture), 2.2 (the keys of ``Wan2.2_VAE.pth``), 2.3 (the renames to
+Fact sheet: ``architecture.md`` 2.1 (architecture), 2.2 (the keys of ``Wan2.2_VAE.pth``), 2.3 (the renames to
 diffusers' ``AutoencoderKLWan``). :func:`official_wan22_key_shapes` describes the original file from the
 architecture alone, independently of diffusers, so it can audit :func:`convert_wan22_state_dict`;
 :func:`infer_wan22_dims` reads the widths back from a state dict. Loading and the latent normalisation
@@ -22,7 +22,7 @@ __all__ = [
     "official_wan22_key_shapes",
 ]
 
-#: File name of the original checkpoint inside ``Wan-AI/Wan2.2-TI2V-5B`` (codecs.md 2.2).
+#: File name of the original checkpoint inside ``Wan-AI/Wan2.2-TI2V-5B`` (architecture.md §11.3).
 WAN22_CHECKPOINT_NAME = "Wan2.2_VAE.pth"
 
 _DIM_MULT = (1, 2, 4, 4)
@@ -41,12 +41,12 @@ def check_wan22_widths(base_dim: int, decoder_base_dim: int, z_dim: int) -> None
 
 
 # --------------------------------------------------------------------------------------------------
-# Original key layout (codecs.md 2.1, 2.2)
+# Original key layout (architecture.md §11.3)
 # --------------------------------------------------------------------------------------------------
 
 
 def _residual_shapes(prefix: str, in_dim: int, out_dim: int) -> dict[str, tuple[int, ...]]:
-    """Original ``ResidualBlock`` keys (codecs.md 2.1: RMS, SiLU, conv, RMS, SiLU, dropout, conv)."""
+    """Original ``ResidualBlock`` keys (architecture.md §11.3: RMS, SiLU, conv, RMS, SiLU, dropout, conv)."""
     shapes = {
         f"{prefix}.residual.0.gamma": (in_dim, 1, 1, 1),
         f"{prefix}.residual.2.weight": (out_dim, in_dim, 3, 3, 3),
@@ -62,7 +62,7 @@ def _residual_shapes(prefix: str, in_dim: int, out_dim: int) -> dict[str, tuple[
 
 
 def _middle_shapes(prefix: str, dim: int) -> dict[str, tuple[int, ...]]:
-    """Original ``middle`` keys: residual, single-head attention, residual (codecs.md 2.1/2.2)."""
+    """Original ``middle`` keys: residual, single-head attention, residual (architecture.md §11.3)."""
     shapes = _residual_shapes(f"{prefix}.0", dim, dim)
     shapes.update(
         {
@@ -78,7 +78,7 @@ def _middle_shapes(prefix: str, dim: int) -> dict[str, tuple[int, ...]]:
 
 
 def _encoder_shapes(dim: int, z_dim: int) -> dict[str, tuple[int, ...]]:
-    """Original ``encoder.*`` keys for encoder base width ``dim`` (codecs.md 2.1, 2.2)."""
+    """Original ``encoder.*`` keys for encoder base width ``dim`` (architecture.md §11.3)."""
     dims = [dim * m for m in (1, *_DIM_MULT)]
     shapes = {"encoder.conv1.weight": (dim, _PATCHED_CHANNELS, 3, 3, 3), "encoder.conv1.bias": (dim,)}
     for s in range(len(_DIM_MULT)):
@@ -102,7 +102,7 @@ def _encoder_shapes(dim: int, z_dim: int) -> dict[str, tuple[int, ...]]:
 
 
 def _decoder_shapes(dim: int, z_dim: int) -> dict[str, tuple[int, ...]]:
-    """Original ``decoder.*`` keys for decoder base width ``dim`` (codecs.md 2.1, 2.2)."""
+    """Original ``decoder.*`` keys for decoder base width ``dim`` (architecture.md §11.3)."""
     mults = (_DIM_MULT[-1], *_DIM_MULT[::-1])
     dims = [dim * m for m in mults]
     temporal_upsample = _TEMPORAL_DOWNSAMPLE[::-1]
@@ -129,9 +129,9 @@ def _decoder_shapes(dim: int, z_dim: int) -> dict[str, tuple[int, ...]]:
 def official_wan22_key_shapes(
     base_dim: int = 160, decoder_base_dim: int = 256, z_dim: int = 48
 ) -> dict[str, tuple[int, ...]]:
-    """Every tensor name and shape of an original ``Wan2.2_VAE.pth`` (codecs.md 2.2).
+    """Every tensor name and shape of an original ``Wan2.2_VAE.pth`` (architecture.md §11.3).
 
-    Written from the architecture description (codecs.md 2.1), independently of diffusers, so that
+    Written from the architecture description (architecture.md §11.3), independently of diffusers, so that
     it can audit :func:`convert_wan22_state_dict` against diffusers' model.
 
     Args:
@@ -156,7 +156,7 @@ def official_wan22_key_shapes(
 
 
 # --------------------------------------------------------------------------------------------------
-# Key conversion (codecs.md 2.3)
+# Key conversion (architecture.md §11.3)
 # --------------------------------------------------------------------------------------------------
 
 _RESIDUAL_RENAMES = {
@@ -219,7 +219,7 @@ def _convert_stage(side: str, rest: str) -> str | None:
 
 
 def _convert_wan22_key(key: str) -> str | None:
-    """Diffusers name of one original key, or ``None`` when no rule of codecs.md 2.3 applies."""
+    """Diffusers name of one original key, or ``None`` when no rule of architecture.md §11.3 applies."""
     if key in _TOP_LEVEL:
         return _TOP_LEVEL[key]
     side, _, rest = key.partition(".")
@@ -233,7 +233,7 @@ def _convert_wan22_key(key: str) -> str | None:
 
 
 def convert_wan22_state_dict(original: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename an original ``Wan2.2_VAE.pth`` state dict to ``AutoencoderKLWan`` names (codecs.md 2.3).
+    """Rename an original ``Wan2.2_VAE.pth`` state dict to ``AutoencoderKLWan`` names (architecture.md §11.3).
 
     Tensors are not copied or cast; only the names change. Shapes are identical in both layouts.
 
@@ -261,7 +261,7 @@ def convert_wan22_state_dict(original: Mapping[str, Tensor]) -> dict[str, Tensor
             converted[new_key] = tensor
     if unknown:
         raise ValueError(
-            f"{len(unknown)} key(s) are not part of the original Wan2.2 VAE layout (codecs.md 2.2): "
+            f"{len(unknown)} key(s) are not part of the original Wan2.2 VAE layout (architecture.md §11.3): "
             f"{unknown[:20]}{' ...' if len(unknown) > 20 else ''}. Pass the state dict of "
             f"{WAN22_CHECKPOINT_NAME} unchanged (no 'module.'/'vae.' prefixes)."
         )
@@ -269,7 +269,7 @@ def convert_wan22_state_dict(original: Mapping[str, Tensor]) -> dict[str, Tensor
 
 
 
-_DIM_PROBES = {  # name: ((original key, axis), ...) tried in order (codecs.md 2.2)
+_DIM_PROBES = {  # name: ((original key, axis), ...) tried in order (architecture.md §11.3)
     "base_dim": (("encoder.conv1.weight", 0), ("encoder.conv1.bias", 0)),
     "decoder_base_dim": (("decoder.head.2.weight", 1), ("decoder.head.0.gamma", 0)),
     "z_dim": (("conv2.weight", 0), ("conv2.bias", 0), ("decoder.conv1.weight", 1)),
@@ -278,7 +278,7 @@ _OFFICIAL_DIMS = {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48}
 
 
 def infer_wan22_dims(state_dict: Mapping[str, Tensor]) -> dict[str, int]:
-    """``base_dim``, ``decoder_base_dim``, ``z_dim`` from original tensor shapes (codecs.md 2.2).
+    """``base_dim``, ``decoder_base_dim``, ``z_dim`` from original tensor shapes (architecture.md §11.3).
 
     A width whose probe tensors are all absent falls back to the official value; the strict load
     then reports the missing keys together with everything else.

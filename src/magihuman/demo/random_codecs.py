@@ -1,6 +1,6 @@
 """Random-weight codecs in their official file layouts, for tests and the offline demo bundle.
 
-One writer per codec, each writing exactly the files its loader reads (codecs.md 2.2, 3.1, 4.2, 5.1):
+One writer per codec, each writing exactly the files its loader reads (architecture.md §11.3, §11.4, §11.5, §11.2):
 
 * :func:`save_random_text_encoder` - a tiny T5Gemma seq2seq snapshot (``config.json``,
   ``model.safetensors``, a Gemma-style BPE tokenizer built without downloads);
@@ -50,7 +50,7 @@ from magihuman.model.checkpoint import write_atomic
 
 __all__ = ["save_random_audio_vae", "save_random_text_encoder", "save_random_turbo_vae", "save_random_wan22_vae"]
 
-_SAO_STRIDES = (2, 4, 4, 8, 8)  # SAO 1.0 (codecs.md 4.1); product = HOP_LENGTH
+_SAO_STRIDES = (2, 4, 4, 8, 8)  # SAO 1.0 (architecture.md §11.5); product = HOP_LENGTH
 _SAO_C_MULTS = (1, 2, 4, 8, 16)
 
 
@@ -134,8 +134,9 @@ def save_random_text_encoder(
     Layout (as ``google/t5gemma-9b-9b-ul2``): ``config.json`` (``T5GemmaConfig`` with encoder and
     decoder ``T5GemmaModuleConfig`` sub-configs of the same size), ``model.safetensors`` with
     ``model.encoder.*`` and ``model.decoder.*`` tensors (float32, tied ``lm_head`` omitted) and the
-    tokenizer files (``tokenizer.json``, ``tokenizer_config.json``). :meth:`~magihuman.codecs.text_encoder.TextEncoder.from_official`
-    loads it offline. Same arguments -> byte-identical tensors -> identical embeddings.
+    tokenizer files (``tokenizer.json``, ``tokenizer_config.json``).
+    :meth:`~magihuman.codecs.text_encoder.TextEncoder.from_official` loads it offline. Same arguments ->
+    byte-identical tensors -> identical embeddings.
 
     Weights are drawn from a private ``torch.Generator(seed)`` (the global RNG is untouched):
     linear weights ``N(0, 1/fan_in)``, token embeddings ``N(0, 1/hidden_size)`` (unit RMS after
@@ -285,7 +286,7 @@ def save_random_wan22_vae(
     z_dim: int = 48,
     seed: int = 0,
 ) -> Path:
-    """Write a tiny random ``Wan2.2_VAE.pth`` in the ORIGINAL key layout (codecs.md 2.2).
+    """Write a tiny random ``Wan2.2_VAE.pth`` in the ORIGINAL key layout (architecture.md §11.3).
 
     A plain ``torch.save`` of an fp32 state dict, written atomically (temp file + rename) so a model
     memory-mapped from an older file is never truncated under it. Deterministic for ``seed``: tensors
@@ -293,7 +294,7 @@ def save_random_wan22_vae(
 
     Args:
         folder: Output folder (created if needed).
-        base_dim: Encoder base width (default 4: a ~0.3 M parameter model).
+        base_dim: Encoder base width (default 4: about 0.3 M parameters).
         decoder_base_dim: Decoder base width (default 4).
         z_dim: Latent channels; keep 48 for :class:`~magihuman.codecs.video_vae.VideoVAE`.
         seed: RNG seed.
@@ -351,7 +352,7 @@ def _tiny_sao_config(channels: int) -> dict:
 def _random_sao_tensor(key: str, shape: tuple[int, ...], output_conv: str, generator: torch.Generator) -> Tensor:
     """Init: ``weight_v`` randn, ``weight_g`` ``0.7*(1+0.1*randn)`` (halved for the decoder's output
     conv), bias ``0.05*randn``, Snake ``alpha``/``beta`` ``0.1*randn`` (log scale). Gives an audible,
-    unclipped waveform (std ~0.05, peak ~0.5)."""
+    unclipped waveform."""
     noise = torch.randn(shape, generator=generator, dtype=torch.float32)
     if key.endswith(".weight_g"):
         return (0.35 if key.startswith(output_conv) else 0.7) * (1.0 + 0.1 * noise)
@@ -363,7 +364,7 @@ def _random_sao_tensor(key: str, shape: tuple[int, ...], output_conv: str, gener
 
 
 def save_random_audio_vae(folder: str | os.PathLike, *, channels: int = 4, seed: int = 0) -> Path:
-    """Write a tiny random SAO checkpoint in the ORIGINAL layout (codecs.md 4.2).
+    """Write a tiny random SAO checkpoint in the ORIGINAL layout (architecture.md §11.5).
 
     ``model_config.json`` (full SAO structure; real strides, c_mults, latent dims 128/64 and the 2048
     hop; width ``channels``) and ``model.safetensors`` with the 365 ``pretransform.model.*`` float32
@@ -373,7 +374,7 @@ def save_random_audio_vae(folder: str | os.PathLike, *, channels: int = 4, seed:
 
     Args:
         folder: Output folder (created if needed).
-        channels: Base width (SAO 1.0 uses 128; default 4 gives ~0.2 M parameters).
+        channels: Base width (SAO 1.0 uses 128; default 4 gives about 0.2 M parameters).
         seed: RNG seed.
 
     Returns:
@@ -389,7 +390,7 @@ def save_random_audio_vae(folder: str | os.PathLike, *, channels: int = 4, seed:
     config = _tiny_sao_config(channels)
     generator = torch.Generator().manual_seed(seed)
     shapes = official_sao_vae_key_shapes(config)
-    output_conv = f"{SAO_VAE_PREFIX}decoder.layers.{len(_SAO_STRIDES) + 2}."  # the last WN conv (codecs.md 4.1)
+    output_conv = f"{SAO_VAE_PREFIX}decoder.layers.{len(_SAO_STRIDES) + 2}."  # the last WN conv (architecture.md §11.5)
     tensors = {k: _random_sao_tensor(k, s, output_conv, generator) for k, s in shapes.items()}
     tensors["model.model.stand_in_dit_weight"] = torch.randn(4, 4, generator=generator)
     tensors["conditioner.conditioners.prompt.stand_in_weight"] = torch.randn(4, generator=generator)
@@ -406,7 +407,7 @@ def save_random_audio_vae(folder: str | os.PathLike, *, channels: int = 4, seed:
 
 
 def _shipped_structure(channels: Sequence[int]) -> dict[str, Any]:
-    """Official JSON with the shipped structure flags (codecs.md 3.2) and the given widths."""
+    """Official JSON with the shipped structure flags (architecture.md §11.4) and the given widths."""
     return {
         "in_channels": 3,
         "out_channels": 3,
@@ -433,7 +434,7 @@ def _shipped_structure(channels: Sequence[int]) -> dict[str, Any]:
 def save_random_turbo_vae(
     folder: str | os.PathLike, *, channels: Sequence[int] = (8, 8, 16, 16), seed: int = 0
 ) -> Path:
-    """Write a tiny random Turbo-VAED in the official layout (codecs.md 3.1, 3.3).
+    """Write a tiny random Turbo-VAED in the official layout (architecture.md §11.4).
 
     Files: ``TurboV3-Wan22-TinyShallow_7_7.json`` (every key, shipped structure flags, widths
     ``channels``) and ``checkpoint-340000.ckpt`` = ``torch.save({"ema_state_dict":
@@ -446,12 +447,13 @@ def save_random_turbo_vae(
         folder: Output folder (created), e.g. ``ROOT/turbo_vae``.
         channels: Widths in encoder order (4 entries; the shipped model has 64, 128, 256, 512). The
             default (8, 8, 16, 16) is chosen for CPU speed, not size: float32 CPU convolutions with
-            few channels fall back to PyTorch's slow native kernel, so the demo decode (13 latent
-            frames at 16x28) takes ~2.5 s on 2 cores here versus ~13 s with (4, 8, 12, 16).
+            few channels fall back to PyTorch's slow native kernel, so it decodes faster than
+            narrower widths such as (4, 8, 12, 16) (timings: docs/benchmarks.md).
         seed: RNG seed.
 
     Returns:
-        ``folder`` as a :class:`~pathlib.Path` (loadable with :meth:`~magihuman.codecs.turbo_vae.TurboVAE.from_official`).
+        ``folder`` as a :class:`~pathlib.Path` (loadable with
+        :meth:`~magihuman.codecs.turbo_vae.TurboVAE.from_official`).
 
     Raises:
         ValueError: ``channels`` is not 4 positive integers.

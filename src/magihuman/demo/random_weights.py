@@ -11,16 +11,18 @@ gives the same weights on every machine.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import torch
 
 from magihuman.model.rope import default_bands
 from magihuman.model.transformer import MagiHumanTransformer
 
-#: A ~2.5 M-parameter configuration with the 15B model's structure (sandwich experts at both ends,
-#: gelu7 then swiglu7, GQA 4:2 with gates; 2 K/V heads so ``--cp 2`` runs), fast enough for CPU tests and the demo.
+#: An about 2.5 M-parameter configuration with the 15B model's structure (sandwich experts at both
+#: ends, gelu7 then swiglu7, GQA 4:2 with gates; 2 K/V heads so ``--cp 2`` runs), fast enough for CPU
+#: tests and the demo.
 TINY_TRANSFORMER_CONFIG: dict[str, Any] = dict(
     num_layers=6, hidden_size=128, head_dim=32, num_query_groups=2, video_in_channels=192,
     audio_in_channels=64, text_in_channels=32, mm_layers=(0, 1, 4, 5), gelu7_layers=(0, 1),
@@ -35,7 +37,7 @@ def _init_tensor(name: str, shape: torch.Size, generator: torch.Generator) -> to
     return scale * draw / math.sqrt(shape[-1])
 
 
-def random_transformer_state_dict(config: Optional[Mapping[str, Any]] = None, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_transformer_state_dict(config: Mapping[str, Any] | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
     """A full official-layout state dict with random weights.
 
     Args:
@@ -58,7 +60,7 @@ def random_transformer_state_dict(config: Optional[Mapping[str, Any]] = None, se
     return state
 
 
-def random_transformer(config: Optional[Mapping[str, Any]] = None, seed: int = 0) -> MagiHumanTransformer:
+def random_transformer(config: Mapping[str, Any] | None = None, seed: int = 0) -> MagiHumanTransformer:
     """A ready ``MagiHumanTransformer`` (eval mode, CPU) with :func:`random_transformer_state_dict` weights."""
     config = dict(TINY_TRANSFORMER_CONFIG if config is None else config)
     model = MagiHumanTransformer(**config)
@@ -67,8 +69,8 @@ def random_transformer(config: Optional[Mapping[str, Any]] = None, seed: int = 0
 
 
 def save_random_transformer(
-    folder: str | Path, config: Optional[Mapping[str, Any]] = None, *, seed: int = 0,
-    max_shard_bytes: Optional[int] = None, compress: bool = False,
+    folder: str | Path, config: Mapping[str, Any] | None = None, *, seed: int = 0,
+    max_shard_bytes: int | None = None, compress: bool = False,
 ) -> Path:
     """Write a random transformer as an official checkpoint folder (``model.safetensors`` or shards).
 

@@ -1,17 +1,19 @@
-"""The one attention seam of the transformer (dit.md 5).
+"""The one attention seam of the transformer (architecture.md §6).
 
 Every layer calls the chosen backend with bf16 ``q [B, Hq, N, D]`` and ``k, v [B, Hkv, N, D]``
 (GQA: query head h uses K/V head ``h // (Hq/Hkv)``), non-causal, softmax scale ``1/sqrt(D)``, no
-soft-cap (dit.md 5.3). Local-attention layers also pass a :class:`~magihuman.model.packing.LocalWindow`
-(dit.md 5.2), which each kernel turns into its own mask form. Kernels register here by name, so no
-model code imports a kernel library; sequence parallelism wraps this same seam.
+soft-cap (architecture.md §6.1). Local-attention layers also pass a
+:class:`~magihuman.model.packing.LocalWindow` (architecture.md §6.2), which each kernel turns into its
+own mask form. Kernels register here by name, so no model code imports a kernel library; sequence
+parallelism wraps this same seam.
 
-| backend | kernel | local window as |
-|---|---|---|
-| ``sdpa`` (default) | ``torch.nn.functional.scaled_dot_product_attention`` (flash/cuDNN/efficient/CPU) | CPU: range split + LSE merge; else dense bool |
-| ``sdpa_mask`` | the same kernel | dense ``[N, N]`` bool on every device |
-| ``flex`` | FlexAttention (compiled on CUDA) | block-sparse mask: the 1080p SR choice |
-| ``math`` | float32 reference softmax, for tests | dense bool |
+Backends (kernel; how a local window is passed):
+
+* ``sdpa`` (default): ``torch.nn.functional.scaled_dot_product_attention`` (flash/cuDNN/efficient/CPU);
+  on CPU range split + LSE merge, elsewhere a dense bool mask.
+* ``sdpa_mask``: the same kernel; a dense ``[N, N]`` bool mask on every device.
+* ``flex``: FlexAttention (compiled on CUDA); a block-sparse mask: the 1080p SR choice.
+* ``math``: float32 reference softmax, for tests; a dense bool mask.
 
 On CPU, ``sdpa`` runs a window as the reference does without its Hopper kernel (``local_attention.py``).
 A window that covers every frame (``R >= T - 1``) allows every pair, so the mask forms drop it; the
@@ -22,19 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from magihuman.model.local_attention import range_split_attention
-from magihuman.model.attention_choices import ATTENTION_CHOICES
 from magihuman.model.packing import LocalWindow
 
-AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[LocalWindow]], torch.Tensor]
+AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LocalWindow | None], torch.Tensor]
 
 
-def _dense(mask: Optional[LocalWindow], device: torch.device) -> Optional[torch.Tensor]:
+def _dense(mask: LocalWindow | None, device: torch.device) -> torch.Tensor | None:
     return None if mask is None or mask.covers_every_frame else _dense_mask(mask, str(device))
 
 
@@ -46,14 +47,15 @@ def _dense_mask(mask: LocalWindow, device: str) -> torch.Tensor:
 
 
 def sdpa_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: LocalWindow | None = None
 ) -> torch.Tensor:
-    """PyTorch ``scaled_dot_product_attention`` with native GQA (dit.md 5.1 "Equivalent in torch").
+    """PyTorch ``scaled_dot_product_attention`` with native GQA (architecture.md §6.1).
 
-    On CPU with no mask this is the kernel the golden vectors were produced with, so the
-    transformer reproduces them bit-for-bit (golden README). On CPU a local window runs as the
-    reference does without its Hopper kernel: one call of the same kernel per (query, key) range,
-    merged by log-sum-exp (:func:`~magihuman.model.local_attention.range_split_attention`, dit.md 5.2).
+    On CPU with no mask this is the kernel the golden vectors were produced with (architecture.md
+    §5.2); whether layers come out bitwise also depends on the CPU's bf16 kernels (docs/parity.md). On
+    CPU a local window runs as the reference does without its Hopper kernel: one call of the same
+    kernel per (query, key) range, merged by log-sum-exp
+    (:func:`~magihuman.model.local_attention.range_split_attention`, architecture.md §6.2).
 
     Args:
         query: ``[B, Hq, N, D]``.
@@ -69,9 +71,9 @@ def sdpa_attention(
 
 
 def sdpa_mask_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: LocalWindow | None = None
 ) -> torch.Tensor:
-    """:func:`sdpa_attention` with a local window always as one dense boolean ``[N, N]`` mask (dit.md 5.2
+    """:func:`sdpa_attention` with a local window always as one dense boolean ``[N, N]`` mask (architecture.md §6.2
     "SDPA equivalent"): one kernel call per layer; mathematically equal to the range split, other bits.
 
     Args and returns as :func:`sdpa_attention`.
@@ -80,12 +82,12 @@ def sdpa_mask_attention(
 
 
 def math_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: LocalWindow | None = None
 ) -> torch.Tensor:
     """Reference math in float32 (softmax of ``q k^T / sqrt(D)``), for tests and debugging.
 
-    Mathematically equal to :func:`sdpa_attention`; rounds differently (rel_l2 ~1e-2 on the
-    velocities of a tiny model, dit.md 9 item 7).
+    Mathematically equal to :func:`sdpa_attention`; rounds differently (the golden README puts a
+    kernel change at rel_l2 about 1e-2 on the velocities of golden dit_forward_a; architecture.md §5.2).
     """
     groups = query.shape[1] // key.shape[1]
     k = key.float().repeat_interleave(groups, dim=1)
@@ -116,11 +118,13 @@ def _flex_kernel(device_type: str):
 
 
 def flex_attention_backend(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: LocalWindow | None = None
 ) -> torch.Tensor:
-    """FlexAttention with a block-sparse local window (dit.md 5.2): memory and work scale with the
-    window, not N^2, which the 1080p SR stage (~54k tokens, 32 local layers) needs. Without a window it
-    is plain SDPA. Compiled on CUDA; eager (slow, for tests) on CPU."""
+    """FlexAttention with a block-sparse local window (architecture.md §6.2).
+
+    Memory and work scale with the window, not N^2, which the 1080p SR stage (about 54k tokens for 4 s,
+    computed from its latent size; 32 local layers) needs. Without a window it is plain SDPA. Compiled
+    on CUDA; eager (slow, for tests) on CPU."""
     if mask is None or mask.covers_every_frame:
         return sdpa_attention(query, key, value)
     block_mask = _block_mask(mask, str(query.device))
@@ -134,7 +138,7 @@ class RaggedAttention:
     text, so padded text sits at the end). Each sample's real rows go through ``backend`` on their own:
     the same kernel call, with the same shapes, as an unbatched forward of that sample, so no key
     padding mask is needed and the result is exact. Padding query rows get zeros. A local-attention
-    window is re-sized to the sample's length; its rule does not depend on the text length (dit.md 5.2).
+    window is re-sized to the sample's length; its rule does not depend on the text length (architecture.md §6.2).
 
     Build it with :func:`ragged_attention` (cached, so a compiled layer sees the same object each step).
     """
@@ -143,7 +147,7 @@ class RaggedAttention:
         self.backend, self.key_lengths = backend, key_lengths
 
     def __call__(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: LocalWindow | None = None
     ) -> torch.Tensor:
         n = query.shape[2]
         if len(self.key_lengths) != query.shape[0] or max(self.key_lengths) > n:
@@ -226,8 +230,8 @@ def fa3_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
     Takes ``q [B, Hq, N, D]``, ``k, v [B, Hkv, N, D]`` (GQA handled by FA3) and returns
     ``[B, Hq, N, D]``; FA3 itself wants ``[B, N, H, D]``, which the transposes give for free (the model
     builds q/k/v as transposed views of ``[B, N, H, D]`` tensors). Non-causal, scale ``1/sqrt(D)``
-    (dit.md 5.3). FA3 has no form of the frame-based local window (dit.md 5.2), so masked layers go to
-    :func:`flex_attention_backend` (block-sparse on CUDA).
+    (architecture.md §6.1). FA3 has no form of the frame-based local window (architecture.md §6.2), so
+    masked layers go to :func:`flex_attention_backend` (block-sparse on CUDA).
     """
     if mask is not None:
         return flex_attention_backend(query, key, value, mask)
@@ -250,8 +254,9 @@ def pick_attention_backend(device: str | torch.device) -> str:
 
     CLI: ``--attention auto``. ``"fa3"`` on a Hopper GPU (compute capability 9.x) with the
     ``flash_attn_interface`` package installed (registered on first use); otherwise ``"sdpa"``, where
-    PyTorch itself picks cuDNN / FlashAttention-2 / memory-efficient kernels on CUDA. Speed: FA3 is
-    ~1.3x faster than FA2 on H100 for long sequences (anchors.md 4). Memory: the same (O(N)).
+    PyTorch itself picks cuDNN / FlashAttention-2 / memory-efficient kernels on CUDA. Speed:
+    FlashAttention-3 reports 1.5-2.0x over FA2 on H100 (arXiv:2407.08608; architecture.md §14);
+    timings here: docs/benchmarks.md. Memory: the same (O(N)).
 
     Raises:
         ValueError: for a bad device name.
@@ -267,9 +272,10 @@ def resolve_attention_backend(choice: str, device: str | torch.device, *, local_
 
     ``"auto"`` -> :func:`pick_attention_backend`; ``"fa3"`` checks that FA3 can run; ``"sdpa"`` and
     ``"flex"`` pass through (and any other registered name). A model with local-window layers (the
-    1080p SR DiT, dit.md 5.2) that would run ``"sdpa"`` on CUDA gets ``"flex"`` instead: its window
+    1080p SR DiT, architecture.md §6.2) that would run ``"sdpa"`` on CUDA gets ``"flex"`` instead: its window
     becomes a block-sparse mask rather than a dense ``N x N`` one (FA3 already sends masked layers to
-    FlexAttention). On CPU the dense mask is kept (eager FlexAttention is slow there).
+    FlexAttention). On CPU ``"sdpa"`` is kept and runs the window as the range split (eager
+    FlexAttention is slow there).
 
     Args:
         choice: one of :data:`ATTENTION_CHOICES` or another registered backend name.
@@ -301,5 +307,5 @@ def resolve_attention_backend(choice: str, device: str | torch.device, *, local_
         get_attention_backend(choice)  # raises ValueError listing the known names
         name = choice
     if name == "sdpa" and local_window_layers and device.type == "cuda":
-        name = "flex"  # block-sparse local window: no N x N mask at 1080p (dit.md 5.2)
+        name = "flex"  # block-sparse local window: no N x N mask at 1080p (architecture.md §6.2)
     return name

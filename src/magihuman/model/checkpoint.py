@@ -1,14 +1,14 @@
-"""Strict loading of official DiT checkpoints (dit.md section 7, pitfalls P17 and P18).
+"""Strict loading of official DiT checkpoints (architecture.md §7.2).
 
-Checkpoint names equal the module names of the model; there are no renames or transposes (dit.md 2, 7).
+Checkpoint names equal the module names of the model; there are no renames or transposes (architecture.md §2.3, §7.2).
 The folder layout (single ``model.safetensors`` or an index with plain or ``.zst`` shards) is found by
 :mod:`magihuman.model.checkpoint_files`; writing is :mod:`magihuman.model.checkpoint_writer`. The names
 of both are re-exported here, so ``from magihuman.model.checkpoint import ...`` keeps working.
 
 The reference loads with ``strict=False`` and only prints mismatches, which leaves uninitialised weights
-behind (P17). Here every mismatch is collected across all shards and raised as one :class:`CheckpointError`,
-and the whole key/shape/dtype audit runs on the safetensors headers before any tensor data is read, so a
-wrong folder fails in seconds rather than after reading tens of gigabytes.
+behind (architecture.md §7.2). Here every mismatch is collected across all shards and raised as one
+:class:`CheckpointError`, and the whole key/shape/dtype audit runs on the safetensors headers before any
+tensor data is read, so a wrong folder fails at once rather than after reading tens of gigabytes.
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ class _Problems:
         if self.missing or self.unexpected or self.misshaped or self.mistyped:
             lines.append(
                 "Check that this folder holds the checkpoint for this model configuration, and re-download it "
-                "if its index or shards disagree; loading it anyway would leave uninitialised weights (dit.md P17)."
+                "if its index or shards disagree; loading it anyway would leave uninitialised weights "
+                "(architecture.md §7.2)."
             )
         return "\n".join(lines)
 
@@ -247,7 +248,7 @@ def load_official_state_dict(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Load an official checkpoint folder strictly, shard by shard (dit.md 7, P17, P18).
+    """Load an official checkpoint folder strictly, shard by shard (architecture.md §7.2).
 
     First every shard's safetensors header is read (for ``.zst`` shards, only the start of the stream is
     decompressed) and the checkpoint is audited against ``expected``: missing keys, unexpected keys
@@ -259,7 +260,7 @@ def load_official_state_dict(
     ``.zst`` shards (decompressed bytes plus parsed tensors) and plus one tensor for plain shards.
 
     Each tensor is cast to its expected dtype with ``Tensor.to`` (round-to-nearest-even for
-    float32 -> bfloat16), as the reference's copy into bf16 block-linear parameters does (dit.md 2.6, 7);
+    float32 -> bfloat16), as the reference's copy into bf16 block-linear parameters does (architecture.md §2.3, §7.2);
     the distilled checkpoint reportedly ships everything in float32.
 
     Args:
@@ -268,8 +269,8 @@ def load_official_state_dict(
         optional: names of ``expected`` that may be absent from the checkpoint; they are then left out of
             the result so the caller keeps its own value. The transformer passes
             ``{"adapter.rope.bands"}``: a persistent buffer that the checkpoint overrides when it has one
-            and the formula of dit.md 3.4 supplies otherwise (P18). Present optional keys are checked like
-            any other.
+            and the formula of architecture.md §3.3 supplies otherwise (architecture.md §7.2). Present
+            optional keys are checked like any other.
         device: where the returned tensors live (cast happens on the CPU first).
         progress: show a progress bar over shards (it also hides itself when stderr is not a terminal).
 

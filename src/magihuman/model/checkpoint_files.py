@@ -1,4 +1,4 @@
-"""The files of an official DiT checkpoint: folder layout, safetensors headers, ``.zst`` streams (dit.md 7).
+"""The files of an official DiT checkpoint: folder layout, safetensors headers, ``.zst`` streams (architecture.md §7.2).
 
 An official checkpoint is a folder holding either one ``model.safetensors`` or a sharded set: the
 Hugging Face index ``model.safetensors.index.json`` (``weight_map``: tensor name -> shard file) plus its
@@ -100,7 +100,7 @@ class CheckpointFiles:
 
 
 def describe_checkpoint(folder: str | os.PathLike) -> CheckpointFiles:
-    """Find the files of an official checkpoint folder without reading any tensor (dit.md 7).
+    """Find the files of an official checkpoint folder without reading any tensor (architecture.md §7.2).
 
     With an index, every shard it names must exist, plain or as ``<shard>.zst`` (preferred). Without
     one, the folder must hold ``model.safetensors`` (the ``.zst`` fallback does not apply to it).

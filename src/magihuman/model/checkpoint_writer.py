@@ -1,4 +1,4 @@
-"""Writing official DiT checkpoints (dit.md 7): safetensors shards, the index, ``.zst`` copies.
+"""Writing official DiT checkpoints (architecture.md §7.2): safetensors shards, the index, ``.zst`` copies.
 
 :func:`save_official_checkpoint` writes what :func:`magihuman.model.checkpoint.load_official_state_dict`
 reads; :func:`write_atomic` is the create-or-replace-at-once primitive used by every writer of model files.

@@ -1,14 +1,14 @@
-"""The parts of one transformer layer (dit.md 3.7): per-modality expert norms and linears, attention with
+"""The parts of one transformer layer (architecture.md §4): per-modality expert norms and linears, attention with
 q/k norms, RoPE, GQA and a per-head gate, the gelu7/swiglu7 MLPs, and the embedders.
 
-:class:`~magihuman.model.transformer.MagiHumanTransformer` wires them together. Numerics (dit.md 4): the
+:class:`~magihuman.model.transformer.MagiHumanTransformer` wires them together. Numerics (architecture.md §5.1): the
 residual stream is float32; block GEMMs take bf16 inputs and weights; norms, RoPE, the gate and the
 activations run in float32.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,15 +18,15 @@ from magihuman.model.attention import AttentionBackend
 from magihuman.model.packing import LocalWindow
 from magihuman.model.rope import FourierTable, apply_rope
 
-#: RMSNorm epsilon of every norm in the model (dit.md 3.7, P4).
+#: RMSNorm epsilon of every norm in the model (architecture.md §4.1).
 NORM_EPS = 1e-6
-#: Activation constants of gelu7/swiglu7 (dit.md 3.7 MLP step 3, P8, P9).
+#: Activation constants of gelu7/swiglu7 (architecture.md §4.4).
 ACT_CLAMP = 7.0
 ACT_SIGMOID_SCALE = 1.702
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
-    """``x * rsqrt(mean(x^2) + eps) * (weight + 1)`` over the last dim, in float32 (dit.md 3.7, P4).
+    """``x * rsqrt(mean(x^2) + eps) * (weight + 1)`` over the last dim, in float32 (architecture.md §4.1).
 
     Args:
         x: ``[..., n]`` any float dtype.
@@ -46,7 +46,7 @@ def split_groups(x: torch.Tensor, groups: Sequence[int]) -> tuple[torch.Tensor, 
 
 
 class ExpertRMSNorm(nn.Module):
-    """RMSNorm with one gain per modality in sandwich layers (dit.md 2.3: weight ``[video|audio|text]``).
+    """RMSNorm with one gain per modality in sandwich layers (architecture.md §2.4: weight ``[video|audio|text]``).
 
     Args:
         dim: normalised width (hidden size, or head_dim for q/k norms).
@@ -67,11 +67,11 @@ class ExpertRMSNorm(nn.Module):
 
 
 class ExpertLinear(nn.Module):
-    """Bias-free block linear with per-modality experts stacked along the output dim (dit.md 2.3).
+    """Bias-free block linear with per-modality experts stacked along the output dim (architecture.md §2.4).
 
-    The weight is ``[out * num_experts, in]`` in bf16 (dit.md 2.6). The input is cast to the weight
-    dtype and the output stays in it (a bf16 GEMM with a bf16 result, P2). In sandwich layers each
-    expert runs as its own GEMM over its group's rows (dit.md 3.5: M = Nv, Na, Nt), which the
+    The weight is ``[out * num_experts, in]`` in bf16 (architecture.md §2.3). The input is cast to the weight
+    dtype and the output stays in it (a bf16 GEMM with a bf16 result, architecture.md §5.1). In sandwich layers each
+    expert runs as its own GEMM over its group's rows (architecture.md §4.6: M = Nv, Na, Nt), which the
     golden vectors need for bit-equality.
     """
 
@@ -98,13 +98,13 @@ class ExpertLinear(nn.Module):
 
 
 def gelu7(x: torch.Tensor) -> torch.Tensor:
-    """``min(x, 7) * sigmoid(1.702 * min(x, 7))`` in float32, no gating (dit.md 3.7, P9)."""
+    """``min(x, 7) * sigmoid(1.702 * min(x, 7))`` in float32, no gating (architecture.md §4.4)."""
     a = x.float().clamp(max=ACT_CLAMP)
     return a * torch.sigmoid(ACT_SIGMOID_SCALE * a)
 
 
 def swiglu7(x: torch.Tensor) -> torch.Tensor:
-    """Interleaved swiglu7 (dit.md 2.5, 3.7, P8): even columns gate, odd columns are the linear branch.
+    """Interleaved swiglu7 (architecture.md §2.4, §4.4): even columns gate, odd columns are the linear branch.
 
     ``out_j = (a_j * sigmoid(1.702 a_j)) * (b_j + 1)`` with ``a = min(x[2j], 7)`` and
     ``b = clamp(x[2j+1], -7, 7)``. Input ``[..., 2I]``, output ``[..., I]`` float32.
@@ -116,14 +116,14 @@ def swiglu7(x: torch.Tensor) -> torch.Tensor:
 
 
 def swiglu7_intermediate(hidden_size: int) -> int:
-    """``floor(floor(hidden*4*2/3)/4)*4`` = 13652 for 5120 (dit.md 1.1)."""
+    """``floor(floor(hidden*4*2/3)/4)*4`` = 13652 for 5120 (architecture.md §2.1)."""
     return (hidden_size * 4 * 2 // 3) // 4 * 4
 
 
 class Attention(nn.Module):
-    """Gated GQA self-attention sub-block with pre-norm (dit.md 3.7 "Attention sub-block").
+    """Gated GQA self-attention sub-block with pre-norm (architecture.md §4.3).
 
-    ``linear_qkv`` rows per expert: ``[Q (Hq*d) | K (Hkv*d) | V (Hkv*d) | gate (Hq)]`` (dit.md 2.4, P6).
+    ``linear_qkv`` rows per expert: ``[Q (Hq*d) | K (Hkv*d) | V (Hkv*d) | gate (Hq)]`` (architecture.md §2.4).
     """
 
     def __init__(self, hidden_size: int, head_dim: int, num_kv_heads: int, num_experts: int, gating: bool):
@@ -141,7 +141,7 @@ class Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, rope: torch.Tensor, groups: Sequence[int],
-        attend: AttentionBackend, mask: Optional[LocalWindow],
+        attend: AttentionBackend, mask: LocalWindow | None,
     ) -> torch.Tensor:
         """``x [B, N, hidden]`` float32 residual -> the bf16 output projection ``[B, N, hidden]``."""
         b, n, _ = x.shape
@@ -149,7 +149,7 @@ class Attention(nn.Module):
         # 1-2. pre-norm (fp32 -> bf16) and the fused qkv+gate GEMM, widened to fp32.
         qkvg = self.linear_qkv(self.pre_norm(x, groups), groups).float()
         q, k, v, gate = torch.split(qkvg, [hq * d, hkv * d, hkv * d, qkvg.shape[-1] - (hq + 2 * hkv) * d], dim=-1)
-        # 3-4. per-head q/k RMS norms in fp32 (V is not normalised, P4).
+        # 3-4. per-head q/k RMS norms in fp32 (V is not normalised, architecture.md §4.1).
         q = self.q_norm(q.reshape(b, n, hq, d), groups)
         k = self.k_norm(k.reshape(b, n, hkv, d), groups)
         # 5-6. RoPE in fp32 on the first 6B dims.
@@ -160,7 +160,7 @@ class Attention(nn.Module):
             q.to(dtype).transpose(1, 2), k.to(dtype).transpose(1, 2),
             v.reshape(b, n, hkv, d).to(dtype).transpose(1, 2), mask,
         ).transpose(1, 2)
-        # 9. per-head sigmoid gate on the fp32 attention output (P7).
+        # 9. per-head sigmoid gate on the fp32 attention output (architecture.md §4.3).
         heads = heads.float()
         if self.gating:
             heads = heads * torch.sigmoid(gate)[..., None]
@@ -169,7 +169,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Pre-norm MLP sub-block: gelu7 at 4x width, or interleaved swiglu7 (dit.md 3.7 "MLP sub-block")."""
+    """Pre-norm MLP sub-block: gelu7 at 4x width, or interleaved swiglu7 (architecture.md §4.4)."""
 
     def __init__(self, hidden_size: int, num_experts: int, gelu7_layer: bool):
         super().__init__()
@@ -187,7 +187,7 @@ class MLP(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """One pre-norm layer: ``x += attn(x)``, ``x += mlp(x)``, residual in float32 (dit.md 3.7)."""
+    """One pre-norm layer: ``x += attn(x)``, ``x += mlp(x)``, residual in float32 (architecture.md §4)."""
 
     def __init__(self, hidden_size: int, head_dim: int, num_kv_heads: int, *, experts: int, gelu7_layer: bool,
                  local: bool, gating: bool):
@@ -197,14 +197,15 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(hidden_size, experts, gelu7_layer)
 
     def forward(self, x, rope, groups, attend, local_mask):
-        """``x [B, N, hidden]`` float32 -> same; ``rope [N, 6B]`` or ``[B, N, 6B]``; ``groups`` = (Nv, Na, Nt) of these rows;
-        ``local_mask`` (a :class:`~magihuman.model.packing.LocalWindow`) is used only if this layer is local."""
+        """``x [B, N, hidden]`` float32 -> same; ``rope [N, 6B]`` or ``[B, N, 6B]``; ``groups`` = (Nv, Na, Nt)
+        of these rows; ``local_mask`` (a :class:`~magihuman.model.packing.LocalWindow`) is used only if this
+        layer is local."""
         x = x + self.attention(x, rope, groups, attend, local_mask if self.local else None)
         return x + self.mlp(x, groups)
 
 
 class Adapter(nn.Module):
-    """Input embedders (float32 ``nn.Linear`` with bias) and the position table (dit.md 2.1, 3.6)."""
+    """Input embedders (float32 ``nn.Linear`` with bias) and the position table (architecture.md §2.3, §4.2)."""
 
     def __init__(self, hidden_size: int, head_dim: int, video_in: int, audio_in: int, text_in: int):
         super().__init__()

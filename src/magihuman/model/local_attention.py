@@ -1,7 +1,7 @@
 """Local attention in the reference's range form: one kernel call per (query range, key range), merged by LSE.
 
 The reference gives a local-attention layer its window as half-open ``(q_range, k_range)`` pairs
-(dit.md 5.2). Without the Hopper flex-flash kernel it evaluates them in this order:
+(architecture.md §6.2). Without the Hopper flex-flash kernel it evaluates them in this order:
 
 1. cut the query axis at every range boundary into non-overlapping intervals, and attach to each
    interval the key range of every pair whose query range contains it, in table order
@@ -16,7 +16,8 @@ The reference gives a local-attention layer its window as half-open ``(q_range, 
 (``aten._scaled_dot_product_flash_attention_for_cpu``): the same kernel as our global layers, and
 it returns the LSE with the output as the reference's kernel does. A query's softmax thereby
 runs over the union of its key ranges, normalised once, mathematically equal to one call with the
-dense mask of :meth:`~magihuman.model.packing.LocalWindow.dense`; the bits follow the reference.
+dense mask of :meth:`~magihuman.model.packing.LocalWindow.dense`, in the reference's op order, which
+bit parity needs (no golden case has a local layer yet: docs/parity.md).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ QueryInterval = tuple[tuple[int, int], tuple[tuple[int, int], ...]]
 
 
 def split_query_ranges(pairs: Sequence[RangePair]) -> tuple[QueryInterval, ...]:
-    """Cut overlapping query ranges into disjoint intervals, each with its key ranges (dit.md 5.2 fallback).
+    """Cut overlapping query ranges into disjoint intervals, each with its key ranges (architecture.md §6.2 fallback).
 
     The boundaries are every distinct query-range start and end, sorted; each interval between two
     consecutive boundaries collects, in the order of ``pairs``, the key range of every pair whose query
@@ -71,7 +72,7 @@ def window_intervals(window: LocalWindow) -> tuple[QueryInterval, ...]:
 def merge_partials(
     out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Combine two attention results over disjoint key sets into the result over their union (dit.md 5.2).
+    """Combine two attention results over disjoint key sets into the result over their union (architecture.md §6.2).
 
     With ``m = max(lse_a, lse_b)``, ``s_i = exp(lse_i - m)`` and ``s = s_a + s_b``, the merged output is
     ``out_a * (s_a / s) + out_b * (s_b / s)`` and the merged LSE is ``log(s) + m``: the reference's op
@@ -99,7 +100,7 @@ def attention_with_lse(
     """Full (non-causal) attention and its log-sum-exp from one CPU flash-attention kernel call.
 
     The output is bit-identical to ``scaled_dot_product_attention(query, key, value, enable_gqa=True)``
-    on CPU (the kernel SDPA dispatches to); scale ``1/sqrt(D)`` (dit.md 5.3).
+    on CPU (the kernel SDPA dispatches to); scale ``1/sqrt(D)`` (architecture.md §6.1).
 
     Args:
         query: ``[B, Hq, n, D]`` on CPU.
@@ -115,7 +116,7 @@ def attention_with_lse(
 def range_split_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, window: LocalWindow
 ) -> torch.Tensor:
-    """Local attention as the reference computes it without its Hopper kernel (dit.md 5.2): per query
+    """Local attention as the reference computes it without its Hopper kernel (architecture.md §6.2): per query
     interval of :func:`window_intervals`, one :func:`attention_with_lse` call per key range, folded in
     table order by :func:`merge_partials`. Empty key ranges are skipped (their merge weight is zero).
 

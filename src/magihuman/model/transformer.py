@@ -1,29 +1,29 @@
-"""The daVinci-MagiHuman single-stream diffusion transformer (dit.md sections 1-4).
+"""The daVinci-MagiHuman single-stream diffusion transformer (architecture.md §2-§5).
 
-Read next to dit.md:
+Read next to architecture.md §2-§5:
 
 1. ``adapter``: three float32 linear embedders (video 192, audio 64, text 3584 -> hidden) and the
-   Fourier position table (dit.md 3.6, 3.4).
+   Fourier position table (architecture.md §4.2, §3.3).
 2. ``block.layers``: 40 pre-norm layers over the joint ``[video | audio | text]`` sequence
-   (dit.md 3.7). Layers in ``mm_layers`` ("sandwich") hold three experts (video, audio, text) for
+   (architecture.md §4). Layers in ``mm_layers`` ("sandwich") hold three experts (video, audio, text) for
    every norm and linear; the others share one. Attention has q/k RMS norms, RoPE, GQA and a
    per-head sigmoid gate; the MLP is gelu7 (``gelu7_layers``) or interleaved swiglu7.
-3. ``final_norm_*`` / ``final_linear_*``: float32 output heads for video and audio (dit.md 3.8).
+3. ``final_norm_*`` / ``final_linear_*``: float32 output heads for video and audio (architecture.md §4.5).
 
-Numerics (dit.md 4, P2, P3): the residual stream is float32; every block GEMM takes bf16 inputs
+Numerics (architecture.md §5.1): the residual stream is float32; every block GEMM takes bf16 inputs
 and bf16 weights and produces a bf16 result that is widened to float32; norms, RoPE, the gate and
 the activation run in float32. The model has no timestep input: it maps noisy latents (and the
 text) to the flow-matching velocity ``eps - x0``.
 
-Parameter names equal the official checkpoint keys, so loading needs no rename table (dit.md 2).
+Parameter names equal the official checkpoint keys, so loading needs no rename table (architecture.md §2.3).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +33,19 @@ from torch import nn
 
 from magihuman.model.attention import AttentionBackend, get_attention_backend, ragged_attention
 from magihuman.model.layers import Adapter, Block, ExpertRMSNorm, TransformerLayer, split_groups
-from magihuman.model.packing import CoordsStyle, LocalWindow, TokenLayout, build_coords, depatchify_video, patchify_video, token_layout
-from magihuman.model.sequence_parallel import SequenceParallel
+from magihuman.model.packing import (
+    CoordsStyle,
+    LocalWindow,
+    TokenLayout,
+    build_coords,
+    depatchify_video,
+    patchify_video,
+    token_layout,
+)
 from magihuman.model.rope import FourierTable
+from magihuman.model.sequence_parallel import SequenceParallel
 
-#: The 15B layout (dit.md 1.1).
+#: The 15B layout (architecture.md §2.1).
 OFFICIAL_MM_LAYERS = (0, 1, 2, 3, 36, 37, 38, 39)
 OFFICIAL_GELU7_LAYERS = (0, 1, 2, 3)
 
@@ -45,23 +53,23 @@ OFFICIAL_GELU7_LAYERS = (0, 1, 2, 3)
 def sr1080_local_attn_layers(num_layers: int) -> tuple[int, ...]:
     """The 1080p SR recipe's local layers for a model of ``num_layers``: every layer except 3, 7, ..., 31.
 
-    For the 40-layer model this is dit.md 1.3's set of 32 layers; smaller test models get the same rule.
+    For the 40-layer model this is architecture.md §2.2's set of 32 layers; smaller test models get the same rule.
     """
     return tuple(i for i in range(num_layers) if not (i % 4 == 3 and i < 32))
 
 
-#: The 1080p SR recipe's local-attention layers of the 40-layer model (dit.md 1.3).
+#: The 1080p SR recipe's local-attention layers of the 40-layer model (architecture.md §2.2).
 SR1080_LOCAL_ATTN_LAYERS = sr1080_local_attn_layers(40)
-#: Keys of the block linears, which are stored and computed in bf16 (dit.md 2.2, 2.6).
+#: Keys of the block linears, which are stored and computed in bf16 (architecture.md §2.3).
 BLOCK_LINEAR_SUFFIXES = ("linear_qkv.weight", "linear_proj.weight", "up_gate_proj.weight", "down_proj.weight")
 
 
 class MagiHumanTransformer(ModelMixin, ConfigMixin):
     """The daVinci-MagiHuman DiT. ``MagiHumanTransformer()`` is the published 15B configuration.
 
-    Config fields keep the official names (dit.md 1.1). The state dict has exactly the official
+    Config fields keep the official names (architecture.md §2.1). The state dict has exactly the official
     keys, shapes and dtypes: 331 entries for the 15B config, block linears bf16, everything else
-    float32 (dit.md 2).
+    float32 (architecture.md §2.3).
 
     Args:
         num_layers: transformer layers (40).
@@ -120,7 +128,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         self.final_linear_video = nn.Linear(hidden_size, video_in_channels, bias=False)
         self.final_linear_audio = nn.Linear(hidden_size, audio_in_channels, bias=False)
         self._attention: AttentionBackend = get_attention_backend("sdpa")
-        self._sequence_parallel: Optional[SequenceParallel] = None
+        self._sequence_parallel: SequenceParallel | None = None
 
     # ----------------------------------------------------------------------------------- runtime
     def set_attention_backend(self, backend: str | AttentionBackend) -> None:
@@ -128,8 +136,10 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         ``(q [B,Hq,N,D], k, v [B,Hkv,N,D], window: LocalWindow | None) -> [B,Hq,N,D]`` (see ``attention.py``)."""
         self._attention = get_attention_backend(backend) if isinstance(backend, str) else backend
 
-    def enable_sequence_parallel(self, sp: Optional[SequenceParallel]) -> None:
-        """Split each forward's token sequence across the ranks of ``sp`` (Ulysses, dit.md 6); None disables.
+    def enable_sequence_parallel(self, sp: SequenceParallel | None) -> None:
+        """Split each forward's token sequence across the ranks of ``sp`` (Ulysses, architecture.md §6.4).
+
+        ``None`` disables it.
 
         Every rank then calls ``forward`` with the same full inputs and gets the same full outputs; each
         runs the layers on its contiguous chunk of tokens, with two all-to-alls around every attention
@@ -143,13 +153,13 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         self._sequence_parallel = sp
 
     @property
-    def sequence_parallel(self) -> Optional[SequenceParallel]:
+    def sequence_parallel(self) -> SequenceParallel | None:
         """The sequence-parallel group set by :meth:`enable_sequence_parallel`, or None."""
         return self._sequence_parallel
 
     @property
     def num_heads(self) -> int:
-        """Query heads = hidden_size // head_dim (40 for 15B; dit.md 1.1 ``num_heads_q``)."""
+        """Query heads = hidden_size // head_dim (40 for 15B; architecture.md §2.1 ``num_heads_q``)."""
         return self.config.hidden_size // self.config.head_dim
 
     @property
@@ -166,7 +176,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         *,
         coords_style: CoordsStyle = "v2",
         frame_receptive_field: int = 11,
-        text_lengths: Optional[Sequence[int]] = None,
+        text_lengths: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict flow-matching velocities ``eps - x0`` for the video and audio latents.
 
@@ -175,15 +185,15 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
                 h and w even.
             audio_latent: ``[B, A, 64]`` float32 noisy audio latent, time-major.
             text_embeds: ``[B, Nt, C_text]`` float32 text encoder states, already trimmed to the true
-                length (padding tokens are dropped, never masked: dit.md 3.2, P13), or, with
+                length (padding tokens are dropped, never masked: architecture.md §3.1, §6.3), or, with
                 ``text_lengths``, each sample's true states followed by padding rows.
-            coords_style: ``"v2"`` for base/distill, ``"v1"`` for the super-resolution model (dit.md 3.3).
+            coords_style: ``"v2"`` for base/distill, ``"v1"`` for the super-resolution model (architecture.md §3.2).
             frame_receptive_field: half-width in latent frames of the local-attention window, used only
-                by ``local_attn_layers`` (dit.md 5.2); ``-1`` makes those layers global.
+                by ``local_attn_layers`` (architecture.md §6.2); ``-1`` makes those layers global.
             text_lengths: the true text length of each sample (``1 <= L <= Nt``), for a batch of
                 samples whose prompts differ in length (batched CFG: the prompt and the negative
                 prompt in one call, see :func:`~magihuman.model.packing.pad_text_batch`). Each sample then gets
-                its own coordinates (its true Nt, dit.md 3.3) and attends over its own real tokens
+                its own coordinates (its true Nt, architecture.md §3.2) and attends over its own real tokens
                 only (:class:`~magihuman.model.attention.RaggedAttention`), so every sample's velocities equal
                 those of a forward with its trimmed text alone; padding rows affect nothing. None: every
                 sample uses all ``Nt`` rows.
@@ -193,7 +203,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
 
         Raises:
             ValueError: for shapes that do not match the config, unequal batch sizes, an unknown
-                coords style, v1 coordinates with a single text token (dit.md 3.4), or ``text_lengths``
+                coords style, v1 coordinates with a single text token (architecture.md §3.3), or ``text_lengths``
                 that are not B integers in ``1..Nt``. With sequence
                 parallelism these are raised on every rank before any communication.
         """
@@ -211,7 +221,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
             attend = ragged_attention(attend, tuple(layout.total_tokens - layout.text_tokens + n for n in lengths))
         sp = self._sequence_parallel
         if sp is not None:
-            # dit.md 6 dispatch: keep this rank's contiguous rows (tokens, RoPE rows, the chunk's own
+            # architecture.md §6.4 dispatch: keep this rank's contiguous rows (tokens, RoPE rows, the chunk's own
             # modality group sizes); attention gets the full sequence through two all-to-alls.
             chunk = sp.chunk(layout, video_latent.shape[0], device)
             tokens, rope, groups = chunk.take_groups(tokens), chunk.take(rope, dim=rope.ndim - 2), chunk.groups
@@ -221,15 +231,15 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         # 3. layers.
         for layer in self.block.layers:
             x = layer(x, rope, groups, attend, local_mask)
-        # 4. output heads (text rows produce nothing, dit.md 3.8).
+        # 4. output heads (text rows produce nothing, architecture.md §4.5).
         x_video, x_audio, _ = split_groups(x, groups)
         video_tokens = self.final_linear_video(self.final_norm_video(x_video, groups))
         audio_velocity = self.final_linear_audio(self.final_norm_audio(x_audio, groups))
-        if sp is not None:  # dit.md 6 undispatch: every rank gets every row
+        if sp is not None:  # architecture.md §6.4 undispatch: every rank gets every row
             video_tokens, audio_velocity = sp.undispatch(chunk, video_tokens, audio_velocity)
         return depatchify_video(video_tokens, layout), audio_velocity
 
-    def _text_lengths(self, text_lengths, layout: TokenLayout, batch: int) -> Optional[tuple[int, ...]]:
+    def _text_lengths(self, text_lengths, layout: TokenLayout, batch: int) -> tuple[int, ...] | None:
         """Validated ``text_lengths``; None when absent or when every sample uses all ``Nt`` rows."""
         if text_lengths is None:
             return None
@@ -254,11 +264,11 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
             tables.append(F.pad(table, (0, 0, 0, layout.text_tokens - n)))
         return torch.stack(tables)
 
-    def _local_window(self, layout: TokenLayout, frame_receptive_field: int) -> Optional[LocalWindow]:
+    def _local_window(self, layout: TokenLayout, frame_receptive_field: int) -> LocalWindow | None:
         if not self.config.local_attn_layers or frame_receptive_field < 0:
             return None
         # a window covering every frame is still passed on: the reference's local layers run the range
-        # split then too (dit.md 5.2); the mask backends drop it themselves.
+        # split then too (architecture.md §6.2); the mask backends drop it themselves.
         return LocalWindow.of(layout, frame_receptive_field)
 
     def _check_inputs(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> None:
@@ -284,14 +294,14 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
     @classmethod
     def from_official(
         cls, folder: str | Path, *, device: str | torch.device = "cpu", progress: bool = True, **config_fields
-    ) -> "MagiHumanTransformer":
+    ) -> MagiHumanTransformer:
         """Load a published checkpoint folder (``base``, ``distill``, ``540p_sr``, ``1080p_sr``) unchanged.
 
         Reads ``model.safetensors`` or the shards of ``model.safetensors.index.json`` (``<shard>.zst``
         preferred when present), strictly: any missing, unexpected or mis-shaped key raises one
-        :class:`~magihuman.model.checkpoint.CheckpointError` listing them all (dit.md 7, P17). Tensors are
-        cast as the reference does: block linears to bf16, everything else float32 (dit.md 2.6).
-        ``adapter.rope.bands`` keeps the checkpoint's value, or the formula if absent (P18).
+        :class:`~magihuman.model.checkpoint.CheckpointError` listing them all (architecture.md §7.2). Tensors are
+        cast as the reference does: block linears to bf16, everything else float32 (architecture.md §2.3).
+        ``adapter.rope.bands`` keeps the checkpoint's value, or the formula if absent (architecture.md §7.2).
         The model is built on the meta device and the loaded tensors are assigned, so peak host
         memory is about one copy of the weights plus one shard.
 
@@ -318,7 +328,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         return model.to(device).eval()
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> "MagiHumanTransformer":
+    def from_pretrained(cls, *args, **kwargs) -> MagiHumanTransformer:
         """diffusers ``from_pretrained`` (a folder written by ``save_pretrained``), keeping block
         linears in their stored dtype unless ``torch_dtype`` is given explicitly."""
         model = super().from_pretrained(*args, **kwargs)
@@ -326,8 +336,8 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
             model.restore_official_dtypes()
         return model
 
-    def restore_official_dtypes(self) -> "MagiHumanTransformer":
-        """Cast block linears to bf16 and everything else to float32 (dit.md 2.6)."""
+    def restore_official_dtypes(self) -> MagiHumanTransformer:
+        """Cast block linears to bf16 and everything else to float32 (architecture.md §2.3)."""
         for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
             want = torch.bfloat16 if name.endswith(BLOCK_LINEAR_SUFFIXES) else torch.float32
             if tensor.dtype != want:
@@ -336,7 +346,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
 
     @staticmethod
     def is_block_linear(key: str) -> bool:
-        """Whether a state-dict key is a bf16 block linear (dit.md 2.2, 2.6)."""
+        """Whether a state-dict key is a bf16 block linear (architecture.md §2.3)."""
         return key.endswith(BLOCK_LINEAR_SUFFIXES)
 
 

@@ -14,7 +14,7 @@ import json
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from magihuman.pipeline.errors import InputError, MissingInputError, expand_path
 from magihuman.pipeline.presets import DEFAULT_VIDEO_DECODER, VIDEO_DECODERS, Preset, get_preset
@@ -134,7 +134,7 @@ def check_checkpoint_files(paths: Mapping[str, Path]) -> None:
                 raise InputError(f"{label} file {file} {problem}; {fix}", field=name)
 
 
-def _file_problem(file: Path) -> Optional[str]:
+def _file_problem(file: Path) -> str | None:
     """What is wrong with a weights file, judged from its header and size; None when it looks whole."""
     size = file.stat().st_size
     suffix = file.suffix.lower()
@@ -166,5 +166,6 @@ def _file_problem(file: Path) -> Optional[str]:
             if not any(n.endswith("data.pkl") for n in archive.namelist()):
                 return "is a zip archive but not a torch.save checkpoint (no data.pkl); expected a torch.save archive"
     except (zipfile.BadZipFile, OSError):
-        return f"is damaged or truncated ({size:,} bytes, its zip directory is unreadable); expected a torch.save archive"
+        return (f"is damaged or truncated ({size:,} bytes, its zip directory is unreadable); "
+                "expected a torch.save archive")
     return None

@@ -1,6 +1,6 @@
 """What to generate: :class:`GenerationRequest`, and the latent sizes it implies, :class:`LatentPlan`.
 
-Size rules (pipeline.md 4.1): pixel sides round down to multiples of 32 (the Wan2.2 spatial stride 16
+Size rules (architecture.md §13.2): pixel sides round down to multiples of 32 (the Wan2.2 spatial stride 16
 times the DiT's 2x2 patch); generated audio has ``L_a = 25 s + 1`` latents; the video has
 ``T = (L_a - 1) // 4 + 1`` latent frames and ``F = 4 (T - 1) + 1`` pixel frames.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -27,12 +27,12 @@ from magihuman.pipeline.presets import (
 )
 from magihuman.sampling.config import SR_SAMPLER, SR_SAMPLER_CFG, SuperResolutionStage
 
-#: Spatial stride of the Wan2.2 VAE times the DiT's 2x2 patch: pixel sizes round down to this (pipeline.md 4.1).
+#: Spatial stride of the Wan2.2 VAE times the DiT's 2x2 patch: pixel sizes round down to this (architecture.md §13.2).
 SIZE_MULTIPLE = video_vae.SPATIAL_STRIDE * PATCH_H
 
 
 def round_video_size(width: int, height: int) -> tuple[int, int]:
-    """Effective pixel size: each side rounded down to a multiple of 32 (pipeline.md 4.1).
+    """Effective pixel size: each side rounded down to a multiple of 32 (architecture.md §13.2).
 
     ``h_latent = H // 16 // 2 * 2`` and the rendered height is ``16 * h_latent``; e.g. 480x272 renders
     480x256.
@@ -42,7 +42,7 @@ def round_video_size(width: int, height: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class LatentPlan:
-    """Latent and output sizes of one request (pipeline.md 4.1).
+    """Latent and output sizes of one request (architecture.md §13.2).
 
     Attributes:
         width, height: effective pixel size (multiples of 32).
@@ -81,7 +81,7 @@ class LatentPlan:
 
 
 def generated_audio_latents(seconds: float) -> int:
-    """``L_a = seconds * 25 + 1`` for generated audio (pipeline.md 4.1); fractional seconds round to 1/25 s."""
+    """``L_a = seconds * 25 + 1`` for generated audio (architecture.md §13.2); fractional seconds round to 1/25 s."""
     return int(round(seconds * LATENTS_PER_SECOND)) + 1
 
 
@@ -100,23 +100,23 @@ class GenerationRequest(BaseModel):
         sr_width, sr_height: output size of the super-resolution stage (SR presets only; default: the
             preset's 896x512 or 1920x1088), rounded down to multiples of 32.
         sr_cfg_number: SR guidance: 1 (the shipped SR examples, default) or 2 (negative pass, video 3.5
-            with the first 13 latent frames capped at 2.0; pipeline.md 5).
+            with the first 13 latent frames capped at 2.0; architecture.md §8.4).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     prompt: str
-    image: Optional[Path] = None
-    audio: Optional[Path] = None
+    image: Path | None = None
+    audio: Path | None = None
     seconds: float = DEFAULT_SECONDS
     width: int = DEFAULT_WIDTH
     height: int = DEFAULT_HEIGHT
     seed: int = DEFAULT_SEED
     preset: str = DEFAULT_PRESET
-    negative_prompt: Optional[str] = None
-    sr_width: Optional[int] = None
-    sr_height: Optional[int] = None
-    sr_cfg_number: Optional[int] = None
+    negative_prompt: str | None = None
+    sr_width: int | None = None
+    sr_height: int | None = None
+    sr_cfg_number: int | None = None
 
     @field_validator("image", "audio", mode="before")
     @classmethod
@@ -133,7 +133,7 @@ class GenerationRequest(BaseModel):
 
         return validate_request(self, device=device, runtime=runtime)
 
-    def sr_stage(self) -> Optional[SuperResolutionStage]:
+    def sr_stage(self) -> SuperResolutionStage | None:
         """The preset's SR stage with this request's SR size, or None."""
         stage = get_preset(self.preset).sr
         if stage is None:

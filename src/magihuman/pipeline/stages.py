@@ -1,15 +1,15 @@
 """The stages of one generation, as named units that :class:`~magihuman.pipeline.magihuman_pipeline.MagiHumanPipeline`
-composes (pipeline.md 0 and 14).
+composes (architecture.md §1.2).
 
 Each stage takes the pipeline (its components, device and switches) and typed records
 (:mod:`magihuman.sampling.records`) and returns the next record:
 
 1. :func:`encode_text`: prompt (+ negative prompt for CFG) -> :class:`TextConditioning`;
 2. :func:`prepare_latents`: audio noise (or :func:`load_driving_audio`), then video noise -> :class:`Latents`;
-3. :func:`encode_image`: the first-frame latent (image-to-video, pipeline.md 7.1);
+3. :func:`encode_image`: the first-frame latent (image-to-video, architecture.md §9.1);
 4. :func:`denoise_latents`: the preset's sampler;
-5. :func:`super_resolve_latents`: the SR presets' refinement (pipeline.md 8);
-6. :func:`decode_video` and :func:`decode_audio` (pipeline.md 9).
+5. :func:`super_resolve_latents`: the SR presets' refinement (architecture.md §10.1);
+6. :func:`decode_video` and :func:`decode_audio` (architecture.md §12.1, §12.2).
 
 Timing, progress and lending offloaded components to the device are the pipeline's business, not the
 stages'.
@@ -50,7 +50,8 @@ def total_steps(pipe: MagiHumanPipeline, sr_stage: SuperResolutionStage | None) 
 def encode_text(pipe: MagiHumanPipeline, request: GenerationRequest,
                 sr_stage: SuperResolutionStage | None) -> TextConditioning:
     """Stage 1: prompt embeddings ``[1, Nt, C]`` float32 on the pipeline's device, and the negative-prompt
-    ones (the request's or the pipeline's default) when the base or the SR sampler uses CFG (pipeline.md 3, 5)."""
+    ones (the request's or the pipeline's default) when the base or the SR sampler uses CFG (architecture.md
+    §11.2, §8.4)."""
     prompt, _ = pipe.text_encoder.encode(request.prompt)
     negative = None
     if pipe.preset.sampler.cfg_number == 2 or (sr_stage is not None and sr_stage.sampler.cfg_number == 2):
@@ -61,7 +62,7 @@ def encode_text(pipe: MagiHumanPipeline, request: GenerationRequest,
 
 def prepare_latents(pipe: MagiHumanPipeline, request: GenerationRequest,
                     generator: torch.Generator) -> tuple[Latents, DrivingAudio | None, LatentPlan]:
-    """Stage 2: the initial latents, drawn from the request's seeded CPU generator (pipeline.md 4.1, 12).
+    """Stage 2: the initial latents, drawn from the request's seeded CPU generator (architecture.md §13.2, §8.5).
 
     First the audio: noise ``[1, L_a, 64]``, or with a driving track its encoded latents
     (:func:`load_driving_audio`, whose length ``L_a`` then sets the video length); then the video noise
@@ -87,7 +88,7 @@ def prepare_latents(pipe: MagiHumanPipeline, request: GenerationRequest,
 
 def load_driving_audio(pipe: MagiHumanPipeline, path: str | Path, seconds: float,
                        generator: torch.Generator) -> DrivingAudio:
-    """A driving audio track (pipeline.md 7.2): decoded to mono 51.2 kHz, cut to ``seconds``, duplicated to
+    """A driving audio track (architecture.md §9.2): decoded to mono 51.2 kHz, cut to ``seconds``, duplicated to
     stereo and encoded with a posterior sample (e.g. 100 latents for 4 s); the output keeps the given track
     itself, resampled 441/512 to 44.1 kHz.
 
@@ -104,7 +105,7 @@ def load_driving_audio(pipe: MagiHumanPipeline, path: str | Path, seconds: float
 
 
 def encode_image(pipe: MagiHumanPipeline, image: str | Path, width: int, height: int) -> torch.Tensor:
-    """Stage 3: the first-frame latent ``[1, 48, 1, h, w]`` float32 at ``width`` x ``height`` (pipeline.md 7.1,
+    """Stage 3: the first-frame latent ``[1, 48, 1, h, w]`` float32 at ``width`` x ``height`` (architecture.md §9.1,
     8.2): centre crop, Lanczos resize, Wan2.2 encode (posterior mean, normalised)."""
     pixels = preprocess_image(image, width, height)
     return pipe.video_vae.encode(pixels[:, :, None].to(pipe.device)).float()
@@ -114,7 +115,7 @@ def denoise_latents(pipe: MagiHumanPipeline, latents: Latents, text: TextConditi
                     image_latent: torch.Tensor | None, audio_fixed: bool, generator: torch.Generator,
                     callback: StepCallback | None = None) -> Latents:
     """Stage 4: the preset's sampler over the initial latents (:func:`~magihuman.sampling.loop.denoise`);
-    ``audio_fixed`` keeps a driving track's latents as they are (pipeline.md 7.2)."""
+    ``audio_fixed`` keeps a driving track's latents as they are (architecture.md §9.2)."""
     return denoise(pipe.transformer, latents, text, config=pipe.preset.sampler, image_latent=image_latent,
                    audio_fixed=audio_fixed, generator=generator, callback=callback, batch_cfg=pipe.batch_cfg)
 
@@ -123,17 +124,18 @@ def super_resolve_latents(pipe: MagiHumanPipeline, stage: SuperResolutionStage, 
                           text: TextConditioning, *, image_latent: torch.Tensor | None,
                           generator: torch.Generator, callback: StepCallback | None = None) -> Latents:
     """Stage 5 (SR presets): upsample, re-noise and refine the video with the SR DiT; the audio stays the
-    base stage's (:func:`~magihuman.sampling.super_resolution.super_resolve`, pipeline.md 8)."""
+    base stage's (:func:`~magihuman.sampling.super_resolution.super_resolve`, architecture.md §10.1)."""
     return super_resolve(pipe.sr_transformer, latents, text, stage=stage, generator=generator,
                          image_latent=image_latent, callback=callback, batch_cfg=pipe.batch_cfg)
 
 
 def decode_video(pipe: MagiHumanPipeline, video_latent: torch.Tensor) -> np.ndarray:
-    """Stage 6: ``[1, 48, T, h, w]`` -> ``uint8 [4T-3, 16h, 16w, 3]`` (pipeline.md 9.1).
+    """Stage 6: ``[1, 48, T, h, w]`` -> ``uint8 [4T-3, 16h, 16w, 3]`` (architecture.md §12.1).
 
     The Turbo decoder's sliding windows are converted to uint8 one by one on the CPU into one
-    preallocated array, so the float video (12 bytes per pixel, ~3 GB for 5 s at 1080p) is never held
-    whole and the frames are held once. ``pipe.decode_tile`` (latent pixels) adds spatial tiling.
+    preallocated array, so the float video (12 bytes per pixel: 3.1 GB for 125 frames at 1920x1088,
+    computed) is never held whole and the frames are held once. ``pipe.decode_tile`` (latent pixels)
+    adds spatial tiling.
 
     Raises:
         GenerationInterrupted: when ``pipe.interrupt`` is set between two windows.
@@ -158,13 +160,13 @@ def decode_video(pipe: MagiHumanPipeline, video_latent: torch.Tensor) -> np.ndar
 
 
 def decode_audio(pipe: MagiHumanPipeline, audio_latent: torch.Tensor) -> np.ndarray:
-    """Stage 7: ``[1, A, 64]`` latent -> ``float32 [2, 1764*A]`` at 44.1 kHz (pipeline.md 9.2)."""
+    """Stage 7: ``[1, A, 64]`` latent -> ``float32 [2, 1764*A]`` at 44.1 kHz (architecture.md §12.2)."""
     waveform = pipe.audio_vae.decode(audio_latent.float())[0]
     return resample_to_output_rate(waveform.float().cpu().numpy())
 
 
 def empty_outputs(video_latent: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """No decode (the non-output ranks of a sequence-parallel run, pipeline.md 1.5): ``uint8 [0, 16h, 16w, 3]``
+    """No decode (the non-output ranks of a sequence-parallel run, architecture.md §6.4): ``uint8 [0, 16h, 16w, 3]``
     frames and a ``float32 [2, 0]`` waveform."""
     stride = video_vae.SPATIAL_STRIDE
     frames = np.zeros((0, stride * video_latent.shape[3], stride * video_latent.shape[4], 3), dtype=np.uint8)

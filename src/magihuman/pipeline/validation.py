@@ -1,7 +1,7 @@
 """The input boundary: every bad input is refused here, before any model loads.
 
-The reference checks the prompt and the output only after loading every model (pipeline.md 1.1,
-13 pitfall 24), so a typo costs minutes of loading. Here the CLI, the Python API
+The reference checks the prompt and the output only after loading every model (architecture.md §13.3),
+so a typo costs a full model load. Here the CLI, the Python API
 (:meth:`GenerationRequest.validate_inputs`) and the HTTP server call the same
 :func:`validate_request`, cheapest checks first: numbers and sizes, seed, prompt length, preset
 switches, the device and the runtime switches, prompt tokens, then every file opened and decoded
@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from magihuman.codecs.audio_vae import LATENTS_PER_SECOND
 from magihuman.codecs.video_vae import LATENT_CHANNELS, SPATIAL_STRIDE, latent_frames_for, pixel_frames
@@ -33,29 +34,29 @@ __all__ = [
     "estimate_memory", "device_memory", "expand_path",
 ]
 
-#: Longest prompt accepted, in characters. The encoder keeps 640 tokens (pipeline.md 3.1), roughly
+#: Longest prompt accepted, in characters. The encoder keeps 640 tokens (architecture.md §11.2), roughly
 #: 2,500 characters of English; 20,000 leaves room for any real prompt and refuses pasted files.
 MAX_PROMPT_CHARS = 20_000
-#: Largest seed: the CPU generator takes a signed 64-bit seed (pipeline.md 12).
+#: Largest seed: the CPU generator takes a signed 64-bit seed (architecture.md §8.5).
 MAX_SEED = 2**63 - 1
-#: Smallest rendered side in pixels: one 2x2 patch of 16-px VAE cells (pipeline.md 4.1).
+#: Smallest rendered side in pixels: one 2x2 patch of 16-px VAE cells (architecture.md §13.2).
 MIN_SIZE = 2 * SPATIAL_STRIDE
 #: Largest base-stage side in pixels. The base and distilled DiTs generate at 256p (every official
-#: example renders 448x256, the reference CLI defaults to 480x272, pipeline.md 1.1, 1.3); larger
+#: example renders 448x256, the reference CLI defaults to 480x272, architecture.md §13.3, §13.1); larger
 #: frames come from the SR presets. 896 (the 540p SR width) allows 896x512 or 512x896 directly.
 MAX_BASE_SIDE = 896
-#: Largest super-resolution side in pixels: the 1080p SR preset's 1920x1088 (pipeline.md 1.3).
+#: Largest super-resolution side in pixels: the 1080p SR preset's 1920x1088 (architecture.md §13.1).
 MAX_SR_SIDE = 1920
 #: Longest clip in seconds until longer clips are supported: the original examples render 4 s and
-#: its published timings are for 5 s clips (pipeline.md 1.3, 8); 10 s is twice the longest shown.
+#: its published timings are for 5 s clips (architecture.md §13.1, §14); 10 s is twice the longest shown.
 MAX_SECONDS = 10.0
-#: Least driving audio that encodes to one latent frame (25 per second, codecs.md 4.1).
+#: Least driving audio that encodes to one latent frame (25 per second, architecture.md §11.5).
 MIN_AUDIO_SECONDS = 1 / LATENTS_PER_SECOND
 #: Largest first-frame image decoded, in pixels (an 8K frame is 33 MP; 50 MP covers phone photos).
 MAX_IMAGE_PIXELS = 50_000_000
-#: The prompt length the model was tuned for (pipeline.md 10): shorter prompts give blurrier people.
+#: The prompt length the model was tuned for (architecture.md §13.4): shorter prompts give blurrier people.
 RECOMMENDED_PROMPT_WORDS = 150
-#: Hidden width of the published 15B DiT (dit.md 1.1), used when a checkpoint states none.
+#: Hidden width of the published 15B DiT (architecture.md §2.1), used when a checkpoint states none.
 _DIT_HIDDEN = 5120
 #: Activations of one DiT layer per token, in hidden-width units (Q/K/V/out plus the MLP input and
 #: output, a lower bound: only one layer is alive at a time under inference mode).
@@ -66,7 +67,7 @@ _LATENT_COPIES = 6
 
 # ----------------------------------------------------------------------------------------- request
 def validate_request(request: Any, *, device: Any = None, runtime: Any = None,
-                     checkpoints: Optional[Mapping[str, Path]] = None) -> list[str]:
+                     checkpoints: Mapping[str, Path] | None = None) -> list[str]:
     """Check a :class:`~magihuman.pipeline.request.GenerationRequest` before any model loads.
 
     Args:
@@ -197,8 +198,8 @@ def _check_prompt(request: Any) -> list[str]:
     return []
 
 
-def _count_tokens(prompt: str, text_encoder: Optional[Path]) -> list[str]:
-    """A notice when the prompt is over the encoder's 640 tokens (pipeline.md 3.1): the rest is cut.
+def _count_tokens(prompt: str, text_encoder: Path | None) -> list[str]:
+    """A notice when the prompt is over the encoder's 640 tokens (architecture.md §11.2): the rest is cut.
 
     Every token covers at least one UTF-8 byte (byte-fallback BPE), so a prompt of at most 639 bytes
     needs no count; longer ones are counted with the checkpoint's tokenizer when its folder is known
@@ -356,7 +357,7 @@ def check_runtime(runtime: Any, device: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------- memory
-def device_memory(device: str) -> Optional[int]:
+def device_memory(device: str) -> int | None:
     """Total memory of ``device`` in bytes (CUDA: ``torch.cuda.mem_get_info``; CPU: physical RAM), or None."""
     if device.startswith("cuda"):
         import torch
@@ -369,8 +370,8 @@ def device_memory(device: str) -> Optional[int]:
 
 
 def estimate_memory(request: Any, *, device: str, runtime: Any = None,
-                    checkpoints: Optional[Mapping[str, Path]] = None,
-                    audio_seconds: Optional[float] = None) -> dict[str, int]:
+                    checkpoints: Mapping[str, Path] | None = None,
+                    audio_seconds: float | None = None) -> dict[str, int]:
     """A lower-bound estimate of the memory one request needs on ``device``, in bytes, by part.
 
     Parts: ``weights`` (the DiT files, halved by FP8, none on a GPU with offload or sharding), ``activations``
@@ -378,7 +379,7 @@ def estimate_memory(request: Any, *, device: str, runtime: Any = None,
     held by the sampler) and ``frames`` (the decoded ``uint8`` video; host memory, so counted on CPU only).
 
     Args:
-        request: the request; its size, seconds and preset set the sequence length (pipeline.md 4.1).
+        request: the request; its size, seconds and preset set the sequence length (architecture.md §13.2).
         device: ``"cpu"`` or ``"cuda[:N]"``.
         runtime: the :class:`RuntimeOptions`, or None for everything resident.
         checkpoints: component paths; the DiT folders give the weight size and hidden width (15B defaults
@@ -420,8 +421,8 @@ def _gb(size: int) -> str:
     return f"{size / 1e9:.1f} GB"
 
 
-def _check_memory(request: Any, device: str, runtime: Any, checkpoints: Optional[Mapping[str, Path]],
-                  audio_seconds: Optional[float]) -> None:
+def _check_memory(request: Any, device: str, runtime: Any, checkpoints: Mapping[str, Path] | None,
+                  audio_seconds: float | None) -> None:
     parts = estimate_memory(request, device=device, runtime=runtime, checkpoints=checkpoints,
                             audio_seconds=audio_seconds)
     have, need = device_memory(device), sum(parts.values())

@@ -1,7 +1,8 @@
 """Regional compilation of the DiT (CLI ``--compile``): ``torch.compile`` of each repeated transformer layer.
 
-Memory: unchanged (+ Inductor workspaces). Speed: ~1.2x on the DiT reported for the reference's
-compiler (anchors.md 0); one compile per layer variant at first call.
+Memory: unchanged (+ Inductor workspaces). Speed: the original's README reports "about 1.2x" for its
+own compiler (architecture.md §14); timings of this one: docs/benchmarks.md. One compile per layer
+variant at first call.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ def compile_repeated_blocks(model: nn.Module, **compile_kwargs: Any) -> nn.Modul
 
     CLI: ``--compile`` (optionally ``--compile-mode max-autotune-no-cudagraphs``). Memory: unchanged.
     Speed: Inductor fuses the float32 norm/RoPE/gate/activation element-wise work around the bf16 GEMMs;
-    the reference credits its own compiler with ~1.2x (anchors.md 0). Layers sharing a structure share
-    a compiled graph (3 variants in the 15B: sandwich gelu7, shared swiglu7, sandwich swiglu7; 5 in
-    the 1080p SR model, whose local-window layers differ), so compile time is that of a few layers,
-    paid at the first call of each new token count. Numerics: Inductor may change float32 rounding (dit.md 4).
+    the original's README credits its own compiler with "about 1.2x" (architecture.md §14). Layers
+    sharing a structure share a compiled graph (3 variants in the 15B: sandwich gelu7, shared swiglu7,
+    sandwich swiglu7; 5 in the 1080p SR model, whose local-window layers differ), so compile time is
+    that of a few layers, paid at the first call of each new token count. Numerics: Inductor may
+    change float32 rounding (architecture.md §5.1).
 
     Uses diffusers ``ModelMixin.compile_repeated_blocks`` (``_repeated_blocks = ["TransformerLayer"]``)
     when the model has it, else compiles every ``TransformerLayer`` itself. All layers share one code
     object, so every (layer variant, token count) pair counts against dynamo's per-code recompile
-    limit (default 8; a base + 1080p SR run needs ~12): it is raised to at least 64 (a process-wide
+    limit (default 8; a base + 1080p SR run needs about 12): it is raised to at least 64 (a process-wide
     setting). The second token count seen makes dynamo compile a dynamic-shape graph; pass
     ``dynamic=False`` to keep static graphs per shape instead.
 
@@ -55,7 +57,8 @@ def compile_repeated_blocks(model: nn.Module, **compile_kwargs: Any) -> nn.Modul
         if hasattr(dynamo_config, name):
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), _RECOMPILE_LIMIT))
             break
-    if hasattr(model, "compile_repeated_blocks") and "TransformerLayer" in (getattr(model, "_repeated_blocks", None) or ()):
+    repeated = getattr(model, "_repeated_blocks", None) or ()
+    if hasattr(model, "compile_repeated_blocks") and "TransformerLayer" in repeated:
         model.compile_repeated_blocks(**compile_kwargs)
     else:
         for module in model.modules():

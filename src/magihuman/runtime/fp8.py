@@ -3,14 +3,14 @@
 Each block linear (:class:`~magihuman.model.layers.ExpertLinear`) is replaced by an
 :class:`FP8ExpertLinear` built from it: the weight is held as e4m3 bit patterns (uint8 bytes) with one
 power-of-two float32 scale per output row, and is upcast to bf16 just before each GEMM (exact), or run
-as an FP8 GEMM (``torch._scaled_mm``) on GPUs with FP8 tensor cores. Everything in dit.md's float32
+as an FP8 GEMM (``torch._scaled_mm``) on GPUs with FP8 tensor cores. Everything in architecture.md's float32
 list (adapter, norms, heads, RoPE bands) is left alone. Memory of the 15B DiT's weights: 30.64 GB ->
 15.37 GB (see :func:`enable_fp8_weights`).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 #: The FP8 storage dtype (None on a PyTorch without float8 dtypes).
-FP8_DTYPE: Optional[torch.dtype] = getattr(torch, "float8_e4m3fn", None)
+FP8_DTYPE: torch.dtype | None = getattr(torch, "float8_e4m3fn", None)
 #: Largest finite e4m3fn value.
 FP8_MAX = 448.0
 #: Rows quantised per chunk (bounds the float32 transient of the conversion to 4 B x rows x in).
@@ -48,7 +48,8 @@ def quantize_fp8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     the scale is a power of two, ``w / scale`` is exact and so is the dequantisation
     ``bf16(q) * bf16(scale)``: the only error is e4m3's own rounding (3 mantissa bits, relative step
     2^-4 for normal values). A per-row scale keeps small rows out of e4m3's subnormal range, which an
-    unscaled cast (diffusers' layerwise casting) would hit for weights of std ~0.014.
+    unscaled cast (diffusers' layerwise casting) would hit for weights of std
+    1/sqrt(5120) = 0.014 (the 15B's width).
 
     Args:
         weight: ``[rows, in]`` finite floating tensor.
@@ -142,7 +143,7 @@ def _fp8_rowwise_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, o
     return out.reshape(*lead, out_rows)
 
 
-def fp8_gemm_coverage(config: Optional[dict] = None) -> float:
+def fp8_gemm_coverage(config: dict | None = None) -> float:
     """Fraction of the block-linear FLOPs that :func:`enable_fp8_weights` ``(scaled_gemm=True)`` runs as FP8 GEMMs.
 
     Eligible: every block linear whose reduction width is a multiple of 16 (all but the swiglu7
@@ -180,17 +181,18 @@ class FP8ExpertLinear(ExpertLinear):
     :func:`quantize_fp8_rows`). Bytes rather than a float8 dtype, so that every collective backend
     moves them (gloo has no float8 type; FSDP2 all-gathers them for ``--fp8 --shard``) and
     ``model.to(dtype)`` leaves them alone (it casts floating-point tensors only). :attr:`compute_dtype`
-    (bf16) is the GEMM and output dtype, which is what the rest of the model reads. Forward dequantises one expert at a time to
-    ``compute_dtype`` (exact) and runs the same bf16 GEMMs as ``ExpertLinear``, so the output equals a
-    bf16 model holding the dequantised weights bit-for-bit. With ``scaled_gemm`` on a GPU with FP8
-    tensor cores the GEMMs run as FP8 GEMMs instead (:func:`_fp8_rowwise_linear`; untested on a GPU
-    here; never taken on CPU).
+    (bf16) is the GEMM and output dtype, which is what the rest of the model reads. Forward dequantises
+    one expert at a time to ``compute_dtype`` (exact) and runs the same bf16 GEMMs as ``ExpertLinear``,
+    so the output equals a bf16 model holding the dequantised weights bit for bit. With ``scaled_gemm``
+    on a GPU with FP8 tensor cores the GEMMs run as FP8 GEMMs instead (:func:`_fp8_rowwise_linear`;
+    GPU status: docs/benchmarks.md; never taken on CPU).
 
     Build one from a loaded bf16 layer with :meth:`from_expert_linear` (what :func:`enable_fp8_weights`
     does for every block linear), or from stored bytes and scales with the constructor.
 
     Args:
-        weight: ``[out * num_experts, in]`` uint8 e4m3 bit patterns (a float8_e4m3fn tensor is viewed as uint8).
+        weight: ``[out * num_experts, in]`` uint8 e4m3 bit patterns (a float8_e4m3fn tensor is viewed
+            as uint8).
         weight_scale: ``[out * num_experts]`` float32 row scales, on the weight's device.
         num_experts: experts stacked along the output rows (1 or 3, as the layer it replaces).
         compute_dtype: GEMM and output dtype (bf16; float16/float32 allowed).
@@ -210,7 +212,9 @@ class FP8ExpertLinear(ExpertLinear):
         if FP8_DTYPE is not None and weight.dtype == FP8_DTYPE:
             weight = weight.view(torch.uint8)
         if weight.dtype != torch.uint8 or weight.dim() != 2:
-            raise ValueError(f"weight must be a 2-D uint8 (e4m3 bytes) tensor, got {weight.dtype} {tuple(weight.shape)}")
+            raise ValueError(
+                f"weight must be a 2-D uint8 (e4m3 bytes) tensor, got {weight.dtype} {tuple(weight.shape)}"
+            )
         rows, in_features = weight.shape
         if num_experts < 1 or rows % num_experts:
             raise ValueError(f"{rows} weight rows do not split into num_experts={num_experts} equal experts")
@@ -226,7 +230,7 @@ class FP8ExpertLinear(ExpertLinear):
 
     @classmethod
     def from_expert_linear(cls, linear: ExpertLinear, *, compute_dtype: torch.dtype = torch.bfloat16,
-                           scaled_gemm: bool = False) -> "FP8ExpertLinear":
+                           scaled_gemm: bool = False) -> FP8ExpertLinear:
         """Quantise a loaded block linear (:func:`quantize_fp8_rows`) into a new FP8 layer on its device.
 
         The new layer has the same features, experts and training flag; ``linear`` is left unchanged
@@ -296,14 +300,12 @@ def enable_fp8_weights(model: nn.Module, *, compute_dtype: torch.dtype = torch.b
     """Store the block linears in FP8 (e4m3, per-row power-of-two scales); upcast just before each GEMM.
 
     CLI: ``--fp8``. Memory/speed: block-linear weights take 1 byte per element + 4 bytes per output row
-    instead of 2 bytes per element; everything in dit.md's float32 list (adapter, all RMSNorm gains,
-    heads, RoPE bands) is untouched. 15B DiT: 30.64 GB -> 15.37 GB, plus one expert's dequantised
-    weight during its GEMM (<= 27304 x 5120 x 2 B = 280 MB). Speed: the GEMMs stay bf16; the
-    upcast adds 3 bytes of traffic per weight element per GEMM (estimated ~5-10 % slower at
-    448x256, ~1-2 % at SR sizes; not measured, no GPU here). Accuracy: e4m3 rounding of the weights
-    only (weight rel_l2 0.027 at the 15B's width; the output equals a bf16 model holding the
-    rounded weights bit-for-bit; velocities of the random 6-layer test model move by rel_l2 0.11,
-    exactly as much as 2.6 % random weight noise moves them; see tests/test_fp8.py).
+    instead of 2 bytes per element; everything in the float32 list of architecture.md §5.1 (adapter,
+    all RMSNorm gains, heads, RoPE bands) is untouched. 15B DiT (computed): 30.64 GB -> 15.37 GB, plus
+    one expert's dequantised weight during its GEMM (<= 27304 x 5120 x 2 B = 280 MB). Speed: the GEMMs
+    stay bf16; the upcast adds 3 bytes of traffic per weight element per GEMM (timings:
+    docs/benchmarks.md). Accuracy: e4m3 rounding of the weights only; the output equals a bf16 model
+    holding the rounded weights bit for bit (accuracy figures: docs/parity.md).
 
     Only ``ExpertLinear`` modules are converted (diffusers' ``enable_layerwise_casting`` would not
     touch them: it casts ``nn.Linear``/conv layers only, and without a scale). Each one is replaced on
@@ -319,8 +321,8 @@ def enable_fp8_weights(model: nn.Module, *, compute_dtype: torch.dtype = torch.b
         scaled_gemm: on GPUs with compute capability >= 8.9 (CLI ``--fp8-gemm``), run the block linears
             whose input width is a multiple of 16 as FP8 tensor-core GEMMs with per-token activation
             scales (:func:`_fp8_rowwise_linear`; 76.9 % of the 15B's block FLOPs, see
-            :func:`fp8_gemm_coverage`: all but the swiglu7 ``down_proj``). Experimental and **untested on
-            a GPU in this project** (the routing and the math are tested on CPU through CPU
+            :func:`fp8_gemm_coverage`: all but the swiglu7 ``down_proj``). Experimental (GPU status:
+            docs/benchmarks.md; the routing and the math are tested on CPU through CPU
             ``torch._scaled_mm``); the upcast path is used on CPU and for the other linears.
 
     Returns:

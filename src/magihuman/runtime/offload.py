@@ -1,10 +1,16 @@
 """Host offload: stream the DiT layers from host memory (``--offload blocks``), or lend each pipeline
 component to the GPU for its own stage only (``--offload components``).
 
-| switch | GPU memory of the 15B DiT's weights | speed |
-|---|---|---|
-| :func:`enable_block_streaming` | ``84 MB`` resident (adapter + heads, fp32) ``+ (1 + prefetch) x blocks_per_group x`` one layer (0.55 GB shared, 1.64 GB sandwich, bf16); host RAM holds the layers | bound by host-to-device copies: ~30.6 GB per forward (~1.2 s at 25 GB/s pinned); hidden behind compute only at long sequences (SR) |
-| :class:`ComponentOffload` / :func:`offload_idle_components` | only the running stage's component: max(DiT 30.6 GB, T5Gemma encoder 18.5 GB, VAE) instead of their sum (~52 GB + SR DiT) | one host-device round trip per component per request (~1-3 s for a 15B DiT) |
+* :func:`enable_block_streaming`: GPU memory of the 15B DiT's weights is ``84 MB`` resident (adapter +
+  heads, fp32) ``+ (1 + prefetch) x blocks_per_group x`` one layer (0.55 GB shared, 1.64 GB sandwich,
+  bf16); host RAM holds the layers. Every forward copies all layers host-to-device (30.6 GB), so short
+  sequences are bound by that copy; at long sequences (SR) compute hides it.
+* :class:`ComponentOffload` / :func:`offload_idle_components`: only the running stage's component is on
+  the device, max(DiT 30.6 GB, T5Gemma encoder 18.5 GB, VAE), instead of their sum (52 GB + SR DiT);
+  one host-device round trip per component per request.
+
+Sizes are computed from the parameter counts (architecture.md §2.3); timings and GPU status:
+docs/benchmarks.md.
 
 The two combine: :class:`ComponentOffload` leaves streamed (and FSDP-sharded) models in place.
 """
@@ -13,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,9 +43,9 @@ def enable_block_streaming(model: nn.Module, *, onload_device: str | torch.devic
     adapter and heads (84 MB fp32 for the 15B, resident) plus ``blocks_per_group`` layers being run
     and, with prefetch, the next group being copied: <= 2 x 1.64 GB (sandwich layers, bf16; 0.82 GB
     with FP8) + activations. Host RAM holds all layers pinned (30.6 GB bf16, 15.4 GB FP8; twice that
-    briefly while diffusers pins them, unless ``low_cpu_mem_usage``). Every forward copies all layers:
-    ~30.6 GB, ~1.2 s at 25 GB/s, so short sequences are copy-bound; at SR sizes the copy hides behind
-    compute.
+    briefly while diffusers pins them, unless ``low_cpu_mem_usage``). Every forward copies all layers
+    (30.6 GB), so short sequences are copy-bound; at SR sizes the copy hides behind compute (timings:
+    docs/benchmarks.md).
 
     Uses diffusers group offloading (``block_level`` over ``block.layers``, ``block_modules=["block"]``,
     a CUDA side stream for prefetch). The adapter and output heads are kept on ``onload_device``
@@ -75,7 +82,8 @@ def enable_block_streaming(model: nn.Module, *, onload_device: str | torch.devic
     layers = getattr(getattr(model, "block", None), "layers", None)
     if not isinstance(layers, nn.ModuleList) or not hasattr(model, "enable_group_offload"):
         raise ValueError(f"{type(model).__name__} has no block.layers ModuleList; pass a MagiHumanTransformer")
-    if isinstance(blocks_per_group, bool) or not isinstance(blocks_per_group, int) or not 1 <= blocks_per_group <= len(layers):
+    if (isinstance(blocks_per_group, bool) or not isinstance(blocks_per_group, int)
+            or not 1 <= blocks_per_group <= len(layers)):
         raise ValueError(f"blocks_per_group must be an int in 1..{len(layers)}, got {blocks_per_group!r}")
     use_stream = bool(prefetch) and onload.type == "cuda"
     if use_stream and blocks_per_group != 1:
@@ -103,7 +111,7 @@ def _keep_top_level_resident(model: nn.Module, device: torch.device) -> None:
 
     registry = getattr(model, "_diffusers_hook", None)
     hook = registry.get_hook(_GROUP_OFFLOADING) if registry is not None else None
-    if hook is None:  # diffusers changed its layout: fall back to moving them per call (~84 MB)
+    if hook is None:  # diffusers changed its layout: fall back to moving them per call (84 MB)
         logger.warning("could not pin the adapter and heads to %s; diffusers will move them on each call", device)
         return
     hook.group.offload_device = device
@@ -150,8 +158,7 @@ class ComponentOffload:
     CLI: ``--offload components``. Memory: device memory is the largest single component plus
     activations instead of the sum (15B DiT 30.6 GB, T5Gemma-9B encoder 18.5 GB bf16, SR DiT 30.6 GB,
     Wan2.2 VAE 1.4 GB bf16, Stable Audio VAE 0.6 GB fp32); host RAM holds the rest. Speed: each stage
-    pays one host-to-device copy of its component (~1-3 s for a 15B DiT, ~1 s for the text encoder,
-    pinned memory faster) and one copy back.
+    pays one host-to-device copy of its component and one copy back (timings: docs/benchmarks.md).
 
     Components that place their own weights (block streaming, FSDP sharding) are never moved.
 

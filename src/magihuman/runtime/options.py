@@ -8,7 +8,6 @@ DiT. Importing this module does not import torch, so the CLI can build its ``--h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from magihuman.model.attention_choices import ATTENTION_CHOICES
 
@@ -33,8 +32,7 @@ class RuntimeOptions:
         compile: ``torch.compile`` of the repeated transformer layers (``--compile``).
         attention: ``"auto"``, ``"sdpa"``, ``"flex"`` or ``"fa3"`` (``--attention``).
         decode_tile: Turbo decoder spatial tile in latent pixels (``--decode-tile-size``; None: off).
-            Tiles overlap by a third and are blended; on random weights tile 48 / overlap 32 stays within
-            8e-4 of the untiled decode (tests/test_turbo_vae.py).
+            Tiles overlap by a third and are blended (errors on random weights: docs/parity.md).
         fp8_gemm: with ``fp8``, run the eligible block linears as FP8 tensor-core GEMMs on GPUs of
             compute capability >= 8.9 (``--fp8-gemm``; experimental, see
             :func:`~magihuman.runtime.fp8.enable_fp8_weights`).
@@ -53,7 +51,7 @@ class RuntimeOptions:
     shard: bool = False
     compile: bool = False
     attention: str = "auto"
-    decode_tile: Optional[int] = None
+    decode_tile: int | None = None
     fp8_gemm: bool = False
     batch_cfg: bool = True
 

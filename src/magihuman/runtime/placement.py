@@ -34,7 +34,7 @@ def place_transformer(model: nn.Module, runtime: RuntimeOptions, device: torch.d
     2. Attention kernel (``runtime.attention``,
        :func:`~magihuman.model.attention.resolve_attention_backend`): before compiling, so that the
        compiled layers trace the chosen kernel. A DiT with local-window layers on CUDA runs
-       FlexAttention instead of SDPA (dit.md 5.2).
+       FlexAttention instead of SDPA (architecture.md §6.2).
     3. Regional compile (``runtime.compile``, :func:`~magihuman.runtime.compile.compile_repeated_blocks`):
        after FP8 and the kernel, so that the compiled layers capture the final layer code.
     4. Exactly one placement: block streaming (``"blocks" in runtime.offload``,

@@ -8,8 +8,6 @@ that do not fit the model alone.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -19,8 +17,8 @@ from magihuman.runtime.state import as_device, is_block_streamed, is_sharded
 __all__ = ["shard_transformer"]
 
 
-def shard_transformer(model: nn.Module, group: Optional["torch.distributed.ProcessGroup"] = None, *,
-                      device: Optional[str | torch.device] = None, reshard_after_forward: bool = True) -> nn.Module:
+def shard_transformer(model: nn.Module, group: torch.distributed.ProcessGroup | None = None, *,
+                      device: str | torch.device | None = None, reshard_after_forward: bool = True) -> nn.Module:
     """Shard the weights over the ranks of a process group with FSDP2 (``torch.distributed.fsdp.fully_shard``).
 
     CLI: ``--shard`` (launched with ``torchrun --nproc-per-node N``; it can share its process group
@@ -29,18 +27,18 @@ def shard_transformer(model: nn.Module, group: Optional["torch.distributed.Proce
     replicated: 64 bytes) plus the gathered weight of the block linear being run and possibly the
     next one's (each <= 81912 x 5120 x 2 B = 839 MB). Speed: one all-gather of
     each block linear per forward (30.6 GB x (N-1)/N of traffic per rank per forward); this answers
-    "8 GPUs x 22 GB all OOM" (anchors.md 1, #39), it is not a speed-up.
+    "8 GPUs x 22 GB all OOM" (architecture.md §14, #39), it is not a speed-up.
 
     Units: FSDP2 gathers each unit with one flat all-gather and requires one dtype per unit, and a
-    layer mixes bf16 block linears with float32 norms (dit.md 2.2), so every ``ExpertLinear`` is its
+    layer mixes bf16 block linears with float32 norms (architecture.md §2.3), so every ``ExpertLinear`` is its
     own unit, each ``TransformerLayer`` is one for its float32 norms, and the root holds the adapter
     and heads. Every rank must run the same forward calls (same shapes) in the same order.
 
     Args:
         model: a :class:`~magihuman.model.transformer.MagiHumanTransformer` on ``device``, or on the CPU:
             FSDP2 moves a unit's parameters to the mesh device when it shards that unit, so the GPU
-            should only ever hold one whole unit (expected from FSDP2's design; untested here without
-            a GPU). Host RAM: one full copy per rank.
+            should only ever hold one whole unit (expected from FSDP2's design; GPU status:
+            docs/benchmarks.md). Host RAM: one full copy per rank.
         group: process group to shard over (default: the world).
         device: the compute device (``cuda`` after ``torch.cuda.set_device(LOCAL_RANK)`` with NCCL;
             ``cpu`` with gloo, as the tests run). Default: where the parameters are.

@@ -11,23 +11,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-#: Flow time shift s of the base and SR stages (pipeline.md 1.2 `shift`, 4.3).
+#: Flow time shift s of the base and SR stages (architecture.md §8.1 `shift`).
 DEFAULT_SHIFT = 5.0
-#: DDPM index at which the SR stage re-noises (pipeline.md 1.2 `noise_value`, 8 step 4).
+#: DDPM index at which the SR stage re-noises (architecture.md §10.1 `noise_value`).
 SR_NOISE_INDEX = 220
 
 #: Valid classifier-free-guidance modes: 1 = conditional pass only, 2 = conditional + negative pass
-#: (pipeline.md 5; anything else is a ValueError there too).
+#: (architecture.md §8.4; anything else is a ValueError there too).
 CFG_NUMBERS = (1, 2)
 #: Latent updates: the FlowUniPC multistep solver (base model) or the distilled re-noise step.
 UPDATES = ("unipc", "renoise")
-#: Base-stage guidance (pipeline.md 1.2 `video_txt_guidance_scale` / `audio_txt_guidance_scale`, 5): the
-#: video uses 5.0 while t > 500 and a hard-coded 2.0 afterwards (pitfall 5); the audio uses 5.0 throughout.
+#: Base-stage guidance (architecture.md §8.4 `video_txt_guidance_scale` / `audio_txt_guidance_scale`): the
+#: video uses 5.0 while t > 500 and a hard-coded 2.0 afterwards (architecture.md §8.4); the audio uses 5.0 throughout.
 VIDEO_GUIDANCE_SCALE = 5.0
 VIDEO_GUIDANCE_SCALE_LATE = 2.0
 GUIDANCE_SWITCH_TIMESTEP = 500
 AUDIO_GUIDANCE_SCALE = 5.0
-#: SR guidance with ``sr_cfg_number = 2`` (pipeline.md 5, 8): video 3.5 at every step, capped at 2.0 on the
+#: SR guidance with ``sr_cfg_number = 2`` (architecture.md §8.4, §10.1): video 3.5 at every step, capped at 2.0 on the
 #: first 13 latent frames (the "cfg trick").
 SR_VIDEO_GUIDANCE_SCALE = 3.5
 SR_FIRST_FRAMES_GUIDANCE_CAP = (13, 2.0)
@@ -43,7 +43,7 @@ def _is_number(value) -> bool:
 
 @dataclass(frozen=True, kw_only=True)
 class SamplerConfig:
-    """How to run the denoising loop (pipeline.md 1.2 EvaluationConfig, 4.4, 4.5, 5).
+    """How to run the denoising loop (architecture.md §13.3, §8.2, §8.3, §8.4).
 
     Attributes:
         num_steps: denoising steps N (>= 1).
@@ -55,7 +55,7 @@ class SamplerConfig:
         audio_guidance_scale: audio CFG scale at every step (cfg 2 only).
         update: ``"unipc"`` (FlowUniPC, one scheduler per stream) or ``"renoise"`` (distilled step).
         first_frames_guidance_cap: ``(frames, cap)``: latent frames with index ``< frames`` use
-            ``min(cap, video scale)`` (the super-resolution "cfg trick", pipeline.md 5: ``(13, 2.0)``);
+            ``min(cap, video scale)`` (the super-resolution "cfg trick", architecture.md §8.4: ``(13, 2.0)``);
             None (the base stage) applies one scale to every frame.
 
     Raises:
@@ -93,24 +93,26 @@ class SamplerConfig:
             raise ValueError(f"first_frames_guidance_cap must be (frames >= 0, finite cap), got {cap!r}")
 
 
-# The `base` example: 32 FlowUniPC steps with two-pass CFG (pipeline.md 1.3, 4.5 "base & cfg 2").
+# The `base` example: 32 FlowUniPC steps with two-pass CFG (architecture.md §13.1, §8.3).
 BASE_SAMPLER = SamplerConfig(num_steps=32, cfg_number=2, update="unipc")
-# The `distill` example: 8 re-noise steps, conditional pass only (pipeline.md 1.3, 4.5 "base & cfg 1";
+# The `distill` example: 8 re-noise steps, conditional pass only (architecture.md §13.1, §8.3;
 # the sampler_distill golden case).
 DISTILL_SAMPLER = SamplerConfig(num_steps=8, cfg_number=1, update="renoise")
 # Super-resolution stage as the shipped SR examples run it: 5 FlowUniPC steps, shift 5, conditional pass only
-# (pipeline.md 1.3 `sr_cfg_number` 1, 8 step 6).
+# (architecture.md §13.1 (`sr_cfg_number` 1), §10.1).
 SR_SAMPLER = SamplerConfig(num_steps=5, cfg_number=1, update="unipc")
 # Super-resolution with CFG (`sr_cfg_number` 2, the config default): video 3.5 at every step (no timestep
 # switch), capped at 2.0 on latent frames < 13 (the "cfg trick"); audio guidance is computed by the reference
-# but its result is discarded (pipeline.md 5, 8).
+# but its result is discarded (architecture.md §8.4, §10.1).
 SR_SAMPLER_CFG = SamplerConfig(num_steps=5, cfg_number=2, update="unipc", video_guidance_scale=SR_VIDEO_GUIDANCE_SCALE,
                                guidance_switch_timestep=-1, first_frames_guidance_cap=SR_FIRST_FRAMES_GUIDANCE_CAP)
 
 
 @dataclass(frozen=True)
 class SuperResolutionStage:
-    """One SR recipe (pipeline.md 8); data only, run by :func:`magihuman.sampling.super_resolution.super_resolve`.
+    """One SR recipe (architecture.md §10.1); data only.
+
+    Run by :func:`magihuman.sampling.super_resolution.super_resolve`.
 
     Attributes:
         checkpoint: sub-folder of the checkpoint root (``540p_sr``, ``1080p_sr``).
@@ -132,7 +134,7 @@ class SuperResolutionStage:
 
     @property
     def latent_size(self) -> tuple[int, int]:
-        """(h_s, w_s) = (H // 16 // 2 * 2, W // 16 // 2 * 2) (pipeline.md 8 step 1): the Wan2.2 spatial
+        """(h_s, w_s) = (H // 16 // 2 * 2, W // 16 // 2 * 2) (architecture.md §10.1): the Wan2.2 spatial
         stride, then even for the DiT's 2x2 patch."""
         from magihuman.codecs.video_vae import (
             SPATIAL_STRIDE,  # local: keeps this module torch-free

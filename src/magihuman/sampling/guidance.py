@@ -1,7 +1,7 @@
-"""Classifier-free guidance rules (pipeline.md 5).
+"""Classifier-free guidance rules (architecture.md §8.4).
 
 * the video scale switches from ``video_guidance_scale`` (5.0) to ``video_guidance_scale_late`` (2.0) once
-  the integer timestep is ``<= 500`` (pitfall 5); the audio uses one scale throughout;
+  the integer timestep is ``<= 500`` (architecture.md §8.4); the audio uses one scale throughout;
 * super-resolution with ``sr_cfg_number = 2`` caps the scale of the first 13 latent frames at 2.0;
 * the combination is ``v = v_u + g·(v_c - v_u)``; :func:`guided_velocity` runs the conditional and the
   negative-prompt pass (as two calls, or one batched call) and combines them.
@@ -22,7 +22,7 @@ ModelFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def video_guidance_scale(config: SamplerConfig, timestep: int | torch.Tensor) -> float:
-    """Video CFG scale at integer timestep t: high while ``t > switch`` (500), else late (pipeline.md 5).
+    """Video CFG scale at integer timestep t: high while ``t > switch`` (500), else late (architecture.md §8.4).
 
     With N = 32 the last five steps (t = 480, 416, 340, 249, 138) use the late scale 2.0; with N = 6 the
     last step (t = 499) does.
@@ -35,7 +35,7 @@ def video_guidance_scale(config: SamplerConfig, timestep: int | torch.Tensor) ->
 def video_guidance_per_frame(config: SamplerConfig, timestep: int, num_frames: int) -> float | torch.Tensor:
     """The video CFG scale, as a ``[1, 1, T, 1, 1]`` float32 tensor when the first-frames cap applies.
 
-    Super-resolution with ``sr_cfg_number = 2`` (pipeline.md 5): every latent frame gets 3.5, except frames
+    Super-resolution with ``sr_cfg_number = 2`` (architecture.md §8.4): every latent frame gets 3.5, except frames
     ``< 13`` which get ``min(2.0, 3.5) = 2.0``; there is no timestep switch in SR.
     """
     scale = video_guidance_scale(config, timestep)
@@ -48,13 +48,13 @@ def video_guidance_per_frame(config: SamplerConfig, timestep: int, num_frames: i
 
 
 def apply_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-    """Classifier-free guidance ``uncond + scale·(cond - uncond)`` (pipeline.md 5).
+    """Classifier-free guidance ``uncond + scale·(cond - uncond)`` (architecture.md §8.4).
 
     Args:
         cond: velocity of the conditional call, float32, any shape.
         uncond: velocity of the negative-prompt call, same shape.
         scale: a float, or a tensor broadcastable to ``cond`` (e.g. ``[1, 1, T, 1, 1]`` per latent frame
-            for the super-resolution "cfg trick", pipeline.md 5).
+            for the super-resolution "cfg trick", architecture.md §8.4).
 
     Returns:
         The guided velocity, shape of ``cond``.
@@ -66,7 +66,7 @@ def guided_velocity(
     model: ModelFn, latents: Latents, text: TextConditioning, config: SamplerConfig, timestep: int,
     batch_cfg: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The velocity one denoising step uses (pipeline.md 5).
+    """The velocity one denoising step uses (architecture.md §8.4).
 
     With ``cfg_number = 1`` the conditional call's velocities. With ``cfg_number = 2`` the conditional call,
     then the call with ``text.negative`` (or both in one batch-2 call with ``batch_cfg``: the latents

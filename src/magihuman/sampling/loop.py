@@ -1,15 +1,15 @@
-"""The joint video/audio denoising loop (pipeline.md 4.5, 5, 7.1, 7.2, 12) and the one noise draw.
+"""The joint video/audio denoising loop (architecture.md §8.3, §8.4, §9.1, §9.2, §8.5) and the one noise draw.
 
-One step k of :func:`denoise` (pipeline.md 14 step 5):
+One step k of :func:`denoise` (architecture.md §1.2):
 
-1. TI2V: overwrite latent frame 0 with the clean image latent (pipeline.md 7.1 step 5, pitfall 20);
+1. TI2V: overwrite latent frame 0 with the clean image latent (architecture.md §9.1);
 2. the guided velocity (:func:`magihuman.sampling.guidance.guided_velocity`): the conditional model call,
-   and with ``cfg_number = 2`` the negative-prompt call, then ``v = v_u + g·(v_c - v_u)`` (pipeline.md 5);
+   and with ``cfg_number = 2`` the negative-prompt call, then ``v = v_u + g·(v_c - v_u)`` (architecture.md §8.4);
 3. update both streams: FlowUniPC (base model) or predict-x0-then-renoise (distilled model)
-   (pipeline.md 4.4, 4.5); the audio stays untouched when it drives the video (pipeline.md 7.2).
+   (architecture.md §8.2, §8.3); the audio stays untouched when it drives the video (architecture.md §9.2).
 
 After the loop frame 0 is overwritten once more. The model is timestep-free: t only selects the video
-guidance scale (pitfall 1, 5).
+guidance scale (architecture.md §8.1, §8.4).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def denoise(
     callback: StepCallback | None = None,
     batch_cfg: bool = False,
 ) -> Latents:
-    """Denoise a video latent and an audio latent jointly (pipeline.md 4.4, 4.5, 5, 7.1 step 5, 7.2, 14).
+    """Denoise a video latent and an audio latent jointly (architecture.md §8.2, §8.3, §8.4, §9.1, §9.2, §1.2).
 
     ``model(video_latent, audio_latent, text_embeds) -> (video_velocity, audio_velocity)`` may be any
     callable, e.g. ``MagiHumanTransformer``. With ``cfg_number = 2`` it is called twice per step, first with
@@ -54,24 +54,24 @@ def denoise(
     (:func:`~magihuman.model.packing.pad_text_batch`) and ``model(video, audio, text, text_lengths=lengths)``,
     which must keep the samples apart (``MagiHumanTransformer`` does: own coordinates, attention over
     each sample's real tokens only). That is exact, unlike packing both into one attention, which
-    would mix them (pipeline.md 5); the velocities equal the two-pass ones up to the GEMMs' rounding
+    would mix them (architecture.md §8.4); the velocities equal the two-pass ones up to the GEMMs' rounding
     for a different row count.
 
-    Updates (pipeline.md 4.5 "which update is used"):
+    Updates (architecture.md §8.3):
 
     * ``"unipc"``: one :class:`~magihuman.sampling.schedulers.FlowUniPCScheduler` for the video and one for the
       audio, fresh for this call.
     * ``"renoise"``: :func:`~magihuman.sampling.schedulers.renoise_step` with a fresh ε per stream and step.
-      Draw order (pipeline.md 12): per step the video ε, then the audio ε, at every step including the
+      Draw order (architecture.md §8.5): per step the video ε, then the audio ε, at every step including the
       last (σ = 0, where ε is multiplied by 0): 2·N draws of :func:`draw_noise`. ``renoise_noise``
       replaces the draws (e.g. to replay recorded noise).
 
-    Audio-driven video (``audio_fixed=True``, pipeline.md 7.2): ``latents.audio`` is then the clean audio
+    Audio-driven video (``audio_fixed=True``, architecture.md §9.2): ``latents.audio`` is then the clean audio
     latent, returned bit-identical. **Deviation from the reference:** its distilled (re-noise) loop ignores
     the flag and re-noises the given audio; here the audio stays fixed in both updates so that the given
     audio really drives the video. The audio ε is **still drawn** every step and discarded, so the draw
     sequence keeps the reference's order (video ε, audio ε per step, which it follows regardless of A2V,
-    pipeline.md 4.5) and every video ε is the one the same generator gives with ``audio_fixed=False``.
+    architecture.md §8.3) and every video ε is the one the same generator gives with ``audio_fixed=False``.
 
     Args:
         model: callable as above (an ``nn.Module`` or any function).
@@ -80,7 +80,7 @@ def denoise(
         text: prompt embedding ``[B, Nt, C]`` and, required when ``cfg_number == 2``, the negative one.
         config: a :class:`~magihuman.sampling.config.SamplerConfig` (e.g. ``BASE_SAMPLER``, ``DISTILL_SAMPLER``).
         image_latent: TI2V clean image latent ``[B, 48, 1, h, w]`` float32; written into latent frame 0 before
-            every step (both CFG calls see it) and once after the loop (pipeline.md 7.1 step 5).
+            every step (both CFG calls see it) and once after the loop (architecture.md §9.1).
         audio_fixed: keep the audio latent fixed (audio-to-video).
         generator: source of the re-noise ε (``"renoise"`` only).
         renoise_noise: ``"renoise"`` only: N pairs ``(video_eps, audio_eps)`` used instead of drawing;
@@ -120,14 +120,14 @@ def draw_noise(shape: Sequence[int], generator: torch.Generator | None, device: 
     is None, then torch's global CPU generator), moved to ``device``.
 
     Every random draw of a request goes through here, so a seeded CPU generator gives the same numbers
-    on every device (pipeline.md 12 lists the draw order).
+    on every device (architecture.md §8.5 lists the draw order).
     """
     source = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device=source).to(device)
 
 
 def _overwrite_first_frame(video: torch.Tensor, image_latent: torch.Tensor | None) -> torch.Tensor:
-    """TI2V conditioning: a copy of ``video`` with latent frame 0 replaced (pipeline.md 7.1 step 5)."""
+    """TI2V conditioning: a copy of ``video`` with latent frame 0 replaced (architecture.md §9.1)."""
     if image_latent is None:
         return video
     video = video.clone()
@@ -136,7 +136,7 @@ def _overwrite_first_frame(video: torch.Tensor, image_latent: torch.Tensor | Non
 
 
 class _UniPCUpdate:
-    """One FlowUniPC scheduler per stream (pipeline.md 4.4, pitfall 30); none for a fixed audio."""
+    """One FlowUniPC scheduler per stream (architecture.md §8.2); none for a fixed audio."""
 
     def __init__(self, config: SamplerConfig, device: torch.device, audio_fixed: bool):
         self.video = self._scheduler(config, device)
@@ -155,7 +155,7 @@ class _UniPCUpdate:
 
 
 class _RenoiseUpdate:
-    """Distilled re-noise step, video then audio, each with its own ε (pipeline.md 4.5)."""
+    """Distilled re-noise step, video then audio, each with its own ε (architecture.md §8.3)."""
 
     def __init__(self, sigmas, audio_fixed, generator, renoise_noise):
         self.sigmas = sigmas
@@ -175,7 +175,8 @@ class _RenoiseUpdate:
         if self.renoise_noise is not None:
             eps_video, eps_audio = self.renoise_noise[k]
             return eps_video.to(video.device), None if eps_audio is None else eps_audio.to(audio.device)
-        eps_video = draw_noise(video.shape, self.generator, video.device)  # video first, then audio (pipeline.md 12)
+        # video first, then audio (architecture.md §8.5)
+        eps_video = draw_noise(video.shape, self.generator, video.device)
         eps_audio = draw_noise(audio.shape, self.generator, audio.device)  # drawn even when the audio is fixed
         return eps_video, eps_audio
 

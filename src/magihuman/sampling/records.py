@@ -3,10 +3,10 @@
 Each record is a frozen dataclass whose fields state their shape and dtype, checked on construction,
 so a stage hands the next one a single value instead of loose positional tensors:
 
-* :class:`Latents`: the video and audio latents of one denoising state (pipeline.md 4.1);
-* :class:`TextConditioning`: the prompt embedding and, for CFG, the negative-prompt one (pipeline.md 3, 5);
+* :class:`Latents`: the video and audio latents of one denoising state (architecture.md §13.2);
+* :class:`TextConditioning`: the prompt embedding and, for CFG, the negative-prompt one (architecture.md §11.2, §8.4);
 * :class:`DrivingAudio`: a driving audio track's encoded latents and the waveform kept for the output
-  (pipeline.md 7.2).
+  (architecture.md §9.2).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _check_tensor(name: str, value, ndim: int, layout: str) -> None:
 
 @dataclass(frozen=True)
 class Latents:
-    """Video and audio latents of one request, denoised together (pipeline.md 4.1, 4.2).
+    """Video and audio latents of one request, denoised together (architecture.md §13.2, §11.1).
 
     Attributes:
         video: ``[B, 48, T, h, w]`` float32, normalised Wan2.2 latent (``h = H/16``, ``w = W/16``).
@@ -65,7 +65,7 @@ class Latents:
 
 @dataclass(frozen=True)
 class TextConditioning:
-    """The text side of one request (pipeline.md 3, 5).
+    """The text side of one request (architecture.md §11.2, §8.4).
 
     Attributes:
         prompt: ``[B, Nt, C]`` prompt embedding (T5Gemma encoder states; float32 from the encoder).
@@ -96,7 +96,7 @@ class TextConditioning:
 
 @dataclass(frozen=True)
 class DrivingAudio:
-    """A driving audio track (audio-to-video, pipeline.md 7.2): it sets the clip length and stays fixed.
+    """A driving audio track (audio-to-video, architecture.md §9.2): it sets the clip length and stays fixed.
 
     Attributes:
         latent: ``[1, L_a, 64]`` float32 encoded latents (a posterior sample); ``L_a`` sets the video length.

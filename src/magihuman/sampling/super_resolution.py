@@ -1,23 +1,22 @@
-"""Latent super-resolution: upsample the base latent, partly re-noise it, refine with the SR DiT (pipeline.md 8).
+"""Latent super-resolution: upsample the base latent, partly re-noise, refine with the SR DiT (architecture.md §10.1).
 
 1. Trilinear upsample of the final base video latent over (T, h, w) to the SR latent size, time unchanged,
-   ``align_corners=True`` in float32 as the reference does (pipeline.md 8 step 3). The MLX port of the
-   reference switched to ``align_corners=False`` to fix ghosting (anchors.md 1, PR #42); that is available as
-   an option but is **not** the default, because the SR checkpoints were trained against the reference.
-2. Re-noise with the ZeroSNR DDPM pair at index 220: ``0.8389104*x + 0.5442696*eps`` (pipeline.md 4.6, 8.4).
+   ``align_corners=True`` in float32 as the reference does (architecture.md §10.1). The MLX port of the
+   reference switched to ``align_corners=False`` to fix ghosting (GAIR-NLP/daVinci-MagiHuman PR #42;
+   architecture.md §10.1); that is available as an option but is **not** the default, because the SR
+   checkpoints were trained against the reference.
+2. Re-noise with the ZeroSNR DDPM pair at index 220: ``0.8389104*x + 0.5442696*eps`` (architecture.md §10.2, §10.1).
 3. The SR model's audio input is ``0.7*eps_a + 0.3*audio_base``, fixed for all steps; its output is
-   discarded and the base audio is the final audio (pipeline.md 8.5, pitfall 9).
+   discarded and the base audio is the final audio (architecture.md §10.1).
 4. Five FlowUniPC steps of the SR DiT from sigma 0.9998 (the timestep-free model infers the level), with v1
-   coordinates (pipeline.md 8.6, dit.md 3.3); the 1080p recipe uses local attention (dit.md 1.3, 5.2).
-5. Image-to-video: the image is re-encoded at the SR size and overwrites latent frame 0 (pipeline.md 8.2, 8.7).
+   coordinates (architecture.md §10.1, §3.2); the 1080p recipe uses local attention (architecture.md §2.2, §6.2).
+5. Image-to-video: the image is re-encoded at the SR size and overwrites latent frame 0 (architecture.md §10.1).
 
-Draw order (pipeline.md 12): after the base stage's draws, the re-noise eps ``[1, 48, T, h_s, w_s]``, then the
+Draw order (architecture.md §8.5): after the base stage's draws, the re-noise eps ``[1, 48, T, h_s, w_s]``, then the
 audio-corruption eps ``[1, L_a, 64]``, from the same generator.
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,19 +27,19 @@ from magihuman.sampling.loop import StepCallback, denoise, draw_noise
 from magihuman.sampling.records import Latents, TextConditioning
 from magihuman.sampling.schedulers import zero_snr_signal_noise
 
-#: Weight of the noise in the SR model's audio input (pipeline.md 1.2 ``sr_audio_noise_scale``).
+#: Weight of the noise in the SR model's audio input (architecture.md §10.1 ``sr_audio_noise_scale``).
 SR_AUDIO_NOISE_SCALE = 0.7
-#: The reference's local-attention half-width in latent frames (dit.md 1.2 ``frame_receptive_field``).
+#: The reference's local-attention half-width in latent frames (architecture.md §6.2 ``frame_receptive_field``).
 FRAME_RECEPTIVE_FIELD = 11
 
 
 def upsample_latent(latent: torch.Tensor, size: tuple[int, int], *, align_corners: bool = True) -> torch.Tensor:
-    """Trilinear upsample of ``[B, C, T, h, w]`` to ``[B, C, T, h_s, w_s]`` in float32 (pipeline.md 8 step 3)."""
+    """Trilinear upsample of ``[B, C, T, h, w]`` to ``[B, C, T, h_s, w_s]`` in float32 (architecture.md §10.1)."""
     return F.interpolate(latent.float(), size=(latent.shape[2], *size), mode="trilinear", align_corners=align_corners)
 
 
 def renoise_latent(latent: torch.Tensor, noise: torch.Tensor, index: int = SR_NOISE_INDEX) -> torch.Tensor:
-    """``a*x + sqrt(1 - a^2)*eps`` with the ZeroSNR signal coefficient at ``index`` (pipeline.md 4.6, 8.4)."""
+    """``a*x + sqrt(1 - a^2)*eps`` with the ZeroSNR signal coefficient at ``index`` (architecture.md §10.2, §10.1)."""
     if index == 0:
         return latent
     signal, noise_coefficient = zero_snr_signal_noise(index)
@@ -48,7 +47,7 @@ def renoise_latent(latent: torch.Tensor, noise: torch.Tensor, index: int = SR_NO
 
 
 def corrupt_audio(audio: torch.Tensor, noise: torch.Tensor, scale: float = SR_AUDIO_NOISE_SCALE) -> torch.Tensor:
-    """The SR model's fixed audio input ``scale*eps + (1 - scale)*audio`` (pipeline.md 8 step 5)."""
+    """The SR model's fixed audio input ``scale*eps + (1 - scale)*audio`` (architecture.md §10.1)."""
     return scale * noise + (1 - scale) * audio
 
 
@@ -59,11 +58,11 @@ def super_resolve(
     *,
     stage: SuperResolutionStage,
     generator: torch.Generator,
-    image_latent: Optional[torch.Tensor] = None,
-    callback: Optional[StepCallback] = None,
+    image_latent: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
     batch_cfg: bool = False,
 ) -> Latents:
-    """Refine a base video latent at the SR size (pipeline.md 8).
+    """Refine a base video latent at the SR size (architecture.md §10.1).
 
     Args:
         model: the SR DiT (loaded with the local-attention layers for the 1080p recipe).
@@ -80,7 +79,7 @@ def super_resolve(
 
     Returns:
         :class:`~magihuman.sampling.records.Latents` with the SR video ``[1, 48, T, h_s, w_s]`` float32 and
-        the base audio ``latents.audio`` itself: the SR loop's audio output is discarded (pipeline.md 8.5).
+        the base audio ``latents.audio`` itself: the SR loop's audio output is discarded (architecture.md §10.1).
     """
     upsampled = upsample_latent(latents.video, stage.latent_size, align_corners=stage.align_corners)
     eps = draw_noise(upsampled.shape, generator, upsampled.device)

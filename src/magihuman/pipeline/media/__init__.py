@@ -2,13 +2,13 @@
 
 Everything here is plain CPU work around the models, one module per concern:
 
-* :mod:`~magihuman.pipeline.media.image`: the conditioning image (``pipeline.md`` 7.1):
+* :mod:`~magihuman.pipeline.media.image`: the conditioning image (architecture.md §9.1):
   :func:`load_image`, :func:`center_crop_box`, :func:`preprocess_image`, :func:`check_image_file`;
-* :mod:`~magihuman.pipeline.media.audio`: driving audio (``pipeline.md`` 7.2, ``codecs.md`` 4.1):
+* :mod:`~magihuman.pipeline.media.audio`: driving audio (architecture.md §9.2, §11.5):
   :func:`load_audio`, :func:`check_audio_file`;
-* :mod:`~magihuman.pipeline.media.pixels`: decoded pixels to ``uint8`` (``pipeline.md`` 9.1):
+* :mod:`~magihuman.pipeline.media.pixels`: decoded pixels to ``uint8`` (architecture.md §12.1):
   :func:`video_to_uint8`;
-* :mod:`~magihuman.pipeline.media.mp4`: the output file (``pipeline.md`` 9.3, our own design where
+* :mod:`~magihuman.pipeline.media.mp4`: the output file (architecture.md §12.3, our own design where
   noted): :func:`check_output_path`, :func:`write_mp4`;
 * :mod:`~magihuman.pipeline.media.probe`: container facts, :func:`probe_media`.
 

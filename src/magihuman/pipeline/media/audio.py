@@ -1,4 +1,4 @@
-"""Driving-audio input (pipeline.md 7.2, codecs.md 4.1): any file PyAV reads, to mono float32.
+"""Driving-audio input (architecture.md §9.2, §11.5): any file PyAV reads, to mono float32.
 
 Also :func:`check_audio_file`, the decode-level check the input boundary
 (:mod:`magihuman.pipeline.validation`) runs before any model loads.
@@ -16,7 +16,7 @@ from magihuman.pipeline.media.probe import _existing_file, _open_input
 
 __all__ = ["AUDIO_INPUT_SAMPLE_RATE", "load_audio", "check_audio_file"]
 
-#: Rate at which driving audio is decoded for the audio VAE: 25 latents/s x 2048 hop (``pipeline.md`` 7.2).
+#: Rate at which driving audio is decoded for the audio VAE: 25 latents/s x 2048 hop (architecture.md §9.2).
 AUDIO_INPUT_SAMPLE_RATE = 51200
 
 
@@ -26,7 +26,7 @@ def load_audio(
     sample_rate: int = AUDIO_INPUT_SAMPLE_RATE,
     max_seconds: float | None = None,
 ) -> np.ndarray:
-    """Decode the first audio stream of a file to mono float32 (``pipeline.md`` 7.2, ``codecs.md`` 4.1).
+    """Decode the first audio stream of a file to mono float32 (architecture.md §9.2, §11.5).
 
     Mirrors the reference's ffmpeg/whisper loader through PyAV: one ``av.AudioResampler`` converts to
     **mono, signed 16-bit, ``sample_rate`` Hz** (libswresample defaults), then the samples are divided by

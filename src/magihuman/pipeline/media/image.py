@@ -1,4 +1,4 @@
-"""Conditioning image input (pipeline.md 7.1): load upright RGB, centre crop, Lanczos resize to [-1, 1].
+"""Conditioning image input (architecture.md §9.1): load upright RGB, centre crop, Lanczos resize to [-1, 1].
 
 Also :func:`check_image_file`, the decode-level check the input boundary
 (:mod:`magihuman.pipeline.validation`) runs before any model loads.
@@ -22,7 +22,7 @@ _VAE_SCALE_FACTOR = 16
 
 
 def load_image(image: str | os.PathLike | PIL.Image.Image, *, max_pixels: int | None = None) -> PIL.Image.Image:
-    """Load the conditioning image upright and in RGB (``pipeline.md`` 7.1 step 1, pitfall 19).
+    """Load the conditioning image upright and in RGB (architecture.md §9.1).
 
     The EXIF orientation tag is applied (``PIL.ImageOps.exif_transpose``) and the result is converted to
     ``RGB`` with ``Image.convert`` (an alpha channel is dropped, not composited; grayscale is replicated),
@@ -95,13 +95,13 @@ def _upright_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 def center_crop_box(
     width: int, height: int, target_width: int, target_height: int
 ) -> tuple[float, float, float, float]:
-    """Float crop box that centres the target aspect ratio in an image (``pipeline.md`` 7.1 step 2).
+    """Float crop box that centres the target aspect ratio in an image (architecture.md §9.1).
 
     With ``(w, h)`` the image size and ``(tw, th)`` the target size: if ``h / w > th / tw`` the full width is
     kept and ``new_h = int(w * th / tw)``; otherwise the full height is kept and ``new_w = int(h * tw / th)``.
     The box is ``((w - new_w) / 2, (h - new_h) / 2, (w + new_w) / 2, (h + new_h) / 2)``. No resizing
     happens here. ``PIL.Image.crop`` rounds each coordinate with Python's ``round`` (half to even), so
-    ``(0, 6.5, 101, 73.5)`` crops rows 6..74 (68 rows) - pitfall 19.
+    ``(0, 6.5, 101, 73.5)`` crops rows 6..74 (68 rows); architecture.md §9.1.
 
     Args:
         width: image width in pixels (> 0).
@@ -133,13 +133,13 @@ def center_crop_box(
 
 
 def preprocess_image(image: str | os.PathLike | PIL.Image.Image, width: int, height: int) -> torch.Tensor:
-    """Image to the VAE input: centre crop, Lanczos resize, scale to [-1, 1] (``pipeline.md`` 7.1 steps 1-3).
+    """Image to the VAE input: centre crop, Lanczos resize, scale to [-1, 1] (architecture.md §9.1).
 
     Steps: :func:`load_image` (EXIF orientation, RGB); crop with :func:`center_crop_box` unless the image
     already is exactly ``width`` x ``height``; then ``diffusers.video_processor.VideoProcessor(
     vae_scale_factor=16).preprocess`` (PIL Lanczos resize to ``(width, height)``, ``/255``, NCHW,
-    ``2x - 1``), as the reference does. Reproduces the reference tensor bit for bit (golden
-    ``codec_wan22_vae`` ``encode.preprocessed_image``). The bf16 cast and the time axis are the VAE's
+    ``2x - 1``), as the reference does. Parity: docs/parity.md (``codec_wan22_vae``,
+    ``encode.preprocessed_image``). The bf16 cast and the time axis are the VAE's
     business (step 4), not done here.
 
     Args:

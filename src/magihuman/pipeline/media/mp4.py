@@ -1,4 +1,4 @@
-"""The output file (pipeline.md 9.3; atomic writing and validation are our own design).
+"""The output file (architecture.md §12.3; atomic writing and validation are our own design).
 
 :func:`check_output_path` before any model runs, :func:`write_mp4` at the end: H.264 + AAC through PyAV
 (libx264 and the native AAC encoder bundled with it; no ``ffmpeg`` executable).
@@ -23,12 +23,12 @@ __all__ = ["DEFAULT_CRF", "DEFAULT_FPS", "OUTPUT_AUDIO_SAMPLE_RATE", "check_outp
 
 logger = logging.getLogger(__name__)
 
-#: Frames per second of every generated video (``pipeline.md`` 13 item 33, ``codecs.md`` 1).
+#: Frames per second of every generated video (architecture.md §13.2, §11).
 DEFAULT_FPS = 25
 #: x264 constant rate factor the reference gets from imageio ``quality=8``: int((1 - 0.8) * 51) = 10
-#: (``pipeline.md`` 9.3). Visually lossless; files are large. 18-23 is the usual range for sharing.
+#: (architecture.md §12.3). Visually lossless; files are large. 18-23 is the usual range for sharing.
 DEFAULT_CRF = 10
-#: Rate of the final audio track (``pipeline.md`` 9.2).
+#: Rate of the final audio track (architecture.md §12.2).
 OUTPUT_AUDIO_SAMPLE_RATE = 44100
 
 _VIDEO_CODEC = "libx264"
@@ -92,15 +92,15 @@ def write_mp4(
     preset: str = "medium",
     num_frames: int | None = None,
 ) -> Path:
-    """Write H.264 video (+ optional AAC audio) to an MP4 file, atomically (``pipeline.md`` 9.3).
+    """Write H.264 video (+ optional AAC audio) to an MP4 file, atomically (architecture.md §12.3).
 
     Video: libx264, ``yuv420p`` (RGB converted by libswscale with its defaults, BT.601 limited range,
     untagged - what the reference's ffmpeg produced), constant rate factor ``crf`` (reference: 10), one
     frame every ``1/fps`` s; the file reads back as exactly ``F`` frames at ``fps``. Audio: native AAC at
     ``sample_rate`` with the encoder's default bit rate (the reference re-encodes its WAV with default AAC
     settings), samples clipped to ``[-1, 1]`` and fed in encoder ``frame_size`` chunks (1024), interleaved
-    with the video by time. Both streams keep their full length (no ``-shortest``, pitfall 18): generated
-    audio is usually 0.04-0.12 s longer than the video (pitfall 17).
+    with the video by time. Both streams keep their full length (no ``-shortest``, architecture.md §12.3): generated
+    audio is usually 0.04-0.12 s longer than the video (architecture.md §12.2).
 
     Odd sizes: ``yuv420p`` needs even width and height, so an odd-sized frame is padded by one row/column
     on the bottom/right by edge replication (a warning is logged); the file is then up to 1 pixel larger.

@@ -1,4 +1,4 @@
-"""Decoded video pixels to ``uint8`` frames (pipeline.md 9.1)."""
+"""Decoded video pixels to ``uint8`` frames (architecture.md §12.1)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ __all__ = ["video_to_uint8"]
 
 
 def video_to_uint8(video: torch.Tensor) -> np.ndarray:
-    """Decoded video in [-1, 1] to ``uint8`` frames (``pipeline.md`` 9.1 "Post", pitfall 16).
+    """Decoded video in [-1, 1] to ``uint8`` frames (architecture.md §12.1).
 
     Per value: ``x * 0.5 + 0.5``, clamp to ``[0, 1]``, ``* 255`` in float32, then a **truncating** cast
     to ``uint8`` (no rounding), exactly as the reference. Only batch item 0 is used. Work is done a few
