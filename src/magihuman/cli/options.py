@@ -160,7 +160,7 @@ class GenerateOptions:
     cp: Annotated[int, _opt("--cp", min=1, help="Sequence-parallel (Ulysses) degree: split each sample over this "
         "many processes. Launch with `torchrun --nproc_per_node N -m magihuman generate --cp N ...`; N must divide "
         "the model's 8 K/V heads (1, 2, 4 or 8).", panel="Parallelism")] = 1
-    lora: Annotated[Optional[list[str]], _opt("--lora", metavar="FILE[:SCALE]", help="LoRA adapter from `magihuman "
+    lora: Annotated[list[str] | None, _opt("--lora", metavar="FILE[:SCALE]", help="LoRA adapter from `magihuman "
         "train lora`, at SCALE (default 1.0); repeat to combine several.", panel="Adapters")] = None
     #: Not a flag: the checkpoint root came from the environment (``--demo`` and ``--config`` may replace it).
     root_from_env: bool = field(default=False, metadata={"flag": False})
