@@ -711,3 +711,8 @@ def _print_plan(planned: list[hub.PlannedSource], root: Path) -> None:
     table.add_section()
     table.add_row("total", "", "", "", hub.format_size(sum(p.missing_bytes or 0 for p in planned) if known else None))
     Console(file=sys.stderr).print(table)
+
+
+from magihuman.serve.cli import serve as _serve  # noqa: E402 - issue 10: `magihuman serve`
+
+app.command("serve")(_serve)
