@@ -223,7 +223,7 @@ def _exit_when_parent_dies() -> None:
     os._exit(3)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> None:
     """``python -m magihuman.serve.worker --device DEVICE [--watch-stdin]``; settings from ``$MAGIHUMAN_SERVE_CONFIG``."""
     parser = argparse.ArgumentParser(prog="python -m magihuman.serve.worker", description=main.__doc__)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -244,11 +244,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     name = args.name or f"{socket.gethostname()}:{os.getpid()}:{args.device}"
     logger.info("%s: loading %s", name, ", ".join(config.models))
     pipelines = load_pipelines(config, args.device)
+    _warm_up()
     logger.info("%s: ready", name)
     Worker(config, store, pipelines, worker_id=name, stop=stop).run()
     store.close()
-    return 0
+    logger.info("%s: stopped", name)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # not a normal exit: the stdin watcher thread may hold stdin's lock during interpreter shutdown
+
+
+def _warm_up() -> None:
+    """Import what the first job needs (request checks, MP4 writer) before declaring the worker ready."""
+    from magihuman.serve.jobs import _request_class
+
+    _request_class()
+    importlib.import_module("magihuman.pipeline.media")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
