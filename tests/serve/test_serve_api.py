@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 
 from conftest import write_tone  # tests/conftest.py
-from serve_helpers import InProcess, inproc  # noqa: F401 - the fixture
+from .serve_helpers import InProcess
 
 PROMPT = "A woman in a grey coat on a train platform says: \"The last train leaves in ten minutes.\""
 SMALL = {"prompt": PROMPT, "seconds": 0.4, "size": "64x64"}

@@ -1,0 +1,22 @@
+"""Session fixtures of the serve tests (this folder is a package, so this conftest does not shadow tests/conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .serve_helpers import FAKE_FACTORY, ServerProcess, inproc  # noqa: F401 - inproc: a fixture
+
+#: Queue limit of the shared fake-pipeline server (the load test fills it).
+FAKE_QUEUE_LIMIT = 40
+
+
+@pytest.fixture(scope="session")
+def fake_server(tmp_path_factory):
+    """A real server process (API + UI + two workers) on loopback serving the fake pipeline (10 ms per step)."""
+    root = tmp_path_factory.mktemp("fake-server")
+    server = ServerProcess(root / "data", "--devices", "cpu,cpu", "--pipeline-factory", FAKE_FACTORY,
+                           "--queue-limit", str(FAKE_QUEUE_LIMIT), "--max-upload-mb", "1",
+                           env={"MAGIHUMAN_FAKE_STEP_SECONDS": "0.01"})
+    server.start()
+    yield server
+    server.stop()
