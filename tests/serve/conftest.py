@@ -8,6 +8,8 @@ from .serve_helpers import FAKE_FACTORY, ServerProcess, inproc  # noqa: F401 - i
 
 #: Queue limit of the shared fake-pipeline server (the load test fills it).
 FAKE_QUEUE_LIMIT = 40
+#: API key of the shared fake-pipeline server (also the UI password).
+FAKE_API_KEY = "test-key-123"
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +18,8 @@ def fake_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("fake-server")
     server = ServerProcess(root / "data", "--devices", "cpu,cpu", "--pipeline-factory", FAKE_FACTORY,
                            "--queue-limit", str(FAKE_QUEUE_LIMIT), "--max-upload-mb", "1",
-                           env={"MAGIHUMAN_FAKE_STEP_SECONDS": "0.01"})
+                           env={"MAGIHUMAN_FAKE_STEP_SECONDS": "0.01", "MAGIHUMAN_API_KEY": FAKE_API_KEY},
+                           api_key=FAKE_API_KEY)
     server.start()
     yield server
     server.stop()

@@ -74,7 +74,7 @@ class _BodyLimit:
         length = dict(scope.get("headers") or ()).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             response = error_response(413, f"the request body exceeds {self.limit} bytes; send smaller files",
-                                      code="request_too_large")
+                                      param="body", code="request_too_large")
             return await response(scope, receive, send)
         seen = 0
 
@@ -140,6 +140,13 @@ def create_app(config: ServeConfig, *, store: Optional[JobStore] = None, ui: Opt
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=_ERRORS)
     _video_routes(v1, service)
+
+    @v1.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def no_such_endpoint(request: Request, rest: str) -> None:
+        """Any other ``/v1`` path: a JSON 404 (not the UI's), naming the video id for ``/v1/videos/...``."""
+        param = "video_id" if rest.startswith("videos/") else "path"
+        raise InputError(param, f"no endpoint {request.method} /v1/{rest}; see /docs", code="not_found", status=404)
+
     app.include_router(v1)
 
     @app.get("/healthz", response_model=Health, tags=["service"])
@@ -244,23 +251,23 @@ def _video_routes(v1: APIRouter, service: JobService) -> None:
 
 
 async def _read_body(request: Request, config: ServeConfig) -> tuple[dict[str, Any], dict[str, IncomingUpload]]:
-    """Text fields and file parts of a JSON or multipart request."""
+    """Text fields and file parts of a JSON, multipart or URL-encoded form request."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         try:
             fields = await request.json()
         except ValueError:
-            raise InputError(None, "the body is not valid JSON", code="invalid_json") from None
+            raise InputError("body", "the body is not valid JSON", code="invalid_json") from None
         if not isinstance(fields, dict):
-            raise InputError(None, "the JSON body must be an object of fields", code="invalid_json")
+            raise InputError("body", "the JSON body must be an object of fields", code="invalid_json")
         return fields, {}
-    if kind != "multipart/form-data":
+    if kind not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise InputError("Content-Type", "send application/json or multipart/form-data", code="unsupported_media_type",
                          status=415)
     try:
         form = await request.form(max_files=len(UPLOAD_FIELDS), max_fields=32, max_part_size=config.max_request_bytes)
     except MultiPartException as exc:
-        raise InputError(None, f"malformed multipart body: {exc.message}", code="invalid_multipart") from None
+        raise InputError("body", f"malformed multipart body: {exc.message}", code="invalid_multipart") from None
     fields: dict[str, Any] = {}
     uploads: dict[str, IncomingUpload] = {}
     for name, value in form.multi_items():

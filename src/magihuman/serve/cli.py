@@ -86,7 +86,8 @@ def serve(
         host=host, port=port, data_dir=data_dir or default_data_dir(), database_url=database_url,
         checkpoint_root=checkpoint_root, models=tuple(model or ("distill",)), devices=chosen, api=api, ui=ui,
         api_key=api_key or None, cors_origins=tuple(cors_origin or ()), queue_limit=queue_limit,
-        max_upload_bytes=int(max_upload_mb * (1 << 20)), max_seconds=max_seconds, lease_seconds=lease_seconds,
+        max_upload_bytes=int(max_upload_mb * (1 << 20)), max_request_bytes=int(3 * max_upload_mb * (1 << 20)) + (1 << 20),
+        max_seconds=max_seconds, lease_seconds=lease_seconds,
         heartbeat_seconds=heartbeat_seconds, max_attempts=max_attempts, pipeline_factory=pipeline_factory,
         runtime={k: v for k, v in runtime.items() if v},
     )

@@ -65,7 +65,8 @@ class ServeConfig:
         cors_origins: origins allowed by CORS; empty: no CORS headers at all.
         queue_limit: most jobs queued or running at once; further creates get 429 with ``Retry-After``.
         max_upload_bytes: largest accepted upload (image or audio), bytes.
-        max_request_bytes: largest accepted request body, bytes.
+        max_request_bytes: largest accepted request body, bytes (``magihuman serve``: room for two uploads as
+            base64 plus 1 MiB).
         max_seconds: longest clip a request may ask for, seconds.
         max_pixels: largest ``width * height`` a request may ask for (before any SR stage).
         lease_seconds: a running job's lease; a worker that misses its heartbeats this long loses the job.

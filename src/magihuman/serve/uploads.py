@@ -51,7 +51,7 @@ class BodyTooLarge(InputError):
     """The request body exceeded the server's ``max_request_bytes``."""
 
     def __init__(self, limit: int):
-        super().__init__(None, f"the request body exceeds {limit} bytes; send smaller files",
+        super().__init__("body", f"the request body exceeds {limit} bytes; send smaller files",
                          code="request_too_large", status=413)
 
 
