@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from .serve_helpers import FAKE_FACTORY, ServerProcess, inproc  # noqa: F401 - inproc: a fixture
@@ -23,3 +25,19 @@ def fake_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL cluster (skipped only outside CI when the package is missing)."""
+    from .serve_helpers import PostgresCluster
+
+    try:
+        cluster = PostgresCluster()
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    cluster.start()
+    yield cluster
+    cluster.stop()

@@ -1,4 +1,5 @@
-"""The job store's queue rules on SQLite: claims, leases, re-queues, attempt limits, fencing, idempotency."""
+"""The job store's queue rules on SQLite and on PostgreSQL: claims, leases, re-queues, attempt limits, fencing,
+idempotency, concurrent claims."""
 
 from __future__ import annotations
 
@@ -9,9 +10,16 @@ import pytest
 from magihuman.serve.store import IdempotencyConflict, JobStore, QueueFull
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    return request.getfixturevalue("postgres").new_database()
+
+
 @pytest.fixture
-def store(tmp_path):
-    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+def store(url):
+    store = JobStore(url)
     yield store
     store.close()
 
@@ -104,8 +112,7 @@ def test_idempotency_and_queue_limit(store):
     assert create("k1", "f1", 6)[0].id == job.id  # a replay is answered even when the queue is full
 
 
-def test_concurrent_claims_take_each_job_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+def test_concurrent_claims_take_each_job_once(url):
     setup = JobStore(url)
     ids = add(setup, 60)
     taken: list[list[str]] = [[] for _ in range(4)]
