@@ -39,7 +39,8 @@ from magihuman.serve.jobs import THUMBNAIL_NAME, generation_request
 from magihuman.serve.store import Job, JobStore
 from magihuman.serve.uploads import remove_folder
 
-__all__ = ["Worker", "JobStopped", "load_pipelines", "load_official_pipeline", "main", "CONFIG_ENV"]
+__all__ = ["Worker", "JobStopped", "WorkerStopping", "load_pipelines", "load_official_pipeline", "warm_up", "main", "CONFIG_ENV",
+           "GO", "STOPPED", "RELEASE"]
 
 logger = logging.getLogger("magihuman.serve.worker")
 
@@ -47,11 +48,15 @@ logger = logging.getLogger("magihuman.serve.worker")
 CONFIG_ENV = "MAGIHUMAN_SERVE_CONFIG"
 
 
+#: Step verdicts: go on, stop (the run no longer owns its job), release (the worker is stopping).
+GO, STOPPED, RELEASE = 0, 1, 2
+
+
 class JobStopped(Exception):
     """Raised inside the step callback: the run no longer owns its job (cancelled, deleted, lease lost)."""
 
 
-class _Release(Exception):
+class WorkerStopping(Exception):
     """Raised inside the step callback: this worker is shutting down; the job goes back to the queue."""
 
 
@@ -127,7 +132,7 @@ class Worker:
             logger.info("%s: %s stopped: cancelled, deleted or lease lost", self.worker_id, job.id)
             self._discard(job, folder)
             return
-        except _Release:
+        except WorkerStopping:
             self.store.release(job)
             logger.info("%s: %s released back to the queue (worker stopping)", self.worker_id, job.id)
             return
@@ -149,30 +154,45 @@ class Worker:
         pipe = self.pipelines[job.model]
         request = generation_request(job, folder)
         done = 0
-        last_progress = -1
+        last = [-1]
 
         def on_step_end(_pipe, _step, _timestep, callback_kwargs: dict) -> dict:
-            nonlocal done, last_progress
+            nonlocal done
             done += 1
             total = int(callback_kwargs.get("total_steps") or callback_kwargs.get("num_steps") or done)
-            progress = min(99, int(100 * done / max(total, done)))
-            if self.stop.is_set():
-                raise _Release()
-            if lost.is_set():
+            verdict = self._agree(self._step_verdict(job, min(99, int(100 * done / max(total, done))), lost, last))
+            if verdict == RELEASE:
+                raise WorkerStopping()
+            if verdict == STOPPED:
                 raise JobStopped()
-            if progress != last_progress:
-                if not self.store.heartbeat(job, self.config.lease_seconds, progress=progress):
-                    raise JobStopped()
-                last_progress = progress
             return callback_kwargs
 
-        if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
-            out = pipe(request, callback_on_step_end=on_step_end)
-        else:  # a pipeline without step callbacks: progress jumps at the end, a cancel drops the result
-            out = pipe(request)
+        out = self._call_pipeline(pipe, request, on_step_end)
         if lost.is_set():
             raise JobStopped()
         return out
+
+    def _step_verdict(self, job: Job, progress: int, lost: threading.Event, last: list[int]) -> int:
+        """After a step: :data:`GO`, :data:`STOPPED` (the run lost its job) or :data:`RELEASE` (worker stopping).
+        Records ``progress`` (and renews the lease) when it changed."""
+        if self.stop.is_set():
+            return RELEASE
+        if lost.is_set():
+            return STOPPED
+        if progress != last[0]:
+            if not self.store.heartbeat(job, self.config.lease_seconds, progress=progress):
+                return STOPPED
+            last[0] = progress
+        return GO
+
+    def _agree(self, verdict: int) -> int:
+        """The verdict every process of the worker acts on (one process: its own)."""
+        return verdict
+
+    def _call_pipeline(self, pipe, request, on_step_end):
+        if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+            return pipe(request, callback_on_step_end=on_step_end)
+        return pipe(request)  # a pipeline without step callbacks: progress jumps at the end, a cancel drops the result
 
     def _write(self, job: Job, folder: Path, out) -> str:
         """``attempt-<n>.mp4`` and the thumbnail, each written atomically; returns the MP4's name."""
@@ -229,6 +249,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--name", default=None, help="worker name shown on its jobs")
     parser.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes (set by the supervisor)")
+    parser.add_argument("--cp", type=int, default=1, help="sequence-parallel group size: launch with torchrun "
+                        "--nproc_per_node N ... --cp N; the group renders one job at a time")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.watch_stdin:
@@ -242,11 +264,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     store = JobStore(config.url)
     name = args.name or f"{socket.gethostname()}:{os.getpid()}:{args.device}"
-    logger.info("%s: loading %s", name, ", ".join(config.models))
-    pipelines = load_pipelines(config, args.device)
-    _warm_up()
-    logger.info("%s: ready", name)
-    Worker(config, store, pipelines, worker_id=name, stop=stop).run()
+    if args.cp > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from magihuman.serve.group_worker import run_group
+
+        run_group(config, store, cp=args.cp, device=args.device, name=name, stop=stop)
+    else:
+        logger.info("%s: loading %s", name, ", ".join(config.models))
+        pipelines = load_pipelines(config, args.device)
+        warm_up()
+        logger.info("%s: ready", name)
+        Worker(config, store, pipelines, worker_id=name, stop=stop).run()
     store.close()
     logger.info("%s: stopped", name)
     logging.shutdown()
@@ -255,7 +282,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     os._exit(0)  # not a normal exit: the stdin watcher thread may hold stdin's lock during interpreter shutdown
 
 
-def _warm_up() -> None:
+def warm_up() -> None:
     """Import what the first job needs (request checks, MP4 writer) before declaring the worker ready."""
     from magihuman.serve.jobs import _request_class
 
