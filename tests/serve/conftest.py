@@ -1,4 +1,5 @@
-"""Session fixtures of the serve tests (this folder is a package, so this conftest does not shadow tests/conftest.py)."""
+"""Session fixtures of the serve tests (this folder is a package, so this conftest does not shadow
+tests/conftest.py)."""
 
 from __future__ import annotations
 

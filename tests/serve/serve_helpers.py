@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import httpx
 import pytest
@@ -98,17 +97,17 @@ class ServerProcess:
         env: extra environment variables.
     """
 
-    def __init__(self, data_dir: Path, *args: str, env: Optional[dict[str, str]] = None, api_key: Optional[str] = None):
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None, api_key: str | None = None):
         self.data_dir, self.args, self.api_key = data_dir, list(args), api_key
         self.env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", **(env or {}))
         src = str(REPO_ROOT / "src")
         self.env["PYTHONPATH"] = src + os.pathsep + self.env.get("PYTHONPATH", "")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
         self.log = data_dir.parent / f"server-{self.port}.log"
 
-    def start(self, timeout: float = 120.0) -> "ServerProcess":
+    def start(self, timeout: float = 120.0) -> ServerProcess:
         """Start and wait until ``/healthz`` answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "magihuman", "serve", "--host", "127.0.0.1", "--port", str(self.port),
@@ -226,7 +225,7 @@ class PostgresCluster:
         if result.returncode:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
 
-    def start(self) -> "PostgresCluster":
+    def start(self) -> PostgresCluster:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "magihuman", "--auth=trust", "-E", "UTF8",
                   "--no-sync")
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"

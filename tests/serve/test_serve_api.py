@@ -10,10 +10,9 @@ import time
 import av
 import numpy as np
 import PIL.Image
-import pytest
 
-from conftest import write_tone  # tests/conftest.py
 from .serve_helpers import InProcess
+from conftest import write_tone  # tests/conftest.py
 
 PROMPT = "A woman in a grey coat on a train platform says: \"The last train leaves in ten minutes.\""
 SMALL = {"prompt": PROMPT, "seconds": 0.4, "size": "64x64"}
@@ -138,7 +137,8 @@ def test_failed_job_reports_the_reason(inproc):
     job = inproc.client.post("/v1/videos", json={**SMALL, "prompt": PROMPT + " [[fail]]"}).json()
     done = inproc.wait(job["id"])
     assert done["status"] == "failed"
-    assert done["error"] == {"code": "generation_failed", "message": "RuntimeError: fake failure requested by the prompt"}
+    assert done["error"] == {"code": "generation_failed",
+                             "message": "RuntimeError: fake failure requested by the prompt"}
     assert inproc.client.get(f"/v1/videos/{job['id']}/content").json()["error"]["code"] == "video_not_ready"
 
 

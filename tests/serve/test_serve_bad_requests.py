@@ -49,6 +49,8 @@ def form_case(data, files, param):
     return ("post", "/v1/videos", {"data": data, "files": files}, param)
 
 
+BIG = b"\x89PNG" + b"0" * (2 << 20)  # over the fake server's 1 MiB upload limit
+GIF = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
 TEXT = ("notes.png", b"this is a text file, not an image\n" * 20, "image/png")
 FORM = {k: str(v) for k, v in OK.items()}
 
@@ -92,10 +94,12 @@ CASES = {
     "image as a web URL": json_case({**OK, "input_reference": "https://example.com/a.png"}, "input_reference"),
     "image as a file URL": json_case({**OK, "input_reference": "file:///etc/passwd"}, "input_reference"),
     "image data URL not base64": json_case({**OK, "input_reference": "data:image/png;base64,!!!"}, "input_reference"),
-    "image data URL of text": json_case({**OK, "input_reference": _data("image/png", b"hello" * 10)}, "input_reference"),
-    "image data URL of a GIF": json_case({**OK, "input_reference": _data("image/gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")},
+    "image data URL of text": json_case({**OK, "input_reference": _data("image/png", b"hello" * 10)},
+                                        "input_reference"),
+    "image data URL of a GIF": json_case({**OK, "input_reference": _data("image/gif", GIF)},
                                          "input_reference"),
-    "image claims 10^10 pixels": json_case({**OK, "input_reference": _data("image/png", _bomb_png())}, "input_reference"),
+    "image claims 10^10 pixels": json_case({**OK, "input_reference": _data("image/png", _bomb_png())},
+                                           "input_reference"),
     "image is a number": json_case({**OK, "input_reference": 7}, "input_reference"),
     "audio as a file path": json_case({**OK, "audio": "/etc/hostname"}, "audio"),
     "audio data URL of an image": json_case({**OK, "audio": _data("audio/wav", _png())}, "audio"),
@@ -105,7 +109,7 @@ CASES = {
     "form: empty image": form_case(FORM, {"input_reference": ("a.png", b"", "image/png")}, "input_reference"),
     "form: truncated PNG": form_case(FORM, {"input_reference": ("a.png", _png(64, 64)[:60], "image/png")},
                                      "input_reference"),
-    "form: oversized image": form_case(FORM, {"input_reference": ("big.png", b"\x89PNG" + b"0" * (1 << 21), "image/png")},
+    "form: oversized image": form_case(FORM, {"input_reference": ("big.png", BIG, "image/png")},
                                        "input_reference"),
     "form: text file as the audio": form_case(FORM, {"audio": ("a.wav", b"not audio\n" * 50, "audio/wav")}, "audio"),
     "form: image as the audio": form_case(FORM, {"audio": ("a.wav", _png(), "audio/wav")}, "audio"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import time
 
 import av
 import pytest
@@ -50,7 +49,8 @@ def test_demo_server_download_worker_kill_and_server_kill9(tmp_path, demo_env):
             assert probe(client.get(f"/v1/videos/{job['id']}/content").content) == (9, 64, 64, 1)
 
             # kill -9 the worker while a job runs: its lease expires, the job is re-queued and completes
-            victim = client.post("/v1/videos", json={"prompt": PROMPT, "seconds": 0.4, "size": "64x64", "seed": 5}).json()
+            body = {"prompt": PROMPT, "seconds": 0.4, "size": "64x64", "seed": 5}
+            victim = client.post("/v1/videos", json=body).json()
             wait_for(client, victim["id"], statuses=("in_progress",), timeout=60)
             (worker,) = server.worker_pids()
             os.kill(worker, signal.SIGKILL)

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.timeout(240)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="no system chromium (apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                    reason="no system chromium (apt-get install chromium)")
 def test_generate_in_the_browser(fake_server):
     sync_api = pytest.importorskip("playwright.sync_api")
     assert CHROMIUM, "CI must provide Debian's chromium (.ci/run installs it)"

@@ -2,7 +2,8 @@
 
 Modules, in data-flow order: :mod:`~magihuman.serve.config` (settings), :mod:`~magihuman.serve.schemas`
 (the API's request and response models), :mod:`~magihuman.serve.uploads` (size-limited uploads checked by
-decoding), :mod:`~magihuman.serve.store` (the SQLAlchemy job store: queue, leases, retries), :mod:`~magihuman.serve.jobs`
+decoding), :mod:`~magihuman.serve.store` (the SQLAlchemy job store: queue, leases, retries),
+:mod:`~magihuman.serve.jobs`
 (creating and reading jobs: the one path shared by the API and the UI), :mod:`~magihuman.serve.app` (the
 FastAPI app), :mod:`~magihuman.serve.ui` (the Gradio page), :mod:`~magihuman.serve.metrics` (Prometheus
 text), :mod:`~magihuman.serve.worker` (a process holding one loaded pipeline), :mod:`~magihuman.serve.supervisor`

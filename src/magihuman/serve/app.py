@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,7 +39,14 @@ from magihuman.serve.config import ServeConfig
 from magihuman.serve.jobs import UPLOAD_FIELDS, IncomingUpload, JobService, video_object
 from magihuman.serve.metrics import CONTENT_TYPE, HttpStats, render_metrics
 from magihuman.serve.schemas import (
-    CreateVideoRequest, ErrorResponse, Health, Model, ModelList, Video, VideoDeleted, VideoList,
+    CreateVideoRequest,
+    ErrorResponse,
+    Health,
+    Model,
+    ModelList,
+    Video,
+    VideoDeleted,
+    VideoList,
 )
 from magihuman.serve.store import IdempotencyConflict, JobStore, QueueFull
 from magihuman.serve.uploads import BodyTooLarge, InputError
@@ -54,8 +61,8 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 415, 429)}
 
 
-def error_response(status: int, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
-                   headers: Optional[dict[str, str]] = None) -> JSONResponse:
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     """``{"error": {...}}`` with ``status``."""
     body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": param,
                       "code": code}}
@@ -103,7 +110,7 @@ def _create_video_openapi() -> dict[str, Any]:
                                            "returns the first job instead of queuing a second."}]}
 
 
-def create_app(config: ServeConfig, *, store: Optional[JobStore] = None, ui: Optional[bool] = None) -> FastAPI:
+def create_app(config: ServeConfig, *, store: JobStore | None = None, ui: bool | None = None) -> FastAPI:
     """The FastAPI app of one server.
 
     Args:
@@ -190,7 +197,7 @@ def _video_routes(v1: APIRouter, service: JobService) -> None:
 
     @v1.get("/videos", response_model=VideoList, tags=["videos"])
     async def list_videos(
-        after: Optional[str] = Query(None, description="Id of the last job of the previous page."),
+        after: str | None = Query(None, description="Id of the last job of the previous page."),
         limit: int = Query(20, ge=1, le=100, description="Jobs per page, 1-100."),
         order: Literal["asc", "desc"] = Query("desc", description="`desc`: newest first; `asc`: oldest first."),
     ) -> VideoList:

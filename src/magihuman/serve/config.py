@@ -10,7 +10,6 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 __all__ = ["ServeConfig", "ConfigError", "default_data_dir", "is_loopback", "API_KEY_ENV", "DATA_DIR_ENV"]
 
@@ -81,13 +80,13 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = field(default_factory=default_data_dir)
-    database_url: Optional[str] = None
-    checkpoint_root: Optional[Path] = None
+    database_url: str | None = None
+    checkpoint_root: Path | None = None
     models: tuple[str, ...] = ("distill",)
     devices: tuple[str, ...] = ("cpu",)
     api: bool = True
     ui: bool = True
-    api_key: Optional[str] = None
+    api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     queue_limit: int = 100
     max_upload_bytes: int = 20 << 20
@@ -166,6 +165,6 @@ class ServeConfig:
         return json.dumps(data)
 
     @classmethod
-    def from_json(cls, text: str) -> "ServeConfig":
+    def from_json(cls, text: str) -> ServeConfig:
         """Inverse of :meth:`to_json`."""
         return cls(**json.loads(text))

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class FakePipeline:
         self.preset_name, self.step_seconds = preset, step_seconds
         self.calls = 0
 
-    def __call__(self, request: Any, *, callback_on_step_end: Optional[Callable[..., Any]] = None,
+    def __call__(self, request: Any, *, callback_on_step_end: Callable[..., Any] | None = None,
                  **_: Any) -> FakeOutput:
         """Pretend to generate ``request`` (a ``GenerationRequest``); returns a :class:`FakeOutput`.
 
@@ -100,6 +101,6 @@ class FakePipeline:
         return FakeOutput(frames, np.stack([tone, tone]), timings=timings, notices=notices)
 
 
-def load_fake_pipeline(root: Optional[Path], preset: str, device: str, runtime: Optional[dict] = None) -> FakePipeline:
+def load_fake_pipeline(root: Path | None, preset: str, device: str, runtime: dict | None = None) -> FakePipeline:
     """Pipeline factory for ``--pipeline-factory``: a :class:`FakePipeline` (``root``/``device`` are ignored)."""
     return FakePipeline(preset, float(os.environ.get(STEP_SECONDS_ENV, "0.01")))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -44,7 +44,7 @@ class GroupWorker(Worker):
     def run(self) -> None:
         """Rounds in lockstep on every rank until the leader says stop."""
         while True:
-            message: list[Optional[object]] = [self._decide() if self.leader else None]
+            message: list[object | None] = [self._decide() if self.leader else None]
             dist.broadcast_object_list(message, src=self.source)
             if message[0] == _STOP:
                 return

@@ -13,7 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO
 
 from pydantic import ValidationError
 
@@ -104,7 +104,7 @@ class IncomingUpload:
     """A file part of a request: a readable binary file object or the bytes of a decoded data URL."""
 
     source: BinaryIO | bytes
-    size: Optional[int] = None
+    size: int | None = None
 
 
 class JobService:
@@ -126,7 +126,7 @@ class JobService:
 
     # ------------------------------------------------------------------------------------------ create
     def create(self, fields: dict[str, Any], uploads: dict[str, IncomingUpload],
-               idempotency_key: Optional[str] = None) -> tuple[Job, bool]:
+               idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Check a request completely, then queue it.
 
         Args:
@@ -151,9 +151,10 @@ class JobService:
         try:
             stored = self._store_uploads(body, uploads, folder)
             params, notices = self._checked_params(body, stored, folder)
-            fingerprint = hashlib.sha256(json.dumps(
-                {"prompt": body.prompt, "model": body.model, **{k: v for k, v in params.items() if k not in UPLOAD_FIELDS},
-                 **{k: u.sha256 for k, u in stored.items()}}, sort_keys=True).encode()).hexdigest()
+            described = {"prompt": body.prompt, "model": body.model,
+                         **{k: v for k, v in params.items() if k not in UPLOAD_FIELDS},
+                         **{k: u.sha256 for k, u in stored.items()}}
+            fingerprint = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
             job, created = self.store.create(
                 job_id=job_id, model=body.model, prompt=body.prompt, params=params, notices=notices,
                 fingerprint=fingerprint, max_attempts=self.config.max_attempts, queue_limit=self.config.queue_limit,
@@ -236,22 +237,22 @@ class JobService:
         return params, notices
 
     # ------------------------------------------------------------------------------------------ read / remove
-    def get(self, job_id: str) -> Optional[Job]:
+    def get(self, job_id: str) -> Job | None:
         """The job, or None (unknown, deleted, or not an id at all)."""
         return self.store.get(job_id) if is_job_id(job_id) else None
 
-    def cancel(self, job_id: str) -> Optional[Job]:
+    def cancel(self, job_id: str) -> Job | None:
         """Cancel a queued or running job; None if unknown."""
         return self.store.cancel(job_id) if self.get(job_id) is not None else None
 
-    def delete(self, job_id: str) -> Optional[Job]:
+    def delete(self, job_id: str) -> Job | None:
         """Cancel (if active) and delete a job and its files; None if unknown."""
         job = self.store.delete(job_id) if is_job_id(job_id) else None
         if job is not None:
             remove_folder(self.folder(job_id))
         return job
 
-    def content_path(self, job: Job, variant: str) -> Optional[Path]:
+    def content_path(self, job: Job, variant: str) -> Path | None:
         """The file of a completed job: ``variant`` ``video`` (MP4) or ``thumbnail`` (WebP); None if absent."""
         if job.status != "completed" or job.output is None:
             return None
@@ -259,7 +260,7 @@ class JobService:
         return path if path.is_file() else None
 
 
-def _error_field(exc: Exception) -> Optional[str]:
+def _error_field(exc: Exception) -> str | None:
     """The API field a pipeline input error is about: its ``.field`` (issue 9 ``InputError``), else the message's."""
     field = getattr(exc, "field", None)
     if field:

@@ -8,7 +8,7 @@ lacks are ours, named plainly (``seed``, ``audio``, ``negative_prompt``, ``start
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,13 +52,13 @@ class CreateVideoRequest(BaseModel):
                                   "of 32 (480x272 renders 480x256). SR presets render their own output size.")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of every noise draw: the same request and seed give "
                                                           "the same clip on the same hardware.")
-    negative_prompt: Optional[str] = Field(
+    negative_prompt: str | None = Field(
         None, max_length=MAX_PROMPT_CHARS,
         description="Text to steer away from (presets with guidance: base, sr_*). Default: a built-in list of defects.")
-    input_reference: Optional[str] = Field(
+    input_reference: str | None = Field(
         None, description="First-frame image (image-to-video): a multipart file part, or a `data:image/...;base64,` "
                           "URL in JSON. PNG, JPEG, WebP or BMP; checked by decoding it.")
-    audio: Optional[str] = Field(
+    audio: str | None = Field(
         None, description="Driving speech track (audio-to-video): a multipart file part, or a `data:audio/...;base64,` "
                           "URL in JSON. WAV, MP3, FLAC, OGG or M4A; checked by decoding it. Its speech is kept.")
 
@@ -80,9 +80,9 @@ class Video(BaseModel):
     status: Status = Field(description="`queued`, `in_progress`, `completed`, `failed` or `cancelled`.")
     progress: int = Field(ge=0, le=100, description="Percent done, 0-100, counted in denoising steps over all stages.")
     created_at: int = Field(description="When the job was accepted, Unix seconds.")
-    started_at: Optional[int] = Field(None, description="When its current (last) run started, Unix seconds.")
-    completed_at: Optional[int] = Field(None, description="When it completed, failed or was cancelled, Unix seconds.")
-    expires_at: Optional[int] = Field(None, description="Always null: results are kept until deleted.")
+    started_at: int | None = Field(None, description="When its current (last) run started, Unix seconds.")
+    completed_at: int | None = Field(None, description="When it completed, failed or was cancelled, Unix seconds.")
+    expires_at: int | None = Field(None, description="Always null: results are kept until deleted.")
     seconds: str = Field(description="Requested clip length in seconds, as a decimal string.")
     size: str = Field(description="Rendered `WIDTHxHEIGHT` in pixels (SR presets: the SR output size).")
     prompt: str = Field(description="The prompt.")
@@ -90,7 +90,7 @@ class Video(BaseModel):
     attempts: int = Field(description="Runs started (more than 1 when a worker died and the job was re-run).")
     notices: list[str] = Field(default_factory=list,
                                description="Notes from the input checks: rounding of sizes and seconds, short prompts.")
-    error: Optional[VideoError] = Field(None, description="Set when `status` is `failed` or `cancelled`.")
+    error: VideoError | None = Field(None, description="Set when `status` is `failed` or `cancelled`.")
 
 
 class VideoList(BaseModel):
@@ -98,8 +98,8 @@ class VideoList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[Video]
-    first_id: Optional[str] = Field(None, description="Id of the first job on this page.")
-    last_id: Optional[str] = Field(None, description="Id of the last job on this page: pass it as `after` for the next.")
+    first_id: str | None = Field(None, description="Id of the first job on this page.")
+    last_id: str | None = Field(None, description="Id of the last job on this page: pass it as `after` for the next.")
     has_more: bool = Field(description="Whether more jobs follow this page.")
 
 
@@ -134,8 +134,8 @@ class ErrorBody(BaseModel):
     message: str = Field(description="What is wrong and how to fix it.")
     type: str = Field(description="`invalid_request_error`, `authentication_error`, `not_found_error`, "
                                   "`rate_limit_error`, `conflict_error` or `server_error`.")
-    param: Optional[str] = Field(None, description="The field (or header) at fault, when there is one.")
-    code: Optional[str] = Field(None, description="Machine-readable reason.")
+    param: str | None = Field(None, description="The field (or header) at fault, when there is one.")
+    code: str | None = Field(None, description="Machine-readable reason.")
 
 
 class ErrorResponse(BaseModel):

@@ -33,16 +33,27 @@ import json
 import math
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from sqlalchemy import (
-    Boolean, Float, Integer, String, Text, create_engine, event, func, select, text, update,
+    Boolean,
+    Float,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 __all__ = [
     "JobStore", "Job", "QueueFull", "IdempotencyConflict", "STATUSES", "ACTIVE", "TERMINAL",
@@ -83,18 +94,18 @@ class _JobRow(_Base):
     params: Mapped[str] = mapped_column(Text)  # JSON: seconds, width, height, seed, input file names, ...
     progress: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[float] = mapped_column(Float)
-    started_at: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
-    completed_at: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)
-    worker_id: Mapped[Optional[str]] = mapped_column(String(128), nullable=True)
-    lease_expires_at: Mapped[Optional[float]] = mapped_column(Float, nullable=True, index=True)
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
-    idempotency_key: Mapped[Optional[str]] = mapped_column(String(255), unique=True, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
-    error_code: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
-    error_message: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
-    output: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)  # file name in the job folder
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    output: Mapped[str | None] = mapped_column(String(64), nullable=True)  # file name in the job folder
     notices: Mapped[str] = mapped_column(Text, default="[]")
 
 
@@ -136,15 +147,15 @@ class Job:
     params: dict[str, Any]
     progress: int
     created_at: float
-    started_at: Optional[float]
-    completed_at: Optional[float]
+    started_at: float | None
+    completed_at: float | None
     attempts: int
     max_attempts: int
-    worker_id: Optional[str]
-    lease_expires_at: Optional[float]
-    error_code: Optional[str]
-    error_message: Optional[str]
-    output: Optional[str]
+    worker_id: str | None
+    lease_expires_at: float | None
+    error_code: str | None
+    error_message: str | None
+    output: str | None
     notices: list[str] = field(default_factory=list)
     fingerprint: str = ""
 
@@ -202,8 +213,8 @@ class JobStore:
 
     # ----------------------------------------------------------------------------------- create / read
     def create(self, *, job_id: str, model: str, prompt: str, params: dict[str, Any], notices: list[str],
-               fingerprint: str, max_attempts: int, queue_limit: int, idempotency_key: Optional[str] = None,
-               now: Optional[float] = None) -> tuple[Job, bool]:
+               fingerprint: str, max_attempts: int, queue_limit: int, idempotency_key: str | None = None,
+               now: float | None = None) -> tuple[Job, bool]:
         """Queue a job, or return the job an earlier request with the same ``idempotency_key`` created.
 
         Returns:
@@ -235,7 +246,7 @@ class JobStore:
                 return self._replay(existing, fingerprint), False
             return _snapshot(row), True
 
-    def _by_key(self, key: str) -> Optional[Job]:
+    def _by_key(self, key: str) -> Job | None:
         with self._sessions() as session:
             row = session.scalars(select(_JobRow).where(_JobRow.idempotency_key == key)).first()
             return _snapshot(row) if row is not None else None
@@ -258,7 +269,7 @@ class JobStore:
             ).scalar()
         return int(min(600, max(1, math.ceil(mean or 5.0))))
 
-    def get(self, job_id: str, *, include_deleted: bool = False) -> Optional[Job]:
+    def get(self, job_id: str, *, include_deleted: bool = False) -> Job | None:
         """The job, or None if unknown (or deleted, unless ``include_deleted``)."""
         with self._sessions() as session:
             query = select(_JobRow).where(_JobRow.id == job_id)
@@ -267,7 +278,7 @@ class JobStore:
             row = session.scalars(query).first()
             return _snapshot(row) if row is not None else None
 
-    def list(self, *, after: Optional[str] = None, limit: int = 20, order: str = "desc") -> tuple[list[Job], bool]:
+    def list(self, *, after: str | None = None, limit: int = 20, order: str = "desc") -> tuple[list[Job], bool]:
         """Jobs newest first (``order="asc"``: oldest first), after the job ``after``.
 
         Returns:
@@ -311,7 +322,7 @@ class JobStore:
         return {stage: (n, float(total or 0.0)) for stage, n, total in rows}
 
     # ----------------------------------------------------------------------------------- client actions
-    def cancel(self, job_id: str, *, now: Optional[float] = None) -> Optional[Job]:
+    def cancel(self, job_id: str, *, now: float | None = None) -> Job | None:
         """Cancel a queued or running job (a running one stops at its worker's next step).
 
         Returns:
@@ -326,7 +337,7 @@ class JobStore:
             )
         return self.get(job_id)
 
-    def delete(self, job_id: str) -> Optional[Job]:
+    def delete(self, job_id: str) -> Job | None:
         """Cancel the job if active, then hide it from every read (the row stays as a tombstone, so a late
         worker cannot revive it and its idempotency key stays taken).
 
@@ -343,7 +354,7 @@ class JobStore:
 
     # ----------------------------------------------------------------------------------- worker actions
     def claim(self, worker_id: str, models: Iterable[str], lease_seconds: float, *,
-              now: Optional[float] = None) -> Optional[Job]:
+              now: float | None = None) -> Job | None:
         """Take the oldest queued job of one of ``models``: status ``in_progress``, ``attempts`` + 1, a lease.
 
         Returns:
@@ -371,7 +382,7 @@ class JobStore:
         return (_JobRow.id == job.id, _JobRow.status == "in_progress", _JobRow.worker_id == job.worker_id,
                 _JobRow.attempts == job.attempts)
 
-    def heartbeat(self, job: Job, lease_seconds: float, *, progress: Optional[int] = None) -> bool:
+    def heartbeat(self, job: Job, lease_seconds: float, *, progress: int | None = None) -> bool:
         """Renew the lease of ``job`` (as claimed) and optionally record ``progress`` (0-100).
 
         Returns:
@@ -418,7 +429,7 @@ class JobStore:
                         attempts=_JobRow.attempts - 1)
             ).rowcount == 1
 
-    def reap_expired(self, *, now: Optional[float] = None) -> tuple[int, int]:
+    def reap_expired(self, *, now: float | None = None) -> tuple[int, int]:
         """Jobs whose lease expired (their worker died or hung): re-queue those with attempts left, fail the rest
         with ``worker_lost``.
 

@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 from magihuman.serve.config import ServeConfig
 from magihuman.serve.store import JobStore
@@ -39,7 +38,7 @@ _STABLE_SECONDS = 60.0
 class _Child:
     device: str
     index: int
-    process: Optional[subprocess.Popen] = None
+    process: subprocess.Popen | None = None
     started: float = 0.0
     backoff: float = 1.0
     restarts: int = 0
@@ -59,7 +58,7 @@ class Supervisor:
         self.config, self.store, self.grace_seconds = config, store, grace_seconds
         self.children = [_Child(device, i) for i, device in enumerate(config.devices)]
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Start every worker and the watcher thread."""
@@ -85,7 +84,8 @@ class Supervisor:
                 code = child.process.poll() if child.process else None
                 if child.process is not None and code is not None:
                     logger.warning("worker %d on %s exited with code %s", child.index, child.device, code)
-                    child.backoff = 1.0 if now - child.started > _STABLE_SECONDS else min(_MAX_BACKOFF, child.backoff * 2)
+                    stable = now - child.started > _STABLE_SECONDS
+                    child.backoff = 1.0 if stable else min(_MAX_BACKOFF, child.backoff * 2)
                     child.next_start = now + child.backoff
                     child.process = None
                 if child.process is None and now >= child.next_start and not self._stop.is_set():

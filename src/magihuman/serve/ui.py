@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime
+from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
@@ -43,7 +43,7 @@ def _history(service: JobService, limit: int = 20) -> list[list[Any]]:
     jobs, _ = service.store.list(limit=limit)
     return [[job.id, job.status, job.progress, job.model, f"{float(job.params['seconds']):g}",
              job.params.get("rendered_size", job.params["size"]),
-             datetime.fromtimestamp(job.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")] for job in jobs]
+             datetime.fromtimestamp(job.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")] for job in jobs]
 
 
 def build_ui(service: JobService) -> gr.Blocks:
@@ -75,7 +75,7 @@ def build_ui(service: JobService) -> gr.Blocks:
             refresh = gr.Button("Refresh", size="sm")
 
         def run(prompt_text, image_path, audio_path, model_name, length, size_text, seed_value,
-                progress=gr.Progress()):
+                progress=gr.Progress()):  # noqa: B008 - Gradio's way to ask for a progress bar
             job = _create(service, prompt_text, image_path, audio_path, model_name, length, size_text, seed_value)
             progress(0.0, desc="queued")
             while job.status not in TERMINAL:
@@ -118,10 +118,11 @@ def _create(service: JobService, prompt_text, image_path, audio_path, model_name
 
 def mount_ui(app: FastAPI, service: JobService) -> FastAPI:
     """Mount the page at ``/`` of ``app``; with an API key the page asks for it as the password (any user name)."""
-    key: Optional[str] = service.config.api_key
+    key: str | None = service.config.api_key
     auth = (lambda _user, password: secrets.compare_digest(str(password).encode(), key.encode())) if key else None
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # system fonts: no web font download
-    return gr.mount_gradio_app(app, build_ui(service), path="/", auth=auth, allowed_paths=[str(service.config.videos_dir)],
+    return gr.mount_gradio_app(app, build_ui(service), path="/", auth=auth,
+                               allowed_paths=[str(service.config.videos_dir)],
                                theme=theme, footer_links=["api"], ssr_mode=False,
                                max_file_size=service.config.max_upload_bytes)

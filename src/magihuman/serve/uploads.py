@@ -17,9 +17,10 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO
 
-__all__ = ["InputError", "BodyTooLarge", "Upload", "save_upload", "decode_data_url", "IMAGE_FORMATS", "MAX_IMAGE_PIXELS"]
+__all__ = ["InputError", "BodyTooLarge", "Upload", "save_upload", "decode_data_url", "remove_folder", "IMAGE_FORMATS",
+           "MAX_IMAGE_PIXELS"]
 
 #: Image formats accepted as ``input_reference`` (Pillow format name -> stored extension).
 IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp"}
@@ -42,7 +43,7 @@ class InputError(ValueError):
         status: HTTP status to answer with (400, 413, 415, ...).
     """
 
-    def __init__(self, field: Optional[str], message: str, *, code: str = "invalid_value", status: int = 400):
+    def __init__(self, field: str | None, message: str, *, code: str = "invalid_value", status: int = 400):
         super().__init__(message)
         self.field, self.code, self.status = field, code, status
 

@@ -32,14 +32,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from magihuman.serve.config import ServeConfig
 from magihuman.serve.jobs import THUMBNAIL_NAME, generation_request
 from magihuman.serve.store import Job, JobStore
 from magihuman.serve.uploads import remove_folder
 
-__all__ = ["Worker", "JobStopped", "WorkerStopping", "load_pipelines", "load_official_pipeline", "warm_up", "main", "CONFIG_ENV",
+__all__ = ["Worker", "JobStopped", "WorkerStopping", "load_pipelines", "load_official_pipeline", "warm_up", "main",
+           "CONFIG_ENV",
            "GO", "STOPPED", "RELEASE"]
 
 logger = logging.getLogger("magihuman.serve.worker")
@@ -60,7 +61,7 @@ class WorkerStopping(Exception):
     """Raised inside the step callback: this worker is shutting down; the job goes back to the queue."""
 
 
-def load_official_pipeline(root: Optional[Path], preset: str, device: str, runtime: Optional[dict] = None):
+def load_official_pipeline(root: Path | None, preset: str, device: str, runtime: dict | None = None):
     """``MagiHumanPipeline.from_official(root, preset=preset, device=device, runtime=RuntimeOptions(**runtime))``."""
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 
@@ -68,7 +69,8 @@ def load_official_pipeline(root: Optional[Path], preset: str, device: str, runti
         from magihuman.runtime.options import RuntimeOptions
     except ImportError:  # before the layout split (issue 9)
         from magihuman.pipeline.magihuman_pipeline import RuntimeOptions
-    return MagiHumanPipeline.from_official(root, preset=preset, device=device, runtime=RuntimeOptions(**(runtime or {})))
+    options = RuntimeOptions(**(runtime or {}))
+    return MagiHumanPipeline.from_official(root, preset=preset, device=device, runtime=options)
 
 
 def load_pipelines(config: ServeConfig, device: str) -> dict[str, Any]:
@@ -95,7 +97,7 @@ class Worker:
     """
 
     def __init__(self, config: ServeConfig, store: JobStore, pipelines: dict[str, Any], *,
-                 worker_id: Optional[str] = None, stop: Optional[threading.Event] = None):
+                 worker_id: str | None = None, stop: threading.Event | None = None):
         self.config, self.store, self.pipelines = config, store, pipelines
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stop = stop or threading.Event()
@@ -205,7 +207,7 @@ class Worker:
             out.timings["write"] = time.perf_counter() - start
         return name
 
-    def _discard(self, job: Job, folder: Path, name: Optional[str] = None) -> None:
+    def _discard(self, job: Job, folder: Path, name: str | None = None) -> None:
         current = self.store.get(job.id, include_deleted=True)
         if current is None or self.store.get(job.id) is None:  # deleted: the whole folder goes
             remove_folder(folder)
@@ -243,8 +245,8 @@ def _exit_when_parent_dies() -> None:
     os._exit(3)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m magihuman.serve.worker --device DEVICE [--watch-stdin]``; settings from ``$MAGIHUMAN_SERVE_CONFIG``."""
+def main(argv: list[str] | None = None) -> None:
+    """``python -m magihuman.serve.worker --device DEVICE [--cp N]``; settings from ``$MAGIHUMAN_SERVE_CONFIG``."""
     parser = argparse.ArgumentParser(prog="python -m magihuman.serve.worker", description=main.__doc__)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--name", default=None, help="worker name shown on its jobs")
