@@ -229,3 +229,12 @@ def test_openapi_documents_fields_with_units(inproc):
     video = schema["components"]["schemas"]["Video"]["properties"]
     assert "Unix seconds" in video["created_at"]["description"] and "0-100" in video["progress"]["description"]
     assert all(prop.get("description") for name, prop in video.items() if name != "object")
+
+
+def test_health_answers_503_when_the_database_does_not(inproc, monkeypatch):
+    def broken():
+        raise OSError("database gone")
+
+    monkeypatch.setattr(inproc.store, "counts", broken)
+    response = inproc.client.get("/healthz")
+    assert response.status_code == 503 and response.json()["error"]["code"] == "database_unavailable"

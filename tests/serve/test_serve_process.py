@@ -60,9 +60,9 @@ def test_demo_server_download_worker_kill_and_server_kill9(tmp_path, demo_env):
             assert probe(client.get(f"/v1/videos/{victim['id']}/content").content) == (9, 64, 64, 1)
             assert server.worker_pids() and server.worker_pids() != [worker]  # the supervisor started a new one
 
-            # kill -9 the server while a job runs, with two more queued
+            # kill -9 the server while a job runs, with one more queued
             ids = [client.post("/v1/videos", json={"prompt": PROMPT, "seconds": 0.4, "size": "64x64", "seed": i})
-                   .json()["id"] for i in range(10, 13)]
+                   .json()["id"] for i in range(10, 12)]
             wait_for(client, ids[0], statuses=("in_progress",), timeout=60)
         workers = server.worker_pids()
         server.kill9()
@@ -76,9 +76,9 @@ def test_demo_server_download_worker_kill_and_server_kill9(tmp_path, demo_env):
             listed = client.get("/v1/videos", params={"limit": 100}).json()["data"]
             assert sorted(v["id"] for v in listed) == sorted([job["id"], victim["id"], *ids])  # nothing lost
             results = [wait_for(client, video_id, timeout=240) for video_id in ids]
-            assert [r["status"] for r in results] == ["completed"] * 3, results
+            assert [r["status"] for r in results] == ["completed"] * 2, results
             assert results[0]["attempts"] == 2  # interrupted once, re-run once
-            assert all(r["attempts"] == 1 for r in results[1:])  # the queued ones ran once
+            assert results[1]["attempts"] == 1  # the queued one ran once
             for video_id, result in zip(ids, results):
                 assert mp4s(again, video_id) == [f"attempt-{result['attempts']}.mp4"]  # one result each
             assert probe(client.get(f"/v1/videos/{ids[0]}/content").content) == (9, 64, 64, 1)

@@ -156,10 +156,14 @@ def create_app(config: ServeConfig, *, store: JobStore | None = None, ui: bool |
 
     app.include_router(v1)
 
-    @app.get("/healthz", response_model=Health, tags=["service"])
-    async def healthz() -> Health:
-        """Liveness: the job store answers; queue figures. Needs no API key."""
-        counts = await run_in_threadpool(store.counts)
+    @app.get("/healthz", response_model=Health, tags=["service"], responses={503: {"model": ErrorResponse}})
+    async def healthz():
+        """Liveness: the job store answers; queue figures. Needs no API key. 503 when the database does not answer."""
+        try:
+            counts = await run_in_threadpool(store.counts)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised: a health check must answer
+            logger.warning("health check: the job store did not answer: %s", exc)
+            return error_response(503, "the job store does not answer", code="database_unavailable")
         return Health(database=True, queued=counts["queued"], in_progress=counts["in_progress"])
 
     @app.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_key)], tags=["service"])

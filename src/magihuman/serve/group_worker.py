@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import torch
@@ -57,7 +58,17 @@ class GroupWorker(Worker):
     def _decide(self) -> object:
         if self.stop.is_set():
             return _STOP
-        self.store.reap_expired()
+        try:
+            return self._claim()
+        except Exception:  # noqa: BLE001 - a database hiccup must not break the group's lockstep
+            logger.exception("%s: claiming failed", self.worker_id)
+            return _IDLE
+
+    def _claim(self) -> object:
+        now = time.monotonic()
+        if now - self._reaped >= self.config.heartbeat_seconds:
+            self.store.reap_expired()
+            self._reaped = now
         job = self.store.claim(self.worker_id, self.pipelines, self.config.lease_seconds)
         return _IDLE if job is None else job
 

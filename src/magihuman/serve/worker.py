@@ -102,6 +102,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stop = stop or threading.Event()
         self.jobs_done = 0
+        self._reaped = -float("inf")
 
     def run(self) -> None:
         """Loop: re-queue expired leases, claim the oldest job of a served preset, render it."""
@@ -111,7 +112,10 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and render at most one job; False when none was queued."""
-        self.store.reap_expired()
+        now = time.monotonic()
+        if now - self._reaped >= self.config.heartbeat_seconds:  # not every poll: each is a write on SQLite
+            self.store.reap_expired()
+            self._reaped = now
         job = self.store.claim(self.worker_id, self.pipelines, self.config.lease_seconds)
         if job is None:
             return False
