@@ -13,7 +13,7 @@ CUDA is absent; 1 s at 448x256 with the 896x512 SR stage, a few minutes on two b
 
     python benchmarks/bench_stages.py --cpu-tiny
 
-Stages, in pipeline order (pipeline.md 14): text encode (``--text-tokens`` random token ids, ~200 =
+Stages, in pipeline order (architecture.md §1.2): text encode (``--text-tokens`` random token ids, ~200 =
 a 150-word prompt), the base denoise loop at ``--width x --height`` (5 s at 448x256 by default;
 ``--preset distill``: 8 steps, no CFG; ``base``: 32 steps x 2 CFG passes, one batched call per step
 unless ``--no-batch-cfg``; the negative text is the prompt's, so the batch has one length), one super-resolution loop
@@ -33,7 +33,7 @@ FLOPs of one DiT forward (GEMMs and attention; a multiply-add counts 2)::
 with ``N = Nv + Na + Nt`` tokens; ``P_tok`` = the block-linear parameters one token meets = sum over
 layers of one expert's ``linear_qkv + linear_proj + up_gate_proj + down_proj`` (each token uses
 exactly the expert of its modality: 10,912,645,120 for the 15B); ``D`` = 128 head dim, ``Hq`` = 40
-query heads; ``A_l = N^2`` for global layers and, for local-window layers (dit.md 5.2: video queries
+query heads; ``A_l = N^2`` for global layers and, for local-window layers (architecture.md §6.2: video queries
 see video keys within +-R latent frames, everything else is global),
 ``A_l = N^2 - Nv^2 + P^2 * #{(f, g) in [0, T)^2 : |f - g| <= R}`` with ``P`` video tokens per latent
 frame. TFLOP/s = F x forwards / seconds of the stage (scheduler updates included).
@@ -57,27 +57,26 @@ import torch
 
 from magihuman.codecs.audio_vae import AudioVAE, LATENTS_PER_SECOND, resample_to_output_rate
 from magihuman.codecs.video_vae import VideoVAE, wan22_vae_config
-from magihuman.runtime.memory import (
-    compile_repeated_blocks,
-    enable_fp8_weights,
-    resolve_attention_backend,
-    weight_bytes,
-)
+from magihuman.model.attention import resolve_attention_backend
+from magihuman.runtime.compile import compile_repeated_blocks
+from magihuman.runtime.fp8 import enable_fp8_weights, weight_bytes
 from magihuman.pipeline.presets import get_preset, preset_for_sr_size
 from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG
-from magihuman.sampling.loop import SR_SAMPLER, denoise
+from magihuman.sampling.config import SR_SAMPLER, SuperResolutionStage
+from magihuman.sampling.loop import denoise
+from magihuman.sampling.records import Latents, TextConditioning
 from magihuman.sampling.super_resolution import (
     FRAME_RECEPTIVE_FIELD,
-    SuperResolutionStage,
     sr1080_local_attn_layers,
     super_resolve,
 )
-from magihuman.model.transformer import ExpertLinear, MagiHumanTransformer
+from magihuman.model.layers import ExpertLinear
+from magihuman.model.transformer import MagiHumanTransformer
 
-#: Official sizes (pipeline.md 1.3): the base stage, and the 540p / 1080p SR outputs.
+#: Official sizes (architecture.md §13.1): the base stage, and the 540p / 1080p SR outputs.
 REAL_BASE_SIZE = (448, 256)
 REAL_SR_SIZES = ((896, 512), (1920, 1088))
-#: The T5Gemma-9B-9B-UL2 encoder (codecs.md 5.1): 9.24e9 parameters.
+#: The T5Gemma-9B-9B-UL2 encoder (architecture.md §11.2): 9.24e9 parameters.
 T5GEMMA_9B = dict(hidden_size=3584, num_layers=42, num_heads=16, num_kv_heads=8, head_dim=256,
                   intermediate_size=14336, vocab_size=256000)
 #: The demo bundle's tiny encoder (text_encoder.save_random_official defaults).
@@ -126,7 +125,7 @@ def per_token_block_params(config: dict) -> int:
 
 
 def local_attention_pairs(total: int, video: int, frames: int, radius: int) -> int:
-    """Allowed (query, key) pairs of a local-window layer (dit.md 5.2): ``N^2 - Nv^2 + P^2 * pairs(T, R)``."""
+    """Allowed (query, key) pairs of a local-window layer (architecture.md §6.2): ``N^2 - Nv^2 + P^2 * pairs(T, R)``."""
     if radius < 0 or radius >= frames:  # the model then runs the layer globally
         return total * total
     per_frame = video // frames
@@ -181,7 +180,7 @@ def build_dit(config: dict, device: torch.device, seed: int = 0) -> MagiHumanTra
 
 
 def build_text_encoder(sizes: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """A T5Gemma encoder with random weights (the pipeline's no-soft-cap SDPA attention, codecs.md 5.3)."""
+    """A T5Gemma encoder with random weights (the pipeline's no-soft-cap SDPA attention, architecture.md §11.2)."""
     from transformers import T5GemmaConfig, T5GemmaEncoderModel
     from transformers.models.t5gemma import T5GemmaModuleConfig
 
@@ -312,9 +311,7 @@ def _prepare_dit(settings: BenchSettings, device: torch.device, local: bool) -> 
     model = build_dit(config, device, settings.seed)
     if settings.fp8 or settings.fp8_gemm:
         enable_fp8_weights(model, scaled_gemm=settings.fp8_gemm)
-    backend = resolve_attention_backend(settings.attention, device)
-    if local and device.type == "cuda" and backend == "sdpa":
-        backend = "flex"  # what the pipeline does for the 1080p SR DiT: no N x N mask
+    backend = resolve_attention_backend(settings.attention, device, local_window_layers=local)  # as the pipeline
     model.set_attention_backend(backend)
     if settings.compile:
         torch._dynamo.reset()  # each stage compiles static graphs for its own token count (in the warm-up)
@@ -400,7 +397,7 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
                 model(video, audio, text)
 
             def run(tick) -> None:
-                denoise(model, video, audio, text, negative, config=sampler,
+                denoise(model, Latents(video, audio), TextConditioning(text, negative), config=sampler,
                         generator=torch.Generator().manual_seed(1), callback=tick, batch_cfg=settings.batch_cfg)
 
             seconds, per_step, peak = _timed(clock, run, settings.repeats)
@@ -433,7 +430,7 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
                     model(sr_input, audio, text, coords_style="v1", frame_receptive_field=FRAME_RECEPTIVE_FIELD)
 
                 def run(tick) -> None:
-                    super_resolve(model, video, audio, text, None, stage=stage,
+                    super_resolve(model, Latents(video, audio), TextConditioning(text), stage=stage,
                                   generator=torch.Generator().manual_seed(2), callback=tick)
 
                 seconds, per_step, peak = _timed(clock, run, settings.repeats)
@@ -541,7 +538,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[BenchSettings, Opt
     parser.add_argument("--steps", type=int, default=None, help="override the preset's denoise steps")
     parser.add_argument("--sr-steps", type=int, default=None, help="override the 5 SR steps")
     parser.add_argument("--text-tokens", type=int, default=200)
-    parser.add_argument("--fp8", action="store_true", help="FP8 block-linear storage (memory.enable_fp8_weights)")
+    parser.add_argument("--fp8", action="store_true", help="FP8 block-linear storage (runtime.fp8.enable_fp8_weights)")
     parser.add_argument("--fp8-gemm", action="store_true",
                         help="FP8 weights and FP8 tensor-core GEMMs where the shapes allow (implies --fp8)")
     parser.add_argument("--no-batch-cfg", dest="batch_cfg", action="store_false",

@@ -33,8 +33,9 @@ from magihuman.codecs.audio_vae import (
     official_sao_vae_key_shapes,
     oobleck_config_from_sao_config,
     resample_to_output_rate,
-    save_random_official,
 )
+from magihuman.demo.random_codecs import save_random_audio_vae
+from magihuman.model.checkpoint import CheckpointError
 
 
 def rel_l2(a, b) -> float:
@@ -69,11 +70,11 @@ def vae(case):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return AudioVAE.from_official(save_random_official(tmp_path_factory.mktemp("sao"), seed=0))
+    return AudioVAE.from_official(save_random_audio_vae(tmp_path_factory.mktemp("sao"), seed=0))
 
 
 def sao10_config(golden_config):
-    """The SAO 1.0 ``model_config.json`` structure at full width (codecs.md 4.1)."""
+    """The SAO 1.0 ``model_config.json`` structure at full width (architecture.md §11.5)."""
     config = copy.deepcopy(golden_config)
     for side in ("encoder", "decoder"):
         config["model"]["pretransform"]["config"][side]["config"]["channels"] = 128
@@ -157,7 +158,7 @@ def test_full_size_key_audit_on_meta(golden_config):
     official = official_sao_vae_key_shapes(sao10_config(golden_config))
     converted = convert_stable_audio_state_dict({k: torch.empty(s, device="meta") for k, s in official.items()})
     with torch.device("meta"):
-        model = AutoencoderOobleck()  # diffusers defaults == SAO 1.0 (codecs.md 4.3)
+        model = AutoencoderOobleck()  # diffusers defaults == SAO 1.0 (architecture.md §11.5)
     assert len(official) == len(converted) == 365
     assert shapes_of(converted) == shapes_of(model.state_dict())
     assert round(sum(torch.Size(s).numel() for s in official.values()) / 1e6, 1) == 156.1
@@ -285,7 +286,7 @@ def test_long_clip_windowing(tiny):
     total = 23 * 2048 + 1000  # > window; not a multiple of the hop
     waveform = 0.3 * torch.randn(1, 2, total, generator=torch.Generator().manual_seed(3))
     latent = tiny.encode(waveform, generator=torch.Generator().manual_seed(5), window_samples=window)
-    assert latent.shape == (1, math.ceil(total / 2048), 64)  # 24: ceil rule of pipeline.md 7.2
+    assert latent.shape == (1, math.ceil(total / 2048), 64)  # 24: ceil rule of architecture.md §9.2
 
     # independent reconstruction: windows start every 4 latents, zero-padded to 8 latents, noise drawn
     # window after window, linear cross-fade w = p / 3 over the 4 shared latents
@@ -349,8 +350,8 @@ def test_decode_rejects_bad_latents(tiny, shape):
 # ------------------------------------------------------------------------------------------ random ckpt
 
 
-def test_save_random_official_round_trip(tmp_path, tiny):
-    folder = save_random_official(tmp_path / "a", seed=0)
+def test_save_random_audio_vae_round_trip(tmp_path, tiny):
+    folder = save_random_audio_vae(tmp_path / "a", seed=0)
     config = json.loads((folder / "model_config.json").read_text())
     with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
         keys = list(handle.keys())
@@ -359,8 +360,8 @@ def test_save_random_official_round_trip(tmp_path, tiny):
         assert any(k.endswith("weight_g") for k in keys) and any(k.endswith("weight_v") for k in keys)
         first = {k: handle.get_tensor(k) for k in keys}
     assert config["model"]["pretransform"]["config"]["encoder"]["config"]["latent_dim"] == 128
-    other = load_file(str(save_random_official(tmp_path / "b", seed=1) / "model.safetensors"))
-    same = load_file(str(save_random_official(tmp_path / "c", seed=0) / "model.safetensors"))
+    other = load_file(str(save_random_audio_vae(tmp_path / "b", seed=1) / "model.safetensors"))
+    same = load_file(str(save_random_audio_vae(tmp_path / "c", seed=0) / "model.safetensors"))
     assert all(torch.equal(first[k], same[k]) for k in first)
     assert not torch.equal(first["pretransform.model.decoder.layers.0.weight_v"], other["pretransform.model.decoder.layers.0.weight_v"])
 
@@ -383,3 +384,60 @@ def test_diffusers_folder_round_trip(tmp_path, tiny):
     latent = torch.randn(1, 3, 64, generator=torch.Generator().manual_seed(1))
     assert torch.equal(reloaded.decode(latent), tiny.decode(latent))
     assert load_audio_vae_model(tmp_path / "vae").encoder_output_channels == 128
+
+
+# ------------------------------------------------------------------------------------- damaged files
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return save_random_audio_vae(tmp_path_factory.mktemp("sao_ok") / "stable-audio-open-1.0", seed=0)
+
+
+def _copy_with(tiny_folder, tmp_path, name: str, content: bytes):
+    folder = tmp_path / "stable-audio-open-1.0"
+    folder.mkdir()
+    for file in ("model_config.json", "model.safetensors"):
+        (folder / file).write_bytes(content if file == name else (tiny_folder / file).read_bytes())
+    return folder
+
+
+def _load_error(folder, file: str) -> str:
+    with pytest.raises(CheckpointError) as info:
+        load_audio_vae_model(folder)
+    message = str(info.value)
+    assert str(folder / file) in message and f"{file} from the stabilityai/stable-audio-open-1.0" in message
+    assert "download it again" in message
+    return message
+
+
+def test_damaged_model_config_json_is_one_clear_error(tiny_folder, tmp_path):
+    text = (tiny_folder / "model_config.json").read_bytes()
+    folder = _copy_with(tiny_folder, tmp_path, "model_config.json", text[: len(text) // 2])
+    assert "not valid JSON" in _load_error(folder, "model_config.json")
+    (folder / "model_config.json").write_text("")
+    assert "empty" in _load_error(folder, "model_config.json")
+    (folder / "model_config.json").write_text("[1, 2]")
+    assert "holds a JSON list" in _load_error(folder, "model_config.json")
+
+
+def test_damaged_model_safetensors_is_one_clear_error(tiny_folder, tmp_path):
+    data = (tiny_folder / "model.safetensors").read_bytes()
+    folder = _copy_with(tiny_folder, tmp_path, "model.safetensors", data[: len(data) // 2])
+    assert "truncated" in _load_error(folder, "model.safetensors")
+    (folder / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n")
+    assert "text file" in _load_error(folder, "model.safetensors")
+
+
+def test_model_safetensors_without_the_vae_is_one_clear_error(tiny_folder, tmp_path):
+    folder = _copy_with(tiny_folder, tmp_path, "model_config.json", (tiny_folder / "model_config.json").read_bytes())
+    save_file({"model.model.layer.weight": torch.zeros(2)}, str(folder / "model.safetensors"))
+    message = _load_error(folder, "model.safetensors")
+    assert "is not a usable Stable Audio Open checkpoint" in message and "pretransform.model." in message
+
+
+def test_tilde_paths_are_expanded(tiny_folder, tiny, monkeypatch):
+    monkeypatch.setenv("HOME", str(tiny_folder.parent))
+    reloaded = AudioVAE.from_official("~/stable-audio-open-1.0")
+    latent = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(reloaded.decode(latent), tiny.decode(latent))

@@ -1,4 +1,4 @@
-"""Strict official checkpoint loading and writing (dit.md section 7, P17, P18)."""
+"""Strict official checkpoint loading and writing (architecture.md §7.2)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from magihuman.model.checkpoint import (
     load_official_state_dict,
     save_official_checkpoint,
 )
+from magihuman.model.checkpoint_files import safetensors_damage
 
 _ST_TO_TORCH = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
@@ -449,3 +450,33 @@ def test_corrupt_index_is_named(sharded, sd):
 
     with pytest.raises(CheckpointError, match=INDEX_FILE.replace(".", r"\.")):
         load(sharded, spec(sd))
+
+
+def test_tilde_paths_are_expanded(tmp_path, sd, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = save_official_checkpoint(sd, "~/ckpt", max_shard_bytes=1000)
+    assert folder == tmp_path / "ckpt" and (tmp_path / "ckpt" / INDEX_FILE).is_file()
+    assert describe_checkpoint("~/ckpt").folder == tmp_path / "ckpt"
+    assert_bitwise_equal(load("~/ckpt", spec(sd)), sd)
+
+
+def test_safetensors_damage_says_what_is_wrong(tmp_path, sd):
+    path = save_official_checkpoint(sd, tmp_path / "one") / "model.safetensors"
+    assert safetensors_damage(path) is None
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    assert "truncated" in safetensors_damage(path)
+    path.write_bytes(data[:4])
+    assert "shorter than the 8-byte" in safetensors_damage(path)
+    path.write_text("version https://git-lfs.github.com/spec/v1\n")
+    assert "not a safetensors file" in safetensors_damage(path)
+
+
+def test_split_modules_keep_the_old_import_names():
+    from magihuman.model import checkpoint_files, checkpoint_writer
+
+    assert checkpoint.CheckpointError is checkpoint_files.CheckpointError
+    assert checkpoint.describe_checkpoint is checkpoint_files.describe_checkpoint
+    assert checkpoint.save_official_checkpoint is checkpoint_writer.save_official_checkpoint
+    assert checkpoint.write_atomic is checkpoint_writer.write_atomic
+    assert issubclass(checkpoint.CheckpointNotFoundError, (checkpoint.CheckpointError, FileNotFoundError))

@@ -45,7 +45,7 @@ def _leftovers(folder: Path) -> list[str]:
 def test_center_crop_box_golden_and_example():
     # golden: 101x80 -> 96:64 aspect -> (0, 6.5, 101, 73.5), PIL rounds half-to-even -> 101x68
     assert media.center_crop_box(101, 80, 96, 64) == (0.0, 6.5, 101.0, 73.5)
-    # official example 1280x720 -> 448x256: crop 1260x720 at x 10..1270 (pipeline.md 7.1)
+    # official example 1280x720 -> 448x256: crop 1260x720 at x 10..1270 (architecture.md §9.1)
     assert media.center_crop_box(1280, 720, 448, 256) == (10.0, 0.0, 1270.0, 720.0)
     # taller-than-target image keeps the full width
     assert media.center_crop_box(100, 300, 64, 64) == (0.0, 100.0, 100.0, 200.0)
@@ -319,3 +319,25 @@ def test_load_audio_errors(tmp_path):
         media.load_audio(junk)
     with pytest.raises(ValueError, match="max_seconds"):
         media.load_audio(silent, max_seconds=0)
+
+
+def test_check_image_file_decodes_and_reports_the_upright_size(tmp_path):
+    path = tmp_path / "portrait.jpg"
+    img = PIL.Image.new("RGB", (40, 20), (10, 200, 30))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(path, exif=exif)
+    assert media.check_image_file(path, max_pixels=10_000) == (20, 40)
+    with pytest.raises(ValueError, match="40x20 pixels, more than the 100"):
+        media.check_image_file(path, max_pixels=100)
+    path.write_bytes(path.read_bytes()[:-200])  # cut inside the entropy-coded data
+    with pytest.raises(ValueError, match="damaged"):
+        media.check_image_file(path, max_pixels=10_000)
+
+
+def test_check_audio_file_gives_the_duration(tmp_path):
+    tone = write_wav(tmp_path / "tone.wav", (np.ones((24000, 2)) * 1000).astype(np.int16), 16000)
+    assert media.check_audio_file(tone, min_seconds=0.04) == pytest.approx(1.5)
+    short = write_wav(tmp_path / "short.wav", np.zeros((320, 1), np.int16), 16000)  # 0.02 s
+    with pytest.raises(ValueError, match="0.020 s of sound, less than the 0.04 s"):
+        media.check_audio_file(short, min_seconds=0.04)

@@ -1,4 +1,4 @@
-"""Ulysses sequence parallelism (dit.md 6, P23, P26) on CPU with gloo and 2 processes.
+"""Ulysses sequence parallelism (architecture.md §6.4) on CPU with gloo and 2 processes.
 
 The cp=2 cases run in one spawned 2-process job (``_cp2_job``, set up from torchrun-style
 environment variables on a free 127.0.0.1 port) that writes each rank's outputs to
@@ -30,7 +30,9 @@ from magihuman.model.sequence_parallel import (
     split_sizes,
 )
 from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
-from magihuman.sampling.loop import SamplerConfig, denoise
+from magihuman.sampling.config import SamplerConfig
+from magihuman.sampling.loop import denoise
+from magihuman.sampling.records import Latents, TextConditioning
 
 CP = 2
 TOLERANCE = 1e-2
@@ -85,7 +87,7 @@ def ragged_inputs():
 
 # ----------------------------------------------------------------------------------- spawned job
 def _cp2_job(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    """One rank of the cp=2 job, set up as torchrun would: every case, the all-to-alls, P26, denoise."""
+    """One rank of the cp=2 job, set up as torchrun would: every case, the all-to-alls, a failed forward (architecture.md §6.4), denoise."""
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -109,7 +111,7 @@ def _cp2_job(rank: int, world_size: int, port: int, out_dir: str) -> None:
             with torch.no_grad():
                 results[name] = models[key](*make_inputs(batch, thw, audio, text), **kwargs)
         model = models[id(SP_CONFIG)]
-        # P26: a forward that raises (v1 with one text token) leaves nothing behind.
+        # architecture.md §6.4: a forward that raises (v1 with one text token) leaves nothing behind.
         try:
             with torch.no_grad():
                 model(*make_inputs(1, (3, 4, 4), 9, 1), coords_style="v1")
@@ -127,14 +129,14 @@ def _cp2_job(rank: int, world_size: int, port: int, out_dir: str) -> None:
             results["after_failure"] = model(*make_inputs(1, (3, 4, 6), 9, 4))
         # denoise calls the model unchanged (cond + negative calls: two token counts per step).
         video, audio, text, negative = denoise_inputs()
-        results["denoise"] = denoise(model, video, audio, text, negative, config=DENOISE_CONFIG)
+        results["denoise"] = denoise_pair(model, video, audio, text, negative, config=DENOISE_CONFIG)
         # batched CFG: one batch-2 call with padded text and per-sample lengths (ragged attention inside
         # the all-to-alls; per-sample RoPE tables split by rows); v1 so the tables really differ.
         local = models[id(LOCAL_CONFIG)]
         with torch.no_grad():
             results["ragged_v1"] = local(*ragged_inputs(), coords_style="v1", frame_receptive_field=1,
                                          text_lengths=RAGGED_LENGTHS)
-        results["denoise_batched"] = denoise(model, video, audio, text, negative, config=DENOISE_CONFIG,
+        results["denoise_batched"] = denoise_pair(model, video, audio, text, negative, config=DENOISE_CONFIG,
                                              batch_cfg=True)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     except BaseException:
@@ -199,6 +201,12 @@ def single_process(name):
         return model(*make_inputs(batch, thw, audio, text), **kwargs)
 
 
+def denoise_pair(model, video, audio, text, negative, **kwargs):
+    """denoise on the records, as a (video, audio) tuple (saved across processes, loaded weights_only)."""
+    out = denoise(model, Latents(video, audio), TextConditioning(text, negative), **kwargs)
+    return out.video, out.audio
+
+
 def assert_matches(got, want):
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.dtype == w.dtype
@@ -240,13 +248,13 @@ def test_init_from_torchrun_env(cp2):
     for rank in range(CP):
         env = cp2[rank]["env"]
         assert (env["rank"], env["world_size"], env["backend"]) == (rank, CP, "gloo")
-        assert env["output_rank"] == (rank == CP - 1)  # only the last rank writes (pipeline.md 1.5)
+        assert env["output_rank"] == (rank == CP - 1)  # only the last rank writes (architecture.md §6.4)
         assert env["cp1_is_none"]
         assert "positive divisor of the world size 2" in env["cp3_error"]
 
 
 def test_failed_forward_leaves_nothing_stale(cp2):
-    """P26: v1 with one text token raises ValueError on every rank, and so do inputs that differ between
+    """architecture.md §6.4: v1 with one text token raises ValueError on every rank, and so do inputs that differ between
     ranks; the next forward (another N) works."""
     config, batch, thw, audio, text, _ = CASES["even"]
     model = random_transformer(config, seed=0)
@@ -261,7 +269,7 @@ def test_failed_forward_leaves_nothing_stale(cp2):
 def test_denoise_with_sp_model(cp2):
     model = random_transformer(SP_CONFIG, seed=0)
     video, audio, text, negative = denoise_inputs()
-    want = denoise(model, video, audio, text, negative, config=DENOISE_CONFIG)
+    want = denoise_pair(model, video, audio, text, negative, config=DENOISE_CONFIG)
     for rank in range(CP):
         assert_matches(cp2[rank]["denoise"], want)
 
@@ -273,7 +281,7 @@ def test_batched_cfg_with_sp_model(cp2):
         want = local(*ragged_inputs(), coords_style="v1", frame_receptive_field=1, text_lengths=RAGGED_LENGTHS)
     model = random_transformer(SP_CONFIG, seed=0)
     video, audio, text, negative = denoise_inputs()
-    want_denoise = denoise(model, video, audio, text, negative, config=DENOISE_CONFIG, batch_cfg=True)
+    want_denoise = denoise_pair(model, video, audio, text, negative, config=DENOISE_CONFIG, batch_cfg=True)
     for rank in range(CP):
         assert_matches(cp2[rank]["ragged_v1"], want)
         assert_matches(cp2[rank]["denoise_batched"], want_denoise)

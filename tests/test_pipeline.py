@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,14 +13,11 @@ from conftest import write_tone
 
 from magihuman.codecs.audio_vae import resample_to_output_rate
 from magihuman.pipeline.media import load_audio, preprocess_image
-from magihuman.pipeline.magihuman_pipeline import (
-    GenerationRequest,
-    LatentPlan,
-    MagiHumanPipeline,
-    generated_audio_latents,
-    round_video_size,
-)
+from magihuman.pipeline.loading import TRANSFORMER_CONFIG_FILE, check_checkpoint_root, transformer_config
+from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 from magihuman.pipeline.presets import PRESETS, get_preset
+from magihuman.pipeline.progress import GenerationInterrupted
+from magihuman.pipeline.request import GenerationRequest, LatentPlan, generated_audio_latents, round_video_size
 
 PROMPT = "A woman in a red coat smiles and says hello to the camera in a quiet studio."
 
@@ -27,16 +28,17 @@ PROMPT = "A woman in a red coat smiles and says hello to the camera in a quiet s
      (8, 201, 51, 201), (10, 251, 63, 249)],
 )
 def test_frame_count_table(seconds, audio_latents, latent_frames, pixel_frames):
-    """pipeline.md 4.1: L_a = 25 s + 1, T = (L_a - 1)//4 + 1, F = 4 (T - 1) + 1."""
+    """architecture.md §13.2: L_a = 25 s + 1, T = (L_a - 1)//4 + 1, F = 4 (T - 1) + 1."""
     plan = LatentPlan(448, 256, generated_audio_latents(seconds))
     assert (plan.audio_latents, plan.latent_frames, plan.pixel_frames) == (audio_latents, latent_frames, pixel_frames)
 
 
 def test_size_rounding():
-    """pipeline.md 4.1: 448x256 -> latent 16x28; the reference default 480x272 renders 480x256."""
+    """architecture.md §13.2: 448x256 -> latent 16x28; the reference default 480x272 renders 480x256."""
     assert round_video_size(448, 256) == (448, 256)
     assert round_video_size(480, 272) == (480, 256)
     assert LatentPlan(448, 256, 101).video_latent_shape == (1, 48, 26, 16, 28)
+    assert LatentPlan(448, 256, 101).audio_latent_shape == (1, 101, 64)
     notices = GenerationRequest(prompt=PROMPT, width=480, height=272).validate_inputs()
     assert any("480x272 rounded down to 480x256" in n for n in notices)
 
@@ -93,7 +95,7 @@ def _small(**kw):
 
 
 def test_t2v_draw_order_and_determinism(pipes):
-    """pipeline.md 12: audio noise [1, L_a, 64] first, then video noise, from the request seed."""
+    """architecture.md §8.5: audio noise [1, L_a, 64] first, then video noise, from the request seed."""
     pipe = pipes["distill"]
     spy = Spy(pipe.transformer)
     pipe.transformer, original = spy, pipe.transformer
@@ -153,11 +155,11 @@ def test_image_to_video_keeps_frame_zero(pipes, examples_dir):
     out = pipe(**_small(image=examples_dir / "image.png"))
     pixels = preprocess_image(examples_dir / "image.png", 64, 64)
     image_latent = pipe.video_vae.encode(pixels[:, :, None]).float()
-    assert torch.equal(out.video_latent[:, :, :1], image_latent)  # pipeline.md 7.1 step 5
+    assert torch.equal(out.video_latent[:, :, :1], image_latent)  # architecture.md §9.1
 
 
 def test_audio_drives_video_and_is_kept(pipes, tmp_path):
-    """pipeline.md 7.2: L_a comes from the encoded audio (25 for 1 s), the latents stay fixed, and
+    """architecture.md §9.2: L_a comes from the encoded audio (25 for 1 s), the latents stay fixed, and
     the output keeps the given track (our choice, see sampling.denoise)."""
     pipe = pipes["distill"]
     tone = write_tone(tmp_path / "tone.wav", seconds=1.0)
@@ -192,7 +194,7 @@ def test_save_writes_mp4(pipes, tmp_path):
 
 
 def test_turbo_is_the_default_decoder_and_wan_is_selectable(pipes, demo_root):
-    """issue 4 / pipeline.md 9.1: Turbo-VAED decodes by default; its windows are converted to uint8 one
+    """issue 4 / architecture.md §12.1: Turbo-VAED decodes by default; its windows are converted to uint8 one
     by one, which equals converting the whole decode; the Wan2.2 decoder stays selectable."""
     from magihuman.codecs.turbo_vae import TurboVAE
     from magihuman.pipeline.media import video_to_uint8
@@ -212,7 +214,7 @@ def test_turbo_is_the_default_decoder_and_wan_is_selectable(pipes, demo_root):
 def test_runtime_options_through_the_pipeline(pipes, demo_root):
     """issue 5: --offload blocks and --attention flex leave the result bit-identical; --fp8 stores the block
     linears in float8 and stays close; component offload refuses a CPU-only run with a clear message."""
-    from magihuman.pipeline.magihuman_pipeline import RuntimeOptions
+    from magihuman.runtime.options import RuntimeOptions
 
     reference = pipes["distill"](**_small())
     streamed = MagiHumanPipeline.from_official(demo_root, runtime=RuntimeOptions(offload=("blocks",)))
@@ -231,7 +233,7 @@ def test_runtime_options_through_the_pipeline(pipes, demo_root):
 
 
 def test_each_stage_borrows_only_its_component(pipes, examples_dir, tmp_path):
-    """With component offload every stage lends exactly its own model to the device (pipeline.md 11)."""
+    """With component offload every stage lends exactly its own model to the device (architecture.md §14)."""
 
     class Recorder:
         execution_device = torch.device("cpu")
@@ -253,3 +255,101 @@ def test_each_stage_borrows_only_its_component(pipes, examples_dir, tmp_path):
         pipe.offload = None
     assert recorder.stages == [("text_encoder",), ("audio_vae",), ("video_vae",), ("transformer",),
                                ("video_decoder",), ("audio_vae",)]
+
+
+def test_presets_module_imports_no_torch():
+    """Presets are plain data: the CLI's --help and a server's request parser read them without torch."""
+    code = ("import sys, magihuman.pipeline.presets as p, magihuman.pipeline.loading, magihuman.sampling.config; "
+            "assert p.get_preset('sr_1080p').sr.checkpoint == '1080p_sr'; print(sorted("
+            "m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert result.stdout.strip() == "[]"
+
+
+def test_home_relative_checkpoint_root(demo_root, tmp_path, monkeypatch):
+    """``~`` is expanded in every path of the loading table, including the transformer config file: the
+    demo bundle under ``~`` loads its tiny DiT, not the 15B defaults (which would miss most keys)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "demo").symlink_to(demo_root, target_is_directory=True)
+    monkeypatch.setenv("HOME", str(home))
+    paths = check_checkpoint_root("~/demo", {"audio_vae": "~/demo/stable-audio-open-1.0"}, preset="distill")
+    assert paths["transformer"] == home / "demo" / "distill"
+    assert paths["audio_vae"] == home / "demo" / "stable-audio-open-1.0"
+    assert (demo_root / "distill" / TRANSFORMER_CONFIG_FILE).is_file()
+    assert transformer_config("~/demo/distill")["num_layers"] == transformer_config(demo_root / "distill")["num_layers"]
+    pipe = MagiHumanPipeline.from_official("~/demo", preset="distill")
+    assert pipe.transformer.config.num_layers == transformer_config(demo_root / "distill")["num_layers"]
+    assert pipe(**_small(), decode=False).video_latent.shape == (1, 48, 3, 4, 4)
+
+
+def test_callback_on_step_end_reports_every_step(pipes):
+    """diffusers' convention: callback(pipe, step_index, timestep, callback_kwargs) after every step."""
+    pipe = pipes["distill"]
+    seen = []
+
+    def callback(p, step_index, timestep, kwargs):
+        seen.append((p, step_index, timestep, kwargs["stage"], kwargs["num_steps"], kwargs["total_steps"],
+                     kwargs["completed_steps"], kwargs["latents"].video.clone()))
+        return {"ignored": True}
+
+    out = pipe(**_small(), callback_on_step_end=callback)
+    assert [s[1:7] for s in seen] == [(k, t, "denoise", 8, 8, k + 1) for k, t in
+                                      enumerate([999, 972, 937, 892, 833, 749, 624, 416])]
+    assert all(s[0] is pipe for s in seen)
+    assert torch.equal(seen[-1][7], out.video_latent)  # the last step's state is the result (no image)
+    assert np.array_equal(out.frames, pipe(**_small()).frames)  # a callback changes nothing
+
+
+def test_callback_exception_stops_generation_at_once(pipes):
+    pipe = pipes["distill"]
+    spy = Spy(pipe.transformer)
+    pipe.transformer, original = spy, pipe.transformer
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_third(p, step_index, timestep, kwargs):
+        if step_index == 2:
+            raise Cancelled("job cancelled")
+
+    try:
+        with pytest.raises(Cancelled, match="job cancelled"):
+            pipe(**_small(), callback_on_step_end=cancel_at_third)
+    finally:
+        pipe.transformer = original
+    assert len(spy.calls) == 3  # no model call after the raising callback
+    assert pipe(**_small(), decode=False).video_latent.shape == (1, 48, 3, 4, 4)  # the pipeline stays usable
+
+
+def test_interrupt_between_steps_and_between_decode_windows(pipes):
+    pipe = pipes["distill"]
+    steps = []
+
+    def interrupt_at_second(p, step_index, timestep, kwargs):
+        steps.append(step_index)
+        if step_index == 1:
+            p.interrupt = True
+
+    with pytest.raises(GenerationInterrupted, match="after denoise step 2/8"):
+        pipe(**_small(), callback_on_step_end=interrupt_at_second)
+    assert steps == [0, 1] and pipe.interrupt is False  # the raising check clears the flag
+
+    decoder = pipe.video_decoder
+    windows = []
+    original = decoder.decode_chunks
+
+    def decode_chunks(*args, **kwargs):
+        for chunk in original(*args, **kwargs):
+            windows.append(chunk.shape)
+            pipe.interrupt = True  # e.g. set by another thread while the first window decodes
+            yield chunk
+
+    decoder.decode_chunks = decode_chunks
+    try:
+        with pytest.raises(GenerationInterrupted, match="between video decode windows"):
+            pipe(**_small(seconds=1.2))  # T = 8 latent frames: two windows
+    finally:
+        del decoder.decode_chunks
+    assert len(windows) == 1 and pipe.interrupt is False

@@ -10,14 +10,10 @@ from conftest import golden_case
 from safetensors.torch import load_file
 from torch import nn
 
-from magihuman.sampling.loop import (
-    BASE_SAMPLER,
-    DISTILL_SAMPLER,
-    SamplerConfig,
-    apply_guidance,
-    denoise,
-    video_guidance_scale,
-)
+from magihuman.sampling.config import BASE_SAMPLER, DISTILL_SAMPLER, SamplerConfig
+from magihuman.sampling.guidance import apply_guidance, video_guidance_scale
+from magihuman.sampling.loop import denoise
+from magihuman.sampling.records import Latents, TextConditioning
 from magihuman.sampling.schedulers import FlowUniPCScheduler, shifted_schedule
 
 GOLDEN_STEPS = 8
@@ -47,17 +43,16 @@ class RecordingModel:
 def _replay(golden, run, **kwargs):
     model = RecordingModel(zip(golden[f"{run}.cond_v_video"], golden[f"{run}.cond_v_audio"]))
     steps = []
-    video, audio = denoise(
+    out = denoise(
         model,
-        golden["initial_video_noise"],
-        golden["initial_audio_noise"],
-        golden["context"],
+        Latents(golden["initial_video_noise"], golden["initial_audio_noise"]),
+        TextConditioning(golden["context"]),
         config=DISTILL_SAMPLER,
         image_latent=golden["image_latent"] if run == "ti2v" else None,
-        callback=lambda k, t, v, a: steps.append((k, t, v.clone(), a.clone())),
+        callback=lambda k, t, latents: steps.append((k, t, latents.video.clone(), latents.audio.clone())),
         **kwargs,
     )
-    return model, steps, video, audio
+    return model, steps, out.video, out.audio
 
 
 def _recorded_noise(golden):
@@ -153,7 +148,7 @@ def test_cfg2_unipc_guidance_scales_and_call_order(monkeypatch):
         return original_step(self, velocity, sample)
 
     monkeypatch.setattr(FlowUniPCScheduler, "step", spy)
-    denoise(model, video, audio, text, negative, config=BASE_SAMPLER)
+    denoise(model, Latents(video, audio), TextConditioning(text, negative), config=BASE_SAMPLER)
 
     assert model.log == ["cond", "uncond"] * 32
     timesteps = shifted_schedule(32)[1].tolist()
@@ -191,13 +186,14 @@ def test_batched_cfg_is_one_call_per_step_and_equals_two_passes():
     text, negative = torch.randn(1, 4, 8, generator=gen), torch.randn(1, 6, 8, generator=gen)
     config = dataclasses.replace(BASE_SAMPLER, num_steps=4)
     two_pass, batched = BatchAwareModel(), BatchAwareModel()
-    want = denoise(two_pass, video, audio, text, negative, config=config)
-    got = denoise(batched, video, audio, text, negative, config=config, batch_cfg=True)
+    latents, conditioning = Latents(video, audio), TextConditioning(text, negative)
+    want = denoise(two_pass, latents, conditioning, config=config)
+    got = denoise(batched, latents, conditioning, config=config, batch_cfg=True)
     assert two_pass.calls == [(1, (4,)), (1, (6,))] * 4
     assert batched.calls == [(2, (4, 6))] * 4
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert torch.equal(got.video, want.video) and torch.equal(got.audio, want.audio)
     one = BatchAwareModel()  # cfg 1 ignores batch_cfg
-    denoise(one, video, audio, text, negative, config=dataclasses.replace(config, cfg_number=1), batch_cfg=True)
+    denoise(one, latents, conditioning, config=dataclasses.replace(config, cfg_number=1), batch_cfg=True)
     assert one.calls == [(1, (4,))] * 4
 
 
@@ -210,9 +206,10 @@ def test_batched_cfg_with_the_tiny_transformer():
     video, audio = torch.randn(1, 48, 3, 4, 4, generator=gen), torch.randn(1, 9, 64, generator=gen)
     text, negative = torch.randn(1, 5, 32, generator=gen), torch.randn(1, 8, 32, generator=gen)
     config = dataclasses.replace(BASE_SAMPLER, num_steps=3)
-    want = denoise(model, video, audio, text, negative, config=config)
-    got = denoise(model, video, audio, text, negative, config=config, batch_cfg=True)
-    for g, w in zip(got, want):
+    latents, conditioning = Latents(video, audio), TextConditioning(text, negative)
+    want = denoise(model, latents, conditioning, config=config)
+    got = denoise(model, latents, conditioning, config=config, batch_cfg=True)
+    for g, w in ((got.video, want.video), (got.audio, want.audio)):
         assert float((g - w).norm() / w.norm()) < 1e-2
 
 
@@ -237,7 +234,8 @@ def test_cfg1_calls_the_model_once_per_step_with_the_prompt():
     model = TextKeyedModel(
         {"cond": text, "uncond": negative}, {"cond": (torch.zeros_like(video), torch.zeros_like(audio))}
     )
-    denoise(model, video, audio, text, negative, config=DISTILL_SAMPLER, generator=torch.Generator().manual_seed(0))
+    denoise(model, Latents(video, audio), TextConditioning(text, negative), config=DISTILL_SAMPLER,
+            generator=torch.Generator().manual_seed(0))
     assert model.log == ["cond"] * 8
 
 
@@ -275,36 +273,52 @@ def test_sampler_config_validation(changes, message):
 def test_missing_negative_embeds_raise_before_any_call():
     video, audio = _small_latents()
     model = RecordingModel([])
-    with pytest.raises(ValueError, match="negative_text_embeds"):
-        denoise(model, video, audio, torch.zeros(1, 4, 8), config=BASE_SAMPLER)
+    with pytest.raises(ValueError, match="text.negative"):
+        denoise(model, Latents(video, audio), TextConditioning(torch.zeros(1, 4, 8)), config=BASE_SAMPLER)
     assert model.calls == []
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "changes, message",
     [
         ({"image_latent": torch.zeros(1, 48, 1, 2, 3)}, "image_latent"),
         ({"image_latent": torch.zeros(1, 48, 2, 2, 2)}, "image_latent"),
-        ({"audio_noise": torch.zeros(2, 5, 64)}, "batch"),
-        ({"text_embeds": torch.zeros(2, 4, 8)}, "batch"),
-        ({"video_noise": torch.zeros(1, 48, 2, 2)}, "video_noise"),
-        ({"video_noise": torch.zeros(1, 48, 3, 2, 2, dtype=torch.float64)}, "float32"),
+        ({"audio": torch.zeros(2, 5, 64)}, "latents.audio has batch size 2"),
+        ({"text": torch.zeros(2, 4, 8)}, "text.prompt has batch size 2"),
+        ({"negative": torch.zeros(2, 4, 8)}, "text.negative has batch size 2"),
+        ({"video": torch.zeros(1, 48, 2, 2)}, "latents.video must be a 5-d tensor"),
+        ({"audio": torch.zeros(1, 5)}, "latents.audio must be a 3-d tensor"),
+        ({"video": torch.zeros(1, 48, 3, 2, 2, dtype=torch.float64)}, "float32"),
         ({"renoise_noise": []}, "renoise_noise"),
     ],
 )
-def test_shape_validation(kwargs, message):
+def test_shape_validation(changes, message):
     video, audio = _small_latents()
-    args = {"video_noise": video, "audio_noise": audio, "text_embeds": torch.zeros(1, 4, 8)}
-    args.update(kwargs)
+    parts = {"video": video, "audio": audio, "text": torch.zeros(1, 4, 8), "negative": None}
+    changes = dict(changes)
+    options = {key: changes.pop(key) for key in ("image_latent", "renoise_noise") if key in changes}
+    parts.update(changes)
+    model = RecordingModel([])
     with pytest.raises(ValueError, match=message):
-        denoise(RecordingModel([]), config=DISTILL_SAMPLER, **args)
+        denoise(model, Latents(parts["video"], parts["audio"]), TextConditioning(parts["text"], parts["negative"]),
+                config=DISTILL_SAMPLER, **options)
+    assert model.calls == []
+
+
+def test_loose_tensors_are_refused_with_the_record_named():
+    video, audio = _small_latents()
+    text = TextConditioning(torch.zeros(1, 4, 8))
+    with pytest.raises(TypeError, match="Latents record"):
+        denoise(RecordingModel([]), (video, audio), text, config=DISTILL_SAMPLER)
+    with pytest.raises(TypeError, match="TextConditioning record"):
+        denoise(RecordingModel([]), Latents(video, audio), text.prompt, config=DISTILL_SAMPLER)
 
 
 def test_renoise_noise_with_unipc_is_rejected():
     video, audio = _small_latents()
     with pytest.raises(ValueError, match="renoise_noise"):
         denoise(
-            RecordingModel([]), video, audio, torch.zeros(1, 4, 8),
+            RecordingModel([]), Latents(video, audio), TextConditioning(torch.zeros(1, 4, 8)),
             config=dataclasses.replace(BASE_SAMPLER, cfg_number=1), renoise_noise=[(video, audio)] * 32,
         )
 
@@ -313,7 +327,7 @@ def test_model_returning_wrong_shape_is_reported():
     video, audio = _small_latents()
     model = RecordingModel([(torch.zeros(1, 48, 3, 2, 1), torch.zeros_like(audio))])
     with pytest.raises(ValueError, match="velocities"):
-        denoise(model, video, audio, torch.zeros(1, 4, 8), config=DISTILL_SAMPLER)
+        denoise(model, Latents(video, audio), TextConditioning(torch.zeros(1, 4, 8)), config=DISTILL_SAMPLER)
 
 
 # ----------------------------------------------------------------------------------------- A2V, noise
@@ -342,9 +356,9 @@ def test_audio_fixed_keeps_audio_bit_identical(config):
         return model(v, a, t)
 
     gen = torch.Generator().manual_seed(9)
-    out_video, out_audio = denoise(
-        recording, video, audio, text, negative, config=config, audio_fixed=True, generator=gen
-    )
+    out = denoise(recording, Latents(video, audio), TextConditioning(text, negative), config=config, audio_fixed=True,
+                  generator=gen)
+    out_video, out_audio = out.video, out.audio
     assert torch.equal(out_audio, audio) and out_audio is not audio
     assert all(torch.equal(a, audio) for a in seen_audio)
     assert len(seen_audio) == config.num_steps * config.cfg_number
@@ -357,9 +371,10 @@ def test_audio_fixed_renoise_keeps_the_video_noise_stream():
     text, _ = _text_pair()
     model = VideoOnlyModel()
     free_gen = torch.Generator().manual_seed(4)
-    free_video, _ = denoise(model, video, audio, text, config=DISTILL_SAMPLER, generator=free_gen)
+    latents, conditioning = Latents(video, audio), TextConditioning(text)
+    free_video = denoise(model, latents, conditioning, config=DISTILL_SAMPLER, generator=free_gen).video
     gen = torch.Generator().manual_seed(4)
-    fixed_video, _ = denoise(model, video, audio, text, config=DISTILL_SAMPLER, audio_fixed=True, generator=gen)
+    fixed_video = denoise(model, latents, conditioning, config=DISTILL_SAMPLER, audio_fixed=True, generator=gen).video
     assert torch.equal(fixed_video, free_video)
     expected_state = torch.Generator().manual_seed(4)
     for _ in range(DISTILL_SAMPLER.num_steps):
@@ -377,18 +392,20 @@ def test_renoise_draw_order_video_then_audio_per_step():
         (torch.randn(video.shape, generator=gen), torch.randn(audio.shape, generator=gen))
         for _ in range(DISTILL_SAMPLER.num_steps)
     ]
-    replayed = denoise(model, video, audio, text, config=DISTILL_SAMPLER, renoise_noise=drawn)
-    first = denoise(model, video, audio, text, config=DISTILL_SAMPLER, generator=torch.Generator().manual_seed(77))
-    second = denoise(model, video, audio, text, config=DISTILL_SAMPLER, generator=torch.Generator().manual_seed(77))
-    for a, b, c in zip(replayed, first, second):
+    latents, conditioning = Latents(video, audio), TextConditioning(text)
+    replayed = denoise(model, latents, conditioning, config=DISTILL_SAMPLER, renoise_noise=drawn)
+    first = denoise(model, latents, conditioning, config=DISTILL_SAMPLER, generator=torch.Generator().manual_seed(77))
+    second = denoise(model, latents, conditioning, config=DISTILL_SAMPLER, generator=torch.Generator().manual_seed(77))
+    for name in ("video", "audio"):
+        a, b, c = (getattr(out, name) for out in (replayed, first, second))
         assert torch.equal(a, b) and torch.equal(b, c)
     audio_first_gen = torch.Generator().manual_seed(77)  # the other order gives other eps and latents
     audio_first = []
     for _ in range(DISTILL_SAMPLER.num_steps):
         eps_audio = torch.randn(audio.shape, generator=audio_first_gen)
         audio_first.append((torch.randn(video.shape, generator=audio_first_gen), eps_audio))
-    other = denoise(model, video, audio, text, config=DISTILL_SAMPLER, renoise_noise=audio_first)
-    assert not torch.equal(other[0], first[0]) and not torch.equal(other[1], first[1])
+    other = denoise(model, latents, conditioning, config=DISTILL_SAMPLER, renoise_noise=audio_first)
+    assert not torch.equal(other.video, first.video) and not torch.equal(other.audio, first.audio)
 
 
 def test_callback_and_ti2v_with_unipc():
@@ -404,10 +421,10 @@ def test_callback_and_ti2v_with_unipc():
 
     calls = []
     config = dataclasses.replace(BASE_SAMPLER, num_steps=6)
-    out_video, _ = denoise(
-        recording, video, audio, text, negative, config=config, image_latent=image,
-        callback=lambda k, t, v, a: calls.append((k, t)),
-    )
+    out_video = denoise(
+        recording, Latents(video, audio), TextConditioning(text, negative), config=config, image_latent=image,
+        callback=lambda k, t, latents: calls.append((k, t)),
+    ).video
     assert calls == list(enumerate([999, 961, 908, 833, 713, 499]))
     assert len(seen) == 12 and all(torch.equal(frame, image) for frame in seen)  # cond and uncond passes
     assert torch.equal(out_video[:, :, :1], image)

@@ -1,4 +1,4 @@
-"""Schedule tables, FlowUniPC update, re-noise step and ZeroSNR coefficients (pipeline.md 4.3-4.6)."""
+"""Schedule tables, FlowUniPC update, re-noise step and ZeroSNR coefficients (architecture.md §8.1-§8.3, §10.2)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from magihuman.sampling.schedulers import (
     zero_snr_sqrt_alphas_cumprod,
 )
 
-# pipeline.md 4.4, the printed tables (timesteps; sigmas to 6 decimals, with the final 0).
+# architecture.md §8.2, the printed tables (timesteps; sigmas to 6 decimals, with the final 0).
 TABLES = {
     32: (
         [999, 993, 986, 979, 972, 964, 955, 946, 937, 927, 916, 904, 892, 879, 865, 849, 833, 814, 795,
@@ -89,7 +89,7 @@ def test_schedule_rejects_bad_shift(bad):
 
 
 def _transcribed_unipc(x: torch.Tensor, velocities: list[torch.Tensor], sigmas: torch.Tensor) -> list[torch.Tensor]:
-    """pipeline.md 4.4 written out literally as one loop (independent of the scheduler's structure)."""
+    """architecture.md §8.2 written out literally as one loop (independent of the scheduler's structure)."""
     n = len(velocities)
     lam = [torch.log(1 - s) - torch.log(s) for s in sigmas]
     m, outs, x_tilde, p_prev = [], [], None, None
@@ -282,7 +282,7 @@ def test_renoise_rejects_mismatched_noise():
 
 def test_zero_snr_coefficients_bit_exact():
     signal, noise = zero_snr_signal_noise(220)
-    assert signal == 0.8389104008674622  # pipeline.md 15
+    assert signal == 0.8389104008674622  # architecture.md §10.2
     assert noise == 0.5442695617675781
     assert zero_snr_signal_noise() == (signal, noise)  # 220 is the default (noise_value)
     assert round(signal, 7) == 0.8389104 and round(noise, 7) == 0.5442696

@@ -1,4 +1,4 @@
-"""Latent super-resolution (pipeline.md 8): upsample, re-noise, SR loop, presets, demo end to end."""
+"""Latent super-resolution (architecture.md §10.1): upsample, re-noise, SR loop, presets, demo end to end."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from magihuman.pipeline.magihuman_pipeline import GenerationRequest, MagiHumanPipeline
+from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 from magihuman.pipeline.presets import PRESETS, preset_for_sr_size
-from magihuman.sampling.loop import SR_SAMPLER, SR_SAMPLER_CFG, SamplerConfig, video_guidance_per_frame
+from magihuman.pipeline.request import GenerationRequest
+from magihuman.sampling.config import SR_SAMPLER, SR_SAMPLER_CFG, SamplerConfig, SuperResolutionStage
+from magihuman.sampling.guidance import video_guidance_per_frame
+from magihuman.sampling.records import Latents, TextConditioning
 from magihuman.sampling.super_resolution import (
-    SuperResolutionStage,
     corrupt_audio,
     renoise_latent,
     sr1080_local_attn_layers,
@@ -21,7 +23,7 @@ from magihuman.model.transformer import SR1080_LOCAL_ATTN_LAYERS
 
 
 def test_sr_latent_sizes():
-    """pipeline.md 8 step 1: 896x512 -> 32x56; 1920x1088 -> 68x120."""
+    """architecture.md §10.1: 896x512 -> 32x56; 1920x1088 -> 68x120."""
     assert PRESETS["sr_540p"].sr.latent_size == (32, 56)
     assert PRESETS["sr_1080p"].sr.latent_size == (68, 120)
     assert PRESETS["sr_1080p"].sr.local_attention and not PRESETS["sr_540p"].sr.local_attention
@@ -29,7 +31,7 @@ def test_sr_latent_sizes():
 
 
 def test_trilinear_upsample_align_corners_true():
-    """pipeline.md 8 step 3: time unchanged; corners kept exactly; midpoints averaged (align_corners=True)."""
+    """architecture.md §10.1: time unchanged; corners kept exactly; midpoints averaged (align_corners=True)."""
     latent = torch.arange(2 * 2 * 3, dtype=torch.float32).reshape(1, 1, 2, 2, 3)
     up = upsample_latent(latent, (3, 5))
     assert up.shape == (1, 1, 2, 3, 5)
@@ -42,7 +44,7 @@ def test_trilinear_upsample_align_corners_true():
 
 
 def test_renoise_and_audio_corruption_constants():
-    """pipeline.md 4.6 / 8: 0.8389104 x + 0.5442696 eps at index 220; audio 0.7 eps + 0.3 a."""
+    """architecture.md §10.2, §10.1: 0.8389104 x + 0.5442696 eps at index 220; audio 0.7 eps + 0.3 a."""
     x, eps = torch.ones(4), torch.full((4,), 2.0)
     assert torch.allclose(renoise_latent(x, eps), torch.full((4,), 0.8389104008674622 + 2 * 0.5442695617675781))
     assert torch.equal(renoise_latent(x, eps, index=0), x)
@@ -50,7 +52,7 @@ def test_renoise_and_audio_corruption_constants():
 
 
 def test_sr_guidance_cfg_trick():
-    """pipeline.md 5: SR cfg 2 uses 3.5 on every frame but frames < 13 at 2.0, at every timestep."""
+    """architecture.md §8.4: SR cfg 2 uses 3.5 on every frame but frames < 13 at 2.0, at every timestep."""
     for t in (999, 555):
         scale = video_guidance_per_frame(SR_SAMPLER_CFG, t, 20)
         assert scale.shape == (1, 1, 20, 1, 1)
@@ -70,11 +72,14 @@ class Recorder:
 
 
 def test_super_resolve_draws_and_inputs():
-    """Draw order (pipeline.md 12): re-noise eps, then the audio-corruption eps; v1 coordinates; audio fixed."""
+    """Draw order (architecture.md §8.5): re-noise eps, then the audio-corruption eps; v1 coordinates; audio fixed."""
     stage = SuperResolutionStage("540p_sr", 128, 64)
     video, audio, text = torch.randn(1, 48, 3, 2, 2), torch.randn(1, 9, 64), torch.randn(1, 4, 32)
     model = Recorder()
-    out = super_resolve(model, video, audio, text, stage=stage, generator=torch.Generator().manual_seed(3))
+    result = super_resolve(model, Latents(video, audio), TextConditioning(text), stage=stage,
+                           generator=torch.Generator().manual_seed(3))
+    out = result.video
+    assert result.audio is audio  # the SR loop's audio is discarded: the base audio is the final one
     g = torch.Generator().manual_seed(3)
     eps = torch.randn(1, 48, 3, 4, 8, generator=g)
     eps_audio = torch.randn(1, 9, 64, generator=g)
@@ -110,8 +115,14 @@ def sr_pipe(demo_root):
 def test_sr_pipeline_on_demo_bundle(sr_pipe, examples_dir):
     """Base 64x64 -> SR 128x96 (TI2V): output at the SR size, frame 0 = the image encoded at the SR size,
     audio = the base audio (SR audio discarded)."""
+    steps = []
     out = sr_pipe("A man talks to the camera.", image=examples_dir / "image.png", seconds=0.4, width=64,
-                  height=64, sr_width=128, sr_height=96, seed=3)
+                  height=64, sr_width=128, sr_height=96, seed=3,
+                  callback_on_step_end=lambda pipe, k, t, kw: steps.append(
+                      (k, kw["stage"], kw["num_steps"], kw["total_steps"], kw["completed_steps"])))
+    # callback_on_step_end: every step of both stages, 32 base + 5 SR
+    assert steps == ([(k, "denoise", 32, 37, k + 1) for k in range(32)]
+                     + [(k, "super_resolution", 5, 37, 33 + k) for k in range(5)])
     assert out.frames.shape == (9, 96, 128, 3)
     assert out.video_latent.shape == (1, 48, 3, 6, 8)
     from magihuman.pipeline.media import preprocess_image
@@ -133,7 +144,7 @@ def test_sr_1080p_loads_local_attention(demo_root):
 
 
 def test_sr_cfg_number_two_runs_the_negative_pass(sr_pipe):
-    """pipeline.md 5: sr_cfg_number 2 adds a negative call per SR step and uses the first-frames cap."""
+    """architecture.md §8.4: sr_cfg_number 2 adds a negative call per SR step and uses the first-frames cap."""
     request = GenerationRequest(prompt="A man talks.", preset="sr_540p", sr_cfg_number=2, seconds=0.4,
                                 width=64, height=64, sr_width=128, sr_height=96)
     assert request.sr_stage().sampler is SR_SAMPLER_CFG

@@ -1,4 +1,4 @@
-"""Tests for the T5Gemma text-encoder wrapper (pipeline.md 3, codecs.md 5, pitfalls 17-19)."""
+"""Tests for the T5Gemma text-encoder wrapper (architecture.md §11.2)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ from magihuman.codecs.text_encoder import (
     TEXT_MAX_TOKENS,
     TextEncoder,
     _nocap_sdpa_attention,
-    save_random_official,
+    count_prompt_tokens,
+    load_tokenizer,
 )
+from magihuman.demo.random_codecs import save_random_text_encoder
+from magihuman.model.checkpoint import CheckpointError
 
 # The official example prompt style: German umlauts, typographic and doubled quotes, plus CJK.
 MIXED_PROMPT = 'Ein Mann sagt: „Grüß Gott!" und lächelt. ""Hallo"" — 你好，世界。 The speaker smiles.'
@@ -26,7 +29,7 @@ MIXED_PROMPT = 'Ein Mann sagt: „Grüß Gott!" und lächelt. ""Hallo"" — 你�
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return save_random_official(tmp_path_factory.mktemp("t5gemma") / "t5gemma-9b-9b-ul2", seed=0)
+    return save_random_text_encoder(tmp_path_factory.mktemp("t5gemma") / "t5gemma-9b-9b-ul2", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +83,9 @@ def test_round_trip_shapes_dtypes_and_fp16_values(ckpt, encoder, capfd, monkeypa
     assert torch.equal(embeds2, embeds)
 
 
-def test_save_random_official_is_deterministic(ckpt, tmp_path):
-    same = save_random_official(tmp_path / "same", seed=0)
-    other = save_random_official(tmp_path / "other", seed=1)
+def test_save_random_text_encoder_is_deterministic(ckpt, tmp_path):
+    same = save_random_text_encoder(tmp_path / "same", seed=0)
+    other = save_random_text_encoder(tmp_path / "other", seed=1)
     assert (same / "model.safetensors").read_bytes() == (ckpt / "model.safetensors").read_bytes()
     assert (same / "tokenizer.json").read_bytes() == (ckpt / "tokenizer.json").read_bytes()
     assert (other / "model.safetensors").read_bytes() != (ckpt / "model.safetensors").read_bytes()
@@ -118,22 +121,74 @@ def test_tokenizer_handles_any_text(encoder):
     assert tok.convert_ids_to_tokens(tok("ü")["input_ids"]) == ["<bos>", "<0xC3>", "<0xBC>"]
 
 
-def test_trim_to_640_after_encoding(encoder):
-    prompt = _long_prompt()
-    raw = encoder.token_count(prompt)
-    assert raw > TEXT_MAX_TOKENS
-    embeds, length = encoder.encode(prompt)
-    assert length == TEXT_MAX_TOKENS == embeds.shape[1]
+def _repeated_prompt(tokens: int) -> str:
+    """A prompt of exactly ``tokens`` tokens with the tiny tokenizer: <bos> h e l l o, then one "▁hello" each."""
+    return "hello" + " hello" * (tokens - 6)
 
+
+def _encoder_input_lengths(encoder) -> list[int]:
+    seen: list[int] = []
+    encoder.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    return seen
+
+
+def _full_encoding(encoder, prompt: str) -> torch.Tensor:
+    """The reference's path: encode every token, cast to float16, keep the first 640 states."""
     ids = encoder.tokenizer([prompt], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         full = encoder.model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
-    assert full.shape[1] == raw
-    assert torch.equal(embeds, full.half().float()[:, :TEXT_MAX_TOKENS])
-    # The kept vectors saw the whole prompt: encoding only the first 640 tokens differs.
+    return full.half()[:, :TEXT_MAX_TOKENS].float()
+
+
+def test_long_prompt_is_cut_to_640_tokens_before_encoding(ckpt):
+    encoder = TextEncoder.from_official(ckpt)  # own instance: the hook below stays on it
+    prompt = _repeated_prompt(700)
+    assert encoder.token_count(prompt) == 700
+    seen = _encoder_input_lengths(encoder)
+    embeds, length = encoder.encode(prompt)
+    assert seen == [TEXT_MAX_TOKENS]  # the encoder ran on 640 tokens, not 700
+    assert length == TEXT_MAX_TOKENS and embeds.shape == (1, TEXT_MAX_TOKENS, 32)
+    ids = encoder.tokenizer([prompt], return_tensors="pt")["input_ids"][:, :TEXT_MAX_TOKENS]
     with torch.no_grad():
-        cut = encoder.model(input_ids=ids[:, :TEXT_MAX_TOKENS]).last_hidden_state
-    assert (cut.half().float() - embeds).abs().max().item() > 1e-3
+        cut = encoder.model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    assert torch.equal(embeds, cut.half().float())
+    # Documented difference from the reference: its kept states also saw the 60 dropped tokens.
+    assert (embeds - _full_encoding(encoder, prompt)).abs().max().item() > 1e-3
+
+    huge = _repeated_prompt(100_005)  # a 600,000-character prompt still runs a 640-token sequence
+    assert len(huge) > 500_000 and encoder.token_count(huge) == 100_005
+    assert encoder.encode(huge)[1] == TEXT_MAX_TOKENS and seen[-1] == TEXT_MAX_TOKENS
+
+
+@pytest.mark.parametrize("tokens", [9, 639, 640])
+def test_prompt_of_at_most_640_tokens_is_bit_identical_to_full_encoding(encoder, tokens):
+    prompt = _repeated_prompt(tokens)
+    assert encoder.token_count(prompt) == tokens
+    embeds, length = encoder.encode(prompt)
+    assert length == tokens
+    assert torch.equal(embeds, _full_encoding(encoder, prompt))
+
+
+def test_count_prompt_tokens_needs_only_the_tokenizer(ckpt, encoder, tmp_path, monkeypatch):
+    light = tmp_path / "tokenizer_only"
+    light.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ckpt / name, light / name)
+    tokenizer = load_tokenizer(light)  # no weights in the folder
+    for prompt in (MIXED_PROMPT, _repeated_prompt(700), ""):
+        assert count_prompt_tokens(tokenizer, prompt) == encoder.token_count(prompt)
+    assert count_prompt_tokens(tokenizer, "") == 1  # <bos>
+    assert count_prompt_tokens(light, MIXED_PROMPT) == encoder.token_count(MIXED_PROMPT)
+    # a checkpoint root holding t5gemma-9b-9b-ul2/, written with "~"
+    monkeypatch.setenv("HOME", str(ckpt.parent.parent))
+    root = Path("~") / ckpt.parent.name
+    assert count_prompt_tokens(root, "hello hello") == 7  # <bos> h e l l o ▁hello
+    with pytest.raises(TypeError, match="str"):
+        count_prompt_tokens(tokenizer, None)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_tokenizer(tmp_path / "absent")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,11 +388,11 @@ def test_bad_dtype_and_device(ckpt):
         TextEncoder.from_official(ckpt, device="gpux")
 
 
-def test_save_random_official_rejects_bad_sizes(tmp_path):
+def test_save_random_text_encoder_rejects_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
-        save_random_official(tmp_path / "a", vocab_size=100)
+        save_random_text_encoder(tmp_path / "a", vocab_size=100)
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
-        save_random_official(tmp_path / "b", num_heads=3, num_kv_heads=2)
+        save_random_text_encoder(tmp_path / "b", num_heads=3, num_kv_heads=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,3 +431,44 @@ def test_default_negative_prompt(encoder):
     embeds, length = encoder.encode(text)
     assert length == encoder.token_count(text) < TEXT_MAX_TOKENS
     assert math.isfinite(embeds.sum().item())
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged files
+# ---------------------------------------------------------------------------------------------
+
+
+def _damaged_copy(ckpt: Path, tmp_path: Path, name: str, content: bytes) -> Path:
+    folder = tmp_path / "t5gemma-9b-9b-ul2"
+    shutil.copytree(ckpt, folder)
+    (folder / name).write_bytes(content)
+    return folder
+
+
+def _load_error(folder: Path, name: str) -> str:
+    with pytest.raises(CheckpointError) as info:
+        TextEncoder.from_official(folder)
+    message = str(info.value)
+    assert str(folder / name) in message and f"{name} from the google/t5gemma-9b-9b-ul2" in message
+    assert "download it again" in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("name", "cut", "what"),
+    [
+        ("model.safetensors", 0.5, "truncated"),
+        ("config.json", 0.5, "not valid JSON"),
+        ("tokenizer.json", 0.5, "not valid JSON"),
+        ("tokenizer_config.json", 0.0, "empty"),
+    ],
+)
+def test_damaged_file_is_one_clear_error(ckpt, tmp_path, name, cut, what):
+    data = (ckpt / name).read_bytes()
+    folder = _damaged_copy(ckpt, tmp_path, name, data[: int(len(data) * cut)])
+    assert what in _load_error(folder, name)
+
+
+def test_weights_that_are_a_text_file_are_one_clear_error(ckpt, tmp_path):
+    folder = _damaged_copy(ckpt, tmp_path, "model.safetensors", b"version https://git-lfs.github.com/spec/v1\n")
+    assert "text file" in _load_error(folder, "model.safetensors")

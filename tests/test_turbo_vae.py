@@ -1,4 +1,4 @@
-"""Turbo-VAED student decoder: config rules, module tree, strict loading, sliding window, tiling (codecs.md 3).
+"""Turbo-VAED student decoder: config rules, module tree, strict loading, sliding window, tiling (architecture.md §11.4).
 
 Golden case ``codec_turbo_vaed`` (tiny widths 4/8/12/16, shipped structure flags, 17 latent frames at 2x2
 -> 65 frames at 32x32). Measured on this machine's CPU (2 threads, torch 2.13):
@@ -12,9 +12,9 @@ Golden case ``codec_turbo_vaed`` (tiny widths 4/8/12/16, shipped structure flags
   architecture difference: a float64 decode of the same weights is 2.0e-5 (max) from ours and 2.8e-5
   from the reference's float32 result. Gate: ``rtol=1e-5, atol=5e-5`` plus mean |diff| <= 5e-6.
 * A single pass over all 17 frames differs from the windowed decode by max 2.51 (case.json: 2.52), so
-  the window is part of the model (codecs.md 3.5, pitfall 7).
+  the window is part of the model (architecture.md §11.4).
 
-Tiling (random ``save_random_official`` model, float32, one latent frame): the decoder's receptive field
+Tiling (random ``save_random_turbo_vae`` model, float32, one latent frame): the decoder's receptive field
 is ~13 latent pixels, so on random weights only wide overlaps are near-exact. Measured max |diff| vs
 untiled, tiles along the width (latent 2x64) / the height (64x2): tile 48 / overlap 32: 8.0e-4 / 1.5e-4
 (gate 5e-3); tile 32 / overlap 8: 6.0e-2 / 3.5e-2 (gate 0.15). The blend arithmetic itself, corners
@@ -29,7 +29,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import golden_case
+from conftest import golden_case, require_golden_cpu
 from safetensors.torch import load_file
 from torch import nn
 
@@ -41,9 +41,9 @@ from magihuman.codecs.turbo_vae import (
     TurboVAEDConfig,
     TurboVAEDecoder,
     load_turbo_vaed,
-    save_random_official,
     sliding_window_plan,
 )
+from magihuman.demo.random_codecs import save_random_turbo_vae
 from magihuman.pipeline.media import video_to_uint8
 
 CONFIG_NAME = "TurboV3-Wan22-tiny.json"
@@ -60,7 +60,7 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def shipped_config_dict(channels=(64, 128, 256, 512)) -> dict:
-    """The shipped structure (codecs.md 3.2, values [3rd-party, unverified]) with the given widths."""
+    """The shipped structure (architecture.md §11.4, values [3rd-party, unverified]) with the given widths."""
     return {
         "in_channels": 3,
         "out_channels": 3,
@@ -122,12 +122,12 @@ def golden_ckpt(case):
 
 @pytest.fixture(scope="module")
 def random_vae(tmp_path_factory):
-    folder = save_random_official(tmp_path_factory.mktemp("turbo") / "turbo_vae", seed=0)
+    folder = save_random_turbo_vae(tmp_path_factory.mktemp("turbo") / "turbo_vae", seed=0)
     return TurboVAE.from_official(folder, dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------------------------------
-# Config (codecs.md 3.2, pitfalls 8 and 9)
+# Config (architecture.md §11.4)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -210,7 +210,7 @@ def test_config_json_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# Module tree (codecs.md 3.3)
+# Module tree (architecture.md §11.4)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -254,7 +254,7 @@ def test_relu_only_in_resnets_of_upsampling_blocks(vae_f32):
 
 
 # --------------------------------------------------------------------------------------------------
-# Golden decode (codecs.md 3.4, 3.5; pipeline.md 9.1)
+# Golden decode (architecture.md §11.4, §12.1)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -279,6 +279,7 @@ def test_golden_decode_bf16(case, vae_bf16, bf16_video):
 
 
 def test_golden_frames_uint8(case, bf16_video):
+    require_golden_cpu()
     _, tensors = case
     frames = torch.from_numpy(video_to_uint8(bf16_video))
     expected = tensors["decode.frames_uint8"]
@@ -308,7 +309,7 @@ def test_denormalize_is_fp32_division_form(vae_bf16):
 
 
 # --------------------------------------------------------------------------------------------------
-# Sliding-window plan (codecs.md 3.5)
+# Sliding-window plan (architecture.md §11.4)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -331,10 +332,10 @@ def test_plan_frame_counts(latent, pixels):
 
 
 def test_plan_general_rules():
-    assert sliding_window_plan(26, 7, 7).padded_frames == 28  # codecs.md 3.5 example
+    assert sliding_window_plan(26, 7, 7).padded_frames == 28  # architecture.md §11.4 example
     single = sliding_window_plan(5, 7, 7)
     assert [(c.start, c.stop, c.is_first_chunk) for c in single.chunks] == [(0, 7, True)]
-    # pipeline.md 9.1 with the constructor defaults 3/5: [0,4) first, then [i-1, i+6), last [i-1, i+5)
+    # architecture.md §11.4 with the constructor defaults 3/5: [0,4) first, then [i-1, i+6), last [i-1, i+5)
     plan = sliding_window_plan(13, 3, 5)
     assert plan.padded_frames == 13
     assert [(c.start, c.stop) for c in plan.chunks] == [(0, 4), (2, 9), (7, 13)]
@@ -348,7 +349,7 @@ def test_plan_general_rules():
 
 
 # --------------------------------------------------------------------------------------------------
-# Strict loading (codecs.md 3.1, pitfalls 8 and 20)
+# Strict loading (architecture.md §11.4)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -479,7 +480,7 @@ def test_tiling_blend_weights_are_exact_for_a_local_decoder(single_frame_vae):
 @pytest.fixture(scope="module")
 def single_frame_vae(tmp_path_factory):
     """Random model with 1/1 windows: one latent frame decodes to one frame (fast; tiling is purely spatial)."""
-    folder = save_random_official(tmp_path_factory.mktemp("turbo1") / "turbo_vae", seed=0)
+    folder = save_random_turbo_vae(tmp_path_factory.mktemp("turbo1") / "turbo_vae", seed=0)
     path = folder / TURBO_VAED_CONFIG_NAME
     config = json.loads(path.read_text())
     config.update(first_chunk_size=1, step_size=1)
@@ -505,8 +506,8 @@ def test_tiling_seams_on_random_model(single_frame_vae, shape):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_save_random_official_round_trip(tmp_path, random_vae):
-    folder = save_random_official(tmp_path / "turbo_vae", seed=0)
+def test_save_random_turbo_vae_round_trip(tmp_path, random_vae):
+    folder = save_random_turbo_vae(tmp_path / "turbo_vae", seed=0)
     assert sorted(p.name for p in folder.iterdir()) == sorted([TURBO_VAED_CONFIG_NAME, TURBO_VAED_CHECKPOINT_NAME])
     config = json.loads((folder / TURBO_VAED_CONFIG_NAME).read_text())
     assert set(config) == set(shipped_config_dict())
@@ -520,7 +521,7 @@ def test_save_random_official_round_trip(tmp_path, random_vae):
     loaded = TurboVAE.from_official(tmp_path, dtype=torch.float32)  # a root holding turbo_vae/ works too
     for (name, a), b in zip(loaded.model.state_dict().items(), random_vae.model.state_dict().values()):
         assert torch.equal(a, b), name
-    other = torch.load(save_random_official(tmp_path / "seed1", seed=1) / TURBO_VAED_CHECKPOINT_NAME, weights_only=True)
+    other = torch.load(save_random_turbo_vae(tmp_path / "seed1", seed=1) / TURBO_VAED_CHECKPOINT_NAME, weights_only=True)
     key = "module.decoder.conv_in.conv.weight"
     assert not torch.equal(other["ema_state_dict"][key], ckpt["ema_state_dict"][key])
 
@@ -535,7 +536,7 @@ def test_random_model_output_is_not_degenerate(random_vae):
 
 
 def test_from_official_file_choice(tmp_path):
-    folder = save_random_official(tmp_path / "turbo_vae", seed=0)
+    folder = save_random_turbo_vae(tmp_path / "turbo_vae", seed=0)
     (folder / "notes.json").write_text("{}")  # extra JSON: the official name wins
     vae = TurboVAE.from_official(folder, dtype=torch.float32)
     assert vae.config.first_chunk_size == 7
@@ -555,3 +556,64 @@ def test_from_official_file_choice(tmp_path):
 def test_decode_input_errors(random_vae, shape, dtype, needle):
     with pytest.raises(ValueError, match=needle):
         random_vae.decode_chunks(torch.zeros(shape, dtype=dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Damaged files and ~ paths
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"<html><body>Access denied</body></html>\n", "text file"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1868000000\n", "Git LFS pointer"),
+        (b"", "empty"),
+    ],
+)
+def test_checkpoint_that_is_not_a_torch_file_is_one_clear_error(case, tmp_path, content, what):
+    path = tmp_path / CKPT_NAME
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_turbo_vaed(case[0] / CONFIG_NAME, path)
+    message = str(info.value)
+    assert what in message and str(path) in message
+    assert "checkpoint-340000.ckpt from the turbo_vae/ folder of GAIR/daVinci-MagiHuman" in message
+    assert "download it again" in message and "weights_only" not in message and "trust_checkpoint" not in message
+
+
+def test_truncated_checkpoint_says_truncated(case, tmp_path):
+    path = tmp_path / CKPT_NAME
+    path.write_bytes((case[0] / CKPT_NAME).read_bytes()[:4096])
+    with pytest.raises(CheckpointError, match=r"zip archive .*truncated.*download it again"):
+        load_turbo_vaed(case[0] / CONFIG_NAME, path)
+
+
+def test_checkpoint_with_the_wrong_keys_names_the_official_file(case, tmp_path):
+    path = _save_ckpt(tmp_path / CKPT_NAME, {"module.encoder.conv.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError) as info:
+        load_turbo_vaed(case[0] / CONFIG_NAME, path)
+    message = str(info.value)
+    assert "is not a usable Turbo-VAED checkpoint" in message and "encoder.conv.weight" in message
+    assert "Expected checkpoint-340000.ckpt" in message
+
+
+def test_damaged_config_json_is_one_clear_error(case, tmp_path):
+    path = tmp_path / CONFIG_NAME
+    path.write_text((case[0] / CONFIG_NAME).read_text()[:40])
+    with pytest.raises(CheckpointError, match=r"Turbo-VAED config .*not valid JSON.*download it again"):
+        load_turbo_vaed(path, case[0] / CKPT_NAME)
+
+
+def test_tilde_paths_are_expanded(tmp_path, monkeypatch):
+    folder = save_random_turbo_vae(tmp_path / "turbo_vae", seed=0)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    latent = torch.randn(1, 48, 2, 1, 1, generator=torch.Generator().manual_seed(0))
+    by_folder = TurboVAE.from_official("~/turbo_vae", dtype=torch.float32)
+    by_root = TurboVAE.from_official("~", dtype=torch.float32)
+    by_files = TurboVAE.from_files(
+        f"~/turbo_vae/{TURBO_VAED_CONFIG_NAME}", f"~/turbo_vae/{TURBO_VAED_CHECKPOINT_NAME}", dtype=torch.float32
+    )
+    video = by_folder.decode(latent)
+    assert torch.equal(video, by_root.decode(latent)) and torch.equal(video, by_files.decode(latent))
+    assert folder == tmp_path / "turbo_vae"

@@ -1,4 +1,4 @@
-"""Wan2.2 video VAE: key conversion, strict loading, latent normalisation, golden parity (codecs.md 2).
+"""Wan2.2 video VAE: key conversion, strict loading, latent normalisation, golden parity (architecture.md §11.3).
 
 Golden case ``codec_wan22_vae`` (tiny widths 4/4, real 48-channel constants). Measured on CPU:
 * float32 path vs ``f32.*``: decode max |diff| ~2e-6, encode ~2e-6 (gate 1e-5).
@@ -21,9 +21,10 @@ from magihuman.codecs.video_vae import (
     convert_wan22_state_dict,
     load_wan22_vae,
     official_wan22_key_shapes,
-    save_random_official,
     wan22_vae_config,
 )
+from magihuman.demo.random_codecs import save_random_wan22_vae
+from magihuman.model.checkpoint import CheckpointError
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -94,7 +95,7 @@ def test_full_size_key_audit_on_meta():
     assert shapes_of(converted) == model_shapes
     total = sum(torch.Size(s).numel() for s in official.values())
     encoder = sum(torch.Size(s).numel() for k, s in official.items() if k.startswith(("encoder.", "conv1.")))
-    assert total == 704_688_668  # 704.7 M (codecs.md 2.1)
+    assert total == 704_688_668  # 704.7 M (architecture.md §11.3)
     assert round(encoder / 1e6, 1) == 149.6 and round((total - encoder) / 1e6, 1) == 555.1
     assert official["encoder.conv1.weight"] == (160, 12, 3, 3, 3)
     assert official["decoder.head.0.gamma"] == (256, 1, 1, 1)
@@ -263,14 +264,14 @@ def test_decode_rejects_bad_latents(vae_f32, shape):
 # ---------------------------------------------------------------------------------------- random ckpt
 
 
-def test_save_random_official_round_trip(tmp_path):
-    path = save_random_official(tmp_path / "a", seed=3)
+def test_save_random_wan22_vae_round_trip(tmp_path):
+    path = save_random_wan22_vae(tmp_path / "a", seed=3)
     assert path.name == WAN22_CHECKPOINT_NAME
     first = torch.load(path, weights_only=True)
     assert list(first) == list(official_wan22_key_shapes(4, 4, 48))
     assert all(v.dtype == torch.float32 for v in first.values())
-    again = torch.load(save_random_official(tmp_path / "b", seed=3), weights_only=True)
-    other = torch.load(save_random_official(tmp_path / "c", seed=4), weights_only=True)
+    again = torch.load(save_random_wan22_vae(tmp_path / "b", seed=3), weights_only=True)
+    other = torch.load(save_random_wan22_vae(tmp_path / "c", seed=4), weights_only=True)
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["decoder.conv1.weight"], other["decoder.conv1.weight"])
 
@@ -292,3 +293,68 @@ def test_diffusers_folder_loads_like_the_pth(case, vae_f32, tmp_path):
     assert torch.equal(reloaded.decode(latent), vae_f32.decode(latent))
     direct = load_wan22_vae(tmp_path / "vae", dtype=torch.bfloat16)
     assert direct.dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------------- damaged files
+
+
+@pytest.fixture(scope="module")
+def tiny_pth(tmp_path_factory):
+    return save_random_wan22_vae(tmp_path_factory.mktemp("wan") / "ok", seed=0)
+
+
+def _load_error(path) -> str:
+    with pytest.raises(CheckpointError) as info:
+        load_wan22_vae(path, dtype=torch.float32)
+    message = str(info.value)
+    assert str(path) in message  # which file
+    assert "Wan2.2_VAE.pth" in message and "Wan-AI/Wan2.2-TI2V-5B" in message  # what was expected
+    assert "download it again" in message  # the fix
+    assert "weights_only" not in message  # no torch advice to unpickle untrusted code
+    return message
+
+
+def _bad_pth(tmp_path, content: bytes):
+    path = tmp_path / WAN22_CHECKPOINT_NAME
+    path.write_bytes(content)
+    return path
+
+
+def test_truncated_pth_is_one_clear_error(tiny_pth, tmp_path):
+    data = tiny_pth.read_bytes()
+    message = _load_error(_bad_pth(tmp_path, data[: len(data) // 2]))
+    assert "zip archive" in message and "truncated" in message
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"<!DOCTYPE html><title>404 Not Found</title>\n", "text file"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 2823000000\n", "Git LFS pointer"),
+        (b"", "empty"),
+        (bytes(range(200, 256)) * 4, "neither a zip archive nor a pickle"),
+    ],
+)
+def test_pth_that_is_not_a_torch_file_is_one_clear_error(tmp_path, content, what):
+    assert what in _load_error(_bad_pth(tmp_path, content))
+
+
+def test_pth_with_the_wrong_contents_is_one_clear_error(tiny_pth, tmp_path):
+    path = tmp_path / WAN22_CHECKPOINT_NAME
+    torch.save({"model.layer.weight": torch.zeros(2, 2), "encoder.conv1.bias": torch.zeros(4)}, path)
+    message = _load_error(path)
+    assert "is not a usable Wan2.2 VAE checkpoint" in message and "model.layer.weight" in message
+    state = torch.load(tiny_pth, weights_only=True)
+    del state["decoder.head.2.bias"]
+    torch.save(state, path)
+    assert "missing" in _load_error(path) and "decoder.conv_out.bias" in _load_error(path)
+    torch.save([torch.zeros(1)], path)
+    assert "holds a list, not a state dict" in _load_error(path)
+
+
+def test_tilde_paths_are_expanded(tiny_pth, monkeypatch):
+    monkeypatch.setenv("HOME", str(tiny_pth.parent.parent))
+    latent = torch.randn(1, 48, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    by_folder = VideoVAE.from_official(f"~/{tiny_pth.parent.name}", dtype=torch.float32)
+    by_file = VideoVAE.from_official(f"~/{tiny_pth.parent.name}/{tiny_pth.name}", dtype=torch.float32)
+    assert torch.equal(by_folder.decode(latent), by_file.decode(latent))

@@ -18,7 +18,7 @@ PROMPT = "A woman in a grey coat on a train platform says: \"The last train leav
 SMALL = {"prompt": PROMPT, "seconds": 0.4, "size": "64x64"}
 
 
-def png_bytes(width: int = 40, height: int = 30) -> bytes:
+def png_bytes(width: int = 64, height: int = 48) -> bytes:
     buffer = io.BytesIO()
     PIL.Image.fromarray(np.full((height, width, 3), 200, np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -1,17 +1,20 @@
 """Wan2.2 video VAE: official ``Wan2.2_VAE.pth`` loading into diffusers' ``AutoencoderKLWan``.
 
-Fact sheet: ``codecs.md`` section 2 (architecture, key layout, conversion rules) and ``pipeline.md``
-section 4.2 (the 48-channel latent normalisation), 7.1 (image encode) and 9.1 (decode).
+Reference: architecture.md §11.3 (architecture, key layout, conversion rules), §11.1 (the 48-channel
+latent normalisation), §9.1 (image encode) and §12.1 (decode).
 
 The VAE itself is diffusers' ``AutoencoderKLWan``; this module only
 
-* converts the original key layout into diffusers names (:func:`convert_wan22_state_dict`),
-* loads checkpoints strictly without holding the weights twice (:func:`load_wan22_vae`),
-* owns the latent normalisation that the reference keeps inside its wrapper (:class:`VideoVAE`),
-* writes tiny random checkpoints in the original layout for demos and tests
-  (:func:`save_random_official`).
+* converts the original key layout into diffusers names (:func:`convert_wan22_state_dict`, in
+  :mod:`magihuman.codecs.video_vae_format` with the key table of the original file, re-exported here),
+* loads checkpoints strictly without holding the weights twice (:func:`load_wan22_vae`); a damaged or
+  wrong file is one :class:`~magihuman.model.checkpoint.CheckpointError` saying what it is and what to do,
+* owns the latent normalisation that the reference keeps inside its wrapper (:class:`VideoVAE`).
 
-Latent normalisation and bf16 (decision, ``pipeline.md`` 4.2 / 7.1, ``codecs.md`` 2.1 and pitfall 5):
+Tiny random checkpoints in the original layout (demo bundle, tests) are written by
+:func:`magihuman.demo.random_codecs.save_random_wan22_vae`.
+
+Latent normalisation and bf16 (decision, architecture.md §11.1, §9.1, §11.3):
 the reference casts its mean/std to the weight dtype and computes ``1/std`` in that dtype, so with the
 production bf16 weights ``(mu - mean) * (1/std)`` and ``z / (1/std) + mean`` run in bf16.
 :class:`VideoVAE` does the same: the constants are cast to the model dtype, ``1/std`` is computed in
@@ -27,18 +30,36 @@ The remaining gap is diffusers' RMS norm, which upcasts to fp32 where the refere
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
-from magihuman.model.checkpoint import load_state_dict_strict, write_atomic
+from magihuman.codecs.files import (
+    OfficialFile,
+    read_json_file,
+    safetensors_error,
+    torch_load_file,
+    wrong_contents_error,
+)
+from magihuman.codecs.video_vae_format import (
+    _DIM_MULT,
+    _IMAGE_CHANNELS,
+    _NUM_RES_BLOCKS,
+    _PATCH,
+    _PATCHED_CHANNELS,
+    _TEMPORAL_DOWNSAMPLE,
+    WAN22_CHECKPOINT_NAME,
+    check_wan22_widths,
+    convert_wan22_state_dict,
+    infer_wan22_dims,
+    official_wan22_key_shapes,
+)
 from magihuman.codecs.wrapper import ModelWrapper
+from magihuman.model.checkpoint import load_state_dict_strict
 
 __all__ = [
     "WAN22_LATENT_MEAN",
@@ -53,14 +74,10 @@ __all__ = [
     "convert_wan22_state_dict",
     "load_wan22_vae",
     "official_wan22_key_shapes",
-    "save_random_official",
     "wan22_vae_config",
 ]
 
-#: File name of the original checkpoint inside ``Wan-AI/Wan2.2-TI2V-5B`` (codecs.md 2.2).
-WAN22_CHECKPOINT_NAME = "Wan2.2_VAE.pth"
-
-#: Per-channel latent mean, channels 0..47 (pipeline.md 4.2).
+#: Per-channel latent mean, channels 0..47 (architecture.md §11.1).
 WAN22_LATENT_MEAN: tuple[float, ...] = (
     -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813,
     0.0891, 0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108,
@@ -69,7 +86,7 @@ WAN22_LATENT_MEAN: tuple[float, ...] = (
     0.3573, -0.0548, -0.1681, -0.0667,
 )  # fmt: skip
 
-#: Per-channel latent standard deviation, channels 0..47 (pipeline.md 4.2).
+#: Per-channel latent standard deviation, channels 0..47 (architecture.md §11.1).
 WAN22_LATENT_STD: tuple[float, ...] = (
     0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
     0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
@@ -77,12 +94,6 @@ WAN22_LATENT_STD: tuple[float, ...] = (
     0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
 )  # fmt: skip
 
-_DIM_MULT = (1, 2, 4, 4)
-_NUM_RES_BLOCKS = 2
-_TEMPORAL_DOWNSAMPLE = (False, True, True)
-_PATCH = 2
-_IMAGE_CHANNELS = 3
-_PATCHED_CHANNELS = _IMAGE_CHANNELS * _PATCH * _PATCH  # 12
 #: Pixels per latent pixel along height and width (the VAE's 2x2 patchify times three 2x downsamples).
 SPATIAL_STRIDE = 16
 #: Pixel frames per latent frame after the first: ``F = TEMPORAL_STRIDE * (T - 1) + 1``.
@@ -105,6 +116,12 @@ def latent_frames_for(pixel_frames: int) -> int:
 _DIFFUSERS_CONFIG = "config.json"
 _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 _DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+_OFFICIAL_FILE = OfficialFile("Wan2.2 VAE checkpoint", WAN22_CHECKPOINT_NAME, "the Wan-AI/Wan2.2-TI2V-5B repository")
+_DIFFUSERS_FILE = OfficialFile(
+    "Wan2.2 VAE (diffusers format)",
+    f"{_DIFFUSERS_CONFIG} + {_DIFFUSERS_WEIGHTS}",
+    "a diffusers export of the Wan2.2 VAE",
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,7 +130,7 @@ _DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 
 
 def wan22_vae_config(base_dim: int = 160, decoder_base_dim: int = 256, z_dim: int = 48) -> dict:
-    """Keyword arguments for ``diffusers.AutoencoderKLWan`` describing a Wan2.2 VAE (codecs.md 2.3).
+    """Keyword arguments for ``diffusers.AutoencoderKLWan`` describing a Wan2.2 VAE (architecture.md §11.3).
 
     Args:
         base_dim: Encoder base width (official 160).
@@ -128,9 +145,7 @@ def wan22_vae_config(base_dim: int = 160, decoder_base_dim: int = 256, z_dim: in
     Raises:
         ValueError: If a width is not a positive integer.
     """
-    for name, value in (("base_dim", base_dim), ("decoder_base_dim", decoder_base_dim), ("z_dim", z_dim)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_wan22_widths(base_dim, decoder_base_dim, z_dim)
     config = {
         "base_dim": base_dim,
         "decoder_base_dim": decoder_base_dim,
@@ -152,232 +167,6 @@ def wan22_vae_config(base_dim: int = 160, decoder_base_dim: int = 256, z_dim: in
     return config
 
 
-# --------------------------------------------------------------------------------------------------
-# Original key layout (codecs.md 2.1, 2.2)
-# --------------------------------------------------------------------------------------------------
-
-
-def _residual_shapes(prefix: str, in_dim: int, out_dim: int) -> dict[str, tuple[int, ...]]:
-    """Original ``ResidualBlock`` keys (codecs.md 2.1: RMS, SiLU, conv, RMS, SiLU, dropout, conv)."""
-    shapes = {
-        f"{prefix}.residual.0.gamma": (in_dim, 1, 1, 1),
-        f"{prefix}.residual.2.weight": (out_dim, in_dim, 3, 3, 3),
-        f"{prefix}.residual.2.bias": (out_dim,),
-        f"{prefix}.residual.3.gamma": (out_dim, 1, 1, 1),
-        f"{prefix}.residual.6.weight": (out_dim, out_dim, 3, 3, 3),
-        f"{prefix}.residual.6.bias": (out_dim,),
-    }
-    if in_dim != out_dim:
-        shapes[f"{prefix}.shortcut.weight"] = (out_dim, in_dim, 1, 1, 1)
-        shapes[f"{prefix}.shortcut.bias"] = (out_dim,)
-    return shapes
-
-
-def _middle_shapes(prefix: str, dim: int) -> dict[str, tuple[int, ...]]:
-    """Original ``middle`` keys: residual, single-head attention, residual (codecs.md 2.1/2.2)."""
-    shapes = _residual_shapes(f"{prefix}.0", dim, dim)
-    shapes.update(
-        {
-            f"{prefix}.1.norm.gamma": (dim, 1, 1),
-            f"{prefix}.1.to_qkv.weight": (3 * dim, dim, 1, 1),
-            f"{prefix}.1.to_qkv.bias": (3 * dim,),
-            f"{prefix}.1.proj.weight": (dim, dim, 1, 1),
-            f"{prefix}.1.proj.bias": (dim,),
-        }
-    )
-    shapes.update(_residual_shapes(f"{prefix}.2", dim, dim))
-    return shapes
-
-
-def _encoder_shapes(dim: int, z_dim: int) -> dict[str, tuple[int, ...]]:
-    """Original ``encoder.*`` keys for encoder base width ``dim`` (codecs.md 2.1, 2.2)."""
-    dims = [dim * m for m in (1, *_DIM_MULT)]
-    shapes = {"encoder.conv1.weight": (dim, _PATCHED_CHANNELS, 3, 3, 3), "encoder.conv1.bias": (dim,)}
-    for s in range(len(_DIM_MULT)):
-        in_dim, out_dim = dims[s], dims[s + 1]
-        for j in range(_NUM_RES_BLOCKS):
-            prefix = f"encoder.downsamples.{s}.downsamples.{j}"
-            shapes.update(_residual_shapes(prefix, in_dim if j == 0 else out_dim, out_dim))
-        if s < len(_DIM_MULT) - 1:
-            prefix = f"encoder.downsamples.{s}.downsamples.{_NUM_RES_BLOCKS}"
-            shapes[f"{prefix}.resample.1.weight"] = (out_dim, out_dim, 3, 3)
-            shapes[f"{prefix}.resample.1.bias"] = (out_dim,)
-            if _TEMPORAL_DOWNSAMPLE[s]:
-                shapes[f"{prefix}.time_conv.weight"] = (out_dim, out_dim, 3, 1, 1)
-                shapes[f"{prefix}.time_conv.bias"] = (out_dim,)
-    top = dims[-1]
-    shapes.update(_middle_shapes("encoder.middle", top))
-    shapes["encoder.head.0.gamma"] = (top, 1, 1, 1)
-    shapes["encoder.head.2.weight"] = (2 * z_dim, top, 3, 3, 3)
-    shapes["encoder.head.2.bias"] = (2 * z_dim,)
-    return shapes
-
-
-def _decoder_shapes(dim: int, z_dim: int) -> dict[str, tuple[int, ...]]:
-    """Original ``decoder.*`` keys for decoder base width ``dim`` (codecs.md 2.1, 2.2)."""
-    mults = (_DIM_MULT[-1], *_DIM_MULT[::-1])
-    dims = [dim * m for m in mults]
-    temporal_upsample = _TEMPORAL_DOWNSAMPLE[::-1]
-    shapes = {"decoder.conv1.weight": (dims[0], z_dim, 3, 3, 3), "decoder.conv1.bias": (dims[0],)}
-    shapes.update(_middle_shapes("decoder.middle", dims[0]))
-    for u in range(len(_DIM_MULT)):
-        in_dim, out_dim = dims[u], dims[u + 1]
-        for j in range(_NUM_RES_BLOCKS + 1):
-            prefix = f"decoder.upsamples.{u}.upsamples.{j}"
-            shapes.update(_residual_shapes(prefix, in_dim if j == 0 else out_dim, out_dim))
-        if u < len(_DIM_MULT) - 1:
-            prefix = f"decoder.upsamples.{u}.upsamples.{_NUM_RES_BLOCKS + 1}"
-            shapes[f"{prefix}.resample.1.weight"] = (out_dim, out_dim, 3, 3)
-            shapes[f"{prefix}.resample.1.bias"] = (out_dim,)
-            if temporal_upsample[u]:
-                shapes[f"{prefix}.time_conv.weight"] = (2 * out_dim, out_dim, 3, 1, 1)
-                shapes[f"{prefix}.time_conv.bias"] = (2 * out_dim,)
-    shapes["decoder.head.0.gamma"] = (dim, 1, 1, 1)
-    shapes["decoder.head.2.weight"] = (_PATCHED_CHANNELS, dim, 3, 3, 3)
-    shapes["decoder.head.2.bias"] = (_PATCHED_CHANNELS,)
-    return shapes
-
-
-def official_wan22_key_shapes(
-    base_dim: int = 160, decoder_base_dim: int = 256, z_dim: int = 48
-) -> dict[str, tuple[int, ...]]:
-    """Every tensor name and shape of an original ``Wan2.2_VAE.pth`` (codecs.md 2.2).
-
-    Written from the architecture description (codecs.md 2.1), independently of diffusers, so that
-    it can audit :func:`convert_wan22_state_dict` against diffusers' model.
-
-    Args:
-        base_dim: Encoder base width (official 160).
-        decoder_base_dim: Decoder base width (official 256).
-        z_dim: Latent channels (official 48).
-
-    Returns:
-        Ordered ``{original_key: shape}`` with 196 entries, in the order of the original state dict.
-
-    Raises:
-        ValueError: If a width is not a positive integer.
-    """
-    wan22_vae_config(base_dim, decoder_base_dim, z_dim)  # validates the widths
-    shapes = _encoder_shapes(base_dim, z_dim)
-    shapes["conv1.weight"] = (2 * z_dim, 2 * z_dim, 1, 1, 1)
-    shapes["conv1.bias"] = (2 * z_dim,)
-    shapes["conv2.weight"] = (z_dim, z_dim, 1, 1, 1)
-    shapes["conv2.bias"] = (z_dim,)
-    shapes.update(_decoder_shapes(decoder_base_dim, z_dim))
-    return shapes
-
-
-# --------------------------------------------------------------------------------------------------
-# Key conversion (codecs.md 2.3)
-# --------------------------------------------------------------------------------------------------
-
-_RESIDUAL_RENAMES = {
-    "residual.0.gamma": "norm1.gamma",
-    "residual.2.weight": "conv1.weight",
-    "residual.2.bias": "conv1.bias",
-    "residual.3.gamma": "norm2.gamma",
-    "residual.6.weight": "conv2.weight",
-    "residual.6.bias": "conv2.bias",
-    "shortcut.weight": "conv_shortcut.weight",
-    "shortcut.bias": "conv_shortcut.bias",
-}
-_RESAMPLE_LEAVES = {"resample.1.weight", "resample.1.bias", "time_conv.weight", "time_conv.bias"}
-_ATTENTION_LEAVES = {"norm.gamma", "to_qkv.weight", "to_qkv.bias", "proj.weight", "proj.bias"}
-_TOP_LEVEL = {
-    "conv1.weight": "quant_conv.weight",
-    "conv1.bias": "quant_conv.bias",
-    "conv2.weight": "post_quant_conv.weight",
-    "conv2.bias": "post_quant_conv.bias",
-}
-_SIDE_LEVEL = {
-    "conv1.weight": "conv_in.weight",
-    "conv1.bias": "conv_in.bias",
-    "head.0.gamma": "norm_out.gamma",
-    "head.2.weight": "conv_out.weight",
-    "head.2.bias": "conv_out.bias",
-}
-_MIDDLE_RE = re.compile(r"middle\.(\d+)\.(.+)")
-_STAGE_RE = {
-    "encoder": (re.compile(r"downsamples\.(\d+)\.downsamples\.(\d+)\.(.+)"), "down_blocks", "downsampler"),
-    "decoder": (re.compile(r"upsamples\.(\d+)\.upsamples\.(\d+)\.(.+)"), "up_blocks", "upsampler"),
-}
-
-
-def _convert_middle(side: str, rest: str) -> str | None:
-    """``X.middle.{0,1,2}.*`` -> ``X.mid_block.{resnets.0, attentions.0, resnets.1}.*``."""
-    match = _MIDDLE_RE.fullmatch(rest)
-    if match is None:
-        return None
-    index, leaf = match.groups()
-    if index in ("0", "2") and leaf in _RESIDUAL_RENAMES:
-        return f"{side}.mid_block.resnets.{int(index) // 2}.{_RESIDUAL_RENAMES[leaf]}"
-    if index == "1" and leaf in _ATTENTION_LEAVES:
-        return f"{side}.mid_block.attentions.0.{leaf}"
-    return None
-
-
-def _convert_stage(side: str, rest: str) -> str | None:
-    """``encoder.downsamples.s.downsamples.j.*`` / ``decoder.upsamples.u.upsamples.j.*`` renames."""
-    pattern, blocks, sampler = _STAGE_RE[side]
-    match = pattern.fullmatch(rest)
-    if match is None:
-        return None
-    stage, index, leaf = match.groups()
-    if leaf in _RESIDUAL_RENAMES:
-        return f"{side}.{blocks}.{stage}.resnets.{index}.{_RESIDUAL_RENAMES[leaf]}"
-    if leaf in _RESAMPLE_LEAVES:  # the index j of the resample module is dropped
-        return f"{side}.{blocks}.{stage}.{sampler}.{leaf}"
-    return None
-
-
-def _convert_wan22_key(key: str) -> str | None:
-    """Diffusers name of one original key, or ``None`` when no rule of codecs.md 2.3 applies."""
-    if key in _TOP_LEVEL:
-        return _TOP_LEVEL[key]
-    side, _, rest = key.partition(".")
-    if side not in _STAGE_RE:
-        return None
-    if rest in _SIDE_LEVEL:
-        return f"{side}.{_SIDE_LEVEL[rest]}"
-    if rest.startswith("middle."):
-        return _convert_middle(side, rest)
-    return _convert_stage(side, rest)
-
-
-def convert_wan22_state_dict(original: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename an original ``Wan2.2_VAE.pth`` state dict to ``AutoencoderKLWan`` names (codecs.md 2.3).
-
-    Tensors are not copied or cast; only the names change. Shapes are identical in both layouts.
-
-    Args:
-        original: ``{key: tensor}`` in the original layout (``encoder.*``, ``conv1.*``, ``conv2.*``,
-            ``decoder.*``), any dtype/device (meta tensors work, which is how the full-size key audit
-            runs).
-
-    Returns:
-        A new ``{diffusers_key: tensor}`` dict with the same tensors, in the input order.
-
-    Raises:
-        ValueError: If any key matches no rule (all such keys are listed), or if two keys map to
-            the same diffusers name.
-    """
-    converted: dict[str, Tensor] = {}
-    unknown: list[str] = []
-    for key, tensor in original.items():
-        new_key = _convert_wan22_key(key)
-        if new_key is None:
-            unknown.append(key)
-        elif new_key in converted:
-            raise ValueError(f"two original keys map to {new_key!r}; the second one is {key!r}")
-        else:
-            converted[new_key] = tensor
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} key(s) are not part of the original Wan2.2 VAE layout (codecs.md 2.2): "
-            f"{unknown[:20]}{' ...' if len(unknown) > 20 else ''}. Pass the state dict of "
-            f"{WAN22_CHECKPOINT_NAME} unchanged (no 'module.'/'vae.' prefixes)."
-        )
-    return converted
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,12 +185,20 @@ def _read_safetensors_folder(folder: Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     single = folder / _DIFFUSERS_WEIGHTS
-    if single.is_file():
-        return load_file(str(single))
-    index = json.loads((folder / _DIFFUSERS_INDEX).read_text())
+    files = [single]
+    if not single.is_file():
+        index = read_json_file(folder / _DIFFUSERS_INDEX, _DIFFUSERS_FILE)
+        try:
+            files = [folder / shard for shard in sorted(set(index["weight_map"].values()))]
+        except (KeyError, TypeError, AttributeError) as exc:
+            detail = "it has no 'weight_map' object (tensor name -> shard file)"
+            raise wrong_contents_error(folder / _DIFFUSERS_INDEX, _DIFFUSERS_FILE, detail) from exc
     tensors: dict[str, Tensor] = {}
-    for shard in sorted(set(index["weight_map"].values())):
-        tensors.update(load_file(str(folder / shard)))
+    for file in files:
+        try:
+            tensors.update(load_file(str(file)))
+        except (SafetensorError, OSError) as exc:
+            raise safetensors_error(file, _DIFFUSERS_FILE, exc) from exc
     return tensors
 
 
@@ -412,7 +209,7 @@ def _is_diffusers_folder(folder: Path) -> bool:
 
 def _resolve_wan22_path(path: str | os.PathLike) -> tuple[str, Path]:
     """``("official", file)`` or ``("diffusers", folder)`` for any accepted form of ``path``."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_file() and path.suffix in (".json", ".safetensors"):  # a file of a diffusers folder
         path = path.parent
     if path.is_file():
@@ -430,29 +227,6 @@ def _resolve_wan22_path(path: str | os.PathLike) -> tuple[str, Path]:
     )
 
 
-_DIM_PROBES = {  # name: ((original key, axis), ...) tried in order (codecs.md 2.2)
-    "base_dim": (("encoder.conv1.weight", 0), ("encoder.conv1.bias", 0)),
-    "decoder_base_dim": (("decoder.head.2.weight", 1), ("decoder.head.0.gamma", 0)),
-    "z_dim": (("conv2.weight", 0), ("conv2.bias", 0), ("decoder.conv1.weight", 1)),
-}
-_OFFICIAL_DIMS = {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48}
-
-
-def _infer_wan22_dims(state_dict: Mapping[str, Tensor]) -> dict[str, int]:
-    """``base_dim``, ``decoder_base_dim``, ``z_dim`` from original tensor shapes (codecs.md 2.2).
-
-    A width whose probe tensors are all absent falls back to the official value; the strict load
-    then reports the missing keys together with everything else.
-    """
-    dims = dict(_OFFICIAL_DIMS)
-    for name, probes in _DIM_PROBES.items():
-        for key, axis in probes:
-            tensor = state_dict.get(key)
-            if isinstance(tensor, Tensor) and tensor.dim() > axis:
-                dims[name] = int(tensor.shape[axis])
-                break
-    return dims
-
 
 def _build_on_meta(config: Mapping) -> "AutoencoderKLWan":  # noqa: F821
     from diffusers import AutoencoderKLWan
@@ -461,37 +235,28 @@ def _build_on_meta(config: Mapping) -> "AutoencoderKLWan":  # noqa: F821
         return AutoencoderKLWan.from_config(dict(config))
 
 
-def _torch_load(file: Path):
-    """``torch.load(weights_only=True)``, memory-mapped when the file format allows it."""
-    try:
-        try:
-            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-            return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{file} is not a plain tensor state dict loadable with weights_only=True ({error}); "
-            f"{WAN22_CHECKPOINT_NAME} from Wan-AI/Wan2.2-TI2V-5B is."
-        ) from error
-
-
 def _load_official_wan22(file: Path, dtype: torch.dtype, device: torch.device | str):
-    original = _torch_load(file)
+    original = torch_load_file(file, _OFFICIAL_FILE)
     if not isinstance(original, Mapping):
-        raise ValueError(f"{file} does not hold a plain state dict (got {type(original).__name__})")
-    model = _build_on_meta(wan22_vae_config(**_infer_wan22_dims(original)))
-    state_dict = convert_wan22_state_dict(original)
-    del original
-    _cast_in_place(state_dict, dtype, device)
-    load_state_dict_strict(model, state_dict, what=str(file))
+        raise wrong_contents_error(file, _OFFICIAL_FILE, f"it holds a {type(original).__name__}, not a state dict")
+    try:
+        model = _build_on_meta(wan22_vae_config(**infer_wan22_dims(original)))
+        state_dict = convert_wan22_state_dict(original)
+        del original
+        _cast_in_place(state_dict, dtype, device)
+        load_state_dict_strict(model, state_dict, what=str(file))
+    except ValueError as exc:  # unknown keys (conversion) or missing/mis-shaped keys (strict load)
+        detail = f"its tensors are not those of the Wan2.2 VAE.\n{exc}"
+        raise wrong_contents_error(file, _OFFICIAL_FILE, detail) from None
     return model
 
 
 def _load_diffusers_wan22(folder: Path, dtype: torch.dtype, device: torch.device | str):
     from diffusers import AutoencoderKLWan
 
-    config = AutoencoderKLWan.load_config(str(folder))
-    model = _build_on_meta(config)
+    if not isinstance(read_json_file(folder / _DIFFUSERS_CONFIG, _DIFFUSERS_FILE), Mapping):
+        raise wrong_contents_error(folder / _DIFFUSERS_CONFIG, _DIFFUSERS_FILE, "it is not a JSON object")
+    model = _build_on_meta(AutoencoderKLWan.load_config(str(folder)))
     state_dict = _read_safetensors_folder(folder)
     _cast_in_place(state_dict, dtype, device)
     load_state_dict_strict(model, state_dict, what=str(folder))
@@ -501,7 +266,7 @@ def _load_diffusers_wan22(folder: Path, dtype: torch.dtype, device: torch.device
 def load_wan22_vae(
     path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
 ) -> "AutoencoderKLWan":  # noqa: F821
-    """Load a Wan2.2 VAE into diffusers' ``AutoencoderKLWan`` (codecs.md 2.2, 2.3).
+    """Load a Wan2.2 VAE into diffusers' ``AutoencoderKLWan`` (architecture.md §11.3).
 
     The model is built on the meta device and the checkpoint tensors are assigned into it (the
     reference also loads with ``assign=True``, strictly), so the weights are never held twice. The
@@ -513,7 +278,7 @@ def load_wan22_vae(
             ``diffusion_pytorch_model.safetensors``) or a folder with such a ``vae/`` subfolder.
             For the ``.pth`` the widths (``base_dim``, ``decoder_base_dim``, ``z_dim``; official
             160/256/48) are inferred from the tensor shapes.
-        dtype: Weight dtype. The reference runs bf16 (codecs.md 1).
+        dtype: Weight dtype. The reference runs bf16 (architecture.md §11).
         device: Target device of the weights.
 
     Returns:
@@ -521,7 +286,10 @@ def load_wan22_vae(
 
     Raises:
         FileNotFoundError: If no checkpoint is found; the message lists what was looked for.
-        ValueError: If keys are unknown, missing, unexpected or mis-shaped (one error listing all).
+        CheckpointError: (a ``ValueError``) one error naming the file, what it is and the fix: the
+            ``.pth`` is empty, truncated or not a ``torch.save`` file (e.g. a text file), holds something
+            other than a plain state dict, or its keys are unknown, missing, unexpected or mis-shaped (all
+            listed); or a diffusers folder's JSON or safetensors file is damaged.
     """
     kind, location = _resolve_wan22_path(path)
     if kind == "official":
@@ -551,13 +319,13 @@ def _check_pixels(pixels: Tensor) -> None:
         raise ValueError(f"pixels must be a float tensor in [-1, 1], got {pixels.dtype}; use x / 127.5 - 1")
     if frames < 1 or (frames - 1) % _TEMPORAL_STRIDE:
         raise ValueError(
-            f"the number of frames must be 1 + 4k (1, 5, 9, ...), got {frames} (codecs.md 2.1); "
+            f"the number of frames must be 1 + 4k (1, 5, 9, ...), got {frames} (architecture.md §11.3); "
             f"trim to {max(1, (frames - 1) // 4 * 4 + 1)} frames"
         )
     if height % _SPATIAL_STRIDE or width % _SPATIAL_STRIDE or height == 0 or width == 0:
         raise ValueError(
             f"height and width must be positive multiples of 16 pixels, got {height}x{width}; "
-            "crop or resize first (pipeline.md 4.1)"
+            "crop or resize first (architecture.md §13.2)"
         )
 
 
@@ -580,7 +348,7 @@ def check_video_latent(latent: Tensor, z_dim: int) -> None:
 
 
 class VideoVAE(ModelWrapper):
-    """Wan2.2 VAE with the reference's latent normalisation (codecs.md 2.1, pipeline.md 4.2).
+    """Wan2.2 VAE with the reference's latent normalisation (architecture.md §11.3, §11.1).
 
     Wraps a diffusers ``AutoencoderKLWan`` (``.model``). Latents seen by the rest of the project are
     *normalised*: ``z = (mu - mean) * (1/std)``; :meth:`decode` inverts it as ``mu = z / (1/std) + mean``
@@ -610,7 +378,7 @@ class VideoVAE(ModelWrapper):
         return cls(load_wan22_vae(path, dtype=dtype, device=device))
 
     def normalization_constants(self) -> tuple[Tensor, Tensor]:
-        """The reference wrapper's ``mean`` and ``1/std`` (pipeline.md 4.2, codecs.md pitfall 5).
+        """The reference wrapper's ``mean`` and ``1/std`` (architecture.md §11.1).
 
         Returns:
             ``(mean, inv_std)``, each ``[1, 48, 1, 1, 1]`` in the model dtype on the model device;
@@ -624,7 +392,7 @@ class VideoVAE(ModelWrapper):
         return mean.to(self.device), inv_std.to(self.device)
 
     def normalize(self, mu: Tensor) -> Tensor:
-        """``(mu - mean) * (1/std)`` in the model dtype, returned as float32 (pipeline.md 4.2).
+        """``(mu - mean) * (1/std)`` in the model dtype, returned as float32 (architecture.md §11.1).
 
         Args:
             mu: Raw posterior mean ``[B, 48, T, h, w]``, any float dtype.
@@ -636,7 +404,7 @@ class VideoVAE(ModelWrapper):
         return ((mu.to(device=self.device, dtype=self.dtype) - mean) * inv_std).float()
 
     def denormalize(self, latent: Tensor) -> Tensor:
-        """``z / (1/std) + mean`` in the model dtype (pipeline.md 4.2); returns the model dtype.
+        """``z / (1/std) + mean`` in the model dtype (architecture.md §11.1); returns the model dtype.
 
         Args:
             latent: Normalised latent ``[B, 48, T, h, w]``, any float dtype.
@@ -649,12 +417,12 @@ class VideoVAE(ModelWrapper):
 
     @torch.no_grad()
     def encode(self, pixels: Tensor) -> Tensor:
-        """Encode pixels to normalised latents using the posterior **mean** (codecs.md 2.1, 2.3).
+        """Encode pixels to normalised latents using the posterior **mean** (architecture.md §11.3).
 
         Args:
             pixels: ``[B, 3, F, H, W]`` float in [-1, 1]; ``F = 1 + 4k`` frames, ``H`` and ``W``
                 multiples of 16 pixels. Cast to the model dtype before encoding (the reference casts
-                the image to bf16, pipeline.md 7.1 step 4).
+                the image to bf16, architecture.md §9.1).
 
         Returns:
             ``[B, 48, 1 + (F-1)/4, H/16, W/16]`` float32, normalised latent space.
@@ -669,14 +437,14 @@ class VideoVAE(ModelWrapper):
 
     @torch.no_grad()
     def decode(self, latent: Tensor) -> Tensor:
-        """Decode normalised latents to pixels (codecs.md 2.1, pipeline.md 9.1, Wan branch).
+        """Decode normalised latents to pixels (architecture.md §11.3, §12.1, Wan branch).
 
         Args:
             latent: ``[B, 48, T, h, w]`` float (normally float32), normalised latent space.
 
         Returns:
             ``[B, 3, 4T-3, 16h, 16w]`` float32, clamped to [-1, 1]. Convert to uint8 frames with
-            ``((x*0.5+0.5).clamp(0,1)*255).to(uint8)`` (truncation, pipeline.md 9.1).
+            ``((x*0.5+0.5).clamp(0,1)*255).to(uint8)`` (truncation, architecture.md §12.1).
 
         Raises:
             ValueError: On a wrong rank, channel count or dtype.
@@ -685,59 +453,3 @@ class VideoVAE(ModelWrapper):
         mu = self.denormalize(latent)
         video = self.model.decode(mu).sample
         return video.float().clamp_(-1.0, 1.0)
-
-
-# --------------------------------------------------------------------------------------------------
-# Tiny random checkpoints in the original layout
-# --------------------------------------------------------------------------------------------------
-
-
-def _random_tensor(key: str, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    """Init rule: conv/linear weights ``randn/sqrt(fan_in)`` (decoder output conv x0.5), biases
-    ``0.05*randn``, RMS gammas ``1 + 0.1*randn``. Keeps activations O(1) so decoded videos are
-    neither flat nor saturated."""
-    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-    if key.endswith(".gamma"):
-        return 1.0 + 0.1 * noise
-    if key.endswith(".bias"):
-        return 0.05 * noise
-    fan_in = 1
-    for size in shape[1:]:
-        fan_in *= size
-    scale = 0.5 if key == "decoder.head.2.weight" else 1.0
-    return noise * (scale / fan_in**0.5)
-
-
-def save_random_official(
-    folder: str | os.PathLike,
-    *,
-    base_dim: int = 4,
-    decoder_base_dim: int = 4,
-    z_dim: int = 48,
-    seed: int = 0,
-) -> Path:
-    """Write a tiny random ``Wan2.2_VAE.pth`` in the ORIGINAL key layout (codecs.md 2.2).
-
-    A plain ``torch.save`` of an fp32 state dict, written atomically (temp file + rename) so a model
-    memory-mapped from an older file is never truncated under it. Deterministic for ``seed``: tensors
-    are drawn from ``torch.Generator().manual_seed(seed)`` in state-dict order.
-
-    Args:
-        folder: Output folder (created if needed).
-        base_dim: Encoder base width (default 4: a ~0.3 M parameter model).
-        decoder_base_dim: Decoder base width (default 4).
-        z_dim: Latent channels; keep 48 for :class:`VideoVAE`.
-        seed: RNG seed.
-
-    Returns:
-        Path of the written ``Wan2.2_VAE.pth``.
-
-    Raises:
-        ValueError: If a width is not a positive integer.
-    """
-    shapes = official_wan22_key_shapes(base_dim, decoder_base_dim, z_dim)
-    generator = torch.Generator().manual_seed(seed)
-    state_dict = {key: _random_tensor(key, shape, generator) for key, shape in shapes.items()}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return write_atomic(folder / WAN22_CHECKPOINT_NAME, lambda tmp: torch.save(state_dict, tmp))

@@ -8,7 +8,7 @@ shards for ``base/``, the original ``Wan2.2_VAE.pth``, Stable Audio Open's singl
 ``model.safetensors`` + ``model_config.json``, a T5Gemma seq2seq snapshot with its tokenizer), so
 the demo exercises the same loaders as the real checkpoints.
 
-The bundle is built deterministically on first use (a few seconds, about 50 MB) under
+The bundle is built deterministically on first use (a few seconds, about 23 MB) under
 ``$MAGIHUMAN_DEMO_DIR`` or ``~/.cache/magihuman/demo-v<N>``.
 """
 
@@ -17,13 +17,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
 
-from magihuman.codecs import audio_vae, text_encoder, turbo_vae, video_vae
-from magihuman.pipeline.magihuman_pipeline import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
-from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, save_random_transformer
+from magihuman.demo.random_codecs import (
+    save_random_audio_vae,
+    save_random_text_encoder,
+    save_random_turbo_vae,
+    save_random_wan22_vae,
+)
+from magihuman.demo.random_weights import (
+    TINY_TRANSFORMER_CONFIG,
+    save_random_transformer,
+)
+from magihuman.pipeline.loading import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
 
 #: Bump when the bundle's contents change, so stale caches are rebuilt.
 DEMO_VERSION = 4
@@ -76,11 +85,11 @@ def build_demo_bundle(root: str | Path, *, seed: int = 0) -> Path:
             save_random_transformer(folder, config, seed=seed + 10 + offset, max_shard_bytes=4 << 20,
                                     compress=compress)
             (folder / TRANSFORMER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        text_encoder.save_random_official(staging / ROOT_LAYOUT["text_encoder"],
-                                          hidden_size=config["text_in_channels"], seed=seed + 2)
-        video_vae.save_random_official(staging / ROOT_LAYOUT["video_vae"], seed=seed + 3)
-        audio_vae.save_random_official(staging / ROOT_LAYOUT["audio_vae"], seed=seed + 4)
-        turbo_vae.save_random_official(staging / ROOT_LAYOUT["turbo_vae"], seed=seed + 5)
+        save_random_text_encoder(staging / ROOT_LAYOUT["text_encoder"], hidden_size=config["text_in_channels"],
+                                 seed=seed + 2)
+        save_random_wan22_vae(staging / ROOT_LAYOUT["video_vae"], seed=seed + 3)
+        save_random_audio_vae(staging / ROOT_LAYOUT["audio_vae"], seed=seed + 4)
+        save_random_turbo_vae(staging / ROOT_LAYOUT["turbo_vae"], seed=seed + 5)
         (staging / _COMPLETE_MARKER).write_text(_MARKER_TEXT)
         os.replace(staging, root)
     except BaseException:
@@ -108,6 +117,7 @@ def ensure_demo_bundle(root: Optional[str | Path] = None) -> Path:
             raise FileExistsError(
                 f"{root} exists but is not a complete demo bundle; delete it to rebuild the demo weights"
             )
+    print(f"building the demo bundle (random weights, about 23 MB, once) at {root}", file=sys.stderr, flush=True)
     try:
         return build_demo_bundle(root)
     except OSError:  # FileExistsError, or the final rename lost a race with another process

@@ -1,12 +1,12 @@
 """Token packing: latents to tokens and back, per-token coordinates, local-attention windows.
 
-One packed sample is the sequence ``[video tokens | audio tokens | text tokens]`` (dit.md 3.2,
-pipeline.md 6). This module owns every rule about where a token sits in that sequence:
+One packed sample is the sequence ``[video tokens | audio tokens | text tokens]`` (architecture.md §3.1,
+architecture.md §3). This module owns every rule about where a token sits in that sequence:
 
 * video patchify is **channel-major** on the way in (``f = c*4 + ph*2 + pw``) and depatchify is
-  **channels-last** on the way out (``f = (ph*2 + pw)*C + c``): dit.md pitfall P1;
-* each token gets a 9-column coordinate row ``(t, h, w, T, H, W, refT, refH, refW)`` (dit.md 3.3);
-* local attention (1080p SR) restricts video queries to +-R latent frames (dit.md 5.2).
+  **channels-last** on the way out (``f = (ph*2 + pw)*C + c``): architecture.md §3.1, §4.5;
+* each token gets a 9-column coordinate row ``(t, h, w, T, H, W, refT, refH, refW)`` (architecture.md §3.2);
+* local attention (1080p SR) restricts video queries to +-R latent frames (architecture.md §6.2).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 
 CoordsStyle = Literal["v1", "v2"]
 
-#: Video patch (time, height, width) of the DiT (dit.md 1.2: t_patch_size 1, patch_size 2).
+#: Video patch (time, height, width) of the DiT (architecture.md §3.1: t_patch_size 1, patch_size 2).
 PATCH_T, PATCH_H, PATCH_W = 1, 2, 2
-#: v1 text coordinates start at this time offset (dit.md 1.2 ``text_offset``).
+#: v1 text coordinates start at this time offset (architecture.md §3.2 ``text_offset``).
 TEXT_OFFSET_V1 = 0
 
 
@@ -54,7 +54,7 @@ class TokenLayout:
 
     @property
     def groups(self) -> tuple[int, int, int]:
-        """Token counts per modality in packing order (video, audio, text); dit.md 2.3 ids 0, 1, 2."""
+        """Token counts per modality in packing order (video, audio, text); architecture.md §2.4 ids 0, 1, 2."""
         return (self.video_tokens, self.audio_tokens, self.text_tokens)
 
     @property
@@ -85,13 +85,13 @@ def token_layout(video_latent: torch.Tensor, audio_latent: torch.Tensor, text_em
     if height % PATCH_H or width % PATCH_W:
         raise ValueError(
             f"latent height/width must be multiples of the {PATCH_H}x{PATCH_W} patch, got {height}x{width} "
-            "(pixel sizes are rounded down to multiples of 32, pipeline.md 4.1)"
+            "(pixel sizes are rounded down to multiples of 32, architecture.md §13.2)"
         )
     return TokenLayout(frames, height // PATCH_H, width // PATCH_W, audio_latent.shape[1], text_embeds.shape[1])
 
 
 def patchify_video(latent: torch.Tensor) -> torch.Tensor:
-    """Video latent to tokens, channel-major features (dit.md 3.2; P1, P20).
+    """Video latent to tokens, channel-major features (architecture.md §3.1, §5.2).
 
     Token ``n = (t*Hp + y)*Wp + x`` (raster, time slowest); feature ``f = c*4 + ph*2 + pw`` takes
     ``latent[c, t, 2y+ph, 2x+pw]``. A pure reshape: exact, unlike the reference's TF32-prone conv.
@@ -109,7 +109,7 @@ def patchify_video(latent: torch.Tensor) -> torch.Tensor:
 
 
 def depatchify_video(tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-    """Output video tokens back to a latent, channels-last features (dit.md 3.8; P1).
+    """Output video tokens back to a latent, channels-last features (architecture.md §4.5).
 
     Feature ``f = (ph*2 + pw)*C + c`` goes to ``out[c, t, 2y+ph, 2x+pw]``. This is **not** the
     inverse of :func:`patchify_video`: the model's final projection is trained for this order.
@@ -132,7 +132,7 @@ def grid_coords(
     size: tuple[int, int, int], reference: tuple[int, int, int], offset: tuple[int, int, int] = (0, 0, 0),
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Coordinate rows for one modality's grid (dit.md 3.3).
+    """Coordinate rows for one modality's grid (architecture.md §3.2).
 
     Row n (raster order, first axis slowest) is ``(i0+o0, i1+o1, i2+o2, S0, S1, S2, R0, R1, R2)``.
 
@@ -147,7 +147,7 @@ def grid_coords(
 
 
 def build_coords(layout: TokenLayout, style: CoordsStyle = "v2", device: torch.device | str | None = None) -> torch.Tensor:
-    """The ``[N, 9]`` coordinate table of a packed sample (dit.md 3.3, pipeline.md 6).
+    """The ``[N, 9]`` coordinate table of a packed sample (architecture.md §3.2, §3).
 
     | modality | grid | reference | offset |
     |---|---|---|---|
@@ -187,7 +187,7 @@ def build_coords(layout: TokenLayout, style: CoordsStyle = "v2", device: torch.d
 
 
 def local_attention_ranges(layout: TokenLayout, frame_receptive_field: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's (q_range, k_range) half-open pairs for local attention (dit.md 5.2).
+    """The reference's (q_range, k_range) half-open pairs for local attention (architecture.md §6.2).
 
     For each latent frame i, video queries of frame i see video keys of frames ``i-R .. i+R``;
     every video query also sees all audio and text keys; audio and text queries are global.
@@ -196,19 +196,29 @@ def local_attention_ranges(layout: TokenLayout, frame_receptive_field: int) -> t
     Returns:
         ``(q_ranges, k_ranges)``, each ``[T + 2, 2]`` int32.
     """
-    p, nv, n, r = layout.tokens_per_frame, layout.video_tokens, layout.total_tokens, frame_receptive_field
-    q, k = [], []
-    for i in range(layout.frames):
-        q.append((i * p, (i + 1) * p))
-        k.append((max(0, (i - r) * p), min(nv, (i + r + 1) * p)))
-    q += [(0, nv), (nv, n)]
-    k += [(nv, n), (0, n)]
-    return torch.tensor(q, dtype=torch.int32), torch.tensor(k, dtype=torch.int32)
+    pairs = _range_pairs(layout.frames, layout.tokens_per_frame, layout.video_tokens, layout.total_tokens,
+                         frame_receptive_field)
+    return (torch.tensor([q for q, _ in pairs], dtype=torch.int32),
+            torch.tensor([k for _, k in pairs], dtype=torch.int32))
+
+
+RangePair = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _range_pairs(frames: int, tokens_per_frame: int, video_tokens: int, total_tokens: int,
+                 frame_receptive_field: int) -> tuple[RangePair, ...]:
+    """``((q_start, q_end), (k_start, k_end))`` pairs in the reference's table order (architecture.md §6.2): one per
+    latent frame, then (all video queries, audio + text keys), then (audio + text queries, all keys)."""
+    p, nv, n, r = tokens_per_frame, video_tokens, total_tokens, frame_receptive_field
+    frame_pairs = tuple(
+        ((i * p, (i + 1) * p), (max(0, (i - r) * p), min(nv, (i + r + 1) * p))) for i in range(frames)
+    )
+    return frame_pairs + (((0, nv), (nv, n)), ((nv, n), (0, n)))
 
 
 @dataclass(frozen=True)
 class LocalWindow:
-    """The local-attention pattern of one packed sample (dit.md 5.2), as a rule rather than a tensor.
+    """The local-attention pattern of one packed sample (architecture.md §6.2), as a rule rather than a tensor.
 
     Query i may attend key j when ``i >= Nv or j >= Nv or |i//P - j//P| <= R``: video queries see video
     keys of latent frames within +-R plus every audio and text key; audio and text queries are global.
@@ -226,13 +236,32 @@ class LocalWindow:
         """The window of a packed sample with half-width ``frame_receptive_field`` latent frames."""
         return cls(layout.total_tokens, layout.video_tokens, max(layout.tokens_per_frame, 1), frame_receptive_field)
 
+    @property
+    def frames(self) -> int:
+        """T = Nv / P latent frames."""
+        return self.video_tokens // self.tokens_per_frame
+
+    @property
+    def covers_every_frame(self) -> bool:
+        """True when ``R >= T - 1``: every video query sees every video key, so the window allows every
+        (query, key) pair and is mathematically global attention (architecture.md §6.2: ``T <= 12`` at R = 11).
+        The reference still runs its local layers through the range split then (:meth:`range_pairs`)."""
+        return self.frame_receptive_field >= self.frames - 1
+
+    def range_pairs(self) -> tuple[RangePair, ...]:
+        """The window as the reference's half-open ``((q_start, q_end), (k_start, k_end))`` pairs, in its
+        table order (the same pairs as :func:`local_attention_ranges`, as Python ints): ``T`` frame
+        pairs, then (all video queries, audio + text keys), then (audio + text queries, all keys)."""
+        return _range_pairs(self.frames, self.tokens_per_frame, self.video_tokens, self.total_tokens,
+                            self.frame_receptive_field)
+
     def allows(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         """Elementwise rule on broadcastable index tensors; True = may attend."""
         nv, p = self.video_tokens, self.tokens_per_frame
         return (query >= nv) | (key >= nv) | ((query // p - key // p).abs() <= self.frame_receptive_field)
 
     def dense(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """Boolean ``[N, N]`` mask (True = may attend), the "SDPA equivalent" of dit.md 5.2."""
+        """Boolean ``[N, N]`` mask (True = may attend), the "SDPA equivalent" of architecture.md §6.2."""
         idx = torch.arange(self.total_tokens, device=device)
         return self.allows(idx[:, None], idx[None, :])
 
@@ -240,7 +269,7 @@ class LocalWindow:
 def local_attention_mask(
     layout: TokenLayout, frame_receptive_field: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """Boolean ``[N, N]`` mask equal to the union of :func:`local_attention_ranges` (dit.md 5.2)."""
+    """Boolean ``[N, N]`` mask equal to the union of :func:`local_attention_ranges` (architecture.md §6.2)."""
     return LocalWindow.of(layout, frame_receptive_field).dense(device)
 
 
@@ -249,7 +278,7 @@ def pad_text_batch(text_embeds: "list[torch.Tensor] | tuple[torch.Tensor, ...]")
 
     The result goes to ``MagiHumanTransformer(..., text_lengths=lengths)``, which keeps every sample
     exactly what it would be alone: its own coordinates and attention over its own real tokens
-    (dit.md P13 forbids letting padding into the attention; it is never attended here).
+    (architecture.md §6.3 forbids letting padding into the attention; it is never attended here).
 
     Args:
         text_embeds: tensors ``[B_i, Nt_i, C]`` with one C and one dtype, e.g. ``(prompt, negative prompt)``.

@@ -1,4 +1,4 @@
-"""The Fourier position table and its rotate-half application to q and k (dit.md 3.4, 3.7 step 6).
+"""The Fourier position table and its rotate-half application to q and k (architecture.md §3.3).
 
 * ``B = head_dim / 8`` bands per axis, ``band_k = 1 / 10000**(k/B)`` (not the usual ``2k/d``);
 * per axis a in (t, h, w): ``angle = ((coord - centre) * scale) * band``, with
@@ -18,7 +18,7 @@ ROPE_BASE = 10000.0
 
 
 def default_bands(num_bands: int) -> torch.Tensor:
-    """``1 / 10000**(k/B)`` for k = 0..B-1, float32, computed as the reference does (dit.md 3.4)."""
+    """``1 / 10000**(k/B)`` for k = 0..B-1, float32, computed as the reference does (architecture.md §3.3)."""
     exponent = torch.arange(num_bands, dtype=torch.float32) / num_bands
     return 1.0 / (ROPE_BASE**exponent)
 
@@ -27,14 +27,14 @@ def axis_scales(coords: torch.Tensor) -> torch.Tensor:
     """Per-row, per-axis scale ``(ref - 1) / (size - 1)``, forced to 1 where ref == size == 1.
 
     Args:
-        coords: ``[N, 9]`` float32 coordinate rows (dit.md 3.3).
+        coords: ``[N, 9]`` float32 coordinate rows (architecture.md §3.2).
 
     Returns:
         ``[N, 3]`` float32.
 
     Raises:
         ValueError: where a size is 1 but its reference is not (a division by zero; the reference
-            fails an assertion there, e.g. v1 coordinates with a single text token, dit.md 3.4).
+            fails an assertion there, e.g. v1 coordinates with a single text token, architecture.md §3.3).
     """
     size, ref = coords[:, 3:6], coords[:, 6:9]
     degenerate = (size == 1) & (ref == 1)
@@ -51,9 +51,9 @@ def axis_scales(coords: torch.Tensor) -> torch.Tensor:
 
 
 class FourierTable(nn.Module):
-    """``adapter.rope``: coordinates to the ``[N, 6B]`` sin/cos table (dit.md 3.4).
+    """``adapter.rope``: coordinates to the ``[N, 6B]`` sin/cos table (architecture.md §3.3).
 
-    ``bands`` is a persistent buffer: the checkpoint's value wins over the formula (dit.md 7, P18).
+    ``bands`` is a persistent buffer: the checkpoint's value wins over the formula (architecture.md §7.2).
     """
 
     def __init__(self, head_dim: int):
@@ -75,7 +75,7 @@ class FourierTable(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE on the first ``6B`` dims of each head, in float32 (dit.md 3.7 step 6, P10).
+    """Rotate-half RoPE on the first ``6B`` dims of each head, in float32 (architecture.md §3.3).
 
     ``x'[i] = x[i]*cos[i] - x[i+3B]*sin[i]`` and ``x'[i+3B] = x[i+3B]*cos[i] + x[i]*sin[i]`` for
     i < 3B, computed as ``x*[cos, cos] + rot(x)*[sin, sin]`` with ``rot(x) = [-x[3B:6B], x[:3B]]``.

@@ -1,7 +1,7 @@
-"""Ulysses sequence (context) parallelism for :class:`~magihuman.model.transformer.MagiHumanTransformer` (dit.md 6).
+"""Ulysses sequence (context) parallelism for :class:`~magihuman.model.transformer.MagiHumanTransformer` (architecture.md §6.4).
 
 One sample's packed token sequence ``[video | audio | text]`` (N tokens) is cut into ``cp``
-contiguous chunks, one per rank of the sequence-parallel group (dit.md 6 "dispatch", P23): with
+contiguous chunks, one per rank of the sequence-parallel group (architecture.md §6.4): with
 ``N = q*cp + r`` the first ``r`` ranks hold ``q + 1`` tokens and the others ``q``
 (:func:`split_sizes`). Everything except attention is row-local (embedders, RoPE rows, norms,
 GEMMs, MLP, output heads), so each rank runs it on its own rows only, with the modality group
@@ -17,7 +17,7 @@ sizes **of its chunk** (a chunk can span video, audio and text). Attention needs
 At the end the per-rank output rows are all-gathered (:meth:`SequenceParallel.gather_tokens`,
 "undispatch") and depacked exactly as in the single-process model.
 
-Nothing here is global or cached between calls (unlike the reference's scheduler, P26): the split
+Nothing here is global or cached between calls (unlike the reference's scheduler, architecture.md §6.4): the split
 sizes live in a :class:`TokenChunk` that one forward creates and drops, so a forward that raises
 leaves nothing behind. Input errors (shapes, v1 coordinates with one text token) are raised before
 the first collective, and the ranks compare their input sizes first, so they fail together. A rank
@@ -28,7 +28,7 @@ Memory per rank: the residual stream and every row-local activation are ``[B, n_
 holds the full sequence only for its ``Hq/cp`` query and ``Hkv/cp`` K/V heads. The unpacked inputs,
 the ``[N, 6B]`` RoPE table and the gathered ``[B, N, 192]`` output are whole on every rank (small).
 
-Launch (pipeline.md 1.5)::
+Launch (architecture.md §6.4)::
 
     torchrun --nproc_per_node 2 -m magihuman generate --cp 2 ...
 
@@ -53,7 +53,7 @@ from magihuman.model.packing import LocalWindow, TokenLayout
 
 
 def split_sizes(num_tokens: int, world_size: int) -> list[int]:
-    """Per-rank token counts of the contiguous sequence split (dit.md 6, P23).
+    """Per-rank token counts of the contiguous sequence split (architecture.md §6.4).
 
     With ``num_tokens = q*world_size + r`` the first ``r`` ranks get ``q + 1`` tokens, the rest ``q``.
     Rank ``k`` holds rows ``[sum(sizes[:k]), sum(sizes[:k+1]))``.
@@ -167,7 +167,7 @@ class SequenceParallel:
 
     # ------------------------------------------------------------------------------- checks
     def check_heads(self, num_heads: int, num_kv_heads: int) -> None:
-        """cp must divide the query heads and the K/V heads (dit.md 6, P23: cp in {1, 2, 4, 8} for 40/8).
+        """cp must divide the query heads and the K/V heads (architecture.md §6.4: cp in {1, 2, 4, 8} for 40/8).
 
         Raises:
             ValueError: naming the allowed sizes.
@@ -180,7 +180,7 @@ class SequenceParallel:
             )
 
     def chunk(self, layout: TokenLayout, batch_size: int, device: torch.device | str) -> TokenChunk:
-        """Dispatch plan of one forward: this rank's rows of the packed sequence (dit.md 6).
+        """Dispatch plan of one forward: this rank's rows of the packed sequence (architecture.md §6.4).
 
         Collective: the ranks exchange their input sizes first, so ranks that were given different
         inputs all raise the same error instead of hanging in an all-to-all.
@@ -211,7 +211,7 @@ class SequenceParallel:
     def scatter_heads(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sizes: Sequence[int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All-to-all 1, "gather sequence, scatter heads" (dit.md 6), one message for q, k and v.
+        """All-to-all 1, "gather sequence, scatter heads" (architecture.md §6.4), one message for q, k and v.
 
         Args:
             query: ``[B, n_k, Hq, D]``, this rank's rows (``n_k = sizes[rank]``).
@@ -246,7 +246,7 @@ class SequenceParallel:
         return q, k, v
 
     def gather_heads(self, heads: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
-        """All-to-all 2, the inverse of :meth:`scatter_heads` (dit.md 6).
+        """All-to-all 2, the inverse of :meth:`scatter_heads` (architecture.md §6.4).
 
         Args:
             heads: ``[B, N, H/cp, D]``, the full sequence for this rank's head slice.
@@ -267,7 +267,7 @@ class SequenceParallel:
         return recv.view(cp, n_local, b, h, d).permute(2, 1, 0, 3, 4).reshape(b, n_local, cp * h, d)
 
     def gather_tokens(self, rows: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
-        """All-gather of variable-length token chunks along dim 1 ("undispatch", dit.md 6).
+        """All-gather of variable-length token chunks along dim 1 ("undispatch", architecture.md §6.4).
 
         Args:
             rows: ``[B, n_k, C]`` (any trailing dims), this rank's rows.
@@ -291,7 +291,7 @@ class SequenceParallel:
     def undispatch(
         self, chunk: TokenChunk, video_tokens: torch.Tensor, audio_tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All-gather the output heads' rows into the whole sequence (dit.md 6 "undispatch", 3.8).
+        """All-gather the output heads' rows into the whole sequence (architecture.md §6.4, §4.5).
 
         The local rows are packed as the reference's output ``Y [B, n_k, max(Cv, Ca)]`` (video rows,
         audio rows zero-padded, text rows zero), gathered, and split by the global groups.
@@ -341,8 +341,8 @@ def init_sequence_parallel(backend: Optional[str] = None, cp_size: Optional[int]
 
     Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` (``env://``).
     With NCCL the current CUDA device is set to ``LOCAL_RANK`` first. Groups are consecutive ranks
-    (dit.md 6); with ``cp_size < WORLD_SIZE`` the other groups are data-parallel replicas that redo
-    the same request (pipeline.md 1.5). An already initialised process group is reused.
+    (architecture.md §6.4); with ``cp_size < WORLD_SIZE`` the other groups are data-parallel replicas that redo
+    the same request (architecture.md §6.4). An already initialised process group is reused.
 
     Args:
         backend: ``"nccl"`` or ``"gloo"``; None picks NCCL when CUDA is available, else gloo.
@@ -386,14 +386,14 @@ def init_sequence_parallel(backend: Optional[str] = None, cp_size: Optional[int]
 
 
 def is_output_rank() -> bool:
-    """True on the rank that decodes and writes files: the last one (pipeline.md 1.5), or a single process."""
+    """True on the rank that decodes and writes files: the last one (architecture.md §6.4), or a single process."""
     if not (dist.is_available() and dist.is_initialized()):
         return True
     return dist.get_rank() == dist.get_world_size() - 1
 
 
 def shutdown_sequence_parallel() -> None:
-    """Barrier on all ranks (pipeline.md 1.5), then tear the process group down; a no-op without one."""
+    """Barrier on all ranks (architecture.md §6.4), then tear the process group down; a no-op without one."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

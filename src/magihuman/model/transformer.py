@@ -1,21 +1,21 @@
-"""The daVinci-MagiHuman single-stream diffusion transformer (dit.md sections 1-4).
+"""The daVinci-MagiHuman single-stream diffusion transformer (architecture.md §2-§5).
 
-Read next to dit.md:
+Read next to architecture.md §2-§5:
 
 1. ``adapter``: three float32 linear embedders (video 192, audio 64, text 3584 -> hidden) and the
-   Fourier position table (dit.md 3.6, 3.4).
+   Fourier position table (architecture.md §4.2, §3.3).
 2. ``block.layers``: 40 pre-norm layers over the joint ``[video | audio | text]`` sequence
-   (dit.md 3.7). Layers in ``mm_layers`` ("sandwich") hold three experts (video, audio, text) for
+   (architecture.md §4). Layers in ``mm_layers`` ("sandwich") hold three experts (video, audio, text) for
    every norm and linear; the others share one. Attention has q/k RMS norms, RoPE, GQA and a
    per-head sigmoid gate; the MLP is gelu7 (``gelu7_layers``) or interleaved swiglu7.
-3. ``final_norm_*`` / ``final_linear_*``: float32 output heads for video and audio (dit.md 3.8).
+3. ``final_norm_*`` / ``final_linear_*``: float32 output heads for video and audio (architecture.md §4.5).
 
-Numerics (dit.md 4, P2, P3): the residual stream is float32; every block GEMM takes bf16 inputs
+Numerics (architecture.md §5.1): the residual stream is float32; every block GEMM takes bf16 inputs
 and bf16 weights and produces a bf16 result that is widened to float32; norms, RoPE, the gate and
 the activation run in float32. The model has no timestep input: it maps noisy latents (and the
 text) to the flow-matching velocity ``eps - x0``.
 
-Parameter names equal the official checkpoint keys, so loading needs no rename table (dit.md 2).
+Parameter names equal the official checkpoint keys, so loading needs no rename table (architecture.md §2.3).
 """
 
 from __future__ import annotations
@@ -32,16 +32,12 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from magihuman.model.attention import AttentionBackend, get_attention_backend, ragged_attention
+from magihuman.model.layers import Adapter, Block, ExpertRMSNorm, TransformerLayer, split_groups
 from magihuman.model.packing import CoordsStyle, LocalWindow, TokenLayout, build_coords, depatchify_video, patchify_video, token_layout
 from magihuman.model.sequence_parallel import SequenceParallel
-from magihuman.model.rope import FourierTable, apply_rope
+from magihuman.model.rope import FourierTable
 
-#: RMSNorm epsilon of every norm in the model (dit.md 3.7, P4).
-NORM_EPS = 1e-6
-#: Activation constants of gelu7/swiglu7 (dit.md 3.7 MLP step 3, P8, P9).
-ACT_CLAMP = 7.0
-ACT_SIGMOID_SCALE = 1.702
-#: The 15B layout (dit.md 1.1).
+#: The 15B layout (architecture.md §2.1).
 OFFICIAL_MM_LAYERS = (0, 1, 2, 3, 36, 37, 38, 39)
 OFFICIAL_GELU7_LAYERS = (0, 1, 2, 3)
 
@@ -49,231 +45,23 @@ OFFICIAL_GELU7_LAYERS = (0, 1, 2, 3)
 def sr1080_local_attn_layers(num_layers: int) -> tuple[int, ...]:
     """The 1080p SR recipe's local layers for a model of ``num_layers``: every layer except 3, 7, ..., 31.
 
-    For the 40-layer model this is dit.md 1.3's set of 32 layers; smaller test models get the same rule.
+    For the 40-layer model this is architecture.md §2.2's set of 32 layers; smaller test models get the same rule.
     """
     return tuple(i for i in range(num_layers) if not (i % 4 == 3 and i < 32))
 
 
-#: The 1080p SR recipe's local-attention layers of the 40-layer model (dit.md 1.3).
+#: The 1080p SR recipe's local-attention layers of the 40-layer model (architecture.md §2.2).
 SR1080_LOCAL_ATTN_LAYERS = sr1080_local_attn_layers(40)
-#: Keys of the block linears, which are stored and computed in bf16 (dit.md 2.2, 2.6).
+#: Keys of the block linears, which are stored and computed in bf16 (architecture.md §2.3).
 BLOCK_LINEAR_SUFFIXES = ("linear_qkv.weight", "linear_proj.weight", "up_gate_proj.weight", "down_proj.weight")
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
-    """``x * rsqrt(mean(x^2) + eps) * (weight + 1)`` over the last dim, in float32 (dit.md 3.7, P4).
-
-    Args:
-        x: ``[..., n]`` any float dtype.
-        weight: ``[n]`` float32, stored as ``gain - 1`` (zero-initialised).
-
-    Returns:
-        ``[..., n]`` float32.
-    """
-    x = x.float()
-    normed = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return normed * (weight.float() + 1)
-
-
-def split_groups(x: torch.Tensor, groups: Sequence[int]) -> tuple[torch.Tensor, ...]:
-    """Split ``[B, N, ...]`` along the token dim into the (video, audio, text) groups."""
-    return torch.split(x, list(groups), dim=1)
-
-
-class ExpertRMSNorm(nn.Module):
-    """RMSNorm with one gain per modality in sandwich layers (dit.md 2.3: weight ``[video|audio|text]``).
-
-    Args:
-        dim: normalised width (hidden size, or head_dim for q/k norms).
-        num_experts: 3 in ``mm_layers``, else 1 (shared by all tokens).
-    """
-
-    def __init__(self, dim: int, num_experts: int):
-        super().__init__()
-        self.dim, self.num_experts = dim, num_experts
-        self.weight = nn.Parameter(torch.zeros(dim * num_experts, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
-        """``x [B, N, ..., dim]`` -> float32 of the same shape, expert m applied to group m."""
-        if self.num_experts == 1:
-            return rms_norm(x, self.weight)
-        weights = self.weight.view(self.num_experts, self.dim)
-        return torch.cat([rms_norm(part, w) for part, w in zip(split_groups(x, groups), weights)], dim=1)
-
-
-class ExpertLinear(nn.Module):
-    """Bias-free block linear with per-modality experts stacked along the output dim (dit.md 2.3).
-
-    The weight is ``[out * num_experts, in]`` in bf16 (dit.md 2.6). The input is cast to the weight
-    dtype and the output stays in it (a bf16 GEMM with a bf16 result, P2). In sandwich layers each
-    expert runs as its own GEMM over its group's rows (dit.md 3.5: M = Nv, Na, Nt), which the
-    golden vectors need for bit-equality.
-    """
-
-    def __init__(self, in_features: int, out_features: int, num_experts: int, dtype: torch.dtype = torch.bfloat16):
-        super().__init__()
-        self.in_features, self.out_features, self.num_experts = in_features, out_features, num_experts
-        self.weight = nn.Parameter(torch.empty(out_features * num_experts, in_features, dtype=dtype))
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """The dtype of the GEMM and of its result (the weight dtype; bf16 in the official model).
-
-        Callers read this instead of ``weight.dtype`` so that layers storing their weight in another
-        form (FP8 storage, an FSDP2 shard) can answer without touching the weight."""
-        return self.weight.dtype
-
-    def forward(self, x: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
-        """``x [B, N, in]`` -> ``[B, N, out]`` in the weight dtype."""
-        x = x.to(self.weight.dtype)
-        if self.num_experts == 1:
-            return F.linear(x, self.weight)
-        weights = self.weight.view(self.num_experts, self.out_features, self.in_features)
-        return torch.cat([F.linear(part, w) for part, w in zip(split_groups(x, groups), weights)], dim=1)
-
-
-def gelu7(x: torch.Tensor) -> torch.Tensor:
-    """``min(x, 7) * sigmoid(1.702 * min(x, 7))`` in float32, no gating (dit.md 3.7, P9)."""
-    a = x.float().clamp(max=ACT_CLAMP)
-    return a * torch.sigmoid(ACT_SIGMOID_SCALE * a)
-
-
-def swiglu7(x: torch.Tensor) -> torch.Tensor:
-    """Interleaved swiglu7 (dit.md 2.5, 3.7, P8): even columns gate, odd columns are the linear branch.
-
-    ``out_j = (a_j * sigmoid(1.702 a_j)) * (b_j + 1)`` with ``a = min(x[2j], 7)`` and
-    ``b = clamp(x[2j+1], -7, 7)``. Input ``[..., 2I]``, output ``[..., I]`` float32.
-    """
-    x = x.float()
-    a = x[..., 0::2].clamp(max=ACT_CLAMP)
-    b = x[..., 1::2].clamp(min=-ACT_CLAMP, max=ACT_CLAMP)
-    return (a * torch.sigmoid(ACT_SIGMOID_SCALE * a)) * (b + 1)
-
-
-def swiglu7_intermediate(hidden_size: int) -> int:
-    """``floor(floor(hidden*4*2/3)/4)*4`` = 13652 for 5120 (dit.md 1.1)."""
-    return (hidden_size * 4 * 2 // 3) // 4 * 4
-
-
-class Attention(nn.Module):
-    """Gated GQA self-attention sub-block with pre-norm (dit.md 3.7 "Attention sub-block").
-
-    ``linear_qkv`` rows per expert: ``[Q (Hq*d) | K (Hkv*d) | V (Hkv*d) | gate (Hq)]`` (dit.md 2.4, P6).
-    """
-
-    def __init__(self, hidden_size: int, head_dim: int, num_kv_heads: int, num_experts: int, gating: bool):
-        super().__init__()
-        self.head_dim = head_dim
-        self.num_heads = hidden_size // head_dim
-        self.num_kv_heads = num_kv_heads
-        self.gating = gating
-        qkv_out = (self.num_heads + 2 * num_kv_heads) * head_dim + (self.num_heads if gating else 0)
-        self.pre_norm = ExpertRMSNorm(hidden_size, num_experts)
-        self.linear_qkv = ExpertLinear(hidden_size, qkv_out, num_experts)
-        self.linear_proj = ExpertLinear(self.num_heads * head_dim, hidden_size, num_experts)
-        self.q_norm = ExpertRMSNorm(head_dim, num_experts)
-        self.k_norm = ExpertRMSNorm(head_dim, num_experts)
-
-    def forward(
-        self, x: torch.Tensor, rope: torch.Tensor, groups: Sequence[int],
-        attend: AttentionBackend, mask: Optional[LocalWindow],
-    ) -> torch.Tensor:
-        """``x [B, N, hidden]`` float32 residual -> the bf16 output projection ``[B, N, hidden]``."""
-        b, n, _ = x.shape
-        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        # 1-2. pre-norm (fp32 -> bf16) and the fused qkv+gate GEMM, widened to fp32.
-        qkvg = self.linear_qkv(self.pre_norm(x, groups), groups).float()
-        q, k, v, gate = torch.split(qkvg, [hq * d, hkv * d, hkv * d, qkvg.shape[-1] - (hq + 2 * hkv) * d], dim=-1)
-        # 3-4. per-head q/k RMS norms in fp32 (V is not normalised, P4).
-        q = self.q_norm(q.reshape(b, n, hq, d), groups)
-        k = self.k_norm(k.reshape(b, n, hkv, d), groups)
-        # 5-6. RoPE in fp32 on the first 6B dims.
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
-        # 7. bf16 attention over all tokens, [B, H, N, d] layout.
-        dtype = self.linear_qkv.compute_dtype
-        heads = attend(
-            q.to(dtype).transpose(1, 2), k.to(dtype).transpose(1, 2),
-            v.reshape(b, n, hkv, d).to(dtype).transpose(1, 2), mask,
-        ).transpose(1, 2)
-        # 9. per-head sigmoid gate on the fp32 attention output (P7).
-        heads = heads.float()
-        if self.gating:
-            heads = heads * torch.sigmoid(gate)[..., None]
-        # 10. bf16 output projection (bf16 result, added to the fp32 residual by the caller).
-        return self.linear_proj(heads.reshape(b, n, hq * d), groups)
-
-
-class MLP(nn.Module):
-    """Pre-norm MLP sub-block: gelu7 at 4x width, or interleaved swiglu7 (dit.md 3.7 "MLP sub-block")."""
-
-    def __init__(self, hidden_size: int, num_experts: int, gelu7_layer: bool):
-        super().__init__()
-        self.activation = gelu7 if gelu7_layer else swiglu7
-        intermediate = 4 * hidden_size if gelu7_layer else swiglu7_intermediate(hidden_size)
-        up_out = intermediate if gelu7_layer else 2 * intermediate
-        self.pre_norm = ExpertRMSNorm(hidden_size, num_experts)
-        self.up_gate_proj = ExpertLinear(hidden_size, up_out, num_experts)
-        self.down_proj = ExpertLinear(intermediate, hidden_size, num_experts)
-
-    def forward(self, x: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
-        """``x [B, N, hidden]`` float32 -> ``[B, N, hidden]`` float32 (the widened bf16 down GEMM)."""
-        up = self.up_gate_proj(self.pre_norm(x, groups), groups).float()
-        return self.down_proj(self.activation(up), groups).float()
-
-
-class TransformerLayer(nn.Module):
-    """One pre-norm layer: ``x += attn(x)``, ``x += mlp(x)``, residual in float32 (dit.md 3.7)."""
-
-    def __init__(self, hidden_size: int, head_dim: int, num_kv_heads: int, *, experts: int, gelu7_layer: bool,
-                 local: bool, gating: bool):
-        super().__init__()
-        self.local = local
-        self.attention = Attention(hidden_size, head_dim, num_kv_heads, experts, gating)
-        self.mlp = MLP(hidden_size, experts, gelu7_layer)
-
-    def forward(self, x, rope, groups, attend, local_mask):
-        """``x [B, N, hidden]`` float32 -> same; ``rope [N, 6B]`` or ``[B, N, 6B]``; ``groups`` = (Nv, Na, Nt) of these rows;
-        ``local_mask`` (a :class:`~magihuman.model.packing.LocalWindow`) is used only if this layer is local."""
-        x = x + self.attention(x, rope, groups, attend, local_mask if self.local else None)
-        return x + self.mlp(x, groups)
-
-
-class Adapter(nn.Module):
-    """Input embedders (float32 ``nn.Linear`` with bias) and the position table (dit.md 2.1, 3.6)."""
-
-    def __init__(self, hidden_size: int, head_dim: int, video_in: int, audio_in: int, text_in: int):
-        super().__init__()
-        self.video_embedder = nn.Linear(video_in, hidden_size)
-        self.text_embedder = nn.Linear(text_in, hidden_size)
-        self.audio_embedder = nn.Linear(audio_in, hidden_size)
-        self.rope = FourierTable(head_dim)
-
-    def forward(self, video_tokens, audio_tokens, text_tokens) -> torch.Tensor:
-        """``[B, Nv, 192]``, ``[B, Na, 64]``, ``[B, Nt, C_text]`` -> ``[B, N, hidden]`` float32."""
-        return torch.cat(
-            [
-                self.video_embedder(video_tokens.float()),
-                self.audio_embedder(audio_tokens.float()),
-                self.text_embedder(text_tokens.float()),
-            ],
-            dim=1,
-        )
-
-
-class Block(nn.Module):
-    """``block.layers``: the stack of transformer layers (official key prefix)."""
-
-    def __init__(self, layers: Sequence[TransformerLayer]):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
 
 
 class MagiHumanTransformer(ModelMixin, ConfigMixin):
     """The daVinci-MagiHuman DiT. ``MagiHumanTransformer()`` is the published 15B configuration.
 
-    Config fields keep the official names (dit.md 1.1). The state dict has exactly the official
+    Config fields keep the official names (architecture.md §2.1). The state dict has exactly the official
     keys, shapes and dtypes: 331 entries for the 15B config, block linears bf16, everything else
-    float32 (dit.md 2).
+    float32 (architecture.md §2.3).
 
     Args:
         num_layers: transformer layers (40).
@@ -341,7 +129,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         self._attention = get_attention_backend(backend) if isinstance(backend, str) else backend
 
     def enable_sequence_parallel(self, sp: Optional[SequenceParallel]) -> None:
-        """Split each forward's token sequence across the ranks of ``sp`` (Ulysses, dit.md 6); None disables.
+        """Split each forward's token sequence across the ranks of ``sp`` (Ulysses, architecture.md §6.4); None disables.
 
         Every rank then calls ``forward`` with the same full inputs and gets the same full outputs; each
         runs the layers on its contiguous chunk of tokens, with two all-to-alls around every attention
@@ -361,7 +149,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
 
     @property
     def num_heads(self) -> int:
-        """Query heads = hidden_size // head_dim (40 for 15B; dit.md 1.1 ``num_heads_q``)."""
+        """Query heads = hidden_size // head_dim (40 for 15B; architecture.md §2.1 ``num_heads_q``)."""
         return self.config.hidden_size // self.config.head_dim
 
     @property
@@ -387,15 +175,15 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
                 h and w even.
             audio_latent: ``[B, A, 64]`` float32 noisy audio latent, time-major.
             text_embeds: ``[B, Nt, C_text]`` float32 text encoder states, already trimmed to the true
-                length (padding tokens are dropped, never masked: dit.md 3.2, P13), or, with
+                length (padding tokens are dropped, never masked: architecture.md §3.1, §6.3), or, with
                 ``text_lengths``, each sample's true states followed by padding rows.
-            coords_style: ``"v2"`` for base/distill, ``"v1"`` for the super-resolution model (dit.md 3.3).
+            coords_style: ``"v2"`` for base/distill, ``"v1"`` for the super-resolution model (architecture.md §3.2).
             frame_receptive_field: half-width in latent frames of the local-attention window, used only
-                by ``local_attn_layers`` (dit.md 5.2); ``-1`` makes those layers global.
+                by ``local_attn_layers`` (architecture.md §6.2); ``-1`` makes those layers global.
             text_lengths: the true text length of each sample (``1 <= L <= Nt``), for a batch of
                 samples whose prompts differ in length (batched CFG: the prompt and the negative
                 prompt in one call, see :func:`~magihuman.model.packing.pad_text_batch`). Each sample then gets
-                its own coordinates (its true Nt, dit.md 3.3) and attends over its own real tokens
+                its own coordinates (its true Nt, architecture.md §3.2) and attends over its own real tokens
                 only (:class:`~magihuman.model.attention.RaggedAttention`), so every sample's velocities equal
                 those of a forward with its trimmed text alone; padding rows affect nothing. None: every
                 sample uses all ``Nt`` rows.
@@ -405,7 +193,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
 
         Raises:
             ValueError: for shapes that do not match the config, unequal batch sizes, an unknown
-                coords style, v1 coordinates with a single text token (dit.md 3.4), or ``text_lengths``
+                coords style, v1 coordinates with a single text token (architecture.md §3.3), or ``text_lengths``
                 that are not B integers in ``1..Nt``. With sequence
                 parallelism these are raised on every rank before any communication.
         """
@@ -423,7 +211,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
             attend = ragged_attention(attend, tuple(layout.total_tokens - layout.text_tokens + n for n in lengths))
         sp = self._sequence_parallel
         if sp is not None:
-            # dit.md 6 dispatch: keep this rank's contiguous rows (tokens, RoPE rows, the chunk's own
+            # architecture.md §6.4 dispatch: keep this rank's contiguous rows (tokens, RoPE rows, the chunk's own
             # modality group sizes); attention gets the full sequence through two all-to-alls.
             chunk = sp.chunk(layout, video_latent.shape[0], device)
             tokens, rope, groups = chunk.take_groups(tokens), chunk.take(rope, dim=rope.ndim - 2), chunk.groups
@@ -433,11 +221,11 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         # 3. layers.
         for layer in self.block.layers:
             x = layer(x, rope, groups, attend, local_mask)
-        # 4. output heads (text rows produce nothing, dit.md 3.8).
+        # 4. output heads (text rows produce nothing, architecture.md §4.5).
         x_video, x_audio, _ = split_groups(x, groups)
         video_tokens = self.final_linear_video(self.final_norm_video(x_video, groups))
         audio_velocity = self.final_linear_audio(self.final_norm_audio(x_audio, groups))
-        if sp is not None:  # dit.md 6 undispatch: every rank gets every row
+        if sp is not None:  # architecture.md §6.4 undispatch: every rank gets every row
             video_tokens, audio_velocity = sp.undispatch(chunk, video_tokens, audio_velocity)
         return depatchify_video(video_tokens, layout), audio_velocity
 
@@ -469,8 +257,8 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
     def _local_window(self, layout: TokenLayout, frame_receptive_field: int) -> Optional[LocalWindow]:
         if not self.config.local_attn_layers or frame_receptive_field < 0:
             return None
-        if frame_receptive_field >= layout.frames:  # the window already covers every frame
-            return None
+        # a window covering every frame is still passed on: the reference's local layers run the range
+        # split then too (architecture.md §6.2); the mask backends drop it themselves.
         return LocalWindow.of(layout, frame_receptive_field)
 
     def _check_inputs(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> None:
@@ -501,9 +289,9 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
 
         Reads ``model.safetensors`` or the shards of ``model.safetensors.index.json`` (``<shard>.zst``
         preferred when present), strictly: any missing, unexpected or mis-shaped key raises one
-        :class:`~magihuman.model.checkpoint.CheckpointError` listing them all (dit.md 7, P17). Tensors are
-        cast as the reference does: block linears to bf16, everything else float32 (dit.md 2.6).
-        ``adapter.rope.bands`` keeps the checkpoint's value, or the formula if absent (P18).
+        :class:`~magihuman.model.checkpoint.CheckpointError` listing them all (architecture.md §7.2). Tensors are
+        cast as the reference does: block linears to bf16, everything else float32 (architecture.md §2.3).
+        ``adapter.rope.bands`` keeps the checkpoint's value, or the formula if absent (architecture.md §7.2).
         The model is built on the meta device and the loaded tensors are assigned, so peak host
         memory is about one copy of the weights plus one shard.
 
@@ -539,7 +327,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         return model
 
     def restore_official_dtypes(self) -> "MagiHumanTransformer":
-        """Cast block linears to bf16 and everything else to float32 (dit.md 2.6)."""
+        """Cast block linears to bf16 and everything else to float32 (architecture.md §2.3)."""
         for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
             want = torch.bfloat16 if name.endswith(BLOCK_LINEAR_SUFFIXES) else torch.float32
             if tensor.dtype != want:
@@ -548,7 +336,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
 
     @staticmethod
     def is_block_linear(key: str) -> bool:
-        """Whether a state-dict key is a bf16 block linear (dit.md 2.2, 2.6)."""
+        """Whether a state-dict key is a bf16 block linear (architecture.md §2.3)."""
         return key.endswith(BLOCK_LINEAR_SUFFIXES)
 
 

@@ -67,16 +67,16 @@ class HubSource:
 
 _MAGIHUMAN = "GAIR/daVinci-MagiHuman"
 
-#: Every source, in download order. Paths inside the repos follow docs/design.md and pipeline.md 1.3, 2.
+#: Every source, in download order. Paths inside the repos follow docs/design.md and architecture.md §13.1, §7.1.
 SOURCES: tuple[HubSource, ...] = (
     # The DiTs: the repo's own sub-folders are the layout folders, so they are fetched into the root.
-    # pipeline.md 2: model.safetensors.index.json + shards (a shard may be stored as <shard>.zst).
+    # architecture.md §7.1: model.safetensors.index.json + shards (a shard may be stored as <shard>.zst).
     HubSource("dit", _MAGIHUMAN, ".", "distill", ("distill/*",), note="distilled 15B DiT (preset distill)"),
     HubSource("dit", _MAGIHUMAN, ".", "base", ("base/*",), note="base 15B DiT (preset base)"),
-    # Super-resolution DiTs (pipeline.md 8): same architecture, run after the base DiT.
+    # Super-resolution DiTs (architecture.md §10.1): same architecture, run after the base DiT.
     HubSource("dit", _MAGIHUMAN, ".", "540p_sr", ("540p_sr/*",), note="540p super-resolution DiT (preset sr_540p)"),
     HubSource("dit", _MAGIHUMAN, ".", "1080p_sr", ("1080p_sr/*",), note="1080p super-resolution DiT (preset sr_1080p)"),
-    # Distilled video decoder of the official examples (pipeline.md 1.3: JSON config + checkpoint).
+    # Distilled video decoder of the official examples (architecture.md §13.1: JSON config + checkpoint).
     HubSource("turbo_vae", _MAGIHUMAN, ".", "turbo_vae", ("turbo_vae/*",), note="Turbo VAE video decoder"),
     # Text encoder: config, tokenizer and the seq2seq weights (only the encoder half is used, but the
     # published shards hold both halves). Gemma licence.
@@ -84,7 +84,7 @@ SOURCES: tuple[HubSource, ...] = (
         "text_encoder", "google/t5gemma-9b-9b-ul2", "t5gemma-9b-9b-ul2", "t5gemma-9b-9b-ul2",
         ("*.json", "*.safetensors", "tokenizer.model"), gated=True, note="T5Gemma 9B-9B UL2 text encoder",
     ),
-    # Audio VAE: the original single-file layout the reference reads (pipeline.md 2): model_config.json +
+    # Audio VAE: the original single-file layout the reference reads (architecture.md §7.1): model_config.json +
     # model.safetensors (the whole Stable Audio Open model; only its pretransform.model.* tensors are
     # loaded). Stability AI Community licence.
     HubSource(
@@ -97,7 +97,7 @@ SOURCES: tuple[HubSource, ...] = (
         "audio_vae_diffusers", "stabilityai/stable-audio-open-1.0", "stable-audio-open-1.0",
         "stable-audio-open-1.0", ("vae/*",), gated=True, note="Stable Audio Open VAE, diffusers layout",
     ),
-    # Video VAE (encodes the first frame; pipeline.md 2 "Wan2.2 VAE"): only the original .pth.
+    # Video VAE (encodes the first frame; architecture.md §7.1): only the original .pth.
     HubSource(
         "video_vae", "Wan-AI/Wan2.2-TI2V-5B", "Wan2.2-TI2V-5B", "Wan2.2-TI2V-5B", ("Wan2.2_VAE.pth",),
         note="Wan2.2 VAE",

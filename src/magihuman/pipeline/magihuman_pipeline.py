@@ -1,219 +1,58 @@
 """``MagiHumanPipeline``: prompt (+ first-frame image, + driving audio) to video frames and speech.
 
-One request runs these stages (pipeline.md 0 and 14):
+One request runs these stages (architecture.md §1.2; each one a function of :mod:`magihuman.pipeline.stages`):
 
-1. check the request (sizes rounded as the reference does, seconds, files) before any model work;
-2. encode the prompt (and the negative prompt when the preset uses CFG);
-3. prepare latents from a seeded CPU generator: audio noise first, then video noise (pipeline.md
-   4.1, 12); with a driving audio track, its encoded latents replace the audio noise;
-4. encode the first-frame image at the base size (image-to-video, pipeline.md 7.1);
-5. denoise with the preset's sampler (:func:`magihuman.sampling.loop.denoise`);
-6. decode video (Wan2.2 VAE) and audio (Stable Audio Open VAE, 51.2 kHz -> 44.1 kHz);
+0. check the request (sizes rounded as the reference does, seconds, files) before any model work;
+1. encode the prompt (and the negative prompt when the preset uses CFG);
+2. prepare latents from a seeded CPU generator: audio noise first, then video noise (architecture.md
+   §13.2, §8.5); with a driving audio track, its encoded latents replace the audio noise;
+3. encode the first-frame image at the base size (image-to-video, architecture.md §9.1);
+4. denoise with the preset's sampler (:func:`magihuman.sampling.loop.denoise`);
+5. super-resolution presets: upsample, re-noise and refine with the SR DiT (architecture.md §10.1);
+6. decode video (Turbo-VAED or Wan2.2 VAE) and audio (Stable Audio Open VAE, 51.2 kHz -> 44.1 kHz);
 7. return frames and waveform; :meth:`GenerationOutput.save` writes the MP4.
+
+Progress and cancellation: ``callback_on_step_end`` is called after every denoising step of every stage
+(diffusers' convention), and setting ``pipe.interrupt`` stops generation between two steps or two decode
+windows with :exc:`~magihuman.pipeline.progress.GenerationInterrupted`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
-from tqdm.auto import tqdm
 
-from magihuman.codecs.audio_vae import LATENTS_PER_SECOND, MODEL_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, AudioVAE, resample_to_output_rate
+from magihuman.codecs.audio_vae import OUTPUT_SAMPLE_RATE, AudioVAE
 from magihuman.codecs.text_encoder import DEFAULT_NEGATIVE_PROMPT, TextEncoder
 from magihuman.codecs.turbo_vae import TurboVAE
 from magihuman.codecs.video_vae import VideoVAE
-from magihuman.pipeline.media import load_audio, preprocess_image, video_to_uint8, write_mp4
-from magihuman.pipeline.presets import DEFAULT_HEIGHT, DEFAULT_SECONDS, DEFAULT_SEED, DEFAULT_WIDTH, FPS, Preset, get_preset
-from magihuman.sampling.loop import SR_SAMPLER, SR_SAMPLER_CFG, denoise, draw_noise
-from magihuman.sampling.super_resolution import SuperResolutionStage, super_resolve
 from magihuman.model.transformer import MagiHumanTransformer, sr1080_local_attn_layers
-
-#: Spatial stride of the Wan2.2 VAE times the DiT's 2x2 patch: pixel sizes round down to this (pipeline.md 4.1).
-SIZE_MULTIPLE = 32
-#: Temporal stride of the Wan2.2 VAE (pipeline.md 4.1).
-VAE_TEMPORAL_STRIDE = 4
-#: Latent channels of the Wan2.2 VAE (pipeline.md 4.1).
-VIDEO_LATENT_CHANNELS = 48
-#: The prompt length the model was tuned for (pipeline.md 10): shorter prompts give blurrier people.
-RECOMMENDED_PROMPT_WORDS = 150
-#: Sub-folders of a checkpoint root (docs/design.md), by component.
-ROOT_LAYOUT = {
-    "text_encoder": "t5gemma-9b-9b-ul2",
-    "video_vae": "Wan2.2-TI2V-5B",
-    "audio_vae": "stable-audio-open-1.0",
-    "turbo_vae": "turbo_vae",
-}
-#: Video decoders: the distilled Turbo-VAED (default, pipeline.md 9.1 ``use_turbo_vae``) or the Wan2.2 VAE's own.
-VIDEO_DECODERS = ("turbo", "wan")
-#: Optional file in a transformer checkpoint folder with ``MagiHumanTransformer`` config fields
-#: (written by the demo bundle; absent in the published folders, which use the 15B defaults).
-TRANSFORMER_CONFIG_FILE = "magihuman_transformer.json"
-
-
-# ----------------------------------------------------------------------------------------- sizes
-def round_video_size(width: int, height: int) -> tuple[int, int]:
-    """Effective pixel size: each side rounded down to a multiple of 32 (pipeline.md 4.1).
-
-    ``h_latent = H // 16 // 2 * 2`` and the rendered height is ``16 * h_latent``; e.g. 480x272 renders
-    480x256.
-    """
-    return (width // SIZE_MULTIPLE) * SIZE_MULTIPLE, (height // SIZE_MULTIPLE) * SIZE_MULTIPLE
-
-
-@dataclass(frozen=True)
-class LatentPlan:
-    """Latent and output sizes of one request (pipeline.md 4.1).
-
-    Attributes:
-        width, height: effective pixel size (multiples of 32).
-        audio_latents: L_a, audio latent frames (25 per second, +1 when generated).
-        latent_frames: T = (L_a - 1) // 4 + 1.
-    """
-
-    width: int
-    height: int
-    audio_latents: int
-
-    @property
-    def latent_frames(self) -> int:
-        """T = (L_a - 1) // 4 + 1 latent video frames."""
-        return (self.audio_latents - 1) // VAE_TEMPORAL_STRIDE + 1
-
-    @property
-    def pixel_frames(self) -> int:
-        """F = 4 (T - 1) + 1 decoded frames."""
-        return VAE_TEMPORAL_STRIDE * (self.latent_frames - 1) + 1
-
-    @property
-    def latent_size(self) -> tuple[int, int]:
-        """(h, w) of the video latent."""
-        return self.height // 16, self.width // 16
-
-    @property
-    def video_latent_shape(self) -> tuple[int, int, int, int, int]:
-        """``(1, 48, T, h, w)`` of the video noise."""
-        return (1, VIDEO_LATENT_CHANNELS, self.latent_frames, *self.latent_size)
-
-
-def generated_audio_latents(seconds: float) -> int:
-    """``L_a = seconds * 25 + 1`` for generated audio (pipeline.md 4.1); fractional seconds round to 1/25 s."""
-    return int(round(seconds * LATENTS_PER_SECOND)) + 1
-
-
-# ----------------------------------------------------------------------------------------- request
-class GenerationRequest(BaseModel):
-    """What to generate. Checked by :meth:`validate_inputs` before any model runs.
-
-    Attributes:
-        prompt: the text prompt (150-200 words in the official three-paragraph format work best).
-        image: optional first-frame image (image-to-video).
-        audio: optional driving audio file (audio-to-video): its speech is kept in the output.
-        seconds: clip length in seconds (> 0). Video has ``4*floor(25*s/4)+1`` frames at 25 fps.
-        width, height: requested pixel size, rounded down to multiples of 32.
-        seed: seed of every noise draw.
-        preset: ``"distill"``, ``"base"``, ``"sr_540p"`` or ``"sr_1080p"`` (see :mod:`magihuman.pipeline.presets`).
-        negative_prompt: the unconditional text for CFG (``None``: our default).
-        sr_width, sr_height: output size of the super-resolution stage (SR presets only; default: the
-            preset's 896x512 or 1920x1088), rounded down to multiples of 32.
-        sr_cfg_number: SR guidance: 1 (the shipped SR examples, default) or 2 (negative pass, video 3.5
-            with the first 13 latent frames capped at 2.0; pipeline.md 5).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str
-    image: Optional[Path] = None
-    audio: Optional[Path] = None
-    seconds: float = DEFAULT_SECONDS
-    width: int = DEFAULT_WIDTH
-    height: int = DEFAULT_HEIGHT
-    seed: int = DEFAULT_SEED
-    preset: str = "distill"
-    negative_prompt: Optional[str] = None
-    sr_width: Optional[int] = None
-    sr_height: Optional[int] = None
-    sr_cfg_number: Optional[int] = None
-
-    @field_validator("image", "audio", mode="before")
-    @classmethod
-    def _empty_path_is_none(cls, value: Any) -> Any:
-        return None if value in ("", None) else value
-
-    def validate_inputs(self) -> list[str]:
-        """Check every value; return notices (rounding, short prompt) for the user.
-
-        Raises:
-            ValueError: empty prompt, seconds <= 0 or not finite, sizes under 32 px, unknown preset.
-            FileNotFoundError: a missing image or audio file.
-        """
-        notices: list[str] = []
-        if not self.prompt or not self.prompt.strip():
-            raise ValueError("the prompt is empty; pass --prompt TEXT or --prompt-file FILE")
-        words = len(self.prompt.split())
-        if words < RECOMMENDED_PROMPT_WORDS // 3:
-            notices.append(
-                f"the prompt has {words} word{'s' if words != 1 else ''}; the model was tuned for 150-200 words (appearance, scene, "
-                "dialogue, delivery, camera), and short prompts tend to give blurry or ghosted people"
-            )
-        if not math.isfinite(self.seconds) or self.seconds <= 0:
-            raise ValueError(f"seconds must be a positive number, got {self.seconds}")
-        if abs(self.seconds * LATENTS_PER_SECOND - round(self.seconds * LATENTS_PER_SECOND)) > 1e-6:
-            notices.append(f"seconds {self.seconds} rounded to {round(self.seconds * 25) / 25:g} (1/25 s steps)")
-        width, height = round_video_size(self.width, self.height)
-        if width < SIZE_MULTIPLE or height < SIZE_MULTIPLE:
-            raise ValueError(f"width and height must be at least {SIZE_MULTIPLE} pixels, got {self.width}x{self.height}")
-        if (width, height) != (self.width, self.height):
-            notices.append(
-                f"size {self.width}x{self.height} rounded down to {width}x{height} (multiples of {SIZE_MULTIPLE} px)"
-            )
-        preset = get_preset(self.preset)
-        if self.sr_cfg_number is not None:
-            if preset.sr is None:
-                raise ValueError(f"sr_cfg_number needs an SR preset (sr_540p, sr_1080p), not {self.preset!r}")
-            if self.sr_cfg_number not in (1, 2):
-                raise ValueError(f"sr_cfg_number must be 1 or 2, got {self.sr_cfg_number}")
-        if (self.sr_width is None) != (self.sr_height is None):
-            raise ValueError("give both sr_width and sr_height, or neither")
-        if self.sr_width is not None:
-            if preset.sr is None:
-                raise ValueError(f"preset {self.preset!r} has no super-resolution stage; use sr_540p or sr_1080p")
-            sr_size = round_video_size(self.sr_width, self.sr_height)
-            if min(sr_size) < SIZE_MULTIPLE:
-                raise ValueError(f"SR size must be at least {SIZE_MULTIPLE} pixels, got {self.sr_width}x{self.sr_height}")
-            if sr_size != (self.sr_width, self.sr_height):
-                notices.append(f"SR size {self.sr_width}x{self.sr_height} rounded down to {sr_size[0]}x{sr_size[1]}")
-        for kind, path in (("image", self.image), ("audio", self.audio)):
-            if path is not None and not Path(path).is_file():
-                raise FileNotFoundError(f"{kind} file not found: {path}")
-        return notices
-
-    def sr_stage(self) -> Optional[SuperResolutionStage]:
-        """The preset's SR stage with this request's SR size, or None."""
-        stage = get_preset(self.preset).sr
-        if stage is None:
-            return None
-        if self.sr_cfg_number is not None:
-            stage = dataclasses.replace(stage, sampler=SR_SAMPLER_CFG if self.sr_cfg_number == 2 else SR_SAMPLER)
-        if self.sr_width is not None:
-            width, height = round_video_size(self.sr_width, self.sr_height)
-            stage = dataclasses.replace(stage, width=width, height=height)
-        return stage
-
-    def plan(self) -> LatentPlan:
-        """Latent sizes for generated audio (the driving-audio length replaces ``audio_latents`` later)."""
-        width, height = round_video_size(self.width, self.height)
-        return LatentPlan(width, height, generated_audio_latents(self.seconds))
-
+from magihuman.pipeline import stages
+from magihuman.pipeline.loading import (  # noqa: F401 (ROOT_LAYOUT re-exported for callers of the old module)
+    ROOT_LAYOUT,
+    check_video_decoder,
+    check_checkpoint_root,
+    transformer_config,
+)
+from magihuman.pipeline.media import write_mp4
+from magihuman.pipeline.presets import (  # noqa: F401 (VIDEO_DECODERS re-exported)
+    DEFAULT_PRESET,
+    DEFAULT_VIDEO_DECODER,
+    FPS,
+    VIDEO_DECODERS,
+    Preset,
+    get_preset,
+)
+from magihuman.pipeline.progress import GenerationInterrupted, StageTimer, StepEndCallback, StepReporter  # noqa: F401
+from magihuman.pipeline.request import GenerationRequest
+from magihuman.runtime.options import RuntimeOptions
+from magihuman.runtime.placement import offload_idle_components, place_transformer
+from magihuman.sampling.records import DrivingAudio, Latents
 
 # ----------------------------------------------------------------------------------------- output
 @dataclass
@@ -255,83 +94,6 @@ class GenerationOutput:
                          overwrite=overwrite)
 
 
-# ----------------------------------------------------------------------------------------- runtime
-#: ``--offload`` modes (see :mod:`magihuman.runtime.memory`).
-OFFLOAD_MODES = ("components", "blocks")
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """How the models are placed and run: memory and speed switches, each one CLI flag (:mod:`magihuman.runtime.memory`).
-
-    Attributes:
-        fp8: FP8 (e4m3, per-row scale) storage of the DiT block linears (``--fp8``): 15.4 instead of 30.6 GB.
-        offload: ``"components"`` (each model on the GPU only for its stage) and/or ``"blocks"`` (stream the
-            DiT layers from host memory) (``--offload``).
-        blocks_per_group: layers per streamed group (``--offload-blocks-per-group``).
-        shard: FSDP2-shard the DiT weights over the ``torchrun`` ranks (``--shard``).
-        compile: ``torch.compile`` of the repeated transformer layers (``--compile``).
-        attention: ``"auto"``, ``"sdpa"``, ``"flex"`` or ``"fa3"`` (``--attention``).
-        decode_tile: Turbo decoder spatial tile in latent pixels (``--decode-tile-size``; None: off).
-            Tiles overlap by a third and are blended; on random weights tile 48 / overlap 32 stays within
-            8e-4 of the untiled decode (tests/test_turbo_vae.py).
-        fp8_gemm: with ``fp8``, run the eligible block linears as FP8 tensor-core GEMMs on GPUs of
-            compute capability >= 8.9 (``--fp8-gemm``; experimental, see
-            :func:`~magihuman.runtime.memory.enable_fp8_weights`).
-        batch_cfg: CFG presets run the conditional and the negative-prompt pass as one batched call
-            (exact: :func:`~magihuman.sampling.loop.denoise`); False (``--no-batch-cfg``) runs two calls and
-            needs half the activation memory.
-
-    Raises:
-        ValueError: for an unknown offload mode or a non-positive group size.
-    """
-
-    fp8: bool = False
-    offload: tuple[str, ...] = ()
-    blocks_per_group: int = 1
-    shard: bool = False
-    compile: bool = False
-    attention: str = "auto"
-    decode_tile: Optional[int] = None
-    fp8_gemm: bool = False
-    batch_cfg: bool = True
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.offload) - set(OFFLOAD_MODES))
-        if unknown:
-            raise ValueError(f"unknown offload mode(s) {unknown}; choose from {list(OFFLOAD_MODES)}")
-        if self.blocks_per_group < 1:
-            raise ValueError(f"blocks_per_group must be >= 1, got {self.blocks_per_group}")
-        if self.shard and "blocks" in self.offload:
-            raise ValueError("--shard and --offload blocks both place the DiT weights; pick one")
-        if self.fp8_gemm and not self.fp8:
-            raise ValueError("fp8_gemm computes with the FP8 weights; set fp8=True too (--fp8-gemm implies --fp8)")
-
-    @property
-    def loads_on_host(self) -> bool:
-        """Whether the DiTs are loaded into host memory first (then converted and placed)."""
-        return self.fp8 or self.shard or bool(self.offload)
-
-
-def _place_transformer(model: MagiHumanTransformer, runtime: RuntimeOptions, device: torch.device):
-    """Apply the runtime switches to one DiT in a safe order: FP8, attention kernel, compile, placement."""
-    import magihuman.runtime.memory as memory
-
-    if runtime.fp8:
-        memory.enable_fp8_weights(model, scaled_gemm=runtime.fp8_gemm)
-    name = memory.resolve_attention_backend(runtime.attention, device)
-    if name == "sdpa" and model.config.local_attn_layers and device.type == "cuda":
-        name = "flex"  # block-sparse local window: no N x N mask at 1080p (dit.md 5.2)
-    model.set_attention_backend(name)
-    if runtime.compile:
-        memory.compile_repeated_blocks(model)
-    if "blocks" in runtime.offload:
-        return memory.enable_block_streaming(model, onload_device=device, blocks_per_group=runtime.blocks_per_group)
-    if runtime.shard:
-        return memory.shard_transformer(model, device=device)
-    return model.to(device)
-
-
 # ----------------------------------------------------------------------------------------- pipeline
 class MagiHumanPipeline:
     """Text (+ image, + audio) to a talking-human clip with speech.
@@ -349,7 +111,7 @@ class MagiHumanPipeline:
     """
 
     def __init__(self, transformer: MagiHumanTransformer, text_encoder: TextEncoder, video_vae: VideoVAE,
-                 audio_vae: AudioVAE, *, preset: str = "distill", negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+                 audio_vae: AudioVAE, *, preset: str = DEFAULT_PRESET, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
                  sr_transformer: Optional[MagiHumanTransformer] = None, video_decoder=None):
         if text_encoder.hidden_size != transformer.config.text_in_channels:
             raise ValueError(
@@ -373,6 +135,9 @@ class MagiHumanPipeline:
         self.decode_tile: Optional[int] = None
         #: CFG presets: the conditional and the negative pass as one batched DiT call (``--no-batch-cfg``: two)
         self.batch_cfg: bool = True
+        #: set (e.g. from another thread) to stop the running generation at its next step or decode window
+        #: with :exc:`GenerationInterrupted`; the check that raises clears it
+        self.interrupt: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -383,8 +148,6 @@ class MagiHumanPipeline:
 
     def enable_component_offload(self, device: str | torch.device) -> None:
         """Keep every model on the CPU and lend each to ``device`` for its own stage (``--offload components``)."""
-        from magihuman.runtime.memory import offload_idle_components
-
         self.offload = offload_idle_components(self, device)
 
     def _lend(self, *names: str):
@@ -397,13 +160,14 @@ class MagiHumanPipeline:
         cls, root: str | Path | None = None, *, transformer: str | Path | None = None,
         text_encoder: str | Path | None = None, video_vae: str | Path | None = None,
         audio_vae: str | Path | None = None, sr_transformer: str | Path | None = None,
-        turbo_vae: str | Path | None = None, preset: str = "distill", video_decoder: str = "turbo",
+        turbo_vae: str | Path | None = None, preset: str = DEFAULT_PRESET, video_decoder: str = DEFAULT_VIDEO_DECODER,
         device: str | torch.device = "cpu", progress: bool = False, runtime: RuntimeOptions | None = None,
     ) -> "MagiHumanPipeline":
         """Load every component from the official files, unchanged.
 
         Args:
-            root: a checkpoint root laid out as ``magihuman download`` makes it (docs/design.md):
+            root: a checkpoint root (``~`` expanded, as in every path here) laid out as ``magihuman download``
+                makes it (docs/design.md):
                 ``<preset checkpoint>/``, ``t5gemma-9b-9b-ul2/``, ``Wan2.2-TI2V-5B/``, ``stable-audio-open-1.0/``.
             transformer, text_encoder, video_vae, audio_vae: per-component locations, overriding ``root``.
             sr_transformer: the SR DiT folder (SR presets; default ``ROOT/540p_sr`` or ``ROOT/1080p_sr``).
@@ -416,36 +180,26 @@ class MagiHumanPipeline:
                 ``device``, automatic attention kernel.
 
         Raises:
-            ValueError: when a component has neither an explicit path nor a root.
+            ValueError: when a component has neither an explicit path nor a root, or for an unknown
+                ``video_decoder``.
             CheckpointError, FileNotFoundError: from the component loaders, naming the bad path or key.
         """
+        from magihuman.pipeline.validation import check_device
+
+        device = check_device(device)  # one clear error for cuda on a CPU-only torch, before any loading
         chosen = get_preset(preset)
-        if video_decoder not in VIDEO_DECODERS:
-            raise ValueError(f"video_decoder must be one of {VIDEO_DECODERS}, got {video_decoder!r}")
+        check_video_decoder(video_decoder)
         explicit = dict(transformer=transformer, text_encoder=text_encoder, video_vae=video_vae, audio_vae=audio_vae)
         if chosen.sr is not None:
             explicit["sr_transformer"] = sr_transformer
         if video_decoder == "turbo":
             explicit["turbo_vae"] = turbo_vae
-        paths = _component_paths(root, chosen, explicit)
+        paths = check_checkpoint_root(root, explicit, preset=chosen, video_decoder=video_decoder)
         runtime = runtime or RuntimeOptions()
         device = torch.device(device)
         vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # from the execution device
-        dit_load = torch.device("cpu") if runtime.loads_on_host else device
         codec_load = torch.device("cpu") if "components" in runtime.offload else device
-        dit = MagiHumanTransformer.from_official(
-            paths["transformer"], device=dit_load, progress=progress, **_transformer_config(paths["transformer"])
-        )
-        sr_dit = None
-        if chosen.sr is not None:
-            config = _transformer_config(paths["sr_transformer"])
-            if chosen.sr.local_attention:
-                config["local_attn_layers"] = sr1080_local_attn_layers(config.get("num_layers", 40))
-            sr_dit = MagiHumanTransformer.from_official(paths["sr_transformer"], device=dit_load, progress=progress,
-                                                        **config)
-        dit = _place_transformer(dit, runtime, device)
-        if sr_dit is not None:
-            sr_dit = _place_transformer(sr_dit, runtime, device)
+        dit, sr_dit = _load_transformers(chosen, paths, runtime, device, progress)
         decoder = None
         if video_decoder == "turbo":
             decoder = TurboVAE.from_official(paths["turbo_vae"], dtype=vae_dtype, device=codec_load)
@@ -465,7 +219,7 @@ class MagiHumanPipeline:
     # ------------------------------------------------------------------------------- generation
     def __call__(self, prompt: str | GenerationRequest | None = None, image: str | Path | None = None,
                  audio: str | Path | None = None, *, progress: bool = False, decode: bool = True,
-                 **fields: Any) -> GenerationOutput:
+                 callback_on_step_end: Optional[StepEndCallback] = None, **fields: Any) -> GenerationOutput:
         """Generate one clip.
 
         Args:
@@ -474,7 +228,12 @@ class MagiHumanPipeline:
             audio: optional driving audio file (its speech is kept in the output).
             progress: show a progress bar per stage.
             decode: decode the latents to frames and audio (False on the non-output ranks of a
-                sequence-parallel run, pipeline.md 1.5: ``frames``/``audio`` are then empty).
+                sequence-parallel run, architecture.md §6.4: ``frames``/``audio`` are then empty).
+            callback_on_step_end: ``callback(pipe, step_index, timestep, callback_kwargs)`` after every
+                denoising step of every stage (diffusers' convention); ``callback_kwargs`` holds ``"stage"``
+                (``"denoise"`` or ``"super_resolution"``), ``"num_steps"`` (of that stage), ``"total_steps"``
+                (all stages), ``"completed_steps"`` and ``"latents"`` (read only; a returned dict is ignored).
+                An exception it raises stops generation at once and propagates (a worker cancels a job so).
             **fields: the other :class:`GenerationRequest` fields: ``seconds``, ``width``, ``height``,
                 ``seed``, ``negative_prompt`` (``preset`` defaults to the loaded one).
 
@@ -484,7 +243,45 @@ class MagiHumanPipeline:
 
         Raises:
             ValueError, FileNotFoundError: for a bad request, before any model runs.
+            GenerationInterrupted: when :attr:`interrupt` was set during generation.
         """
+        request, notices = self._request(prompt, image, audio, fields)
+        sr_stage = request.sr_stage()
+        timer = StageTimer(progress, self.device)
+        steps = StepReporter(self, callback_on_step_end, stages.total_steps(self, sr_stage))
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        with torch.inference_mode():
+            # 1. text
+            with timer.stage("text encode"), self._lend("text_encoder"):
+                text = stages.encode_text(self, request, sr_stage)
+            # 2. latents: driving audio or audio noise first, then video noise (architecture.md §8.5)
+            with timer.stage("prepare latents"), self._lend(*(["audio_vae"] if request.audio else [])):
+                latents, driving, plan = stages.prepare_latents(self, request, generator)
+            # 3. first frame (image-to-video)
+            image_latent = self._image_latent(request.image, plan.width, plan.height, timer, "image encode")
+            # 4. denoise
+            num_steps = self.preset.sampler.num_steps
+            with timer.stage("denoise", total=num_steps) as bar, self._lend("transformer"):
+                latents = stages.denoise_latents(self, latents, text, image_latent=image_latent,
+                                                 audio_fixed=driving is not None, generator=generator,
+                                                 callback=steps.for_stage("denoise", num_steps, bar))
+            # 5. super-resolution (SR presets): image re-encoded at the SR size, then the SR DiT (architecture.md §10.1)
+            if sr_stage is not None:
+                image_latent = self._image_latent(request.image, sr_stage.width, sr_stage.height, timer,
+                                                  "image encode (SR)")
+                num_steps = sr_stage.sampler.num_steps
+                with timer.stage("super-resolution", total=num_steps) as bar, self._lend("sr_transformer"):
+                    latents = stages.super_resolve_latents(
+                        self, sr_stage, latents, text, image_latent=image_latent, generator=generator,
+                        callback=steps.for_stage("super_resolution", num_steps, bar))
+            # 6. decode
+            frames, waveform = self._decode(latents, driving, timer) if decode else stages.empty_outputs(latents.video)
+        return GenerationOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, notices,
+                                latents.video.cpu(), latents.audio.cpu())
+
+    # ------------------------------------------------------------------------------- helpers
+    def _request(self, prompt, image, audio, fields: dict[str, Any]) -> tuple[GenerationRequest, list[str]]:
+        """The checked request and its notices (stage 0: before any model runs)."""
         if isinstance(prompt, GenerationRequest):
             if image is not None or audio is not None or fields:
                 raise ValueError("pass either a GenerationRequest or keyword fields, not both")
@@ -499,159 +296,40 @@ class MagiHumanPipeline:
                 f"this pipeline was loaded for preset {self.preset.name!r}, the request asks for "
                 f"{request.preset!r}; load a pipeline with from_official(preset={request.preset!r})"
             )
-        timer = _StageTimer(progress, self.device)
-        generator = torch.Generator("cpu").manual_seed(request.seed)
-        plan = request.plan()
-        with torch.inference_mode():
-            # 1. text
-            with timer.stage("text encode"), self._lend("text_encoder"):
-                text, negative = self._encode_prompts(request)
-            # 2. latents: driving audio or audio noise first, then video noise (pipeline.md 12)
-            with timer.stage("prepare latents"), self._lend(*(["audio_vae"] if request.audio else [])):
-                audio_latent, driving_audio, plan = self._audio_latent(request, plan, generator)
-                video_noise = draw_noise(plan.video_latent_shape, generator, self.device)
-            # 3. first frame (image-to-video)
-            image_latent = self._encode_image(request.image, plan.width, plan.height, timer, "image encode")
-            # 4. denoise
-            with timer.stage("denoise", total=self.preset.sampler.num_steps) as bar, self._lend("transformer"):
-                video_latent, audio_latent = denoise(
-                    self.transformer, video_noise, audio_latent, text, negative, config=self.preset.sampler,
-                    image_latent=image_latent, audio_fixed=driving_audio is not None, generator=generator,
-                    callback=lambda *_: bar.update(1), batch_cfg=self.batch_cfg,
-                )
-            # 5. super-resolution (SR presets): upsample, re-noise, 5 steps of the SR DiT (pipeline.md 8)
-            stage = request.sr_stage()
-            if stage is not None:
-                video_latent = self._super_resolve(request, stage, video_latent, audio_latent, text, negative,
-                                                   generator, timer)
-            # 6. decode
-            if decode:
-                with timer.stage("video decode"), self._lend("video_decoder"):
-                    frames = self._decode_video(video_latent)
-                with timer.stage("audio decode"), self._lend("audio_vae"):
-                    waveform = driving_audio if driving_audio is not None else self._decode_audio(audio_latent)
-            else:
-                frames = np.zeros((0, 16 * video_latent.shape[3], 16 * video_latent.shape[4], 3), dtype=np.uint8)
-                waveform = np.zeros((2, 0), dtype=np.float32)
-        return GenerationOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, notices,
-                                video_latent.cpu(), audio_latent.cpu())
+        return request, notices
 
-    # ------------------------------------------------------------------------------- stages
-    def _super_resolve(self, request, stage, video_latent, audio_latent, text, negative, generator, timer):
-        """The SR stage: image re-encoded at the SR size (TI2V), then :func:`super_resolve` (pipeline.md 8)."""
-        image_latent = self._encode_image(request.image, stage.width, stage.height, timer, "image encode (SR)")
-        with timer.stage("super-resolution", total=stage.sampler.num_steps) as bar, self._lend("sr_transformer"):
-            return super_resolve(self.sr_transformer, video_latent, audio_latent, text, negative, stage=stage,
-                                 generator=generator, image_latent=image_latent, callback=lambda *_: bar.update(1),
-                                 batch_cfg=self.batch_cfg)
-
-    def _encode_prompts(self, request: GenerationRequest) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Prompt embeddings ``[1, Nt, C]`` float32, and the negative ones when the sampler uses CFG."""
-        text, _ = self.text_encoder.encode(request.prompt)
-        negative = None
-        stage = request.sr_stage()
-        if self.preset.sampler.cfg_number == 2 or (stage is not None and stage.sampler.cfg_number == 2):
-            negative, _ = self.text_encoder.encode(request.negative_prompt or self.negative_prompt)
-            negative = negative.to(self.device)
-        return text.to(self.device), negative
-
-    def _encode_image(self, image, width: int, height: int, timer, stage_name: str) -> Optional[torch.Tensor]:
-        """The first-frame latent ``[1, 48, 1, h, w]`` float32 at ``width`` x ``height`` (pipeline.md 7.1, 8.2),
-        or None without an image: centre crop, Lanczos resize, Wan2.2 encode (posterior mean, normalised)."""
+    def _image_latent(self, image, width: int, height: int, timer: StageTimer, stage_name: str):
+        """Stage 3 (and its SR repeat) timed and with the video VAE lent; None without an image."""
         if image is None:
             return None
         with timer.stage(stage_name), self._lend("video_vae"):
-            pixels = preprocess_image(image, width, height)
-            return self.video_vae.encode(pixels[:, :, None].to(self.device)).float()
+            return stages.encode_image(self, image, width, height)
 
-    def _audio_latent(self, request: GenerationRequest, plan: LatentPlan, generator: torch.Generator):
-        """Audio noise ``[1, L_a, 64]``; or, with a driving track, its latents and its 44.1 kHz waveform.
-
-        Driving audio (pipeline.md 7.2): decoded to mono 51.2 kHz, cut to ``seconds``, duplicated to
-        stereo and encoded with a posterior sample; ``L_a`` is the encoded length (e.g. 100 for 4 s),
-        which sets the video length. The output keeps the given track itself (resampled 441/512).
-        """
-        if request.audio is None:
-            return draw_noise((1, plan.audio_latents, 64), generator, self.device), None, plan
-        mono = load_audio(request.audio, sample_rate=MODEL_SAMPLE_RATE, max_seconds=request.seconds)
-        hop = MODEL_SAMPLE_RATE // LATENTS_PER_SECOND
-        if mono.shape[0] < hop:
-            raise ValueError(f"the audio file {request.audio} holds less than 1/25 s of sound")
-        stereo = torch.from_numpy(np.stack([mono, mono]))[None].to(self.device)
-        latent = self.audio_vae.encode(stereo, generator=generator).float()
-        track = resample_to_output_rate(np.stack([mono, mono]))
-        return latent, track, LatentPlan(plan.width, plan.height, latent.shape[1])
-
-    def _decode_video(self, video_latent: torch.Tensor) -> np.ndarray:
-        """``[1, 48, T, h, w]`` -> ``uint8 [4T-3, 16h, 16w, 3]`` (pipeline.md 9.1).
-
-        The Turbo decoder's sliding windows are converted to uint8 one by one on the CPU into one
-        preallocated array, so the float video (12 bytes per pixel, ~3 GB for 5 s at 1080p) is never held
-        whole and the frames are held once. ``decode_tile`` (latent pixels) adds spatial tiling.
-        """
-        if not hasattr(self.video_decoder, "decode_chunks"):
-            return video_to_uint8(self.video_decoder.decode(video_latent))
-        _, _, t, h, w = video_latent.shape
-        frames = np.empty((4 * (t - 1) + 1, 16 * h, 16 * w, 3), dtype=np.uint8)  # filled window by window
-        start = 0
-        for chunk in self.video_decoder.decode_chunks(video_latent, output_device="cpu", tile_size=self.decode_tile):
-            pixels = video_to_uint8(chunk)
-            frames[start:start + len(pixels)] = pixels
-            start += len(pixels)
-        if start != len(frames):
-            raise RuntimeError(f"the video decoder produced {start} frames, expected {len(frames)}")
-        return frames
-
-    def _decode_audio(self, audio_latent: torch.Tensor) -> np.ndarray:
-        """``[1, A, 64]`` latent -> ``float32 [2, 1764*A]`` at 44.1 kHz (pipeline.md 9.2)."""
-        waveform = self.audio_vae.decode(audio_latent.float())[0]
-        return resample_to_output_rate(waveform.float().cpu().numpy())
+    def _decode(self, latents: Latents, driving: Optional[DrivingAudio], timer: StageTimer):
+        """Stage 6: frames from the video latent; the waveform decoded, or the driving track itself."""
+        with timer.stage("video decode"), self._lend("video_decoder"):
+            frames = stages.decode_video(self, latents.video)
+        with timer.stage("audio decode"), self._lend("audio_vae"):
+            waveform = driving.waveform_44k if driving is not None else stages.decode_audio(self, latents.audio)
+        return frames, waveform
 
 
-# ----------------------------------------------------------------------------------------- helpers
-def component_layout(preset: Preset, *, video_decoder: str = "turbo") -> dict[str, Optional[str]]:
-    """Sub-folder of the checkpoint root for each component of ``preset`` (docs/design.md); None where the
-    preset does not use it (``sr_transformer`` without SR, ``turbo_vae`` with the Wan decoder)."""
-    return dict(ROOT_LAYOUT, transformer=preset.checkpoint, sr_transformer=preset.sr.checkpoint if preset.sr else None,
-                turbo_vae=ROOT_LAYOUT["turbo_vae"] if video_decoder == "turbo" else None)
-
-
-def _component_paths(root, preset: Preset, explicit: dict[str, Any]) -> dict[str, Path]:
-    layout = component_layout(preset)
-    paths = {}
-    for name, path in explicit.items():
-        if path is None and root is None:
-            raise ValueError(
-                f"no location for the {name.replace('_', ' ')}: pass a checkpoint root (see `magihuman download`) "
-                f"or the component's own path"
-            )
-        paths[name] = Path(path) if path is not None else Path(root) / layout[name]
-    return paths
-
-
-def _transformer_config(folder: Path) -> dict[str, Any]:
-    """Config fields from :data:`TRANSFORMER_CONFIG_FILE` if the folder has one, else {} (the 15B model)."""
-    config_file = Path(folder) / TRANSFORMER_CONFIG_FILE
-    return json.loads(config_file.read_text()) if config_file.is_file() else {}
-
-
-class _StageTimer:
-    """Wall time per stage (CUDA-synchronised), with an optional progress bar per stage."""
-
-    def __init__(self, progress: bool, device: torch.device):
-        self.progress, self.device = progress, device
-        self.timings: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def stage(self, name: str, total: int = 1) -> Iterator[tqdm]:
-        bar = tqdm(total=total, desc=name, disable=not self.progress, leave=True, dynamic_ncols=True)
-        start = time.perf_counter()
-        try:
-            yield bar
-        finally:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.timings[name] = time.perf_counter() - start
-            if total == 1 and bar.n == 0:
-                bar.update(1)
-            bar.close()
+def _load_transformers(preset: Preset, paths: dict[str, Path], runtime: RuntimeOptions, device: torch.device,
+                       progress: bool) -> tuple[MagiHumanTransformer, Optional[MagiHumanTransformer]]:
+    """The preset's DiT and, for SR presets, the SR DiT (with the 1080p recipe's local-attention layers),
+    loaded (on the host first when the runtime options convert or stream them) and placed."""
+    dit_load = torch.device("cpu") if runtime.loads_on_host else device
+    dit = MagiHumanTransformer.from_official(
+        paths["transformer"], device=dit_load, progress=progress, **transformer_config(paths["transformer"])
+    )
+    sr_dit = None
+    if preset.sr is not None:
+        config = transformer_config(paths["sr_transformer"])
+        if preset.sr.local_attention:
+            config["local_attn_layers"] = sr1080_local_attn_layers(config.get("num_layers", 40))
+        sr_dit = MagiHumanTransformer.from_official(paths["sr_transformer"], device=dit_load, progress=progress,
+                                                    **config)
+    dit = place_transformer(dit, runtime, device)
+    if sr_dit is not None:
+        sr_dit = place_transformer(sr_dit, runtime, device)
+    return dit, sr_dit

@@ -1,15 +1,16 @@
-"""Named generation presets: which checkpoint, which sampler, what size (pipeline.md 1.3).
+"""Named generation presets: which checkpoint, which sampler, what size (architecture.md §13.1).
 
-A preset is data, not a code branch: the pipeline reads these fields and nothing else.
+A preset is data, not a code branch: the pipeline reads these fields and nothing else. This module
+imports no torch (the CLI's ``--help`` and a server's request parser read it).
 
 | preset | DiT checkpoint | sampler | source |
 |---|---|---|---|
-| ``distill`` | ``distill/`` | 8 steps, no CFG, re-noising update | pipeline.md 1.3 "distill" example, 4.5 |
-| ``base`` | ``base/`` | 32 steps FlowUniPC, shift 5, 2-pass CFG | pipeline.md 1.3 "base" example, 4.4, 5 |
-| ``sr_540p`` | ``base/`` then ``540p_sr/`` | base, then 5 SR steps to 896x512 | pipeline.md 1.3 "sr_540p", 8 |
-| ``sr_1080p`` | ``base/`` then ``1080p_sr/`` | base, then 5 SR steps to 1920x1088, local attention | pipeline.md 1.3 "sr_1080p", 8; dit.md 1.3 |
+| ``distill`` | ``distill/`` | 8 steps, no CFG, re-noising update | architecture.md §13.1, §8.3 |
+| ``base`` | ``base/`` | 32 steps FlowUniPC, shift 5, 2-pass CFG | architecture.md §13.1, §8.2, §8.4 |
+| ``sr_540p`` | ``base/`` then ``540p_sr/`` | base, then 5 SR steps to 896x512 | architecture.md §13.1, §10.1 |
+| ``sr_1080p`` | ``base/`` then ``1080p_sr/`` | base, then 5 SR steps to 1920x1088, local attention | architecture.md §13.1, §10.1, §2.2 |
 
-Both official examples render 448x256 (pipeline.md 1.3; the CLI default of the reference, 480x272,
+Both official examples render 448x256 (architecture.md §13.1; the CLI default of the reference, 480x272,
 renders 480x256 after rounding). Video is 25 fps and audio 44.1 kHz.
 """
 
@@ -18,17 +19,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from magihuman.sampling.loop import BASE_SAMPLER, DISTILL_SAMPLER, SamplerConfig
-from magihuman.sampling.super_resolution import SuperResolutionStage
+from magihuman.sampling.config import BASE_SAMPLER, DISTILL_SAMPLER, SamplerConfig, SuperResolutionStage
 
-#: Frames per second of video and the latent-audio rate base (pipeline.md 1.2 ``fps``).
+#: Frames per second of video and the latent-audio rate base (architecture.md §13.3 ``fps``).
 FPS = 25
-#: Pixel size of the official examples (pipeline.md 1.3).
+#: Pixel size of the official examples (architecture.md §13.1).
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 448, 256
-#: Clip length of the official examples, seconds (pipeline.md 1.3).
+#: Clip length of the official examples, seconds (architecture.md §13.1).
 DEFAULT_SECONDS = 4.0
-#: Request seed default of the reference (pipeline.md 12).
+#: Request seed default of the reference (architecture.md §8.5).
 DEFAULT_SEED = 42
+#: Preset of a request that names none: the distilled model (architecture.md §13.1 "distill" example).
+DEFAULT_PRESET = "distill"
+#: Video decoders: the distilled Turbo-VAED (default, architecture.md §12.1 ``use_turbo_vae``) or the Wan2.2 VAE's own.
+VIDEO_DECODERS = ("turbo", "wan")
+#: Video decoder used when none is named.
+DEFAULT_VIDEO_DECODER = "turbo"
 
 
 @dataclass(frozen=True)

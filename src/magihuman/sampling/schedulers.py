@@ -1,17 +1,17 @@
-"""Flow-matching noise schedule, FlowUniPC multistep update and distilled re-noise step (pipeline.md 4).
+"""Flow-matching noise schedule, FlowUniPC multistep update and distilled re-noise step (architecture.md §8).
 
 * Forward process ``x_σ = (1 - σ)·x0 + σ·ε``; the DiT predicts the velocity ``v = ε - x0`` and never
-  sees σ or t (pipeline.md 4.3, pitfall 1).
-* The schedule is the reference's own (pipeline.md 4.4): the first σ is ``shift(0.999)`` = 0.9998, not 1,
+  sees σ or t (architecture.md §8.1).
+* The schedule is the reference's own (architecture.md §8.2): the first σ is ``shift(0.999)`` = 0.9998, not 1,
   and the timesteps are truncated, so N = 6 ends at t = 499 (below the t > 500 guidance switch).
   diffusers' ``UniPCMultistepScheduler`` gives 1.0 / 501 there, which is why the update is implemented
-  here rather than configured from diffusers (pipeline.md 4.4, last paragraph).
+  here rather than configured from diffusers (architecture.md §8.2 (diffusers' UniPC)).
 * :class:`FlowUniPCScheduler` is the order-2 "bh2" predictor-corrector in x0-prediction form, written
-  from the step-by-step description of pipeline.md 4.4 with its multiplication grouping, which makes it
+  from the step-by-step description of architecture.md §8.2 with its multiplication grouping, which makes it
   reproduce the reference to the last bit on CPU.
-* :func:`renoise_step` is the distilled model's "predict x0, then re-noise" update (pipeline.md 4.5).
+* :func:`renoise_step` is the distilled model's "predict x0, then re-noise" update (architecture.md §8.3).
 * :func:`zero_snr_signal_noise` gives the variance-preserving DDPM coefficients that the super-resolution
-  stage uses to partially re-noise the upsampled latent (pipeline.md 4.6, 8 step 4).
+  stage uses to partially re-noise the upsampled latent (architecture.md §10.2, §10.1).
 
 All σ-derived scalars are 0-d float32 CPU tensors, as in the reference: a Python float (float64) in
 their place would round differently in the last bit.
@@ -26,25 +26,23 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-# Training grid of the flow-matching model (pipeline.md 4.4: "train grid of 1000").
+from magihuman.sampling.config import DEFAULT_SHIFT, SR_NOISE_INDEX
+
+# Training grid of the flow-matching model (architecture.md §8.2: "train grid of 1000").
 NUM_TRAIN_TIMESTEPS = 1000
-# Flow time shift s of the base and SR stages (pipeline.md 1.2 `shift`, 4.3).
-DEFAULT_SHIFT = 5.0
-# Order of the multistep UniPC solver (pipeline.md 4.4 "solver_order 2").
+# Order of the multistep UniPC solver (architecture.md §8.2).
 SOLVER_ORDER = 2
 # The predictor at order 2 uses this fixed weight for its one difference term instead of solving for
-# it (pipeline.md 4.4 step 6, "fixed ρ = 0.5, not solved"); the order-1 corrector uses it too (step 2).
+# it (architecture.md §8.2, "fixed ρ = 0.5, not solved"); the order-1 corrector uses it too (step 2).
 FIXED_RHO = 0.5
 
-# Scaled-linear DDPM betas of the ZeroSNR table: β = linspace(√start, √end, 1000)² (pipeline.md 4.6).
+# Scaled-linear DDPM betas of the ZeroSNR table: β = linspace(√start, √end, 1000)² (architecture.md §10.2).
 DDPM_BETA_START = 0.00085
 DDPM_BETA_END = 0.012
-# DDPM index at which the SR stage re-noises (pipeline.md 1.2 `noise_value`, 8 step 4).
-SR_NOISE_INDEX = 220
 
 
 def flow_shift(sigma: torch.Tensor | np.ndarray | float, shift: float = DEFAULT_SHIFT):
-    """Flow time shift ``s·σ / (1 + (s - 1)·σ)`` (pipeline.md 4.3).
+    """Flow time shift ``s·σ / (1 + (s - 1)·σ)`` (architecture.md §8.1).
 
     Args:
         sigma: noise level(s) in [0, 1]; a float, NumPy array or tensor (any shape, any float dtype).
@@ -61,7 +59,7 @@ def flow_shift(sigma: torch.Tensor | np.ndarray | float, shift: float = DEFAULT_
 
 
 def shifted_schedule(num_steps: int, shift: float = DEFAULT_SHIFT) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's shifted σ table and integer timesteps for ``num_steps`` steps (pipeline.md 4.4).
+    """The reference's shifted σ table and integer timesteps for ``num_steps`` steps (architecture.md §8.2).
 
     ``σ_max`` is the largest training σ, ``1 - 1/1000`` rounded to float32 (0.9990000128746033);
     ``σ_i = linspace(σ_max, 0, N + 1)[:-1]`` in float64, shifted by :func:`flow_shift`;
@@ -98,7 +96,7 @@ def renoise_step(
     sigma_next: torch.Tensor | float,
     noise: torch.Tensor,
 ) -> torch.Tensor:
-    """Distilled "predict x0, then re-noise" update (pipeline.md 4.5, ``step_ddim``).
+    """Distilled "predict x0, then re-noise" update (architecture.md §8.3, ``step_ddim``).
 
     ``x0 = x - σ_k·v``; ``x_{k+1} = σ_{k+1}·ε + (1 - σ_{k+1})·x0``. At the last step (σ_{k+1} = 0) this
     returns x0 (the ε drawn for it is multiplied by 0).
@@ -124,7 +122,7 @@ def renoise_step(
 
 
 def zero_snr_sqrt_alphas_cumprod(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
-    """``√ᾱ`` of the scaled-linear DDPM schedule rescaled to zero terminal SNR (pipeline.md 4.6).
+    """``√ᾱ`` of the scaled-linear DDPM schedule rescaled to zero terminal SNR (architecture.md §10.2).
 
     β = linspace(√0.00085, √0.012, n)² and ᾱ = cumprod(1 - β) in float64; ``a = √ᾱ`` in float32;
     ``a ← (a - a[n-1])·(a[0] / (a[0] - a[n-1]))`` in float32, so ``a[0]`` is unchanged and ``a[n-1] = 0``.
@@ -150,10 +148,10 @@ def zero_snr_sqrt_alphas_cumprod(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS)
 
 
 def zero_snr_signal_noise(index: int = SR_NOISE_INDEX) -> tuple[float, float]:
-    """Signal and noise coefficients ``(a, √(1 - a²))`` of the ZeroSNR DDPM table (pipeline.md 4.6, 8 step 4).
+    """Signal and noise coefficients ``(a, √(1 - a²))`` of the ZeroSNR DDPM table (architecture.md §10.2, §10.1).
 
     The SR stage re-noises the upsampled latent as ``x·signal + ε·noise``. At the reference's index 220
-    these are 0.8389104008674622 and 0.5442695617675781 (pipeline.md 15, bit-exact float32 values).
+    these are 0.8389104008674622 and 0.5442695617675781 (architecture.md §10.2, bit-exact float32 values).
 
     Args:
         index: DDPM timestep in [0, 999].
@@ -173,10 +171,10 @@ def zero_snr_signal_noise(index: int = SR_NOISE_INDEX) -> tuple[float, float]:
 
 
 class FlowUniPCScheduler(SchedulerMixin, ConfigMixin):
-    """Order-2 "bh2" UniPC predictor-corrector for flow matching, x0-prediction form (pipeline.md 4.4).
+    """Order-2 "bh2" UniPC predictor-corrector for flow matching, x0-prediction form (architecture.md §8.2).
 
     One instance per latent stream and per denoising loop (video and audio each get their own,
-    pitfall 30). Usage::
+    architecture.md §8.2). Usage::
 
         scheduler = FlowUniPCScheduler()
         scheduler.set_timesteps(32)
@@ -191,7 +189,7 @@ class FlowUniPCScheduler(SchedulerMixin, ConfigMixin):
     3. ``M_k`` joins a 2-deep history;
     4. predictor order ``min(2, N - k, k + 1)``: 1 at the first and the last step, 2 in between;
     5. the predictor moves the corrected ``x_k`` to ``σ_{k+1}`` (at order 2 with the fixed weight 0.5).
-       The last step is first order with σ_N = 0 and returns ``M_{N-1}`` exactly (pitfall 29).
+       The last step is first order with σ_N = 0 and returns ``M_{N-1}`` exactly (architecture.md §8.2).
 
     The scheduler interface follows diffusers (``set_timesteps``, ``step``, ``timesteps``, ``sigmas``,
     ``step_index``), but ``step`` takes ``(velocity, sample)`` and returns the next sample directly: the
@@ -254,7 +252,7 @@ class FlowUniPCScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = 0
 
     def step(self, velocity: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        """Run step k = :attr:`step_index` and advance it (pipeline.md 4.4 steps 1-6).
+        """Run step k = :attr:`step_index` and advance it (architecture.md §8.2).
 
         Args:
             velocity: guided velocity ``v_k``, float32, same shape as ``sample``.
@@ -295,7 +293,7 @@ class FlowUniPCScheduler(SchedulerMixin, ConfigMixin):
         self._last_sample: torch.Tensor | None = None
 
     def _predict(self, sample: torch.Tensor, order: int) -> torch.Tensor:
-        """Predictor from σ_k to σ_{k+1} (pipeline.md 4.4 step 6); ``sample`` is the corrected x_k."""
+        """Predictor from σ_k to σ_{k+1} (architecture.md §8.2); ``sample`` is the corrected x_k."""
         k = self._step_index
         x0 = self._x0_history[-1]
         step = _ExponentialStep(self.sigmas[k], self.sigmas[k + 1], sample, x0)
@@ -306,7 +304,7 @@ class FlowUniPCScheduler(SchedulerMixin, ConfigMixin):
         return step.base - step.alpha_b_h * (FIXED_RHO * d)
 
     def _correct(self, x0: torch.Tensor, order: int) -> torch.Tensor:
-        """Corrector of x_k from the stored x_{k-1} and ``M_k`` = ``x0`` (pipeline.md 4.4 step 2)."""
+        """Corrector of x_k from the stored x_{k-1} and ``M_k`` = ``x0`` (architecture.md §8.2)."""
         k = self._step_index
         prev_x0 = self._x0_history[-1]
         step = _ExponentialStep(self.sigmas[k - 1], self.sigmas[k], self._last_sample, prev_x0)
@@ -320,7 +318,7 @@ class FlowUniPCScheduler(SchedulerMixin, ConfigMixin):
 
 
 class _ExponentialStep:
-    """The terms the predictor and the corrector share for a step from σ_a to σ_b (pipeline.md 4.4):
+    """The terms the predictor and the corrector share for a step from σ_a to σ_b (architecture.md §8.2):
     ``h = λ(σ_b) - λ(σ_a)``, ``φ = B = expm1(-h)``, ``α_b = 1 - σ_b`` and
     ``base = (σ_b/σ_a)·x - (α_b·φ)·x0``; ``alpha_b_h`` is ``α_b·B`` (grouping as the sheet writes it)."""
 
@@ -336,19 +334,19 @@ class _ExponentialStep:
 
 
 def _predictor_order(step_index: int, num_steps: int) -> int:
-    """``min(2, N - k, k + 1)``: warm-up at k = 0, lower-order final step (pipeline.md 4.4 step 4)."""
+    """``min(2, N - k, k + 1)``: warm-up at k = 0, lower-order final step (architecture.md §8.2)."""
     return min(SOLVER_ORDER, num_steps - step_index, step_index + 1)
 
 
 def _log_snr(sigma: torch.Tensor) -> torch.Tensor:
-    """``λ(σ) = log(1 - σ) - log(σ)`` of a 0-d float32 σ (+inf at σ = 0) (pipeline.md 4.4)."""
+    """``λ(σ) = log(1 - σ) - log(σ)`` of a 0-d float32 σ (+inf at σ = 0) (architecture.md §8.2)."""
     return torch.log(1 - sigma) - torch.log(sigma)
 
 
 def _corrector_weights(
     r: torch.Tensor, hh: torch.Tensor, phi: torch.Tensor, b_h: torch.Tensor, device: torch.device
 ) -> torch.Tensor:
-    """Solve ``[[1, 1], [r, 1]]·ρ = [b1, b2]`` in float32 for the order-2 corrector (pipeline.md 4.4 step 2).
+    """Solve ``[[1, 1], [r, 1]]·ρ = [b1, b2]`` in float32 for the order-2 corrector (architecture.md §8.2).
 
     ``b1 = (φ/hh - 1)/B`` and ``b2 = ((φ/hh - 1)/hh - 1/2)·2/B``. Returns ρ, float32 ``[2]`` on ``device``.
     """

@@ -1,73 +1,46 @@
-"""Latent super-resolution: upsample the base latent, partly re-noise it, refine with the SR DiT (pipeline.md 8).
+"""Latent super-resolution: upsample the base latent, partly re-noise it, refine with the SR DiT (architecture.md §10.1).
 
 1. Trilinear upsample of the final base video latent over (T, h, w) to the SR latent size, time unchanged,
-   ``align_corners=True`` in float32 as the reference does (pipeline.md 8 step 3). The MLX port of the
-   reference switched to ``align_corners=False`` to fix ghosting (anchors.md 1, PR #42); that is available as
+   ``align_corners=True`` in float32 as the reference does (architecture.md §10.1). The MLX port of the
+   reference switched to ``align_corners=False`` to fix ghosting (GAIR-NLP/daVinci-MagiHuman PR #42; architecture.md §10.1); that is available as
    an option but is **not** the default, because the SR checkpoints were trained against the reference.
-2. Re-noise with the ZeroSNR DDPM pair at index 220: ``0.8389104*x + 0.5442696*eps`` (pipeline.md 4.6, 8.4).
+2. Re-noise with the ZeroSNR DDPM pair at index 220: ``0.8389104*x + 0.5442696*eps`` (architecture.md §10.2, §10.1).
 3. The SR model's audio input is ``0.7*eps_a + 0.3*audio_base``, fixed for all steps; its output is
-   discarded and the base audio is the final audio (pipeline.md 8.5, pitfall 9).
+   discarded and the base audio is the final audio (architecture.md §10.1).
 4. Five FlowUniPC steps of the SR DiT from sigma 0.9998 (the timestep-free model infers the level), with v1
-   coordinates (pipeline.md 8.6, dit.md 3.3); the 1080p recipe uses local attention (dit.md 1.3, 5.2).
-5. Image-to-video: the image is re-encoded at the SR size and overwrites latent frame 0 (pipeline.md 8.2, 8.7).
+   coordinates (architecture.md §10.1, §3.2); the 1080p recipe uses local attention (architecture.md §2.2, §6.2).
+5. Image-to-video: the image is re-encoded at the SR size and overwrites latent frame 0 (architecture.md §10.1).
 
-Draw order (pipeline.md 12): after the base stage's draws, the re-noise eps ``[1, 48, T, h_s, w_s]``, then the
+Draw order (architecture.md §8.5): after the base stage's draws, the re-noise eps ``[1, 48, T, h_s, w_s]``, then the
 audio-corruption eps ``[1, L_a, 64]``, from the same generator.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from magihuman.sampling.loop import SR_SAMPLER, SamplerConfig, denoise, draw_noise
-from magihuman.sampling.schedulers import SR_NOISE_INDEX, zero_snr_signal_noise
 from magihuman.model.transformer import MagiHumanTransformer, sr1080_local_attn_layers  # noqa: F401 (re-exported)
+from magihuman.sampling.config import SR_NOISE_INDEX, SuperResolutionStage
+from magihuman.sampling.loop import StepCallback, denoise, draw_noise
+from magihuman.sampling.records import Latents, TextConditioning
+from magihuman.sampling.schedulers import zero_snr_signal_noise
 
-#: Weight of the noise in the SR model's audio input (pipeline.md 1.2 ``sr_audio_noise_scale``).
+#: Weight of the noise in the SR model's audio input (architecture.md §10.1 ``sr_audio_noise_scale``).
 SR_AUDIO_NOISE_SCALE = 0.7
-#: The reference's local-attention half-width in latent frames (dit.md 1.2 ``frame_receptive_field``).
+#: The reference's local-attention half-width in latent frames (architecture.md §6.2 ``frame_receptive_field``).
 FRAME_RECEPTIVE_FIELD = 11
 
 
-@dataclass(frozen=True)
-class SuperResolutionStage:
-    """One SR recipe.
-
-    Attributes:
-        checkpoint: sub-folder of the checkpoint root (``540p_sr``, ``1080p_sr``).
-        width, height: SR pixel size (multiples of 32; 896x512 and 1920x1088 in the official examples).
-        sampler: the SR loop's sampler (:data:`~magihuman.sampling.loop.SR_SAMPLER` as in the shipped examples,
-            or :data:`~magihuman.sampling.loop.SR_SAMPLER_CFG`).
-        local_attention: use the 1080p recipe's local-attention layers (``SR2_1080``).
-        noise_index: ZeroSNR table index of the re-noise (220).
-        align_corners: upsampling corner alignment (True = the reference).
-    """
-
-    checkpoint: str
-    width: int
-    height: int
-    sampler: SamplerConfig = SR_SAMPLER
-    local_attention: bool = False
-    noise_index: int = SR_NOISE_INDEX
-    align_corners: bool = True
-
-    @property
-    def latent_size(self) -> tuple[int, int]:
-        """(h_s, w_s) = (H // 16 // 2 * 2, W // 16 // 2 * 2) (pipeline.md 8 step 1)."""
-        return self.height // 16 // 2 * 2, self.width // 16 // 2 * 2
-
-
 def upsample_latent(latent: torch.Tensor, size: tuple[int, int], *, align_corners: bool = True) -> torch.Tensor:
-    """Trilinear upsample of ``[B, C, T, h, w]`` to ``[B, C, T, h_s, w_s]`` in float32 (pipeline.md 8 step 3)."""
+    """Trilinear upsample of ``[B, C, T, h, w]`` to ``[B, C, T, h_s, w_s]`` in float32 (architecture.md §10.1)."""
     return F.interpolate(latent.float(), size=(latent.shape[2], *size), mode="trilinear", align_corners=align_corners)
 
 
 def renoise_latent(latent: torch.Tensor, noise: torch.Tensor, index: int = SR_NOISE_INDEX) -> torch.Tensor:
-    """``a*x + sqrt(1 - a^2)*eps`` with the ZeroSNR signal coefficient at ``index`` (pipeline.md 4.6, 8.4)."""
+    """``a*x + sqrt(1 - a^2)*eps`` with the ZeroSNR signal coefficient at ``index`` (architecture.md §10.2, §10.1)."""
     if index == 0:
         return latent
     signal, noise_coefficient = zero_snr_signal_noise(index)
@@ -75,49 +48,49 @@ def renoise_latent(latent: torch.Tensor, noise: torch.Tensor, index: int = SR_NO
 
 
 def corrupt_audio(audio: torch.Tensor, noise: torch.Tensor, scale: float = SR_AUDIO_NOISE_SCALE) -> torch.Tensor:
-    """The SR model's fixed audio input ``scale*eps + (1 - scale)*audio`` (pipeline.md 8 step 5)."""
+    """The SR model's fixed audio input ``scale*eps + (1 - scale)*audio`` (architecture.md §10.1)."""
     return scale * noise + (1 - scale) * audio
 
 
 def super_resolve(
     model: MagiHumanTransformer,
-    video_latent: torch.Tensor,
-    audio_latent: torch.Tensor,
-    text_embeds: torch.Tensor,
-    negative_text_embeds: Optional[torch.Tensor] = None,
+    latents: Latents,
+    text: TextConditioning,
     *,
     stage: SuperResolutionStage,
     generator: torch.Generator,
     image_latent: Optional[torch.Tensor] = None,
-    callback=None,
+    callback: Optional[StepCallback] = None,
     batch_cfg: bool = False,
-) -> torch.Tensor:
-    """Refine a base video latent at the SR size (pipeline.md 8).
+) -> Latents:
+    """Refine a base video latent at the SR size (architecture.md §10.1).
 
     Args:
         model: the SR DiT (loaded with the local-attention layers for the 1080p recipe).
-        video_latent: final base latent ``[1, 48, T, h, w]`` float32 (frame 0 already restored).
-        audio_latent: final base audio latent ``[1, L_a, 64]``; only corrupted into the SR model's input.
-        text_embeds, negative_text_embeds: the prompt (and negative) embeddings of the base stage.
-        stage: the SR recipe.
+        latents: the final base stage: video ``[1, 48, T, h, w]`` float32 (frame 0 already restored) and
+            audio ``[1, L_a, 64]`` (only corrupted into the SR model's input).
+        text: the prompt (and negative) embeddings of the base stage.
+        stage: the SR recipe (:class:`~magihuman.sampling.config.SuperResolutionStage`).
         generator: the request's generator, after the base stage's draws.
         image_latent: image-to-video: the image encoded at the SR size, ``[1, 48, 1, h_s, w_s]``.
-        callback: per-step callback, as in :func:`~magihuman.sampling.loop.denoise`.
+        callback: per-step callback, as in :func:`~magihuman.sampling.loop.denoise` (its latents hold the SR
+            model's corrupted audio input, not the final audio).
         batch_cfg: with ``sr_cfg_number = 2``, one batched call per step for both CFG passes
             (:func:`~magihuman.sampling.loop.denoise`).
 
     Returns:
-        The SR video latent ``[1, 48, T, h_s, w_s]`` float32.
+        :class:`~magihuman.sampling.records.Latents` with the SR video ``[1, 48, T, h_s, w_s]`` float32 and
+        the base audio ``latents.audio`` itself: the SR loop's audio output is discarded (architecture.md §10.1.5).
     """
-    upsampled = upsample_latent(video_latent, stage.latent_size, align_corners=stage.align_corners)
+    upsampled = upsample_latent(latents.video, stage.latent_size, align_corners=stage.align_corners)
     eps = draw_noise(upsampled.shape, generator, upsampled.device)
-    eps_audio = draw_noise(audio_latent.shape, generator, audio_latent.device)
-    start = renoise_latent(upsampled, eps, stage.noise_index)
-    sr_audio = corrupt_audio(audio_latent.float(), eps_audio)
+    eps_audio = draw_noise(latents.audio.shape, generator, latents.audio.device)
+    start = Latents(renoise_latent(upsampled, eps, stage.noise_index), corrupt_audio(latents.audio.float(), eps_audio))
 
-    def sr_model(video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor, **kwargs):
-        return model(video, audio, text, coords_style="v1", frame_receptive_field=FRAME_RECEPTIVE_FIELD, **kwargs)
+    def sr_model(video: torch.Tensor, audio: torch.Tensor, text_embeds: torch.Tensor, **kwargs):
+        return model(video, audio, text_embeds, coords_style="v1", frame_receptive_field=FRAME_RECEPTIVE_FIELD,
+                     **kwargs)
 
-    video, _ = denoise(sr_model, start, sr_audio, text_embeds, negative_text_embeds, config=stage.sampler,
-                       image_latent=image_latent, audio_fixed=True, callback=callback, batch_cfg=batch_cfg)
-    return video
+    refined = denoise(sr_model, start, text, config=stage.sampler, image_latent=image_latent, audio_fixed=True,
+                      callback=callback, batch_cfg=batch_cfg)
+    return Latents(refined.video, latents.audio)

@@ -49,7 +49,7 @@ from magihuman.serve.schemas import (
     VideoList,
 )
 from magihuman.serve.store import IdempotencyConflict, JobStore, QueueFull
-from magihuman.serve.uploads import BodyTooLarge, InputError
+from magihuman.serve.uploads import BodyTooLarge, RequestError
 
 __all__ = ["create_app"]
 
@@ -122,9 +122,6 @@ def create_app(config: ServeConfig, *, store: JobStore | None = None, ui: bool |
         The app; run it with uvicorn. ``app.state.service`` is the :class:`~magihuman.serve.jobs.JobService`.
     """
     store = store or JobStore(config.url)
-    from magihuman.serve.jobs import _request_class
-
-    _request_class()  # import the pipeline's request checks now, not during the first request
     config.videos_dir.mkdir(parents=True, exist_ok=True)
     service = JobService(config, store)
     http = HttpStats()
@@ -142,8 +139,8 @@ def create_app(config: ServeConfig, *, store: JobStore | None = None, ui: bool |
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), config.api_key.encode()):
-            raise InputError("Authorization", "missing or wrong API key; send 'Authorization: Bearer KEY'",
-                             code="invalid_api_key", status=401)
+            raise RequestError("Authorization", "missing or wrong API key; send 'Authorization: Bearer KEY'",
+                               code="invalid_api_key", status=401)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=_ERRORS)
     _video_routes(v1, service)
@@ -152,7 +149,7 @@ def create_app(config: ServeConfig, *, store: JobStore | None = None, ui: bool |
     async def no_such_endpoint(request: Request, rest: str) -> None:
         """Any other ``/v1`` path: a JSON 404 (not the UI's), naming the video id for ``/v1/videos/...``."""
         param = "video_id" if rest.startswith("videos/") else "path"
-        raise InputError(param, f"no endpoint {request.method} /v1/{rest}; see /docs", code="not_found", status=404)
+        raise RequestError(param, f"no endpoint {request.method} /v1/{rest}; see /docs", code="not_found", status=404)
 
     app.include_router(v1)
 
@@ -209,7 +206,7 @@ def _video_routes(v1: APIRouter, service: JobService) -> None:
         try:
             jobs, more = await run_in_threadpool(lambda: service.store.list(after=after, limit=limit, order=order))
         except KeyError:
-            raise InputError("after", f"after={after!r} names no job", code="video_not_found", status=404) from None
+            raise RequestError("after", f"after={after!r} names no job", code="video_not_found", status=404) from None
         data = [video_object(job) for job in jobs]
         return VideoList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                          has_more=more)
@@ -217,7 +214,7 @@ def _video_routes(v1: APIRouter, service: JobService) -> None:
     async def existing(video_id: str):
         job = await run_in_threadpool(service.get, video_id)
         if job is None:
-            raise InputError("video_id", f"no video {video_id!r}", code="video_not_found", status=404)
+            raise RequestError("video_id", f"no video {video_id!r}", code="video_not_found", status=404)
         return job
 
     @v1.get("/videos/{video_id}", response_model=Video, tags=["videos"])
@@ -233,8 +230,8 @@ def _video_routes(v1: APIRouter, service: JobService) -> None:
         job = await existing(video_id)
         path = service.content_path(job, variant)
         if path is None:
-            raise InputError("video_id", f"video {video_id} is {job.status}; its content exists once it is completed",
-                             code="video_not_ready", status=409)
+            raise RequestError("video_id", f"video {video_id} is {job.status}; its content exists once it is completed",
+                               code="video_not_ready", status=409)
         media = "video/mp4" if variant == "video" else "image/webp"
         return FileResponse(path, media_type=media, filename=f"{video_id}{path.suffix}")
 
@@ -250,7 +247,7 @@ def _video_routes(v1: APIRouter, service: JobService) -> None:
         """Cancel the job if it is queued or running, then delete it and its files."""
         await existing(video_id)
         if await run_in_threadpool(service.delete, video_id) is None:
-            raise InputError("video_id", f"no video {video_id!r}", code="video_not_found", status=404)
+            raise RequestError("video_id", f"no video {video_id!r}", code="video_not_found", status=404)
         return VideoDeleted(id=video_id)
 
     @v1.get("/models", response_model=ModelList, tags=["models"])
@@ -268,25 +265,25 @@ async def _read_body(request: Request, config: ServeConfig) -> tuple[dict[str, A
         try:
             fields = await request.json()
         except ValueError:
-            raise InputError("body", "the body is not valid JSON", code="invalid_json") from None
+            raise RequestError("body", "the body is not valid JSON", code="invalid_json") from None
         if not isinstance(fields, dict):
-            raise InputError("body", "the JSON body must be an object of fields", code="invalid_json")
+            raise RequestError("body", "the JSON body must be an object of fields", code="invalid_json")
         return fields, {}
     if kind not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raise InputError("Content-Type", "send application/json or multipart/form-data", code="unsupported_media_type",
-                         status=415)
+        raise RequestError("Content-Type", "send application/json or multipart/form-data",
+                           code="unsupported_media_type", status=415)
     try:
         form = await request.form(max_files=len(UPLOAD_FIELDS), max_fields=32, max_part_size=config.max_request_bytes)
     except MultiPartException as exc:
-        raise InputError("body", f"malformed multipart body: {exc.message}", code="invalid_multipart") from None
+        raise RequestError("body", f"malformed multipart body: {exc.message}", code="invalid_multipart") from None
     fields: dict[str, Any] = {}
     uploads: dict[str, IncomingUpload] = {}
     for name, value in form.multi_items():
         if name in fields or name in uploads:
-            raise InputError(name, f"{name} was given more than once")
+            raise RequestError(name, f"{name} was given more than once")
         if isinstance(value, UploadFile):
             if name not in UPLOAD_FIELDS:
-                raise InputError(name, f"{name} must be a text field, not a file", code="unexpected_file")
+                raise RequestError(name, f"{name} must be a text field, not a file", code="unexpected_file")
             uploads[name] = IncomingUpload(value.file, value.size)
         else:
             fields[name] = value
@@ -294,8 +291,8 @@ async def _read_body(request: Request, config: ServeConfig) -> tuple[dict[str, A
 
 
 def _install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(InputError)
-    async def _input_error(_request: Request, exc: InputError) -> JSONResponse:
+    @app.exception_handler(RequestError)
+    async def _input_error(_request: Request, exc: RequestError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return error_response(exc.status, str(exc), param=exc.field, code=exc.code, headers=headers)
 

@@ -62,7 +62,9 @@ def serve(
         "--cors-origin", help="Allow browser calls from this origin (repeat). Default: no CORS.")] = None,
     queue_limit: Annotated[int, typer.Option("--queue-limit", help="Most jobs queued or running; more get 429.")] = 100,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload, MiB.")] = 20.0,
-    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Longest clip a request may ask for, s.")] = 20.0,
+    max_seconds: Annotated[float | None, typer.Option(
+        "--max-seconds", help="Longest clip a request may ask for, s. Default: the pipeline's limit.",
+        show_default=False)] = None,
     lease_seconds: Annotated[float, typer.Option(
         "--lease-seconds", help="A job whose worker is silent this long goes back to the queue.")] = 60.0,
     heartbeat_seconds: Annotated[float, typer.Option(

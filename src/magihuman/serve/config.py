@@ -66,8 +66,8 @@ class ServeConfig:
         max_upload_bytes: largest accepted upload (image or audio), bytes.
         max_request_bytes: largest accepted request body, bytes (``magihuman serve``: room for two uploads as
             base64 plus 1 MiB).
-        max_seconds: longest clip a request may ask for, seconds.
-        max_pixels: largest ``width * height`` a request may ask for (before any SR stage).
+        max_seconds: longest clip a request may ask for, seconds (None: the pipeline's own limit,
+            ``magihuman.pipeline.validation.MAX_SECONDS``; sizes are bounded there too).
         lease_seconds: a running job's lease; a worker that misses its heartbeats this long loses the job.
         heartbeat_seconds: how often a worker renews its lease (well under ``lease_seconds``).
         max_attempts: runs of one job before it fails with ``worker_lost``.
@@ -91,8 +91,7 @@ class ServeConfig:
     queue_limit: int = 100
     max_upload_bytes: int = 20 << 20
     max_request_bytes: int = 64 << 20
-    max_seconds: float = 20.0
-    max_pixels: int = 1920 * 1088
+    max_seconds: float | None = None
     lease_seconds: float = 60.0
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3
@@ -139,10 +138,10 @@ class ServeConfig:
         unknown = [name for name in self.models if name not in PRESETS]
         if unknown:
             raise ConfigError(f"unknown --model {unknown[0]!r}; choose from {', '.join(PRESETS)}")
-        for name in ("queue_limit", "max_upload_bytes", "max_request_bytes", "max_attempts", "max_pixels"):
+        for name in ("queue_limit", "max_upload_bytes", "max_request_bytes", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.max_seconds > 0:
+        if self.max_seconds is not None and not self.max_seconds > 0:
             raise ConfigError(f"--max-seconds must be positive, got {self.max_seconds}")
         if not 0 < 2 * self.heartbeat_seconds <= self.lease_seconds:
             raise ConfigError(

@@ -72,25 +72,28 @@ class FakePipeline:
             ValueError: a request for another preset, or one the pipeline's checks refuse.
             RuntimeError: the prompt contains :data:`FAIL_MARKER`.
         """
-        from magihuman.serve.jobs import _validate
+        from magihuman.pipeline.validation import validate_request
 
-        notices = _validate(request)
+        notices = validate_request(request)
         if request.preset != self.preset_name:
             raise ValueError(f"this pipeline was loaded for preset {self.preset_name!r}, not {request.preset!r}")
         self.calls += 1
         start = time.perf_counter()
         stages = [("denoise", _STEPS.get(self.preset_name, 32))]
         if self.preset_name.startswith("sr_"):
-            stages.append(("super-resolution", _SR_STEPS))
+            stages.append(("super_resolution", _SR_STEPS))
         total = sum(n for _, n in stages)
+        completed = 0
         for stage, steps in stages:
             for index in range(steps):
                 time.sleep(self.step_seconds)
                 if FAIL_MARKER in request.prompt:
                     raise RuntimeError("fake failure requested by the prompt")
+                completed += 1
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, index, 1000.0 * (1 - index / steps),
-                                         {"stage": stage, "num_steps": steps, "total_steps": total})
+                                         {"stage": stage, "num_steps": steps, "total_steps": total,
+                                          "completed_steps": completed})
         timings = {"denoise": time.perf_counter() - start}
         plan = request.plan()
         frames_count = 4 * ((plan.audio_latents - 1) // 4) + 1

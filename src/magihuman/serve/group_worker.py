@@ -2,7 +2,7 @@
 
 ``torchrun --nproc_per_node N -m magihuman.serve.worker --cp N`` (settings as JSON in
 ``$MAGIHUMAN_SERVE_CONFIG``). Every rank loads the pipelines and splits each clip's tokens over the group
-(Ulysses, :mod:`magihuman.model.sequence_parallel`); the output rank (the last, pipeline.md 1.5) is the
+(Ulysses, :mod:`magihuman.model.sequence_parallel`); the output rank (the last, architecture.md §6.4) is the
 group's leader: it claims jobs, holds the lease, records progress, decodes and writes the MP4. Each
 round the leader broadcasts its decision (a job, idle, or stop) to every rank; after each denoising step
 the ranks agree on the leader's verdict with one ``all_reduce`` (MAX), so a cancel or shutdown stops all

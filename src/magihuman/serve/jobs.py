@@ -1,8 +1,9 @@
 """Creating, reading and removing video jobs: the one path shared by the HTTP API and the web UI.
 
 :meth:`JobService.create` is the input boundary of the server: every field is checked (the request model,
-the server's limits, the uploads by decoding, then the pipeline's own checks that the CLI runs,
-pipeline.md 13 pitfall 24) **before** the job is queued, so a bad request never reaches a worker.
+the server's limits, the uploads' formats, then :func:`magihuman.pipeline.validation.validate_request`, the
+input boundary the CLI uses, which decodes every file; architecture.md §13.3) **before** the job is queued,
+so a bad request never reaches a worker.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from typing import Any, BinaryIO
 
 from pydantic import ValidationError
 
+from magihuman.pipeline.presets import PRESETS, get_preset
+from magihuman.pipeline.request import GenerationRequest
+from magihuman.pipeline.validation import InputError, validate_request
 from magihuman.serve.config import ServeConfig
 from magihuman.serve.schemas import CreateVideoRequest, Video, VideoError
 from magihuman.serve.store import Job, JobStore
-from magihuman.serve.uploads import InputError, Upload, decode_data_url, remove_folder, save_upload
+from magihuman.serve.uploads import RequestError, Upload, decode_data_url, remove_folder, save_upload
 
 __all__ = ["JobService", "new_job_id", "is_job_id", "video_object", "generation_request", "JOB_ID_PATTERN",
            "THUMBNAIL_NAME", "UPLOAD_FIELDS"]
@@ -32,8 +36,7 @@ THUMBNAIL_NAME = "thumbnail.webp"
 #: Request fields that carry files.
 UPLOAD_FIELDS = ("input_reference", "audio")
 #: Pipeline field -> API field, for the pipeline's own error messages.
-_API_FIELD = {"width": "size", "height": "size", "preset": "model", "image": "input_reference", "audio": "audio",
-              "seconds": "seconds", "prompt": "prompt", "seed": "seed", "negative_prompt": "negative_prompt"}
+_API_FIELD = {"width": "size", "height": "size", "preset": "model", "image": "input_reference"}
 
 
 def new_job_id() -> str:
@@ -46,28 +49,11 @@ def is_job_id(value: str) -> bool:
     return bool(JOB_ID_PATTERN.match(value))
 
 
-def _request_class():
-    try:  # after the layout split (issue 9)
-        from magihuman.pipeline.request import GenerationRequest
-    except ImportError:
-        from magihuman.pipeline.magihuman_pipeline import GenerationRequest
-    return GenerationRequest
-
-
-def _validate(request) -> list[str]:
-    """The pipeline's input checks, as the CLI runs them; returns the notices."""
-    try:
-        from magihuman.pipeline.validation import validate_request
-    except ImportError:
-        return list(request.validate_inputs())
-    return list(validate_request(request) or [])
-
-
 def generation_request(job: Job, folder: Path):
     """The pipeline's ``GenerationRequest`` for ``job``, its input files resolved inside ``folder``."""
     params = job.params
     width, height = (int(v) for v in params["size"].split("x"))
-    return _request_class()(
+    return GenerationRequest(
         prompt=job.prompt, preset=job.model, seconds=float(params["seconds"]), width=width, height=height,
         seed=int(params["seed"]), negative_prompt=params.get("negative_prompt"),
         image=folder / params["input_reference"] if params.get("input_reference") else None,
@@ -77,8 +63,6 @@ def generation_request(job: Job, folder: Path):
 
 def rendered_size(model: str, size: str) -> str:
     """The output ``WxH``: the SR stage's size for SR presets, else ``size`` rounded down to multiples of 32."""
-    from magihuman.pipeline.presets import get_preset
-
     stage = get_preset(model).sr
     if stage is not None:
         return f"{stage.width}x{stage.height}"
@@ -138,12 +122,12 @@ class JobService:
             ``(job, created)``; ``created`` is False when the key replayed an earlier identical request.
 
         Raises:
-            InputError: any bad field, upload or header (names it).
+            RequestError: any bad field, upload or header (names it).
             magihuman.serve.store.QueueFull: too many active jobs.
             magihuman.serve.store.IdempotencyConflict: the key belongs to a different request.
         """
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-            raise InputError("Idempotency-Key", "the Idempotency-Key header must be 1-255 characters")
+            raise RequestError("Idempotency-Key", "the Idempotency-Key header must be 1-255 characters")
         body = self._parse_fields(fields, uploads)
         job_id = new_job_id()
         folder = self.folder(job_id)
@@ -170,20 +154,20 @@ class JobService:
     def _parse_fields(self, fields: dict[str, Any], uploads: dict[str, IncomingUpload]) -> CreateVideoRequest:
         both = sorted(set(fields) & set(uploads))
         if both:
-            raise InputError(both[0], f"{both[0]} was sent twice (as a file and as a field); send it once")
+            raise RequestError(both[0], f"{both[0]} was sent twice (as a file and as a field); send it once")
         try:
             body = CreateVideoRequest.model_validate(fields)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = str(first["loc"][0]) if first["loc"] else None
             if first["type"] == "missing":
-                raise InputError(field, f"{field} is required", code="missing_field") from None
+                raise RequestError(field, f"{field} is required", code="missing_field") from None
             if first["type"] == "extra_forbidden":
-                raise InputError(field, f"unknown field {field!r}; see /docs for the fields of POST /v1/videos",
-                                 code="unknown_field") from None
-            raise InputError(field, f"{field}: {first['msg']}") from None
+                raise RequestError(field, f"unknown field {field!r}; see /docs for the fields of POST /v1/videos",
+                                   code="unknown_field") from None
+            raise RequestError(field, f"{field}: {first['msg']}") from None
         if not body.prompt.strip():
-            raise InputError("prompt", "prompt is empty; describe the clip (150-200 words work best)")
+            raise RequestError("prompt", "prompt is empty; describe the clip (150-200 words work best)")
         return body
 
     def _store_uploads(self, body: CreateVideoRequest, uploads: dict[str, IncomingUpload],
@@ -195,8 +179,8 @@ class JobService:
             if field in uploads:
                 part = uploads[field]
                 if part.size is not None and part.size > limit:
-                    raise InputError(field, f"{field} is larger than the {limit}-byte upload limit",
-                                     code="file_too_large", status=413)
+                    raise RequestError(field, f"{field} is larger than the {limit}-byte upload limit",
+                                       code="file_too_large", status=413)
                 stored[field] = save_upload(field, part.source, folder, limit)
             elif value is not None:
                 stored[field] = save_upload(field, decode_data_url(field, value, limit), folder, limit)
@@ -204,36 +188,29 @@ class JobService:
 
     def _checked_params(self, body: CreateVideoRequest, stored: dict[str, Upload],
                         folder: Path) -> tuple[dict[str, Any], list[str]]:
-        from magihuman.pipeline.presets import PRESETS
-
         config = self.config
         if body.model not in PRESETS:
-            raise InputError("model", f"unknown model {body.model!r}; choose one of {', '.join(config.models)}",
-                             code="model_not_found")
+            raise RequestError("model", f"unknown model {body.model!r}; choose one of {', '.join(config.models)}",
+                               code="model_not_found")
         if body.model not in config.models:
-            raise InputError("model", f"model {body.model!r} is not served here; choose one of "
+            raise RequestError("model", f"model {body.model!r} is not served here; choose one of "
                                       f"{', '.join(config.models)}", code="model_not_served")
-        if body.seconds > config.max_seconds:
-            raise InputError("seconds", f"seconds must be at most {config.max_seconds:g} on this server, "
-                                        f"got {body.seconds:g}")
-        width, height = (int(v) for v in body.size.split("x"))
-        if width < 32 or height < 32:
-            raise InputError("size", f"size must be at least 32x32 pixels, got {body.size}")
-        if width * height > config.max_pixels:
-            raise InputError("size", f"size {body.size} has {width * height} pixels; this server renders at most "
-                                     f"{config.max_pixels} (e.g. 448x256, 896x512)")
+        if config.max_seconds is not None and body.seconds > config.max_seconds:
+            raise RequestError("seconds", f"seconds must be at most {config.max_seconds:g} on this server, "
+                                          f"got {body.seconds:g}")
         params = {"seconds": body.seconds, "size": body.size, "seed": body.seed,
                   "negative_prompt": body.negative_prompt, "rendered_size": rendered_size(body.model, body.size),
                   **{k: (stored[k].name if k in stored else None) for k in UPLOAD_FIELDS}}
         job = Job("", "queued", body.model, body.prompt, params, 0, 0.0, None, None, 0, 1, None, None, None, None, None)
         try:
-            notices = _validate(generation_request(job, folder))
+            notices = validate_request(generation_request(job, folder))
         except ValidationError as exc:
             first = exc.errors()[0]
             name = str(first["loc"][0]) if first["loc"] else ""
-            raise InputError(_API_FIELD.get(name, name or None), f"{name}: {first['msg']}") from None
-        except (ValueError, OSError) as exc:
-            raise InputError(_error_field(exc), str(exc).replace(str(folder) + "/", "")) from None
+            raise RequestError(_API_FIELD.get(name, name or None), f"{name}: {first['msg']}") from None
+        except InputError as exc:
+            field = _API_FIELD.get(exc.field, exc.field) if exc.field else None
+            raise RequestError(field, str(exc).replace(str(folder) + "/", "")) from None
         return params, notices
 
     # ------------------------------------------------------------------------------------------ read / remove
@@ -258,18 +235,3 @@ class JobService:
             return None
         path = self.folder(job.id) / (job.output if variant == "video" else THUMBNAIL_NAME)
         return path if path.is_file() else None
-
-
-def _error_field(exc: Exception) -> str | None:
-    """The API field a pipeline input error is about: its ``.field`` (issue 9 ``InputError``), else the message's."""
-    field = getattr(exc, "field", None)
-    if field:
-        return _API_FIELD.get(field, field)
-    text = str(exc).lower()
-    for needle, name in (("sr ", "model"), ("sr_", "model"), ("preset", "model"), ("seconds", "seconds"),
-                         ("width", "size"), ("size", "size"), ("prompt", "prompt"), ("image", "input_reference"),
-                         ("audio", "audio")):
-        if needle in text:
-            return name
-    return None
-

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from magihuman.pipeline.validation import MAX_PROMPT_CHARS, MAX_SEED
+
 __all__ = [
     "CreateVideoRequest", "Video", "VideoError", "VideoList", "VideoDeleted", "Model", "ModelList",
     "ErrorBody", "ErrorResponse", "Health", "SIZE_PATTERN", "MAX_SEED", "MAX_PROMPT_CHARS",
@@ -19,10 +21,6 @@ __all__ = [
 
 #: ``WxH`` in pixels, each side 1-5 digits.
 SIZE_PATTERN = r"^[0-9]{1,5}x[0-9]{1,5}$"
-#: Largest seed (seeds are 63-bit non-negative integers).
-MAX_SEED = 2**63 - 1
-#: Longest prompt in characters (the model's recommended 150-200 words are about 1,200).
-MAX_PROMPT_CHARS = 20_000
 
 Status = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 

@@ -1,7 +1,7 @@
 """The web page: a Gradio app mounted at ``/`` of the API server, feeding the same job queue.
 
 A person fills the prompt (the placeholder shows the long-prompt structure the model was tuned for,
-pipeline.md 10), optionally a first-frame image and a driving audio track, the preset, length, size and
+architecture.md §13.4), optionally a first-frame image and a driving audio track, the preset, length, size and
 seed, and presses Generate. The page creates a job through :meth:`JobService.create` (the same checks as
 the API, uploads decoded), follows the job's ``progress`` in a progress bar, then plays the MP4 with a
 download button. A table lists this server's recent jobs. No model is loaded in this process: the workers
@@ -18,13 +18,14 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI
 
+from magihuman.pipeline.validation import MAX_SECONDS
 from magihuman.serve.jobs import IncomingUpload, JobService
 from magihuman.serve.store import TERMINAL, IdempotencyConflict, QueueFull
-from magihuman.serve.uploads import InputError
+from magihuman.serve.uploads import RequestError
 
 __all__ = ["build_ui", "mount_ui", "PROMPT_EXAMPLE"]
 
-#: Shown as the prompt's placeholder: the three-paragraph structure of the official prompts (pipeline.md 10):
+#: Shown as the prompt's placeholder: the three-paragraph structure of the official prompts (architecture.md §13.4):
 #: a dense description (people, scene, what is said in quotes, delivery, camera), then ``Dialogue:`` and
 #: ``Background Sound:`` paragraphs. Our own words.
 PROMPT_EXAMPLE = (
@@ -62,8 +63,9 @@ def build_ui(service: JobService) -> gr.Blocks:
                     audio = gr.Audio(label="Driving audio (optional)", type="filepath", sources=["upload"])
                 with gr.Row():
                     model = gr.Dropdown(list(config.models), value=config.models[0], label="Preset", elem_id="model")
-                    seconds = gr.Number(min(4.0, config.max_seconds), label="Seconds", minimum=0.04,
-                                        maximum=config.max_seconds, step=0.04, elem_id="seconds")
+                    longest = config.max_seconds or MAX_SECONDS
+                    seconds = gr.Number(min(4.0, longest), label="Seconds", minimum=0.04, maximum=longest, step=0.04,
+                                        elem_id="seconds")
                     size = gr.Textbox("448x256", label="Size (WxH, px)", elem_id="size")
                     seed = gr.Number(42, label="Seed", precision=0, minimum=0, elem_id="seed")
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -106,7 +108,7 @@ def _create(service: JobService, prompt_text, image_path, audio_path, model_name
             if path:
                 uploads[field] = IncomingUpload(open(path, "rb"))
         job, _ = service.create(fields, uploads)
-    except InputError as exc:
+    except RequestError as exc:
         raise gr.Error(f"{exc.field or 'request'}: {exc}") from None
     except (QueueFull, IdempotencyConflict) as exc:
         raise gr.Error(str(exc)) from None

@@ -1,10 +1,12 @@
-"""Uploaded files: size-limited, checked by decoding (never by name), stored under server-chosen names.
+"""Uploaded files: size-limited, identified by their content (never by name), stored under server-chosen names.
 
 An upload arrives as a multipart file part (a spooled temporary file) or as a ``data:`` URL inside a JSON
 body. Either way it is copied into the job's own folder under a fixed name (``input_reference.png``,
-``audio.wav``, ...; the extension comes from the decoded format, not from the client), then decoded: an image
-with Pillow (fully loaded, pixel count bounded), audio with PyAV (the first seconds decoded to samples). A
-file that does not decode is refused with an :class:`InputError` naming the field.
+``audio.wav``, ...; the extension comes from the format found in the file's header, not from the client).
+Then the request goes through the pipeline's input boundary
+(:func:`magihuman.pipeline.validation.validate_request`), which decodes the image in full and the audio
+far enough to prove them usable, as for the command line. A file that is not an accepted format, or that
+does not decode, is refused with a :class:`RequestError` naming the field.
 """
 
 from __future__ import annotations
@@ -19,22 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["InputError", "BodyTooLarge", "Upload", "save_upload", "decode_data_url", "remove_folder", "IMAGE_FORMATS",
-           "MAX_IMAGE_PIXELS"]
+__all__ = ["RequestError", "BodyTooLarge", "Upload", "save_upload", "decode_data_url", "remove_folder",
+           "IMAGE_FORMATS", "AUDIO_FORMATS"]
 
 #: Image formats accepted as ``input_reference`` (Pillow format name -> stored extension).
 IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp"}
 #: Audio containers accepted as ``audio`` (PyAV format name part -> stored extension).
 AUDIO_FORMATS = {"wav": ".wav", "mp3": ".mp3", "flac": ".flac", "ogg": ".ogg", "mov": ".m4a", "mp4": ".m4a",
                  "m4a": ".m4a", "aac": ".aac"}
-#: Largest image accepted, pixels (width x height); larger ones are refused before decoding.
-MAX_IMAGE_PIXELS = 40_000_000
-#: Seconds of a driving track decoded by the check (enough to prove it is audio).
-_AUDIO_CHECK_SECONDS = 1.0
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 
 
-class InputError(ValueError):
+class RequestError(ValueError):
     """A request value the server refuses (HTTP 4xx).
 
     Attributes:
@@ -48,7 +46,7 @@ class InputError(ValueError):
         self.field, self.code, self.status = field, code, status
 
 
-class BodyTooLarge(InputError):
+class BodyTooLarge(RequestError):
     """The request body exceeded the server's ``max_request_bytes``."""
 
     def __init__(self, limit: int):
@@ -75,25 +73,26 @@ def decode_data_url(field: str, value: str, max_bytes: int) -> bytes:
     """The bytes of a ``data:[mime];base64,...`` URL.
 
     Raises:
-        InputError: not a data URL (e.g. a path or a web URL), not base64, or larger than ``max_bytes``.
+        RequestError: not a data URL (e.g. a path or a web URL), not base64, or larger than ``max_bytes``.
     """
     match = _DATA_URL.match(value)
     if match is None or not match.group("b64"):
-        raise InputError(field, f"{field} must be an uploaded file (multipart) or a base64 data URL "
+        raise RequestError(field, f"{field} must be an uploaded file (multipart) or a base64 data URL "
                                 f"('data:...;base64,...'); file paths and web URLs are not accepted",
-                         code="invalid_file_reference")
+                           code="invalid_file_reference")
     payload = value[match.end():]
     if len(payload) > (max_bytes * 4) // 3 + 8:
-        raise InputError(field, f"{field} is larger than the {max_bytes}-byte upload limit", code="file_too_large",
-                         status=413)
+        raise RequestError(field, f"{field} is larger than the {max_bytes}-byte upload limit", code="file_too_large",
+                           status=413)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise InputError(field, f"{field}: the data URL's base64 payload is malformed", code="invalid_base64") from None
+        raise RequestError(field, f"{field}: the data URL's base64 payload is malformed",
+                           code="invalid_base64") from None
 
 
 def save_upload(field: str, source: BinaryIO | bytes, folder: Path, max_bytes: int) -> Upload:
-    """Copy an upload into ``folder`` and check it by decoding.
+    """Copy an upload into ``folder`` and identify its format from its content.
 
     Args:
         field: ``"input_reference"`` (an image) or ``"audio"`` (a driving track).
@@ -105,7 +104,7 @@ def save_upload(field: str, source: BinaryIO | bytes, folder: Path, max_bytes: i
         The stored :class:`Upload`.
 
     Raises:
-        InputError: empty, larger than ``max_bytes`` (413), or not a decodable image / audio file (415).
+        RequestError: empty, larger than ``max_bytes`` (413), or not an accepted image / audio format (415).
     """
     staging = folder / f".{field}.upload"
     digest = hashlib.sha256()
@@ -117,13 +116,13 @@ def save_upload(field: str, source: BinaryIO | bytes, folder: Path, max_bytes: i
             if size > max_bytes:
                 out.close()
                 staging.unlink(missing_ok=True)
-                raise InputError(field, f"{field} is larger than the {max_bytes}-byte upload limit",
-                                 code="file_too_large", status=413)
+                raise RequestError(field, f"{field} is larger than the {max_bytes}-byte upload limit",
+                                   code="file_too_large", status=413)
             digest.update(chunk)
             out.write(chunk)
     try:
         if size == 0:
-            raise InputError(field, f"{field} is an empty file", code="empty_file")
+            raise RequestError(field, f"{field} is an empty file", code="empty_file")
         extension = _check_image(field, staging) if field == "input_reference" else _check_audio(field, staging)
         name = f"{field}{extension}"
         os.replace(staging, folder / name)
@@ -133,46 +132,49 @@ def save_upload(field: str, source: BinaryIO | bytes, folder: Path, max_bytes: i
 
 
 def _check_image(field: str, path: Path) -> str:
-    """Decode the whole image; return the extension of its format."""
+    """The stored extension of an accepted image, from its header; its pixels are decoded by the input boundary."""
     import PIL.Image
 
+    from magihuman.pipeline.validation import MAX_IMAGE_PIXELS
+
     try:
-        with PIL.Image.open(path) as image:
-            if image.format not in IMAGE_FORMATS:
-                raise InputError(field, f"{field} is a {image.format} image; send PNG, JPEG, WebP or BMP",
-                                 code="unsupported_file", status=415)
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS or min(width, height) < 1:
-                raise InputError(field, f"{field} is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS} pixels "
-                                        "are accepted", code="image_too_large", status=413)
-            image.load()
-            return IMAGE_FORMATS[image.format]
-    except InputError:
-        raise
-    except (PIL.Image.DecompressionBombError, PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError(field, f"{field} is not a readable image ({type(exc).__name__}); send a PNG, JPEG, WebP "
-                                "or BMP file", code="unreadable_file", status=415) from None
+        with PIL.Image.open(path) as image:  # reads the header only
+            kind, (width, height) = image.format, image.size
+    except PIL.Image.DecompressionBombError:
+        raise RequestError(field, f"{field} declares more than {MAX_IMAGE_PIXELS} pixels; send a smaller image",
+                           code="image_too_large", status=413) from None
+    except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise RequestError(field, f"{field} is not a readable image ({type(exc).__name__}); send a PNG, JPEG, "
+                                  "WebP or BMP file", code="unreadable_file", status=415) from None
+    if kind not in IMAGE_FORMATS:
+        raise RequestError(field, f"{field} is a {kind} image; send PNG, JPEG, WebP or BMP",
+                           code="unsupported_file", status=415)
+    if width * height > MAX_IMAGE_PIXELS:
+        raise RequestError(field, f"{field} is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS} are accepted",
+                           code="image_too_large", status=413)
+    return IMAGE_FORMATS[kind]
 
 
 def _check_audio(field: str, path: Path) -> str:
-    """Decode the first second of the audio stream; return the extension of its container."""
+    """The stored extension of an accepted audio container (probed by PyAV); its samples are decoded by the
+    input boundary."""
     import av
-
-    from magihuman.pipeline.media import load_audio
 
     try:
         with av.open(os.fspath(path), mode="r") as container:
-            names = container.format.name.split(",")
-        load_audio(path, max_seconds=_AUDIO_CHECK_SECONDS)
-    except (ValueError, OSError, av.error.FFmpegError) as exc:
+            names, streams = container.format.name.split(","), len(container.streams.audio)
+    except (OSError, ValueError, av.error.FFmpegError) as exc:
         reason = str(exc).replace(str(path), field)
-        raise InputError(field, f"{field} is not a readable audio file ({reason}); send WAV, MP3, FLAC, OGG or M4A",
-                         code="unreadable_file", status=415) from None
+        raise RequestError(field, f"{field} is not a readable audio file ({reason}); send WAV, MP3, FLAC, OGG or "
+                                  "M4A", code="unreadable_file", status=415) from None
+    if not streams:
+        raise RequestError(field, f"{field} has no audio stream; send WAV, MP3, FLAC, OGG or M4A",
+                           code="unreadable_file", status=415)
     for name in names:
         if name in AUDIO_FORMATS:
             return AUDIO_FORMATS[name]
-    raise InputError(field, f"{field} is in the {names[0]} container; send WAV, MP3, FLAC, OGG or M4A",
-                     code="unsupported_file", status=415)
+    raise RequestError(field, f"{field} is in the {names[0]} container; send WAV, MP3, FLAC, OGG or M4A",
+                       code="unsupported_file", status=415)
 
 
 def remove_folder(folder: Path) -> None:

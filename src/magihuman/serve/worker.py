@@ -64,11 +64,7 @@ class WorkerStopping(Exception):
 def load_official_pipeline(root: Path | None, preset: str, device: str, runtime: dict | None = None):
     """``MagiHumanPipeline.from_official(root, preset=preset, device=device, runtime=RuntimeOptions(**runtime))``."""
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
-
-    try:
-        from magihuman.runtime.options import RuntimeOptions
-    except ImportError:  # before the layout split (issue 9)
-        from magihuman.pipeline.magihuman_pipeline import RuntimeOptions
+    from magihuman.runtime.options import RuntimeOptions
     options = RuntimeOptions(**(runtime or {}))
     return MagiHumanPipeline.from_official(root, preset=preset, device=device, runtime=options)
 
@@ -164,7 +160,7 @@ class Worker:
 
         def on_step_end(_pipe, _step, _timestep, callback_kwargs: dict) -> dict:
             nonlocal done
-            done += 1
+            done = int(callback_kwargs.get("completed_steps") or done + 1)
             total = int(callback_kwargs.get("total_steps") or callback_kwargs.get("num_steps") or done)
             verdict = self._agree(self._step_verdict(job, min(99, int(100 * done / max(total, done))), lost, last))
             if verdict == RELEASE:
@@ -290,10 +286,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def warm_up() -> None:
     """Import what the first job needs (request checks, MP4 writer) before declaring the worker ready."""
-    from magihuman.serve.jobs import _request_class
-
-    _request_class()
-    importlib.import_module("magihuman.pipeline.media")
+    importlib.import_module("magihuman.pipeline.validation")
+    importlib.import_module("magihuman.pipeline.media.mp4")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""Reading media containers with PyAV: :func:`probe_media` (tests, the CLI summary) and the shared
+open-for-reading helpers of the image/audio input checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import av
+
+__all__ = ["probe_media"]
+
+
+def probe_media(path: str | os.PathLike, *, count_frames: bool = True) -> dict[str, Any]:
+    """Container facts of a media file, read with PyAV (for tests and the CLI summary).
+
+    Args:
+        path: media file.
+        count_frames: decode the first video and audio streams (one demuxing pass) to count frames and
+            samples exactly. If False, the header values are reported instead (``nb_frames``, which may be
+            0 for some formats, and the audio stream duration).
+
+    Returns:
+        Dict with keys ``path`` (str), ``format`` (demuxer name), ``num_video_streams``,
+        ``num_audio_streams`` (int); for the first video stream ``video_codec`` (e.g. ``"h264"``),
+        ``width``, ``height`` (pixels), ``pix_fmt``, ``fps`` (float, frames/s), ``num_frames`` (int),
+        ``video_duration`` (``num_frames / fps``, seconds); for the first audio stream ``audio_codec``
+        (e.g. ``"aac"``), ``sample_rate`` (Hz), ``channels``, ``num_samples`` (decoded samples per channel)
+        and ``audio_duration`` (``num_samples / sample_rate``, seconds; AAC decoders return whole 1024-sample
+        frames and libav trims only the encoder delay, not the end padding, so this can exceed the written
+        length by < 1024 samples) and ``audio_header_duration`` (the stream's edit-list duration in
+        seconds, which equals the written length). Keys of an absent stream map to ``None``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not a media file PyAV can read.
+    """
+    src = _existing_file(path, "media file")
+    info: dict[str, Any] = {
+        "path": str(src),
+        "format": None,
+        "num_video_streams": 0,
+        "num_audio_streams": 0,
+        "video_codec": None,
+        "width": None,
+        "height": None,
+        "pix_fmt": None,
+        "fps": None,
+        "num_frames": None,
+        "video_duration": None,
+        "audio_codec": None,
+        "sample_rate": None,
+        "channels": None,
+        "num_samples": None,
+        "audio_duration": None,
+        "audio_header_duration": None,
+    }
+    container = _open_input(src, "media")
+    try:
+        info["format"] = container.format.name
+        info["num_video_streams"] = len(container.streams.video)
+        info["num_audio_streams"] = len(container.streams.audio)
+        try:
+            if container.streams.video:
+                vs = container.streams.video[0]
+                rate = vs.average_rate or vs.guessed_rate
+                fps = float(rate) if rate else None
+                info.update(
+                    video_codec=vs.codec_context.name,
+                    width=vs.codec_context.width,
+                    height=vs.codec_context.height,
+                    pix_fmt=vs.codec_context.pix_fmt,
+                    fps=fps,
+                )
+                info["num_frames"] = int(vs.frames)
+                info["video_duration"] = vs.frames / fps if fps else None
+            if container.streams.audio:
+                ast = container.streams.audio[0]
+                sr = ast.codec_context.sample_rate
+                info.update(audio_codec=ast.codec_context.name, sample_rate=sr, channels=ast.codec_context.channels)
+                if ast.duration and ast.time_base and sr:
+                    info["audio_header_duration"] = float(ast.duration * ast.time_base)
+                    info["num_samples"] = int(round(ast.duration * ast.time_base * sr))
+                    info["audio_duration"] = info["num_samples"] / sr
+            if count_frames and (container.streams.video or container.streams.audio):
+                wanted = [*container.streams.video[:1], *container.streams.audio[:1]]
+                frames = samples = 0
+                for item in container.decode(*wanted):
+                    if isinstance(item, av.VideoFrame):
+                        frames += 1
+                    else:
+                        samples += item.samples
+                if container.streams.video:
+                    info["num_frames"] = frames
+                    info["video_duration"] = frames / info["fps"] if info["fps"] else None
+                if container.streams.audio:
+                    info["num_samples"] = samples
+                    sr = info["sample_rate"]
+                    info["audio_duration"] = samples / sr if sr else None
+        except av.error.FFmpegError as exc:
+            raise ValueError(f"could not decode {str(src)!r}: {exc}") from exc
+    finally:
+        container.close()
+    return info
+
+
+
+def _existing_file(path: str | os.PathLike, what: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{what} must be a file path, got {type(path).__name__}")
+    src = Path(os.fspath(path)).expanduser()
+    if not src.exists():
+        raise FileNotFoundError(f"{what} not found: {str(src)!r}; check the path")
+    if src.is_dir():
+        raise ValueError(f"{what} path is a folder, not a file: {str(src)!r}; pass a file")
+    return src
+
+
+def _open_input(src: Path, what: str) -> Any:
+    try:
+        return av.open(os.fspath(src), mode="r")
+    except av.error.FFmpegError as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ValueError(
+            f"not a readable {what} file: {str(src)!r} ({reason}); it is empty, damaged or not media: pass a "
+            "wav/mp3/m4a/flac file or a video with sound" if what == "audio" else
+            f"not a readable {what} file: {str(src)!r} ({reason}); it is empty, damaged or not media"
+        ) from exc

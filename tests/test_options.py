@@ -1,0 +1,37 @@
+"""RuntimeOptions and the CLI's choice names (magihuman.runtime.options): torch-free, validated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from magihuman.runtime.options import ATTENTION_CHOICES, OFFLOAD_MODES, RuntimeOptions
+
+
+def test_options_module_does_not_import_torch():
+    code = "import sys, magihuman.runtime.options; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_attention_choices_name_registered_kernels():
+    from magihuman.model import attention
+
+    # auto is a rule, fa3 registers itself when flash_attn_interface is installed; the rest are always there
+    assert set(ATTENTION_CHOICES) - {"auto", "fa3"} <= set(attention.available_attention_backends())
+
+
+def test_runtime_options_validation():
+    options = RuntimeOptions(fp8=True, fp8_gemm=True, offload=OFFLOAD_MODES, blocks_per_group=2)
+    assert options.loads_on_host and not RuntimeOptions().loads_on_host
+    assert RuntimeOptions(offload=("components",)).loads_on_host and RuntimeOptions(shard=True).loads_on_host
+    with pytest.raises(ValueError, match=r"unknown offload mode\(s\) \['disk'\]"):
+        RuntimeOptions(offload=("disk",))
+    with pytest.raises(ValueError, match="blocks_per_group must be >= 1, got 0"):
+        RuntimeOptions(blocks_per_group=0)
+    with pytest.raises(ValueError, match="pick one"):
+        RuntimeOptions(shard=True, offload=("blocks",))
+    with pytest.raises(ValueError, match="set fp8=True too"):
+        RuntimeOptions(fp8_gemm=True)
