@@ -229,6 +229,9 @@ def _video_routes(v1: APIRouter, service: JobService) -> None:
         """Download a completed job's MP4 or thumbnail (HTTP range requests supported)."""
         job = await existing(video_id)
         path = service.content_path(job, variant)
+        if path is None and job.status == "completed":
+            raise RequestError("variant", f"the {variant} of video {video_id} is missing from the data folder",
+                               code="content_missing", status=404)
         if path is None:
             raise RequestError("video_id", f"video {video_id} is {job.status}; its content exists once it is completed",
                                code="video_not_ready", status=409)
