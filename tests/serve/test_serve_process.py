@@ -20,8 +20,8 @@ LEASE = ("--lease-seconds", "3", "--heartbeat-seconds", "1")
 
 
 @pytest.fixture(scope="module")
-def demo_env(tmp_path_factory):
-    return {"MAGIHUMAN_DEMO_DIR": str(tmp_path_factory.mktemp("demo") / "bundle")}
+def demo_env(demo_root):
+    return {"MAGIHUMAN_DEMO_DIR": str(demo_root)}
 
 
 def probe(content: bytes) -> tuple[int, int, int, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from magihuman.demo.bundle import ensure_demo_bundle
 from magihuman.serve.worker import Worker, load_official_pipeline
 
 from .serve_helpers import InProcess
@@ -15,9 +14,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 BODY = {"prompt": "A man in a blue shirt says: \"Good morning.\"", "seconds": 0.4, "size": "64x64"}
 
 
-def test_demo_pipeline_progress_per_step_and_cancel_between_steps(tmp_path):
+def test_demo_pipeline_progress_per_step_and_cancel_between_steps(tmp_path, demo_root):
     server = InProcess(tmp_path / "data")
-    pipe = load_official_pipeline(ensure_demo_bundle(tmp_path / "demo"), "distill", "cpu")
+    pipe = load_official_pipeline(demo_root, "distill", "cpu")
     seen: list[int] = []
     real_heartbeat = server.store.heartbeat
     cancel_at: list[int] = []
