@@ -49,19 +49,22 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 
-from magihuman.codecs.audio_vae import AudioVAE, LATENTS_PER_SECOND, resample_to_output_rate
+from magihuman.codecs.audio_vae import LATENTS_PER_SECOND, AudioVAE, resample_to_output_rate
 from magihuman.codecs.video_vae import VideoVAE, wan22_vae_config
+from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG
 from magihuman.model.attention import resolve_attention_backend
+from magihuman.model.layers import ExpertLinear
+from magihuman.model.transformer import MagiHumanTransformer
+from magihuman.pipeline.presets import get_preset, preset_for_sr_size
 from magihuman.runtime.compile import compile_repeated_blocks
 from magihuman.runtime.fp8 import enable_fp8_weights, weight_bytes
-from magihuman.pipeline.presets import get_preset, preset_for_sr_size
-from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG
 from magihuman.sampling.config import SR_SAMPLER, SuperResolutionStage
 from magihuman.sampling.loop import denoise
 from magihuman.sampling.records import Latents, TextConditioning
@@ -70,8 +73,6 @@ from magihuman.sampling.super_resolution import (
     sr1080_local_attn_layers,
     super_resolve,
 )
-from magihuman.model.layers import ExpertLinear
-from magihuman.model.transformer import MagiHumanTransformer
 
 #: Official sizes (architecture.md §13.1): the base stage, and the 540p / 1080p SR outputs.
 REAL_BASE_SIZE = (448, 256)
@@ -107,12 +108,12 @@ class StageResult:
 
     stage: str
     shape: str
-    tokens: Optional[int] = None
-    steps: Optional[int] = None
-    seconds: Optional[float] = None
-    seconds_per_step: Optional[float] = None
-    tflops: Optional[float] = None
-    peak_gb: Optional[float] = None
+    tokens: int | None = None
+    steps: int | None = None
+    seconds: float | None = None
+    seconds_per_step: float | None = None
+    tflops: float | None = None
+    peak_gb: float | None = None
     note: str = ""
 
 
@@ -134,7 +135,7 @@ def local_attention_pairs(total: int, video: int, frames: int, radius: int) -> i
 
 
 def dit_forward_flops(config: dict, *, video_tokens: int, audio_tokens: int, text_tokens: int, frames: int,
-                      frame_receptive_field: int = FRAME_RECEPTIVE_FIELD, _per_token: Optional[int] = None) -> float:
+                      frame_receptive_field: int = FRAME_RECEPTIVE_FIELD, _per_token: int | None = None) -> float:
     """GEMM + attention FLOPs of one forward (module docstring formula)."""
     cfg = dict(config)
     full = {**_default_config(), **cfg}
@@ -240,11 +241,11 @@ class _Clock:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def peak_gb(self) -> Optional[float]:
+    def peak_gb(self) -> float | None:
         return torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else None
 
 
-def _timed(clock: _Clock, run: Callable[[Callable[[], None]], Any], repeats: int) -> tuple[float, Optional[float], Optional[float]]:
+def _timed(clock: _Clock, run: Callable[[Callable[[], None]], Any], repeats: int) -> tuple[float, float | None, float | None]:
     """Run ``run(step_tick)`` ``repeats`` times; median (total s, s/step), and the peak memory."""
     clock.reset_peak()
     totals, steps = [], []
@@ -285,14 +286,14 @@ class BenchSettings:
     height: int = REAL_BASE_SIZE[1]
     sr_sizes: Sequence[tuple[int, int]] = REAL_SR_SIZES
     preset: str = "distill"
-    steps: Optional[int] = None
-    sr_steps: Optional[int] = None
+    steps: int | None = None
+    sr_steps: int | None = None
     text_tokens: int = 200
     fp8: bool = False
     fp8_gemm: bool = False
     batch_cfg: bool = True
     compile: bool = False
-    compile_mode: Optional[str] = None
+    compile_mode: str | None = None
     attention: str = "auto"
     warmup: int = 1
     repeats: int = 1
@@ -495,7 +496,7 @@ def _video_decode_stages(settings: BenchSettings, device: torch.device, dtype: t
 
 
 # ========================================================================================== output
-def _fmt(value: Optional[float], digits: int = 4) -> str:
+def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None:
         return "-"
     if isinstance(value, int):
@@ -522,7 +523,7 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[BenchSettings, Optional[Path]]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchSettings, Path | None]:
     """Command line -> (settings, JSON path or None)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-tiny", action="store_true",
@@ -566,7 +567,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[BenchSettings, Opt
     ), args.json
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # "modules that should be kept in float32: []" on every VAE cast

@@ -28,11 +28,11 @@ from safetensors.torch import load_file
 from magihuman.codecs.audio_vae import AudioVAE, resample_to_output_rate
 from magihuman.codecs.turbo_vae import TurboVAE
 from magihuman.codecs.video_vae import WAN22_CHECKPOINT_NAME, VideoVAE
-from magihuman.pipeline.media import preprocess_image, video_to_uint8
 from magihuman.model.packing import build_coords, local_attention_ranges, patchify_video, token_layout
+from magihuman.model.transformer import MagiHumanTransformer
+from magihuman.pipeline.media import preprocess_image, video_to_uint8
 from magihuman.sampling.loop import DISTILL_SAMPLER, denoise
 from magihuman.sampling.schedulers import shifted_schedule
-from magihuman.model.transformer import MagiHumanTransformer
 
 DEFAULT_GOLDEN = Path(os.environ.get("MAGIHUMAN_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "golden"
 TRANSFORMER_FIELDS = ("num_layers", "hidden_size", "head_dim", "num_query_groups", "video_in_channels",

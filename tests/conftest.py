@@ -49,6 +49,46 @@ def _missing_shared(what: str, path: Path) -> None:
     pytest.fail(message + " (or MAGIHUMAN_ALLOW_MISSING_SHARED=1 to skip)", pytrace=False)
 
 
+def rel_l2(a, b) -> float:
+    """Relative L2 error ``||a - b|| / ||b||`` in float64 (tensors or arrays); 0.0 for two empty inputs."""
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    if b.numel() == 0:  # e.g. an empty audio stream
+        return 0.0 if a.numel() == 0 else float("inf")
+    return float((a - b).norm() / b.norm())
+
+
+def max_abs(a, b) -> float:
+    """Largest absolute difference, in float64."""
+    return float((torch.as_tensor(a).double() - torch.as_tensor(b).double()).abs().max())
+
+
+def tiny_inputs(seed: int = 1, frames: int = 3, audio: int = 9, text: int = 7):
+    """Inputs of the tiny DiT (:data:`TINY_TRANSFORMER_CONFIG`): video ``[1, 48, frames, 4, 6]``, audio
+    ``[1, audio, 64]``, text ``[1, text, C_text]``, float32, from one seeded generator."""
+    from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG
+
+    g = torch.Generator().manual_seed(seed)
+    channels = TINY_TRANSFORMER_CONFIG["text_in_channels"]
+    return (torch.randn(1, 48, frames, 4, 6, generator=g), torch.randn(1, audio, 64, generator=g),
+            torch.randn(1, text, channels, generator=g))
+
+
+def reference_velocities() -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain tiny model's velocities (bf16 block linears) for :func:`tiny_inputs`."""
+    from magihuman.demo.random_weights import random_transformer
+
+    with torch.no_grad():
+        return random_transformer()(*tiny_inputs())
+
+
+@pytest.fixture
+def tiny_model():
+    """A fresh tiny random DiT (``TINY_TRANSFORMER_CONFIG``, seed 0), the one every model-level test shares."""
+    from magihuman.demo.random_weights import random_transformer
+
+    return random_transformer()
+
+
 def golden_case(name: str) -> Path:
     """Folder of one golden case; fails the test (skips with MAGIHUMAN_ALLOW_MISSING_SHARED=1) when absent."""
     path = GOLDEN / name

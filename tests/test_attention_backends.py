@@ -14,7 +14,8 @@ from magihuman.demo.random_weights import random_transformer
 from magihuman.model import attention
 from magihuman.model.attention import fa3_attention, pick_attention_backend, resolve_attention_backend
 from magihuman.model.packing import LocalWindow
-from tiny_dit import reference_velocities, rel_l2, tiny_inputs
+
+from conftest import reference_velocities, rel_l2, tiny_inputs
 
 
 @pytest.fixture(scope="module")

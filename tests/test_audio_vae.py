@@ -17,7 +17,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import golden_case
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -37,14 +36,7 @@ from magihuman.codecs.audio_vae import (
 from magihuman.demo.random_codecs import save_random_audio_vae
 from magihuman.model.checkpoint import CheckpointError
 
-
-def rel_l2(a, b) -> float:
-    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
-    return ((a - b).norm() / b.norm()).item()
-
-
-def max_abs(a, b) -> float:
-    return (torch.as_tensor(a).double() - torch.as_tensor(b).double()).abs().max().item()
+from conftest import golden_case, max_abs, rel_l2
 
 
 @pytest.fixture(scope="module")

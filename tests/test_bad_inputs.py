@@ -19,7 +19,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import write_tone, write_wav
 from typer.testing import CliRunner
 
 import magihuman.cli.app as cli
@@ -29,6 +28,8 @@ from magihuman.pipeline.loading import ROOT_LAYOUT
 from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 from magihuman.pipeline.request import GenerationRequest
 from magihuman.pipeline.validation import InputError, MissingInputError
+
+from conftest import write_tone, write_wav
 
 PROMPT = "A woman in a red coat smiles and says hello to the camera."
 runner = CliRunner()

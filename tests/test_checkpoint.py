@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import zstandard
-from conftest import golden_case
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -22,6 +21,8 @@ from magihuman.model.checkpoint import (
     save_official_checkpoint,
 )
 from magihuman.model.checkpoint_files import safetensors_damage
+
+from conftest import golden_case
 
 _ST_TO_TORCH = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 

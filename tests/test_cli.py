@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_tone
 from typer.testing import CliRunner
 
 import magihuman.cli.app as cli
 import magihuman.cli.generate as cli_generate
 import magihuman.pipeline.download as hub
-from magihuman.cli.options import REQUEST_KEYS, GenerateOptions
-
 import magihuman.pipeline.magihuman_pipeline as pipeline
+from magihuman.cli.options import REQUEST_KEYS, GenerateOptions
 from magihuman.pipeline.loading import ROOT_LAYOUT
 from magihuman.pipeline.request import GenerationRequest
 from magihuman.runtime.options import RuntimeOptions
+
+from conftest import write_tone
 
 runner = CliRunner()
 PROMPT = "A woman in a red coat smiles and says hello to the camera."
@@ -361,7 +361,8 @@ def test_download_offline(tmp_path):
     result = run("download", "--root", tmp_path / "ckpt", env={"HF_HUB_OFFLINE": "1"})
     assert result.exit_code == 1, result.output
     assert "cannot reach the Hugging Face hub" in result.output and "--checkpoint-root" in result.output
-    assert "gated" in result.output  # the gated-model note comes first
+    assert "gated" in result.output and "hf auth login" in result.output  # the gated-model note comes first
+    assert "huggingface-cli" not in result.output  # the old command name is gone
     assert "Traceback" not in result.output and not (tmp_path / "ckpt").exists()
 
 
@@ -385,6 +386,7 @@ def test_download_hub_errors(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
     result = run("download", "--root", tmp_path, "--components", "text_encoder")
     assert result.exit_code == 1 and "google/t5gemma-9b-9b-ul2 is gated" in result.output
+    assert "hf auth login" in result.output
     assert "Traceback" not in result.output
 
 

@@ -7,7 +7,8 @@ import torch
 
 from magihuman.demo.random_weights import random_transformer
 from magihuman.runtime.compile import compile_repeated_blocks
-from tiny_dit import reference_velocities, tiny_inputs
+
+from conftest import reference_velocities, tiny_inputs
 
 
 @pytest.fixture(scope="module")

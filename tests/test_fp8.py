@@ -18,7 +18,8 @@ from magihuman.model.transformer import MagiHumanTransformer
 from magihuman.runtime import fp8
 from magihuman.runtime.fp8 import FP8ExpertLinear, enable_fp8_weights, quantize_fp8_rows, weight_bytes
 from magihuman.runtime.offload import enable_block_streaming
-from tiny_dit import reference_velocities, rel_l2, tiny_inputs
+
+from conftest import reference_velocities, rel_l2, tiny_inputs
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,8 @@ def reference():
     return reference_velocities()
 
 
-def test_fp8_halves_block_linear_bytes_and_leaves_fp32_tensors_alone():
-    model = random_transformer()
+def test_fp8_halves_block_linear_bytes_and_leaves_fp32_tensors_alone(tiny_model):
+    model = tiny_model
     before = weight_bytes(model)
     fp32_before = {n: t for n, t in model.state_dict().items() if not MagiHumanTransformer.is_block_linear(n)}
     rows = sum(m.weight.shape[0] for m in model.modules() if isinstance(m, ExpertLinear))

@@ -38,9 +38,7 @@ from magihuman.model.packing import (
     local_attention_ranges,
 )
 
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
+from conftest import rel_l2
 
 
 def qkv(layout: TokenLayout, seed: int = 0, heads: tuple[int, int] = (8, 2), head_dim: int = 32, batch: int = 1):

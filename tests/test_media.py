@@ -10,9 +10,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import golden_case, write_wav
 
 from magihuman.pipeline import media
+
+from conftest import golden_case, write_wav
 
 # ------------------------------------------------------------------------------------------------ helpers
 

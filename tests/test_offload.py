@@ -16,7 +16,8 @@ import torch
 from magihuman.demo.random_weights import random_transformer
 from magihuman.runtime.fp8 import FP8ExpertLinear, enable_fp8_weights
 from magihuman.runtime.offload import ComponentOffload, enable_block_streaming, offload_idle_components, on_device
-from tiny_dit import reference_velocities, tiny_inputs
+
+from conftest import reference_velocities, tiny_inputs
 
 
 @pytest.fixture(scope="module")

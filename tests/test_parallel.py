@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
 from magihuman.model.packing import TokenLayout
 from magihuman.model.sequence_parallel import (
     SequenceParallel,
@@ -29,10 +30,11 @@ from magihuman.model.sequence_parallel import (
     shutdown_sequence_parallel,
     split_sizes,
 )
-from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
 from magihuman.sampling.config import SamplerConfig
 from magihuman.sampling.loop import denoise
 from magihuman.sampling.records import Latents, TextConditioning
+
+from conftest import rel_l2
 
 CP = 2
 TOLERANCE = 1e-2
@@ -50,12 +52,6 @@ CASES = {
     "v1": (SP_CONFIG, 1, (3, 4, 4), 9, 4, {"coords_style": "v1"}),  # N = 25, split 13/12
     "tiny_n": (SP_CONFIG, 1, (1, 2, 2), 0, 0, {}),  # N = 1: rank 1 holds no token
 }
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    if b.numel() == 0:  # e.g. an empty audio stream
-        return 0.0 if a.numel() == 0 else float("inf")
-    return float((a - b).norm() / b.norm())
 
 
 def make_inputs(batch, video_thw, audio, text, seed=0):

@@ -9,15 +9,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import write_tone
 
 from magihuman.codecs.audio_vae import resample_to_output_rate
-from magihuman.pipeline.media import load_audio, preprocess_image
 from magihuman.pipeline.loading import TRANSFORMER_CONFIG_FILE, check_checkpoint_root, transformer_config
 from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
+from magihuman.pipeline.media import load_audio, preprocess_image
 from magihuman.pipeline.presets import PRESETS, get_preset
 from magihuman.pipeline.progress import GenerationInterrupted
 from magihuman.pipeline.request import GenerationRequest, LatentPlan, generated_audio_latents, round_video_size
+
+from conftest import write_tone
 
 PROMPT = "A woman in a red coat smiles and says hello to the camera in a quiet studio."
 
@@ -353,3 +354,12 @@ def test_interrupt_between_steps_and_between_decode_windows(pipes):
     finally:
         del decoder.decode_chunks
     assert len(windows) == 1 and pipe.interrupt is False
+
+
+def test_demo_dir_expands_home(tmp_path, monkeypatch):
+    """``~`` in $MAGIHUMAN_DEMO_DIR means the user's home, not a folder named ``~``."""
+    from magihuman.demo.bundle import default_demo_root
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MAGIHUMAN_DEMO_DIR", "~/demo-bundle")
+    assert default_demo_root() == tmp_path / "demo-bundle"

@@ -12,7 +12,8 @@ from magihuman.runtime.fp8 import FP8ExpertLinear, enable_fp8_weights
 from magihuman.runtime.options import RuntimeOptions
 from magihuman.runtime.placement import place_transformer
 from magihuman.runtime.state import is_block_streamed
-from tiny_dit import reference_velocities, tiny_inputs
+
+from conftest import reference_velocities, tiny_inputs
 
 CPU = torch.device("cpu")
 

@@ -6,15 +6,16 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import golden_case
 from safetensors.torch import load_file
 from torch import nn
 
-from magihuman.sampling.config import BASE_SAMPLER, DISTILL_SAMPLER, SamplerConfig
+from magihuman.sampling.config import BASE_SAMPLER, DISTILL_SAMPLER
 from magihuman.sampling.guidance import apply_guidance, video_guidance_scale
 from magihuman.sampling.loop import denoise
 from magihuman.sampling.records import Latents, TextConditioning
 from magihuman.sampling.schedulers import FlowUniPCScheduler, shifted_schedule
+
+from conftest import golden_case
 
 GOLDEN_STEPS = 8
 GOLDEN_NOISE_SEED = 3001  # case.json "noise.seed": initial audio, initial video, then 2 eps per step

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from conftest import golden_case
 from safetensors.torch import load_file
 
 from magihuman.sampling.schedulers import (
@@ -17,6 +16,8 @@ from magihuman.sampling.schedulers import (
     zero_snr_signal_noise,
     zero_snr_sqrt_alphas_cumprod,
 )
+
+from conftest import golden_case
 
 # architecture.md §8.2, the printed tables (timesteps; sigmas to 6 decimals, with the final 0).
 TABLES = {

@@ -11,7 +11,8 @@ import torch
 from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
 from magihuman.runtime.fp8 import enable_fp8_weights, weight_bytes
 from magihuman.runtime.sharding import shard_transformer
-from tiny_dit import tiny_inputs
+
+from conftest import tiny_inputs
 
 
 def _shard_worker(rank: int, world: int, store: str, out_dir: str) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from magihuman.model.transformer import SR1080_LOCAL_ATTN_LAYERS
 from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 from magihuman.pipeline.presets import PRESETS, preset_for_sr_size
 from magihuman.pipeline.request import GenerationRequest
@@ -19,7 +20,6 @@ from magihuman.sampling.super_resolution import (
     super_resolve,
     upsample_latent,
 )
-from magihuman.model.transformer import SR1080_LOCAL_ATTN_LAYERS
 
 
 def test_sr_latent_sizes():

@@ -16,8 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import golden_case, require_golden_cpu
+from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
+from magihuman.model.layers import gelu7, rms_norm, split_groups, swiglu7, swiglu7_intermediate
 from magihuman.model.packing import (
+    TokenLayout,
     build_coords,
     depatchify_video,
     local_attention_mask,
@@ -25,16 +27,11 @@ from magihuman.model.packing import (
     pad_text_batch,
     patchify_video,
     token_layout,
-    TokenLayout,
 )
-from magihuman.demo.random_weights import TINY_TRANSFORMER_CONFIG, random_transformer
 from magihuman.model.rope import FourierTable, apply_rope, default_bands
-from magihuman.model.layers import gelu7, rms_norm, split_groups, swiglu7, swiglu7_intermediate
 from magihuman.model.transformer import SR1080_LOCAL_ATTN_LAYERS, MagiHumanTransformer
 
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+from conftest import golden_case, rel_l2, require_golden_cpu
 
 
 # ----------------------------------------------------------------------------------- config / keys
@@ -146,8 +143,8 @@ def test_rope_rotation_pairs():
     assert torch.equal(out[..., 96:], x[..., 96:])
 
 
-def test_single_text_token_v1_is_rejected():
-    model = random_transformer()
+def test_single_text_token_v1_is_rejected(tiny_model):
+    model = tiny_model
     video, audio, text = torch.randn(1, 48, 1, 2, 2), torch.randn(1, 5, 64), torch.randn(1, 1, 32)
     with pytest.raises(ValueError, match="v1"):
         model(video, audio, text, coords_style="v1")
@@ -266,8 +263,8 @@ def test_text_lengths_batch_equals_each_prompt_alone(style, local):
     assert rel_l2(attended[0][1], alone[1][0][0]) > 0.05  # without text_lengths the padding is attended (~0.1)
 
 
-def test_text_lengths_validation():
-    model = random_transformer()
+def test_text_lengths_validation(tiny_model):
+    model = tiny_model
     video, audio, text = torch.randn(2, 48, 2, 4, 4), torch.randn(2, 5, 64), torch.randn(2, 3, 32)
     for bad in ((3,), (3, 0), (3, 4), (3, 2.0), (True, 3)):
         with pytest.raises(ValueError, match="text_lengths must be 2 integers in 1..3"):
@@ -280,9 +277,9 @@ def test_text_lengths_validation():
         pad_text_batch([])
 
 
-def test_empty_text_and_audio_groups():
+def test_empty_text_and_audio_groups(tiny_model):
     """architecture.md §4.6: zero-length modality groups are safe."""
-    model = random_transformer()
+    model = tiny_model
     video = torch.randn(1, 48, 2, 2, 2)
     with torch.no_grad():
         v, a = model(video, torch.zeros(1, 0, 64), torch.zeros(1, 0, 32))
@@ -333,8 +330,8 @@ def test_local_attention_layers_use_the_window():
     assert rel_l2(flexed[0], windowed[0]) < 1e-2 < 2e-2 < rel_l2(flexed[0], reference[0])
 
 
-def test_input_validation_messages():
-    model = random_transformer()
+def test_input_validation_messages(tiny_model):
+    model = tiny_model
     with pytest.raises(ValueError, match="video_latent"):
         model(torch.randn(1, 16, 2, 4, 4), torch.randn(1, 5, 64), torch.randn(1, 3, 32))
     with pytest.raises(ValueError, match="text_embeds"):
@@ -460,8 +457,8 @@ def test_from_official_layouts(tmp_path, layout):
 
 def test_from_official_casts_fp32_checkpoint_like_the_reference(tmp_path):
     """architecture.md §7.2: the distill checkpoint reportedly ships everything in fp32; block linears become bf16 (RNE)."""
-    from magihuman.model.checkpoint import save_official_checkpoint
     from magihuman.demo.random_weights import random_transformer_state_dict
+    from magihuman.model.checkpoint import save_official_checkpoint
 
     state = {k: v.float() + (1e-3 if v.dtype == torch.bfloat16 else 0) for k, v in
              random_transformer_state_dict(TINY_TRANSFORMER_CONFIG, seed=2).items()}
@@ -474,8 +471,8 @@ def test_from_official_casts_fp32_checkpoint_like_the_reference(tmp_path):
 
 
 def test_from_official_strict_errors(tmp_path):
-    from magihuman.model.checkpoint import CheckpointError, save_official_checkpoint
     from magihuman.demo.random_weights import random_transformer_state_dict
+    from magihuman.model.checkpoint import CheckpointError, save_official_checkpoint
 
     state = random_transformer_state_dict(TINY_TRANSFORMER_CONFIG, seed=1)
     del state["block.layers.3.mlp.pre_norm.weight"]
@@ -499,8 +496,8 @@ def test_from_official_strict_errors(tmp_path):
 
 def test_rope_bands_come_from_checkpoint_or_formula(tmp_path):
     """architecture.md §7.2: a checkpoint's bands win; without the key the formula is used."""
-    from magihuman.model.checkpoint import save_official_checkpoint
     from magihuman.demo.random_weights import random_transformer_state_dict
+    from magihuman.model.checkpoint import save_official_checkpoint
 
     state = random_transformer_state_dict(TINY_TRANSFORMER_CONFIG)
     state["adapter.rope.bands"] = state["adapter.rope.bands"] * 0.5

@@ -29,11 +29,9 @@ import warnings
 
 import pytest
 import torch
-from conftest import golden_case, require_golden_cpu
 from safetensors.torch import load_file
 from torch import nn
 
-from magihuman.model.checkpoint import CheckpointError
 from magihuman.codecs.turbo_vae import (
     TURBO_VAED_CHECKPOINT_NAME,
     TURBO_VAED_CONFIG_NAME,
@@ -44,19 +42,13 @@ from magihuman.codecs.turbo_vae import (
     sliding_window_plan,
 )
 from magihuman.demo.random_codecs import save_random_turbo_vae
+from magihuman.model.checkpoint import CheckpointError
 from magihuman.pipeline.media import video_to_uint8
+
+from conftest import golden_case, max_abs, rel_l2, require_golden_cpu
 
 CONFIG_NAME = "TurboV3-Wan22-tiny.json"
 CKPT_NAME = "checkpoint-tiny.ckpt"
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
-
-
-def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
 
 
 def shipped_config_dict(channels=(64, 128, 256, 512)) -> dict:

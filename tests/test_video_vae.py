@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import golden_case
 from safetensors.torch import load_file
 
 from magihuman.codecs.video_vae import (
@@ -26,14 +25,7 @@ from magihuman.codecs.video_vae import (
 from magihuman.demo.random_codecs import save_random_wan22_vae
 from magihuman.model.checkpoint import CheckpointError
 
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
-
-
-def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
+from conftest import golden_case, max_abs, rel_l2
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import typer
 
@@ -25,7 +25,7 @@ def download(
         "--root", envvar=CHECKPOINT_ROOT_ENV, help="Checkpoint root to fill (created if missing).",
     )] = Path("checkpoints"),
     preset: Annotated[DownloadPreset, typer.Option("--preset", help="Which DiT to fetch.")] = "distill",
-    components: Annotated[Optional[list[str]], typer.Option(
+    components: Annotated[list[str] | None, typer.Option(
         "--components", "-c", help="Only these (repeat or comma-separate): " + ", ".join(hub.COMPONENTS)
         + ". Default: " + ", ".join(hub.DEFAULT_COMPONENTS) + ".", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option(

@@ -13,14 +13,18 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
 from magihuman.cli.errors import Failure
 from magihuman.cli.options import REQUEST_KEYS, GenerateOptions
 from magihuman.pipeline.validation import (
-    InputError, check_checkpoint_root, check_device, check_output_file, expand_path,
+    InputError,
+    check_checkpoint_root,
+    check_device,
+    check_output_file,
+    expand_path,
 )
 
 __all__ = ["generate", "prepare", "default_output_name", "read_text_file", "DEMO_NOTE"]
@@ -85,8 +89,8 @@ def _build_request(options: GenerateOptions):
     """The ``GenerationRequest`` of the options (SR size picks an SR preset); values are checked later."""
     from pydantic import ValidationError
 
-    from magihuman.pipeline.request import GenerationRequest
     from magihuman.pipeline.presets import preset_for_sr_size
+    from magihuman.pipeline.request import GenerationRequest
 
     prompt = _text_option(options, "prompt")
     if prompt is None:
@@ -141,7 +145,7 @@ def read_text_file(path: str | os.PathLike, what: str = "prompt") -> str:
     return text
 
 
-def _text_option(options: GenerateOptions, key: str) -> Optional[str]:
+def _text_option(options: GenerateOptions, key: str) -> str | None:
     """The text of ``key`` or of its ``<key>_file`` companion."""
     file = getattr(options, f"{key}_file")
     if file is not None:

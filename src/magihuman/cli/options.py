@@ -17,18 +17,29 @@ import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
 import typer
 
-from magihuman.pipeline.presets import DEFAULT_HEIGHT, DEFAULT_SECONDS, DEFAULT_SEED, DEFAULT_WIDTH, PRESETS
+# The runtime's name tables, imported in this one place (they move to magihuman.runtime.options).
+from magihuman.pipeline.presets import (
+    DEFAULT_HEIGHT,
+    DEFAULT_SECONDS,
+    DEFAULT_SEED,
+    DEFAULT_WIDTH,
+    PRESETS,
+    VIDEO_DECODERS,  # noqa: E402
+)
 from magihuman.pipeline.validation import (
-    MAX_BASE_SIDE, MAX_IMAGE_PIXELS, MAX_PROMPT_CHARS, MAX_SECONDS, MAX_SR_SIDE, MIN_AUDIO_SECONDS, MIN_SIZE,
+    MAX_BASE_SIDE,
+    MAX_IMAGE_PIXELS,
+    MAX_PROMPT_CHARS,
+    MAX_SECONDS,
+    MAX_SR_SIDE,
+    MIN_AUDIO_SECONDS,
+    MIN_SIZE,
     InputError,
 )
-
-# The runtime's name tables, imported in this one place (they move to magihuman.runtime.options).
-from magihuman.pipeline.presets import VIDEO_DECODERS  # noqa: E402
 from magihuman.runtime.options import ATTENTION_CHOICES, OFFLOAD_MODES  # noqa: E402
 
 __all__ = ["GenerateOptions", "CONFIG_KEYS", "CHECKPOINT_ROOT_ENV", "COMPONENT_KEYS", "REQUEST_KEYS"]
@@ -47,12 +58,12 @@ COMPONENT_KEYS = ("transformer", "text_encoder", "video_vae", "audio_vae", "sr_t
 _CKPT, _OUT, _MEM = "Checkpoints", "Output", "Memory and speed"
 
 
-def _flag(*names: str, help: str, panel: Optional[str] = None) -> Any:
+def _flag(*names: str, help: str, panel: str | None = None) -> Any:
     """An on/off switch: shown as ``--name`` alone in ``--help`` (no value placeholder)."""
     return typer.Option(*names, help=help, metavar="", rich_help_panel=panel, show_default=False)
 
 
-def _opt(*names: str, help: str, panel: Optional[str] = None, **kwargs: Any) -> Any:
+def _opt(*names: str, help: str, panel: str | None = None, **kwargs: Any) -> Any:
     return typer.Option(*names, help=help, rich_help_panel=panel, show_default=False, **kwargs)
 
 
@@ -64,63 +75,63 @@ class GenerateOptions:
     expanded where they are used).
     """
 
-    prompt: Annotated[Optional[str], _opt("--prompt", "-p", help=f"The text prompt (at most {MAX_PROMPT_CHARS:,} "
+    prompt: Annotated[str | None, _opt("--prompt", "-p", help=f"The text prompt (at most {MAX_PROMPT_CHARS:,} "
         "characters; the text encoder keeps the first 640 tokens).")] = None
-    prompt_file: Annotated[Optional[Path], _opt("--prompt-file", help="Read the prompt from this UTF-8 file, "
+    prompt_file: Annotated[Path | None, _opt("--prompt-file", help="Read the prompt from this UTF-8 file, "
         "verbatim (quotes kept; trailing newlines removed). Use instead of --prompt.")] = None
-    image: Annotated[Optional[Path], _opt("--image", "--image_path", "-i", help="First-frame image: image-to-video "
+    image: Annotated[Path | None, _opt("--image", "--image_path", "-i", help="First-frame image: image-to-video "
         f"(at least {MIN_SIZE}x{MIN_SIZE}, at most {MAX_IMAGE_PIXELS // 1_000_000} MP). Without it: text-to-video.")] = None
-    audio: Annotated[Optional[Path], _opt("--audio", "--audio_path", "-a", help="Driving audio file (its speech is "
+    audio: Annotated[Path | None, _opt("--audio", "--audio_path", "-a", help="Driving audio file (its speech is "
         f"kept; it sets the length, cut to --seconds; at least {MIN_AUDIO_SECONDS:g} s).")] = None
-    seconds: Annotated[Optional[float], _opt("--seconds", "-s", help=f"Clip length in seconds, up to {MAX_SECONDS:g} "
+    seconds: Annotated[float | None, _opt("--seconds", "-s", help=f"Clip length in seconds, up to {MAX_SECONDS:g} "
         f"(in 1/25 s steps). Default: {DEFAULT_SECONDS:g}.")] = None
-    width: Annotated[Optional[int], _opt("--width", "--br_width", help=f"Width in pixels, {MIN_SIZE}..{MAX_BASE_SIDE}, "
+    width: Annotated[int | None, _opt("--width", "--br_width", help=f"Width in pixels, {MIN_SIZE}..{MAX_BASE_SIDE}, "
         f"rounded down to a multiple of 32. Default: {DEFAULT_WIDTH}.")] = None
-    height: Annotated[Optional[int], _opt("--height", "--br_height", help=f"Height in pixels, {MIN_SIZE}.."
+    height: Annotated[int | None, _opt("--height", "--br_height", help=f"Height in pixels, {MIN_SIZE}.."
         f"{MAX_BASE_SIDE}, rounded down to a multiple of 32. Default: {DEFAULT_HEIGHT}.")] = None
-    seed: Annotated[Optional[int], _opt("--seed", help=f"Seed of all noise, 0..2**63-1. Default: {DEFAULT_SEED}.")] = None
-    preset: Annotated[Optional[PresetName], _opt("--preset", help="distill: 8 steps, no CFG (fast, default). base: 32 "
+    seed: Annotated[int | None, _opt("--seed", help=f"Seed of all noise, 0..2**63-1. Default: {DEFAULT_SEED}.")] = None
+    preset: Annotated[PresetName | None, _opt("--preset", help="distill: 8 steps, no CFG (fast, default). base: 32 "
         "steps with CFG. sr_540p / sr_1080p: base, then latent super-resolution to 896x512 / 1920x1088.")] = None
-    sr_width: Annotated[Optional[int], _opt("--sr-width", "--sr_width", help=f"Super-resolution output width, "
+    sr_width: Annotated[int | None, _opt("--sr-width", "--sr_width", help=f"Super-resolution output width, "
         f"{MIN_SIZE}..{MAX_SR_SIDE} (picks sr_540p, or sr_1080p above 720 px high, unless --preset is an SR "
         "preset). Give with --sr-height.")] = None
-    sr_height: Annotated[Optional[int], _opt("--sr-height", "--sr_height", help=f"Super-resolution output height, "
+    sr_height: Annotated[int | None, _opt("--sr-height", "--sr_height", help=f"Super-resolution output height, "
         f"{MIN_SIZE}..{MAX_SR_SIDE}.")] = None
-    sr_cfg_number: Annotated[Optional[int], _opt("--sr-cfg-number", "--sr_cfg_number", help="SR guidance: 1 "
+    sr_cfg_number: Annotated[int | None, _opt("--sr-cfg-number", "--sr_cfg_number", help="SR guidance: 1 "
         "(default, as the shipped SR examples) or 2 (negative pass, video scale 3.5 with the first 13 latent frames "
         "capped at 2.0).")] = None
-    negative_prompt: Annotated[Optional[str], _opt("--negative-prompt", help="Unconditional text for CFG (base and SR "
+    negative_prompt: Annotated[str | None, _opt("--negative-prompt", help="Unconditional text for CFG (base and SR "
         "presets; refused with distill, which has no CFG). Default: a built-in list of defects.")] = None
-    negative_prompt_file: Annotated[Optional[Path], _opt("--negative-prompt-file", help="Read the negative prompt "
+    negative_prompt_file: Annotated[Path | None, _opt("--negative-prompt-file", help="Read the negative prompt "
         "from a UTF-8 file.")] = None
-    checkpoint_root: Annotated[Optional[Path], _opt("--checkpoint-root", envvar=CHECKPOINT_ROOT_ENV, help="Folder "
+    checkpoint_root: Annotated[Path | None, _opt("--checkpoint-root", envvar=CHECKPOINT_ROOT_ENV, help="Folder "
         f"made by `magihuman download` (or set {CHECKPOINT_ROOT_ENV}).", panel=_CKPT)] = None
-    transformer: Annotated[Optional[Path], _opt("--transformer", help="DiT folder (overrides ROOT/distill or "
+    transformer: Annotated[Path | None, _opt("--transformer", help="DiT folder (overrides ROOT/distill or "
         "ROOT/base).", panel=_CKPT)] = None
-    text_encoder: Annotated[Optional[Path], _opt("--text-encoder", help="T5Gemma folder (overrides "
+    text_encoder: Annotated[Path | None, _opt("--text-encoder", help="T5Gemma folder (overrides "
         "ROOT/t5gemma-9b-9b-ul2).", panel=_CKPT)] = None
-    video_vae: Annotated[Optional[Path], _opt("--video-vae", help="Wan2.2_VAE.pth or its folder (overrides "
+    video_vae: Annotated[Path | None, _opt("--video-vae", help="Wan2.2_VAE.pth or its folder (overrides "
         "ROOT/Wan2.2-TI2V-5B).", panel=_CKPT)] = None
-    audio_vae: Annotated[Optional[Path], _opt("--audio-vae", help="Stable Audio Open folder (overrides "
+    audio_vae: Annotated[Path | None, _opt("--audio-vae", help="Stable Audio Open folder (overrides "
         "ROOT/stable-audio-open-1.0).", panel=_CKPT)] = None
-    sr_transformer: Annotated[Optional[Path], _opt("--sr-transformer", help="Super-resolution DiT folder (overrides "
+    sr_transformer: Annotated[Path | None, _opt("--sr-transformer", help="Super-resolution DiT folder (overrides "
         "ROOT/540p_sr or ROOT/1080p_sr).", panel=_CKPT)] = None
-    turbo_vae: Annotated[Optional[Path], _opt("--turbo-vae", help="Turbo-VAED folder: JSON config + .ckpt "
+    turbo_vae: Annotated[Path | None, _opt("--turbo-vae", help="Turbo-VAED folder: JSON config + .ckpt "
         "(overrides ROOT/turbo_vae).", panel=_CKPT)] = None
-    video_decoder: Annotated[Optional[VideoDecoderName], _opt("--video-decoder", help="turbo: the distilled "
+    video_decoder: Annotated[VideoDecoderName | None, _opt("--video-decoder", help="turbo: the distilled "
         "Turbo-VAED decoder (default, as the official examples). wan: the Wan2.2 VAE decoder.", panel=_CKPT)] = None
     demo: Annotated[bool, _flag("--demo", help="Use tiny built-in RANDOM weights (the output is noise): checks the "
         "install, no download.", panel=_CKPT)] = False
-    config: Annotated[Optional[Path], _opt("--config", help="JSON file of settings: the option names with "
+    config: Annotated[Path | None, _opt("--config", help="JSON file of settings: the option names with "
         "underscores (prompt, prompt_file, seconds, checkpoint_root, output, ...); relative paths are taken from the "
         "current folder. Flags given here win.")] = None
-    output: Annotated[Optional[Path], _opt("--output", "--output_path", "-o", help="Output .mp4 (never replaced "
+    output: Annotated[Path | None, _opt("--output", "--output_path", "-o", help="Output .mp4 (never replaced "
         "without --overwrite). Default: first words of the prompt + _SECONDSs_WxH.mp4 in the current folder.",
         panel=_OUT)] = None
-    save_path_prefix: Annotated[Optional[Path], _opt("--save_path_prefix", help="Reference spelling of --output; "
+    save_path_prefix: Annotated[Path | None, _opt("--save_path_prefix", help="Reference spelling of --output; "
         ".mp4 is appended if missing.", panel=_OUT)] = None
     overwrite: Annotated[bool, _flag("--overwrite", help="Replace an existing output file.", panel=_OUT)] = False
-    device: Annotated[Optional[str], _opt("--device", help="cpu, cuda or cuda:N. Default: cuda if available, else "
+    device: Annotated[str | None, _opt("--device", help="cpu, cuda or cuda:N. Default: cuda if available, else "
         "cpu.")] = None
     fp8: Annotated[bool, _flag("--fp8", help="Store the DiT block linears in FP8 (e4m3, per-row scale): 15.4 instead "
         "of 30.6 GB for the 15B model; computed in bf16.", panel=_MEM)] = False
@@ -130,7 +141,7 @@ class GenerateOptions:
     batch_cfg: Annotated[bool, _flag("--batch-cfg/--no-batch-cfg", help="CFG presets: run the prompt and "
         "negative-prompt passes as one batched DiT call (exact, default). --no-batch-cfg: two calls, half the "
         "activation memory.", panel=_MEM)] = True
-    offload: Annotated[Optional[list[str]], _opt("--offload", metavar="[" + "|".join(OFFLOAD_MODES) + "]", help="GPU only. components: each model on the "
+    offload: Annotated[list[str] | None, _opt("--offload", metavar="[" + "|".join(OFFLOAD_MODES) + "]", help="GPU only. components: each model on the "
         "GPU only for its own stage. blocks: stream the DiT layers from host memory (GPU holds ~2 layers). Repeat "
         "to combine.", panel=_MEM)] = None
     offload_blocks_per_group: Annotated[int, _opt("--offload-blocks-per-group", min=1, help="Layers per streamed "
@@ -139,7 +150,7 @@ class GenerateOptions:
         "hold ~1/N.", panel=_MEM)] = False
     compile_blocks: Annotated[bool, _flag("--compile", help="torch.compile the repeated transformer layers (first "
         "run compiles).", panel=_MEM)] = False
-    decode_tile_size: Annotated[Optional[int], _opt("--decode-tile-size", min=8, help="Decode the video in "
+    decode_tile_size: Annotated[int | None, _opt("--decode-tile-size", min=8, help="Decode the video in "
         "overlapping spatial tiles of this many latent pixels (Turbo decoder): less memory at 1080p, small seams.",
         panel=_MEM)] = None
     attention: Annotated[AttentionName, _opt("--attention", help="Attention kernel: auto (default; SDPA: "
@@ -168,7 +179,7 @@ class GenerateOptions:
         return command
 
     @classmethod
-    def from_flags(cls, flags: dict[str, Any], *, root_from_env: bool = False) -> "GenerateOptions":
+    def from_flags(cls, flags: dict[str, Any], *, root_from_env: bool = False) -> GenerateOptions:
         """The record from the parsed flags merged with their ``--config`` file (flags win).
 
         Raises:
@@ -189,7 +200,7 @@ class GenerateOptions:
                 raise InputError(f"give either {a} or {b}, not both", field=first)
         return cls(**merged)
 
-    def components(self) -> dict[str, Optional[Path]]:
+    def components(self) -> dict[str, Path | None]:
         """The per-component checkpoint paths given (None: from the root)."""
         return {k: getattr(self, k) for k in COMPONENT_KEYS}
 
@@ -203,7 +214,7 @@ _STRING_KEYS = frozenset(CONFIG_KEYS) - {"seconds", "width", "height", "seed", "
 _GROUPS = (("prompt", "prompt_file"), ("negative_prompt", "negative_prompt_file"), ("output", "save_path_prefix"))
 
 
-def _read_config(path: Optional[Path]) -> dict[str, Any]:
+def _read_config(path: Path | None) -> dict[str, Any]:
     """The ``--config`` JSON object, checked for unknown keys and value types."""
     if path is None:
         return {}

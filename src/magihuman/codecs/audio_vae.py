@@ -192,7 +192,7 @@ def _resolve_audio_path(path: str | os.PathLike) -> tuple[str, Path]:
 
 def load_audio_vae_model(
     path: str | os.PathLike, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> "AutoencoderOobleck":  # noqa: F821
+) -> AutoencoderOobleck:  # noqa: F821
     """Load the SAO VAE into diffusers' ``AutoencoderOobleck`` (architecture.md §11.5).
 
     Order of preference: the original single-file layout (what the reference reads; only the
@@ -287,7 +287,7 @@ class AudioVAE(ModelWrapper):
     @classmethod
     def from_official(
         cls, path: str | os.PathLike, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> "AudioVAE":
+    ) -> AudioVAE:
         """Load from any path accepted by :func:`load_audio_vae_model` (same arguments and errors)."""
         return cls(load_audio_vae_model(path, device=device, dtype=dtype))
 

@@ -256,7 +256,7 @@ class TurboVAE(ModelWrapper):
         dtype: torch.dtype = torch.bfloat16,
         device: torch.device | str = "cpu",
         trust_checkpoint: bool = False,
-    ) -> "TurboVAE":
+    ) -> TurboVAE:
         """Load from the published ``turbo_vae/`` folder (or a checkpoint root holding one, or a file in it).
 
         The folder must hold one ``*.json`` and one ``*.ckpt``; when there are several, the official
@@ -284,7 +284,7 @@ class TurboVAE(ModelWrapper):
         dtype: torch.dtype = torch.bfloat16,
         device: torch.device | str = "cpu",
         trust_checkpoint: bool = False,
-    ) -> "TurboVAE":
+    ) -> TurboVAE:
         """Load from an explicit config + checkpoint pair (same arguments and errors as :func:`load_turbo_vaed`)."""
         return cls(
             load_turbo_vaed(config_path, checkpoint_path, dtype=dtype, device=device, trust_checkpoint=trust_checkpoint)

@@ -156,7 +156,7 @@ class TurboVAEDConfig:
     # -- construction --------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> "TurboVAEDConfig":
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> TurboVAEDConfig:
         """Build from the parsed JSON object.
 
         Keys starting with ``_`` (diffusers metadata such as ``_class_name``) are ignored silently;
@@ -194,7 +194,7 @@ class TurboVAEDConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "TurboVAEDConfig":
+    def from_json(cls, path: str | os.PathLike) -> TurboVAEDConfig:
         """Read and validate an official JSON file (see :meth:`from_dict` for the rules).
 
         Raises:

@@ -228,7 +228,7 @@ def _resolve_wan22_path(path: str | os.PathLike) -> tuple[str, Path]:
 
 
 
-def _build_on_meta(config: Mapping) -> "AutoencoderKLWan":  # noqa: F821
+def _build_on_meta(config: Mapping) -> AutoencoderKLWan:  # noqa: F821
     from diffusers import AutoencoderKLWan
 
     with torch.device("meta"):
@@ -265,7 +265,7 @@ def _load_diffusers_wan22(folder: Path, dtype: torch.dtype, device: torch.device
 
 def load_wan22_vae(
     path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
-) -> "AutoencoderKLWan":  # noqa: F821
+) -> AutoencoderKLWan:  # noqa: F821
     """Load a Wan2.2 VAE into diffusers' ``AutoencoderKLWan`` (architecture.md §11.3).
 
     The model is built on the meta device and the checkpoint tensors are assigned into it (the
@@ -373,7 +373,7 @@ class VideoVAE(ModelWrapper):
     @classmethod
     def from_official(
         cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
-    ) -> "VideoVAE":
+    ) -> VideoVAE:
         """Load from any path accepted by :func:`load_wan22_vae` (same arguments and errors)."""
         return cls(load_wan22_vae(path, dtype=dtype, device=device))
 

@@ -20,7 +20,6 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 from magihuman.demo.random_codecs import (
     save_random_audio_vae,
@@ -48,7 +47,7 @@ def default_demo_root() -> Path:
     """``$MAGIHUMAN_DEMO_DIR`` or ``~/.cache/magihuman/demo-v<DEMO_VERSION>``."""
     env = os.environ.get("MAGIHUMAN_DEMO_DIR")
     if env:
-        return Path(env)
+        return Path(env).expanduser()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "magihuman" / f"demo-v{DEMO_VERSION}"
 
@@ -72,7 +71,7 @@ def build_demo_bundle(root: str | Path, *, seed: int = 0) -> Path:
     Raises:
         FileExistsError: if ``root`` exists.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     if root.exists():
         raise FileExistsError(f"{root} exists; remove it or pick another folder for the demo bundle")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +97,7 @@ def build_demo_bundle(root: str | Path, *, seed: int = 0) -> Path:
     return root
 
 
-def ensure_demo_bundle(root: Optional[str | Path] = None) -> Path:
+def ensure_demo_bundle(root: str | Path | None = None) -> Path:
     """The demo bundle's folder, building it first if it is missing or incomplete.
 
     Args:
@@ -107,7 +106,7 @@ def ensure_demo_bundle(root: Optional[str | Path] = None) -> Path:
     Returns:
         The bundle root, ready for ``MagiHumanPipeline.from_official(root)``.
     """
-    root = Path(root) if root is not None else default_demo_root()
+    root = Path(root).expanduser() if root is not None else default_demo_root()
     if (root / _COMPLETE_MARKER).is_file():
         return root
     if root.exists():  # an interrupted or foreign folder: rebuild only what we own

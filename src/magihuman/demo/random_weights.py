@@ -11,8 +11,9 @@ gives the same weights on every machine.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import torch
 
@@ -35,7 +36,7 @@ def _init_tensor(name: str, shape: torch.Size, generator: torch.Generator) -> to
     return scale * draw / math.sqrt(shape[-1])
 
 
-def random_transformer_state_dict(config: Optional[Mapping[str, Any]] = None, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_transformer_state_dict(config: Mapping[str, Any] | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
     """A full official-layout state dict with random weights.
 
     Args:
@@ -58,7 +59,7 @@ def random_transformer_state_dict(config: Optional[Mapping[str, Any]] = None, se
     return state
 
 
-def random_transformer(config: Optional[Mapping[str, Any]] = None, seed: int = 0) -> MagiHumanTransformer:
+def random_transformer(config: Mapping[str, Any] | None = None, seed: int = 0) -> MagiHumanTransformer:
     """A ready ``MagiHumanTransformer`` (eval mode, CPU) with :func:`random_transformer_state_dict` weights."""
     config = dict(TINY_TRANSFORMER_CONFIG if config is None else config)
     model = MagiHumanTransformer(**config)
@@ -67,8 +68,8 @@ def random_transformer(config: Optional[Mapping[str, Any]] = None, seed: int = 0
 
 
 def save_random_transformer(
-    folder: str | Path, config: Optional[Mapping[str, Any]] = None, *, seed: int = 0,
-    max_shard_bytes: Optional[int] = None, compress: bool = False,
+    folder: str | Path, config: Mapping[str, Any] | None = None, *, seed: int = 0,
+    max_shard_bytes: int | None = None, compress: bool = False,
 ) -> Path:
     """Write a random transformer as an official checkpoint folder (``model.safetensors`` or shards).
 

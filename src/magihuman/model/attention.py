@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from magihuman.model.local_attention import range_split_attention
-from magihuman.model.attention_choices import ATTENTION_CHOICES
 from magihuman.model.packing import LocalWindow
 
-AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[LocalWindow]], torch.Tensor]
+AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LocalWindow | None], torch.Tensor]
 
 
-def _dense(mask: Optional[LocalWindow], device: torch.device) -> Optional[torch.Tensor]:
+def _dense(mask: LocalWindow | None, device: torch.device) -> torch.Tensor | None:
     return None if mask is None or mask.covers_every_frame else _dense_mask(mask, str(device))
 
 
@@ -46,7 +45,7 @@ def _dense_mask(mask: LocalWindow, device: str) -> torch.Tensor:
 
 
 def sdpa_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: LocalWindow | None = None
 ) -> torch.Tensor:
     """PyTorch ``scaled_dot_product_attention`` with native GQA (architecture.md §6.1).
 
@@ -69,7 +68,7 @@ def sdpa_attention(
 
 
 def sdpa_mask_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: LocalWindow | None = None
 ) -> torch.Tensor:
     """:func:`sdpa_attention` with a local window always as one dense boolean ``[N, N]`` mask (architecture.md §6.2
     "SDPA equivalent"): one kernel call per layer; mathematically equal to the range split, other bits.
@@ -80,7 +79,7 @@ def sdpa_mask_attention(
 
 
 def math_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: LocalWindow | None = None
 ) -> torch.Tensor:
     """Reference math in float32 (softmax of ``q k^T / sqrt(D)``), for tests and debugging.
 
@@ -116,7 +115,7 @@ def _flex_kernel(device_type: str):
 
 
 def flex_attention_backend(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: LocalWindow | None = None
 ) -> torch.Tensor:
     """FlexAttention with a block-sparse local window (architecture.md §6.2): memory and work scale with the
     window, not N^2, which the 1080p SR stage (~54k tokens, 32 local layers) needs. Without a window it
@@ -143,7 +142,7 @@ class RaggedAttention:
         self.backend, self.key_lengths = backend, key_lengths
 
     def __call__(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: LocalWindow | None = None
     ) -> torch.Tensor:
         n = query.shape[2]
         if len(self.key_lengths) != query.shape[0] or max(self.key_lengths) > n:

@@ -8,7 +8,7 @@ activations run in float32.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -141,7 +141,7 @@ class Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, rope: torch.Tensor, groups: Sequence[int],
-        attend: AttentionBackend, mask: Optional[LocalWindow],
+        attend: AttentionBackend, mask: LocalWindow | None,
     ) -> torch.Tensor:
         """``x [B, N, hidden]`` float32 residual -> the bf16 output projection ``[B, N, hidden]``."""
         b, n, _ = x.shape

@@ -232,7 +232,7 @@ class LocalWindow:
     frame_receptive_field: int
 
     @classmethod
-    def of(cls, layout: TokenLayout, frame_receptive_field: int) -> "LocalWindow":
+    def of(cls, layout: TokenLayout, frame_receptive_field: int) -> LocalWindow:
         """The window of a packed sample with half-width ``frame_receptive_field`` latent frames."""
         return cls(layout.total_tokens, layout.video_tokens, max(layout.tokens_per_frame, 1), frame_receptive_field)
 
@@ -273,7 +273,7 @@ def local_attention_mask(
     return LocalWindow.of(layout, frame_receptive_field).dense(device)
 
 
-def pad_text_batch(text_embeds: "list[torch.Tensor] | tuple[torch.Tensor, ...]") -> tuple[torch.Tensor, tuple[int, ...]]:
+def pad_text_batch(text_embeds: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Stack text embeddings of different lengths into one batch, zero padding at the end (batched CFG).
 
     The result goes to ``MagiHumanTransformer(..., text_lengths=lengths)``, which keeps every sample

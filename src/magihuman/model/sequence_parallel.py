@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -150,7 +151,7 @@ class SequenceParallel:
 
     # ------------------------------------------------------------------------------- construction
     @classmethod
-    def from_group(cls, group: Any = None) -> "SequenceParallel":
+    def from_group(cls, group: Any = None) -> SequenceParallel:
         """The group of an initialised ``torch.distributed`` (None: the default, all ranks).
 
         Raises:
@@ -161,7 +162,7 @@ class SequenceParallel:
         return cls(group, dist.get_rank(group), dist.get_world_size(group))
 
     @classmethod
-    def from_env(cls, backend: Optional[str] = None, cp_size: Optional[int] = None) -> Optional["SequenceParallel"]:
+    def from_env(cls, backend: str | None = None, cp_size: int | None = None) -> SequenceParallel | None:
         """Same as :func:`init_sequence_parallel`."""
         return init_sequence_parallel(backend, cp_size)
 
@@ -284,7 +285,7 @@ class SequenceParallel:
         return torch.cat([part[:, :size] for part, size in zip(parts, sizes)], dim=1)
 
     # ------------------------------------------------------------------------------- model hooks
-    def wrap_attention(self, backend: AttentionBackend, chunk: TokenChunk) -> "UlyssesAttention":
+    def wrap_attention(self, backend: AttentionBackend, chunk: TokenChunk) -> UlyssesAttention:
         """The attention seam for one forward: ``backend`` between the two all-to-alls."""
         return UlyssesAttention(self, backend, chunk.sizes)
 
@@ -328,7 +329,7 @@ class UlyssesAttention:
     sizes: tuple[int, ...]
 
     def __call__(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[LocalWindow] = None
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: LocalWindow | None = None
     ) -> torch.Tensor:
         q, k, v = self.sp.scatter_heads(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.sizes)
         heads = self.backend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
@@ -336,7 +337,7 @@ class UlyssesAttention:
 
 
 # ----------------------------------------------------------------------------------- process setup
-def init_sequence_parallel(backend: Optional[str] = None, cp_size: Optional[int] = None) -> Optional[SequenceParallel]:
+def init_sequence_parallel(backend: str | None = None, cp_size: int | None = None) -> SequenceParallel | None:
     """Initialise ``torch.distributed`` from torchrun's environment and return the sequence-parallel group.
 
     Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` (``env://``).

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +33,17 @@ from torch import nn
 
 from magihuman.model.attention import AttentionBackend, get_attention_backend, ragged_attention
 from magihuman.model.layers import Adapter, Block, ExpertRMSNorm, TransformerLayer, split_groups
-from magihuman.model.packing import CoordsStyle, LocalWindow, TokenLayout, build_coords, depatchify_video, patchify_video, token_layout
-from magihuman.model.sequence_parallel import SequenceParallel
+from magihuman.model.packing import (
+    CoordsStyle,
+    LocalWindow,
+    TokenLayout,
+    build_coords,
+    depatchify_video,
+    patchify_video,
+    token_layout,
+)
 from magihuman.model.rope import FourierTable
+from magihuman.model.sequence_parallel import SequenceParallel
 
 #: The 15B layout (architecture.md §2.1).
 OFFICIAL_MM_LAYERS = (0, 1, 2, 3, 36, 37, 38, 39)
@@ -120,7 +128,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         self.final_linear_video = nn.Linear(hidden_size, video_in_channels, bias=False)
         self.final_linear_audio = nn.Linear(hidden_size, audio_in_channels, bias=False)
         self._attention: AttentionBackend = get_attention_backend("sdpa")
-        self._sequence_parallel: Optional[SequenceParallel] = None
+        self._sequence_parallel: SequenceParallel | None = None
 
     # ----------------------------------------------------------------------------------- runtime
     def set_attention_backend(self, backend: str | AttentionBackend) -> None:
@@ -128,7 +136,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         ``(q [B,Hq,N,D], k, v [B,Hkv,N,D], window: LocalWindow | None) -> [B,Hq,N,D]`` (see ``attention.py``)."""
         self._attention = get_attention_backend(backend) if isinstance(backend, str) else backend
 
-    def enable_sequence_parallel(self, sp: Optional[SequenceParallel]) -> None:
+    def enable_sequence_parallel(self, sp: SequenceParallel | None) -> None:
         """Split each forward's token sequence across the ranks of ``sp`` (Ulysses, architecture.md §6.4); None disables.
 
         Every rank then calls ``forward`` with the same full inputs and gets the same full outputs; each
@@ -143,7 +151,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         self._sequence_parallel = sp
 
     @property
-    def sequence_parallel(self) -> Optional[SequenceParallel]:
+    def sequence_parallel(self) -> SequenceParallel | None:
         """The sequence-parallel group set by :meth:`enable_sequence_parallel`, or None."""
         return self._sequence_parallel
 
@@ -166,7 +174,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         *,
         coords_style: CoordsStyle = "v2",
         frame_receptive_field: int = 11,
-        text_lengths: Optional[Sequence[int]] = None,
+        text_lengths: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict flow-matching velocities ``eps - x0`` for the video and audio latents.
 
@@ -229,7 +237,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
             video_tokens, audio_velocity = sp.undispatch(chunk, video_tokens, audio_velocity)
         return depatchify_video(video_tokens, layout), audio_velocity
 
-    def _text_lengths(self, text_lengths, layout: TokenLayout, batch: int) -> Optional[tuple[int, ...]]:
+    def _text_lengths(self, text_lengths, layout: TokenLayout, batch: int) -> tuple[int, ...] | None:
         """Validated ``text_lengths``; None when absent or when every sample uses all ``Nt`` rows."""
         if text_lengths is None:
             return None
@@ -254,7 +262,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
             tables.append(F.pad(table, (0, 0, 0, layout.text_tokens - n)))
         return torch.stack(tables)
 
-    def _local_window(self, layout: TokenLayout, frame_receptive_field: int) -> Optional[LocalWindow]:
+    def _local_window(self, layout: TokenLayout, frame_receptive_field: int) -> LocalWindow | None:
         if not self.config.local_attn_layers or frame_receptive_field < 0:
             return None
         # a window covering every frame is still passed on: the reference's local layers run the range
@@ -284,7 +292,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
     @classmethod
     def from_official(
         cls, folder: str | Path, *, device: str | torch.device = "cpu", progress: bool = True, **config_fields
-    ) -> "MagiHumanTransformer":
+    ) -> MagiHumanTransformer:
         """Load a published checkpoint folder (``base``, ``distill``, ``540p_sr``, ``1080p_sr``) unchanged.
 
         Reads ``model.safetensors`` or the shards of ``model.safetensors.index.json`` (``<shard>.zst``
@@ -318,7 +326,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
         return model.to(device).eval()
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> "MagiHumanTransformer":
+    def from_pretrained(cls, *args, **kwargs) -> MagiHumanTransformer:
         """diffusers ``from_pretrained`` (a folder written by ``save_pretrained``), keeping block
         linears in their stored dtype unless ``torch_dtype`` is given explicitly."""
         model = super().from_pretrained(*args, **kwargs)
@@ -326,7 +334,7 @@ class MagiHumanTransformer(ModelMixin, ConfigMixin):
             model.restore_official_dtypes()
         return model
 
-    def restore_official_dtypes(self) -> "MagiHumanTransformer":
+    def restore_official_dtypes(self) -> MagiHumanTransformer:
         """Cast block linears to bf16 and everything else to float32 (architecture.md §2.3)."""
         for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
             want = torch.bfloat16 if name.endswith(BLOCK_LINEAR_SUFFIXES) else torch.float32

@@ -122,7 +122,7 @@ UNREACHABLE_MESSAGE = (
 
 GATED_NOTE = (
     "google/t5gemma-9b-9b-ul2 and stabilityai/stable-audio-open-1.0 are gated: accept their licences on "
-    "their hub pages (https://huggingface.co/<repo>) and log in with `huggingface-cli login` "
+    "their hub pages (https://huggingface.co/<repo>) and log in with `hf auth login` "
     "(or set HF_TOKEN) before downloading"
 )
 
@@ -199,7 +199,7 @@ def plan_download(sources: Iterable[HubSource], root: str | os.PathLike) -> list
     Raises:
         DownloadError: offline, unreachable hub, gated or missing repo, or no file matches the patterns.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     planned = []
     for source in sources:
         if not _hub_has_dry_run():  # huggingface_hub < 1.0: sizes unknown, fetch anyway
@@ -295,12 +295,12 @@ def _call_hub(source: HubSource, root: Path, *, dry_run: bool):
     except GatedRepoError:
         raise DownloadError(
             f"{source.repo_id} is gated and this account has no access: accept its licence at "
-            f"https://huggingface.co/{source.repo_id} and log in with `huggingface-cli login` (or set HF_TOKEN)"
+            f"https://huggingface.co/{source.repo_id} and log in with `hf auth login` (or set HF_TOKEN)"
         ) from None
     except RepositoryNotFoundError:
         raise DownloadError(
             f"{source.repo_id} was not found or needs a login: check the name, accept its licence at "
-            f"https://huggingface.co/{source.repo_id} if it is gated, and log in (`huggingface-cli login` or HF_TOKEN)"
+            f"https://huggingface.co/{source.repo_id} if it is gated, and log in (`hf auth login` or HF_TOKEN)"
         ) from None
     except Exception as exc:  # noqa: BLE001 - the hub raises many connection error types
         if _is_connection_error(exc):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 
 class InputError(ValueError):
@@ -15,7 +14,7 @@ class InputError(ValueError):
             None when no single field is.
     """
 
-    def __init__(self, message: str, *, field: Optional[str] = None):
+    def __init__(self, message: str, *, field: str | None = None):
         super().__init__(" ".join(str(message).split("\n")))
         self.field = field
 
@@ -24,7 +23,7 @@ class MissingInputError(InputError, FileNotFoundError):
     """A file or folder the request names does not exist (also a ``FileNotFoundError``)."""
 
 
-def expand_path(path: str | os.PathLike | None) -> Optional[Path]:
+def expand_path(path: str | os.PathLike | None) -> Path | None:
     """``Path(path)`` with ``~`` expanded; None and ``""`` stay None."""
     if path is None or os.fspath(path) == "":
         return None

@@ -14,7 +14,7 @@ import json
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from magihuman.pipeline.errors import InputError, MissingInputError, expand_path
 from magihuman.pipeline.presets import DEFAULT_VIDEO_DECODER, VIDEO_DECODERS, Preset, get_preset
@@ -134,7 +134,7 @@ def check_checkpoint_files(paths: Mapping[str, Path]) -> None:
                 raise InputError(f"{label} file {file} {problem}; {fix}", field=name)
 
 
-def _file_problem(file: Path) -> Optional[str]:
+def _file_problem(file: Path) -> str | None:
     """What is wrong with a weights file, judged from its header and size; None when it looks whole."""
     size = file.stat().st_size
     suffix = file.suffix.lower()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,8 +35,8 @@ from magihuman.model.transformer import MagiHumanTransformer, sr1080_local_attn_
 from magihuman.pipeline import stages
 from magihuman.pipeline.loading import (  # noqa: F401 (ROOT_LAYOUT re-exported for callers of the old module)
     ROOT_LAYOUT,
-    check_video_decoder,
     check_checkpoint_root,
+    check_video_decoder,
     transformer_config,
 )
 from magihuman.pipeline.media import write_mp4
@@ -53,6 +53,7 @@ from magihuman.pipeline.request import GenerationRequest
 from magihuman.runtime.options import RuntimeOptions
 from magihuman.runtime.placement import offload_idle_components, place_transformer
 from magihuman.sampling.records import DrivingAudio, Latents
+
 
 # ----------------------------------------------------------------------------------------- output
 @dataclass
@@ -76,8 +77,8 @@ class GenerationOutput:
     sample_rate: int
     timings: dict[str, float] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
-    video_latent: Optional[torch.Tensor] = None
-    audio_latent: Optional[torch.Tensor] = None
+    video_latent: torch.Tensor | None = None
+    audio_latent: torch.Tensor | None = None
 
     @property
     def duration(self) -> float:
@@ -112,7 +113,7 @@ class MagiHumanPipeline:
 
     def __init__(self, transformer: MagiHumanTransformer, text_encoder: TextEncoder, video_vae: VideoVAE,
                  audio_vae: AudioVAE, *, preset: str = DEFAULT_PRESET, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-                 sr_transformer: Optional[MagiHumanTransformer] = None, video_decoder=None):
+                 sr_transformer: MagiHumanTransformer | None = None, video_decoder=None):
         if text_encoder.hidden_size != transformer.config.text_in_channels:
             raise ValueError(
                 f"the text encoder emits {text_encoder.hidden_size}-d states but the transformer expects "
@@ -132,7 +133,7 @@ class MagiHumanPipeline:
         #: component offload (``--offload components``), set by :meth:`enable_component_offload`
         self.offload = None
         #: spatial tile size of the Turbo decode in latent pixels (None: whole frames; ``--decode-tile-size``)
-        self.decode_tile: Optional[int] = None
+        self.decode_tile: int | None = None
         #: CFG presets: the conditional and the negative pass as one batched DiT call (``--no-batch-cfg``: two)
         self.batch_cfg: bool = True
         #: set (e.g. from another thread) to stop the running generation at its next step or decode window
@@ -162,7 +163,7 @@ class MagiHumanPipeline:
         audio_vae: str | Path | None = None, sr_transformer: str | Path | None = None,
         turbo_vae: str | Path | None = None, preset: str = DEFAULT_PRESET, video_decoder: str = DEFAULT_VIDEO_DECODER,
         device: str | torch.device = "cpu", progress: bool = False, runtime: RuntimeOptions | None = None,
-    ) -> "MagiHumanPipeline":
+    ) -> MagiHumanPipeline:
         """Load every component from the official files, unchanged.
 
         Args:
@@ -219,7 +220,7 @@ class MagiHumanPipeline:
     # ------------------------------------------------------------------------------- generation
     def __call__(self, prompt: str | GenerationRequest | None = None, image: str | Path | None = None,
                  audio: str | Path | None = None, *, progress: bool = False, decode: bool = True,
-                 callback_on_step_end: Optional[StepEndCallback] = None, **fields: Any) -> GenerationOutput:
+                 callback_on_step_end: StepEndCallback | None = None, **fields: Any) -> GenerationOutput:
         """Generate one clip.
 
         Args:
@@ -305,7 +306,7 @@ class MagiHumanPipeline:
         with timer.stage(stage_name), self._lend("video_vae"):
             return stages.encode_image(self, image, width, height)
 
-    def _decode(self, latents: Latents, driving: Optional[DrivingAudio], timer: StageTimer):
+    def _decode(self, latents: Latents, driving: DrivingAudio | None, timer: StageTimer):
         """Stage 6: frames from the video latent; the waveform decoded, or the driving track itself."""
         with timer.stage("video decode"), self._lend("video_decoder"):
             frames = stages.decode_video(self, latents.video)
@@ -315,7 +316,7 @@ class MagiHumanPipeline:
 
 
 def _load_transformers(preset: Preset, paths: dict[str, Path], runtime: RuntimeOptions, device: torch.device,
-                       progress: bool) -> tuple[MagiHumanTransformer, Optional[MagiHumanTransformer]]:
+                       progress: bool) -> tuple[MagiHumanTransformer, MagiHumanTransformer | None]:
     """The preset's DiT and, for SR presets, the SR DiT (with the 1080p recipe's local-attention layers),
     loaded (on the host first when the runtime options convert or stream them) and placed."""
     dit_load = torch.device("cpu") if runtime.loads_on_host else device

@@ -17,7 +17,6 @@ renders 480x256 after rounding). Video is 25 fps and audio 44.1 kHz.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from magihuman.sampling.config import BASE_SAMPLER, DISTILL_SAMPLER, SamplerConfig, SuperResolutionStage
 
@@ -55,7 +54,7 @@ class Preset:
     sampler: SamplerConfig
     description: str
     gpu_memory: str
-    sr: Optional[SuperResolutionStage] = None
+    sr: SuperResolutionStage | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -84,7 +83,7 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def preset_for_sr_size(name: str, sr_width: Optional[int], sr_height: Optional[int]) -> str:
+def preset_for_sr_size(name: str, sr_width: int | None, sr_height: int | None) -> str:
     """The preset to load when ``--sr-width/--sr-height`` are given: ``name`` itself if it has an SR stage,
     else ``sr_1080p`` for SR heights above 720 px and ``sr_540p`` otherwise.
 

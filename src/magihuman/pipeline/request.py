@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -106,17 +106,17 @@ class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str
-    image: Optional[Path] = None
-    audio: Optional[Path] = None
+    image: Path | None = None
+    audio: Path | None = None
     seconds: float = DEFAULT_SECONDS
     width: int = DEFAULT_WIDTH
     height: int = DEFAULT_HEIGHT
     seed: int = DEFAULT_SEED
     preset: str = DEFAULT_PRESET
-    negative_prompt: Optional[str] = None
-    sr_width: Optional[int] = None
-    sr_height: Optional[int] = None
-    sr_cfg_number: Optional[int] = None
+    negative_prompt: str | None = None
+    sr_width: int | None = None
+    sr_height: int | None = None
+    sr_cfg_number: int | None = None
 
     @field_validator("image", "audio", mode="before")
     @classmethod
@@ -133,7 +133,7 @@ class GenerationRequest(BaseModel):
 
         return validate_request(self, device=device, runtime=runtime)
 
-    def sr_stage(self) -> Optional[SuperResolutionStage]:
+    def sr_stage(self) -> SuperResolutionStage | None:
         """The preset's SR stage with this request's SR size, or None."""
         stage = get_preset(self.preset).sr
         if stage is None:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from magihuman.codecs.audio_vae import LATENTS_PER_SECOND
 from magihuman.codecs.video_vae import LATENT_CHANNELS, SPATIAL_STRIDE, latent_frames_for, pixel_frames
@@ -65,7 +66,7 @@ _LATENT_COPIES = 6
 
 # ----------------------------------------------------------------------------------------- request
 def validate_request(request: Any, *, device: Any = None, runtime: Any = None,
-                     checkpoints: Optional[Mapping[str, Path]] = None) -> list[str]:
+                     checkpoints: Mapping[str, Path] | None = None) -> list[str]:
     """Check a :class:`~magihuman.pipeline.request.GenerationRequest` before any model loads.
 
     Args:
@@ -196,7 +197,7 @@ def _check_prompt(request: Any) -> list[str]:
     return []
 
 
-def _count_tokens(prompt: str, text_encoder: Optional[Path]) -> list[str]:
+def _count_tokens(prompt: str, text_encoder: Path | None) -> list[str]:
     """A notice when the prompt is over the encoder's 640 tokens (architecture.md §11.2.1): the rest is cut.
 
     Every token covers at least one UTF-8 byte (byte-fallback BPE), so a prompt of at most 639 bytes
@@ -355,7 +356,7 @@ def check_runtime(runtime: Any, device: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------- memory
-def device_memory(device: str) -> Optional[int]:
+def device_memory(device: str) -> int | None:
     """Total memory of ``device`` in bytes (CUDA: ``torch.cuda.mem_get_info``; CPU: physical RAM), or None."""
     if device.startswith("cuda"):
         import torch
@@ -368,8 +369,8 @@ def device_memory(device: str) -> Optional[int]:
 
 
 def estimate_memory(request: Any, *, device: str, runtime: Any = None,
-                    checkpoints: Optional[Mapping[str, Path]] = None,
-                    audio_seconds: Optional[float] = None) -> dict[str, int]:
+                    checkpoints: Mapping[str, Path] | None = None,
+                    audio_seconds: float | None = None) -> dict[str, int]:
     """A lower-bound estimate of the memory one request needs on ``device``, in bytes, by part.
 
     Parts: ``weights`` (the DiT files, halved by FP8, none on a GPU with offload or sharding), ``activations``
@@ -419,8 +420,8 @@ def _gb(size: int) -> str:
     return f"{size / 1e9:.1f} GB"
 
 
-def _check_memory(request: Any, device: str, runtime: Any, checkpoints: Optional[Mapping[str, Path]],
-                  audio_seconds: Optional[float]) -> None:
+def _check_memory(request: Any, device: str, runtime: Any, checkpoints: Mapping[str, Path] | None,
+                  audio_seconds: float | None) -> None:
     parts = estimate_memory(request, device=device, runtime=runtime, checkpoints=checkpoints,
                             audio_seconds=audio_seconds)
     have, need = device_memory(device), sum(parts.values())

@@ -10,7 +10,7 @@ list (adapter, norms, heads, RoPE bands) is left alone. Memory of the 15B DiT's 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 #: The FP8 storage dtype (None on a PyTorch without float8 dtypes).
-FP8_DTYPE: Optional[torch.dtype] = getattr(torch, "float8_e4m3fn", None)
+FP8_DTYPE: torch.dtype | None = getattr(torch, "float8_e4m3fn", None)
 #: Largest finite e4m3fn value.
 FP8_MAX = 448.0
 #: Rows quantised per chunk (bounds the float32 transient of the conversion to 4 B x rows x in).
@@ -142,7 +142,7 @@ def _fp8_rowwise_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, o
     return out.reshape(*lead, out_rows)
 
 
-def fp8_gemm_coverage(config: Optional[dict] = None) -> float:
+def fp8_gemm_coverage(config: dict | None = None) -> float:
     """Fraction of the block-linear FLOPs that :func:`enable_fp8_weights` ``(scaled_gemm=True)`` runs as FP8 GEMMs.
 
     Eligible: every block linear whose reduction width is a multiple of 16 (all but the swiglu7
@@ -226,7 +226,7 @@ class FP8ExpertLinear(ExpertLinear):
 
     @classmethod
     def from_expert_linear(cls, linear: ExpertLinear, *, compute_dtype: torch.dtype = torch.bfloat16,
-                           scaled_gemm: bool = False) -> "FP8ExpertLinear":
+                           scaled_gemm: bool = False) -> FP8ExpertLinear:
         """Quantise a loaded block linear (:func:`quantize_fp8_rows`) into a new FP8 layer on its device.
 
         The new layer has the same features, experts and training flag; ``linear`` is left unchanged

@@ -8,7 +8,6 @@ DiT. Importing this module does not import torch, so the CLI can build its ``--h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from magihuman.model.attention_choices import ATTENTION_CHOICES
 
@@ -53,7 +52,7 @@ class RuntimeOptions:
     shard: bool = False
     compile: bool = False
     attention: str = "auto"
-    decode_tile: Optional[int] = None
+    decode_tile: int | None = None
     fp8_gemm: bool = False
     batch_cfg: bool = True
 

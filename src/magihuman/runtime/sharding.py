@@ -8,8 +8,6 @@ that do not fit the model alone.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -19,8 +17,8 @@ from magihuman.runtime.state import as_device, is_block_streamed, is_sharded
 __all__ = ["shard_transformer"]
 
 
-def shard_transformer(model: nn.Module, group: Optional["torch.distributed.ProcessGroup"] = None, *,
-                      device: Optional[str | torch.device] = None, reshard_after_forward: bool = True) -> nn.Module:
+def shard_transformer(model: nn.Module, group: torch.distributed.ProcessGroup | None = None, *,
+                      device: str | torch.device | None = None, reshard_after_forward: bool = True) -> nn.Module:
     """Shard the weights over the ranks of a process group with FSDP2 (``torch.distributed.fsdp.fully_shard``).
 
     CLI: ``--shard`` (launched with ``torchrun --nproc-per-node N``; it can share its process group

@@ -17,8 +17,6 @@ audio-corruption eps ``[1, L_a, 64]``, from the same generator.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -59,8 +57,8 @@ def super_resolve(
     *,
     stage: SuperResolutionStage,
     generator: torch.Generator,
-    image_latent: Optional[torch.Tensor] = None,
-    callback: Optional[StepCallback] = None,
+    image_latent: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
     batch_cfg: bool = False,
 ) -> Latents:
     """Refine a base video latent at the SR size (architecture.md §10.1).
