@@ -20,6 +20,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 PROMPT = "A man in a blue shirt looks into the camera and says: \"Good morning, everyone.\""
 #: Short leases so that a dead worker's job comes back within seconds.
 LEASE = ("--lease-seconds", "3", "--heartbeat-seconds", "1")
+#: Length of the clips killed mid-run: long enough (25 frames) that a fast machine does not finish one
+#: between the test seeing it run and the kill.
+KILLED_SECONDS = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def test_demo_server_download_worker_kill_and_server_kill9(tmp_path, demo_env):
             assert probe(client.get(f"/v1/videos/{job['id']}/content").content) == (9, 64, 64, 1)
 
             # kill -9 the worker while a job runs: its lease expires, the job is re-queued and completes
-            body = {"prompt": PROMPT, "seconds": 0.4, "size": "64x64", "seed": 5}
+            body = {"prompt": PROMPT, "seconds": KILLED_SECONDS, "size": "64x64", "seed": 5}
             victim = client.post("/v1/videos", json=body).json()
             wait_for(client, victim["id"], statuses=("in_progress",), timeout=60)
             worker = running_worker(server, victim["id"])
@@ -74,12 +77,12 @@ def test_demo_server_download_worker_kill_and_server_kill9(tmp_path, demo_env):
             done = wait_for(client, victim["id"], timeout=240)
             assert done["status"] == "completed" and done["attempts"] == 2, done
             assert mp4s(server, victim["id"]) == ["attempt-2.mp4"]
-            assert probe(client.get(f"/v1/videos/{victim['id']}/content").content) == (9, 64, 64, 1)
+            assert probe(client.get(f"/v1/videos/{victim['id']}/content").content) == (25, 64, 64, 1)
             assert len(server.worker_pids()) == 2 and worker not in server.worker_pids()  # one was started anew
 
             # kill -9 the server while a job runs, with one more queued
-            ids = [client.post("/v1/videos", json={"prompt": PROMPT, "seconds": 0.4, "size": "64x64", "seed": i})
-                   .json()["id"] for i in range(10, 12)]
+            ids = [client.post("/v1/videos", json={"prompt": PROMPT, "seconds": KILLED_SECONDS, "size": "64x64",
+                                                   "seed": i}).json()["id"] for i in range(10, 12)]
             wait_for(client, ids[0], statuses=("in_progress",), timeout=60)
         workers = server.worker_pids()
         server.kill9()
@@ -98,6 +101,6 @@ def test_demo_server_download_worker_kill_and_server_kill9(tmp_path, demo_env):
             assert all(r["attempts"] in (1, 2) for r in results)  # the other was queued or interrupted too
             for video_id, result in zip(ids, results):
                 assert mp4s(again, video_id) == [f"attempt-{result['attempts']}.mp4"]  # one result each
-            assert probe(client.get(f"/v1/videos/{ids[0]}/content").content) == (9, 64, 64, 1)
+            assert probe(client.get(f"/v1/videos/{ids[0]}/content").content) == (25, 64, 64, 1)
     finally:
         again.stop()
