@@ -32,6 +32,7 @@ from magihuman.cli.errors import Failure
 from magihuman.cli.generate import default_output_name, generate, read_text_file
 from magihuman.cli.options import CHECKPOINT_ROOT_ENV, CONFIG_KEYS, GenerateOptions
 from magihuman.pipeline.validation import InputError
+from magihuman.toy.cli import app as toy_app
 
 __all__ = ["app", "main", "default_output_name", "read_text_file", "CONFIG_KEYS", "GenerateOptions"]
 
@@ -140,6 +141,7 @@ def _root(
 
 app.command("generate", cls=_Command, no_args_is_help=True)(generate)
 app.command("download", cls=_Command)(download)
+app.add_typer(toy_app, name="toy")
 
 
 def main() -> None:
