@@ -31,6 +31,7 @@ from magihuman.cli.download import download
 from magihuman.cli.errors import Failure
 from magihuman.cli.generate import default_output_name, generate, read_text_file
 from magihuman.cli.options import CHECKPOINT_ROOT_ENV, CONFIG_KEYS, GenerateOptions
+from magihuman.eval.cli import app as eval_app
 from magihuman.pipeline.validation import InputError
 from magihuman.toy.cli import app as toy_app
 
@@ -142,6 +143,7 @@ def _root(
 app.command("generate", cls=_Command, no_args_is_help=True)(generate)
 app.command("download", cls=_Command)(download)
 app.add_typer(toy_app, name="toy")
+app.add_typer(eval_app, name="eval")
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from magihuman.toy.clip import ToyClip, make_clip
+from magihuman.toy.clip import SECONDS, ToyClip, make_clip
+from magihuman.toy.drawing import HEIGHT, WIDTH
 
 __all__ = ["TRAIN_STREAM", "HELD_OUT_STREAM", "DatasetSummary", "manifest_record", "held_out_record",
            "held_out_clips", "write_dataset"]
@@ -60,17 +61,17 @@ def manifest_record(clip: ToyClip, video: str, image: str | None) -> dict:
 
 
 def held_out_record(clip: ToyClip, index: int, video: str, image: str | None) -> dict:
-    """One prompt-set row for ``magihuman eval`` (see :mod:`magihuman.eval.prompts`).
+    """One prompt-set row for ``magihuman eval`` (see :mod:`magihuman.eval.prompt_set`).
 
     Returns:
-        ``{"id", "prompt", ["image"], "dialogue", "language", "seed", "reference_video", "toy"}``: ``seed``
-        is the generation seed, ``toy`` the expected attributes.
+        ``{"id", "prompt", ["image"], "dialogue", "language", "seed", "seconds", "width", "height",
+        "reference_video", "toy"}``: ``seed`` is the generation seed, ``toy`` the expected attributes.
     """
     row = {"id": f"held-{index:03d}", "prompt": clip.caption}
     if image is not None:
         row["image"] = image
-    row.update(dialogue=[clip.attributes.dialogue], language="en", seed=index, reference_video=video,
-               toy=clip.attributes.to_dict())
+    row.update(dialogue=[clip.attributes.dialogue], language="en", seed=index, seconds=SECONDS, width=WIDTH,
+               height=HEIGHT, reference_video=video, toy=clip.attributes.to_dict())
     return row
 
 
