@@ -31,7 +31,9 @@ from magihuman.codecs.video_vae import WAN22_CHECKPOINT_NAME, VideoVAE
 from magihuman.model.packing import build_coords, local_attention_ranges, patchify_video, token_layout
 from magihuman.model.transformer import MagiHumanTransformer
 from magihuman.pipeline.media import preprocess_image, video_to_uint8
-from magihuman.sampling.loop import DISTILL_SAMPLER, denoise
+from magihuman.sampling.config import DISTILL_SAMPLER
+from magihuman.sampling.loop import denoise
+from magihuman.sampling.records import Latents, TextConditioning
 from magihuman.sampling.schedulers import shifted_schedule
 
 DEFAULT_GOLDEN = Path(os.environ.get("MAGIHUMAN_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "golden"
@@ -167,9 +169,9 @@ def sampler_distill(golden: Path, report: Report, model: MagiHumanTransformer) -
     for run, image in (("t2v", None), ("ti2v", data["image_latent"])):
         steps = []
         replay = Replay(data[f"{run}.cond_v_video"], data[f"{run}.cond_v_audio"])
-        video, audio = denoise(replay, data["initial_video_noise"], data["initial_audio_noise"], context,
-                               config=DISTILL_SAMPLER, image_latent=image, renoise_noise=noise,
-                               callback=lambda k, t, v, a, steps=steps: steps.append((v.clone(), a.clone())))
+        denoise(replay, Latents(data["initial_video_noise"], data["initial_audio_noise"]), TextConditioning(context),
+                config=DISTILL_SAMPLER, image_latent=image, renoise_noise=noise,
+                callback=lambda k, t, s, steps=steps: steps.append((s.video.clone(), s.audio.clone())))
         got = torch.cat([torch.stack([v for v, _ in steps]).flatten(), torch.stack([a for _, a in steps]).flatten()])
         want = torch.cat([data[f"{run}.step_video_latent"].flatten(), data[f"{run}.step_audio_latent"].flatten()])
         report.add("sampler_distill", f"{run}: replay of recorded velocities and re-noise draws, all 8 step latents",
@@ -178,16 +180,18 @@ def sampler_distill(golden: Path, report: Report, model: MagiHumanTransformer) -
         initial_audio = torch.randn(data["initial_audio_noise"].shape, generator=generator)
         initial_video = torch.randn(data["initial_video_noise"].shape, generator=generator)
         replay = Replay(data[f"{run}.cond_v_video"], data[f"{run}.cond_v_audio"])
-        video, audio = denoise(replay, initial_video, initial_audio, context, config=DISTILL_SAMPLER,
-                               image_latent=image, generator=generator)
+        out = denoise(replay, Latents(initial_video, initial_audio), TextConditioning(context),
+                      config=DISTILL_SAMPLER, image_latent=image, generator=generator)
+        video, audio = out.video, out.audio
         report.add("sampler_distill",
                    f"{run}: same replay drawing all noise from a seeded generator (draw order), final latents",
                    bitwise, compare(torch.cat([video.flatten(), audio.flatten()]),
                                     torch.cat([data[f"{run}.final_video_latent"].flatten(),
                                                data[f"{run}.final_audio_latent"].flatten()])))
         with torch.no_grad():
-            video, audio = denoise(model, data["initial_video_noise"], data["initial_audio_noise"], context,
-                                   config=DISTILL_SAMPLER, image_latent=image, renoise_noise=noise)
+            out = denoise(model, Latents(data["initial_video_noise"], data["initial_audio_noise"]),
+                          TextConditioning(context), config=DISTILL_SAMPLER, image_latent=image, renoise_noise=noise)
+        video, audio = out.video, out.audio
         for name, got in (("video", video), ("audio", audio)):
             m = compare(got, data[f"{run}.final_{name}_latent"])
             report.add("sampler_distill", f"{run}: end to end with our transformer, final {name} latent",

@@ -31,7 +31,10 @@ from magihuman.cli.download import download
 from magihuman.cli.errors import Failure
 from magihuman.cli.generate import default_output_name, generate, read_text_file
 from magihuman.cli.options import CHECKPOINT_ROOT_ENV, CONFIG_KEYS, GenerateOptions
+from magihuman.eval.cli import app as eval_app
 from magihuman.pipeline.validation import InputError
+from magihuman.serve.cli import serve
+from magihuman.toy.cli import app as toy_app
 from magihuman.train.cli import train_app
 
 __all__ = ["app", "main", "default_output_name", "read_text_file", "CONFIG_KEYS", "GenerateOptions"]
@@ -141,6 +144,9 @@ def _root(
 
 app.command("generate", cls=_Command, no_args_is_help=True)(generate)
 app.command("download", cls=_Command)(download)
+app.command("serve", cls=_Command)(serve)  # issue 10: magihuman.serve.cli
+app.add_typer(toy_app, name="toy")
+app.add_typer(eval_app, name="eval")
 app.add_typer(train_app, name="train")
 
 
