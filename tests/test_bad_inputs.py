@@ -157,10 +157,10 @@ CASES = {
     "root-empty": (["--checkpoint-root", "emptyroot"], ["lacks distill/", "magihuman download"]),
     "root-lacks-one": (["--checkpoint-root", "lacking"], ["lacks t5gemma-9b-9b-ul2/", "--text-encoder"]),
     "root-none": (["--checkpoint-root", None], ["no checkpoint root", "magihuman download", "--demo"]),
-    "pth-not-torch": (["--video-vae", "bad.pth"], ["not a PyTorch checkpoint", "expected a torch.save archive",
-                                                   "re-download"]),
-    "pth-truncated": (["--video-vae", "cut.pth"], ["damaged or truncated", "re-download"]),
-    "safetensors-truncated": (["--transformer", "shards"], ["truncated", "promises", "re-download"]),
+    "pth-not-torch": (["--video-vae", "bad.pth"], ["cannot be read as a PyTorch checkpoint", "text file",
+                                                   "expected a torch.save archive", "re-download"]),
+    "pth-truncated": (["--video-vae", "cut.pth"], ["truncated or damaged", "re-download"]),
+    "safetensors-truncated": (["--transformer", "shards"], ["header describes", "truncated", "re-download"]),
     "component-missing": (["--transformer", "nope"], ["--transformer path not found"]),
     "demo-and-root": (["--demo"], ["--demo brings its own weights", "drop --checkpoint-root"]),
     # output
@@ -305,7 +305,8 @@ def test_from_official_cuda_on_cpu_torch_is_one_clear_error(tmp_path):
 def test_damaged_pth_is_named_for_what_it_is(tmp_path):
     bad = tmp_path / "Wan2.2_VAE.pth"
     bad.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer, not the weights
-    with pytest.raises(InputError, match="Wan2.2 VAE .*is not a PyTorch checkpoint .*expected a torch.save archive"):
+    problem = "Wan2.2 VAE .*cannot be read as a PyTorch checkpoint: it is a Git LFS pointer.*expected a torch.save"
+    with pytest.raises(InputError, match=problem):
         validation.check_checkpoint_files({"video_vae": bad})
     good = tmp_path / "good.pth"
     torch.save({"w": torch.zeros(2)}, good)

@@ -135,37 +135,43 @@ def check_checkpoint_files(paths: Mapping[str, Path]) -> None:
 
 
 def _file_problem(file: Path) -> str | None:
-    """What is wrong with a weights file, judged from its header and size; None when it looks whole."""
-    size = file.stat().st_size
+    """What is wrong with a weights file, judged from its header and size; None when it looks whole.
+
+    ``.safetensors`` files are judged by :func:`~magihuman.model.checkpoint_files.safetensors_damage`
+    (header and size), ``.pth``/``.ckpt``/``.pt`` files by their zip directory (a legacy pickle passes
+    unchecked) and described by :func:`~magihuman.codecs.files.describe_torch_file`. Other files pass.
+    Returns a phrase that follows the file name: what the file is and what was expected.
+    """
     suffix = file.suffix.lower()
     if suffix not in (".safetensors", ".pth", ".ckpt", ".pt"):
         return None
-    if size == 0:
+    if file.stat().st_size == 0:
         return "is empty (0 bytes)"
-    with open(file, "rb") as handle:
-        head = handle.read(8)
-        if suffix == ".safetensors":
-            length = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if not 0 < length <= min(size - 8, 100_000_000):
-                return f"is not a safetensors file ({size:,} bytes, no valid header); expected a safetensors shard"
-            try:
-                header = json.loads(handle.read(length))
-                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-            except (ValueError, KeyError, TypeError, IndexError):
-                return "has a damaged safetensors header; expected a safetensors shard"
-            if 8 + length + end > size:
-                return f"is truncated: {size:,} bytes, its header promises {8 + length + end:,}"
+    if suffix == ".safetensors":
+        from magihuman.model.checkpoint_files import safetensors_damage  # torch stays out of this module's import
+
+        reason = safetensors_damage(file)
+        if reason is None:
             return None
-    if head[:1] == b"\x80":  # a legacy (non-zip) torch.save pickle: nothing cheap to check
+        return f"cannot be read as a safetensors file: {reason}; expected a safetensors shard"
+    if _is_torch_archive(file):
         return None
-    if head[:4] != b"PK\x03\x04":
-        return (f"is not a PyTorch checkpoint (a {size:,}-byte file starting with {head[:8]!r}); expected a "
-                "torch.save archive")
+    from magihuman.codecs.files import describe_torch_file  # torch stays out of this module's import
+
+    return f"cannot be read as a PyTorch checkpoint: {describe_torch_file(file)}; expected a torch.save archive"
+
+
+def _is_torch_archive(file: Path) -> bool:
+    """Whether ``file`` is a legacy ``torch.save`` pickle (nothing cheap to check) or a readable zip archive
+    holding a ``data.pkl`` (the ``torch.save`` format)."""
+    with open(file, "rb") as handle:
+        head = handle.read(4)
+    if head[:1] == b"\x80":
+        return True
+    if head != b"PK\x03\x04":
+        return False
     try:
         with zipfile.ZipFile(file) as archive:
-            if not any(n.endswith("data.pkl") for n in archive.namelist()):
-                return "is a zip archive but not a torch.save checkpoint (no data.pkl); expected a torch.save archive"
+            return any(n.endswith("data.pkl") for n in archive.namelist())
     except (zipfile.BadZipFile, OSError):
-        return (f"is damaged or truncated ({size:,} bytes, its zip directory is unreadable); "
-                "expected a torch.save archive")
-    return None
+        return False
