@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -64,14 +68,7 @@ def load_audio(
         limit = int(max_seconds * sample_rate)
         if limit < 1:
             raise ValueError(f"max_seconds={max_seconds} keeps no sample at {sample_rate} Hz; pass a longer time")
-    src = _existing_file(path, "audio file")
-    container = _open_input(src, "audio")
-    try:
-        if not container.streams.audio:
-            raise ValueError(
-                f"{str(src)!r} has no audio stream; pass a wav/mp3/m4a/flac file or a video with sound"
-            )
-        stream = container.streams.audio[0]
+    with _first_audio_stream(path) as (src, container, stream):
         resampler = av.AudioResampler(format="s16", layout="mono", rate=int(sample_rate))
         chunks: list[np.ndarray] = []
         have = 0
@@ -92,8 +89,6 @@ def load_audio(
                 _take(resampler.resample(None))  # flush the resampler's delay line
         except av.error.FFmpegError as exc:
             raise ValueError(f"could not decode audio from {str(src)!r}: {exc}") from exc
-    finally:
-        container.close()
     if have == 0:
         raise ValueError(f"{str(src)!r}: the audio stream contains no decodable samples")
     samples = np.concatenate(chunks).astype(np.float32) / np.float32(32768.0)
@@ -121,14 +116,7 @@ def check_audio_file(path: str | os.PathLike, *, min_seconds: float) -> float:
         ValueError: a folder, not a media file PyAV reads, no audio stream, damaged data, or under
             ``min_seconds`` of sound.
     """
-    src = _existing_file(path, "audio file")
-    container = _open_input(src, "audio")
-    try:
-        if not container.streams.audio:
-            raise ValueError(
-                f"{str(src)!r} has no audio stream; pass a wav/mp3/m4a/flac file or a video with sound"
-            )
-        stream = container.streams.audio[0]
+    with _first_audio_stream(path) as (src, container, stream):
         stated = None
         if stream.duration and stream.time_base:
             stated = float(stream.duration * stream.time_base)
@@ -143,11 +131,30 @@ def check_audio_file(path: str | os.PathLike, *, min_seconds: float) -> float:
                     break
         except av.error.FFmpegError as exc:
             raise ValueError(f"could not decode audio from {str(src)!r}: {exc}; the file may be damaged") from exc
-    finally:
-        container.close()
     if decoded < min_seconds:
         raise ValueError(
             f"{str(src)!r} holds {decoded:.3f} s of sound, less than the {min_seconds:g} s the audio VAE "
             "needs for one latent frame; pass a longer recording"
         )
     return decoded if complete or stated is None else stated
+
+
+@contextmanager
+def _first_audio_stream(path: str | os.PathLike) -> Iterator[tuple[Path, Any, Any]]:
+    """Open a media file for reading and yield ``(path, container, its first audio stream)``; the
+    container is closed on leaving.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a folder, not a media file PyAV reads, or a file without an audio stream.
+    """
+    src = _existing_file(path, "audio file")
+    container = _open_input(src, "audio")
+    try:
+        if not container.streams.audio:
+            raise ValueError(
+                f"{str(src)!r} has no audio stream; pass a wav/mp3/m4a/flac file or a video with sound"
+            )
+        yield src, container, container.streams.audio[0]
+    finally:
+        container.close()
