@@ -141,6 +141,36 @@ def write_mp4(
     """
     target = check_output_path(path, overwrite=overwrite)
     rate = _as_fps(fps)
+    _check_encoder_options(crf, preset, num_frames)
+    wave = None if audio is None else _prepare_audio(audio, sample_rate)
+    frame_iter, height, width = _frame_source(frames, num_frames)
+    pad = _even_size_padding(height, width)
+
+    tmp = _reserve_temp(target)
+    container = None
+    try:
+        container = av.open(os.fspath(tmp), mode="w", format="mp4")
+        vstream = _add_video_stream(container, rate, (height + pad[0], width + pad[1]), crf, preset)
+        track = None if wave is None else _AudioTrack(container, wave, int(sample_rate))
+        count = _encode_frames(container, vstream, frame_iter, (height, width), pad, track, rate)
+        if num_frames is not None and count != num_frames:
+            raise ValueError(f"num_frames={num_frames} but the frame iterable yielded {count} frames")
+        _mux(container, vstream.encode(None))
+        if track is not None:
+            track.finish()
+        container.close()
+        container = None
+        _commit(tmp, target, overwrite)
+    except BaseException as exc:
+        _discard(container, tmp)
+        if isinstance(exc, av.error.FFmpegError):
+            raise RuntimeError(f"encoding {str(target)!r} failed in libav: {exc}") from exc
+        raise
+    return target
+
+
+def _check_encoder_options(crf: Any, preset: Any, num_frames: Any) -> None:
+    """Refuse a bad x264 ``crf``/``preset`` or ``num_frames`` with a ``ValueError`` naming the value."""
     if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= 51:
         raise ValueError(f"crf must be an integer in 0..51 (lower = better quality), got {crf!r}")
     if preset not in _X264_PRESETS:
@@ -149,83 +179,101 @@ def write_mp4(
         isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1
     ):
         raise ValueError(f"num_frames must be a positive integer or None, got {num_frames!r}")
-    wave = None if audio is None else _prepare_audio(audio, sample_rate)
 
-    frame_iter, height, width = _frame_source(frames, num_frames)
+
+def _even_size_padding(height: int, width: int) -> tuple[int, int]:
+    """Rows and columns (0 or 1 each) to add so ``yuv420p`` gets even sizes; logs a warning when any."""
     pad_h, pad_w = height % 2, width % 2
     if pad_h or pad_w:
         logger.warning(
             "frame size %dx%d is odd; yuv420p needs even sizes, padding to %dx%d by edge replication",
             width, height, width + pad_w, height + pad_h,
         )
+    return pad_h, pad_w
 
-    tmp = _reserve_temp(target)
-    container = None
-    try:
-        container = av.open(os.fspath(tmp), mode="w", format="mp4")
-        vstream = container.add_stream(_VIDEO_CODEC, rate=rate, options={"crf": str(int(crf)), "preset": preset})
-        vstream.width = width + pad_w
-        vstream.height = height + pad_h
-        vstream.pix_fmt = _PIX_FMT
-        astream = None
-        if wave is not None:
-            layout = "stereo" if wave.shape[0] == 2 else "mono"
-            astream = container.add_stream(_AUDIO_CODEC, rate=int(sample_rate), layout=layout)
-            if not astream.codec_context.is_open:
-                astream.codec_context.open()
-            chunk = astream.codec_context.frame_size or 1024
-        audio_done = 0
 
-        def _encode_audio_until(end: int, final: bool = False) -> None:
-            """Encode whole ``chunk``-sample AAC frames up to sample ``end`` (and the remainder if final)."""
-            nonlocal audio_done
-            end = min(end, wave.shape[1])
-            while end - audio_done >= chunk or (final and audio_done < end):
-                stop = min(audio_done + chunk, end)
-                block = np.ascontiguousarray(wave[:, audio_done:stop])
-                aframe = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
-                aframe.sample_rate = int(sample_rate)
-                aframe.pts = audio_done
-                aframe.time_base = Fraction(1, int(sample_rate))
-                for packet in astream.encode(aframe):
-                    container.mux(packet)
-                audio_done = stop
+def _add_video_stream(container: Any, rate: Fraction, size: tuple[int, int], crf: int, preset: str) -> Any:
+    """Add the libx264 ``yuv420p`` stream of ``size`` = (height, width) pixels at ``rate`` frames/s."""
+    vstream = container.add_stream(_VIDEO_CODEC, rate=rate, options={"crf": str(int(crf)), "preset": preset})
+    vstream.width = size[1]
+    vstream.height = size[0]
+    vstream.pix_fmt = _PIX_FMT
+    return vstream
 
-        count = 0
-        for frame in frame_iter:
-            if count > 0:
-                frame = _check_frame(frame, height, width, count)
-            if pad_h or pad_w:
-                frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-            vframe = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            vframe.pts = count
-            for packet in vstream.encode(vframe):
-                container.mux(packet)
-            count += 1
-            if astream is not None:  # interleave: audio up to the end of this frame's display time
-                _encode_audio_until(int(count / rate * sample_rate))
-        if num_frames is not None and count != num_frames:
-            raise ValueError(f"num_frames={num_frames} but the frame iterable yielded {count} frames")
-        for packet in vstream.encode(None):
-            container.mux(packet)
-        if astream is not None:
-            _encode_audio_until(wave.shape[1], final=True)
-            for packet in astream.encode(None):
-                container.mux(packet)
-        container.close()
-        container = None
-        _commit(tmp, target, overwrite)
-    except BaseException as exc:
-        if container is not None:
-            try:
-                container.close()
-            except Exception:  # noqa: BLE001 - already failing; the original error matters
-                pass
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, av.error.FFmpegError):
-            raise RuntimeError(f"encoding {str(target)!r} failed in libav: {exc}") from exc
-        raise
-    return target
+
+def _mux(container: Any, packets: Iterable[Any]) -> None:
+    for packet in packets:
+        container.mux(packet)
+
+
+def _encode_frames(
+    container: Any,
+    vstream: Any,
+    frames: Iterator[np.ndarray],
+    size: tuple[int, int],
+    pad: tuple[int, int],
+    track: _AudioTrack | None,
+    rate: Fraction,
+) -> int:
+    """Encode every frame (checked against frame 0's ``size`` = (H, W), padded by ``pad`` rows/columns),
+    interleaving the audio up to the end of each frame's display time; returns the frame count."""
+    height, width = size
+    pad_h, pad_w = pad
+    count = 0
+    for frame in frames:
+        if count > 0:
+            frame = _check_frame(frame, height, width, count)
+        if pad_h or pad_w:
+            frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        vframe = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vframe.pts = count
+        _mux(container, vstream.encode(vframe))
+        count += 1
+        if track is not None:  # interleave: audio up to the end of this frame's display time
+            track.encode_until(int(count / rate * track.sample_rate))
+    return count
+
+
+class _AudioTrack:
+    """The AAC stream of the file being written, fed from ``wave`` ``[channels, samples]`` float32 in
+    whole encoder frames (``frame_size`` samples, 1024 by default) as the video advances."""
+
+    def __init__(self, container: Any, wave: np.ndarray, sample_rate: int) -> None:
+        self.container, self.wave, self.sample_rate = container, wave, sample_rate
+        self.layout = "stereo" if wave.shape[0] == 2 else "mono"
+        self.stream = container.add_stream(_AUDIO_CODEC, rate=sample_rate, layout=self.layout)
+        if not self.stream.codec_context.is_open:
+            self.stream.codec_context.open()
+        self.chunk = self.stream.codec_context.frame_size or 1024
+        self.done = 0  # samples encoded so far
+
+    def encode_until(self, end: int, final: bool = False) -> None:
+        """Encode whole ``chunk``-sample AAC frames up to sample ``end`` (and the remainder if final)."""
+        end = min(end, self.wave.shape[1])
+        while end - self.done >= self.chunk or (final and self.done < end):
+            stop = min(self.done + self.chunk, end)
+            block = np.ascontiguousarray(self.wave[:, self.done:stop])
+            aframe = av.AudioFrame.from_ndarray(block, format="fltp", layout=self.layout)
+            aframe.sample_rate = self.sample_rate
+            aframe.pts = self.done
+            aframe.time_base = Fraction(1, self.sample_rate)
+            _mux(self.container, self.stream.encode(aframe))
+            self.done = stop
+
+    def finish(self) -> None:
+        """Encode the remaining samples and flush the encoder."""
+        self.encode_until(self.wave.shape[1], final=True)
+        _mux(self.container, self.stream.encode(None))
+
+
+def _discard(container: Any, tmp: Path) -> None:
+    """After a failure: close ``container`` if still open (its own errors ignored) and remove ``tmp``."""
+    if container is not None:
+        try:
+            container.close()
+        except Exception:  # noqa: BLE001 - already failing; the original error matters
+            pass
+    tmp.unlink(missing_ok=True)
 
 
 _X264_PRESETS = (

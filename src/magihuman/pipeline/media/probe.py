@@ -37,73 +37,75 @@ def probe_media(path: str | os.PathLike, *, count_frames: bool = True) -> dict[s
         ValueError: not a media file PyAV can read.
     """
     src = _existing_file(path, "media file")
-    info: dict[str, Any] = {
-        "path": str(src),
-        "format": None,
-        "num_video_streams": 0,
-        "num_audio_streams": 0,
-        "video_codec": None,
-        "width": None,
-        "height": None,
-        "pix_fmt": None,
-        "fps": None,
-        "num_frames": None,
-        "video_duration": None,
-        "audio_codec": None,
-        "sample_rate": None,
-        "channels": None,
-        "num_samples": None,
-        "audio_duration": None,
-        "audio_header_duration": None,
-    }
+    info = dict.fromkeys(_PROBE_KEYS)
+    info.update(path=str(src), num_video_streams=0, num_audio_streams=0)
     container = _open_input(src, "media")
     try:
-        info["format"] = container.format.name
-        info["num_video_streams"] = len(container.streams.video)
-        info["num_audio_streams"] = len(container.streams.audio)
+        video, audio = container.streams.video, container.streams.audio
+        info.update(format=container.format.name, num_video_streams=len(video), num_audio_streams=len(audio))
         try:
-            if container.streams.video:
-                vs = container.streams.video[0]
-                rate = vs.average_rate or vs.guessed_rate
-                fps = float(rate) if rate else None
-                info.update(
-                    video_codec=vs.codec_context.name,
-                    width=vs.codec_context.width,
-                    height=vs.codec_context.height,
-                    pix_fmt=vs.codec_context.pix_fmt,
-                    fps=fps,
-                )
-                info["num_frames"] = int(vs.frames)
-                info["video_duration"] = vs.frames / fps if fps else None
-            if container.streams.audio:
-                ast = container.streams.audio[0]
-                sr = ast.codec_context.sample_rate
-                info.update(audio_codec=ast.codec_context.name, sample_rate=sr, channels=ast.codec_context.channels)
-                if ast.duration and ast.time_base and sr:
-                    info["audio_header_duration"] = float(ast.duration * ast.time_base)
-                    info["num_samples"] = int(round(ast.duration * ast.time_base * sr))
-                    info["audio_duration"] = info["num_samples"] / sr
-            if count_frames and (container.streams.video or container.streams.audio):
-                wanted = [*container.streams.video[:1], *container.streams.audio[:1]]
-                frames = samples = 0
-                for item in container.decode(*wanted):
-                    if isinstance(item, av.VideoFrame):
-                        frames += 1
-                    else:
-                        samples += item.samples
-                if container.streams.video:
-                    info["num_frames"] = frames
-                    info["video_duration"] = frames / info["fps"] if info["fps"] else None
-                if container.streams.audio:
-                    info["num_samples"] = samples
-                    sr = info["sample_rate"]
-                    info["audio_duration"] = samples / sr if sr else None
+            if video:
+                info.update(_video_header(video[0]))
+            if audio:
+                info.update(_audio_header(audio[0]))
+            if count_frames and (video or audio):
+                info.update(_decoded_lengths(container, info["fps"], info["sample_rate"]))
         except av.error.FFmpegError as exc:
             raise ValueError(f"could not decode {str(src)!r}: {exc}") from exc
     finally:
         container.close()
     return info
 
+
+#: The keys of :func:`probe_media`'s result, in order.
+_PROBE_KEYS = (
+    "path", "format", "num_video_streams", "num_audio_streams",
+    "video_codec", "width", "height", "pix_fmt", "fps", "num_frames", "video_duration",
+    "audio_codec", "sample_rate", "channels", "num_samples", "audio_duration", "audio_header_duration",
+)
+
+
+def _video_header(vs: Any) -> dict[str, Any]:
+    """Header facts of a video stream: codec, size, pixel format, fps and the stated frame count."""
+    rate = vs.average_rate or vs.guessed_rate
+    fps = float(rate) if rate else None
+    return {
+        "video_codec": vs.codec_context.name,
+        "width": vs.codec_context.width,
+        "height": vs.codec_context.height,
+        "pix_fmt": vs.codec_context.pix_fmt,
+        "fps": fps,
+        "num_frames": int(vs.frames),
+        "video_duration": vs.frames / fps if fps else None,
+    }
+
+
+def _audio_header(ast: Any) -> dict[str, Any]:
+    """Header facts of an audio stream: codec, rate, channels and, when stated, its length."""
+    sr = ast.codec_context.sample_rate
+    facts = {"audio_codec": ast.codec_context.name, "sample_rate": sr, "channels": ast.codec_context.channels}
+    if ast.duration and ast.time_base and sr:
+        facts["audio_header_duration"] = float(ast.duration * ast.time_base)
+        facts["num_samples"] = int(round(ast.duration * ast.time_base * sr))
+        facts["audio_duration"] = facts["num_samples"] / sr
+    return facts
+
+
+def _decoded_lengths(container: Any, fps: float | None, sample_rate: int | None) -> dict[str, Any]:
+    """Decode the first video and audio streams in one pass; their exact frame / sample counts and durations."""
+    video, audio = container.streams.video, container.streams.audio
+    frames = samples = 0
+    for item in container.decode(*video[:1], *audio[:1]):
+        if isinstance(item, av.VideoFrame):
+            frames += 1
+        else:
+            samples += item.samples
+    lengths: dict[str, Any] = {}
+    if video:
+        lengths.update(num_frames=frames, video_duration=frames / fps if fps else None)
+    if audio:
+        lengths.update(num_samples=samples, audio_duration=samples / sample_rate if sample_rate else None)
+    return lengths
 
 
 def _existing_file(path: str | os.PathLike, what: str) -> Path:
