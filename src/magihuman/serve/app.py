@@ -9,7 +9,7 @@ Endpoints (``/docs`` documents every field with its unit):
 ``GET /v1/videos/{id}/content``            the MP4 (``variant=video``) or a WebP first frame (``thumbnail``)
 ``POST /v1/videos/{id}/cancel``            cancel a queued or running job, keep its record (ours)
 ``DELETE /v1/videos/{id}``                 cancel if needed, then delete the job and its files
-``GET /v1/models``                         the presets this server renders
+``GET /v1/models``                         the presets this server renders and its LoRA adapters
 ``GET /healthz``                           liveness and queue figures (no key needed)
 ``GET /metrics``                           Prometheus text
 ``/``                                      the Gradio page (when enabled)
@@ -42,6 +42,7 @@ from magihuman.serve.schemas import (
     CreateVideoRequest,
     ErrorResponse,
     Health,
+    LoraAdapter,
     Model,
     ModelList,
     Video,
@@ -255,10 +256,14 @@ def _video_routes(v1: APIRouter, service: JobService) -> None:
 
     @v1.get("/models", response_model=ModelList, tags=["models"])
     async def list_models() -> ModelList:
-        """The presets this server renders (the ``model`` field of a request)."""
+        """The presets this server renders (the ``model`` field of a request) and, under ``loras``, the LoRA
+        adapters of its ``--lora-dir`` (the names a request's ``loras`` may use)."""
         from magihuman.pipeline.presets import get_preset
+        from magihuman.serve.adapters import list_adapters
 
-        return ModelList(data=[Model(id=name, description=get_preset(name).description) for name in config.models])
+        adapters = await run_in_threadpool(list_adapters, config.lora_dir)
+        return ModelList(data=[Model(id=name, description=get_preset(name).description) for name in config.models],
+                         loras=[LoraAdapter(**entry) for entry in adapters])
 
 
 async def _read_body(request: Request, config: ServeConfig) -> tuple[dict[str, Any], dict[str, IncomingUpload]]:

@@ -75,6 +75,9 @@ def serve(
         "--pipeline-factory", help="module:function loading a pipeline for (root, preset, device, runtime); "
                                    "magihuman.serve.fake_pipeline:load_fake_pipeline serves a model-free stand-in "
                                    "for client tests.")] = OFFICIAL_FACTORY,
+    lora_dir: Annotated[Path | None, typer.Option(
+        "--lora-dir", help="Folder of LoRA adapters (<name>.safetensors from `magihuman train lora`) that requests "
+                           "may name in `loras`; GET /v1/models lists them. Default: none.")] = None,
     fp8: Annotated[bool, typer.Option("--fp8", help="Workers store the DiT block linears in FP8.")] = False,
     offload: Annotated[list[str] | None, typer.Option(
         "--offload", metavar="[components|blocks]", help="Workers' offload mode (as `generate --offload`).")] = None,
@@ -99,7 +102,7 @@ def serve(
         max_request_bytes=int(3 * max_upload_mb * (1 << 20)) + (1 << 20),
         max_seconds=max_seconds, lease_seconds=lease_seconds,
         heartbeat_seconds=heartbeat_seconds, max_attempts=max_attempts, pipeline_factory=pipeline_factory,
-        runtime={k: v for k, v in runtime.items() if v},
+        runtime={k: v for k, v in runtime.items() if v}, lora_dir=lora_dir,
     )
     if not config.api and not config.devices:
         typer.echo("error: --no-api with --devices none runs nothing", err=True)

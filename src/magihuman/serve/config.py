@@ -75,6 +75,7 @@ class ServeConfig:
         pipeline_factory: ``module:function`` returning a loaded pipeline for ``(root, preset, device)``;
             tests and client developers use ``magihuman.serve.fake_pipeline:load_fake_pipeline``.
         runtime: keyword arguments of ``RuntimeOptions`` for every worker (fp8, offload, ...).
+        lora_dir: folder of the LoRA adapters requests may name (``<name>.safetensors``); None: no adapters.
     """
 
     host: str = "127.0.0.1"
@@ -98,11 +99,14 @@ class ServeConfig:
     poll_seconds: float = 0.25
     pipeline_factory: str = OFFICIAL_FACTORY
     runtime: dict = field(default_factory=dict)
+    lora_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
         if self.checkpoint_root is not None:
             self.checkpoint_root = Path(self.checkpoint_root).expanduser()
+        if self.lora_dir is not None:
+            self.lora_dir = Path(self.lora_dir).expanduser()
         self.models = tuple(self.models)
         self.devices = tuple(self.devices)
         self.cors_origins = tuple(self.cors_origins)
@@ -122,7 +126,7 @@ class ServeConfig:
 
         Raises:
             ConfigError: non-loopback host without an API key, no models, bad limits, a lease shorter than
-                two heartbeats, or an unknown preset.
+                two heartbeats, an unknown preset, or a ``lora_dir`` that is not a folder.
         """
         from magihuman.pipeline.presets import PRESETS  # plain data, no torch
 
@@ -153,13 +157,16 @@ class ServeConfig:
                 "--database-url must be sqlite:///FILE or postgresql+psycopg://USER:PASSWORD@HOST/DB, "
                 f"got {self.database_url.split(':', 1)[0]}:..."
             )
+        if self.lora_dir is not None and not self.lora_dir.is_dir():
+            raise ConfigError(f"--lora-dir {self.lora_dir} is not a folder; create it and put adapter "
+                              "<name>.safetensors files (from `magihuman train lora`) in it")
         if ":" not in self.pipeline_factory:
             raise ConfigError(f"--pipeline-factory must be 'module:function', got {self.pipeline_factory!r}")
 
     def to_json(self) -> str:
         """JSON text for a worker process (paths as strings)."""
         data = asdict(self)
-        for key in ("data_dir", "checkpoint_root"):
+        for key in ("data_dir", "checkpoint_root", "lora_dir"):
             data[key] = None if data[key] is None else str(data[key])
         return json.dumps(data)
 

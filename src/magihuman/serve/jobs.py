@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from magihuman.pipeline.presets import PRESETS, get_preset
 from magihuman.pipeline.request import GenerationRequest
 from magihuman.pipeline.validation import InputError, validate_request
+from magihuman.serve.adapters import check_request_loras
 from magihuman.serve.config import ServeConfig
 from magihuman.serve.schemas import CreateVideoRequest, Video, VideoError
 from magihuman.serve.store import Job, JobStore
@@ -80,6 +81,7 @@ def video_object(job: Job) -> Video:
         completed_at=None if job.completed_at is None else int(job.completed_at),
         seconds=f"{seconds:g}", size=job.params.get("rendered_size", job.params["size"]), prompt=job.prompt,
         seed=int(job.params["seed"]), attempts=job.attempts, notices=job.notices, error=error,
+        loras=job.params.get("loras") or [],
     )
 
 
@@ -155,6 +157,11 @@ class JobService:
         both = sorted(set(fields) & set(uploads))
         if both:
             raise RequestError(both[0], f"{both[0]} was sent twice (as a file and as a field); send it once")
+        if isinstance(fields.get("loras"), str):  # multipart: the list as JSON text
+            try:
+                fields = {**fields, "loras": json.loads(fields["loras"] or "[]")}
+            except ValueError:
+                raise RequestError("loras", 'loras must be JSON: [{"name": "style", "scale": 0.8}]') from None
         try:
             body = CreateVideoRequest.model_validate(fields)
         except ValidationError as exc:
@@ -198,9 +205,15 @@ class JobService:
         if config.max_seconds is not None and body.seconds > config.max_seconds:
             raise RequestError("seconds", f"seconds must be at most {config.max_seconds:g} on this server, "
                                           f"got {body.seconds:g}")
+        try:
+            loras = check_request_loras(body.loras, config.lora_dir)
+        except ValueError as exc:
+            code = "lora_not_found" if "no adapter" in str(exc) else "invalid_value"
+            raise RequestError("loras", str(exc), code=code) from None
         params = {"seconds": body.seconds, "size": body.size, "seed": body.seed,
                   "negative_prompt": body.negative_prompt, "rendered_size": rendered_size(body.model, body.size),
-                  **{k: (stored[k].name if k in stored else None) for k in UPLOAD_FIELDS}}
+                  **{k: (stored[k].name if k in stored else None) for k in UPLOAD_FIELDS},
+                  **({"loras": loras} if loras else {})}
         job = Job("", "queued", body.model, body.prompt, params, 0, 0.0, None, None, 0, 1, None, None, None, None, None)
         try:
             notices = validate_request(generation_request(job, folder))

@@ -13,16 +13,28 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from magihuman.pipeline.validation import MAX_PROMPT_CHARS, MAX_SEED
+from magihuman.serve.adapters import LORA_NAME_PATTERN, MAX_LORA_SCALE, MAX_LORAS
 
 __all__ = [
     "CreateVideoRequest", "Video", "VideoError", "VideoList", "VideoDeleted", "Model", "ModelList",
-    "ErrorBody", "ErrorResponse", "Health", "SIZE_PATTERN", "MAX_SEED", "MAX_PROMPT_CHARS",
+    "ErrorBody", "ErrorResponse", "Health", "LoraRef", "LoraAdapter", "SIZE_PATTERN", "MAX_SEED", "MAX_PROMPT_CHARS",
 ]
 
 #: ``WxH`` in pixels, each side 1-5 digits.
 SIZE_PATTERN = r"^[0-9]{1,5}x[0-9]{1,5}$"
 
 Status = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+
+
+class LoraRef(BaseModel):
+    """One adapter of a request: a name from ``GET /v1/models`` (``loras``) and its strength."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=LORA_NAME_PATTERN, description="Adapter name (its file stem in the server's "
+                                                              "--lora-dir): letters, digits, `.`, `_`, `-`; 1-64.")
+    scale: float = Field(1.0, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE, allow_inf_nan=False,
+                         description="Multiplier of the adapter's alpha/rank, in [-4, 4]; 0 turns it off.")
 
 
 class CreateVideoRequest(BaseModel):
@@ -59,13 +71,18 @@ class CreateVideoRequest(BaseModel):
     audio: str | None = Field(
         None, description="Driving speech track (audio-to-video): a multipart file part, or a `data:audio/...;base64,` "
                           "URL in JSON. WAV, MP3, FLAC, OGG or M4A; checked by decoding it. Its speech is kept.")
+    loras: list[LoraRef] = Field(
+        default_factory=list, max_length=MAX_LORAS,
+        description="LoRA adapters for this job only, at most 8: `[{\"name\": \"style\", \"scale\": 0.8}]` (in "
+                    "multipart: a `loras` field holding that JSON). Names come from `GET /v1/models`.")
 
 
 class VideoError(BaseModel):
     """Why a job failed or was cancelled."""
 
     code: str = Field(description="Machine-readable reason: `generation_failed`, `worker_lost` (its worker stopped "
-                                  "responding on every attempt), `cancelled`, `output_failed`.")
+                                  "responding on every attempt), `cancelled`, `output_failed`, `lora_mismatch` "
+                                  "(an adapter does not fit the loaded model), `lora_unsupported`.")
     message: str = Field(description="What happened, for a person.")
 
 
@@ -88,6 +105,7 @@ class Video(BaseModel):
     attempts: int = Field(description="Runs started (more than 1 when a worker died and the job was re-run).")
     notices: list[str] = Field(default_factory=list,
                                description="Notes from the input checks: rounding of sizes and seconds, short prompts.")
+    loras: list[LoraRef] = Field(default_factory=list, description="The adapters the job renders with.")
     error: VideoError | None = Field(None, description="Set when `status` is `failed` or `cancelled`.")
 
 
@@ -119,11 +137,22 @@ class Model(BaseModel):
     description: str = Field("", description="Sampler and size of the preset.")
 
 
+class LoraAdapter(BaseModel):
+    """A LoRA adapter a request may name in ``loras``."""
+
+    name: str = Field(description="The name to use in a request's `loras` (the file stem).")
+    object: Literal["lora"] = "lora"
+    rank: int = Field(description="Rank of its low-rank pairs.")
+    alpha: float = Field(description="Its alpha: the scale multiplies alpha/rank.")
+
+
 class ModelList(BaseModel):
-    """Presets this server renders."""
+    """Presets this server renders, and the LoRA adapters requests may name."""
 
     object: Literal["list"] = "list"
     data: list[Model]
+    loras: list[LoraAdapter] = Field(default_factory=list,
+                                     description="Adapters in the server's --lora-dir (empty without one).")
 
 
 class ErrorBody(BaseModel):

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from magihuman.serve.adapters import AdapterSet, LoraJobError
 from magihuman.serve.config import ServeConfig
 from magihuman.serve.jobs import THUMBNAIL_NAME, generation_request
 from magihuman.serve.store import Job, JobStore
@@ -99,6 +100,7 @@ class Worker:
         self.stop = stop or threading.Event()
         self.jobs_done = 0
         self._reaped = -float("inf")
+        self._adapters: dict[str, AdapterSet] = {}
 
     def run(self) -> None:
         """Loop: re-queue expired leases, claim the oldest job of a served preset, render it."""
@@ -138,6 +140,10 @@ class Worker:
             self.store.release(job)
             logger.info("%s: %s released back to the queue (worker stopping)", self.worker_id, job.id)
             return
+        except LoraJobError as exc:
+            logger.warning("%s: %s failed: %s", self.worker_id, job.id, exc)
+            self.store.fail(job, exc.code, str(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the worker goes on
             logger.exception("%s: %s failed", self.worker_id, job.id)
             self.store.fail(job, "generation_failed", f"{type(exc).__name__}: {exc}")
@@ -169,10 +175,23 @@ class Worker:
                 raise JobStopped()
             return callback_kwargs
 
-        out = self._call_pipeline(pipe, request, on_step_end)
+        adapters = self._adapter_set(job.model, pipe)
+        try:
+            if adapters is not None:
+                adapters.apply(job.params.get("loras") or [])
+            out = self._call_pipeline(pipe, request, on_step_end)
+        finally:
+            if adapters is not None:
+                adapters.reset()
         if lost.is_set():
             raise JobStopped()
         return out
+
+    def _adapter_set(self, model: str, pipe) -> AdapterSet | None:
+        """The LoRA adapters of ``model``'s pipeline (None for a pipeline without a transformer, e.g. the fake)."""
+        if model not in self._adapters and (self.config.lora_dir is not None or hasattr(pipe, "transformer")):
+            self._adapters[model] = AdapterSet(pipe, self.config.lora_dir)
+        return self._adapters.get(model)
 
     def _step_verdict(self, job: Job, progress: int, lost: threading.Event, last: list[int]) -> int:
         """After a step: :data:`GO`, :data:`STOPPED` (the run lost its job) or :data:`RELEASE` (worker stopping).
