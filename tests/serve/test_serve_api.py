@@ -223,7 +223,8 @@ def test_openapi_documents_fields_with_units(inproc):
     create = schema["paths"]["/v1/videos"]["post"]["requestBody"]["content"]
     assert set(create) == {"application/json", "multipart/form-data"}
     fields = create["application/json"]["schema"]["properties"]
-    assert set(fields) == {"prompt", "model", "seconds", "size", "seed", "negative_prompt", "input_reference", "audio"}
+    assert set(fields) == {"prompt", "model", "seconds", "size", "seed", "negative_prompt", "input_reference", "audio",
+                           "loras"}
     assert "seconds" in fields["seconds"]["description"] and "pixels" in fields["size"]["description"]
     assert create["multipart/form-data"]["schema"]["properties"]["input_reference"]["format"] == "binary"
     video = schema["components"]["schemas"]["Video"]["properties"]

@@ -88,6 +88,9 @@ def test_bad_loras_are_refused_before_queueing(lora_server, loras, code):
 
 
 def test_multipart_loras_must_be_json(lora_server):
+    schema = lora_server.client.get("/openapi.json").json()["paths"]["/v1/videos"]["post"]["requestBody"]["content"]
+    assert schema["multipart/form-data"]["schema"]["properties"]["loras"]["type"] == "string"
+    assert schema["application/json"]["schema"]["properties"]["loras"]["type"] == "array"
     answer = lora_server.client.post("/v1/videos", data={**SMALL, "seconds": "0.4", "loras": "style:0.8"})
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "loras"
 

@@ -103,6 +103,8 @@ def _create_video_openapi() -> dict[str, Any]:
     for field in UPLOAD_FIELDS:
         multipart["properties"][field] = {"type": "string", "format": "binary",
                                           "description": schema["properties"][field]["description"]}
+    multipart["properties"]["loras"] = {"type": "string", "description": "JSON text of the `loras` list: "
+                                        "`[{\"name\": \"style\", \"scale\": 0.8}]`."}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema},
                                                           "multipart/form-data": {"schema": multipart}}},
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
