@@ -119,6 +119,15 @@ def examples_dir() -> Path:
     return EXAMPLES
 
 
+@pytest.fixture
+def one_thread():
+    """Run the test on one intra-op thread (tiny models; spawned gloo ranks use one too), then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -176,12 +176,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(one_thread):
     """The spawned ranks run with one thread; so does the single-process reference."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

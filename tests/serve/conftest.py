@@ -42,11 +42,3 @@ def postgres():
     cluster.start()
     yield cluster
     cluster.stop()
-
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory):
-    """One demo bundle (tiny random weights) for every serve test that runs the real pipeline."""
-    from magihuman.demo.bundle import ensure_demo_bundle
-
-    return ensure_demo_bundle(tmp_path_factory.mktemp("demo") / "bundle")

@@ -29,21 +29,10 @@ class TrainedBase:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _train_on_one_thread(one_thread):
     """The training tests run on one intra-op thread: these models are tiny, and two threads on a shared
-    2-core machine spin against each other (a 13x slowdown measured here). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    2-core machine spin against each other."""
     yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory):
-    """The random-weight demo bundle, built once for the session outside the user's cache."""
-    from magihuman.demo.bundle import ensure_demo_bundle
-
-    return ensure_demo_bundle(tmp_path_factory.mktemp("demo") / "bundle")
 
 
 @pytest.fixture(scope="session")
