@@ -33,6 +33,11 @@ DEMO_NOTE = (
     "note: --demo runs tiny models with RANDOM weights, so the video and sound are noise; for real output "
     "run `magihuman download --root DIR` and pass --checkpoint-root DIR instead of --demo"
 )
+TOY_DEMO_NOTE = (
+    "note: --demo runs the toy world's small models trained on this project's synthetic cartoon clips (a person "
+    "with coloured hair, shirt and wall who says a few words); prompts in the toy caption form work best (README). "
+    "For real people run `magihuman download --root DIR` and pass --checkpoint-root DIR instead of --demo"
+)
 
 
 @dataclass
@@ -246,11 +251,11 @@ def run(job: Job) -> None:
     root = None if options.demo else expand_path(options.checkpoint_root)  # `~` expanded for every loader
     components = {k: expand_path(v) for k, v in options.components().items()}
     if options.demo:
-        if speaker:
-            typer.echo(DEMO_NOTE, err=True)
-        from magihuman.demo.bundle import ensure_demo_bundle
+        from magihuman.demo.bundle import demo_checkpoint_root
 
-        root = ensure_demo_bundle()  # every rank resolves it; the builder is atomic if ranks race
+        root, trained = demo_checkpoint_root()  # every rank resolves it; the builder is atomic if ranks race
+        if speaker:
+            typer.echo(TOY_DEMO_NOTE if trained else DEMO_NOTE, err=True)
     if speaker:
         typer.echo(f"loading {job.request.preset} checkpoints from {root or 'the given paths'} on {job.device}",
                    err=True)

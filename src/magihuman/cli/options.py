@@ -121,8 +121,9 @@ class GenerateOptions:
         "(overrides ROOT/turbo_vae).", panel=_CKPT)] = None
     video_decoder: Annotated[VideoDecoderName | None, _opt("--video-decoder", help="turbo: the distilled "
         "Turbo-VAED decoder (default, as the official examples). wan: the Wan2.2 VAE decoder.", panel=_CKPT)] = None
-    demo: Annotated[bool, _flag("--demo", help="Use tiny built-in RANDOM weights (the output is noise): checks the "
-        "install, no download.", panel=_CKPT)] = False
+    demo: Annotated[bool, _flag("--demo", help="Use the built-in toy models, no download: small models trained "
+        "here on synthetic clips of a cartoon person who speaks (with MAGIHUMAN_DEMO_DIR set: tiny RANDOM weights "
+        "built there, whose output is noise).", panel=_CKPT)] = False
     config: Annotated[Path | None, _opt("--config", help="JSON file of settings: the option names with "
         "underscores (prompt, prompt_file, seconds, checkpoint_root, output, ...); relative paths are taken from the "
         "current folder. Flags given here win.")] = None

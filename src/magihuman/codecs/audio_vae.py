@@ -56,6 +56,7 @@ from magihuman.model.checkpoint import CheckpointError, load_state_dict_strict
 
 __all__ = [
     "HOP_LENGTH",
+    "build_audio_vae",
     "LATENTS_PER_SECOND",
     "LATENT_CHANNELS",
     "MODEL_SAMPLE_RATE",
@@ -98,12 +99,12 @@ _DIFFUSERS_FILE = OfficialFile(
 # --------------------------------------------------------------------------------------------------
 
 
-def _build_on_meta(kwargs: Mapping, encoder_out: int | None):
-    """``AutoencoderOobleck`` on the meta device, with ``encoder.conv2`` widened if needed."""
+def _build_on_meta(kwargs: Mapping, encoder_out: int | None, device: str = "meta"):
+    """``AutoencoderOobleck`` on ``device`` (meta by default), with ``encoder.conv2`` widened if needed."""
     from diffusers import AutoencoderOobleck
     from torch.nn.utils import weight_norm
 
-    with warnings.catch_warnings(), torch.device("meta"):
+    with warnings.catch_warnings(), torch.device(device):
         warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
         model = AutoencoderOobleck.from_config(dict(kwargs))
         hidden = int(kwargs.get("encoder_hidden_size", 128))
@@ -112,6 +113,18 @@ def _build_on_meta(kwargs: Mapping, encoder_out: int | None):
             model.encoder.conv2 = weight_norm(torch.nn.Conv1d(d_model, encoder_out, kernel_size=3, padding=1))
     model.encoder_output_channels = encoder_out if encoder_out is not None else hidden
     return model
+
+
+def build_audio_vae(model_config: Mapping) -> torch.nn.Module:
+    """A freshly initialised float32 CPU ``AutoencoderOobleck`` described by a SAO ``model_config.json``.
+
+    The model the loader would fill from that config (architecture.md §11.5), for training one from scratch.
+
+    Raises:
+        ValueError: As :func:`~magihuman.codecs.audio_vae_format.oobleck_config_from_sao_config`.
+    """
+    kwargs, encoder_out = _parse_sao_config(model_config)
+    return _build_on_meta(kwargs, encoder_out, device="cpu")
 
 
 def _read_sao_vae_tensors(weights: Path) -> dict[str, Tensor]:

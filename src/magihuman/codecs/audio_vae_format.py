@@ -302,3 +302,37 @@ def convert_stable_audio_state_dict(full: Mapping[str, Tensor]) -> dict[str, Ten
             f"{unknown[:20]}{' ...' if len(unknown) > 20 else ''}"
         )
     return converted
+
+
+def to_sao_state_dict(diffusers_state: Mapping[str, Tensor], model_config: Mapping) -> dict[str, Tensor]:
+    """An ``AutoencoderOobleck`` state dict under the SAO ``model.safetensors`` names (``pretransform.model.*``).
+
+    The inverse of :func:`convert_stable_audio_state_dict` (architecture.md §11.5): Snake ``alpha``/``beta``
+    go back from ``[1, C, 1]`` to ``[C]``; weight-norm ``weight_g``/``weight_v`` keep their shapes.
+
+    Args:
+        diffusers_state: ``{diffusers_key: tensor}`` of the VAE described by ``model_config``.
+        model_config: The full SAO ``model_config.json`` content the file will be shipped with.
+
+    Returns:
+        ``{sao_key: tensor}`` in the order of :func:`official_sao_vae_key_shapes`.
+
+    Raises:
+        ValueError: If a key is missing or left over, or a shape differs from the config's (keys named).
+    """
+    shapes = official_sao_vae_key_shapes(model_config)
+    last_index = {"encoder": -1, "decoder": -1}
+    for key in shapes:
+        match = _TOP_RE.fullmatch(key[len(SAO_VAE_PREFIX):])
+        if match:
+            last_index[match.group(1)] = max(last_index[match.group(1)], int(match.group(2)))
+    names = {_convert_sao_key(key[len(SAO_VAE_PREFIX):], last_index): key for key in shapes}
+    missing = sorted(set(names) - set(diffusers_state))
+    extra = sorted(set(diffusers_state) - set(names))
+    if missing or extra:
+        raise ValueError(f"state dict does not match the SAO config: missing {missing[:10]}, unexpected {extra[:10]}")
+    out: dict[str, Tensor] = {}
+    for new_key, key in names.items():
+        tensor = diffusers_state[new_key].reshape(shapes[key])
+        out[key] = tensor
+    return out

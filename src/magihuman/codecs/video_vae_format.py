@@ -291,3 +291,34 @@ def infer_wan22_dims(state_dict: Mapping[str, Tensor]) -> dict[str, int]:
                 dims[name] = int(tensor.shape[axis])
                 break
     return dims
+
+
+def to_original_wan22_state_dict(diffusers_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an ``AutoencoderKLWan`` state dict back to the original ``Wan2.2_VAE.pth`` names.
+
+    The inverse of :func:`convert_wan22_state_dict` (architecture.md §11.3), so a VAE trained with
+    diffusers' class is written in the layout the original code and our loader read. The widths are
+    inferred from the tensor shapes.
+
+    Args:
+        diffusers_state: ``{diffusers_key: tensor}`` of a Wan2.2-structured ``AutoencoderKLWan``.
+
+    Returns:
+        ``{original_key: tensor}`` in the original key order; tensors are not copied.
+
+    Raises:
+        ValueError: If a key of the original layout has no tensor, or a tensor has no original name
+            (each list names the keys).
+    """
+    dims = {
+        "base_dim": int(diffusers_state["encoder.conv_in.weight"].shape[0]),
+        "decoder_base_dim": int(diffusers_state["decoder.conv_out.weight"].shape[1]),
+        "z_dim": int(diffusers_state["post_quant_conv.weight"].shape[0]),
+    }
+    names = {_convert_wan22_key(key): key for key in official_wan22_key_shapes(**dims)}
+    missing = sorted(set(names) - set(diffusers_state))
+    extra = sorted(set(diffusers_state) - set(names))
+    if missing or extra:
+        raise ValueError(f"not a Wan2.2-structured AutoencoderKLWan state dict: missing {missing[:10]}, "
+                         f"unexpected {extra[:10]}")
+    return {names[key]: diffusers_state[key] for key in names}

@@ -97,6 +97,31 @@ def build_demo_bundle(root: str | Path, *, seed: int = 0) -> Path:
     return root
 
 
+#: The toy world's trained models (``magihuman toy train``), shipped inside the package when present.
+TOY_BUNDLE = Path(__file__).resolve().parent / "toy_bundle"
+#: Marker written last into a complete shipped toy bundle (holds how it was trained).
+TOY_MARKER = "TOY_BUNDLE.json"
+
+
+def toy_bundle() -> Path | None:
+    """The shipped trained toy bundle's checkpoint root, or None when this install has none."""
+    return TOY_BUNDLE if (TOY_BUNDLE / TOY_MARKER).is_file() else None
+
+
+def demo_checkpoint_root() -> tuple[Path, bool]:
+    """What ``--demo`` runs: ``(root, trained)``.
+
+    ``$MAGIHUMAN_DEMO_DIR`` set: the random-weight bundle there (built on first use; tests use it for models
+    of a known shape). Otherwise the shipped trained toy bundle (a cartoon person who speaks, trained by
+    ``magihuman toy train``), or the random bundle when this install ships none.
+    """
+    if not os.environ.get("MAGIHUMAN_DEMO_DIR"):
+        trained = toy_bundle()
+        if trained is not None:
+            return trained, True
+    return ensure_demo_bundle(), False
+
+
 def ensure_demo_bundle(root: str | Path | None = None) -> Path:
     """The demo bundle's folder, building it first if it is missing or incomplete.
 

@@ -80,7 +80,7 @@ _N_SPECIAL = 5  # <pad> <eos> <bos> <unk> <mask>
 _MIN_VOCAB = _N_SPECIAL + 256 + 1 + 94  # specials, byte fallback, "▁", printable ASCII
 
 
-def _build_demo_tokenizer(vocab_size: int):
+def _build_demo_tokenizer(vocab_size: int, extra_words: Sequence[str] = ()):
     """Deterministic Gemma-style BPE tokenizer with byte fallback, built without downloads.
 
     Ids: ``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3, ``<mask>`` 4, then ``<0x00>``..``<0xFF>``,
@@ -100,7 +100,8 @@ def _build_demo_tokenizer(vocab_size: int):
         vocab[char] = len(vocab)
     merges: list[tuple[str, str]] = []
     # The words of the default negative prompt come next, so the demo negative prompt stays short.
-    words = list(dict.fromkeys(_DEMO_CORPUS.split() + DEFAULT_NEGATIVE_PROMPT.replace(",", " ").split()))
+    words = list(dict.fromkeys(_DEMO_CORPUS.split() + DEFAULT_NEGATIVE_PROMPT.replace(",", " ").split()
+                               + list(extra_words)))
     for word in words:
         piece = "\u2581"
         for char in word:
@@ -128,6 +129,7 @@ def save_random_text_encoder(
     intermediate_size: int = 64,
     vocab_size: int = 1280,
     seed: int = 0,
+    extra_words: Sequence[str] = (),
 ) -> Path:
     """Write a tiny random T5Gemma seq2seq checkpoint in the official layout; return ``folder``.
 
@@ -157,6 +159,8 @@ def save_random_text_encoder(
             characters). Extra room holds word merges (the default 1280 fits all of them, so
             the default negative prompt is about 225 tokens), then ``<unusedN>`` fillers.
         seed: Seed of the weight generator.
+        extra_words: Words that get their own merge chain after the built-in corpus (a world's
+            vocabulary, e.g. the toy world's colours and numbers), room permitting.
 
     Returns:
         ``Path(folder)``.
@@ -184,7 +188,7 @@ def save_random_text_encoder(
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     with quiet_transformers():
         config.save_pretrained(folder)
-        _build_demo_tokenizer(vocab_size).save_pretrained(folder)
+        _build_demo_tokenizer(vocab_size, extra_words).save_pretrained(folder)
     return folder
 
 
@@ -318,7 +322,7 @@ def save_random_wan22_vae(
 # --------------------------------------------------------------------------------------------------
 
 
-def _tiny_sao_config(channels: int) -> dict:
+def sao_model_config(channels: int) -> dict:
     """A SAO-layout ``model_config.json`` with real strides/c_mults/latent dims and tiny widths."""
     shared = {"channels": channels, "c_mults": list(_SAO_C_MULTS), "strides": list(_SAO_STRIDES), "use_snake": True}
     return {
@@ -387,7 +391,7 @@ def save_random_audio_vae(folder: str | os.PathLike, *, channels: int = 4, seed:
 
     if not isinstance(channels, int) or isinstance(channels, bool) or channels <= 0:
         raise ValueError(f"channels must be a positive integer, got {channels!r}")
-    config = _tiny_sao_config(channels)
+    config = sao_model_config(channels)
     generator = torch.Generator().manual_seed(seed)
     shapes = official_sao_vae_key_shapes(config)
     output_conv = f"{SAO_VAE_PREFIX}decoder.layers.{len(_SAO_STRIDES) + 2}."  # the last WN conv (architecture.md §11.5)
@@ -406,7 +410,7 @@ def save_random_audio_vae(folder: str | os.PathLike, *, channels: int = 4, seed:
 # --------------------------------------------------------------------------------------------------
 
 
-def _shipped_structure(channels: Sequence[int]) -> dict[str, Any]:
+def turbo_vaed_structure(channels: Sequence[int]) -> dict[str, Any]:
     """Official JSON with the shipped structure flags (architecture.md §11.4) and the given widths."""
     return {
         "in_channels": 3,
@@ -458,7 +462,7 @@ def save_random_turbo_vae(
     Raises:
         ValueError: ``channels`` is not 4 positive integers.
     """
-    config = TurboVAEDConfig.from_dict(_shipped_structure(channels), source="random config")
+    config = TurboVAEDConfig.from_dict(turbo_vaed_structure(channels), source="random config")
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in TurboVAEDecoder(config).state_dict().items()}
     generator = torch.Generator().manual_seed(seed)

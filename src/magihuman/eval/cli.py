@@ -63,6 +63,9 @@ def run(
     no_asr: Annotated[bool, _NO_ASR] = False,
     face_mesh: Annotated[bool, _FACE] = True,
     overwrite: Annotated[bool, _OVERWRITE] = False,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Override the preset sampler's step count "
+                                              "(e.g. base with 8 steps, to compare with the 8-step student).")] = None,
+    lora: Annotated[list[str] | None, typer.Option("--lora", help="LoRA adapter FILE[:SCALE] to apply (repeat).")] = None,
 ) -> None:
     """Generate every prompt of a set with one pipeline, score the clips, write the report."""
     from magihuman.eval.prompt_set import read_prompt_set
@@ -76,17 +79,28 @@ def run(
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 
     if demo:
-        from magihuman.demo.bundle import ensure_demo_bundle
+        from magihuman.demo.bundle import demo_checkpoint_root
 
-        root = ensure_demo_bundle()
+        root = demo_checkpoint_root()[0]
     else:
         root = checkpoint_root.expanduser()
     pipe = MagiHumanPipeline.from_official(root, preset=preset, device=device)
+    if steps is not None:
+        import dataclasses
+
+        pipe.preset = dataclasses.replace(pipe.preset, sampler=dataclasses.replace(pipe.preset.sampler,
+                                                                                   num_steps=steps))
+    for spec in lora or ():
+        path, _, scale = spec.partition(":")
+        try:
+            pipe.load_lora(Path(path).expanduser(), float(scale) if scale else 1.0)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--lora {spec}: {exc}", field="lora") from None
     defaults = {"seconds": seconds, "width": width, "height": height}
     scores = run_prompt_set(entries, pipe, folder, transcriber=transcriber, face=face, defaults=defaults,
                             overwrite=overwrite, log=lambda line: typer.echo(line, err=True))
     settings = {"command": "run", "prompts": str(prompts), "checkpoint_root": "demo" if demo else str(root),
-                "preset": preset, "device": device, **defaults}
+                "preset": preset, "device": device, "steps": steps, "lora": list(lora or ()), **defaults}
     _finish(folder, scores, settings)
 
 

@@ -121,10 +121,11 @@ def resolve_checkpoint_root(config: ServeConfig) -> ServeConfig:
     worker starts). Pipelines from another factory keep ``None``."""
     if config.checkpoint_root is not None or not config.pipeline_factory.endswith(":load_official_pipeline"):
         return config
-    from magihuman.demo.bundle import ensure_demo_bundle
+    from magihuman.demo.bundle import demo_checkpoint_root
 
-    logger.warning("no --checkpoint-root: serving the demo bundle (tiny RANDOM weights; the videos are noise)")
-    config.checkpoint_root = ensure_demo_bundle()
+    config.checkpoint_root, trained = demo_checkpoint_root()
+    logger.warning("no --checkpoint-root: serving the demo bundle (%s)", "the toy world's small trained models"
+                   if trained else "tiny RANDOM weights; the videos are noise")
     return config
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from magihuman.toy.clip import SECONDS, ToyClip, make_clip
 from magihuman.toy.drawing import HEIGHT, WIDTH
+from magihuman.toy.palette import SHIRT_COLOURS
 
 __all__ = ["TRAIN_STREAM", "HELD_OUT_STREAM", "DatasetSummary", "manifest_record", "held_out_record",
            "held_out_clips", "write_dataset"]
@@ -75,13 +76,14 @@ def held_out_record(clip: ToyClip, index: int, video: str, image: str | None) ->
     return row
 
 
-def held_out_clips(seed: int, count: int = 100) -> list[ToyClip]:
+def held_out_clips(seed: int, count: int = 100, *, shirt_colours: tuple[str, ...] = SHIRT_COLOURS) -> list[ToyClip]:
     """The held-out clips of a dataset seed: ``make_clip((seed, HELD_OUT_STREAM, j))`` for ``j < count``."""
-    return [make_clip((seed, HELD_OUT_STREAM, j)) for j in range(count)]
+    return [make_clip((seed, HELD_OUT_STREAM, j), shirt_colours=shirt_colours) for j in range(count)]
 
 
 def write_dataset(out: str | os.PathLike, *, clips: int, seed: int = 0, held_out: int = 100,
-                  overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> DatasetSummary:
+                  overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+                  shirt_colours: tuple[str, ...] = SHIRT_COLOURS) -> DatasetSummary:
     """Write ``clips`` training clips and ``held_out`` held-out prompts into the folder ``out``.
 
     Args:
@@ -91,6 +93,8 @@ def write_dataset(out: str | os.PathLike, *, clips: int, seed: int = 0, held_out
         held_out: held-out captions (>= 0).
         overwrite: replace an existing ``out`` (only once the new dataset is complete).
         progress: called as ``progress(done, total)`` after each clip.
+        shirt_colours: the shirt colours clips are drawn with (e.g. ``HELD_OUT_SHIRT_COLOURS`` for a LoRA
+            dataset of a colour the base model never saw).
 
     Raises:
         ValueError: ``clips < 1`` or ``held_out < 0``.
@@ -110,7 +114,7 @@ def write_dataset(out: str | os.PathLike, *, clips: int, seed: int = 0, held_out
         held_keys, first_frames = set(), 0
         (staging / "held_out").mkdir()
         with open(staging / "held_out.jsonl", "w") as rows:
-            for j, clip in enumerate(held_out_clips(seed, held_out)):
+            for j, clip in enumerate(held_out_clips(seed, held_out, shirt_colours=shirt_colours)):
                 held_keys.add(_content_key(clip))
                 video, image = _write_clip(staging, "held_out", f"held-{j:03d}", clip)
                 rows.write(json.dumps(held_out_record(clip, j, video, image)) + "\n")
@@ -121,7 +125,7 @@ def write_dataset(out: str | os.PathLike, *, clips: int, seed: int = 0, held_out
         with open(staging / "manifest.jsonl", "w") as rows:
             index = written = 0
             while written < clips:
-                clip = make_clip((seed, TRAIN_STREAM, index))
+                clip = make_clip((seed, TRAIN_STREAM, index), shirt_colours=shirt_colours)
                 index += 1
                 if _content_key(clip) in held_keys:
                     continue

@@ -69,6 +69,10 @@ class TrainConfig(BaseModel):
     text_dropout: float = Field(0.1, ge=0, le=1, description="Share of samples whose text is replaced by the "
                                 "negative prompt (the unconditional branch CFG uses).")
     audio_loss_weight: float = Field(1.0, ge=0, description="Weight of the audio velocity loss next to the video's.")
+    prefix_rate: float = Field(0.0, ge=0, le=1, description="Share of samples with a clean prefix of latent frames "
+                               "and the matching audio (continuation / long-clip windows); no loss there.")
+    range_rate: float = Field(0.0, ge=0, le=1, description="Share of samples clean everywhere except a random range "
+                              "of latent frames and the matching audio (retakes).")
     mixed_precision: Literal["bf16", "fp32"] = Field(
         "bf16", description="bf16: block GEMMs in bf16 (autocast) over float32 master weights, as inference "
         "computes; fp32: all float32.")

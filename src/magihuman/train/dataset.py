@@ -129,13 +129,14 @@ def choose_bucket(buckets: Sequence[Bucket], width: int, height: int, duration: 
     """The bucket for a clip of ``width x height`` pixels lasting ``duration`` seconds.
 
     The size is the one whose aspect ratio is closest in log scale (ties: the first listed); the length is
-    the longest one not above ``duration`` (a clip is cut, never stretched). None when the clip is shorter
+    the longest one not above ``duration`` plus one frame (a clip is cut, never stretched; a "2 s" bucket
+    reads ``4(T-1)+1 = 49`` frames, which a 49-frame clip of 1.96 s holds). None when the clip is shorter
     than every length.
     """
     ratio = math.log(width / height)
     best = min({(b.width, b.height) for b in buckets},
                key=lambda s: (abs(math.log(s[0] / s[1]) - ratio), [(b.width, b.height) for b in buckets].index(s)))
-    fitting = [b for b in buckets if (b.width, b.height) == best and b.seconds <= duration + 1e-6]
+    fitting = [b for b in buckets if (b.width, b.height) == best and b.seconds <= duration + 1 / LATENT_RATE + 1e-6]
     return max(fitting, key=lambda b: b.seconds) if fitting else None
 
 

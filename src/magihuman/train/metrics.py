@@ -21,12 +21,15 @@ class LossLog:
         folder: the run folder (``loss.csv`` and ``loss.png`` go there).
         resume_step: keep only rows with ``step <= resume_step`` (0: start a new file).
         tensorboard: also write TensorBoard events under ``folder/tensorboard``.
+        columns: the CSV columns, ``step`` first (default :data:`COLUMNS`; codec runs log their own terms).
 
     Raises:
         ImportError: ``tensorboard=True`` without the ``tensorboard`` package (``pip install magihuman[tensorboard]``).
     """
 
-    def __init__(self, folder: Path, *, resume_step: int = 0, tensorboard: bool = False):
+    def __init__(self, folder: Path, *, resume_step: int = 0, tensorboard: bool = False,
+                 columns: tuple[str, ...] = COLUMNS):
+        self.columns = tuple(columns)
         self.path = Path(folder) / "loss.csv"
         self.plot_path = Path(folder) / "loss.png"
         rows = [r for r in self.read() if int(r["step"]) <= resume_step] if resume_step else []
@@ -42,7 +45,7 @@ class LossLog:
     def _rewrite(self, rows: list[dict]) -> None:
         def write(tmp: Path) -> None:
             with tmp.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, COLUMNS)
+                writer = csv.DictWriter(handle, self.columns)
                 writer.writeheader()
                 writer.writerows(rows)
 
@@ -56,12 +59,14 @@ class LossLog:
             return list(csv.DictReader(handle))
 
     def append(self, step: int, values: dict[str, float]) -> None:
-        """Log step ``step`` (keys of :data:`COLUMNS` other than ``step``)."""
+        """Log step ``step`` (the columns other than ``step``)."""
         with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, COLUMNS).writerow({"step": step, **{k: f"{values[k]:.8g}" for k in COLUMNS[1:]}})
+            row = {"step": step, **{k: f"{values[k]:.8g}" for k in self.columns[1:]}}
+            csv.DictWriter(handle, self.columns).writerow(row)
         if self.writer is not None:
-            for key in ("loss", "video_loss", "audio_loss", "learning_rate"):
-                self.writer.add_scalar(f"train/{key}", values[key], step)
+            for key in self.columns[1:]:
+                if key != "seconds":
+                    self.writer.add_scalar(f"train/{key}", values[key], step)
 
     def plot(self) -> Path | None:
         """Draw ``loss.png`` (loss per step, log scale, with a running mean); None when no rows yet."""
@@ -76,11 +81,13 @@ class LossLog:
         steps = [int(r["step"]) for r in rows]
         fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
         for key, label in (("loss", "loss"), ("video_loss", "video"), ("audio_loss", "audio")):
+            if key not in rows[0]:
+                continue
             values = [float(r[key]) for r in rows]
             ax.plot(steps, values, label=label, linewidth=1.0 if key == "loss" else 0.7)
         ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("flow-matching loss")
+        ax.set_ylabel("loss")
         ax.legend()
         ax.grid(True, alpha=0.3)
         fig.tight_layout()

@@ -9,9 +9,15 @@ For a clean sample ``(x0_video, x0_audio, text)``:
    overwrites it at every step, pipeline.md 7.1 step 5) and is left out of the loss;
 4. text dropout with probability ``text_dropout``: the text becomes the negative prompt, the unconditional
    input that CFG contrasts with (pipeline.md 5);
-5. loss per sample = mean squared velocity error over the video elements + ``audio_loss_weight`` x the
-   audio's (no audio term for video-only samples, whose audio input is pure noise); the batch loss is the
-   mean over samples.
+5. clean-condition training for continuation and retakes (off by default): with probability ``prefix_rate``
+   a random prefix of ``P`` latent frames (1 <= P < T) is held clean together with the audio latents of the
+   same time, ``0 .. 4(P-1)`` (latent frame ``t`` covers pixel frames ``4t-3 .. 4t``, audio runs at 25
+   latents/s = one per pixel frame); with probability ``range_rate`` everything outside a random range of
+   latent frames ``[a, b)`` is held clean (audio ``[4a-3, 4b-3)`` stays noisy). Clean positions are written
+   with the clean latents and carry no loss, exactly as the sampler's clean-condition masks overwrite them;
+6. loss per sample = mean squared velocity error over the video elements + ``audio_loss_weight`` x the
+   audio's, both over the positions that are not held clean (no audio term for video-only samples, whose
+   audio input is pure noise); the batch loss is the mean over samples.
 
 Every random draw of sample ``j`` of global batch ``k`` comes from its own generator seeded by
 ``(seed, k, j)`` (:func:`sample_generator`), so the result does not depend on how a global batch is split
@@ -55,6 +61,7 @@ class NoisedBatch:
         text: ``[B, Nt, C]`` float32, zero-padded; ``text_lengths`` the true lengths.
         video_target, audio_target: velocities ``ε - x0``.
         video_mask: ``[B, 1, T, 1, 1]`` float32, 0 on a conditioning frame.
+        audio_mask: ``[B, A, 1]`` float32, 0 on a clean audio latent.
         audio_weight: ``[B]`` float32, 0 for video-only samples.
         sigma: ``[B]`` float32 noise levels.
     """
@@ -66,6 +73,7 @@ class NoisedBatch:
     video_target: torch.Tensor
     audio_target: torch.Tensor
     video_mask: torch.Tensor
+    audio_mask: torch.Tensor
     audio_weight: torch.Tensor
     sigma: torch.Tensor
 
@@ -82,13 +90,16 @@ class ObjectiveSettings:
     first_frame_rate: float = 0.5
     text_dropout: float = 0.1
     audio_loss_weight: float = 1.0
+    prefix_rate: float = 0.0
+    range_rate: float = 0.0
 
 
 def noise_batch(samples: Sequence[LatentSample], negative: torch.Tensor, settings: ObjectiveSettings,
                 generators: Sequence[torch.Generator]) -> NoisedBatch:
     """Draw σ, ε and the dropouts of each sample (one generator each) and build the batch.
 
-    Draw order per sample: u, video ε, audio ε, text-dropout u, first-frame u (all float32 on the CPU).
+    Draw order per sample: u, video ε, audio ε, text-dropout u, first-frame u (all float32 on the CPU), then,
+    only when ``prefix_rate`` or ``range_rate`` is set, the clean-condition u and its frame indices.
 
     Args:
         samples: clips of one shape (one bucket).
@@ -119,20 +130,54 @@ def _noise_one(sample: LatentSample, negative: torch.Tensor, settings: Objective
     drop_text = torch.rand((), generator=generator).item() < settings.text_dropout
     first_frame = torch.rand((), generator=generator).item() < settings.first_frame_rate
     video = (1 - sigma) * x0_video + sigma * eps_video
-    mask = torch.ones(1, x0_video.shape[1], 1, 1)
-    if first_frame:
-        video[:, :1] = x0_video[:, :1]
-        mask[:, :1] = 0
+    video_clean, audio_clean = clean_positions(x0_video.shape[1], audio_shape[0], settings, first_frame, generator)
+    video[:, video_clean] = x0_video[:, video_clean]
+    mask = (~video_clean).float().view(1, -1, 1, 1)
+    audio_mask = torch.ones(audio_shape[0], 1)
     if sample.audio_latent is not None:
         x0_audio = sample.audio_latent.float()
         audio, audio_target, weight = (1 - sigma) * x0_audio + sigma * eps_audio, eps_audio - x0_audio, 1.0
+        audio[audio_clean] = x0_audio[audio_clean]
+        audio_mask = (~audio_clean).float()[:, None]
     else:  # video-only: the audio stream is pure noise and carries no loss
         audio, audio_target, weight = eps_audio, torch.zeros_like(eps_audio), 0.0
     return {
         "video": video, "audio": audio, "text": negative if drop_text else sample.text_embeds.float(),
         "video_target": eps_video - x0_video, "audio_target": audio_target, "video_mask": mask,
-        "audio_weight": torch.tensor(weight * settings.audio_loss_weight), "sigma": sigma,
+        "audio_mask": audio_mask, "audio_weight": torch.tensor(weight * settings.audio_loss_weight), "sigma": sigma,
     }
+
+
+def clean_positions(frames: int, audio_latents: int, settings: ObjectiveSettings, first_frame: bool,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which latent frames and audio latents a sample holds clean (module docstring steps 3 and 5).
+
+    Args:
+        frames: latent frames ``T``; audio_latents: ``A``.
+        settings: the rates; ``first_frame``: the first-frame draw of this sample.
+        generator: the sample's generator (drawn from only when a clean-condition rate is set).
+
+    Returns:
+        ``(video_clean [T] bool, audio_clean [A] bool)``.
+    """
+    video_clean = torch.zeros(frames, dtype=torch.bool)
+    audio_clean = torch.zeros(audio_latents, dtype=torch.bool)
+    video_clean[0] = first_frame
+    if (settings.prefix_rate <= 0 and settings.range_rate <= 0) or frames < 2:
+        return video_clean, audio_clean
+    u = torch.rand((), generator=generator).item()
+    if u < settings.prefix_rate:
+        length = int(torch.randint(1, frames, (), generator=generator))
+        video_clean[:length] = True
+        audio_clean[: 4 * (length - 1) + 1] = True
+    elif u < settings.prefix_rate + settings.range_rate:
+        a = int(torch.randint(1, frames, (), generator=generator))
+        b = int(torch.randint(a + 1, frames + 1, (), generator=generator))
+        video_clean[:] = True
+        video_clean[a:b] = False
+        audio_clean[:] = True
+        audio_clean[4 * a - 3 : (4 * b - 3 if b < frames else audio_latents)] = False
+    return video_clean, audio_clean
 
 
 def flow_matching_loss(model, batch: NoisedBatch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -150,6 +195,11 @@ def flow_matching_loss(model, batch: NoisedBatch) -> tuple[torch.Tensor, dict[st
     video_err = (v_video.float() - batch.video_target).pow(2) * batch.video_mask
     video_count = batch.video_mask.flatten(1).sum(1) * (video_err[0].numel() / batch.video_mask[0].numel())
     video_loss = video_err.flatten(1).sum(1) / video_count
-    audio_loss = (v_audio.float() - batch.audio_target).pow(2).flatten(1).mean(1) * batch.audio_weight
+    audio_err = (v_audio.float() - batch.audio_target).pow(2)
+    if bool(batch.audio_mask.all()):
+        audio_loss = audio_err.flatten(1).mean(1) * batch.audio_weight
+    else:
+        audio_count = batch.audio_mask.flatten(1).sum(1).clamp_min(1) * audio_err.shape[-1]
+        audio_loss = (audio_err * batch.audio_mask).flatten(1).sum(1) / audio_count * batch.audio_weight
     loss = (video_loss + audio_loss).mean()
     return loss, {"video": float(video_loss.detach().mean()), "audio": float(audio_loss.detach().mean())}

@@ -1,0 +1,372 @@
+"""``magihuman toy train``: train every model of the toy talking world from scratch, in stages, resumably.
+
+The toy world (:mod:`magihuman.toy`) draws a cartoon person who speaks; this recipe trains, with this project's
+own trainers, the models that generate it, at small widths but in the official architectures and file layouts:
+
+1. ``dataset``: toy clips (MP4 + captions) and the held-out prompt set (:func:`magihuman.toy.dataset.write_dataset`);
+2. ``text_encoder``: a small fixed random T5Gemma whose tokenizer has a merge chain for each toy word;
+3. ``video_vae``: the Wan2.2 VAE, reconstruction-trained on clips rendered on the fly
+   (:func:`~magihuman.train.autoencoders.video_vae_loss`);
+4. ``audio_vae``: the Stable Audio VAE, reconstruction-trained on the toy voices at 51.2 kHz;
+5. ``turbo_vae``: the Turbo-VAED decoder, trained to decode the trained Wan encoder's latents;
+6. ``cache``: ``magihuman train prepare`` on the dataset with the new codecs (one 128x128, 2 s bucket);
+7. ``base``: the transformer trained from a random initialisation with the flow-matching trainer
+   (first-frame conditioning and text dropout, plus clean-prefix conditioning for continuation);
+8. ``distill``: the 8-step DMD-2 student from the base model;
+9. ``lora``: a LoRA on the base model teaching a shirt colour it never saw (cyan), from its own small dataset.
+
+Everything goes to one work folder; the assembled checkpoint root is ``WORK/bundle`` (loadable by
+``MagiHumanPipeline.from_official``). Each stage writes ``WORK/stages/<name>.done`` (with its wall time) when
+complete and is skipped afterwards; the training stages checkpoint every few minutes, so running the same
+command again after an interruption resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from magihuman.pipeline.loading import ROOT_LAYOUT
+from magihuman.train.autoencoders import (
+    ReconstructionRun,
+    audio_vae_loss,
+    save_audio_vae,
+    save_turbo_decoder,
+    save_wan22_vae,
+    turbo_decoder_loss,
+    video_vae_loss,
+)
+from magihuman.train.objective import derive_seed
+
+__all__ = ["STAGES", "ToyRecipe", "run_recipe"]
+
+STAGES = ("dataset", "text_encoder", "video_vae", "audio_vae", "turbo_vae", "cache", "base", "distill", "lora")
+
+#: Where the LoRA stage's adapter goes inside the bundle (a shirt colour the base model never saw).
+LORA_FILE = "loras/cyan_shirt.safetensors"
+
+#: The toy transformer: the 15B model's structure (sandwich experts at both ends, gelu7 then swiglu7, GQA with
+#: gates) at a width that trains on a CPU.
+TOY_TRANSFORMER_CONFIG = dict(
+    num_layers=8, hidden_size=128, head_dim=32, num_query_groups=2, video_in_channels=192,
+    audio_in_channels=64, text_in_channels=32, mm_layers=(0, 1, 6, 7), gelu7_layers=(0, 1),
+)
+
+
+@dataclass(frozen=True)
+class ToyRecipe:
+    """Sizes and budgets of each stage (defaults: the shipped bundle; :meth:`quick` for tests)."""
+
+    seed: int = 0
+    clips: int = 600
+    held_out: int = 100
+    text_hidden: int = 32
+    video_vae_width: int = 8
+    video_vae_steps: int = 2500
+    video_vae_batch: int = 2
+    video_crop: tuple[int, int] = (9, 64)  # frames (1 + 4k), pixels (multiple of 16)
+    audio_vae_width: int = 8
+    audio_vae_steps: int = 600
+    audio_vae_batch: int = 2
+    audio_crop_latents: int = 12
+    turbo_channels: tuple[int, int, int, int] = (8, 8, 16, 16)
+    turbo_steps: int = 300
+    turbo_pool: int = 64
+    transformer: dict = field(default_factory=lambda: dict(TOY_TRANSFORMER_CONFIG))
+    base_steps: int = 2000
+    base_batch: int = 8
+    base_learning_rate: float = 5e-4
+    prefix_rate: float = 0.2
+    range_rate: float = 0.1
+    distill_steps: int = 200
+    lora_clips: int = 120
+    lora_steps: int = 300
+    lora_rank: int = 16
+
+    @classmethod
+    def quick(cls) -> ToyRecipe:
+        """Tiny budgets that run every stage in about a minute (tests, smoke runs)."""
+        return cls(clips=6, held_out=4, video_vae_steps=2, video_crop=(5, 32), audio_vae_steps=2,
+                   turbo_steps=2, turbo_pool=2, base_steps=4, base_batch=2, distill_steps=1, lora_clips=2, lora_steps=2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------
+
+
+def _stage_dataset(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
+    from magihuman.toy.dataset import write_dataset
+
+    if (work / "data" / "manifest.jsonl").is_file():
+        return
+    write_dataset(work / "data", clips=recipe.clips, seed=recipe.seed, held_out=recipe.held_out, overwrite=True,
+                  progress=lambda done, total: log(f"dataset {done}/{total}") if done % 100 == 0 else None)
+
+
+def toy_vocabulary() -> list[str]:
+    """Every word the toy captions use that the tokenizer should keep whole (colours, numbers, parts)."""
+    from magihuman.toy.attributes import GENDERS, VOICES, WORDS
+    from magihuman.toy.palette import HAIR_COLOURS, HELD_OUT_SHIRT_COLOURS, SHIRT_COLOURS, WALL_COLOURS
+
+    words = [*HAIR_COLOURS, *SHIRT_COLOURS, *HELD_OUT_SHIRT_COLOURS, *WALL_COLOURS, *WORDS, *VOICES, *GENDERS,
+             "hair", "shirt", "wall", "Dialogue", "Background", "Sound", "pitched", "voice"]
+    return list(dict.fromkeys(words))
+
+
+def _stage_text_encoder(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
+    from magihuman.demo.random_codecs import save_random_text_encoder
+
+    save_random_text_encoder(work / "bundle" / ROOT_LAYOUT["text_encoder"], hidden_size=recipe.text_hidden,
+                             seed=recipe.seed + 2, vocab_size=1536, extra_words=toy_vocabulary())
+
+
+def _clip(recipe: ToyRecipe, stream: int, step: int, index: int):
+    from magihuman.toy.clip import make_clip
+
+    return make_clip((recipe.seed, 1000 + stream, step, index))
+
+
+def _video_crop(recipe: ToyRecipe, step: int, index: int) -> torch.Tensor:
+    """``[3, F, P, P]`` float32 in [-1, 1]: a random crop of a freshly rendered clip."""
+    frames, size = recipe.video_crop
+    clip = _clip(recipe, 1, step, index)
+    rng = np.random.default_rng(derive_seed(recipe.seed, 11, step, index))
+    total, height, width = clip.frames.shape[:3]
+    t0 = int(rng.integers(0, total - frames + 1))
+    y0, x0 = (int(rng.integers(0, n - size + 1)) for n in (height, width))
+    crop = clip.frames[t0 : t0 + frames, y0 : y0 + size, x0 : x0 + size]
+    return torch.from_numpy(crop).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+
+
+def _stage_video_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
+    from diffusers import AutoencoderKLWan
+
+    from magihuman.codecs.video_vae import wan22_vae_config
+
+    torch.manual_seed(derive_seed(recipe.seed, 10))
+    model = AutoencoderKLWan(**wan22_vae_config(recipe.video_vae_width, recipe.video_vae_width, 48))
+
+    def loss_fn(step: int):
+        pixels = torch.stack([_video_crop(recipe, step, j) for j in range(recipe.video_vae_batch)])
+        return video_vae_loss(model, pixels, torch.Generator().manual_seed(derive_seed(recipe.seed, 12, step)))
+
+    run = ReconstructionRun(model, work / "runs" / "video_vae", loss_fn, recipe.video_vae_steps,
+                            learning_rate=1e-3, checkpoint_every=50)
+    run.train(progress=_progress(log, "video_vae", recipe.video_vae_steps))
+    save_wan22_vae(model, work / "bundle" / ROOT_LAYOUT["video_vae"])
+
+
+def _audio_crop(recipe: ToyRecipe, step: int, index: int) -> torch.Tensor:
+    """``[2, 2048·n]`` float32 at 51.2 kHz: a random crop of a freshly synthesised voice."""
+    from scipy.signal import resample_poly
+
+    from magihuman.codecs.audio_vae import HOP_LENGTH, MODEL_SAMPLE_RATE
+
+    clip = _clip(recipe, 2, step, index)
+    wave = resample_poly(clip.audio, MODEL_SAMPLE_RATE // 100, clip.sample_rate // 100, axis=-1).astype(np.float32)
+    length = recipe.audio_crop_latents * HOP_LENGTH
+    rng = np.random.default_rng(derive_seed(recipe.seed, 21, step, index))
+    start = int(rng.integers(0, wave.shape[-1] - length + 1))
+    return torch.from_numpy(np.ascontiguousarray(wave[:, start : start + length]))
+
+
+def _stage_audio_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
+    from magihuman.codecs.audio_vae import build_audio_vae
+    from magihuman.demo.random_codecs import sao_model_config
+
+    torch.manual_seed(derive_seed(recipe.seed, 20))
+    config = sao_model_config(recipe.audio_vae_width)
+    model = build_audio_vae(config)
+
+    def loss_fn(step: int):
+        wave = torch.stack([_audio_crop(recipe, step, j) for j in range(recipe.audio_vae_batch)])
+        return audio_vae_loss(model, wave, torch.Generator().manual_seed(derive_seed(recipe.seed, 22, step)))
+
+    run = ReconstructionRun(model, work / "runs" / "audio_vae", loss_fn, recipe.audio_vae_steps,
+                            learning_rate=3e-4, checkpoint_every=50)
+    run.train(progress=_progress(log, "audio_vae", recipe.audio_vae_steps))
+    save_audio_vae(model, config, work / "bundle" / ROOT_LAYOUT["audio_vae"])
+
+
+@torch.no_grad()
+def _latent_pool(work: Path, recipe: ToyRecipe) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(raw latent [48, T, h, w], pixels [3, F, H, W])`` of ``turbo_pool`` clips, encoded by the trained Wan VAE."""
+    from magihuman.codecs.video_vae import VideoVAE
+
+    vae = VideoVAE.from_official(work / "bundle" / ROOT_LAYOUT["video_vae"], dtype=torch.float32)
+    pool = []
+    for index in range(recipe.turbo_pool):
+        frames = _clip(recipe, 3, 0, index).frames
+        pixels = torch.from_numpy(frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1.0
+        mu = vae.model.encode(pixels).latent_dist.mode()
+        pool.append((mu[0], pixels[0]))
+    return pool
+
+
+def _turbo_window(pool, recipe: ToyRecipe, step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """A random decode window (first-chunk or later, as the sliding-window plan calls it) and its pixels."""
+    rng = np.random.default_rng(derive_seed(recipe.seed, 31, step))
+    latent, pixels = pool[int(rng.integers(len(pool)))]
+    frames = latent.shape[1]
+    first = bool(rng.integers(2)) or frames < 3
+    if first:
+        n = int(rng.integers(1, min(frames, 8) + 1))
+        window, target = latent[:, :n], pixels[:, : 4 * n - 3]
+    else:
+        n = int(rng.integers(2, min(frames - 1, 9) + 1))
+        a = int(rng.integers(1, frames - n + 1))
+        window, target = latent[:, a : a + n], pixels[:, 4 * a - 3 : 4 * (a + n) - 3]
+    return window[None], target[None], first
+
+
+def _stage_turbo_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
+    from magihuman.codecs.turbo_vae_config import TurboVAEDConfig
+    from magihuman.codecs.turbo_vae_network import TurboVAEDecoder
+    from magihuman.demo.random_codecs import turbo_vaed_structure
+
+    torch.manual_seed(derive_seed(recipe.seed, 30))
+    decoder = TurboVAEDecoder(TurboVAEDConfig.from_dict(turbo_vaed_structure(recipe.turbo_channels),
+                                                        source="toy recipe"))
+    pool = _latent_pool(work, recipe)
+
+    def loss_fn(step: int):
+        window, target, first = _turbo_window(pool, recipe, step)
+        return turbo_decoder_loss(decoder, window, target, is_first_chunk=first)
+
+    run = ReconstructionRun(decoder, work / "runs" / "turbo_vae", loss_fn, recipe.turbo_steps,
+                            learning_rate=1e-3, checkpoint_every=50)
+    done = run.train(progress=_progress(log, "turbo_vae", recipe.turbo_steps))
+    save_turbo_decoder(decoder, work / "bundle" / ROOT_LAYOUT["turbo_vae"], global_step=done)
+
+
+def _stage_cache(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
+    from magihuman.train.dataset import Bucket
+    from magihuman.train.prepare import prepare_dataset
+
+    prepare_dataset(work / "data" / "manifest.jsonl", work / "cache", root=work / "bundle",
+                    buckets=[Bucket(128, 128, 2.0)], seed=recipe.seed, progress=False)
+
+
+def _stage_base(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
+    from magihuman.demo.random_weights import save_random_transformer
+    from magihuman.train.config import TrainConfig
+    from magihuman.train.trainer import Trainer
+
+    init = work / "runs" / "base_init"
+    if not (init / "model.safetensors").is_file():
+        save_random_transformer(init, recipe.transformer, seed=recipe.seed + 40)
+        (init / "magihuman_transformer.json").write_text(json.dumps(recipe.transformer, indent=2) + "\n")
+    config = TrainConfig(mode="finetune", cache=work / "cache", base=init, output=work / "runs" / "base",
+                         steps=recipe.base_steps, batch_size=recipe.base_batch,
+                         learning_rate=recipe.base_learning_rate, warmup_steps=min(200, recipe.base_steps),
+                         mixed_precision="fp32", checkpoint_every=100, seed=recipe.seed, ema_decay=0.995,
+                         prefix_rate=recipe.prefix_rate, range_rate=recipe.range_rate)
+    result = Trainer(config).train()
+    _replace_folder(result.output, work / "bundle" / "base")
+
+
+def _stage_distill(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
+    from magihuman.train.config import DistillConfig
+    from magihuman.train.distill import Distiller
+
+    config = DistillConfig(cache=work / "cache", teacher=work / "bundle" / "base", output=work / "runs" / "distill",
+                           steps=recipe.distill_steps, batch_size=4, fake_steps=3, generator_lr=2e-5,
+                           fake_lr=1e-4, mixed_precision="fp32", seed=recipe.seed)
+    result = Distiller(config).train()
+    _replace_folder(result.output, work / "bundle" / "distill")
+
+
+def _stage_lora(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
+    from magihuman.toy.dataset import write_dataset
+    from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS
+    from magihuman.train.config import LoraSettings, TrainConfig
+    from magihuman.train.dataset import Bucket
+    from magihuman.train.prepare import prepare_dataset
+    from magihuman.train.trainer import Trainer
+
+    data = work / "lora_data"
+    if not (data / "manifest.jsonl").is_file():
+        write_dataset(data, clips=recipe.lora_clips, seed=recipe.seed + 1, held_out=recipe.held_out, overwrite=True,
+                      shirt_colours=HELD_OUT_SHIRT_COLOURS)
+    prepare_dataset(data / "manifest.jsonl", work / "lora_cache", root=work / "bundle",
+                    buckets=[Bucket(128, 128, 2.0)], seed=recipe.seed + 1, progress=False)
+    config = TrainConfig(mode="lora", cache=work / "lora_cache", base=work / "bundle" / "base",
+                         output=work / "runs" / "lora", steps=recipe.lora_steps, batch_size=recipe.base_batch,
+                         learning_rate=1e-3, warmup_steps=min(20, recipe.lora_steps), mixed_precision="fp32",
+                         checkpoint_every=50, seed=recipe.seed + 1, prefix_rate=recipe.prefix_rate,
+                         lora=LoraSettings(rank=recipe.lora_rank, alpha=float(recipe.lora_rank)))
+    result = Trainer(config).train()
+    target = work / "bundle" / LORA_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result.output, target)
+
+
+def _replace_folder(source: Path, target: Path) -> None:
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def _progress(log: Callable[[str], None], name: str, total: int, every: int = 25):
+    def report(step: int, values: dict) -> None:
+        if step % every == 0 or step == total:
+            parts = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+            log(f"{name} {step}/{total} {parts}")
+    return report
+
+
+_RUNNERS = {"dataset": _stage_dataset, "text_encoder": _stage_text_encoder, "video_vae": _stage_video_vae,
+            "audio_vae": _stage_audio_vae, "turbo_vae": _stage_turbo_vae, "cache": _stage_cache,
+            "base": _stage_base, "distill": _stage_distill, "lora": _stage_lora}
+
+
+def run_recipe(work: str | Path, recipe: ToyRecipe | None = None, *, stages: tuple[str, ...] = STAGES,
+               log: Callable[[str], None] = print) -> Path:
+    """Run the recipe's stages in order into ``work`` (resuming); returns the checkpoint root ``work/bundle``.
+
+    Args:
+        work: work folder (created).
+        recipe: sizes and budgets (default :class:`ToyRecipe`).
+        stages: which stages to run (each needs the ones before it to be done).
+        log: receives one line per progress report.
+
+    Raises:
+        ValueError: an unknown stage name, or a recipe that differs from the one the folder was started with.
+    """
+    recipe = recipe or ToyRecipe()
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    work = Path(work)
+    (work / "stages").mkdir(parents=True, exist_ok=True)
+    saved = work / "recipe.json"
+    settings = json.loads(json.dumps(asdict(recipe)))
+    if saved.is_file():
+        old = json.loads(saved.read_text())
+        changed = sorted(k for k in settings if k in old and old[k] != settings[k] and not k.endswith("_steps"))
+        if changed:
+            raise ValueError(f"{work} was started with other settings ({', '.join(changed)}; see {saved}); use a new "
+                             "folder or the same settings (only step budgets may change on resume)")
+    saved.write_text(json.dumps(settings, indent=2) + "\n")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    for name in stages:
+        marker = work / "stages" / f"{name}.done"
+        if marker.is_file():
+            continue
+        log(f"stage {name}: start")
+        start = time.perf_counter()
+        _RUNNERS[name](work, recipe, log)
+        seconds = time.perf_counter() - start
+        marker.write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
+        log(f"stage {name}: done in {seconds:.0f} s")
+    return work / "bundle"

@@ -1,0 +1,57 @@
+"""Clean-condition training masks (prefix for continuation, range for retakes) follow the latent time grid."""
+
+from __future__ import annotations
+
+import torch
+
+from magihuman.train.cache import LatentSample
+from magihuman.train.objective import ObjectiveSettings, clean_positions, noise_batch
+
+
+def _draw(settings, seed, frames=13, audio=51, first=False):
+    return clean_positions(frames, audio, settings, first, torch.Generator().manual_seed(seed))
+
+
+def test_no_rates_means_only_the_first_frame():
+    video, audio = _draw(ObjectiveSettings(), 0, first=True)
+    assert video.tolist() == [True] + [False] * 12 and not audio.any()
+    video, audio = _draw(ObjectiveSettings(), 0, first=False)
+    assert not video.any() and not audio.any()
+
+
+def test_prefix_holds_the_matching_audio_clean():
+    settings = ObjectiveSettings(prefix_rate=1.0)
+    lengths = set()
+    for seed in range(40):
+        video, audio = _draw(settings, seed)
+        p = int(video.sum())
+        lengths.add(p)
+        assert video[:p].all() and not video[p:].any() and 1 <= p < 13
+        assert audio[: 4 * (p - 1) + 1].all() and not audio[4 * (p - 1) + 1:].any()
+    assert len(lengths) > 5  # the prefix length varies
+
+
+def test_range_leaves_only_its_own_time_noisy():
+    settings = ObjectiveSettings(range_rate=1.0)
+    for seed in range(40):
+        video, audio = _draw(settings, seed)
+        noisy = (~video).nonzero().flatten().tolist()
+        a, b = noisy[0], noisy[-1] + 1
+        assert noisy == list(range(a, b)) and a >= 1
+        noisy_audio = (~audio).nonzero().flatten().tolist()
+        stop = 4 * b - 3 if b < 13 else 51
+        assert noisy_audio == list(range(4 * a - 3, stop))
+
+
+def test_noise_batch_writes_clean_latents_and_masks_the_loss():
+    g = torch.Generator().manual_seed(0)
+    sample = LatentSample("a", "caption", torch.randn(48, 13, 2, 2, generator=g), torch.randn(51, 64, generator=g),
+                          torch.randn(5, 32, generator=g))
+    settings = ObjectiveSettings(first_frame_rate=0.0, text_dropout=0.0, prefix_rate=1.0)
+    batch = noise_batch([sample], torch.zeros(3, 32), settings, [torch.Generator().manual_seed(1)])
+    p = int((batch.video_mask[0, 0, :, 0, 0] == 0).sum())
+    q = int((batch.audio_mask[0, :, 0] == 0).sum())
+    assert p >= 1 and q == 4 * (p - 1) + 1
+    assert torch.equal(batch.video[0, :, :p], sample.video_latent[:, :p])
+    assert not torch.equal(batch.video[0, :, p:], sample.video_latent[:, p:])
+    assert torch.equal(batch.audio[0, :q], sample.audio_latent[:q])

@@ -1,0 +1,59 @@
+"""``magihuman toy train --quick``: every stage runs, resumes, and the result is a checkpoint root that the
+pipeline loads and runs unchanged (base, distill, the LoRA)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import magihuman.cli.app as cli
+from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
+from magihuman.train.toy_recipe import LORA_FILE, STAGES
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def quick_work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("toy") / "work"
+    result = runner.invoke(cli.app, ["toy", "train", str(work), "--quick", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    return work
+
+
+def test_every_stage_is_recorded_with_its_time(quick_work):
+    for stage in STAGES:
+        record = json.loads((quick_work / "stages" / f"{stage}.done").read_text())
+        assert record["seconds"] >= 0
+    for run in ("video_vae", "audio_vae", "turbo_vae"):
+        assert (quick_work / "runs" / run / "loss.csv").is_file()
+
+
+def test_a_second_run_skips_finished_stages(quick_work):
+    result = runner.invoke(cli.app, ["toy", "train", str(quick_work), "--quick"])
+    assert result.exit_code == 0, result.output
+    assert "start" not in result.output
+
+
+def test_bundle_runs_through_the_pipeline(quick_work):
+    root = quick_work / "bundle"
+    for preset in ("distill", "base"):
+        pipe = MagiHumanPipeline.from_official(root, preset=preset)
+        if preset == "base":
+            pipe.load_lora(root / LORA_FILE, 1.0)
+        out = pipe("A woman with red hair says \"one\".", seconds=0.32, width=64, height=64, seed=1)
+        assert out.frames.shape == (9, 64, 64, 3)
+        assert out.audio.ndim == 2 and out.audio.shape[0] == 2
+
+
+def test_bad_inputs_are_refused(tmp_path, quick_work):
+    result = runner.invoke(cli.app, ["toy", "train", str(tmp_path / "w"), "--stage", "vae"])
+    assert result.exit_code != 0 and "unknown --stage vae" in result.output
+    file = tmp_path / "file"
+    file.write_text("x")
+    result = runner.invoke(cli.app, ["toy", "train", str(file)])
+    assert result.exit_code != 0 and "is a file" in result.output
+    result = runner.invoke(cli.app, ["toy", "train", str(quick_work)])  # full recipe over a quick folder
+    assert result.exit_code != 0 and "other settings" in result.output
