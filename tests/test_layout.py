@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "magihuman"
 
 #: Layer of each subpackage, in data-flow order: a module may import only from its own layer or lower ones.
 LAYERS = {
-    "model": 0, "codecs": 1, "sampling": 2, "runtime": 3, "pipeline": 4, "demo": 5, "toy": 5,
-    "serve": 6, "train": 6, "eval": 6, "cli": 7,
+    "model": 0, "codecs": 1, "sampling": 2, "runtime": 3, "prompting": 4, "pipeline": 5, "demo": 6, "toy": 6,
+    "serve": 7, "train": 7, "eval": 7, "cli": 8,
 }
 #: Lines per module (docs/design.md: about 500).
 MAX_MODULE_LINES = 520

@@ -224,7 +224,7 @@ def test_openapi_documents_fields_with_units(inproc):
     assert set(create) == {"application/json", "multipart/form-data"}
     fields = create["application/json"]["schema"]["properties"]
     assert set(fields) == {"prompt", "model", "seconds", "size", "seed", "negative_prompt", "input_reference", "audio",
-                           "loras"}
+                           "loras", "enhance"}
     assert "seconds" in fields["seconds"]["description"] and "pixels" in fields["size"]["description"]
     assert create["multipart/form-data"]["schema"]["properties"]["input_reference"]["format"] == "binary"
     video = schema["components"]["schemas"]["Video"]["properties"]

@@ -28,6 +28,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from magihuman import __version__
 from magihuman.cli.download import download
+from magihuman.cli.enhance import enhance
 from magihuman.cli.errors import Failure
 from magihuman.cli.generate import default_output_name, generate, read_text_file
 from magihuman.cli.options import CHECKPOINT_ROOT_ENV, CONFIG_KEYS, GenerateOptions
@@ -145,6 +146,7 @@ def _root(
 
 app.command("generate", cls=_Command, no_args_is_help=True)(generate)
 app.command("download", cls=_Command)(download)
+app.command("enhance", cls=_Command, no_args_is_help=True)(enhance)  # issue 13: docs/prompting.md
 app.command("serve", cls=_Command)(serve)  # issue 10: magihuman.serve.cli
 toy_app.command("train", cls=_Command)(toy_train)  # lives in train/: toy/ sits below the trainers
 app.add_typer(toy_app, name="toy")

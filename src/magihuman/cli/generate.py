@@ -50,6 +50,8 @@ class Job:
     checkpoints: dict[str, Path]  # empty for --demo (the bundle is resolved after the checks)
     device: str
     runtime: Any  # RuntimeOptions
+    enhancer: Any = None  # --enhance: the prompt enhancer's backend (magihuman.cli.enhance)
+    enhanced_prompt: str | None = None
 
 
 def generate(ctx: typer.Context, **flags: Any) -> None:
@@ -60,7 +62,9 @@ def generate(ctx: typer.Context, **flags: Any) -> None:
     """
     source = ctx.get_parameter_source("checkpoint_root")  # typer vendors click: compare by name
     options = GenerateOptions.from_flags(flags, root_from_env=getattr(source, "name", "") == "ENVIRONMENT")
-    run(prepare(options))
+    from magihuman.cli.enhance import enhance_job
+
+    run(enhance_job(prepare(options)))
 
 
 GenerateOptions.command_signature(generate)
@@ -86,9 +90,27 @@ def prepare(options: GenerateOptions) -> Job:
     notices = validate_request(request, device=device, runtime=runtime, checkpoints=checkpoints or None)
     output = check_output_file(_output_path(options, request), overwrite=options.overwrite,
                                overwrite_hint="--overwrite")
+    enhancer = _prompt_enhancer(options, output, world)
     for notice in notices:
         typer.echo(f"note: {notice}", err=True)
-    return Job(request, output, options, checkpoints, device, runtime)
+    return Job(request, output, options, checkpoints, device, runtime, enhancer)
+
+
+def _prompt_enhancer(options: GenerateOptions, output: Path, world: int):
+    """``--enhance``: the enhancer backend (no call yet) and the prompt file checked; None without it."""
+    from magihuman.cli.enhance import check_prompt_file, make_backend
+
+    settings = dict(url=options.enhance_url, model=options.enhance_model, local_model=options.enhance_local_model)
+    if not options.enhance:
+        given = [f"--enhance-{k.replace('_', '-')}" for k, v in settings.items() if v is not None]
+        if given:
+            raise InputError(f"{given[0]} has no effect without --enhance; add --enhance or drop it", field="enhance")
+        return None
+    if world > 1:
+        raise InputError("--enhance cannot run under torchrun (each rank would get its own prompt); run `magihuman "
+                         "enhance` first and pass its output with --prompt-file", field="enhance")
+    check_prompt_file(output, overwrite=options.overwrite)
+    return make_backend(**settings)
 
 
 def _build_request(options: GenerateOptions):
@@ -285,7 +307,12 @@ def run(job: Job) -> None:
         except Exception as exc:  # noqa: BLE001
             raise Failure(f"could not write {job.output}: {exc}") from exc
         timings["write mp4"] = time.perf_counter() - start
+        from magihuman.cli.enhance import write_enhanced_prompt
+
+        saved = write_enhanced_prompt(job)
         _print_summary(path, timings)
+        if saved is not None:
+            typer.echo(f"wrote {saved} (the enhanced prompt)")
     shutdown_sequence_parallel()
 
 

@@ -55,7 +55,7 @@ REQUEST_KEYS = ("prompt", "image", "audio", "seconds", "width", "height", "seed"
                 "sr_width", "sr_height", "sr_cfg_number")
 #: Per-component checkpoint locations, overriding the root (``MagiHumanPipeline.from_official``).
 COMPONENT_KEYS = ("transformer", "text_encoder", "video_vae", "audio_vae", "sr_transformer", "turbo_vae")
-_CKPT, _OUT, _MEM = "Checkpoints", "Output", "Memory and speed"
+_CKPT, _OUT, _MEM, _ENH = "Checkpoints", "Output", "Memory and speed", "Prompt enhancement"
 
 
 def _flag(*names: str, help: str, panel: str | None = None) -> Any:
@@ -163,6 +163,17 @@ class GenerateOptions:
         "the model's 8 K/V heads (1, 2, 4 or 8).", panel="Parallelism")] = 1
     lora: Annotated[list[str] | None, _opt("--lora", metavar="FILE[:SCALE]", help="LoRA adapter from `magihuman "
         "train lora`, at SCALE (default 1.0); repeat to combine several.", panel="Adapters")] = None
+    enhance: Annotated[bool, _flag("--enhance", help="Rewrite the prompt into the 150-200-word three-part prompt the "
+        "model was tuned on, with a language model, before the video models load; it is printed and saved as "
+        "OUTPUT.prompt.txt. If the enhancer fails, the prompt is used as given (docs/prompting.md).",
+        panel=_ENH)] = False
+    enhance_url: Annotated[str | None, _opt("--enhance-url", help="OpenAI-compatible endpoint for --enhance. "
+        "Default: $MAGIHUMAN_ENHANCE_URL; key from $MAGIHUMAN_ENHANCE_API_KEY or $OPENAI_API_KEY.", panel=_ENH)] = None
+    enhance_model: Annotated[str | None, _opt("--enhance-model", help="Model name at --enhance-url. Default: "
+        "$MAGIHUMAN_ENHANCE_MODEL.", panel=_ENH)] = None
+    enhance_local_model: Annotated[str | None, _opt("--enhance-local-model", help="A transformers causal LM (Hugging "
+        "Face id or folder) for --enhance instead of an endpoint; freed before the video models load.",
+        panel=_ENH)] = None
     #: Not a flag: the checkpoint root came from the environment (``--demo`` and ``--config`` may replace it).
     root_from_env: bool = field(default=False, metadata={"flag": False})
 

@@ -69,6 +69,7 @@ class GenerationOutput:
         notices: messages for the user collected while checking the request.
         video_latent: ``[1, 48, T, h, w]`` final (normalised) video latent, for later stages.
         audio_latent: ``[1, A, 64]`` final audio latent.
+        enhanced_prompt: the prompt rendered when ``enhance`` rewrote it (None: the prompt as given).
     """
 
     frames: np.ndarray
@@ -79,6 +80,7 @@ class GenerationOutput:
     notices: list[str] = field(default_factory=list)
     video_latent: torch.Tensor | None = None
     audio_latent: torch.Tensor | None = None
+    enhanced_prompt: str | None = None
 
     @property
     def duration(self) -> float:
@@ -226,7 +228,8 @@ class MagiHumanPipeline:
     # ------------------------------------------------------------------------------- generation
     def __call__(self, prompt: str | GenerationRequest | None = None, image: str | Path | None = None,
                  audio: str | Path | None = None, *, progress: bool = False, decode: bool = True,
-                 callback_on_step_end: StepEndCallback | None = None, **fields: Any) -> GenerationOutput:
+                 callback_on_step_end: StepEndCallback | None = None, enhance: Any = False,
+                 **fields: Any) -> GenerationOutput:
         """Generate one clip.
 
         Args:
@@ -241,6 +244,11 @@ class MagiHumanPipeline:
                 (``"denoise"`` or ``"super_resolution"``), ``"num_steps"`` (of that stage), ``"total_steps"``
                 (all stages), ``"completed_steps"`` and ``"latents"`` (read only; a returned dict is ignored).
                 An exception it raises stops generation at once and propagates (a worker cancels a job so).
+            enhance: rewrite the prompt into the three-part structure the model was tuned on before encoding
+                it (:func:`magihuman.prompting.enhance_prompt`, docs/prompting.md): True for the endpoint named by
+                ``$MAGIHUMAN_ENHANCE_URL``/``$MAGIHUMAN_ENHANCE_MODEL``, or a backend
+                (:class:`magihuman.prompting.OpenAIChatBackend`, :class:`~magihuman.prompting.LocalModelBackend`).
+                If the enhancer fails, the prompt is used as given and a notice says why.
             **fields: the other :class:`GenerationRequest` fields: ``seconds``, ``width``, ``height``,
                 ``seed``, ``negative_prompt`` (``preset`` defaults to the loaded one).
 
@@ -253,6 +261,9 @@ class MagiHumanPipeline:
             GenerationInterrupted: when :attr:`interrupt` was set during generation.
         """
         request, notices = self._request(prompt, image, audio, fields)
+        enhanced = None
+        if enhance:  # stage 0b: before any model runs
+            request, notices, enhanced = _enhance_request(request, enhance, notices)
         sr_stage = request.sr_stage()
         timer = StageTimer(progress, self.device)
         steps = StepReporter(self, callback_on_step_end, stages.total_steps(self, sr_stage))
@@ -284,7 +295,7 @@ class MagiHumanPipeline:
             # 6. decode
             frames, waveform = self._decode(latents, driving, timer) if decode else stages.empty_outputs(latents.video)
         return GenerationOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, notices,
-                                latents.video.cpu(), latents.audio.cpu())
+                                latents.video.cpu(), latents.audio.cpu(), enhanced_prompt=enhanced)
 
     # ------------------------------------------------------------------------------- helpers
     def _request(self, prompt, image, audio, fields: dict[str, Any]) -> tuple[GenerationRequest, list[str]]:
@@ -319,6 +330,29 @@ class MagiHumanPipeline:
         with timer.stage("audio decode"), self._lend("audio_vae"):
             waveform = driving.waveform_44k if driving is not None else stages.decode_audio(self, latents.audio)
         return frames, waveform
+
+
+def _enhance_request(request: GenerationRequest, enhance: Any,
+                     notices: list[str]) -> tuple[GenerationRequest, list[str], str | None]:
+    """The request with its prompt enhanced (re-checked, fresh notices), or as it was plus the enhancer's warning."""
+    from magihuman.pipeline.errors import InputError
+    from magihuman.prompting.backends import EnhancerConfigError, backend_from_settings
+    from magihuman.prompting.enhancer import enhance_prompt
+
+    try:
+        backend = backend_from_settings() if enhance is True else enhance
+    except EnhancerConfigError as exc:
+        raise InputError(str(exc), field=exc.field) from None
+    try:
+        result = enhance_prompt(request.prompt, backend, has_image=request.image is not None)
+    finally:
+        if enhance is True:  # ours to close; a caller's backend stays open for its next call
+            backend.close()
+    warning = [result.warning] if result.warning else []
+    if not result.enhanced:
+        return request, notices + warning, None
+    request = request.model_copy(update={"prompt": result.prompt})
+    return request, request.validate_inputs() + warning, result.prompt
 
 
 def _load_transformers(preset: Preset, paths: dict[str, Path], runtime: RuntimeOptions, device: torch.device,

@@ -78,6 +78,13 @@ def serve(
     lora_dir: Annotated[Path | None, typer.Option(
         "--lora-dir", help="Folder of LoRA adapters (<name>.safetensors from `magihuman train lora`) that requests "
                            "may name in `loras`; GET /v1/models lists them. Default: none.")] = None,
+    enhance_url: Annotated[str | None, typer.Option(
+        "--enhance-url", envvar="MAGIHUMAN_ENHANCE_URL", show_default=False,
+        help="OpenAI-compatible endpoint of the prompt enhancer that requests with `enhance: true` use (key from "
+             "$MAGIHUMAN_ENHANCE_API_KEY or $OPENAI_API_KEY). Default: none (such requests are refused).")] = None,
+    enhance_model: Annotated[str | None, typer.Option(
+        "--enhance-model", envvar="MAGIHUMAN_ENHANCE_MODEL", show_default=False,
+        help="Model name at --enhance-url.")] = None,
     fp8: Annotated[bool, typer.Option("--fp8", help="Workers store the DiT block linears in FP8.")] = False,
     offload: Annotated[list[str] | None, typer.Option(
         "--offload", metavar="[components|blocks]", help="Workers' offload mode (as `generate --offload`).")] = None,
@@ -102,7 +109,8 @@ def serve(
         max_request_bytes=int(3 * max_upload_mb * (1 << 20)) + (1 << 20),
         max_seconds=max_seconds, lease_seconds=lease_seconds,
         heartbeat_seconds=heartbeat_seconds, max_attempts=max_attempts, pipeline_factory=pipeline_factory,
-        runtime={k: v for k, v in runtime.items() if v}, lora_dir=lora_dir,
+        runtime={k: v for k, v in runtime.items() if v}, lora_dir=lora_dir, enhance_url=enhance_url or None,
+        enhance_model=enhance_model or None,
     )
     if not config.api and not config.devices:
         typer.echo("error: --no-api with --devices none runs nothing", err=True)

@@ -76,6 +76,9 @@ class ServeConfig:
             tests and client developers use ``magihuman.serve.fake_pipeline:load_fake_pipeline``.
         runtime: keyword arguments of ``RuntimeOptions`` for every worker (fp8, offload, ...).
         lora_dir: folder of the LoRA adapters requests may name (``<name>.safetensors``); None: no adapters.
+        enhance_url, enhance_model: the OpenAI-compatible endpoint and model of the prompt enhancer that requests
+            with ``enhance`` use (its key and timeout come from ``$MAGIHUMAN_ENHANCE_API_KEY`` or
+            ``$OPENAI_API_KEY`` and ``$MAGIHUMAN_ENHANCE_TIMEOUT``); None: such requests are refused.
     """
 
     host: str = "127.0.0.1"
@@ -100,6 +103,8 @@ class ServeConfig:
     pipeline_factory: str = OFFICIAL_FACTORY
     runtime: dict = field(default_factory=dict)
     lora_dir: Path | None = None
+    enhance_url: str | None = None
+    enhance_model: str | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -160,6 +165,13 @@ class ServeConfig:
         if self.lora_dir is not None and not self.lora_dir.is_dir():
             raise ConfigError(f"--lora-dir {self.lora_dir} is not a folder; create it and put adapter "
                               "<name>.safetensors files (from `magihuman train lora`) in it")
+        if self.enhance_url is not None:
+            from magihuman.prompting.backends import EnhancerConfigError, backend_from_settings
+
+            try:
+                backend_from_settings(url=self.enhance_url, model=self.enhance_model)
+            except EnhancerConfigError as exc:
+                raise ConfigError(str(exc)) from None
         if ":" not in self.pipeline_factory:
             raise ConfigError(f"--pipeline-factory must be 'module:function', got {self.pipeline_factory!r}")
 

@@ -51,11 +51,12 @@ def is_job_id(value: str) -> bool:
 
 
 def generation_request(job: Job, folder: Path):
-    """The pipeline's ``GenerationRequest`` for ``job``, its input files resolved inside ``folder``."""
+    """The pipeline's ``GenerationRequest`` for ``job`` (with its enhanced prompt if any), files inside ``folder``."""
     params = job.params
     width, height = (int(v) for v in params["size"].split("x"))
     return GenerationRequest(
-        prompt=job.prompt, preset=job.model, seconds=float(params["seconds"]), width=width, height=height,
+        prompt=params.get("enhanced_prompt") or job.prompt, preset=job.model, seconds=float(params["seconds"]),
+        width=width, height=height,
         seed=int(params["seed"]), negative_prompt=params.get("negative_prompt"),
         image=folder / params["input_reference"] if params.get("input_reference") else None,
         audio=folder / params["audio"] if params.get("audio") else None,
@@ -81,7 +82,7 @@ def video_object(job: Job) -> Video:
         completed_at=None if job.completed_at is None else int(job.completed_at),
         seconds=f"{seconds:g}", size=job.params.get("rendered_size", job.params["size"]), prompt=job.prompt,
         seed=int(job.params["seed"]), attempts=job.attempts, notices=job.notices, error=error,
-        loras=job.params.get("loras") or [],
+        loras=job.params.get("loras") or [], enhanced_prompt=job.params.get("enhanced_prompt"),
     )
 
 
@@ -137,8 +138,10 @@ class JobService:
         try:
             stored = self._store_uploads(body, uploads, folder)
             params, notices = self._checked_params(body, stored, folder)
-            described = {"prompt": body.prompt, "model": body.model,
-                         **{k: v for k, v in params.items() if k not in UPLOAD_FIELDS},
+            if body.enhance:
+                params, notices = self._enhance(body, params, notices, folder)
+            described = {"prompt": body.prompt, "model": body.model, **({"enhance": True} if body.enhance else {}),
+                         **{k: v for k, v in params.items() if k not in (*UPLOAD_FIELDS, "enhanced_prompt")},
                          **{k: u.sha256 for k, u in stored.items()}}
             fingerprint = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
             job, created = self.store.create(
@@ -210,13 +213,21 @@ class JobService:
         except ValueError as exc:
             code = "lora_not_found" if "no adapter" in str(exc) else "invalid_value"
             raise RequestError("loras", str(exc), code=code) from None
+        if body.enhance and config.enhance_url is None:
+            raise RequestError("enhance", "this server has no prompt enhancer; send the request without enhance, or "
+                                          "start the server with --enhance-url and --enhance-model",
+                               code="enhance_unavailable")
         params = {"seconds": body.seconds, "size": body.size, "seed": body.seed,
                   "negative_prompt": body.negative_prompt, "rendered_size": rendered_size(body.model, body.size),
                   **{k: (stored[k].name if k in stored else None) for k in UPLOAD_FIELDS},
                   **({"loras": loras} if loras else {})}
+        return params, self._notices(body, params, folder)
+
+    def _notices(self, body: CreateVideoRequest, params: dict[str, Any], folder: Path) -> list[str]:
+        """``validate_request`` of what the worker will render (the enhanced prompt, once there is one)."""
         job = Job("", "queued", body.model, body.prompt, params, 0, 0.0, None, None, 0, 1, None, None, None, None, None)
         try:
-            notices = validate_request(generation_request(job, folder))
+            return validate_request(generation_request(job, folder))
         except ValidationError as exc:
             first = exc.errors()[0]
             name = str(first["loc"][0]) if first["loc"] else ""
@@ -224,7 +235,23 @@ class JobService:
         except InputError as exc:
             field = _API_FIELD.get(exc.field, exc.field) if exc.field else None
             raise RequestError(field, str(exc).replace(str(folder) + "/", "")) from None
-        return params, notices
+
+    def _enhance(self, body: CreateVideoRequest, params: dict[str, Any], notices: list[str],
+                 folder: Path) -> tuple[dict[str, Any], list[str]]:
+        """The params with ``enhanced_prompt`` (and fresh notices), or as they were plus the enhancer's warning."""
+        from magihuman.prompting.backends import backend_from_settings
+        from magihuman.prompting.enhancer import enhance_prompt
+
+        backend = backend_from_settings(url=self.config.enhance_url, model=self.config.enhance_model)
+        try:
+            result = enhance_prompt(body.prompt, backend, has_image=params.get("input_reference") is not None)
+        finally:
+            backend.close()
+        warning = [result.warning] if result.warning else []
+        if not result.enhanced:
+            return params, notices + warning
+        params = {**params, "enhanced_prompt": result.prompt}
+        return params, self._notices(body, params, folder) + warning
 
     # ------------------------------------------------------------------------------------------ read / remove
     def get(self, job_id: str) -> Job | None:

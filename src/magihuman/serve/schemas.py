@@ -75,6 +75,11 @@ class CreateVideoRequest(BaseModel):
         default_factory=list, max_length=MAX_LORAS,
         description="LoRA adapters for this job only, at most 8: `[{\"name\": \"style\", \"scale\": 0.8}]` (in "
                     "multipart: a `loras` field holding that JSON). Names come from `GET /v1/models`.")
+    enhance: bool = Field(
+        False, description="Rewrite the prompt into the 150-200-word three-part structure the model was tuned on, "
+                           "with the server's language model (started with --enhance-url), before queueing; the "
+                           "request waits for it. If the enhancer fails, the prompt is rendered as given and a "
+                           "notice says why.")
 
 
 class VideoError(BaseModel):
@@ -106,6 +111,8 @@ class Video(BaseModel):
     notices: list[str] = Field(default_factory=list,
                                description="Notes from the input checks: rounding of sizes and seconds, short prompts.")
     loras: list[LoraRef] = Field(default_factory=list, description="The adapters the job renders with.")
+    enhanced_prompt: str | None = Field(None, description="The prompt rendered, when `enhance` rewrote `prompt`; "
+                                                          "null otherwise.")
     error: VideoError | None = Field(None, description="Set when `status` is `failed` or `cancelled`.")
 
 
