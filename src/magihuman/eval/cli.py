@@ -65,7 +65,7 @@ def run(
     overwrite: Annotated[bool, _OVERWRITE] = False,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Override the preset sampler's step count "
                                               "(e.g. base with 8 steps, to compare with the 8-step student).")] = None,
-    lora: Annotated[list[str] | None, typer.Option("--lora", help="LoRA adapter FILE[:SCALE] to apply (repeat).")] = None,
+    lora: Annotated[list[str] | None, typer.Option("--lora", help="LoRA adapter FILE[:SCALE] (repeat).")] = None,
 ) -> None:
     """Generate every prompt of a set with one pipeline, score the clips, write the report."""
     from magihuman.eval.prompt_set import read_prompt_set

@@ -5,9 +5,10 @@ scratch (the toy world, :mod:`magihuman.train.toy_recipe`) needs its own codecs 
 objective its kind is known for, at any width, and written in the file layout its loader reads unchanged:
 
 * **Wan2.2 VAE** (``AutoencoderKLWan``, architecture.md §11.3): L1 pixel loss on the decoded posterior sample
-  (decoded without diffusers' output clamp, whose zero gradient stalls a fresh decoder), plus a small KL term measured in the *normalised* latent space (``(mu - mean) / std`` with the published
-  per-channel constants, architecture.md §11.1), so the latents the transformer is trained on stay near unit
-  scale. Written as ``Wan2.2_VAE.pth`` in the original key layout.
+  (decoded without diffusers' output clamp, whose zero gradient stalls a fresh decoder), plus a small KL
+  term measured in the *normalised* latent space (``(mu - mean) / std`` with the published per-channel
+  constants, architecture.md §11.1), so the latents the transformer is trained on stay near unit scale.
+  Written as ``Wan2.2_VAE.pth`` in the original key layout.
 * **Stable Audio VAE** (``AutoencoderOobleck``, architecture.md §11.5): L1 waveform loss, a multi-resolution
   STFT log-magnitude loss (the usual audio-codec reconstruction terms) and a small KL term on the posterior.
   Written as SAO's ``model_config.json`` + ``model.safetensors`` (``pretransform.model.*``).
