@@ -342,3 +342,34 @@ def test_face_mesh_finds_the_mouth_in_the_example_photo():
     mx0, my0, mx1, my1 = face.mouth_box
     assert fx0 <= (mx0 + mx1) / 2 <= fx1 and fy0 + 0.5 * (fy1 - fy0) <= (my0 + my1) / 2 <= fy1 + 0.2 * (fy1 - fy0)
     assert 0.0 <= face.opening < 0.6
+
+
+def test_eval_run_overrides_the_step_count_and_refuses_a_bad_lora(tmp_path, demo_root):
+    import json
+
+    from magihuman.cli.app import app
+
+    prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": "A man says hello.", "seconds": 0.32, "width": 64,
+                                                  "height": 64}])
+    steps = []
+    from magihuman.pipeline import stages
+
+    original = stages.denoise_latents
+
+    def counting(pipe, *args, **kwargs):
+        steps.append(pipe.preset.sampler.num_steps)
+        return original(pipe, *args, **kwargs)
+
+    stages.denoise_latents = counting
+    try:
+        result = CliRunner().invoke(app, ["eval", "run", "--prompts", str(prompts), "--out", str(tmp_path / "o"),
+                                          "--demo", "--preset", "base", "--steps", "3", "--no-asr",
+                                          "--no-face-mesh"])
+    finally:
+        stages.denoise_latents = original
+    assert result.exit_code == 0, result.output
+    assert steps == [3]
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["settings"]["steps"] == 3
+    bad = CliRunner().invoke(app, ["eval", "run", "--prompts", str(prompts), "--out", str(tmp_path / "o2"),
+                                   "--demo", "--lora", str(tmp_path / "missing.safetensors"), "--no-asr"])
+    assert bad.exit_code == 2 and "--lora" in bad.output

@@ -73,6 +73,7 @@ def run(
 
     if demo == (checkpoint_root is not None):
         raise InputError("give exactly one of --checkpoint-root ROOT or --demo", field="checkpoint_root")
+    adapters = [_lora_spec(spec) for spec in lora or ()]
     entries = read_prompt_set(prompts)
     folder = _checked_out(out, overwrite)
     transcriber, face = _scorers(entries, asr_model, no_asr, face_mesh)
@@ -90,18 +91,30 @@ def run(
 
         pipe.preset = dataclasses.replace(pipe.preset, sampler=dataclasses.replace(pipe.preset.sampler,
                                                                                    num_steps=steps))
-    for spec in lora or ():
-        path, _, scale = spec.partition(":")
+    for path, scale in adapters:
         try:
-            pipe.load_lora(Path(path).expanduser(), float(scale) if scale else 1.0)
+            pipe.load_lora(path, scale)
         except (OSError, ValueError) as exc:
-            raise InputError(f"--lora {spec}: {exc}", field="lora") from None
+            raise InputError(f"--lora {path}: {exc}", field="lora") from None
     defaults = {"seconds": seconds, "width": width, "height": height}
     scores = run_prompt_set(entries, pipe, folder, transcriber=transcriber, face=face, defaults=defaults,
                             overwrite=overwrite, log=lambda line: typer.echo(line, err=True))
     settings = {"command": "run", "prompts": str(prompts), "checkpoint_root": "demo" if demo else str(root),
                 "preset": preset, "device": device, "steps": steps, "lora": list(lora or ()), **defaults}
     _finish(folder, scores, settings)
+
+
+def _lora_spec(spec: str) -> tuple[Path, float]:
+    """``FILE[:SCALE]`` -> (existing file, scale), checked before anything loads."""
+    path, sep, scale = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    try:
+        value = float(scale) if sep else 1.0
+    except ValueError:
+        path, value = spec, 1.0
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise InputError(f"--lora {spec}: no such adapter file {str(file)!r}", field="lora")
+    return file, value
 
 
 @app.command("score", no_args_is_help=True)

@@ -64,7 +64,8 @@ class ReconstructionRun:
         folder: run folder (``loss.csv``, ``loss.png``, ``checkpoints/step-N/``).
         loss_fn: ``loss_fn(step) -> (loss, parts)``; draws its batch from ``step`` alone (pure function).
         steps: optimiser steps in total.
-        learning_rate: AdamW learning rate (constant after a linear warm-up of ``warmup_steps``).
+        learning_rate: AdamW peak learning rate: a linear warm-up of ``warmup_steps``, constant, then a linear
+            decay to ``final_lr_fraction`` x the peak over the last ``decay_fraction`` of ``steps``.
         checkpoint_every: steps between resumable checkpoints (and one at the end).
         max_grad_norm: global gradient-norm clip.
         warmup_steps: linear warm-up steps.
@@ -78,6 +79,17 @@ class ReconstructionRun:
     checkpoint_every: int = 100
     max_grad_norm: float = 1.0
     warmup_steps: int = 20
+    decay_fraction: float = 0.4
+    final_lr_fraction: float = 0.1
+
+    def learning_rate_at(self, step: int) -> float:
+        """The learning rate of optimiser step ``step`` (0-based; see the class docstring)."""
+        lr = self.learning_rate * min(1.0, (step + 1) / max(1, self.warmup_steps))
+        start = self.steps * (1 - self.decay_fraction)
+        if step >= start and self.decay_fraction > 0:
+            progress = (step - start) / max(1.0, self.steps - start)
+            lr *= 1 - (1 - self.final_lr_fraction) * progress
+        return lr
 
     def train(self, *, stop_after: int | None = None, progress: Callable[[int, dict], None] | None = None) -> int:
         """Train to ``steps``, resuming from the folder's latest checkpoint; returns the last step done.
@@ -96,7 +108,7 @@ class ReconstructionRun:
         start = time.perf_counter()
         self.model.train()
         while step < last:
-            lr = self.learning_rate * min(1.0, (step + 1) / max(1, self.warmup_steps))
+            lr = self.learning_rate_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
@@ -200,12 +212,15 @@ def video_vae_loss(model, pixels: Tensor, generator: torch.Generator, *, kl_weig
     return l1 + kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach()), "latent_std": std}
 
 
-def stft_loss(recon: Tensor, target: Tensor, sizes: tuple[int, ...] = (256, 1024, 4096)) -> Tensor:
+def stft_loss(recon: Tensor, target: Tensor, sizes: tuple[int, ...] = (256, 1024, 4096),
+              floor: float = 1e-2) -> Tensor:
     """Multi-resolution STFT loss: mean over window sizes of L1 between log magnitudes (+ spectral convergence).
 
     Args:
         recon, target: ``[B, C, S]`` float32 waveforms.
         sizes: FFT sizes (hop = size / 4, Hann window).
+        floor: added to magnitudes before the log, so near-silent bins (the pauses between words) do not
+            dominate the loss.
     """
     flat_r, flat_t = recon.flatten(0, 1), target.flatten(0, 1)
     total = recon.new_zeros(())
@@ -213,7 +228,7 @@ def stft_loss(recon: Tensor, target: Tensor, sizes: tuple[int, ...] = (256, 1024
         window = torch.hann_window(n, device=recon.device)
         spec_r = torch.stft(flat_r, n, n // 4, window=window, return_complex=True).abs()
         spec_t = torch.stft(flat_t, n, n // 4, window=window, return_complex=True).abs()
-        log_term = (torch.log(spec_r + 1e-5) - torch.log(spec_t + 1e-5)).abs().mean()
+        log_term = (torch.log(spec_r + floor) - torch.log(spec_t + floor)).abs().mean()
         convergence = torch.linalg.norm(spec_t - spec_r) / (torch.linalg.norm(spec_t) + 1e-7)
         total = total + log_term + convergence
     return total / len(sizes)

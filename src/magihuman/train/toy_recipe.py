@@ -69,15 +69,15 @@ class ToyRecipe:
     held_out: int = 100
     text_hidden: int = 32
     video_vae_width: int = 8
-    video_vae_steps: int = 2500
+    video_vae_steps: int = 3500
     video_vae_batch: int = 2
     video_crop: tuple[int, int] = (9, 64)  # frames (1 + 4k), pixels (multiple of 16)
     audio_vae_width: int = 8
-    audio_vae_steps: int = 600
+    audio_vae_steps: int = 3000
     audio_vae_batch: int = 2
     audio_crop_latents: int = 12
     turbo_channels: tuple[int, int, int, int] = (8, 8, 16, 16)
-    turbo_steps: int = 300
+    turbo_steps: int = 800
     turbo_pool: int = 64
     transformer: dict = field(default_factory=lambda: dict(TOY_TRANSFORMER_CONFIG))
     base_steps: int = 2000
@@ -191,7 +191,7 @@ def _stage_audio_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) 
         return audio_vae_loss(model, wave, torch.Generator().manual_seed(derive_seed(recipe.seed, 22, step)))
 
     run = ReconstructionRun(model, work / "runs" / "audio_vae", loss_fn, recipe.audio_vae_steps,
-                            learning_rate=3e-4, checkpoint_every=50)
+                            learning_rate=1e-3, checkpoint_every=50)
     run.train(progress=_progress(log, "audio_vae", recipe.audio_vae_steps))
     save_audio_vae(model, config, work / "bundle" / ROOT_LAYOUT["audio_vae"])
 
