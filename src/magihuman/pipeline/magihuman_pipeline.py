@@ -50,6 +50,7 @@ from magihuman.pipeline.presets import (  # noqa: F401 (VIDEO_DECODERS re-export
 )
 from magihuman.pipeline.progress import GenerationInterrupted, StageTimer, StepEndCallback, StepReporter  # noqa: F401
 from magihuman.pipeline.request import GenerationRequest
+from magihuman.pipeline.validation import long_clip_window
 from magihuman.runtime.options import RuntimeOptions
 from magihuman.runtime.placement import offload_idle_components, place_transformer
 from magihuman.sampling.records import DrivingAudio, Latents
@@ -242,7 +243,9 @@ class MagiHumanPipeline:
                 (all stages), ``"completed_steps"`` and ``"latents"`` (read only; a returned dict is ignored).
                 An exception it raises stops generation at once and propagates (a worker cancels a job so).
             **fields: the other :class:`GenerationRequest` fields: ``seconds``, ``width``, ``height``,
-                ``seed``, ``negative_prompt`` (``preset`` defaults to the loaded one).
+                ``seed``, ``negative_prompt``, ``window_seconds``, ``overlap_frames`` (``preset`` defaults to the
+                loaded one). A clip longer than one window (over 10 s, or over ``window_seconds``) is generated
+                window by window (:mod:`magihuman.pipeline.long_generation`, docs/long_clips.md).
 
         Returns:
             :class:`GenerationOutput` with ``uint8 [F, H, W, 3]`` frames and a ``float32 [2, samples]``
@@ -253,6 +256,11 @@ class MagiHumanPipeline:
             GenerationInterrupted: when :attr:`interrupt` was set during generation.
         """
         request, notices = self._request(prompt, image, audio, fields)
+        if long_clip_window(request) is not None:  # longer than one window (docs/long_clips.md)
+            from magihuman.pipeline.long_generation import generate_long
+
+            return generate_long(self, request, notices, progress=progress, decode=decode,
+                                 callback_on_step_end=callback_on_step_end)
         sr_stage = request.sr_stage()
         timer = StageTimer(progress, self.device)
         steps = StepReporter(self, callback_on_step_end, stages.total_steps(self, sr_stage))
