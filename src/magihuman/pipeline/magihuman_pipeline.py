@@ -33,6 +33,7 @@ from magihuman.codecs.turbo_vae import TurboVAE
 from magihuman.codecs.video_vae import VideoVAE
 from magihuman.model.transformer import MagiHumanTransformer, sr1080_local_attn_layers
 from magihuman.pipeline import stages
+from magihuman.pipeline.clip_requests import ExtendRequest, RetakeRequest
 from magihuman.pipeline.loading import (  # noqa: F401 (ROOT_LAYOUT re-exported for callers of the old module)
     ROOT_LAYOUT,
     check_checkpoint_root,
@@ -231,7 +232,8 @@ class MagiHumanPipeline:
         """Generate one clip.
 
         Args:
-            prompt: the text prompt, or a whole :class:`GenerationRequest` (then pass nothing else).
+            prompt: the text prompt, or a whole :class:`GenerationRequest` (then pass nothing else); an
+                :class:`ExtendRequest` or :class:`RetakeRequest` runs :meth:`extend` or :meth:`retake`.
             image: optional first-frame image (image-to-video).
             audio: optional driving audio file (its speech is kept in the output).
             progress: show a progress bar per stage.
@@ -255,6 +257,9 @@ class MagiHumanPipeline:
             ValueError, FileNotFoundError: for a bad request, before any model runs.
             GenerationInterrupted: when :attr:`interrupt` was set during generation.
         """
+        if isinstance(prompt, (ExtendRequest, RetakeRequest)):  # clip edits (docs/long_clips.md)
+            return self._edit(prompt, image, audio, fields, progress=progress, decode=decode,
+                              callback_on_step_end=callback_on_step_end)
         request, notices = self._request(prompt, image, audio, fields)
         if long_clip_window(request) is not None:  # longer than one window (docs/long_clips.md)
             from magihuman.pipeline.long_generation import generate_long
@@ -294,7 +299,48 @@ class MagiHumanPipeline:
         return GenerationOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, notices,
                                 latents.video.cpu(), latents.audio.cpu())
 
+    def extend(self, clip: str | Path, prompt: str, *, seconds: float, progress: bool = False,
+               callback_on_step_end: StepEndCallback | None = None, **fields: Any):
+        """Continue ``clip`` by ``seconds`` from its last frames and sound (docs/long_clips.md).
+
+        ``fields`` are the other :class:`ExtendRequest` fields (``width``, ``height``, ``seed``,
+        ``negative_prompt``, ``window_seconds``, ``overlap_frames``). Returns a
+        :class:`~magihuman.pipeline.clip_source.ClipEditOutput` (the clip's frames, then the new ones); the input
+        file is never written. Raises ``InputError`` for a bad request before any model runs.
+        """
+        fields.setdefault("preset", self.preset.name)
+        request = ExtendRequest(clip=clip, prompt=prompt, seconds=seconds, **fields)
+        return self(request, progress=progress, callback_on_step_end=callback_on_step_end)
+
+    def retake(self, clip: str | Path, prompt: str, *, start: float, end: float, target: str = "both",
+               progress: bool = False, callback_on_step_end: StepEndCallback | None = None, **fields: Any):
+        """Regenerate ``[start, end)`` seconds of ``clip`` (``target``: ``"both"``, ``"video"`` or ``"audio"``);
+        every latent outside the range stays the encoded clip's, bit for bit (docs/long_clips.md).
+
+        ``fields`` are the other :class:`RetakeRequest` fields (``width``, ``height``, ``seed``, ``negative_prompt``,
+        ``window_seconds``). Returns a :class:`~magihuman.pipeline.clip_source.ClipEditOutput`. Raises
+        ``InputError`` for a bad request before any model runs.
+        """
+        fields.setdefault("preset", self.preset.name)
+        request = RetakeRequest(clip=clip, prompt=prompt, start=start, end=end, target=target, **fields)
+        return self(request, progress=progress, callback_on_step_end=callback_on_step_end)
+
     # ------------------------------------------------------------------------------- helpers
+    def _edit(self, request, image, audio, fields, **options):
+        """An :class:`ExtendRequest` or :class:`RetakeRequest`, run by its module."""
+        if image is not None or audio is not None or fields:
+            raise ValueError("pass either an ExtendRequest/RetakeRequest or keyword fields, not both")
+        if request.preset != self.preset.name:
+            raise ValueError(f"this pipeline was loaded for preset {self.preset.name!r}, the request asks for "
+                             f"{request.preset!r}; load a pipeline with from_official(preset={request.preset!r})")
+        if isinstance(request, ExtendRequest):
+            from magihuman.pipeline.extend import extend_clip
+
+            return extend_clip(self, request, **options)
+        from magihuman.pipeline.retake import retake_clip
+
+        return retake_clip(self, request, **options)
+
     def _request(self, prompt, image, audio, fields: dict[str, Any]) -> tuple[GenerationRequest, list[str]]:
         """The checked request and its notices (stage 0: before any model runs)."""
         if isinstance(prompt, GenerationRequest):

@@ -51,8 +51,13 @@ def is_job_id(value: str) -> bool:
 
 
 def generation_request(job: Job, folder: Path):
-    """The pipeline's ``GenerationRequest`` for ``job``, its input files resolved inside ``folder``."""
+    """The pipeline's ``GenerationRequest`` for ``job``, its input files resolved inside ``folder`` (an
+    ``ExtendRequest`` or ``RetakeRequest`` for the jobs of :mod:`magihuman.serve.clip_edits`)."""
     params = job.params
+    if params.get("mode", "generate") != "generate":
+        from magihuman.serve.clip_edits import clip_edit_request
+
+        return clip_edit_request(job, folder)
     width, height = (int(v) for v in params["size"].split("x"))
     return GenerationRequest(
         prompt=job.prompt, preset=job.model, seconds=float(params["seconds"]), width=width, height=height,
@@ -81,7 +86,7 @@ def video_object(job: Job) -> Video:
         completed_at=None if job.completed_at is None else int(job.completed_at),
         seconds=f"{seconds:g}", size=job.params.get("rendered_size", job.params["size"]), prompt=job.prompt,
         seed=int(job.params["seed"]), attempts=job.attempts, notices=job.notices, error=error,
-        loras=job.params.get("loras") or [],
+        loras=job.params.get("loras") or [], mode=job.params.get("mode", "generate"),
     )
 
 

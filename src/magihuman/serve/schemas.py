@@ -107,6 +107,9 @@ class Video(BaseModel):
                                description="Notes from the input checks: rounding of sizes and seconds, short prompts.")
     loras: list[LoraRef] = Field(default_factory=list, description="The adapters the job renders with.")
     error: VideoError | None = Field(None, description="Set when `status` is `failed` or `cancelled`.")
+    mode: Literal["generate", "extend", "retake"] = Field(
+        "generate", description="`generate` (`POST /v1/videos`), `extend` or `retake` (`POST /v1/videos/extend`, "
+                                "`/retake`: `seconds` is then the length added or regenerated).")
 
 
 class VideoList(BaseModel):
