@@ -30,7 +30,7 @@ IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp"}
 AUDIO_FORMATS = {"wav": ".wav", "mp3": ".mp3", "flac": ".flac", "ogg": ".ogg", "mov": ".m4a", "mp4": ".m4a",
                  "m4a": ".m4a", "aac": ".aac"}
 #: Video containers accepted as a clip to edit (PyAV format name part -> stored extension).
-VIDEO_FORMATS = {"mp4": ".mp4", "mov": ".mov", "matroska": ".mkv", "webm": ".webm"}
+VIDEO_FORMATS = {"mp4": ".mp4", "mov": ".mov", "webm": ".webm", "matroska": ".mkv"}
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 
 
@@ -194,9 +194,9 @@ def _check_video(field: str, path: Path) -> str:
                            code="unreadable_file", status=415) from None
     if not streams:
         raise RequestError(field, f"{field} has no video stream; send a clip", code="unreadable_file", status=415)
-    for name in names:
-        if name in VIDEO_FORMATS:
-            return VIDEO_FORMATS[name]
+    for name, extension in VIDEO_FORMATS.items():  # libav names MP4 "mov,mp4,...": prefer .mp4
+        if name in names:
+            return extension
     raise RequestError(field, f"{field} is in the {names[0]} container; send MP4, MOV, MKV or WebM",
                        code="unsupported_file", status=415)
 
