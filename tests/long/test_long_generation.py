@@ -83,3 +83,56 @@ def test_audio_decoded_in_pieces_equals_one_pass(distill, long_run):
     exact = decode_audio_span(distill, out.audio_latent, 10, 12)
     bare = decode_audio_span(distill, out.audio_latent, 10, 12, margin=0)  # without context the edges change
     assert exact.shape == bare.shape == (2, 2 * 2048) and not np.allclose(exact, bare, rtol=0, atol=1e-4)
+
+
+def test_a_driving_track_and_a_first_frame_across_windows(distill, examples_dir, tmp_path):
+    """0.64 s of tone (16 audio latents, 4 latent frames) in windows of 3 frames: the first window holds the
+    image as frame 0, the second holds the first window's last two frames; the track's latents drive both
+    windows (each its slice) and come back unchanged; the output keeps the track itself."""
+    from magihuman.pipeline import stages
+    from magihuman.pipeline.media import preprocess_image
+
+    from conftest import write_tone
+
+    tone = write_tone(tmp_path / "tone.wav", seconds=0.64)
+    spy = Spy(distill.transformer)
+    distill.transformer, original = spy, distill.transformer
+    try:
+        out = distill(**{**LONG, "seconds": 0.64}, image=examples_dir / "image.png", audio=tone)
+    finally:
+        distill.transformer = original
+    driving = stages.load_driving_audio(distill, tone, 0.64, torch.Generator().manual_seed(LONG["seed"]))
+    assert torch.equal(out.audio_latent, driving.latent) and out.audio_latent.shape == (1, 16, 64)
+    assert np.array_equal(out.audio, driving.waveform_44k)
+    assert out.frames.shape == (13, 32, 32, 3) and len(spy.calls) == 16  # windows [0, 3) and [1, 4)
+    image = distill.video_vae.encode(preprocess_image(examples_dir / "image.png", 32, 32)[:, :, None]).float()
+    assert torch.equal(out.video_latent[:, :, :1], image)
+    for step in range(8):
+        assert torch.equal(spy.calls[step][0][:, :, :1], image)
+        video, audio = spy.calls[8 + step]
+        assert torch.equal(video[:, :, :2], out.video_latent[:, :, 1:3])
+        assert torch.equal(audio, driving.latent[:, 4:16])  # the second window's slice, fixed
+
+
+def test_generate_passes_the_window_options(monkeypatch, tmp_path):
+    """``magihuman generate --seconds 30 --window-seconds 4 --overlap-frames 3`` asks the pipeline for them."""
+    from typer.testing import CliRunner
+
+    import magihuman.cli.app as cli
+    import magihuman.pipeline.magihuman_pipeline as pipeline
+
+    asked = []
+
+    class Recorder:
+        def __call__(self, request, progress=False, decode=True):
+            asked.append(request)
+            return pipeline.GenerationOutput(np.zeros((5, 32, 32, 3), np.uint8), np.zeros((2, 8820), np.float32),
+                                             25, 44100)
+
+    monkeypatch.setattr(pipeline.MagiHumanPipeline, "from_official", classmethod(lambda cls, *a, **k: Recorder()))
+    result = CliRunner().invoke(cli.app, ["generate", "--demo", "--device", "cpu", "--prompt", PROMPT, "--seconds",
+                                          "30", "--window-seconds", "4", "--overlap-frames", "3", "-o",
+                                          str(tmp_path / "long.mp4")])
+    assert result.exit_code == 0, result.output
+    assert (asked[0].seconds, asked[0].window_seconds, asked[0].overlap_frames) == (30, 4, 3)
+    assert "generated in 9 windows of 4 s" in " ".join(result.output.split())

@@ -89,7 +89,9 @@ def test_bad_long_requests_are_refused(fields, field, message):
 
 
 def test_sixty_seconds_are_accepted_and_the_memory_is_one_window():
-    assert validate_request(GenerationRequest(prompt=PROMPT, seconds=60)) == []
+    assert validate_request(GenerationRequest(prompt=PROMPT, seconds=60)) == [
+        "the clip is generated in 13 windows of 5 s, each holding the last 2 latent frame(s) of the one before "
+        "(docs/long_clips.md)"]
     long = estimate_memory(GenerationRequest(prompt=PROMPT, seconds=60), device="cuda")
     window = estimate_memory(GenerationRequest(prompt=PROMPT, seconds=5), device="cuda")
     assert long["activations"] == window["activations"] and long["latents"] == window["latents"]

@@ -159,7 +159,7 @@ def long_clip_window(request: Any) -> float | None:
 
 def _check_windows(request: Any, preset: Any) -> list[str]:
     """``window_seconds`` and ``overlap_frames`` of a long clip (docs/long_clips.md)."""
-    from magihuman.pipeline.windows import window_latent_frames
+    from magihuman.pipeline.windows import plan_windows, window_latent_frames
 
     window, overlap = getattr(request, "window_seconds", None), getattr(request, "overlap_frames", None)
     if window is not None and (not math.isfinite(window) or not 0 < window <= MAX_SECONDS):
@@ -181,7 +181,10 @@ def _check_windows(request: Any, preset: Any) -> list[str]:
     if frames <= overlap:
         raise InputError(f"a window of {windowed:g} s holds {frames} latent frames, not more than the overlap of "
                          f"{overlap}; use longer windows or a smaller overlap_frames", field="window_seconds")
-    return []
+    audio = int(round(request.seconds * LATENTS_PER_SECOND)) + 1
+    count = len(plan_windows(latent_frames_for(audio), audio, window_frames=frames, overlap=overlap).windows)
+    return [f"the clip is generated in {count} windows of {windowed:g} s, each holding the last {overlap} latent "
+            "frame(s) of the one before (docs/long_clips.md)"]
 
 
 def _preset_names() -> list[str]:
