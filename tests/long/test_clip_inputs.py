@@ -94,3 +94,20 @@ def test_cli_refuses_before_loading(no_loading, clip, silent_clip, tmp_path, arg
     text = " ".join(result.output.split())
     assert result.exit_code == 2, text
     assert "error:" in text and re.search(message, text), text
+
+
+@pytest.mark.parametrize("fps", [30, 12])
+def test_clips_are_read_at_25_fps(tmp_path, fps):
+    """Frame k is the latest source frame shown at k/25 s; a 1 s clip has 25 frames at any rate."""
+    import numpy as np
+
+    from magihuman.pipeline.media import probe_clip, read_clip_frames, write_mp4
+
+    levels = [int(250 * k / fps) for k in range(fps)]
+    frames = np.stack([np.full((48, 64, 3), level, np.uint8) for level in levels])
+    path = write_mp4(tmp_path / "rate.mp4", frames, fps=fps, crf=0, preset="ultrafast")
+    info = probe_clip(path)
+    assert (info.num_frames, info.width, info.height, info.has_audio) == (25, 64, 48, False)
+    read = read_clip_frames(path, width=32, height=32, num_frames=25)  # cropped to 1:1, resized
+    expected = [levels[int(k * fps / 25 + 1e-9)] for k in range(25)]
+    assert np.abs(read[:, 16, 16, 0].astype(int) - np.array(expected)).max() <= 2  # YUV round trip

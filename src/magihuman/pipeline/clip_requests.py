@@ -140,10 +140,9 @@ class _ClipEdit(BaseModel):
         from magihuman.pipeline.request import GenerationRequest
         from magihuman.pipeline.validation import validate_request
 
-        proxy = GenerationRequest.model_construct(
-            prompt=self.prompt, image=None, audio=None, seconds=seconds, width=width, height=height, seed=self.seed,
-            preset=self.preset, negative_prompt=self.negative_prompt, sr_width=None, sr_height=None,
-            sr_cfg_number=None, window_seconds=None, overlap_frames=None)
+        proxy = GenerationRequest.model_construct(  # the other fields keep their defaults
+            prompt=self.prompt, seconds=seconds, width=width, height=height, seed=self.seed, preset=self.preset,
+            negative_prompt=self.negative_prompt)
         return [n for n in validate_request(proxy, **checks) if "rounded" not in n]
 
 

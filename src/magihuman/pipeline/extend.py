@@ -79,8 +79,9 @@ def extend_clip(pipe: MagiHumanPipeline, request: ExtendRequest, *, progress: bo
     video_mask = torch.arange(windows.latent_frames) < prefix
     audio_mask = torch.arange(windows.audio_latents) < pixels
     return ClipEditOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, plan.notices,
-                          latents.video.cpu(), latents.audio.cpu(), held_video.cpu(), held_audio.cpu(),
-                          video_mask, audio_mask)
+                          video_latent=latents.video.cpu(), audio_latent=latents.audio.cpu(),
+                          source_video_latent=held_video.cpu(), source_audio_latent=held_audio.cpu(),
+                          video_held=video_mask, audio_held=audio_mask)
 
 
 def _tail_audio(pipe: MagiHumanPipeline, sound: np.ndarray, count: int, pixels: int,

@@ -89,8 +89,10 @@ def retake_clip(pipe: MagiHumanPipeline, request: RetakeRequest, *, progress: bo
             frames, waveform = _decode(pipe, plan, source, edited, timer)
         else:
             frames, waveform = stages.empty_outputs(edited.video)
-    return ClipEditOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, plan.notices, edited.video.cpu(),
-                          edited.audio.cpu(), clean.video.cpu(), clean.audio.cpu(), video_held, audio_held)
+    return ClipEditOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, plan.notices,
+                          video_latent=edited.video.cpu(), audio_latent=edited.audio.cpu(),
+                          source_video_latent=clean.video.cpu(), source_audio_latent=clean.audio.cpu(),
+                          video_held=video_held, audio_held=audio_held)
 
 
 def _denoise_window(pipe, plan: RetakePlan, text, clean: Latents, held, generator, callback, timer) -> Latents:
