@@ -64,6 +64,16 @@ def test_retake_keeps_every_latent_outside_the_range(distill, clip):
     assert _digest(clip) == before
 
 
+def test_retake_in_a_window_leaves_the_rest_of_the_clip_alone(distill, clip):
+    """Windows of 3 latent frames: the DiT sees latent frames 2..4 and audio latents 8..16 only; frame 3 and
+    audio latents 11, 12 are regenerated, everything else is the encoded clip's."""
+    out = distill.retake(clip, PROMPT, start=0.44, end=0.52, window_seconds=0.32, seed=5)
+    assert out.video_held.tolist() == [True, True, True, False, True, True, True]
+    assert torch.equal(out.video_latent[:, :, out.video_held], out.source_video_latent[:, :, out.video_held])
+    assert torch.equal(out.audio_latent[:, out.audio_held], out.source_audio_latent[:, out.audio_held])
+    assert not torch.equal(out.video_latent[:, :, 3], out.source_video_latent[:, :, 3])
+
+
 def test_retake_audio_only_holds_every_frame(distill, clip):
     out = distill.retake(clip, PROMPT, start=0.2, end=0.5, target="audio", seed=5)
     assert bool(out.video_held.all()) and torch.equal(out.video_latent, out.source_video_latent)

@@ -68,6 +68,10 @@ def test_plans(clip):
     retake = RetakeRequest(clip=clip, prompt=PROMPT, start=0.44, end=0.52).plan()  # frames 11, 12
     assert (retake.first_frame, retake.end_frame, retake.first_latent, retake.last_latent) == (11, 13, 3, 3)
     assert retake.pixel_span == (9, 13) and (retake.window_start, retake.window_frames) == (0, 7)
+    windowed = RetakeRequest(clip=clip, prompt=PROMPT, start=0.44, end=0.52, window_seconds=0.32).plan()
+    assert (windowed.window_start, windowed.window_frames, windowed.window_audio) == (2, 3, (8, 17))
+    at_end = RetakeRequest(clip=clip, prompt=PROMPT, start=0.9, end=1.0, window_seconds=0.32).plan()
+    assert (at_end.first_latent, at_end.last_latent, at_end.window_start, at_end.window_audio) == (6, 6, 4, (16, 25))
 
 
 @pytest.fixture
