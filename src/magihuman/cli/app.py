@@ -30,8 +30,10 @@ from magihuman import __version__
 from magihuman.cli.download import download
 from magihuman.cli.enhance import enhance
 from magihuman.cli.errors import Failure
+from magihuman.cli.extend import extend
 from magihuman.cli.generate import default_output_name, generate, read_text_file
 from magihuman.cli.options import CHECKPOINT_ROOT_ENV, CONFIG_KEYS, GenerateOptions
+from magihuman.cli.retake import retake
 from magihuman.eval.cli import app as eval_app
 from magihuman.pipeline.validation import InputError
 from magihuman.serve.cli import serve
@@ -145,6 +147,8 @@ def _root(
 
 
 app.command("generate", cls=_Command, no_args_is_help=True)(generate)
+app.command("extend", cls=_Command, no_args_is_help=True)(extend)  # issue 13: long clips, extend, retake
+app.command("retake", cls=_Command, no_args_is_help=True)(retake)
 app.command("download", cls=_Command)(download)
 app.command("enhance", cls=_Command, no_args_is_help=True)(enhance)  # issue 13: docs/prompting.md
 app.command("serve", cls=_Command)(serve)  # issue 10: magihuman.serve.cli

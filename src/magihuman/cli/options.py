@@ -24,6 +24,7 @@ import typer
 # The runtime's name tables, imported in this one place (they move to magihuman.runtime.options).
 from magihuman.pipeline.presets import (
     DEFAULT_HEIGHT,
+    DEFAULT_OVERLAP_FRAMES,
     DEFAULT_SECONDS,
     DEFAULT_SEED,
     DEFAULT_WIDTH,
@@ -33,6 +34,8 @@ from magihuman.pipeline.presets import (
 from magihuman.pipeline.validation import (
     MAX_BASE_SIDE,
     MAX_IMAGE_PIXELS,
+    MAX_LONG_SECONDS,
+    MAX_OVERLAP_FRAMES,
     MAX_PROMPT_CHARS,
     MAX_SECONDS,
     MAX_SR_SIDE,
@@ -52,10 +55,10 @@ AttentionName = Literal[tuple(ATTENTION_CHOICES)]  # type: ignore[valid-type]
 
 #: Fields of ``GenerationRequest`` the options fill.
 REQUEST_KEYS = ("prompt", "image", "audio", "seconds", "width", "height", "seed", "preset", "negative_prompt",
-                "sr_width", "sr_height", "sr_cfg_number")
+                "sr_width", "sr_height", "sr_cfg_number", "window_seconds", "overlap_frames")
 #: Per-component checkpoint locations, overriding the root (``MagiHumanPipeline.from_official``).
 COMPONENT_KEYS = ("transformer", "text_encoder", "video_vae", "audio_vae", "sr_transformer", "turbo_vae")
-_CKPT, _OUT, _MEM, _ENH = "Checkpoints", "Output", "Memory and speed", "Prompt enhancement"
+_CKPT, _OUT, _MEM, _ENH, _LONG = "Checkpoints", "Output", "Memory and speed", "Prompt enhancement", "Long clips"
 
 
 def _flag(*names: str, help: str, panel: str | None = None) -> Any:
@@ -84,8 +87,9 @@ class GenerateOptions:
         "Without it: text-to-video.")] = None
     audio: Annotated[Path | None, _opt("--audio", "--audio_path", "-a", help="Driving audio file (its speech is "
         f"kept; it sets the length, cut to --seconds; at least {MIN_AUDIO_SECONDS:g} s).")] = None
-    seconds: Annotated[float | None, _opt("--seconds", "-s", help=f"Clip length in seconds, up to {MAX_SECONDS:g} "
-        f"(in 1/25 s steps). Default: {DEFAULT_SECONDS:g}.")] = None
+    seconds: Annotated[float | None, _opt("--seconds", "-s", help=f"Clip length in seconds, up to "
+        f"{MAX_LONG_SECONDS:g} (in 1/25 s steps); over {MAX_SECONDS:g} s the clip is generated in windows "
+        f"(--window-seconds). Default: {DEFAULT_SECONDS:g}.")] = None
     width: Annotated[int | None, _opt("--width", "--br_width", help=f"Width in pixels, {MIN_SIZE}..{MAX_BASE_SIDE}, "
         f"rounded down to a multiple of 32. Default: {DEFAULT_WIDTH}.")] = None
     height: Annotated[int | None, _opt("--height", "--br_height", help=f"Height in pixels, {MIN_SIZE}.."
@@ -101,6 +105,12 @@ class GenerateOptions:
     sr_cfg_number: Annotated[int | None, _opt("--sr-cfg-number", "--sr_cfg_number", help="SR guidance: 1 "
         "(default, as the shipped SR examples) or 2 (negative pass, video scale 3.5 with the first 13 latent frames "
         "capped at 2.0).")] = None
+    window_seconds: Annotated[float | None, _opt("--window-seconds", help=f"Long clips: generate in windows of "
+        f"this many seconds (at most {MAX_SECONDS:g}), each continuing the previous one; memory is one window's. "
+        f"Default: one pass up to {MAX_SECONDS:g} s, windows of the preset's 5 s beyond.", panel=_LONG)] = None
+    overlap_frames: Annotated[int | None, _opt("--overlap-frames", help=f"Long clips: latent frames (4 video "
+        f"frames each) a window shares with the previous one, held as generated, 1..{MAX_OVERLAP_FRAMES}. "
+        f"Default: {DEFAULT_OVERLAP_FRAMES}.", panel=_LONG)] = None
     negative_prompt: Annotated[str | None, _opt("--negative-prompt", help="Unconditional text for CFG (base and SR "
         "presets; refused with distill, which has no CFG). Default: a built-in list of defects.")] = None
     negative_prompt_file: Annotated[Path | None, _opt("--negative-prompt-file", help="Read the negative prompt "
@@ -225,7 +235,8 @@ class GenerateOptions:
 CONFIG_KEYS = (*REQUEST_KEYS, "prompt_file", "negative_prompt_file", "checkpoint_root", *COMPONENT_KEYS, "output",
                "device", "video_decoder")
 #: Config keys whose value is a path or a name (JSON string or null).
-_STRING_KEYS = frozenset(CONFIG_KEYS) - {"seconds", "width", "height", "seed", "sr_width", "sr_height", "sr_cfg_number"}
+_STRING_KEYS = frozenset(CONFIG_KEYS) - {"seconds", "width", "height", "seed", "sr_width", "sr_height", "sr_cfg_number",
+                                          "window_seconds", "overlap_frames"}
 #: Options that form one setting: given on the command line, they replace all of the group's config keys.
 _GROUPS = (("prompt", "prompt_file"), ("negative_prompt", "negative_prompt_file"), ("output", "save_path_prefix"))
 

@@ -20,6 +20,7 @@ windows with :exc:`~magihuman.pipeline.progress.GenerationInterrupted`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from magihuman.codecs.turbo_vae import TurboVAE
 from magihuman.codecs.video_vae import VideoVAE
 from magihuman.model.transformer import MagiHumanTransformer, sr1080_local_attn_layers
 from magihuman.pipeline import stages
+from magihuman.pipeline.clip_requests import ExtendRequest, RetakeRequest
 from magihuman.pipeline.loading import (  # noqa: F401 (ROOT_LAYOUT re-exported for callers of the old module)
     ROOT_LAYOUT,
     check_checkpoint_root,
@@ -50,6 +52,7 @@ from magihuman.pipeline.presets import (  # noqa: F401 (VIDEO_DECODERS re-export
 )
 from magihuman.pipeline.progress import GenerationInterrupted, StageTimer, StepEndCallback, StepReporter  # noqa: F401
 from magihuman.pipeline.request import GenerationRequest
+from magihuman.pipeline.validation import long_clip_window
 from magihuman.runtime.options import RuntimeOptions
 from magihuman.runtime.placement import offload_idle_components, place_transformer
 from magihuman.sampling.records import DrivingAudio, Latents
@@ -233,7 +236,8 @@ class MagiHumanPipeline:
         """Generate one clip.
 
         Args:
-            prompt: the text prompt, or a whole :class:`GenerationRequest` (then pass nothing else).
+            prompt: the text prompt, or a whole :class:`GenerationRequest` (then pass nothing else); an
+                :class:`ExtendRequest` or :class:`RetakeRequest` runs :meth:`extend` or :meth:`retake`.
             image: optional first-frame image (image-to-video).
             audio: optional driving audio file (its speech is kept in the output).
             progress: show a progress bar per stage.
@@ -250,7 +254,9 @@ class MagiHumanPipeline:
                 (:class:`magihuman.prompting.OpenAIChatBackend`, :class:`~magihuman.prompting.LocalModelBackend`).
                 If the enhancer fails, the prompt is used as given and a notice says why.
             **fields: the other :class:`GenerationRequest` fields: ``seconds``, ``width``, ``height``,
-                ``seed``, ``negative_prompt`` (``preset`` defaults to the loaded one).
+                ``seed``, ``negative_prompt``, ``window_seconds``, ``overlap_frames`` (``preset`` defaults to the
+                loaded one). A clip longer than one window (over 10 s, or over ``window_seconds``) is generated
+                window by window (:mod:`magihuman.pipeline.long_generation`, docs/long_clips.md).
 
         Returns:
             :class:`GenerationOutput` with ``uint8 [F, H, W, 3]`` frames and a ``float32 [2, samples]``
@@ -260,10 +266,19 @@ class MagiHumanPipeline:
             ValueError, FileNotFoundError: for a bad request, before any model runs.
             GenerationInterrupted: when :attr:`interrupt` was set during generation.
         """
+        if isinstance(prompt, (ExtendRequest, RetakeRequest)):  # clip edits (docs/long_clips.md)
+            return self._edit(prompt, image, audio, fields, progress=progress, decode=decode,
+                              callback_on_step_end=callback_on_step_end)
         request, notices = self._request(prompt, image, audio, fields)
         enhanced = None
         if enhance:  # stage 0b: before any model runs
             request, notices, enhanced = _enhance_request(request, enhance, notices)
+        if long_clip_window(request) is not None:  # longer than one window (docs/long_clips.md)
+            from magihuman.pipeline.long_generation import generate_long
+
+            output = generate_long(self, request, notices, progress=progress, decode=decode,
+                                   callback_on_step_end=callback_on_step_end)
+            return dataclasses.replace(output, enhanced_prompt=enhanced) if enhanced is not None else output
         sr_stage = request.sr_stage()
         timer = StageTimer(progress, self.device)
         steps = StepReporter(self, callback_on_step_end, stages.total_steps(self, sr_stage))
@@ -297,7 +312,48 @@ class MagiHumanPipeline:
         return GenerationOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, notices,
                                 latents.video.cpu(), latents.audio.cpu(), enhanced_prompt=enhanced)
 
+    def extend(self, clip: str | Path, prompt: str, *, seconds: float, progress: bool = False,
+               callback_on_step_end: StepEndCallback | None = None, **fields: Any):
+        """Continue ``clip`` by ``seconds`` from its last frames and sound (docs/long_clips.md).
+
+        ``fields`` are the other :class:`ExtendRequest` fields (``width``, ``height``, ``seed``,
+        ``negative_prompt``, ``window_seconds``, ``overlap_frames``). Returns a
+        :class:`~magihuman.pipeline.clip_source.ClipEditOutput` (the clip's frames, then the new ones); the input
+        file is never written. Raises ``InputError`` for a bad request before any model runs.
+        """
+        fields.setdefault("preset", self.preset.name)
+        request = ExtendRequest(clip=clip, prompt=prompt, seconds=seconds, **fields)
+        return self(request, progress=progress, callback_on_step_end=callback_on_step_end)
+
+    def retake(self, clip: str | Path, prompt: str, *, start: float, end: float, target: str = "both",
+               progress: bool = False, callback_on_step_end: StepEndCallback | None = None, **fields: Any):
+        """Regenerate ``[start, end)`` seconds of ``clip`` (``target``: ``"both"``, ``"video"`` or ``"audio"``);
+        every latent outside the range stays the encoded clip's, bit for bit (docs/long_clips.md).
+
+        ``fields`` are the other :class:`RetakeRequest` fields (``width``, ``height``, ``seed``, ``negative_prompt``,
+        ``window_seconds``). Returns a :class:`~magihuman.pipeline.clip_source.ClipEditOutput`. Raises
+        ``InputError`` for a bad request before any model runs.
+        """
+        fields.setdefault("preset", self.preset.name)
+        request = RetakeRequest(clip=clip, prompt=prompt, start=start, end=end, target=target, **fields)
+        return self(request, progress=progress, callback_on_step_end=callback_on_step_end)
+
     # ------------------------------------------------------------------------------- helpers
+    def _edit(self, request, image, audio, fields, **options):
+        """An :class:`ExtendRequest` or :class:`RetakeRequest`, run by its module."""
+        if image is not None or audio is not None or fields:
+            raise ValueError("pass either an ExtendRequest/RetakeRequest or keyword fields, not both")
+        if request.preset != self.preset.name:
+            raise ValueError(f"this pipeline was loaded for preset {self.preset.name!r}, the request asks for "
+                             f"{request.preset!r}; load a pipeline with from_official(preset={request.preset!r})")
+        if isinstance(request, ExtendRequest):
+            from magihuman.pipeline.extend import extend_clip
+
+            return extend_clip(self, request, **options)
+        from magihuman.pipeline.retake import retake_clip
+
+        return retake_clip(self, request, **options)
+
     def _request(self, prompt, image, audio, fields: dict[str, Any]) -> tuple[GenerationRequest, list[str]]:
         """The checked request and its notices (stage 0: before any model runs)."""
         if isinstance(prompt, GenerationRequest):

@@ -32,6 +32,13 @@ DEFAULT_SECONDS = 4.0
 DEFAULT_SEED = 42
 #: Preset of a request that names none: the distilled model (architecture.md §13.1 "distill" example).
 DEFAULT_PRESET = "distill"
+#: Window of a long clip, seconds (ours, docs/long_clips.md): clips over ``MAX_SECONDS`` (10 s) are generated in
+#: windows of this length. The training clip length of the published models is not stated; their examples
+#: render 4 s and their published timings are for 5 s clips (architecture.md §13.1, §14).
+DEFAULT_WINDOW_SECONDS = 5.0
+#: Latent frames each window of a long clip shares with the previous one, held clean (docs/long_clips.md):
+#: two frames (8 pixel frames, 9 audio latents) carry motion across the join.
+DEFAULT_OVERLAP_FRAMES = 2
 #: Video decoders: the distilled Turbo-VAED (default, architecture.md §12.1 ``use_turbo_vae``) or the Wan2.2 VAE's own.
 VIDEO_DECODERS = ("turbo", "wan")
 #: Video decoder used when none is named.
@@ -49,6 +56,7 @@ class Preset:
         description: one line for ``--help`` and the README.
         gpu_memory: rough GPU memory need, for the README's hardware table.
         sr: the super-resolution stage, if any (its size is the output size).
+        window_seconds: window length of long clips, extend and retake (docs/long_clips.md).
     """
 
     name: str
@@ -57,6 +65,7 @@ class Preset:
     description: str
     gpu_memory: str
     sr: SuperResolutionStage | None = None
+    window_seconds: float = DEFAULT_WINDOW_SECONDS
 
 
 PRESETS: dict[str, Preset] = {

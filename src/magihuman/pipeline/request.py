@@ -101,6 +101,10 @@ class GenerationRequest(BaseModel):
             preset's 896x512 or 1920x1088), rounded down to multiples of 32.
         sr_cfg_number: SR guidance: 1 (the shipped SR examples, default) or 2 (negative pass, video 3.5
             with the first 13 latent frames capped at 2.0; architecture.md §8.4).
+        window_seconds: long clips (docs/long_clips.md): generate in windows of this many seconds (None: one
+            pass up to 10 s, windows of the preset's length beyond).
+        overlap_frames: long clips: latent frames each window shares with the previous one, held clean
+            (None: 2).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -117,6 +121,8 @@ class GenerationRequest(BaseModel):
     sr_width: int | None = None
     sr_height: int | None = None
     sr_cfg_number: int | None = None
+    window_seconds: float | None = None
+    overlap_frames: int | None = None
 
     @field_validator("image", "audio", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ from magihuman.codecs.audio_vae import (
 from magihuman.pipeline.media import load_audio, preprocess_image, video_to_uint8
 from magihuman.pipeline.progress import check_interrupt
 from magihuman.pipeline.request import GenerationRequest, LatentPlan
+from magihuman.sampling.conditioning import CleanCondition
 from magihuman.sampling.config import SuperResolutionStage
 from magihuman.sampling.loop import StepCallback, denoise, draw_noise
 from magihuman.sampling.records import DrivingAudio, Latents, TextConditioning
@@ -113,11 +114,13 @@ def encode_image(pipe: MagiHumanPipeline, image: str | Path, width: int, height:
 
 def denoise_latents(pipe: MagiHumanPipeline, latents: Latents, text: TextConditioning, *,
                     image_latent: torch.Tensor | None, audio_fixed: bool, generator: torch.Generator,
-                    callback: StepCallback | None = None) -> Latents:
+                    callback: StepCallback | None = None, condition: CleanCondition | None = None) -> Latents:
     """Stage 4: the preset's sampler over the initial latents (:func:`~magihuman.sampling.loop.denoise`);
-    ``audio_fixed`` keeps a driving track's latents as they are (architecture.md §9.2)."""
+    ``audio_fixed`` keeps a driving track's latents as they are (architecture.md §9.2); ``condition`` holds clean
+    latent positions (long clips, extend, retake; docs/long_clips.md)."""
     return denoise(pipe.transformer, latents, text, config=pipe.preset.sampler, image_latent=image_latent,
-                   audio_fixed=audio_fixed, generator=generator, callback=callback, batch_cfg=pipe.batch_cfg)
+                   condition=condition, audio_fixed=audio_fixed, generator=generator, callback=callback,
+                   batch_cfg=pipe.batch_cfg)
 
 
 def super_resolve_latents(pipe: MagiHumanPipeline, stage: SuperResolutionStage, latents: Latents,

@@ -29,7 +29,8 @@ from magihuman.pipeline.presets import get_preset
 
 __all__ = [
     "InputError", "MissingInputError", "MAX_PROMPT_CHARS", "MAX_SEED", "MIN_SIZE", "MAX_BASE_SIDE", "MAX_SR_SIDE",
-    "MAX_SECONDS", "MIN_AUDIO_SECONDS", "MAX_IMAGE_PIXELS", "RECOMMENDED_PROMPT_WORDS", "validate_request",
+    "MAX_SECONDS", "MAX_LONG_SECONDS", "MAX_OVERLAP_FRAMES", "long_clip_window",
+    "MIN_AUDIO_SECONDS", "MAX_IMAGE_PIXELS", "RECOMMENDED_PROMPT_WORDS", "validate_request",
     "check_device", "check_runtime", "check_output_file", "check_checkpoint_root", "check_checkpoint_files",
     "estimate_memory", "device_memory", "expand_path",
 ]
@@ -47,9 +48,15 @@ MIN_SIZE = 2 * SPATIAL_STRIDE
 MAX_BASE_SIDE = 896
 #: Largest super-resolution side in pixels: the 1080p SR preset's 1920x1088 (architecture.md §13.1).
 MAX_SR_SIDE = 1920
-#: Longest clip in seconds until longer clips are supported: the original examples render 4 s and
-#: its published timings are for 5 s clips (architecture.md §13.1, §14); 10 s is twice the longest shown.
+#: Longest clip in seconds generated in one pass (and longest window of a long clip): the original examples
+#: render 4 s and its published timings are for 5 s clips (architecture.md §13.1, §14); 10 s is twice the
+#: longest shown. Longer clips run in windows (docs/long_clips.md).
 MAX_SECONDS = 10.0
+#: Longest clip of a windowed run, seconds (ours, docs/long_clips.md): memory is one window's, time grows
+#: with the number of windows.
+MAX_LONG_SECONDS = 60.0
+#: Most latent frames a window of a long clip may share with the previous one (ours; 8 = 1.28 s).
+MAX_OVERLAP_FRAMES = 8
 #: Least driving audio that encodes to one latent frame (25 per second, architecture.md §11.5).
 MIN_AUDIO_SECONDS = 1 / LATENTS_PER_SECOND
 #: Largest first-frame image decoded, in pixels (an 8K frame is 33 MP; 50 MP covers phone photos).
@@ -114,9 +121,9 @@ def _check_numbers(request: Any) -> list[str]:
     seconds = request.seconds
     if not math.isfinite(seconds) or seconds <= 0:
         raise InputError(f"seconds must be a positive number, got {seconds}; e.g. 4", field="seconds")
-    if seconds > MAX_SECONDS:
-        raise InputError(f"seconds={seconds:g} is over the limit of {MAX_SECONDS:g} s (longer clips are not "
-                         f"supported yet); pass at most {MAX_SECONDS:g}", field="seconds")
+    if seconds > MAX_LONG_SECONDS:
+        raise InputError(f"seconds={seconds:g} is over the limit of {MAX_LONG_SECONDS:g} s (clips over "
+                         f"{MAX_SECONDS:g} s run in windows); pass at most {MAX_LONG_SECONDS:g}", field="seconds")
     if round(seconds * LATENTS_PER_SECOND) < 1:
         raise InputError(f"seconds={seconds:g} is under one latent frame (1/25 s); pass at least 0.04",
                          field="seconds")
@@ -130,11 +137,54 @@ def _check_numbers(request: Any) -> list[str]:
         raise InputError(f"unknown preset {request.preset!r}; choose one of {', '.join(_preset_names())}",
                          field="preset")
     notices += _check_sr(request, preset)
+    notices += _check_windows(request, preset)
     uses_cfg = preset.sampler.cfg_number == 2 or (preset.sr is not None and request.sr_cfg_number == 2)
     if request.negative_prompt is not None and not uses_cfg:
         raise InputError(f"negative_prompt has no effect with preset {preset.name} (no CFG pass); drop it, or "
                          "use preset base (or an SR preset) where it steers the CFG pass", field="negative_prompt")
     return notices
+
+
+def long_clip_window(request: Any) -> float | None:
+    """The window length in seconds when ``request`` runs in windows (docs/long_clips.md), else None.
+
+    Windows are used when ``window_seconds`` is given and shorter than ``seconds``, or when it is not given
+    and ``seconds`` is over :data:`MAX_SECONDS` (then the preset's ``window_seconds``).
+    """
+    window = getattr(request, "window_seconds", None)
+    if window is None:
+        return get_preset(request.preset).window_seconds if request.seconds > MAX_SECONDS else None
+    return float(window) if request.seconds > window else None
+
+
+def _check_windows(request: Any, preset: Any) -> list[str]:
+    """``window_seconds`` and ``overlap_frames`` of a long clip (docs/long_clips.md)."""
+    from magihuman.pipeline.windows import plan_windows, window_latent_frames
+
+    window, overlap = getattr(request, "window_seconds", None), getattr(request, "overlap_frames", None)
+    if window is not None and (not math.isfinite(window) or not 0 < window <= MAX_SECONDS):
+        raise InputError(f"window_seconds must be in (0, {MAX_SECONDS:g}] (one pass at most), got {window}; "
+                         "e.g. 5", field="window_seconds")
+    if overlap is not None and (isinstance(overlap, bool) or not 1 <= overlap <= MAX_OVERLAP_FRAMES):
+        raise InputError(f"overlap_frames must be 1..{MAX_OVERLAP_FRAMES} latent frames, got {overlap}; e.g. 2",
+                         field="overlap_frames")
+    windowed = long_clip_window(request)
+    if windowed is None:
+        return [] if overlap is None else ["overlap_frames has no effect: the clip is generated in one pass"]
+    if preset.sr is not None:
+        raise InputError(f"clips over one window ({windowed:g} s) run in windows, which the super-resolution "
+                         f"presets do not support yet; use preset distill or base, or at most {windowed:g} s",
+                         field="seconds")
+    from magihuman.pipeline.presets import DEFAULT_OVERLAP_FRAMES
+
+    frames, overlap = window_latent_frames(windowed), overlap or DEFAULT_OVERLAP_FRAMES
+    if frames <= overlap:
+        raise InputError(f"a window of {windowed:g} s holds {frames} latent frames, not more than the overlap of "
+                         f"{overlap}; use longer windows or a smaller overlap_frames", field="window_seconds")
+    audio = int(round(request.seconds * LATENTS_PER_SECOND)) + 1
+    count = len(plan_windows(latent_frames_for(audio), audio, window_frames=frames, overlap=overlap).windows)
+    return [f"the clip is generated in {count} windows of {windowed:g} s, each holding the last {overlap} latent "
+            "frame(s) of the one before (docs/long_clips.md)"]
 
 
 def _preset_names() -> list[str]:
@@ -264,7 +314,7 @@ def _check_audio(request: Any) -> tuple[float, list[str]]:
     seconds = round(request.seconds * LATENTS_PER_SECOND) / LATENTS_PER_SECOND
     if duration > seconds + MIN_AUDIO_SECONDS:
         return duration, [f"the driving audio is {duration:.2f} s long; only its first {seconds:g} s are used "
-                          f"(seconds={seconds:g}): raise seconds to {min(duration, MAX_SECONDS):.2f} to use more"]
+                          f"(seconds={seconds:g}): raise seconds to {min(duration, MAX_LONG_SECONDS):.2f} to use more"]
     if duration < seconds - MIN_AUDIO_SECONDS:
         return duration, [f"seconds={seconds:g} is not used: the driving audio is {duration:.2f} s long and sets "
                           "the clip length"]
@@ -387,7 +437,9 @@ def estimate_memory(request: Any, *, device: str, runtime: Any = None,
         audio_seconds: the driving audio's length, which caps the clip.
     """
     seconds = min(request.seconds, audio_seconds) if audio_seconds else request.seconds
-    audio_latents = int(round(seconds * LATENTS_PER_SECOND)) + 1
+    clip_frames = latent_frames_for(int(round(seconds * LATENTS_PER_SECOND)) + 1)
+    window = long_clip_window(request)  # a long clip holds one window in the DiT at a time
+    audio_latents = int(round(min(seconds, window or seconds) * LATENTS_PER_SECOND)) + 1
     frames_t = latent_frames_for(audio_latents)
     sizes = [(_round(request.width), _round(request.height))]
     preset = get_preset(request.preset)
@@ -413,7 +465,7 @@ def estimate_memory(request: Any, *, device: str, runtime: Any = None,
         "weights": weights,
         "activations": batch * tokens * hidden * 2 * _ACTIVATION_WIDTHS,
         "latents": _LATENT_COPIES * 4 * LATENT_CHANNELS * frames_t * cells,
-        "frames": 0 if on_gpu else pixel_frames(frames_t) * width * height * 3,
+        "frames": 0 if on_gpu else pixel_frames(clip_frames) * width * height * 3,
     }
 
 

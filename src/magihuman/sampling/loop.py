@@ -2,13 +2,14 @@
 
 One step k of :func:`denoise` (architecture.md §1.2):
 
-1. TI2V: overwrite latent frame 0 with the clean image latent (architecture.md §9.1);
+1. hold the clean positions: TI2V writes the clean image latent over latent frame 0 (architecture.md §9.1); a
+   :class:`~magihuman.sampling.conditioning.CleanCondition` writes any masked video frames and audio latents;
 2. the guided velocity (:func:`magihuman.sampling.guidance.guided_velocity`): the conditional model call,
    and with ``cfg_number = 2`` the negative-prompt call, then ``v = v_u + g·(v_c - v_u)`` (architecture.md §8.4);
 3. update both streams: FlowUniPC (base model) or predict-x0-then-renoise (distilled model)
    (architecture.md §8.2, §8.3); the audio stays untouched when it drives the video (architecture.md §9.2).
 
-After the loop frame 0 is overwritten once more. The model is timestep-free: t only selects the video
+After the loop the clean positions are written once more. The model is timestep-free: t only selects the video
 guidance scale (architecture.md §8.1, §8.4).
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from magihuman.sampling.conditioning import CleanCondition
 from magihuman.sampling.config import SamplerConfig
 from magihuman.sampling.guidance import ModelFn, guided_velocity
 from magihuman.sampling.records import Latents, TextConditioning
@@ -39,6 +41,7 @@ def denoise(
     *,
     config: SamplerConfig,
     image_latent: torch.Tensor | None = None,
+    condition: CleanCondition | None = None,
     audio_fixed: bool = False,
     generator: torch.Generator | None = None,
     renoise_noise: Sequence[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
@@ -80,7 +83,11 @@ def denoise(
         text: prompt embedding ``[B, Nt, C]`` and, required when ``cfg_number == 2``, the negative one.
         config: a :class:`~magihuman.sampling.config.SamplerConfig` (e.g. ``BASE_SAMPLER``, ``DISTILL_SAMPLER``).
         image_latent: TI2V clean image latent ``[B, 48, 1, h, w]`` float32; written into latent frame 0 before
-            every step (both CFG calls see it) and once after the loop (architecture.md §9.1).
+            every step (both CFG calls see it) and once after the loop (architecture.md §9.1). The same as
+            ``condition=CleanCondition.first_frame(image_latent, T)``.
+        condition: clean latent positions (:class:`~magihuman.sampling.conditioning.CleanCondition`): the masked
+            video frames and audio latents are written over the state before every step and once after the
+            loop, as the image latent is (extend, retake, windowed long clips; docs/long_clips.md).
         audio_fixed: keep the audio latent fixed (audio-to-video).
         generator: source of the re-noise ε (``"renoise"`` only).
         renoise_noise: ``"renoise"`` only: N pairs ``(video_eps, audio_eps)`` used instead of drawing;
@@ -98,21 +105,24 @@ def denoise(
         TypeError: if ``model`` is not callable, ``config`` is not a ``SamplerConfig`` or ``latents`` /
             ``text`` are not the records.
         ValueError: for inconsistent batch sizes, a missing negative embedding with ``cfg_number == 2``, a bad
-            ``image_latent``, or ``renoise_noise`` of the wrong length / shapes / with ``"unipc"``; also
+            ``image_latent``, both ``image_latent`` and ``condition``, a ``condition`` that does not fit the latents
+            (or holds audio while ``audio_fixed``), or ``renoise_noise`` of the wrong length / shapes / with
+            ``"unipc"``; also
             if the model returns velocities whose shapes differ from the latents'.
     """
     _check_inputs(model, latents, text, config, image_latent)
+    condition = _clean_condition(latents, image_latent, condition, audio_fixed)
     sigmas, timesteps = shifted_schedule(config.num_steps, config.shift)
     update = _make_update(config, sigmas, latents, audio_fixed, generator, renoise_noise)
 
     state = latents.clone()
     for k, t in enumerate(timesteps.tolist()):
-        state = Latents(_overwrite_first_frame(state.video, image_latent), state.audio)
+        state = _hold_clean(state, condition)
         v_video, v_audio = guided_velocity(model, state, text, config, t, batch_cfg)
         state = update(k, state, v_video, v_audio)
         if callback is not None:
             callback(k, t, state)
-    return Latents(_overwrite_first_frame(state.video, image_latent), state.audio)
+    return _hold_clean(state, condition)
 
 
 def draw_noise(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
@@ -126,13 +136,23 @@ def draw_noise(shape: Sequence[int], generator: torch.Generator | None, device: 
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device=source).to(device)
 
 
-def _overwrite_first_frame(video: torch.Tensor, image_latent: torch.Tensor | None) -> torch.Tensor:
-    """TI2V conditioning: a copy of ``video`` with latent frame 0 replaced (architecture.md §9.1)."""
-    if image_latent is None:
-        return video
-    video = video.clone()
-    video[:, :, :1] = image_latent.to(video.device)
-    return video
+def _clean_condition(latents: Latents, image_latent: torch.Tensor | None, condition: CleanCondition | None,
+                     audio_fixed: bool) -> CleanCondition | None:
+    """The one condition of a run: the image latent as frame 0 (architecture.md §9.1) or the given one, checked."""
+    if image_latent is not None:
+        if condition is not None:
+            raise ValueError("pass image_latent or condition, not both (CleanCondition.first_frame holds an image)")
+        condition = CleanCondition.first_frame(image_latent, latents.video.shape[2])
+    if condition is not None:
+        if not isinstance(condition, CleanCondition):
+            raise TypeError(f"condition must be a CleanCondition, got {type(condition).__name__}")
+        condition.check(latents, audio_fixed=audio_fixed)
+    return condition
+
+
+def _hold_clean(state: Latents, condition: CleanCondition | None) -> Latents:
+    """The state with the clean positions written over (architecture.md §9.1); the state itself without a condition."""
+    return state if condition is None else condition.apply(state)
 
 
 class _UniPCUpdate:

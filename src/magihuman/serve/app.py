@@ -4,6 +4,8 @@ Endpoints (``/docs`` documents every field with its unit):
 
 =========================================  ==================================================================
 ``POST /v1/videos``                        queue a job (JSON, or multipart with file parts); ``Idempotency-Key``
+``POST /v1/videos/extend``                 queue a job continuing an uploaded clip (ours; docs/long_clips.md)
+``POST /v1/videos/retake``                 queue a job regenerating a time range of an uploaded clip (ours)
 ``GET /v1/videos``                         list jobs, newest first (``after``, ``limit``, ``order``)
 ``GET /v1/videos/{id}``                    one job: status, progress 0-100, times, error
 ``GET /v1/videos/{id}/content``            the MP4 (``variant=video``) or a WebP first frame (``thumbnail``)
@@ -35,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from magihuman import __version__
+from magihuman.serve.clip_edits import clip_edit_routes
 from magihuman.serve.config import ServeConfig
 from magihuman.serve.jobs import UPLOAD_FIELDS, IncomingUpload, JobService, video_object
 from magihuman.serve.metrics import CONTENT_TYPE, HttpStats, render_metrics
@@ -147,6 +150,7 @@ def create_app(config: ServeConfig, *, store: JobStore | None = None, ui: bool |
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=_ERRORS)
     _video_routes(v1, service)
+    clip_edit_routes(v1, service, _read_body)  # POST /v1/videos/extend, /retake (docs/long_clips.md)
 
     @v1.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def no_such_endpoint(request: Request, rest: str) -> None:
@@ -268,8 +272,9 @@ def _video_routes(v1: APIRouter, service: JobService) -> None:
                          loras=[LoraAdapter(**entry) for entry in adapters])
 
 
-async def _read_body(request: Request, config: ServeConfig) -> tuple[dict[str, Any], dict[str, IncomingUpload]]:
-    """Text fields and file parts of a JSON, multipart or URL-encoded form request."""
+async def _read_body(request: Request, config: ServeConfig, upload_fields: tuple[str, ...] = UPLOAD_FIELDS,
+                     ) -> tuple[dict[str, Any], dict[str, IncomingUpload]]:
+    """Text fields and file parts (``upload_fields``) of a JSON, multipart or URL-encoded form request."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         try:
@@ -283,7 +288,7 @@ async def _read_body(request: Request, config: ServeConfig) -> tuple[dict[str, A
         raise RequestError("Content-Type", "send application/json or multipart/form-data",
                            code="unsupported_media_type", status=415)
     try:
-        form = await request.form(max_files=len(UPLOAD_FIELDS), max_fields=32, max_part_size=config.max_request_bytes)
+        form = await request.form(max_files=len(upload_fields), max_fields=32, max_part_size=config.max_request_bytes)
     except MultiPartException as exc:
         raise RequestError("body", f"malformed multipart body: {exc.message}", code="invalid_multipart") from None
     fields: dict[str, Any] = {}
@@ -292,7 +297,7 @@ async def _read_body(request: Request, config: ServeConfig) -> tuple[dict[str, A
         if name in fields or name in uploads:
             raise RequestError(name, f"{name} was given more than once")
         if isinstance(value, UploadFile):
-            if name not in UPLOAD_FIELDS:
+            if name not in upload_fields:
                 raise RequestError(name, f"{name} must be a text field, not a file", code="unexpected_file")
             uploads[name] = IncomingUpload(value.file, value.size)
         else:

@@ -67,7 +67,8 @@ class ServeConfig:
         max_request_bytes: largest accepted request body, bytes (``magihuman serve``: room for two uploads as
             base64 plus 1 MiB).
         max_seconds: longest clip a request may ask for, seconds (None: the pipeline's own limit,
-            ``magihuman.pipeline.validation.MAX_SECONDS``; sizes are bounded there too).
+            ``magihuman.pipeline.validation.MAX_LONG_SECONDS``, 60 s in windows; sizes are bounded there too);
+            also the longest continuation of ``POST /v1/videos/extend``.
         lease_seconds: a running job's lease; a worker that misses its heartbeats this long loses the job.
         heartbeat_seconds: how often a worker renews its lease (well under ``lease_seconds``).
         max_attempts: runs of one job before it fails with ``worker_lost``.

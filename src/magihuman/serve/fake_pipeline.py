@@ -66,15 +66,14 @@ class FakePipeline:
 
     def __call__(self, request: Any, *, callback_on_step_end: Callable[..., Any] | None = None,
                  **_: Any) -> FakeOutput:
-        """Pretend to generate ``request`` (a ``GenerationRequest``); returns a :class:`FakeOutput`.
+        """Pretend to generate ``request`` (a ``GenerationRequest``, or an extend / retake request); returns a
+        :class:`FakeOutput`.
 
         Raises:
             ValueError: a request for another preset, or one the pipeline's checks refuse.
             RuntimeError: the prompt contains :data:`FAIL_MARKER`.
         """
-        from magihuman.pipeline.validation import validate_request
-
-        notices = validate_request(request)
+        notices, (frames_count, height, width) = _checked(request)
         if request.preset != self.preset_name:
             raise ValueError(f"this pipeline was loaded for preset {self.preset_name!r}, not {request.preset!r}")
         self.calls += 1
@@ -95,13 +94,24 @@ class FakePipeline:
                                          {"stage": stage, "num_steps": steps, "total_steps": total,
                                           "completed_steps": completed})
         timings = {"denoise": time.perf_counter() - start}
-        plan = request.plan()
-        frames_count = 4 * ((plan.audio_latents - 1) // 4) + 1
         rng = np.random.default_rng(request.seed)
-        frames = rng.integers(0, 256, (frames_count, plan.height, plan.width, 3), dtype=np.uint8)
+        frames = rng.integers(0, 256, (frames_count, height, width, 3), dtype=np.uint8)
         t = np.arange(int(44100 * frames_count / 25)) / 44100
         tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         return FakeOutput(frames, np.stack([tone, tone]), timings=timings, notices=notices)
+
+
+def _checked(request: Any) -> tuple[list[str], tuple[int, int, int]]:
+    """The pipeline's checks of ``request`` and the ``(frames, height, width)`` of its output; an extend or
+    retake request (:mod:`magihuman.serve.clip_edits`) gives the clip's frames (plus the new ones)."""
+    if hasattr(request, "clip"):
+        plan = request.plan()
+        return plan.notices, (plan.clip_frames + getattr(plan, "new_pixel_frames", 0), plan.height, plan.width)
+    from magihuman.pipeline.validation import validate_request
+
+    notices = validate_request(request)
+    plan = request.plan()
+    return notices, (4 * ((plan.audio_latents - 1) // 4) + 1, plan.height, plan.width)
 
 
 def load_fake_pipeline(root: Path | None, preset: str, device: str, runtime: dict | None = None) -> FakePipeline:

@@ -51,8 +51,14 @@ def is_job_id(value: str) -> bool:
 
 
 def generation_request(job: Job, folder: Path):
-    """The pipeline's ``GenerationRequest`` for ``job`` (with its enhanced prompt if any), files inside ``folder``."""
+    """The pipeline's ``GenerationRequest`` for ``job`` (with its enhanced prompt if any), its input files
+    resolved inside ``folder`` (an ``ExtendRequest`` or ``RetakeRequest`` for the jobs of
+    :mod:`magihuman.serve.clip_edits`)."""
     params = job.params
+    if params.get("mode", "generate") != "generate":
+        from magihuman.serve.clip_edits import clip_edit_request
+
+        return clip_edit_request(job, folder)
     width, height = (int(v) for v in params["size"].split("x"))
     return GenerationRequest(
         prompt=params.get("enhanced_prompt") or job.prompt, preset=job.model, seconds=float(params["seconds"]),
@@ -83,6 +89,7 @@ def video_object(job: Job) -> Video:
         seconds=f"{seconds:g}", size=job.params.get("rendered_size", job.params["size"]), prompt=job.prompt,
         seed=int(job.params["seed"]), attempts=job.attempts, notices=job.notices, error=error,
         loras=job.params.get("loras") or [], enhanced_prompt=job.params.get("enhanced_prompt"),
+        mode=job.params.get("mode", "generate"),
     )
 
 

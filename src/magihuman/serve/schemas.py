@@ -114,6 +114,9 @@ class Video(BaseModel):
     enhanced_prompt: str | None = Field(None, description="The prompt rendered, when `enhance` rewrote `prompt`; "
                                                           "null otherwise.")
     error: VideoError | None = Field(None, description="Set when `status` is `failed` or `cancelled`.")
+    mode: Literal["generate", "extend", "retake"] = Field(
+        "generate", description="`generate` (`POST /v1/videos`), `extend` or `retake` (`POST /v1/videos/extend`, "
+                                "`/retake`: `seconds` is then the length added or regenerated).")
 
 
 class VideoList(BaseModel):

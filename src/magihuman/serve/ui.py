@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI
 
-from magihuman.pipeline.validation import MAX_SECONDS
+from magihuman.pipeline.validation import MAX_LONG_SECONDS
 from magihuman.serve.jobs import IncomingUpload, JobService
 from magihuman.serve.store import TERMINAL, IdempotencyConflict, QueueFull
 from magihuman.serve.uploads import RequestError
@@ -63,7 +63,7 @@ def build_ui(service: JobService) -> gr.Blocks:
                     audio = gr.Audio(label="Driving audio (optional)", type="filepath", sources=["upload"])
                 with gr.Row():
                     model = gr.Dropdown(list(config.models), value=config.models[0], label="Preset", elem_id="model")
-                    longest = config.max_seconds or MAX_SECONDS
+                    longest = config.max_seconds or MAX_LONG_SECONDS
                     seconds = gr.Number(min(4.0, longest), label="Seconds", minimum=0.04, maximum=longest, step=0.04,
                                         elem_id="seconds")
                     size = gr.Textbox("448x256", label="Size (WxH, px)", elem_id="size")

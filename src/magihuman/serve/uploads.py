@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 __all__ = ["RequestError", "BodyTooLarge", "Upload", "save_upload", "decode_data_url", "remove_folder",
-           "IMAGE_FORMATS", "AUDIO_FORMATS"]
+           "IMAGE_FORMATS", "AUDIO_FORMATS", "VIDEO_FORMATS"]
 
 #: Image formats accepted as ``input_reference`` (Pillow format name -> stored extension).
 IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp"}
 #: Audio containers accepted as ``audio`` (PyAV format name part -> stored extension).
 AUDIO_FORMATS = {"wav": ".wav", "mp3": ".mp3", "flac": ".flac", "ogg": ".ogg", "mov": ".m4a", "mp4": ".m4a",
                  "m4a": ".m4a", "aac": ".aac"}
+#: Video containers accepted as a clip to edit (PyAV format name part -> stored extension).
+VIDEO_FORMATS = {"mp4": ".mp4", "mov": ".mov", "webm": ".webm", "matroska": ".mkv"}
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 
 
@@ -95,7 +97,7 @@ def save_upload(field: str, source: BinaryIO | bytes, folder: Path, max_bytes: i
     """Copy an upload into ``folder`` and identify its format from its content.
 
     Args:
-        field: ``"input_reference"`` (an image) or ``"audio"`` (a driving track).
+        field: ``"input_reference"`` (an image), ``"audio"`` (a driving track) or ``"video"`` (a clip to edit).
         source: a binary file object positioned at the start, or the bytes themselves.
         folder: the job's folder (exists).
         max_bytes: size limit in bytes.
@@ -123,7 +125,8 @@ def save_upload(field: str, source: BinaryIO | bytes, folder: Path, max_bytes: i
     try:
         if size == 0:
             raise RequestError(field, f"{field} is an empty file", code="empty_file")
-        extension = _check_image(field, staging) if field == "input_reference" else _check_audio(field, staging)
+        check = {"input_reference": _check_image, "video": _check_video}.get(field, _check_audio)
+        extension = check(field, staging)
         name = f"{field}{extension}"
         os.replace(staging, folder / name)
     finally:
@@ -174,6 +177,27 @@ def _check_audio(field: str, path: Path) -> str:
         if name in AUDIO_FORMATS:
             return AUDIO_FORMATS[name]
     raise RequestError(field, f"{field} is in the {names[0]} container; send WAV, MP3, FLAC, OGG or M4A",
+                       code="unsupported_file", status=415)
+
+
+def _check_video(field: str, path: Path) -> str:
+    """The stored extension of an accepted video container with a video stream (probed by PyAV); its frames are
+    decoded by the input boundary (extend, retake)."""
+    import av
+
+    try:
+        with av.open(os.fspath(path), mode="r") as container:
+            names, streams = container.format.name.split(","), len(container.streams.video)
+    except (OSError, ValueError, av.error.FFmpegError) as exc:
+        reason = str(exc).replace(str(path), field)
+        raise RequestError(field, f"{field} is not a readable video file ({reason}); send MP4, MOV, MKV or WebM",
+                           code="unreadable_file", status=415) from None
+    if not streams:
+        raise RequestError(field, f"{field} has no video stream; send a clip", code="unreadable_file", status=415)
+    for name, extension in VIDEO_FORMATS.items():  # libav names MP4 "mov,mp4,...": prefer .mp4
+        if name in names:
+            return extension
+    raise RequestError(field, f"{field} is in the {names[0]} container; send MP4, MOV, MKV or WebM",
                        code="unsupported_file", status=415)
 
 

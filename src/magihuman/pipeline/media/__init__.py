@@ -10,7 +10,9 @@ Everything here is plain CPU work around the models, one module per concern:
   :func:`video_to_uint8`;
 * :mod:`~magihuman.pipeline.media.mp4`: the output file (architecture.md §12.3, our own design where
   noted): :func:`check_output_path`, :func:`write_mp4`;
-* :mod:`~magihuman.pipeline.media.probe`: container facts, :func:`probe_media`.
+* :mod:`~magihuman.pipeline.media.probe`: container facts, :func:`probe_media`;
+* :mod:`~magihuman.pipeline.media.video`: an input clip (extend, retake): :func:`probe_clip`,
+  :func:`read_clip_frames`.
 
 Decoding and encoding go through PyAV only (it bundles libav with libx264 and the native AAC
 encoder). No ``ffmpeg`` executable is needed or called. The names below are re-exported lazily, so
@@ -30,6 +32,7 @@ _EXPORTS = {
     "DEFAULT_CRF": "mp4", "DEFAULT_FPS": "mp4", "OUTPUT_AUDIO_SAMPLE_RATE": "mp4", "check_output_path": "mp4",
     "write_mp4": "mp4",
     "probe_media": "probe",
+    "ClipInfo": "video", "probe_clip": "video", "read_clip_frames": "video", "CLIP_FPS": "video",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,167 @@
+"""Long clips: generation window by window, each window held clean where it meets the previous one (ours).
+
+A request longer than one window (:func:`magihuman.pipeline.validation.long_clip_window`) runs as
+(docs/long_clips.md):
+
+1. encode the prompt once (every window uses it); with a driving track, encode the whole track once
+   (:func:`magihuman.pipeline.stages.load_driving_audio`; the VAE windows tracks over 29 s itself);
+2. plan the windows (:func:`magihuman.pipeline.windows.plan_windows`): equal windows of the preset's
+   length, ``K`` latent frames of overlap, the last window moved back to end with the clip;
+3. per window, from the request's one seeded CPU generator: the audio noise (or the driving track's slice
+   of latents), then the video noise, as a single pass draws them (architecture.md §8.5); the frames it shares
+   with the joined clip so far, video and the matching audio latents (``4(c - 1) + 1`` for ``c`` frames),
+   are held clean (:class:`~magihuman.sampling.conditioning.CleanCondition`); the first window holds the
+   first-frame image (architecture.md §9.1) or a given prefix (extend); then the preset's sampler;
+4. write each window's latents into the joined clip (the shared part is already there, unchanged);
+5. decode the joined latents once: video with the usual decoder (Turbo-VAED decodes in sliding windows,
+   architecture.md §11.4), audio in pieces (:func:`magihuman.pipeline.long_decode.decode_audio_long`); a
+   driving track is kept as given.
+
+Memory is that of one window in the DiT; the joined latents are small (48 x T x h x w floats) and the
+decoded frames are ``uint8``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from magihuman.codecs.audio_vae import OUTPUT_SAMPLE_RATE
+from magihuman.codecs.video_vae import LATENT_CHANNELS, latent_frames_for
+from magihuman.pipeline import stages
+from magihuman.pipeline.long_decode import decode_audio_long
+from magihuman.pipeline.presets import DEFAULT_OVERLAP_FRAMES, FPS
+from magihuman.pipeline.progress import StageTimer, StepEndCallback, StepReporter
+from magihuman.pipeline.request import GenerationRequest
+from magihuman.pipeline.validation import long_clip_window
+from magihuman.pipeline.windows import WindowPlan, plan_windows, window_latent_frames
+from magihuman.sampling.conditioning import CleanCondition
+from magihuman.sampling.loop import draw_noise
+from magihuman.sampling.records import DrivingAudio, Latents, TextConditioning
+
+if TYPE_CHECKING:
+    from magihuman.pipeline.magihuman_pipeline import GenerationOutput, MagiHumanPipeline
+
+__all__ = ["generate_long", "denoise_windows", "request_windows"]
+
+
+def request_windows(request: GenerationRequest, audio_latents: int, prefix_frames: int = 0) -> WindowPlan:
+    """The window plan of a long ``request`` whose clip has ``audio_latents`` audio latents (``25 s + 1``, or a
+    driving track's encoded length) and ``prefix_frames`` given leading latent frames."""
+    window = long_clip_window(request) or request.seconds
+    return plan_windows(latent_frames_for(audio_latents), audio_latents, window_frames=window_latent_frames(window),
+                        overlap=request.overlap_frames or DEFAULT_OVERLAP_FRAMES, prefix_frames=prefix_frames)
+
+
+def generate_long(pipe: MagiHumanPipeline, request: GenerationRequest, notices: list[str], *, progress: bool = False,
+                  decode: bool = True, callback_on_step_end: StepEndCallback | None = None) -> GenerationOutput:
+    """Generate a checked long ``request`` window by window (module docstring); the arguments are those of
+    :meth:`MagiHumanPipeline.__call__`.
+
+    Returns:
+        :class:`~magihuman.pipeline.magihuman_pipeline.GenerationOutput` of the whole clip:
+        ``4(T - 1) + 1`` frames, and the joined latents ``[1, 48, T, h, w]`` / ``[1, A, 64]``.
+
+    Raises:
+        GenerationInterrupted: when ``pipe.interrupt`` was set.
+    """
+    from magihuman.pipeline.magihuman_pipeline import GenerationOutput
+
+    timer = StageTimer(progress, pipe.device)
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    plan_size = request.plan()
+    with torch.inference_mode():
+        with timer.stage("text encode"), pipe._lend("text_encoder"):
+            text = stages.encode_text(pipe, request, None)
+        driving = None
+        if request.audio is not None:
+            with timer.stage("prepare latents"), pipe._lend("audio_vae"):
+                driving = stages.load_driving_audio(pipe, request.audio, request.seconds, generator)
+        windows = request_windows(request, plan_size.audio_latents if driving is None else driving.latent.shape[1])
+        first = None
+        if request.image is not None:
+            with timer.stage("image encode"), pipe._lend("video_vae"):
+                image = stages.encode_image(pipe, request.image, plan_size.width, plan_size.height)
+            first = CleanCondition.first_frame(image, windows.windows[0].frames)
+        reporter = StepReporter(pipe, callback_on_step_end, len(windows.windows) * pipe.preset.sampler.num_steps)
+        joined = empty_latents(windows, plan_size.latent_size, pipe.device)
+        latents = denoise_windows(pipe, windows, text, joined, generator=generator, reporter=reporter, timer=timer,
+                                  first=first, driving=driving)
+        if decode:
+            frames, waveform = decode_long(pipe, latents, driving, timer)
+        else:
+            frames, waveform = stages.empty_outputs(latents.video)
+    return GenerationOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, notices,
+                            latents.video.cpu(), latents.audio.cpu())
+
+
+def empty_latents(windows: WindowPlan, latent_size: tuple[int, int], device: torch.device) -> Latents:
+    """Zeros for the joined clip: video ``[1, 48, T, h, w]`` and audio ``[1, A, 64]`` float32."""
+    return Latents(torch.zeros(1, LATENT_CHANNELS, windows.latent_frames, *latent_size, device=device),
+                   torch.zeros(1, windows.audio_latents, 64, device=device))
+
+
+def denoise_windows(pipe: MagiHumanPipeline, windows: WindowPlan, text: TextConditioning, joined: Latents, *,
+                    generator: torch.Generator, reporter: StepReporter, timer: StageTimer,
+                    first: CleanCondition | None = None, driving: DrivingAudio | None = None) -> Latents:
+    """Run the preset's sampler over every window of ``windows``, writing into ``joined`` (module docstring).
+
+    Args:
+        pipe: the pipeline (its DiT, sampler and device).
+        windows: the plan.
+        text: the prompt (and negative) embeddings, used by every window.
+        joined: the clip's latents ``[1, 48, T, h, w]`` / ``[1, A, 64]`` float32, written in place; a given
+            prefix (the first window's ``clean_frames``) must already be in it.
+        generator: the request's CPU generator: per window the audio noise (unless driving), then the video noise.
+        reporter: progress and the step callback over all windows.
+        timer: stage timings; the windows add up under ``"denoise"``.
+        first: the first window's condition when it holds no prefix (e.g. the first-frame image).
+        driving: a driving track whose latents (``[1, A, 64]``) stay fixed in every window.
+
+    Returns:
+        ``joined``, filled.
+    """
+    steps, elapsed = pipe.preset.sampler.num_steps, 0.0
+    with pipe._lend("transformer"):
+        for window in windows.windows:
+            audio_range = slice(window.audio_start, window.audio_start + window.audio_latents)
+            if driving is not None:
+                audio = driving.latent[:, audio_range].to(pipe.device)
+            else:
+                audio = draw_noise((1, window.audio_latents, joined.audio.shape[2]), generator, pipe.device)
+            video = draw_noise((1, *joined.video.shape[1:2], window.frames, *joined.video.shape[3:]), generator,
+                               pipe.device)
+            state = Latents(video, audio)
+            condition = first if window.index == 0 and window.clean_frames == 0 else \
+                window_condition(joined, window, audio_held=driving is None)
+            with timer.stage("denoise", total=steps) as bar:
+                out = stages.denoise_latents(pipe, state, text, image_latent=None, condition=condition,
+                                             audio_fixed=driving is not None, generator=generator,
+                                             callback=reporter.for_stage("denoise", steps, bar))
+            elapsed += timer.timings["denoise"]
+            joined.video[:, :, window.start:window.stop] = out.video
+            joined.audio[:, audio_range] = out.audio
+    timer.timings["denoise"] = elapsed
+    return joined
+
+
+def window_condition(joined: Latents, window, *, audio_held: bool = True) -> CleanCondition | None:
+    """The window's leading ``clean_frames`` latent frames and ``4(c - 1) + 1`` audio latents, as they stand in
+    ``joined``, as a clean prefix; None without clean frames."""
+    if window.clean_frames == 0:
+        return None
+    video = joined.video[:, :, window.start:window.start + window.clean_frames]
+    audio = None
+    if audio_held:
+        audio = joined.audio[:, window.audio_start:window.audio_start + window.clean_audio_latents]
+    return CleanCondition.prefix(video, audio, num_frames=window.frames, audio_latents=window.audio_latents)
+
+
+def decode_long(pipe: MagiHumanPipeline, latents: Latents, driving: DrivingAudio | None, timer: StageTimer):
+    """Frames ``uint8 [4T - 3, H, W, 3]`` and the 44.1 kHz waveform of the joined latents (module docstring)."""
+    with timer.stage("video decode"), pipe._lend("video_decoder"):
+        frames = stages.decode_video(pipe, latents.video)
+    with timer.stage("audio decode"), pipe._lend("audio_vae"):
+        waveform = driving.waveform_44k if driving is not None else decode_audio_long(pipe, latents.audio)
+    return frames, waveform

@@ -1,0 +1,124 @@
+"""Windows of a long clip: which latent frames and audio latents each generation window covers (ours).
+
+A clip longer than one window is generated window by window, each window the same size (the memory of one
+window, whatever the length). Window ``w`` covers latent frames ``[start_w, start_w + T_w)``; windows follow
+each other every ``T_w - K`` frames (``K``: the overlap), and the last one is moved back to end at the
+clip's last frame, so it may overlap its predecessor by more than ``K``. The frames a window shares with
+the previous one are held clean at the previous window's values (video and the matching audio latents),
+and the joined clip keeps each latent once.
+
+Time alignment (the convention of :mod:`magihuman.sampling.conditioning`): a window starting at latent frame
+``s`` starts at audio latent ``4s``; it holds ``4(T_w - 1) + 1`` audio latents (the last window: all that
+are left, up to 3 more, as a single pass has ``25 s + 1``); its ``c`` leading clean frames go with its
+``4(c - 1) + 1`` leading audio latents.
+
+Torch-free: the input boundary plans a request's windows before anything loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Window", "WindowPlan", "plan_windows", "window_latent_frames"]
+
+_STRIDE = 4  # pixel frames (and audio latents) per latent frame after the first (architecture.md §11.3)
+
+
+def window_latent_frames(window_seconds: float) -> int:
+    """Latent frames of a window of ``window_seconds``: ``(round(25 s)) // 4 + 1`` (architecture.md §13.2)."""
+    return int(round(window_seconds * 25)) // _STRIDE + 1
+
+
+@dataclass(frozen=True)
+class Window:
+    """One generation window.
+
+    Attributes:
+        index: 0-based position in the plan.
+        start: first latent frame of the clip it covers.
+        frames: latent frames it covers (``T_w``).
+        clean_frames: its leading latent frames held clean (from the previous window, or a given prefix).
+        audio_start: first audio latent it covers (``4 * start``).
+        audio_latents: audio latents it covers.
+    """
+
+    index: int
+    start: int
+    frames: int
+    clean_frames: int
+    audio_start: int
+    audio_latents: int
+
+    @property
+    def stop(self) -> int:
+        """One past its last latent frame."""
+        return self.start + self.frames
+
+    @property
+    def clean_audio_latents(self) -> int:
+        """Leading audio latents held clean: ``4(c - 1) + 1`` for ``c`` clean frames (0 for none)."""
+        return 0 if self.clean_frames == 0 else _STRIDE * (self.clean_frames - 1) + 1
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """The windows of one clip.
+
+    Attributes:
+        latent_frames: ``T`` of the whole clip.
+        audio_latents: ``A`` of the whole clip (at least ``4(T - 1) + 1``).
+        windows: the windows in generation order.
+    """
+
+    latent_frames: int
+    audio_latents: int
+    windows: tuple[Window, ...]
+
+    @property
+    def new_frames(self) -> int:
+        """Latent frames the plan generates (the clip minus a given clean prefix)."""
+        return self.latent_frames - self.windows[0].clean_frames
+
+
+def plan_windows(latent_frames: int, audio_latents: int, *, window_frames: int, overlap: int,
+                 prefix_frames: int = 0) -> WindowPlan:
+    """Windows of ``window_frames`` latent frames covering ``latent_frames`` frames (module docstring).
+
+    Args:
+        latent_frames: ``T`` of the whole clip.
+        audio_latents: ``A`` of the whole clip, ``>= 4(T - 1) + 1``.
+        window_frames: ``T_w``; a clip no longer than it is one window of ``T`` frames.
+        overlap: ``K``, latent frames each window shares with the previous one (at least 1).
+        prefix_frames: leading latent frames of the clip already given (extend), held clean in the first
+            window.
+
+    Returns:
+        The :class:`WindowPlan`.
+
+    Raises:
+        ValueError: a window that cannot generate anything (``T_w <= K``, or a prefix as long as the first
+            window), too few audio latents, or a non-positive size.
+    """
+    if latent_frames < 1 or window_frames < 1:
+        raise ValueError(f"latent_frames and window_frames must be >= 1, got {latent_frames} and {window_frames}")
+    if audio_latents < _STRIDE * (latent_frames - 1) + 1:
+        raise ValueError(f"{audio_latents} audio latents are too few for {latent_frames} latent frames "
+                         f"(at least {_STRIDE * (latent_frames - 1) + 1})")
+    if latent_frames > window_frames and not 1 <= overlap < window_frames:
+        raise ValueError(f"overlap must be 1..{window_frames - 1} latent frames for windows of {window_frames}, "
+                         f"got {overlap}")
+    first = min(latent_frames, window_frames)
+    if not 0 <= prefix_frames < first:
+        raise ValueError(f"a clean prefix of {prefix_frames} latent frames leaves nothing to generate in a first "
+                         f"window of {first}")
+    starts = [0]
+    while starts[-1] + window_frames < latent_frames:
+        starts.append(min(starts[-1] + window_frames - overlap, latent_frames - window_frames))
+    windows = []
+    for index, start in enumerate(starts):
+        frames = min(window_frames, latent_frames)
+        clean = prefix_frames if index == 0 else starts[index - 1] + window_frames - start
+        last = index == len(starts) - 1
+        audio = audio_latents - _STRIDE * start if last else _STRIDE * (frames - 1) + 1
+        windows.append(Window(index, start, frames, clean, _STRIDE * start, audio))
+    return WindowPlan(latent_frames, audio_latents, tuple(windows))

@@ -1,0 +1,92 @@
+"""Extend and retake on the demo pipeline: what is kept is kept exactly, what is new is new."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from magihuman.pipeline.clip_requests import ExtendRequest
+from magihuman.pipeline.media import probe_media, read_clip_frames
+
+from .conftest import CLIP_FRAMES, CLIP_SIZE
+
+PROMPT = "The woman keeps talking about her garden, smiling, with the same calm voice and the same light."
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_extend_appends_new_frames_after_the_clip(distill, clip, tmp_path):
+    """0.48 s more (3 latent frames) in windows of 3 latent frames with one frame of overlap: two windows; the
+    output holds the clip's frames, then 12 new ones; the clip file is untouched."""
+    before = _digest(clip)
+    steps = []
+    request = ExtendRequest(clip=clip, prompt=PROMPT, seconds=0.48, window_seconds=0.32, overlap_frames=1, seed=3)
+    out = distill(request, callback_on_step_end=lambda p, i, t, kw: steps.append(kw["total_steps"]))
+    source = read_clip_frames(clip, width=CLIP_SIZE, height=CLIP_SIZE, num_frames=CLIP_FRAMES)
+    assert out.frames.shape == (CLIP_FRAMES + 12, CLIP_SIZE, CLIP_SIZE, 3)
+    assert np.array_equal(out.frames[:CLIP_FRAMES], source)  # the clip itself, as decoded
+    assert not np.array_equal(out.frames[CLIP_FRAMES:], np.repeat(source[-1:], 12, axis=0))
+    assert out.audio.shape == (2, 1764 * (CLIP_FRAMES + 12))
+    assert steps == [16] * 16  # two windows of 8 steps
+    # latents: the clip's last latent frame (frame 24 alone, encoded) and audio latent held bit for bit
+    assert out.video_latent.shape == (1, 48, 4, 2, 2) and out.video_held.tolist() == [True, False, False, False]
+    assert torch.equal(out.video_latent[:, :, :1], out.source_video_latent[:, :, :1])
+    assert torch.equal(out.audio_latent[:, :1], out.source_audio_latent[:, :1])
+    path = out.save(tmp_path / "extended.mp4")
+    info = probe_media(path)
+    assert info["num_frames"] == CLIP_FRAMES + 12 and (info["width"], info["height"]) == (CLIP_SIZE, CLIP_SIZE)
+    written = read_clip_frames(path, width=CLIP_SIZE, height=CLIP_SIZE, num_frames=CLIP_FRAMES)
+    assert np.abs(written.astype(int) - source.astype(int)).mean() < 4  # H.264 at CRF 10 on 32x32 colour ramps
+    assert _digest(clip) == before
+
+
+def test_retake_keeps_every_latent_outside_the_range(distill, clip):
+    """0.4-0.6 s is frames 10..14: audio latents 10..14 and latent frames 3 (frames 9-12) and 4 (13-16) are
+    regenerated; every other latent is the encoded clip's, bit for bit, and so are the frames around them."""
+    before = _digest(clip)
+    out = distill.retake(clip, PROMPT, start=0.4, end=0.6, seed=5)
+    assert out.video_held.tolist() == [True, True, True, False, False, True, True]
+    assert torch.nonzero(~out.audio_held).flatten().tolist() == [10, 11, 12, 13, 14]
+    held_v, held_a = out.video_held, out.audio_held
+    assert torch.equal(out.video_latent[:, :, held_v], out.source_video_latent[:, :, held_v])
+    assert torch.equal(out.audio_latent[:, held_a], out.source_audio_latent[:, held_a])
+    assert not torch.equal(out.video_latent[:, :, ~held_v], out.source_video_latent[:, :, ~held_v])
+    assert not torch.equal(out.audio_latent[:, ~held_a], out.source_audio_latent[:, ~held_a])
+    source = read_clip_frames(clip, width=CLIP_SIZE, height=CLIP_SIZE, num_frames=CLIP_FRAMES)
+    assert out.frames.shape == source.shape
+    assert np.array_equal(out.frames[:9], source[:9]) and np.array_equal(out.frames[17:], source[17:])
+    assert not np.array_equal(out.frames[9:17], source[9:17])
+    assert any("frames 9-16 change" in n for n in out.notices)
+    assert _digest(clip) == before
+
+
+def test_retake_in_a_window_leaves_the_rest_of_the_clip_alone(distill, clip):
+    """Windows of 3 latent frames: the DiT sees latent frames 2..4 and audio latents 8..16 only; frame 3 and
+    audio latents 11, 12 are regenerated, everything else is the encoded clip's."""
+    out = distill.retake(clip, PROMPT, start=0.44, end=0.52, window_seconds=0.32, seed=5)
+    assert out.video_held.tolist() == [True, True, True, False, True, True, True]
+    assert torch.equal(out.video_latent[:, :, out.video_held], out.source_video_latent[:, :, out.video_held])
+    assert torch.equal(out.audio_latent[:, out.audio_held], out.source_audio_latent[:, out.audio_held])
+    assert not torch.equal(out.video_latent[:, :, 3], out.source_video_latent[:, :, 3])
+
+
+def test_retake_audio_only_holds_every_frame(distill, clip):
+    out = distill.retake(clip, PROMPT, start=0.2, end=0.5, target="audio", seed=5)
+    assert bool(out.video_held.all()) and torch.equal(out.video_latent, out.source_video_latent)
+    source = read_clip_frames(clip, width=CLIP_SIZE, height=CLIP_SIZE, num_frames=CLIP_FRAMES)
+    assert np.array_equal(out.frames, source)
+    assert torch.nonzero(~out.audio_held).flatten().tolist() == list(range(5, 12))  # frames 5..11 (12.5 -> 12)
+    assert not torch.equal(out.audio_latent[:, 5:12], out.source_audio_latent[:, 5:12])
+
+
+def test_retake_video_of_a_silent_clip_stays_silent(distill, silent_clip, tmp_path):
+    out = distill.retake(silent_clip, PROMPT, start=0.0, end=0.2, target="video", seed=5)
+    assert out.audio is None and out.frames.shape[0] == CLIP_FRAMES
+    assert bool(out.audio_held.all()) and torch.equal(out.audio_latent, out.source_audio_latent)  # silence, fixed
+    assert out.video_held.tolist() == [False, False, True, True, True, True, True]  # frames 0..4: latents 0, 1
+    info = probe_media(out.save(tmp_path / "retake.mp4"))
+    assert info["num_audio_streams"] == 0 and info["num_frames"] == CLIP_FRAMES

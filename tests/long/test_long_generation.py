@@ -1,0 +1,138 @@
+"""A long clip on the demo pipeline: three windows, each continuing the last latents of the one before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from magihuman.pipeline.long_decode import decode_audio_long, decode_audio_span
+
+PROMPT = "A man in a grey suit talks calmly to the camera about the weather in a bright office."
+#: 0.96 s in windows of 0.32 s (3 latent frames, 9 audio latents) with one frame of overlap: windows start at
+#: latent frames 0, 2 and 4 of 7.
+LONG = dict(prompt=PROMPT, seconds=0.96, window_seconds=0.32, overlap_frames=1, width=32, height=32, seed=11)
+
+
+class Spy:
+    """Wraps the transformer, keeping a copy of every call's latents."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __call__(self, video, audio, text, **kwargs):
+        self.calls.append((video.clone(), audio.clone()))
+        return self.model(video, audio, text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+@pytest.fixture(scope="module")
+def long_run(distill):
+    spy = Spy(distill.transformer)
+    distill.transformer, original = spy, distill.transformer
+    steps = []
+    try:
+        out = distill(**LONG, callback_on_step_end=lambda pipe, i, t, kw: steps.append(
+            (kw["completed_steps"], kw["total_steps"])))
+    finally:
+        distill.transformer = original
+    return out, spy.calls, steps
+
+
+def test_three_windows_make_the_whole_clip(long_run):
+    out, calls, steps = long_run
+    assert out.video_latent.shape == (1, 48, 7, 2, 2) and out.audio_latent.shape == (1, 25, 64)
+    assert out.frames.shape == (25, 32, 32, 3)  # 4 (7 - 1) + 1 frames: as long as a single pass of 0.96 s
+    assert out.audio.shape == (2, 1764 * 25)
+    assert len(calls) == 3 * 8 and all(c[0].shape == (1, 48, 3, 2, 2) for c in calls)
+    assert steps[-1] == (24, 24)  # progress counts the steps of every window
+
+
+def test_each_window_sees_the_previous_windows_last_latents_as_clean(long_run):
+    out, calls, _ = long_run
+    for window, start in ((1, 2), (2, 4)):
+        held_video = out.video_latent[:, :, start:start + 1]  # the previous window's last latent frame ...
+        held_audio = out.audio_latent[:, 4 * start:4 * start + 1]  # ... and its audio latent (4 (1 - 1) + 1)
+        for step in range(8):
+            video, audio = calls[8 * window + step]
+            assert torch.equal(video[:, :, :1], held_video), f"window {window} step {step}"
+            assert torch.equal(audio[:, :1], held_audio), f"window {window} step {step}"
+        first_video, first_audio = calls[8 * window]
+        assert not torch.equal(first_video[:, :, 1:], out.video_latent[:, :, start + 1:start + 3])  # fresh noise
+    # the first window holds nothing: its first call sees pure noise everywhere
+    assert not torch.equal(calls[0][0][:, :, :1], out.video_latent[:, :, :1])
+
+
+def test_the_first_window_is_the_single_pass_of_its_length(distill, long_run):
+    """Same seed, same draw order (audio then video noise): 0.32 s alone gives the first window exactly."""
+    out, _, _ = long_run
+    single = distill(**{**LONG, "seconds": 0.32, "window_seconds": None, "overlap_frames": None}, decode=False)
+    assert torch.equal(single.video_latent, out.video_latent[:, :, :3])
+    assert torch.equal(single.audio_latent, out.audio_latent[:, :9])
+
+
+def test_audio_decoded_in_pieces_equals_one_pass(distill, long_run):
+    """Pieces of 7 latents with 24 of context each side give the one-pass decode (``out.audio``: 25 latents
+    are one piece) up to float rounding."""
+    out, _, _ = long_run
+    pieces = decode_audio_long(distill, out.audio_latent, chunk=7)
+    assert pieces.shape == out.audio.shape
+    np.testing.assert_allclose(pieces, out.audio, rtol=0, atol=1e-5 * float(np.abs(out.audio).max()))
+    exact = decode_audio_span(distill, out.audio_latent, 10, 12)
+    bare = decode_audio_span(distill, out.audio_latent, 10, 12, margin=0)  # without context the edges change
+    assert exact.shape == bare.shape == (2, 2 * 2048) and not np.allclose(exact, bare, rtol=0, atol=1e-4)
+
+
+def test_a_driving_track_and_a_first_frame_across_windows(distill, examples_dir, tmp_path):
+    """0.64 s of tone (16 audio latents, 4 latent frames) in windows of 3 frames: the first window holds the
+    image as frame 0, the second holds the first window's last two frames; the track's latents drive both
+    windows (each its slice) and come back unchanged; the output keeps the track itself."""
+    from magihuman.pipeline import stages
+    from magihuman.pipeline.media import preprocess_image
+
+    from conftest import write_tone
+
+    tone = write_tone(tmp_path / "tone.wav", seconds=0.64)
+    spy = Spy(distill.transformer)
+    distill.transformer, original = spy, distill.transformer
+    try:
+        out = distill(**{**LONG, "seconds": 0.64}, image=examples_dir / "image.png", audio=tone)
+    finally:
+        distill.transformer = original
+    driving = stages.load_driving_audio(distill, tone, 0.64, torch.Generator().manual_seed(LONG["seed"]))
+    assert torch.equal(out.audio_latent, driving.latent) and out.audio_latent.shape == (1, 16, 64)
+    assert np.array_equal(out.audio, driving.waveform_44k)
+    assert out.frames.shape == (13, 32, 32, 3) and len(spy.calls) == 16  # windows [0, 3) and [1, 4)
+    image = distill.video_vae.encode(preprocess_image(examples_dir / "image.png", 32, 32)[:, :, None]).float()
+    assert torch.equal(out.video_latent[:, :, :1], image)
+    for step in range(8):
+        assert torch.equal(spy.calls[step][0][:, :, :1], image)
+        video, audio = spy.calls[8 + step]
+        assert torch.equal(video[:, :, :2], out.video_latent[:, :, 1:3])
+        assert torch.equal(audio, driving.latent[:, 4:16])  # the second window's slice, fixed
+
+
+def test_generate_passes_the_window_options(monkeypatch, tmp_path):
+    """``magihuman generate --seconds 30 --window-seconds 4 --overlap-frames 3`` asks the pipeline for them."""
+    from typer.testing import CliRunner
+
+    import magihuman.cli.app as cli
+    import magihuman.pipeline.magihuman_pipeline as pipeline
+
+    asked = []
+
+    class Recorder:
+        def __call__(self, request, progress=False, decode=True):
+            asked.append(request)
+            return pipeline.GenerationOutput(np.zeros((5, 32, 32, 3), np.uint8), np.zeros((2, 8820), np.float32),
+                                             25, 44100)
+
+    monkeypatch.setattr(pipeline.MagiHumanPipeline, "from_official", classmethod(lambda cls, *a, **k: Recorder()))
+    result = CliRunner().invoke(cli.app, ["generate", "--demo", "--device", "cpu", "--prompt", PROMPT, "--seconds",
+                                          "30", "--window-seconds", "4", "--overlap-frames", "3", "-o",
+                                          str(tmp_path / "long.mp4")])
+    assert result.exit_code == 0, result.output
+    assert (asked[0].seconds, asked[0].window_seconds, asked[0].overlap_frames) == (30, 4, 3)
+    assert "generated in 9 windows of 4 s" in " ".join(result.output.split())
