@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
 from magihuman.demo.random_weights import random_transformer
 from magihuman.train.config import TrainConfig
@@ -18,6 +19,8 @@ from magihuman.train.trainer import Trainer, load_transformer
 from .helpers import TRAIN_TINY_CONFIG, latent_dataset
 
 SMALL = dict(TRAIN_TINY_CONFIG, hidden_size=64, head_dim=16)
+#: Validation latents at the last step (every process runs the sharded sampler, rank 0 writes).
+VALIDATION = dict(validation_every=3, validation_samples=1, validation_preset="distill")
 
 
 def _trainer(output: Path, batch_size: int, **fields) -> Trainer:
@@ -39,7 +42,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
     init_explicit(rank, 2, port)
     folder = Path(folder)
     try:
-        straight = _trainer(folder / "fsdp", 1, gradient_checkpointing=True)
+        straight = _trainer(folder / "fsdp", 1, gradient_checkpointing=True, **VALIDATION)
         local = sum(p.to_local().numel() for p in straight.params.values())
         total = sum(p.numel() for p in straight.params.values())
         straight.train()
@@ -70,11 +73,12 @@ def test_fsdp2_matches_one_process_and_resumes(tmp_path):
     FSDP2 vs one process 6.5e-8 (largest absolute 5.4e-7: reduction order only) while the largest update
     is 3.0e-3; EMA 2.1e-8; the step-2 FSDP2 checkpoint resumed in one process ends 6.5e-8 from the
     one-process run. bf16 (2 steps): FSDP2's bf16 gathers vs one process's autocast 6.1e-4 (per-rank
-    bf16 GEMMs round differently, and AdamW's first steps flip the sign of near-zero gradients)."""
+    bf16 GEMMs round differently, and AdamW's first steps flip the sign of near-zero gradients). The
+    validation sample, drawn by both processes through the sharded model, is one process's to 5.4e-7."""
     mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     two = torch.load(tmp_path / "two.pt")
     assert two["parallel"] == "fsdp2" and abs(two["local_share"] - 0.5) < 0.01  # each process holds half
-    single = _trainer(tmp_path / "one", 2)
+    single = _trainer(tmp_path / "one", 2, **VALIDATION)
     single.train()
     reference = _full(single, 0)
     initial = {k: v.detach() for k, v in random_transformer(SMALL, seed=4).float().named_parameters()}
@@ -93,6 +97,11 @@ def test_fsdp2_matches_one_process_and_resumes(tmp_path):
     single_bf16 = _trainer(tmp_path / "one_bf16", 2, mixed_precision="bf16", steps=2)
     single_bf16.train()
     assert _max_rel(two["bf16"]["params"], _full(single_bf16, 0)["params"]) < 5e-3
+    # validation under FSDP2: the one-process run's sample
+    sampled, expected = (load_file(str(tmp_path / run / "validation" / "step-0000003_clip0.safetensors"))
+                         for run in ("fsdp", "one"))
+    for key in ("video_latent", "audio_latent"):
+        assert float((sampled[key] - expected[key]).norm() / expected[key].norm()) < 1e-5
     # the result: the official layout, the EMA weights (block linears bf16) gathered from both shards
     loaded = load_transformer(tmp_path / "fsdp" / "transformer").state_dict()
     key = "block.layers.1.mlp.down_proj.weight"
