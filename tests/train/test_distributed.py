@@ -1,4 +1,5 @@
-"""Two gloo processes (127.0.0.1) train like one process on the same global batch."""
+"""Two gloo processes (127.0.0.1) under DDP train like one process on the same global batch (FSDP2:
+test_fsdp2.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ SMALL = dict(TRAIN_TINY_CONFIG, hidden_size=64, head_dim=16)
 
 
 def _config(output: Path, batch_size: int) -> TrainConfig:
-    return TrainConfig(mode="finetune", cache=output, base=output, output=output, steps=4, batch_size=batch_size,
-                       grad_accum=2, learning_rate=1e-3, mixed_precision="fp32", checkpoint_every=4,
-                       text_dropout=0.3, first_frame_rate=0.5)
+    return TrainConfig(mode="finetune", sharding="ddp", cache=output, base=output, output=output, steps=4,
+                       batch_size=batch_size, grad_accum=2, learning_rate=1e-3, mixed_precision="fp32",
+                       checkpoint_every=4, text_dropout=0.3, first_frame_rate=0.5)
 
 
 def _train(output: Path, batch_size: int) -> dict[str, torch.Tensor]:

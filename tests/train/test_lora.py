@@ -49,7 +49,7 @@ def _inputs(sample):
 
 
 def test_lora_learns_a_fifth_clip(lora_run):
-    """Figures (this machine): LoRA loss (first/last 10-step means) 4.05 -> 1.05; the base's 8-step sample
+    """Figures (this machine): LoRA loss (first/last 10-step means) 4.04 -> 1.03; the base's 8-step sample
     of the fifth caption is at relative L2 error 1.39 from the fifth clip's video latent, with the LoRA at
     scale 1 at 0.60."""
     base, trained, fifth, result = lora_run
@@ -70,8 +70,8 @@ def load_lora_copy(base, path, scale, **kwargs):
 
 def test_scale_zero_fuse_and_round_trip(lora_run):
     """Scale 0 = base bit for bit; the file round trip = the trained adapter bit for bit; fused vs unfused
-    velocity rel. difference 6.9e-3 (bf16 rounding of the fused weights; the adapter itself moves the
-    velocity by 1.20); on an FP8 base fused vs unfused 3.8e-2 (re-quantised weights), FP8 vs bf16 base 3.9e-2."""
+    velocity rel. difference 6.5e-3 (bf16 rounding of the fused weights; the adapter itself moves the
+    velocity by 1.21); on an FP8 base fused vs unfused 3.9e-2 (re-quantised weights), FP8 vs bf16 base 3.8e-2."""
     base, trained, fifth, result = lora_run
     inputs = _inputs(fifth)
     with torch.no_grad():
@@ -93,14 +93,22 @@ def test_scale_zero_fuse_and_round_trip(lora_run):
 
 
 def test_two_adapters_act_together(lora_run):
+    """Each LoRA layer adds the two halves in float32 (figures, this machine: 6.2e-8 from one adapter at
+    scale 1); through the model the next bf16 block linear may round a one-ulp difference to the
+    neighbouring bf16 value, so the velocities agree to bf16 precision (2.6e-3)."""
     base, _, fifth, result = lora_run
     model = copy.deepcopy(base)
     load_lora(model, result.output, 0.5)
     load_lora(model, result.output, 0.5)
+    single_model = load_lora_copy(base, result.output, 1.0)
     with torch.no_grad():
         both = model(*_inputs(fifth))[0]
-        single = load_lora_copy(base, result.output, 1.0)(*_inputs(fifth))[0]
-    assert rel(both, single) < 1e-5
+        single = single_model(*_inputs(fifth))[0]
+        pair = [layer for layer in lora_layers(model) if layer.num_experts == 1][0]
+        alone = [layer for layer in lora_layers(single_model) if layer.num_experts == 1][0]
+        x = torch.randn(1, 7, pair.in_features, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+        assert rel(pair(x, None), alone(x, None)) < 1e-6
+    assert rel(both, single) < 1e-2
     assert {a for layer in lora_layers(model) for a in layer.active_adapters} == {"lora_0", "lora_1"}
 
 

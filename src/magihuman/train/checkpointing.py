@@ -1,12 +1,15 @@
 """Resumable training checkpoints: trainable weights, optimiser state, EMA and the step, written atomically.
 
 A checkpoint is a folder ``checkpoints/step-NNNNNNN/`` with ``trainable.safetensors`` (the trained
-parameters in their training dtype, by module name), ``optimizer.pt`` (``optimizer.state_dict()``),
-``ema.safetensors`` (when EMA is on) and ``state.json`` (step and the config that made it). The folder is
-written under a temporary name and renamed, so a crash never leaves a half checkpoint that resume would
-pick. Every random draw of the trainer is re-derived from (seed, step), so these files are the whole
-state: resuming from step N continues bit for bit like the run that never stopped (on the same machine
-and process count).
+parameters in their training dtype, by module name), ``optimizer.pt`` (the optimiser state: the trainer
+writes it keyed by parameter name, full tensors, as
+``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict(full_state_dict=True)`` gives it),
+``ema.safetensors`` (when EMA is on) and ``state.json`` (step and the config that made it). Tensors are
+whole even when the run shards them (FSDP2 gathers them to rank 0), so a checkpoint resumes at any process
+count. The folder is written under a temporary name and renamed, so a crash never leaves a half
+checkpoint that resume would pick. Every random draw of the trainer is re-derived from (seed, step), so
+these files are the whole state: resuming from step N continues bit for bit like the run that never
+stopped (on the same machine and process count).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Each command checks its inputs before any model loads; a bad dataset, cache or config is one
 ``error:`` line with exit code 2 (:class:`~magihuman.pipeline.errors.InputError`). Multi-process
-training: ``torchrun --nproc_per_node N -m magihuman train lora ...`` (DDP; gloo on CPU, NCCL on GPUs).
+training: ``torchrun --nproc_per_node N -m magihuman train lora ...`` (DDP for LoRA, FSDP2 for
+``finetune``, gradient averaging for ``distill``; gloo on CPU, NCCL on GPUs).
 """
 
 from __future__ import annotations
@@ -151,11 +152,16 @@ def distill(
     """DMD-2: distil the base model into an 8-step student (OUTPUT/distill, loadable by --preset distill)."""
     from magihuman.train.config import DistillConfig, load_config
     from magihuman.train.distill import Distiller
+    from magihuman.train.distributed import init_from_env, shutdown
 
     settings = _input_errors(lambda: load_config(
         config, {"cache": cache, "teacher": teacher, "output": output, "steps": steps}, sets, model=DistillConfig))
     for name in ("cache", "teacher"):
         if not Path(getattr(settings, name)).exists():
             raise InputError(f"{name} {getattr(settings, name)} does not exist")
-    result = _input_errors(lambda: Distiller(settings, device=device).train())
+    run_device = init_from_env(device)
+    try:
+        result = _input_errors(lambda: Distiller(settings, device=run_device).train())
+    finally:
+        shutdown()
     typer.echo(f"student written: {result.output}")

@@ -85,12 +85,19 @@ class TrainConfig(BaseModel):
     validation_samples: int = Field(2, ge=1, description="Cached captions sampled at each validation.")
     validation_preset: Literal["base", "distill"] = Field("base", description="Sampler of the validation MP4s.")
     tensorboard: bool = Field(False, description="Also log to TensorBoard (needs the `tensorboard` extra).")
+    sharding: Literal["auto", "ddp", "fsdp2"] = Field(
+        "auto", description="How several processes (torchrun) hold the model: 'ddp' replicates it and averages "
+        "the gradients; 'fsdp2' shards the float32 weights, gradients and AdamW state over the processes "
+        "(mode 'finetune' only); 'auto': ddp for lora, fsdp2 for finetune. One process: neither.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (mode 'lora').")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.mode == "finetune" and self.lora.fp8_base:
             raise ValueError("lora.fp8_base only applies to mode 'lora' (full fine-tuning trains every weight)")
+        if self.mode == "lora" and self.sharding == "fsdp2":
+            raise ValueError("sharding 'fsdp2' is for mode 'finetune'; LoRA replicates its frozen base "
+                             "(use sharding 'ddp' or 'auto')")
         return self
 
 
@@ -161,7 +168,8 @@ class DistillConfig(BaseModel):
     output: Path = Field(..., description="Run folder; the student is written to OUTPUT/distill in the "
                          "official layout.")
     steps: int = Field(1000, ge=1, description="Generator updates.")
-    batch_size: int = Field(1, ge=1, description="Captions per update.")
+    batch_size: int = Field(1, ge=1, description="Captions per process per update (global batch: batch_size x "
+                            "processes).")
     fake_steps: int = Field(5, ge=1, description="Fake-score updates per generator update (two time-scale rule).")
     generator_lr: float = Field(2e-6, gt=0, description="AdamW learning rate of the generator.")
     fake_lr: float = Field(2e-6, gt=0, description="AdamW learning rate of the fake score (and the GAN head).")
@@ -179,3 +187,7 @@ class DistillConfig(BaseModel):
                               "DMD-2 uses ~1e-3 with real clips from the cache).")
     mixed_precision: Literal["bf16", "fp32"] = Field("bf16", description="As TrainConfig.mixed_precision.")
     seed: int = Field(0, description="Seed of every draw (re-derived per update).")
+    checkpoint_every: int = Field(500, ge=1, description="Save a resumable checkpoint (generator, fake score, "
+                                  "GAN head, both optimisers) every N generator updates (and at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept (oldest removed first).")
+    tensorboard: bool = Field(False, description="Also log to TensorBoard (needs the `tensorboard` extra).")

@@ -1,37 +1,46 @@
-"""Loss logging of a training run: ``loss.csv`` (always), ``loss.png`` (matplotlib), TensorBoard (optional).
+"""Loss logging of a training run: a CSV (always), a PNG plot (matplotlib), TensorBoard (optional).
 
-The CSV has one row per optimiser step: ``step, loss, video_loss, audio_loss, learning_rate, seconds``.
-On resume, rows after the resumed step are dropped first, so the file reads as one uninterrupted run.
+The trainer writes ``loss.csv`` with one row per optimiser step: ``step, loss, video_loss, audio_loss,
+learning_rate, seconds``; the distiller writes ``distill_loss.csv`` with one row per generator update:
+``step, generator_loss, fake_loss, seconds``. On resume, rows after the resumed step are dropped first,
+so the file reads as one uninterrupted run. TensorBoard gets every column but ``step`` and ``seconds`` as
+the scalar ``<tag>/<column>`` (``train/loss``, ``distill/generator_loss``) under ``<run>/tensorboard``.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 from magihuman.model.checkpoint import write_atomic
 
 COLUMNS = ("step", "loss", "video_loss", "audio_loss", "learning_rate", "seconds")
+#: Columns of the distiller's log.
+DISTILL_COLUMNS = ("step", "generator_loss", "fake_loss", "seconds")
+_NOT_PLOTTED = ("step", "seconds", "learning_rate")
 
 
 class LossLog:
     """Append-only CSV of the step losses, with a PNG plot and optional TensorBoard scalars.
 
     Args:
-        folder: the run folder (``loss.csv`` and ``loss.png`` go there).
+        folder: the run folder (``<name>.csv`` and ``<name>.png`` go there).
         resume_step: keep only rows with ``step <= resume_step`` (0: start a new file).
         tensorboard: also write TensorBoard events under ``folder/tensorboard``.
-        columns: the CSV columns, ``step`` first (default :data:`COLUMNS`; codec runs log their own terms).
+        name: file stem (``loss``; the distiller's ``distill_loss``).
+        columns: the CSV columns, ``step`` first (:data:`COLUMNS`, :data:`DISTILL_COLUMNS`).
+        tag: TensorBoard scalar prefix.
 
     Raises:
         ImportError: ``tensorboard=True`` without the ``tensorboard`` package (``pip install magihuman[tensorboard]``).
     """
 
-    def __init__(self, folder: Path, *, resume_step: int = 0, tensorboard: bool = False,
-                 columns: tuple[str, ...] = COLUMNS):
-        self.columns = tuple(columns)
-        self.path = Path(folder) / "loss.csv"
-        self.plot_path = Path(folder) / "loss.png"
+    def __init__(self, folder: Path, *, resume_step: int = 0, tensorboard: bool = False, name: str = "loss",
+                 columns: Sequence[str] = COLUMNS, tag: str = "train"):
+        self.path = Path(folder) / f"{name}.csv"
+        self.plot_path = Path(folder) / f"{name}.png"
+        self.columns, self.tag = tuple(columns), tag
         rows = [r for r in self.read() if int(r["step"]) <= resume_step] if resume_step else []
         self._rewrite(rows)
         self.writer = None
@@ -59,17 +68,17 @@ class LossLog:
             return list(csv.DictReader(handle))
 
     def append(self, step: int, values: dict[str, float]) -> None:
-        """Log step ``step`` (the columns other than ``step``)."""
+        """Log step ``step`` (a value for every column other than ``step``)."""
         with self.path.open("a", newline="") as handle:
-            row = {"step": step, **{k: f"{values[k]:.8g}" for k in self.columns[1:]}}
-            csv.DictWriter(handle, self.columns).writerow(row)
+            csv.DictWriter(handle, self.columns).writerow(
+                {"step": step, **{k: f"{values[k]:.8g}" for k in self.columns[1:]}})
         if self.writer is not None:
             for key in self.columns[1:]:
                 if key != "seconds":
-                    self.writer.add_scalar(f"train/{key}", values[key], step)
+                    self.writer.add_scalar(f"{self.tag}/{key}", values[key], step)
 
     def plot(self) -> Path | None:
-        """Draw ``loss.png`` (loss per step, log scale, with a running mean); None when no rows yet."""
+        """Draw the PNG (every loss column per step, log scale); None when no rows yet."""
         rows = self.read()
         if not rows:
             return None
@@ -80,11 +89,9 @@ class LossLog:
 
         steps = [int(r["step"]) for r in rows]
         fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-        for key, label in (("loss", "loss"), ("video_loss", "video"), ("audio_loss", "audio")):
-            if key not in rows[0]:
-                continue
+        for i, key in enumerate(k for k in self.columns if k not in _NOT_PLOTTED):
             values = [float(r[key]) for r in rows]
-            ax.plot(steps, values, label=label, linewidth=1.0 if key == "loss" else 0.7)
+            ax.plot(steps, values, label=key.removesuffix("_loss"), linewidth=1.0 if i == 0 else 0.7)
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")

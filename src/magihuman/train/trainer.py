@@ -5,7 +5,7 @@ One optimiser step ``s`` (of ``config.steps``):
 1. for each of ``grad_accum`` micro-steps ``m``: global batch ``k = s·grad_accum + m`` is
    :func:`global_batch` (``batch_size x world`` samples of one bucket, drawn from ``(seed, k)``); this
    process takes its slice, noises it (:func:`~magihuman.train.objective.noise_batch`, one generator per
-   sample) and back-propagates ``loss / grad_accum`` (DDP averages the gradients over processes);
+   sample) and back-propagates ``loss / grad_accum`` (DDP or FSDP2 average the gradients over processes);
 2. clip the global gradient norm, set the learning rate (linear warm-up, then constant), AdamW step,
    EMA update;
 3. log the loss (averaged over processes) to ``loss.csv``; every ``checkpoint_every`` steps write a
@@ -14,6 +14,11 @@ One optimiser step ``s`` (of ``config.steps``):
 Precision: the trained weights are float32 (master weights); ``mixed_precision="bf16"`` runs the block
 GEMMs in bf16 under autocast, as inference computes them. LoRA keeps the frozen base in its official
 dtypes (bf16 block linears, or FP8 with ``lora.fp8_base``) and trains float32 adapters.
+
+Several processes (``config.sharding``, :mod:`magihuman.train.distributed`): LoRA replicates the model
+(DDP); full fine-tuning shards the float32 weights, gradients and AdamW state (FSDP2), the block linears
+gathered in bf16 under ``mixed_precision="bf16"``. Checkpoints and the result hold full tensors (gathered
+to rank 0), so a run resumes at any process count.
 
 Result: ``finetune`` writes ``transformer/`` in the official checkpoint layout (block linears bf16, the
 EMA weights when EMA is on); ``lora`` writes ``lora.safetensors`` (:mod:`magihuman.train.lora`).
@@ -38,6 +43,7 @@ from magihuman.pipeline.loading import TRANSFORMER_CONFIG_FILE, transformer_conf
 from magihuman.train.cache import LatentSample, group_by_shape, load_negative, load_samples
 from magihuman.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from magihuman.train.config import TrainConfig
+from magihuman.train.distributed import data_parallel_mode, gather_full, local_like, rank_and_world, shard_for_training
 from magihuman.train.metrics import LossLog
 from magihuman.train.objective import ObjectiveSettings, derive_seed, flow_matching_loss, noise_batch, sample_generator
 
@@ -116,7 +122,8 @@ class Trainer:
         self.samples = samples if samples is not None else load_samples(config.cache)
         self.negative = negative if negative is not None else load_negative(config.cache)
         self.groups = group_by_shape(self.samples)
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.rank, self.world = rank_and_world()
+        self.parallel = data_parallel_mode(config.sharding, config.mode, self.world)
         self.model = model if model is not None else load_transformer(config.base)
         self._setup_model()
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -138,14 +145,22 @@ class Trainer:
                 from magihuman.runtime.fp8 import enable_fp8_weights
 
                 enable_fp8_weights(self.model)
-            add_lora(self.model, config.lora)
+            with torch.random.fork_rng(devices=[]):  # the adapters' random init: a function of the seed
+                torch.manual_seed(derive_seed(config.seed, 3))
+                add_lora(self.model, config.lora)
         else:
-            self.model.float().requires_grad_(True)
-        self.model.to(self.device).train()
+            self.model.requires_grad_(True)
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
+        if self.parallel == "fsdp2":  # float32 unit by unit, each shard moved to the device
+            shard_for_training(self.model, mixed_precision=config.mixed_precision, device=self.device)
+        elif config.mode == "finetune":
+            self.model.float().to(self.device)
+        else:
+            self.model.to(self.device)
+        self.model.train()
         self.wrapped = self.model
-        if self.world > 1:
+        if self.parallel == "ddp":
             self.wrapped = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
@@ -164,7 +179,9 @@ class Trainer:
             run.mkdir(parents=True, exist_ok=True)
         self._resume(run)
         log = LossLog(run, resume_step=self.step, tensorboard=config.tensorboard) if self.rank == 0 else None
-        validator = self._validator(run) if config.validation_every and self.rank == 0 else None
+        # under FSDP2 every process runs the validation forwards (rank 0 writes the files)
+        sampling = self.rank == 0 or self.parallel == "fsdp2"
+        validator = self._validator(run) if config.validation_every and sampling else None
         last = min(config.steps, stop_after) if stop_after is not None else config.steps
         start = time.perf_counter()
         while self.step < last:
@@ -217,7 +234,9 @@ class Trainer:
                 "learning_rate": lr}
 
     def _no_sync(self, skip: bool):
-        return self.wrapped.no_sync() if skip and self.world > 1 else contextlib.nullcontext()
+        """DDP skips the all-reduce of accumulation micro-steps; FSDP2 reduce-scatters every micro-step
+        (sharded gradients accumulate, no unsharded gradient is kept)."""
+        return self.wrapped.no_sync() if skip and self.parallel == "ddp" else contextlib.nullcontext()
 
     def _autocast(self):
         if self.config.mixed_precision == "bf16":
@@ -234,10 +253,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ state
     def _save(self, run: Path) -> None:
-        if self.rank == 0:
-            extra = {"config": self.config.model_dump(mode="json"), "world_size": self.world}
-            save_checkpoint(run, self.step, self.params, self.optimizer.state_dict(), self.ema, extra,
-                            keep=self.config.keep_checkpoints)
+        """Full tensors gathered to rank 0 (a collective under FSDP2), written there."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        keep = self.rank == 0
+        trainable = gather_full(self.params, keep=keep)
+        # keyed by parameter name, full tensors on the CPU on rank 0: loadable at any process count
+        optimizer_state = get_optimizer_state_dict(self.model, self.optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+        ema = gather_full(self.ema, keep=keep) if self.ema is not None else None
+        if keep:
+            extra = {"config": self.config.model_dump(mode="json"), "world_size": self.world,
+                     "parallel": self.parallel}
+            save_checkpoint(run, self.step, trainable, optimizer_state, ema, extra, keep=self.config.keep_checkpoints)
         if self.world > 1:
             dist.barrier()
 
@@ -251,24 +279,27 @@ class Trainer:
             example = (missing or sorted(trainable))[:3]
             raise ValueError(f"{found} does not match this run's trainable weights (e.g. {example}); "
                              "resume with the same mode and LoRA settings, or use a new output folder")
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(self.model, self.optimizer, optimizer_state,
+                                 options=StateDictOptions(full_state_dict=True))
         with torch.no_grad():
             for name, param in self.params.items():
-                param.copy_(trainable[name])
-        self.optimizer.load_state_dict(optimizer_state)
+                param.copy_(local_like(trainable[name], param))
         if self.ema is not None and ema is not None:
-            self.ema = {k: v.to(self.device) for k, v in ema.items()}
+            self.ema = {k: local_like(ema[k], param) for k, param in self.params.items()}
         self.step = step
 
     def _validator(self, run: Path):
         from magihuman.train.validation import Validator
 
         return Validator(run, self.samples[: self.config.validation_samples], self.negative,
-                         preset=self.config.validation_preset, root=self.config.root)
+                         preset=self.config.validation_preset, root=self.config.root if self.rank == 0 else None)
 
     def _validate(self, validator) -> None:
         self.model.eval()
         try:
-            validator.run(self.model, self.step)
+            validator.run(self.model, self.step, write=self.rank == 0)
         finally:
             self.model.train()
 
@@ -283,10 +314,10 @@ class Trainer:
                 save_lora(self.model, target, weights=weights)
         else:
             target = run / "transformer"
+            ema = self.ema or {}  # the EMA replaces the weights it tracks; gathered (a collective under FSDP2)
+            state = gather_full({k: v for k, v in self.model.state_dict().items() if k not in ema}, keep=self.rank == 0)
+            state.update(gather_full(ema, keep=self.rank == 0))
             if self.rank == 0:
-                state = self.model.state_dict()
-                if self.ema is not None:
-                    state.update(self.ema)
                 save_transformer(self.model, target, state)
         if self.world > 1:
             dist.barrier()

@@ -2,8 +2,10 @@
 
 Each validation runs the shipped sampler (``base``: 32 FlowUniPC steps with CFG against the negative
 prompt; ``distill``: 8 re-noise steps) from a fixed seed, so successive validations differ only by the
-weights. With a checkpoint root the latents are decoded by the Wan2.2 and Stable Audio VAEs and written
-as ``validation/step-NNNNNNN_<clip>.mp4``; without one the latents are written as ``.safetensors``.
+weights. With a checkpoint root the latents are decoded as ``magihuman generate`` decodes them, by the
+Turbo-VAED decoder when the root has ``turbo_vae/`` (the default decoder, architecture.md §12.1) and by
+the Wan2.2 VAE's own decoder otherwise, the sound by the Stable Audio VAE, and written as
+``validation/step-NNNNNNN_<clip>.mp4``; without a root the latents are written as ``.safetensors``.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ class Validator:
         samples: the cached samples to imitate (their captions and shapes).
         negative: negative-prompt states.
         preset: sampler, ``"base"`` or ``"distill"``.
-        root: checkpoint root with ``Wan2.2-TI2V-5B/`` and ``stable-audio-open-1.0/`` for MP4s, or None.
+        root: checkpoint root with ``stable-audio-open-1.0/`` and ``turbo_vae/`` or ``Wan2.2-TI2V-5B/`` for
+            MP4s, or None.
     """
 
     def __init__(self, folder: Path, samples: list[LatentSample], negative: torch.Tensor, *, preset: str,
@@ -72,12 +75,18 @@ class Validator:
         self.samples, self.negative, self.preset = samples, negative, preset
         self.decoders = _Decoders(Path(root)) if root is not None else None
 
-    def run(self, model, step: int) -> list[Path]:
-        """Sample every validation caption with ``model`` and write the files of ``step``."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def run(self, model, step: int, *, write: bool = True) -> list[Path]:
+        """Sample every validation caption with ``model`` and write the files of ``step``.
+
+        ``write=False`` only samples: the other processes of an FSDP2 run take part in the sharded
+        forwards while rank 0 writes.
+        """
         written = []
         for sample in self.samples:
             video, audio = sample_like(model, sample, self.negative, preset=self.preset)
+            if not write:
+                continue
+            self.folder.mkdir(parents=True, exist_ok=True)
             stem = f"step-{step:07d}_{sample.clip_id}"
             if self.decoders is None:
                 path = self.folder / f"{stem}.safetensors"
@@ -90,20 +99,27 @@ class Validator:
 
 
 class _Decoders:
-    """Wan2.2 VAE decoder and Stable Audio VAE decoder, float32 on the CPU (validation is small)."""
+    """The video decoder ``generate`` would use (Turbo-VAED when ``root/turbo_vae`` exists, else the Wan2.2
+    VAE's) and the Stable Audio VAE decoder, float32 on the CPU (validation is small)."""
 
     def __init__(self, root: Path):
         from magihuman.codecs.audio_vae import AudioVAE
-        from magihuman.codecs.video_vae import VideoVAE
         from magihuman.pipeline.loading import ROOT_LAYOUT
 
-        self.video_vae = VideoVAE.from_official(root / ROOT_LAYOUT["video_vae"], dtype=torch.float32)
+        if (root / ROOT_LAYOUT["turbo_vae"]).is_dir():
+            from magihuman.codecs.turbo_vae import TurboVAE
+
+            self.video_decoder = TurboVAE.from_official(root / ROOT_LAYOUT["turbo_vae"], dtype=torch.float32)
+        else:
+            from magihuman.codecs.video_vae import VideoVAE
+
+            self.video_decoder = VideoVAE.from_official(root / ROOT_LAYOUT["video_vae"], dtype=torch.float32)
         self.audio_vae = AudioVAE.from_official(root / ROOT_LAYOUT["audio_vae"])
 
     def write_mp4(self, video: torch.Tensor, audio: torch.Tensor, path: Path) -> Path:
         from magihuman.codecs.audio_vae import OUTPUT_SAMPLE_RATE, resample_to_output_rate
         from magihuman.pipeline.media import video_to_uint8, write_mp4
 
-        frames = video_to_uint8(self.video_vae.decode(video))
+        frames = video_to_uint8(self.video_decoder.decode(video))
         waveform = resample_to_output_rate(self.audio_vae.decode(audio)[0].numpy())
         return write_mp4(path, frames, fps=25, audio=waveform, sample_rate=OUTPUT_SAMPLE_RATE, overwrite=True)
