@@ -41,6 +41,7 @@ from magihuman.serve.clip_edits import clip_edit_routes
 from magihuman.serve.config import ServeConfig
 from magihuman.serve.jobs import UPLOAD_FIELDS, IncomingUpload, JobService, video_object
 from magihuman.serve.metrics import CONTENT_TYPE, HttpStats, render_metrics
+from magihuman.serve.responses import error_response, queue_job
 from magihuman.serve.schemas import (
     CreateVideoRequest,
     ErrorResponse,
@@ -52,25 +53,14 @@ from magihuman.serve.schemas import (
     VideoDeleted,
     VideoList,
 )
-from magihuman.serve.store import IdempotencyConflict, JobStore, QueueFull
+from magihuman.serve.store import JobStore
 from magihuman.serve.uploads import BodyTooLarge, RequestError
 
 __all__ = ["create_app"]
 
 logger = logging.getLogger("magihuman.serve")
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error",
-                415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 415, 429)}
-
-
-def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    """``{"error": {...}}`` with ``status``."""
-    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": param,
-                      "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class _BodyLimit:
@@ -190,18 +180,7 @@ def _video_routes(v1: APIRouter, service: JobService) -> None:
         """Queue a video job. Every field is checked (uploads by decoding them) before the job is queued."""
         fields, uploads = await _read_body(request, config)
         key = request.headers.get("idempotency-key")
-        try:
-            job, created = await run_in_threadpool(service.create, fields, uploads, key)
-        except QueueFull as exc:
-            return error_response(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after)})
-        except IdempotencyConflict as exc:
-            return error_response(409, str(exc), param="Idempotency-Key", code="idempotency_key_reused")
-        finally:
-            for part in uploads.values():
-                if hasattr(part.source, "close"):
-                    part.source.close()
-        headers = {} if created else {"Idempotent-Replayed": "true"}
-        return JSONResponse(video_object(job).model_dump(mode="json"), headers=headers)
+        return await queue_job(lambda: service.create(fields, uploads, key), uploads)
 
     @v1.get("/videos", response_model=VideoList, tags=["videos"])
     async def list_videos(

@@ -19,7 +19,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from magihuman.pipeline.clip_requests import ExtendRequest, RetakeRequest
 from magihuman.pipeline.validation import (
@@ -30,9 +29,10 @@ from magihuman.pipeline.validation import (
     MAX_SEED,
     InputError,
 )
-from magihuman.serve.jobs import IncomingUpload, JobService, new_job_id, video_object
+from magihuman.serve.jobs import IncomingUpload, JobService, new_job_id, validate_body
+from magihuman.serve.responses import queue_job
 from magihuman.serve.schemas import SIZE_PATTERN, Video
-from magihuman.serve.store import IdempotencyConflict, Job, QueueFull
+from magihuman.serve.store import Job
 from magihuman.serve.uploads import RequestError, Upload, decode_data_url, remove_folder, save_upload
 
 __all__ = ["ExtendVideoRequest", "RetakeVideoRequest", "clip_edit_routes", "create_clip_edit", "clip_edit_request",
@@ -137,17 +137,7 @@ def _parse(mode: str, fields: dict[str, Any], uploads: dict[str, IncomingUpload]
     both = sorted(set(fields) & set(uploads))
     if both:
         raise RequestError(both[0], f"{both[0]} was sent twice (as a file and as a field); send it once")
-    try:
-        body = _BODIES[mode].model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else None
-        if first["type"] == "missing":
-            raise RequestError(field, f"{field} is required", code="missing_field") from None
-        if first["type"] == "extra_forbidden":
-            raise RequestError(field, f"unknown field {field!r}; see /docs for the fields of POST /v1/videos/{mode}",
-                               code="unknown_field") from None
-        raise RequestError(field, f"{field}: {first['msg']}") from None
+    body = validate_body(_BODIES[mode], fields, f"POST /v1/videos/{mode}")
     if not body.prompt.strip():
         raise RequestError("prompt", "prompt is empty; describe what the clip should show and say")
     given = (CLIP_FIELD in uploads) + (body.video is not None) + (body.video_id is not None)
@@ -228,21 +218,7 @@ def _edit_route(v1: APIRouter, service: JobService, read_body, mode: str) -> Non
     async def create(request: Request) -> JSONResponse:
         fields, uploads = await read_body(request, service.config, (CLIP_FIELD,))
         key = request.headers.get("idempotency-key")
-        try:
-            job, created = await run_in_threadpool(create_clip_edit, service, mode, fields, uploads, key)
-        except QueueFull as exc:
-            return JSONResponse({"error": {"message": str(exc), "type": "rate_limit_error", "param": None,
-                                           "code": "queue_full"}}, status_code=429,
-                                headers={"Retry-After": str(exc.retry_after)})
-        except IdempotencyConflict as exc:
-            return JSONResponse({"error": {"message": str(exc), "type": "conflict_error", "param": "Idempotency-Key",
-                                           "code": "idempotency_key_reused"}}, status_code=409)
-        finally:
-            for part in uploads.values():
-                if hasattr(part.source, "close"):
-                    part.source.close()
-        headers = {} if created else {"Idempotent-Replayed": "true"}
-        return JSONResponse(video_object(job).model_dump(mode="json"), headers=headers)
+        return await queue_job(lambda: create_clip_edit(service, mode, fields, uploads, key), uploads)
 
     create.__doc__ = summary + " Every field is checked (the clip by decoding it) before the job is queued."
     v1.add_api_route(f"/videos/{mode}", create, methods=["POST"], response_model=Video, openapi_extra=extra,

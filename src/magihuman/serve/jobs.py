@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from magihuman.pipeline.presets import PRESETS, get_preset
 from magihuman.pipeline.request import GenerationRequest
@@ -91,6 +91,23 @@ def video_object(job: Job) -> Video:
         loras=job.params.get("loras") or [], enhanced_prompt=job.params.get("enhanced_prompt"),
         mode=job.params.get("mode", "generate"),
     )
+
+
+def validate_body(model: type[BaseModel], fields: dict[str, Any], route: str) -> Any:
+    """``model.model_validate(fields)``, its first problem raised as a :class:`RequestError` (400): a missing
+    field (``missing_field``), an unknown one (``unknown_field``, naming ``route`` whose /docs list the fields),
+    or the field's own message."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else None
+        if first["type"] == "missing":
+            raise RequestError(field, f"{field} is required", code="missing_field") from None
+        if first["type"] == "extra_forbidden":
+            raise RequestError(field, f"unknown field {field!r}; see /docs for the fields of {route}",
+                               code="unknown_field") from None
+        raise RequestError(field, f"{field}: {first['msg']}") from None
 
 
 @dataclass
@@ -172,17 +189,7 @@ class JobService:
                 fields = {**fields, "loras": json.loads(fields["loras"] or "[]")}
             except ValueError:
                 raise RequestError("loras", 'loras must be JSON: [{"name": "style", "scale": 0.8}]') from None
-        try:
-            body = CreateVideoRequest.model_validate(fields)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = str(first["loc"][0]) if first["loc"] else None
-            if first["type"] == "missing":
-                raise RequestError(field, f"{field} is required", code="missing_field") from None
-            if first["type"] == "extra_forbidden":
-                raise RequestError(field, f"unknown field {field!r}; see /docs for the fields of POST /v1/videos",
-                                   code="unknown_field") from None
-            raise RequestError(field, f"{field}: {first['msg']}") from None
+        body = validate_body(CreateVideoRequest, fields, "POST /v1/videos")
         if not body.prompt.strip():
             raise RequestError("prompt", "prompt is empty; describe the clip (150-200 words work best)")
         return body
