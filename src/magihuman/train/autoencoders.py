@@ -37,6 +37,7 @@ from magihuman.codecs.turbo_vae import TURBO_VAED_CHECKPOINT_NAME, TURBO_VAED_EM
 from magihuman.codecs.turbo_vae_config import TURBO_VAED_CONFIG_NAME
 from magihuman.codecs.video_vae import WAN22_CHECKPOINT_NAME, WAN22_LATENT_MEAN, WAN22_LATENT_STD
 from magihuman.codecs.video_vae_format import to_original_wan22_state_dict
+from magihuman.demo.random_codecs import _torch_save
 from magihuman.model.checkpoint import write_atomic
 from magihuman.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from magihuman.train.metrics import LossLog
@@ -147,15 +148,13 @@ class ReconstructionRun:
 # --------------------------------------------------------------------------------------------------
 
 
-def _normalised_kl(mean: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mean', var') || N(0, 1)) averaged over elements, with ``mean' = (mean - m)/s``, ``var' = var/s²``
-    and the published Wan2.2 per-channel ``m``, ``s`` (architecture.md §11.1)."""
+def _normalised(mean: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+    """The posterior in the normalised latent space: ``((mean - m)/s, logvar - 2 log s)`` with the published
+    Wan2.2 per-channel ``m``, ``s`` (architecture.md §11.1)."""
     shape = (1, -1) + (1,) * (mean.dim() - 2)
     m = torch.tensor(WAN22_LATENT_MEAN, dtype=mean.dtype, device=mean.device).view(shape)
     s = torch.tensor(WAN22_LATENT_STD, dtype=mean.dtype, device=mean.device).view(shape)
-    mu_n = (mean - m) / s
-    logvar_n = logvar - 2 * torch.log(s)
-    return 0.5 * (mu_n.pow(2) + logvar_n.exp() - 1 - logvar_n).mean()
+    return (mean - m) / s, logvar - 2 * torch.log(s)
 
 
 def decode_unclamped(model, z: Tensor) -> Tensor:
@@ -204,12 +203,10 @@ def video_vae_loss(model, pixels: Tensor, generator: torch.Generator, *, kl_weig
     z = posterior.mean + posterior.std * noise.to(posterior.mean.device)
     recon = decode_unclamped(model, z)
     l1 = (recon - pixels).abs().mean()
-    kl = _normalised_kl(posterior.mean, posterior.logvar)
-    shape = (1, -1, 1, 1, 1)
-    m = torch.tensor(WAN22_LATENT_MEAN, device=z.device).view(shape)
-    s = torch.tensor(WAN22_LATENT_STD, device=z.device).view(shape)
-    std = float(((posterior.mean.detach() - m) / s).std())
-    return l1 + kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach()), "latent_std": std}
+    mu_n, logvar_n = _normalised(posterior.mean, posterior.logvar)
+    kl = 0.5 * (mu_n.pow(2) + logvar_n.exp() - 1 - logvar_n).mean()
+    return l1 + kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach()),
+                                 "latent_std": float(mu_n.detach().std())}
 
 
 def stft_loss(recon: Tensor, target: Tensor, sizes: tuple[int, ...] = (256, 1024, 4096),
@@ -278,11 +275,6 @@ def turbo_decoder_loss(decoder, raw_latent: Tensor, pixels: Tensor, *, is_first_
 # --------------------------------------------------------------------------------------------------
 # Writers in the official layouts
 # --------------------------------------------------------------------------------------------------
-
-
-def _torch_save(obj, path: Path) -> None:
-    with open(path, "wb") as handle:
-        torch.save(obj, handle)
 
 
 def save_wan22_vae(model, folder: str | Path) -> Path:
