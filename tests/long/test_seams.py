@@ -1,0 +1,94 @@
+"""Seam metrics (magihuman.eval.seams) on clips with known joins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from magihuman.eval.seams import frame_differences, seam_frames, seam_report
+from magihuman.toy.clip import FPS, make_clip
+from magihuman.toy.voice import SAMPLE_RATE
+
+
+def _joined(*clips):
+    """Frames and mono audio of toy clips played one after another, the audio cut to the frames."""
+    per = clips[0].frames.shape[0]
+    samples = per * SAMPLE_RATE // FPS
+    frames = np.concatenate([c.frames for c in clips])
+    audio = np.concatenate([c.audio[0, :samples] for c in clips])
+    return frames, audio, [per * i for i in range(1, len(clips))]
+
+
+def test_seam_frames_follow_the_latent_time_grid():
+    assert seam_frames([1, 3, 11]) == [1, 9, 41]
+    with pytest.raises(ValueError, match="latent frames >= 1"):
+        seam_frames([0])
+
+
+def test_picture_jump_is_found_at_the_seam_and_nowhere_else():
+    frames = np.zeros((20, 8, 8, 3), dtype=np.uint8)
+    frames[12:] = 30
+    diffs = frame_differences(frames)
+    assert diffs[11] == 30.0 and np.count_nonzero(diffs) == 1
+    clip = make_clip(5)
+    still = np.repeat(clip.frames[:1], 20, axis=0).copy()
+    still[12:] = np.clip(still[12:].astype(int) + 30, 0, 255).astype(np.uint8)
+    audio = np.zeros(20 * SAMPLE_RATE // FPS, dtype=np.float32)
+    report = seam_report(still, audio, SAMPLE_RATE, [12])
+    assert report.seam_difference[0] > 20.0
+    assert report.inside_difference_max == 0.0
+
+
+def test_colours_change_between_two_people_and_not_within_one():
+    a, b = make_clip(1), make_clip(2)
+    assert a.attributes.shirt != b.attributes.shirt or a.attributes.hair != b.attributes.hair
+    frames, audio, seams = _joined(a, a)
+    same = seam_report(frames, audio, SAMPLE_RATE, seams)
+    assert same.colours_constant and len(same.colours_per_piece) == 2
+    assert same.colours_per_piece[0]["shirt"] == a.attributes.shirt
+    frames, audio, seams = _joined(a, b)
+    other = seam_report(frames, audio, SAMPLE_RATE, seams)
+    assert not other.colours_constant
+    assert other.colours_per_piece[1]["shirt"] == b.attributes.shirt
+
+
+def test_a_step_in_the_waveform_is_a_click_and_a_smooth_join_is_not():
+    clip = make_clip(3)
+    frames, _, seams = _joined(clip, clip)
+    t = np.arange(frames.shape[0] * SAMPLE_RATE // FPS) / SAMPLE_RATE
+    tone = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    smooth = seam_report(frames, tone, SAMPLE_RATE, seams)
+    assert smooth.clicks == 0 and smooth.click_ratio[0] == pytest.approx(1.0, abs=0.05)
+    stepped = tone.copy()
+    stepped[seams[0] * SAMPLE_RATE // FPS:] += 0.5
+    clicked = seam_report(frames, stepped, SAMPLE_RATE, seams)
+    assert clicked.clicks == 1 and clicked.click_ratio[0] > 3.0
+
+
+def test_silence_across_the_seam_longer_than_any_pause_is_a_gap():
+    clip = make_clip(4)
+    frames, _, seams = _joined(clip, clip)
+    t = np.arange(frames.shape[0] * SAMPLE_RATE // FPS) / SAMPLE_RATE
+    tone = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    tone[int(0.5 * SAMPLE_RATE):int(0.6 * SAMPLE_RATE)] = 0.0  # a 0.1 s pause inside
+    assert seam_report(frames, tone, SAMPLE_RATE, seams).gaps == 0
+    centre = seams[0] * SAMPLE_RATE // FPS
+    tone[centre - SAMPLE_RATE // 5:centre + SAMPLE_RATE // 5] = 0.0  # 0.4 s of silence across the seam
+    report = seam_report(frames, tone, SAMPLE_RATE, seams)
+    assert report.gaps == 1
+    assert report.seam_pause_s[0] == pytest.approx(0.4, abs=0.05)
+    assert report.longest_pause_inside_s == pytest.approx(0.1, abs=0.05)
+
+
+def test_a_drawn_toy_clip_is_in_sync_across_its_seam():
+    frames, audio, seams = _joined(make_clip(6), make_clip(7))
+    report = seam_report(frames, audio, SAMPLE_RATE, seams)
+    assert abs(report.sync_offset_frames) <= 1
+    assert report.sync_correlation > 0.5
+    assert len(report.sync_per_piece) == 2
+
+
+def test_bad_seams_are_refused():
+    frames = np.zeros((10, 8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="seams must lie"):
+        seam_report(frames, np.zeros(16000), SAMPLE_RATE, [10])
