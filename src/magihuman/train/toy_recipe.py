@@ -77,8 +77,11 @@ class ToyRecipe:
     audio_vae_batch: int = 2
     audio_crop_latents: int = 12
     turbo_channels: tuple[int, int, int, int] = (8, 8, 16, 16)
-    turbo_steps: int = 800
+    turbo_steps: int = 1500
     turbo_pool: int = 64
+    turbo_crop: int = 4  # latent pixels (x16 image pixels); 0: whole frames
+    turbo_window: int = 4  # most latent frames per training window
+    turbo_batch: int = 2
     transformer: dict = field(default_factory=lambda: dict(TOY_TRANSFORMER_CONFIG))
     base_steps: int = 2000
     base_batch: int = 8
@@ -212,19 +215,24 @@ def _latent_pool(work: Path, recipe: ToyRecipe) -> list[tuple[torch.Tensor, torc
 
 
 def _turbo_window(pool, recipe: ToyRecipe, step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """A random decode window (first-chunk or later, as the sliding-window plan calls it) and its pixels."""
+    """A batch of random decode windows (first-chunk or later, as the sliding-window decode calls them) and their
+    pixels: ``[turbo_batch, 48, n, c, c]`` raw latents with ``c = turbo_crop`` (the whole frame when 0) and
+    ``n <= turbo_window`` latent frames; the decoder is convolutional, so spatial crops teach it the same map at a
+    fraction of the cost of whole frames."""
     rng = np.random.default_rng(derive_seed(recipe.seed, 31, step))
-    latent, pixels = pool[int(rng.integers(len(pool)))]
-    frames = latent.shape[1]
+    frames = min(latent.shape[1] for latent, _ in pool)
     first = bool(rng.integers(2)) or frames < 3
-    if first:
-        n = int(rng.integers(1, min(frames, 8) + 1))
-        window, target = latent[:, :n], pixels[:, : 4 * n - 3]
-    else:
-        n = int(rng.integers(2, min(frames - 1, 9) + 1))
-        a = int(rng.integers(1, frames - n + 1))
-        window, target = latent[:, a : a + n], pixels[:, 4 * a - 3 : 4 * (a + n) - 3]
-    return window[None], target[None], first
+    n = int(rng.integers(1 if first else 2, min(frames - (0 if first else 1), recipe.turbo_window) + 1))
+    windows, targets = [], []
+    for _ in range(recipe.turbo_batch):
+        latent, pixels = pool[int(rng.integers(len(pool)))]
+        a = 0 if first else int(rng.integers(1, frames - n + 1))
+        span = slice(0, 4 * n - 3) if first else slice(4 * a - 3, 4 * (a + n) - 3)
+        size = latent.shape[2] if recipe.turbo_crop == 0 else min(recipe.turbo_crop, latent.shape[2])
+        y, x = (int(rng.integers(0, latent.shape[k] - size + 1)) for k in (2, 3))
+        windows.append(latent[:, a : a + n, y : y + size, x : x + size])
+        targets.append(pixels[:, span, 16 * y : 16 * (y + size), 16 * x : 16 * (x + size)])
+    return torch.stack(windows), torch.stack(targets), first
 
 
 def _stage_turbo_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
