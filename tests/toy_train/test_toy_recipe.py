@@ -57,3 +57,53 @@ def test_bad_inputs_are_refused(tmp_path, quick_work):
     assert result.exit_code != 0 and "is a file" in result.output
     result = runner.invoke(cli.app, ["toy", "train", str(quick_work)])  # full recipe over a quick folder
     assert result.exit_code != 0 and "other settings" in result.output
+
+
+def test_ship_copies_the_bundle_with_its_record(tmp_path, quick_work, monkeypatch):
+    import magihuman.demo.bundle as demo_bundle
+    from magihuman.train.toy_ship import SHIPPED_FOLDERS
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"aggregate": {"toy.colour_accuracy": 0.5}}))
+    dest = tmp_path / "toy_bundle"
+    result = runner.invoke(cli.app, ["toy", "ship", str(quick_work), "--dest", str(dest), "--report",
+                                     f"distill={report}"])
+    assert result.exit_code == 0, result.output
+    marker = json.loads((dest / "TOY_BUNDLE.json").read_text())
+    assert marker["evaluation"]["distill"]["aggregate"] == {"toy.colour_accuracy": 0.5}
+    assert set(marker["stage_seconds"]) == set(STAGES)
+    assert marker["recipe"]["clips"] == 6
+    for folder in SHIPPED_FOLDERS:
+        assert (dest / folder).is_dir()
+    assert not (dest / "cache").exists() and (dest / LORA_FILE).is_file()
+    source = quick_work / "bundle" / "distill" / "model.safetensors"
+    assert (dest / "distill" / "model.safetensors").read_bytes() == source.read_bytes()
+    assert sum(marker["bytes"].values()) == sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()
+                                                and p.name != "TOY_BUNDLE.json")
+
+    again = runner.invoke(cli.app, ["toy", "ship", str(quick_work), "--dest", str(dest)])
+    assert again.exit_code != 0 and "already holds a bundle" in again.output
+    (dest / "distill" / "model.safetensors").write_bytes(b"stale")
+    replaced = runner.invoke(cli.app, ["toy", "ship", str(quick_work), "--dest", str(dest), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert (dest / "distill" / "model.safetensors").read_bytes() == source.read_bytes()
+    assert not list(tmp_path.glob(".toy_bundle.*"))
+
+    monkeypatch.delenv("MAGIHUMAN_DEMO_DIR", raising=False)
+    monkeypatch.setattr(demo_bundle, "TOY_BUNDLE", dest)
+    assert demo_bundle.demo_checkpoint_root() == (dest, True)
+    pipe = MagiHumanPipeline.from_official(dest, preset="distill")
+    assert pipe("A man says \"two\".", seconds=0.32, width=64, height=64, seed=0).frames.shape == (9, 64, 64, 3)
+
+
+def test_ship_refuses_unfinished_work_and_bad_reports(tmp_path, quick_work):
+    unfinished = tmp_path / "w"
+    (unfinished / "stages").mkdir(parents=True)
+    result = runner.invoke(cli.app, ["toy", "ship", str(unfinished), "--dest", str(tmp_path / "d")])
+    assert result.exit_code != 0 and "unfinished stages" in result.output
+    result = runner.invoke(cli.app, ["toy", "ship", str(quick_work), "--dest", str(tmp_path / "d"), "--report", "x"])
+    assert result.exit_code != 0 and "LABEL=path" in result.output
+    result = runner.invoke(cli.app, ["toy", "ship", str(quick_work), "--dest", str(tmp_path / "d"), "--report",
+                                     f"a={tmp_path / 'none.json'}"])
+    assert result.exit_code != 0 and "report 'a' not found" in result.output
+    assert not (tmp_path / "d").exists()

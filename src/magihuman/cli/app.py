@@ -39,7 +39,7 @@ from magihuman.pipeline.validation import InputError
 from magihuman.serve.cli import serve
 from magihuman.toy.cli import app as toy_app
 from magihuman.train.cli import train_app
-from magihuman.train.toy_cli import toy_train
+from magihuman.train.toy_cli import toy_ship, toy_train
 
 __all__ = ["app", "main", "default_output_name", "read_text_file", "CONFIG_KEYS", "GenerateOptions"]
 
@@ -153,6 +153,7 @@ app.command("download", cls=_Command)(download)
 app.command("enhance", cls=_Command, no_args_is_help=True)(enhance)  # issue 13: docs/prompting.md
 app.command("serve", cls=_Command)(serve)  # issue 10: magihuman.serve.cli
 toy_app.command("train", cls=_Command)(toy_train)  # lives in train/: toy/ sits below the trainers
+toy_app.command("ship", cls=_Command)(toy_ship)
 app.add_typer(toy_app, name="toy")
 app.add_typer(eval_app, name="eval")
 app.add_typer(train_app, name="train")

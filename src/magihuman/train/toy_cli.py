@@ -13,7 +13,7 @@ import typer
 
 from magihuman.pipeline.errors import InputError
 
-__all__ = ["toy_train"]
+__all__ = ["toy_ship", "toy_train"]
 
 
 def toy_train(
@@ -45,3 +45,27 @@ def toy_train(
     except ValueError as exc:
         raise InputError(str(exc), field="work") from None
     typer.echo(f"toy checkpoint root: {root}")
+
+
+def toy_ship(
+    work: Annotated[Path, typer.Argument(help="Toy work folder whose stages are all done.")],
+    dest: Annotated[Path | None, typer.Option("--dest", help="Destination (default: the package's demo/toy_bundle, "
+                                              "which `generate --demo` runs).")] = None,
+    reports: Annotated[list[str] | None, typer.Option("--report", help="LABEL=report.json of an eval run on this "
+                                                      "bundle, recorded in TOY_BUNDLE.json (repeat).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a bundle already there.")] = False,
+) -> None:
+    """Copy WORK/bundle into the package (or --dest) with TOY_BUNDLE.json, so `generate --demo` runs it."""
+    from magihuman.train.toy_ship import ship_bundle
+
+    parsed = {}
+    for item in reports or []:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise InputError(f"--report takes LABEL=path/to/report.json, got {item!r}", field="report")
+        parsed[label] = Path(path).expanduser()
+    try:
+        dest = ship_bundle(work.expanduser(), dest, reports=parsed, overwrite=overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        raise InputError(str(exc), field="work") from None
+    typer.echo(f"shipped toy bundle: {dest}")
