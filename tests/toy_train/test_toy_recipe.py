@@ -107,3 +107,18 @@ def test_ship_refuses_unfinished_work_and_bad_reports(tmp_path, quick_work):
                                      f"a={tmp_path / 'none.json'}"])
     assert result.exit_code != 0 and "report 'a' not found" in result.output
     assert not (tmp_path / "d").exists()
+
+
+def test_raising_a_step_budget_resumes_that_stage_only(quick_work):
+    before = json.loads((quick_work / "stages" / "base.done").read_text())["seconds"]
+    result = runner.invoke(cli.app, ["toy", "train", str(quick_work), "--quick", "--threads", "1", "--steps", "base=6"])
+    assert result.exit_code == 0, result.output
+    assert "base: budget raised from 4 to 6 steps" in result.output
+    assert [line for line in result.output.splitlines() if line.endswith(": start")] == ["stage base: start"]
+    assert json.loads((quick_work / "recipe.json").read_text())["base_steps"] == 6
+    assert json.loads((quick_work / "stages" / "base.done").read_text())["seconds"] >= before
+    rows = (quick_work / "runs" / "base" / "loss.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    for bad in ("base=0", "vae=5", "base"):
+        result = runner.invoke(cli.app, ["toy", "train", str(quick_work), "--quick", "--steps", bad])
+        assert result.exit_code != 0 and "--steps takes STAGE=N" in result.output

@@ -6,6 +6,7 @@ trainers in the layout, so the command that trains lives here).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -24,11 +25,14 @@ def toy_train(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny budgets (about a minute): checks the recipe runs, "
                                         "trains nothing useful.")] = False,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).")] = None,
+    steps: Annotated[list[str] | None, typer.Option("--steps", help="STAGE=N: a training stage's step budget "
+                                                    "(repeat); raising it for a finished stage resumes that "
+                                                    "stage.")] = None,
 ) -> None:
     """Train the toy world's codecs, base model, 8-step student and LoRA; the checkpoint root is WORK/bundle."""
     import torch
 
-    from magihuman.train.toy_recipe import STAGES, ToyRecipe, run_recipe
+    from magihuman.train.toy_recipe import STAGES, STEP_FIELDS, ToyRecipe, run_recipe
 
     chosen = tuple(stages) if stages else STAGES
     unknown = [s for s in chosen if s not in STAGES]
@@ -37,10 +41,19 @@ def toy_train(
     target = work.expanduser()
     if target.exists() and not target.is_dir():
         raise InputError(f"{target} is a file; give a work folder", field="work")
+    recipe = ToyRecipe.quick() if quick else ToyRecipe()
+    budgets = {}
+    for item in steps or []:
+        stage, _, count = item.partition("=")
+        if stage not in STEP_FIELDS or not count.isdigit() or int(count) < 1:
+            raise InputError(f"--steps takes STAGE=N with N >= 1 and STAGE one of {', '.join(STEP_FIELDS)}; got "
+                             f"{item!r}", field="steps")
+        budgets[STEP_FIELDS[stage]] = int(count)
+    recipe = replace(recipe, **budgets)
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        root = run_recipe(target, ToyRecipe.quick() if quick else ToyRecipe(), stages=chosen,
+        root = run_recipe(target, recipe, stages=chosen,
                           log=lambda line: typer.echo(line, err=True))
     except ValueError as exc:
         raise InputError(str(exc), field="work") from None

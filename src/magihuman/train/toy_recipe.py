@@ -45,9 +45,13 @@ from magihuman.train.autoencoders import (
 )
 from magihuman.train.objective import derive_seed
 
-__all__ = ["STAGES", "ToyRecipe", "run_recipe"]
+__all__ = ["STAGES", "STEP_FIELDS", "ToyRecipe", "run_recipe"]
 
 STAGES = ("dataset", "text_encoder", "video_vae", "audio_vae", "turbo_vae", "cache", "base", "distill", "lora")
+
+#: The recipe field holding each training stage's step budget (``magihuman toy train --steps STAGE=N``).
+STEP_FIELDS = {"video_vae": "video_vae_steps", "audio_vae": "audio_vae_steps", "turbo_vae": "turbo_steps",
+               "base": "base_steps", "distill": "distill_steps", "lora": "lora_steps"}
 
 #: Where the LoRA stage's adapter goes inside the bundle (a shirt colour the base model never saw).
 LORA_FILE = "loras/cyan_shirt.safetensors"
@@ -349,7 +353,9 @@ def run_recipe(work: str | Path, recipe: ToyRecipe | None = None, *, stages: tup
         log: receives one line per progress report.
 
     Raises:
-        ValueError: an unknown stage name, or a recipe that differs from the one the folder was started with.
+        ValueError: an unknown stage name, or a recipe that differs from the one the folder was started with
+            other than in step budgets. A raised budget (:data:`STEP_FIELDS`) reopens a finished stage, which
+            resumes from its last checkpoint; the stages after it are not redone (delete their ``.done`` files).
     """
     recipe = recipe or ToyRecipe()
     unknown = [s for s in stages if s not in STAGES]
@@ -365,6 +371,13 @@ def run_recipe(work: str | Path, recipe: ToyRecipe | None = None, *, stages: tup
         if changed:
             raise ValueError(f"{work} was started with other settings ({', '.join(changed)}; see {saved}); use a new "
                              "folder or the same settings (only step budgets may change on resume)")
+    earlier = {}  # stages whose budget was raised after they finished: their seconds so far
+    for name, key in STEP_FIELDS.items():
+        marker = work / "stages" / f"{name}.done"
+        if saved.is_file() and marker.is_file() and name in stages and settings[key] > old.get(key, settings[key]):
+            earlier[name] = json.loads(marker.read_text()).get("seconds", 0.0)
+            log(f"stage {name}: budget raised from {old[key]} to {settings[key]} steps; resuming it")
+            marker.unlink()
     saved.write_text(json.dumps(settings, indent=2) + "\n")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     for name in stages:
@@ -374,7 +387,7 @@ def run_recipe(work: str | Path, recipe: ToyRecipe | None = None, *, stages: tup
         log(f"stage {name}: start")
         start = time.perf_counter()
         _RUNNERS[name](work, recipe, log)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start + earlier.get(name, 0.0)
         marker.write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
         log(f"stage {name}: done in {seconds:.0f} s")
     return work / "bundle"
