@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from magihuman.eval.asr import to_mono_rate
@@ -344,32 +345,36 @@ def test_face_mesh_finds_the_mouth_in_the_example_photo():
     assert 0.0 <= face.opening < 0.6
 
 
-def test_eval_run_overrides_the_step_count_and_refuses_a_bad_lora(tmp_path, demo_root):
+def test_eval_run_overrides_the_step_count_runs_fp32_and_refuses_a_bad_lora(tmp_path, demo_root):
     import json
 
     from magihuman.cli.app import app
 
     prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": "A man says hello.", "seconds": 0.32, "width": 64,
                                                   "height": 64}])
-    steps = []
+    steps, dtypes = [], set()
     from magihuman.pipeline import stages
 
     original = stages.denoise_latents
 
     def counting(pipe, *args, **kwargs):
+        from magihuman.model.layers import ExpertLinear
+
         steps.append(pipe.preset.sampler.num_steps)
+        dtypes.update(m.weight.dtype for m in pipe.transformer.modules() if isinstance(m, ExpertLinear))
         return original(pipe, *args, **kwargs)
 
     stages.denoise_latents = counting
     try:
         result = CliRunner().invoke(app, ["eval", "run", "--prompts", str(prompts), "--out", str(tmp_path / "o"),
                                           "--demo", "--preset", "base", "--steps", "3", "--no-asr",
-                                          "--no-face-mesh"])
+                                          "--no-face-mesh", "--fp32"])
     finally:
         stages.denoise_latents = original
     assert result.exit_code == 0, result.output
     assert steps == [3]
-    assert json.loads((tmp_path / "o" / "report.json").read_text())["settings"]["steps"] == 3
+    settings = json.loads((tmp_path / "o" / "report.json").read_text())["settings"]
+    assert settings["steps"] == 3 and settings["fp32"] is True and dtypes == {torch.float32}
     bad = CliRunner().invoke(app, ["eval", "run", "--prompts", str(prompts), "--out", str(tmp_path / "o2"),
                                    "--demo", "--lora", str(tmp_path / "missing.safetensors"), "--no-asr"])
     assert bad.exit_code == 2 and "--lora" in bad.output

@@ -35,3 +35,23 @@ def test_runtime_options_validation():
         RuntimeOptions(shard=True, offload=("blocks",))
     with pytest.raises(ValueError, match="set fp8=True too"):
         RuntimeOptions(fp8_gemm=True)
+
+
+def test_fp32_follows_the_flag_and_a_trained_demo(monkeypatch):
+    """--fp32 sets RuntimeOptions.fp32; --demo turns it on when it runs the trained toy bundle (trained in float32),
+    not for the random bundle and not together with --fp8."""
+    import magihuman.demo.bundle as bundle
+    from magihuman.cli.generate import _runtime_options
+    from magihuman.cli.options import GenerateOptions
+
+    def options(**fields):
+        return GenerateOptions(prompt="A man says hello.", **fields)
+
+    monkeypatch.setattr(bundle, "demo_is_trained", lambda: False)
+    assert not _runtime_options(options(demo=True)).fp32
+    assert _runtime_options(options(fp32=True)).fp32
+    monkeypatch.setattr(bundle, "demo_is_trained", lambda: True)
+    assert _runtime_options(options(demo=True)).fp32
+    assert not _runtime_options(options()).fp32
+    chosen = _runtime_options(options(demo=True, fp8=True))
+    assert chosen.fp8 and not chosen.fp32

@@ -39,6 +39,32 @@ def test_fp8_then_streaming_equals_the_resident_fp8_model():
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+def test_fp32_runs_the_block_linears_in_float32():
+    """--fp32: the block linears hold the same (bf16-representable) values in float32; everything else is unchanged,
+    and the velocities equal a model whose linears were cast by hand, and stay near the bf16 reference."""
+    model = place_transformer(random_transformer(), RuntimeOptions(fp32=True), CPU)
+    reference = random_transformer()
+    for (name, got), (_, want) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert got.dtype == torch.float32 or name.endswith("rope.bands")
+        assert torch.equal(got.float(), want.float()), name
+    by_hand = random_transformer()
+    for m in by_hand.modules():
+        if isinstance(m, ExpertLinear):
+            m.weight.data = m.weight.data.float()
+    with torch.no_grad():
+        got, want, bf16 = model(*tiny_inputs()), by_hand(*tiny_inputs()), reference_velocities()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert not torch.equal(got[0], bf16[0])
+    for g, b in zip(got, bf16):
+        assert (g - b).abs().max() / b.abs().max() < 0.05
+
+
+def test_fp32_and_fp8_are_exclusive():
+    with pytest.raises(ValueError, match="--fp32 and --fp8"):
+        RuntimeOptions(fp32=True, fp8=True)
+    assert RuntimeOptions(fp32=True).loads_on_host
+
+
 def test_attention_choice_reaches_the_model(monkeypatch):
     chosen = []
     monkeypatch.setattr(MagiHumanTransformer, "set_attention_backend", lambda self, name: chosen.append(name))

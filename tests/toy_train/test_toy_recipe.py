@@ -122,3 +122,22 @@ def test_raising_a_step_budget_resumes_that_stage_only(quick_work):
     for bad in ("base=0", "vae=5", "base"):
         result = runner.invoke(cli.app, ["toy", "train", str(quick_work), "--quick", "--steps", bad])
         assert result.exit_code != 0 and "--steps takes STAGE=N" in result.output
+
+
+def test_toy_transformer_init_opens_the_attention_logit_range():
+    import torch
+
+    from magihuman.demo.random_weights import random_transformer_state_dict
+    from magihuman.train.toy_recipe import TOY_TRANSFORMER_CONFIG, toy_transformer_init
+
+    state = toy_transformer_init(dict(TOY_TRANSFORMER_CONFIG), seed=3, qk_norm_gain=1.25)
+    plain = random_transformer_state_dict(dict(TOY_TRANSFORMER_CONFIG), seed=3)
+    assert state.keys() == plain.keys()
+    qk = [k for k in state if k.endswith(("q_norm.weight", "k_norm.weight"))]
+    others = [k for k in state if "norm" in k and k not in qk]
+    assert len(qk) == 2 * TOY_TRANSFORMER_CONFIG["num_layers"] and others
+    assert all(torch.all(state[k] == 0.25) for k in qk)  # stored as gain - 1
+    assert all(torch.all(state[k] == 0.0) for k in others)
+    for key in state:
+        if "norm" not in key:
+            assert torch.equal(state[key], plain[key]) and state[key].dtype == plain[key].dtype, key

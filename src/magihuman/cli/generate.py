@@ -245,8 +245,12 @@ def _runtime_options(options: GenerateOptions):
     unknown = [mode for mode in options.offload or () if mode not in OFFLOAD_MODES]
     if unknown:
         raise InputError(f"--offload {unknown[0]}: choose {' or '.join(OFFLOAD_MODES)}", field="offload")
+    from magihuman.demo.bundle import demo_is_trained
+
+    fp8 = options.fp8 or options.fp8_gemm
+    fp32 = options.fp32 or (options.demo and not fp8 and demo_is_trained())
     try:
-        return RuntimeOptions(fp8=options.fp8 or options.fp8_gemm, fp8_gemm=options.fp8_gemm,
+        return RuntimeOptions(fp8=fp8, fp8_gemm=options.fp8_gemm, fp32=fp32,
                               offload=tuple(dict.fromkeys(options.offload or ())),
                               blocks_per_group=options.offload_blocks_per_group, shard=options.shard,
                               compile=options.compile_blocks, attention=options.attention,

@@ -150,6 +150,9 @@ class GenerateOptions:
     fp8_gemm: Annotated[bool, _flag("--fp8-gemm", help="With FP8 weights (implies --fp8), run the block linears whose "
         "width allows it as FP8 tensor-core GEMMs (CUDA GPUs of compute capability >= 8.9 only; experimental).",
         panel=_MEM)] = False
+    fp32: Annotated[bool, _flag("--fp32", help="Run the DiT block linears in float32 instead of bf16: faster on CPUs "
+        "without bf16 GEMMs, and how the toy world's models were trained (on by default for a trained --demo).",
+        panel=_MEM)] = False
     batch_cfg: Annotated[bool, _flag("--batch-cfg/--no-batch-cfg", help="CFG presets: run the prompt and "
         "negative-prompt passes as one batched DiT call (exact, default). --no-batch-cfg: two calls, half the "
         "activation memory.", panel=_MEM)] = True

@@ -115,11 +115,14 @@ def demo_checkpoint_root() -> tuple[Path, bool]:
     of a known shape). Otherwise the shipped trained toy bundle (a cartoon person who speaks, trained by
     ``magihuman toy train``), or the random bundle when this install ships none.
     """
-    if not os.environ.get("MAGIHUMAN_DEMO_DIR"):
-        trained = toy_bundle()
-        if trained is not None:
-            return trained, True
-    return ensure_demo_bundle(), False
+    trained = demo_is_trained()
+    return (TOY_BUNDLE, True) if trained else (ensure_demo_bundle(), False)
+
+
+def demo_is_trained() -> bool:
+    """Whether ``--demo`` runs the shipped trained toy bundle (:func:`demo_checkpoint_root`); its transformers were
+    trained in float32, so the CLI runs their block linears in float32 (``RuntimeOptions.fp32``)."""
+    return not os.environ.get("MAGIHUMAN_DEMO_DIR") and toy_bundle() is not None
 
 
 def ensure_demo_bundle(root: str | Path | None = None) -> Path:

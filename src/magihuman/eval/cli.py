@@ -66,6 +66,8 @@ def run(
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Override the preset sampler's step count "
                                               "(e.g. base with 8 steps, to compare with the 8-step student).")] = None,
     lora: Annotated[list[str] | None, typer.Option("--lora", help="LoRA adapter FILE[:SCALE] (repeat).")] = None,
+    fp32: Annotated[bool, typer.Option("--fp32", metavar="", help="DiT block linears in float32 (models trained in "
+                                       "float32, e.g. the toy world's; on by default for a trained --demo).")] = False,
 ) -> None:
     """Generate every prompt of a set with one pipeline, score the clips, write the report."""
     from magihuman.eval.prompt_set import read_prompt_set
@@ -78,14 +80,16 @@ def run(
     folder = _checked_out(out, overwrite)
     transcriber, face = _scorers(entries, asr_model, no_asr, face_mesh)
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
+    from magihuman.runtime.options import RuntimeOptions
 
     if demo:
         from magihuman.demo.bundle import demo_checkpoint_root
 
-        root = demo_checkpoint_root()[0]
+        root, trained = demo_checkpoint_root()
+        fp32 = fp32 or trained
     else:
         root = checkpoint_root.expanduser()
-    pipe = MagiHumanPipeline.from_official(root, preset=preset, device=device)
+    pipe = MagiHumanPipeline.from_official(root, preset=preset, device=device, runtime=RuntimeOptions(fp32=fp32))
     if steps is not None:
         import dataclasses
 
@@ -100,7 +104,7 @@ def run(
     scores = run_prompt_set(entries, pipe, folder, transcriber=transcriber, face=face, defaults=defaults,
                             overwrite=overwrite, log=lambda line: typer.echo(line, err=True))
     settings = {"command": "run", "prompts": str(prompts), "checkpoint_root": "demo" if demo else str(root),
-                "preset": preset, "device": device, "steps": steps, "lora": list(lora or ()), **defaults}
+                "preset": preset, "device": device, "steps": steps, "lora": list(lora or ()), "fp32": fp32, **defaults}
     _finish(folder, scores, settings)
 
 

@@ -36,13 +36,16 @@ class RuntimeOptions:
         fp8_gemm: with ``fp8``, run the eligible block linears as FP8 tensor-core GEMMs on GPUs of
             compute capability >= 8.9 (``--fp8-gemm``; experimental, see
             :func:`~magihuman.runtime.fp8.enable_fp8_weights`).
+        fp32: run the DiT block linears in float32 instead of the reference's bf16 (``--fp32``): for CPUs
+            without fast bf16 GEMMs (AVX2-only CPUs emulate them) and for models trained in float32, such as the
+            toy world's (docs/toy_world.md). Not bit-equal to the reference.
         batch_cfg: CFG presets run the conditional and the negative-prompt pass as one batched call
             (exact: :func:`~magihuman.sampling.loop.denoise`); False (``--no-batch-cfg``) runs two calls and
             needs half the activation memory.
 
     Raises:
         ValueError: for an unknown offload mode, a non-positive group size, ``shard`` together with
-            ``offload=("blocks",)``, or ``fp8_gemm`` without ``fp8``.
+            ``offload=("blocks",)``, ``fp8_gemm`` without ``fp8``, or ``fp32`` with ``fp8``.
     """
 
     fp8: bool = False
@@ -54,6 +57,7 @@ class RuntimeOptions:
     decode_tile: int | None = None
     fp8_gemm: bool = False
     batch_cfg: bool = True
+    fp32: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.offload) - set(OFFLOAD_MODES))
@@ -65,8 +69,10 @@ class RuntimeOptions:
             raise ValueError("--shard and --offload blocks both place the DiT weights; pick one")
         if self.fp8_gemm and not self.fp8:
             raise ValueError("fp8_gemm computes with the FP8 weights; set fp8=True too (--fp8-gemm implies --fp8)")
+        if self.fp32 and self.fp8:
+            raise ValueError("--fp32 and --fp8 both set the DiT block linears' precision; pick one")
 
     @property
     def loads_on_host(self) -> bool:
         """Whether the DiTs are loaded into host memory first (then converted and placed)."""
-        return self.fp8 or self.shard or bool(self.offload)
+        return self.fp8 or self.fp32 or self.shard or bool(self.offload)

@@ -30,7 +30,8 @@ def place_transformer(model: nn.Module, runtime: RuntimeOptions, device: torch.d
     1. FP8 weights (``runtime.fp8``, :func:`~magihuman.runtime.fp8.enable_fp8_weights`): first,
        while every weight is an ordinary tensor in host memory. It replaces the block linears, so
        streaming and FSDP2 must see the FP8 layers, not the bf16 ones (both refuse to be followed
-       by it), and the converted model is half the size to move.
+       by it), and the converted model is half the size to move. Or float32 block linears
+       (``runtime.fp32``), at the same point for the same reason.
     2. Attention kernel (``runtime.attention``,
        :func:`~magihuman.model.attention.resolve_attention_backend`): before compiling, so that the
        compiled layers trace the chosen kernel. A DiT with local-window layers on CUDA runs
@@ -60,6 +61,10 @@ def place_transformer(model: nn.Module, runtime: RuntimeOptions, device: torch.d
     """
     if runtime.fp8:
         enable_fp8_weights(model, scaled_gemm=runtime.fp8_gemm)
+    if runtime.fp32:
+        for name, param in model.named_parameters():
+            if model.is_block_linear(name):
+                param.data = param.data.float()
     name = resolve_attention_backend(runtime.attention, device,
                                      local_window_layers=bool(model.config.local_attn_layers))
     model.set_attention_backend(name)
