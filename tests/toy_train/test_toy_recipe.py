@@ -141,3 +141,20 @@ def test_toy_transformer_init_opens_the_attention_logit_range():
     for key in state:
         if "norm" not in key:
             assert torch.equal(state[key], plain[key]) and state[key].dtype == plain[key].dtype, key
+
+
+def test_toy_tokenizer_keeps_each_attribute_phrase_as_one_token():
+    from magihuman.demo.random_codecs import _build_demo_tokenizer
+    from magihuman.toy.clip import make_clip
+    from magihuman.train.toy_recipe import toy_vocabulary
+
+    tokenizer = _build_demo_tokenizer(1536, toy_vocabulary())
+    for seed in range(4):
+        a = make_clip(seed).attributes
+        tokens = tokenizer.convert_ids_to_tokens(tokenizer(make_clip(seed).caption)["input_ids"])
+        for phrase in (f"{a.hair} hair", f"{a.shirt} shirt", f"{a.wall} wall", f"{a.voice} voice"):
+            assert "\u2581" + phrase.replace(" ", "\u2581") in tokens, phrase
+    swapped = tokenizer("pink hair, black shirt")["input_ids"], tokenizer("black hair, pink shirt")["input_ids"]
+    assert sorted(swapped[0]) != sorted(swapped[1])  # the bag of tokens says which part has which colour
+    plain = _build_demo_tokenizer(1536, ["zebra", "quux zebra"])  # "quux" has no token: the phrase stays split
+    assert "\u2581quux\u2581zebra" not in plain.get_vocab() and "\u2581zebra" in plain.get_vocab()

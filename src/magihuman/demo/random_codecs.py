@@ -101,7 +101,7 @@ def _build_demo_tokenizer(vocab_size: int, extra_words: Sequence[str] = ()):
     merges: list[tuple[str, str]] = []
     # The words of the default negative prompt come next, so the demo negative prompt stays short.
     words = list(dict.fromkeys(_DEMO_CORPUS.split() + DEFAULT_NEGATIVE_PROMPT.replace(",", " ").split()
-                               + list(extra_words)))
+                               + [w for w in extra_words if " " not in w]))
     for word in words:
         piece = "\u2581"
         for char in word:
@@ -111,6 +111,14 @@ def _build_demo_tokenizer(vocab_size: int, extra_words: Sequence[str] = ()):
                 vocab[piece + char] = len(vocab)
                 merges.append((piece, char))
             piece = piece + char
+    for phrase in (w for w in extra_words if " " in w):  # one token for the whole phrase, merged from its words
+        piece = ""
+        for part in phrase.split():
+            right = "\u2581" + part
+            if piece in vocab and len(vocab) < vocab_size and right in vocab and piece + right not in vocab:
+                vocab[piece + right] = len(vocab)
+                merges.append((piece, right))
+            piece = piece + right
     unused = 0
     while len(vocab) < vocab_size:
         vocab[f"<unused{unused}>"] = len(vocab)
@@ -160,7 +168,9 @@ def save_random_text_encoder(
             the default negative prompt is about 225 tokens), then ``<unusedN>`` fillers.
         seed: Seed of the weight generator.
         extra_words: Words that get their own merge chain after the built-in corpus (a world's
-            vocabulary, e.g. the toy world's colours and numbers), room permitting.
+            vocabulary, e.g. the toy world's colours and numbers), room permitting. An entry with spaces is a
+            phrase: after every single word, it gets merges joining its words' tokens into one token (a
+            phrase whose words have no token of their own stays several tokens).
 
     Returns:
         ``Path(folder)``.

@@ -126,13 +126,22 @@ def _stage_dataset(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) ->
 
 
 def toy_vocabulary() -> list[str]:
-    """Every word the toy captions use that the tokenizer should keep whole (colours, numbers, parts)."""
+    """Every word the toy captions use that the tokenizer should keep whole (colours, numbers, parts), then the
+    attribute phrases ("pink hair", "high voice") that become one token each.
+
+    The transformer sees text without positions (architecture.md §3.3: the text is not rotated) and relies on the
+    encoder for context; a small random encoder gives almost none (changing one colour word changes the other
+    tokens' states by about 3 %), so "pink hair, black shirt" and "black hair, pink shirt" would be the same bag
+    of words. One token per attribute phrase makes the bag say which part has which colour.
+    """
     from magihuman.toy.attributes import GENDERS, VOICES, WORDS
     from magihuman.toy.palette import HAIR_COLOURS, HELD_OUT_SHIRT_COLOURS, SHIRT_COLOURS, WALL_COLOURS
 
     words = [*HAIR_COLOURS, *SHIRT_COLOURS, *HELD_OUT_SHIRT_COLOURS, *WALL_COLOURS, *WORDS, *VOICES, *GENDERS,
              "hair", "shirt", "wall", "Dialogue", "Background", "Sound", "pitched", "voice"]
-    return list(dict.fromkeys(words))
+    phrases = [*(f"{c} hair" for c in HAIR_COLOURS), *(f"{c} shirt" for c in (*SHIRT_COLOURS, *HELD_OUT_SHIRT_COLOURS)),
+               *(f"{c} wall" for c in WALL_COLOURS), *(f"{v} voice" for v in VOICES)]
+    return list(dict.fromkeys(words + phrases))
 
 
 def _stage_text_encoder(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
