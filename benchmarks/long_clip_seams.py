@@ -44,8 +44,7 @@ def _windowed(pipe, caption: str, seconds: float, window: float, seed: int, out:
 def _extend(pipe, caption: str, source: Path, seconds: float, window: float, seed: int, out: Path) -> dict:
     clip = pipe.extend(source, caption, seconds=seconds, width=SIZE, height=SIZE, seed=seed, window_seconds=window)
     clip.save(out / "extended.mp4", overwrite=True)
-    given = int(round(_frames_of(source)))
-    report = seam_report(clip.frames, clip.audio, clip.sample_rate, [given]).to_dict()
+    report = seam_report(clip.frames, clip.audio, clip.sample_rate, [_frames_of(source)]).to_dict()
     return {"seconds": clip.frames.shape[0] / clip.fps, **report}
 
 

@@ -116,8 +116,10 @@ def seam_report(frames: np.ndarray, audio: np.ndarray, sample_rate: int, seams: 
     loudness = frame_loudness(mono, count, fps=fps, sample_rate=sample_rate)
     threshold = 0.1 * float(np.percentile(loudness, 90)) if loudness.size else 0.0
     runs = _silent_runs(loudness, threshold)
-    seam_pause = [next(((b - a) / fps for a, b in runs if a < s <= b or a <= s - 1 < b), 0.0) for s in seams]
-    crossing = {r for r in runs for s in seams if r[0] < s <= r[1]}
+    # the silent run holding frame s - 1, the last before each seam (runs are disjoint: at most one)
+    at_seam = [next((r for r in runs if r[0] < s <= r[1]), None) for s in seams]
+    seam_pause = [(r[1] - r[0]) / fps if r else 0.0 for r in at_seam]
+    crossing = {r for r in at_seam if r}
     inside_pauses = [(b - a) / fps for a, b in runs if (a, b) not in crossing and a > 0 and b < count]
     longest = max(inside_pauses, default=0.0)
 

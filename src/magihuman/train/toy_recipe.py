@@ -157,6 +157,14 @@ def _clip(recipe: ToyRecipe, stream: int, step: int, index: int):
     return make_clip((recipe.seed, 1000 + stream, step, index))
 
 
+def _reconstruct(work: Path, name: str, model: torch.nn.Module, loss_fn, steps: int,
+                 log: Callable[[str], None]) -> int:
+    """Train a codec stage with :class:`ReconstructionRun` in ``WORK/runs/<name>`` (AdamW 1e-3, a checkpoint
+    every 50 steps, resuming); returns the steps done."""
+    run = ReconstructionRun(model, work / "runs" / name, loss_fn, steps, learning_rate=1e-3, checkpoint_every=50)
+    return run.train(progress=_progress(log, name, steps))
+
+
 def _video_crop(recipe: ToyRecipe, step: int, index: int) -> torch.Tensor:
     """``[3, F, P, P]`` float32 in [-1, 1]: a random crop of a freshly rendered clip."""
     frames, size = recipe.video_crop
@@ -181,9 +189,7 @@ def _stage_video_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) 
         pixels = torch.stack([_video_crop(recipe, step, j) for j in range(recipe.video_vae_batch)])
         return video_vae_loss(model, pixels, torch.Generator().manual_seed(derive_seed(recipe.seed, 12, step)))
 
-    run = ReconstructionRun(model, work / "runs" / "video_vae", loss_fn, recipe.video_vae_steps,
-                            learning_rate=1e-3, checkpoint_every=50)
-    run.train(progress=_progress(log, "video_vae", recipe.video_vae_steps))
+    _reconstruct(work, "video_vae", model, loss_fn, recipe.video_vae_steps, log)
     save_wan22_vae(model, work / "bundle" / ROOT_LAYOUT["video_vae"])
 
 
@@ -213,9 +219,7 @@ def _stage_audio_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) 
         wave = torch.stack([_audio_crop(recipe, step, j) for j in range(recipe.audio_vae_batch)])
         return audio_vae_loss(model, wave, torch.Generator().manual_seed(derive_seed(recipe.seed, 22, step)))
 
-    run = ReconstructionRun(model, work / "runs" / "audio_vae", loss_fn, recipe.audio_vae_steps,
-                            learning_rate=1e-3, checkpoint_every=50)
-    run.train(progress=_progress(log, "audio_vae", recipe.audio_vae_steps))
+    _reconstruct(work, "audio_vae", model, loss_fn, recipe.audio_vae_steps, log)
     save_audio_vae(model, config, work / "bundle" / ROOT_LAYOUT["audio_vae"])
 
 
@@ -269,9 +273,7 @@ def _stage_turbo_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) 
         window, target, first = _turbo_window(pool, recipe, step)
         return turbo_decoder_loss(decoder, window, target, is_first_chunk=first)
 
-    run = ReconstructionRun(decoder, work / "runs" / "turbo_vae", loss_fn, recipe.turbo_steps,
-                            learning_rate=1e-3, checkpoint_every=50)
-    done = run.train(progress=_progress(log, "turbo_vae", recipe.turbo_steps))
+    done = _reconstruct(work, "turbo_vae", decoder, loss_fn, recipe.turbo_steps, log)
     save_turbo_decoder(decoder, work / "bundle" / ROOT_LAYOUT["turbo_vae"], global_step=done)
 
 
