@@ -158,3 +158,47 @@ def test_toy_tokenizer_keeps_each_attribute_phrase_as_one_token():
     assert sorted(swapped[0]) != sorted(swapped[1])  # the bag of tokens says which part has which colour
     plain = _build_demo_tokenizer(1536, ["zebra", "quux zebra"])  # "quux" has no token: the phrase stays split
     assert "\u2581quux\u2581zebra" not in plain.get_vocab() and "\u2581zebra" in plain.get_vocab()
+
+
+def test_toy_captions_are_short_and_every_caption_word_is_one_token():
+    """The caption's attribute tokens are few among all its tokens (docs/toy_world.md, why the captions are short):
+    every word, including the quoted words and each line's first word, is one token and a caption is under 70."""
+    from magihuman.demo.random_codecs import _build_demo_tokenizer
+    from magihuman.toy.clip import make_clip
+    from magihuman.train.toy_recipe import toy_bare_words, toy_vocabulary
+
+    tokenizer = _build_demo_tokenizer(1536, toy_vocabulary(), toy_bare_words())
+    for seed in range(6):
+        clip = make_clip(seed)
+        tokens = tokenizer.convert_ids_to_tokens(tokenizer(clip.caption)["input_ids"])
+        assert len(tokens) < 70, (len(tokens), clip.caption)
+        for word in clip.attributes.words:  # in the sentence (after a quote or a space) and on the Dialogue line
+            assert word in tokens or "\u2581" + word in tokens, (word, tokens)
+        letters = {t for t in tokens if len(t.strip("\u2581")) == 1 and t.strip("\u2581").isalpha()}
+        assert letters <= {"A", "\u2581a"}, letters  # no word falls apart into letters ("a" is the article)
+    without = _build_demo_tokenizer(1536, toy_vocabulary())
+    clip = make_clip(0)
+    assert len(without(clip.caption)["input_ids"]) > len(tokenizer(clip.caption)["input_ids"]) + 10
+
+
+def test_short_captions_keep_the_clips_of_the_long_caption_datasets():
+    """make_caption still makes the draws the mood, delivery and camera sentences used to make, so a seed gives the
+    same speech and blinks as in the datasets (and latent caches) made before the captions were shortened. The
+    blink starts below were read from clips made by the long-caption code (commit 4697d03); without the retired
+    draws they move."""
+    import numpy as np
+
+    from magihuman.toy import captions
+    from magihuman.toy.clip import make_clip
+
+    def blink_starts(seed: int) -> list[int]:
+        return np.flatnonzero(np.diff(np.r_[1, make_clip(seed).eyes_open.astype(int)]) == -1).tolist()
+
+    long_caption_blinks = [[16, 43], [6, 43], [19], [6, 32], [5, 29], [8, 34], [17], [19]]
+    assert [blink_starts(s) for s in range(8)] == long_caption_blinks
+    saved = captions._RETIRED_CHOICES
+    try:
+        captions._RETIRED_CHOICES = ()
+        assert [blink_starts(s) for s in range(8)] != long_caption_blinks
+    finally:
+        captions._RETIRED_CHOICES = saved

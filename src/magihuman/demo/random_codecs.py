@@ -80,7 +80,7 @@ _N_SPECIAL = 5  # <pad> <eos> <bos> <unk> <mask>
 _MIN_VOCAB = _N_SPECIAL + 256 + 1 + 94  # specials, byte fallback, "▁", printable ASCII
 
 
-def _build_demo_tokenizer(vocab_size: int, extra_words: Sequence[str] = ()):
+def _build_demo_tokenizer(vocab_size: int, extra_words: Sequence[str] = (), bare_words: Sequence[str] = ()):
     """Deterministic Gemma-style BPE tokenizer with byte fallback, built without downloads.
 
     Ids: ``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3, ``<mask>`` 4, then ``<0x00>``..``<0xFF>``,
@@ -102,8 +102,8 @@ def _build_demo_tokenizer(vocab_size: int, extra_words: Sequence[str] = ()):
     # The words of the default negative prompt come next, so the demo negative prompt stays short.
     words = list(dict.fromkeys(_DEMO_CORPUS.split() + DEFAULT_NEGATIVE_PROMPT.replace(",", " ").split()
                                + [w for w in extra_words if " " not in w]))
-    for word in words:
-        piece = "\u2581"
+    chains = [("\u2581", word) for word in words] + [("", word) for word in dict.fromkeys(bare_words)]
+    for piece, word in chains:
         for char in word:
             if len(vocab) >= vocab_size:
                 break
@@ -138,6 +138,7 @@ def save_random_text_encoder(
     vocab_size: int = 1280,
     seed: int = 0,
     extra_words: Sequence[str] = (),
+    bare_words: Sequence[str] = (),
 ) -> Path:
     """Write a tiny random T5Gemma seq2seq checkpoint in the official layout; return ``folder``.
 
@@ -171,6 +172,8 @@ def save_random_text_encoder(
             vocabulary, e.g. the toy world's colours and numbers), room permitting. An entry with spaces is a
             phrase: after every single word, it gets merges joining its words' tokens into one token (a
             phrase whose words have no token of their own stays several tokens).
+        bare_words: Words that also get a merge chain without the word-start mark ``▁``: the form a word takes
+            at the start of a line or right after a quote (``"one`` or ``Dialogue:``).
 
     Returns:
         ``Path(folder)``.
@@ -198,7 +201,7 @@ def save_random_text_encoder(
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     with quiet_transformers():
         config.save_pretrained(folder)
-        _build_demo_tokenizer(vocab_size, extra_words).save_pretrained(folder)
+        _build_demo_tokenizer(vocab_size, extra_words, bare_words).save_pretrained(folder)
     return folder
 
 

@@ -1,11 +1,11 @@
 """Captions of toy clips in the model's prompt structure, and the parser that reads them back.
 
-A caption has three paragraphs, as the prompts the model was trained on (architecture.md §13.4): a
-clinical description of the person, the setting, the delivery of the quoted line and a static camera;
-``Dialogue:`` with one line ``<speaker, language>: "words"``; ``Background Sound:`` with the fixed
-no-sound text. The wording varies with the seed among a few equivalent sentences so that a model learns
-the attributes rather than one template. :func:`parse_caption` finds the attributes again in any caption
-of that shape (the prompt-adherence metric compares a clip against them).
+A caption has three paragraphs, as the prompts the model was trained on (architecture.md §13.4): one
+sentence with the person, the wall and the quoted line with its voice; ``Dialogue:`` with one line
+``<speaker, language>: "words"``; ``Background Sound:`` with the fixed no-sound text. The sentence's
+word order varies with the seed so that a model learns the attributes rather than one template.
+:func:`parse_caption` finds the attributes again in any caption of that shape (the prompt-adherence metric
+compares a clip against them).
 """
 
 from __future__ import annotations
@@ -21,49 +21,37 @@ __all__ = ["NO_BACKGROUND_SOUND", "make_caption", "parse_caption"]
 
 NO_BACKGROUND_SOUND = "<No prominent background sound>"
 
-_OPENINGS = (
-    "A flat cartoon {gender} with {hair} hair and {skin} skin, wearing {a_shirt} shirt, faces the camera in "
-    "front of {a_wall} wall.",
-    "In front of {a_wall} wall, a flat cartoon {gender} with {hair} hair and {skin} skin, wearing {a_shirt} "
-    "shirt, looks straight at the camera.",
+#: One sentence states every attribute. It is kept short on purpose: the transformer finds a caption's colour
+#: words by attention among all text tokens, and in a ~250-token caption (the first recipe, with mood, delivery
+#: and camera sentences) the toy model never learned to find them, while with ~60 tokens it does
+#: (docs/toy_world.md, "Why the captions are short").
+_SENTENCES = (
+    "A cartoon {gender} with {hair} hair and {skin} skin, wearing {a_shirt} shirt, in front of {a_wall} wall "
+    "says \"{line}\" in a {voice} voice.",
+    "In front of {a_wall} wall, a cartoon {gender} with {hair} hair and {skin} skin, wearing {a_shirt} shirt, "
+    "says \"{line}\" in a {voice} voice.",
 )
-_MOODS = (
-    "The overall emotional state is calm and attentive.",
-    "The expression is neutral and composed, with a steady gaze.",
-    "The mood is relaxed and matter-of-fact.",
-)
-_DELIVERY = (
-    "{pronoun} keeps the head and shoulders still, blinks now and then, and says, \"{line}\" in a {voice} "
-    "voice, {pacing}.",
-    "Holding the head level and the torso motionless, {pronoun_l} says, \"{line}\" in a {voice} voice, "
-    "{pacing}, and the eyes blink occasionally.",
-)
-_PACING = {
-    False: "one short syllable; the mouth opens for the word and closes after it",
-    True: "one word at a time with short pauses; the mouth opens on each word and closes in every pause",
-}
-_CAMERA = (
-    "The camera holds a static frontal medium close-up with flat, even lighting and no shadows; the wall "
-    "stays uniform and motionless.",
-    "A static, frontal medium close-up frames the head and shoulders under flat, even light; nothing in the "
-    "background moves.",
-)
+
+#: Sizes of the wording choices that earlier, longer captions drew after the first (mood, delivery, camera); the
+#: draws are still made so that a seed gives the same speech and blinks as before the captions were shortened.
+_RETIRED_CHOICES = (3, 2, 2)
 
 
 def make_caption(attributes: ToyAttributes, rng: np.random.Generator) -> str:
     """The caption of a clip with ``attributes`` (wording chosen by ``rng``).
 
     Returns:
-        Three paragraphs separated by blank lines: description, ``Dialogue:``, ``Background Sound:``.
+        Three paragraphs separated by blank lines: description, ``Dialogue:``, ``Background Sound:``. About 60
+        tokens with the toy tokenizer (the attribute phrases are one token each).
     """
-    pronoun = "She" if attributes.gender == "woman" else "He"
     fields = dict(gender=attributes.gender, hair=attributes.hair, skin=attributes.skin,
                   a_shirt=_with_article(attributes.shirt), a_wall=_with_article(f"plain {attributes.wall}"),
-                  voice=attributes.voice, line=attributes.dialogue, pronoun=pronoun, pronoun_l=pronoun.lower(),
-                  pacing=_PACING[len(attributes.words) > 1])
-    parts = [str(rng.choice(options)).format(**fields) for options in (_OPENINGS, _MOODS, _DELIVERY, _CAMERA)]
+                  voice=attributes.voice, line=attributes.dialogue)
+    sentence = str(rng.choice(_SENTENCES)).format(**fields)
+    for count in _RETIRED_CHOICES:  # keep the draws after the caption (speech, blinks) those of earlier datasets
+        rng.choice(count)
     speaker = f"{attributes.gender.capitalize()} in {attributes.shirt} shirt, English"
-    return (" ".join(parts) + f"\n\nDialogue:\n<{speaker}>: \"{attributes.dialogue}\"\n\n"
+    return (sentence + f"\n\nDialogue:\n<{speaker}>: \"{attributes.dialogue}\"\n\n"
             f"Background Sound:\n{NO_BACKGROUND_SOUND}")
 
 

@@ -135,20 +135,32 @@ def toy_vocabulary() -> list[str]:
     of words. One token per attribute phrase makes the bag say which part has which colour.
     """
     from magihuman.toy.attributes import GENDERS, VOICES, WORDS
-    from magihuman.toy.palette import HAIR_COLOURS, HELD_OUT_SHIRT_COLOURS, SHIRT_COLOURS, WALL_COLOURS
+    from magihuman.toy.palette import HAIR_COLOURS, HELD_OUT_SHIRT_COLOURS, SHIRT_COLOURS, SKIN_TONES, WALL_COLOURS
 
     words = [*HAIR_COLOURS, *SHIRT_COLOURS, *HELD_OUT_SHIRT_COLOURS, *WALL_COLOURS, *WORDS, *VOICES, *GENDERS,
-             "hair", "shirt", "wall", "Dialogue", "Background", "Sound", "pitched", "voice"]
+             *SKIN_TONES, "hair", "shirt", "wall", "skin", "Dialogue", "Background", "Sound", "pitched", "voice",
+             "cartoon", "plain", "front", "wearing", "says", "English", "prominent"]
     phrases = [*(f"{c} hair" for c in HAIR_COLOURS), *(f"{c} shirt" for c in (*SHIRT_COLOURS, *HELD_OUT_SHIRT_COLOURS)),
-               *(f"{c} wall" for c in WALL_COLOURS), *(f"{v} voice" for v in VOICES)]
+               *(f"{c} wall" for c in WALL_COLOURS), *(f"{t} skin" for t in SKIN_TONES),
+               *(f"{v} voice" for v in VOICES)]
     return list(dict.fromkeys(words + phrases))
+
+
+def toy_bare_words() -> list[str]:
+    """Caption words that also appear without a space before them (the quoted words, a line's first word), so
+    the tokenizer keeps them whole there too (``bare_words`` of
+    :func:`~magihuman.demo.random_codecs.save_random_text_encoder`)."""
+    from magihuman.toy.attributes import GENDERS, WORDS
+
+    return [*WORDS, *(g.capitalize() for g in GENDERS), "In", "Dialogue", "Background", "English", "No"]
 
 
 def _stage_text_encoder(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
     from magihuman.demo.random_codecs import save_random_text_encoder
 
     save_random_text_encoder(work / "bundle" / ROOT_LAYOUT["text_encoder"], hidden_size=recipe.text_hidden,
-                             seed=recipe.seed + 2, vocab_size=1536, extra_words=toy_vocabulary())
+                             seed=recipe.seed + 2, vocab_size=1536, extra_words=toy_vocabulary(),
+                             bare_words=toy_bare_words())
 
 
 def _clip(recipe: ToyRecipe, stream: int, step: int, index: int):
