@@ -202,3 +202,18 @@ def test_short_captions_keep_the_clips_of_the_long_caption_datasets():
         assert [blink_starts(s) for s in range(8)] != long_caption_blinks
     finally:
         captions._RETIRED_CHOICES = saved
+
+
+def test_video_vae_crops_become_whole_length_from_video_long_from():
+    """Short crops teach appearance cheaply; from ``video_long_from`` the crops span the whole clip, so the causal
+    VAE also learns to carry its cache over all 13 latent frames (a VAE trained on 9-frame crops drifted)."""
+    from magihuman.toy.clip import NUM_FRAMES
+    from magihuman.train.toy_recipe import ToyRecipe, _video_crop
+
+    recipe = ToyRecipe()
+    assert recipe.video_long_from < recipe.video_vae_steps
+    short = _video_crop(recipe, recipe.video_long_from - 1, 0)
+    long = _video_crop(recipe, recipe.video_long_from, 0)
+    assert short.shape == (3, *recipe.video_crop[:1], recipe.video_crop[1], recipe.video_crop[1])
+    assert long.shape == (3, NUM_FRAMES, recipe.video_long_crop[1], recipe.video_long_crop[1])
+    assert recipe.video_long_crop[0] == NUM_FRAMES and -1.0 <= float(long.min()) <= float(long.max()) <= 1.0

@@ -79,9 +79,11 @@ class ToyRecipe:
     held_out: int = 100
     text_hidden: int = 32
     video_vae_width: int = 8
-    video_vae_steps: int = 3500
+    video_vae_steps: int = 4500
     video_vae_batch: int = 2
     video_crop: tuple[int, int] = (9, 64)  # frames (1 + 4k), pixels (multiple of 16)
+    video_long_from: int = 3500  # from this step on, whole-length crops (video_long_crop)
+    video_long_crop: tuple[int, int] = (49, 32)
     audio_vae_width: int = 8
     audio_vae_steps: int = 3000
     audio_vae_batch: int = 2
@@ -107,7 +109,8 @@ class ToyRecipe:
     @classmethod
     def quick(cls) -> ToyRecipe:
         """Tiny budgets that run every stage in about a minute (tests, smoke runs)."""
-        return cls(clips=6, held_out=4, video_vae_steps=2, video_crop=(5, 32), audio_vae_steps=2,
+        return cls(clips=6, held_out=4, video_vae_steps=2, video_crop=(5, 32), video_long_from=1,
+                   video_long_crop=(9, 16), audio_vae_steps=2,
                    turbo_steps=2, turbo_pool=2, base_steps=4, base_batch=2, distill_steps=1, lora_clips=2, lora_steps=2)
 
 
@@ -178,8 +181,14 @@ def _reconstruct(work: Path, name: str, model: torch.nn.Module, loss_fn, steps: 
 
 
 def _video_crop(recipe: ToyRecipe, step: int, index: int) -> torch.Tensor:
-    """``[3, F, P, P]`` float32 in [-1, 1]: a random crop of a freshly rendered clip."""
-    frames, size = recipe.video_crop
+    """``[3, F, P, P]`` float32 in [-1, 1]: a random crop of a freshly rendered clip.
+
+    Short crops (``video_crop``) until step ``video_long_from``, then crops of the whole clip's length
+    (``video_long_crop``, smaller in space): the causal VAE carries a cache from chunk to chunk, and one trained
+    only on 9-frame crops (3 latent frames) drifts after them. On whole 49-frame clips its encoder's later
+    latents decoded to the wrong colours (a hair or wall colour changed after about 12 frames in 3 of 4 clips,
+    docs/toy_world.md), and the transformer learns whatever the encoder gives it."""
+    frames, size = recipe.video_long_crop if step >= recipe.video_long_from else recipe.video_crop
     clip = _clip(recipe, 1, step, index)
     rng = np.random.default_rng(derive_seed(recipe.seed, 11, step, index))
     total, height, width = clip.frames.shape[:3]
