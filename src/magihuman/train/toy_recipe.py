@@ -89,7 +89,7 @@ class ToyRecipe:
     audio_vae_batch: int = 2
     audio_crop_latents: int = 12
     turbo_channels: tuple[int, int, int, int] = (8, 8, 16, 16)
-    turbo_steps: int = 1500
+    turbo_steps: int = 2000
     turbo_pool: int = 64
     turbo_crop: int = 4  # latent pixels (x16 image pixels); 0: whole frames
     turbo_window: int = 4  # most latent frames per training window
