@@ -50,10 +50,7 @@ def main() -> None:
     def caption_of(text: str) -> str:
         if args.captions == "cache":
             return text
-        a = parse_caption(text)
-        attributes = ToyAttributes(a["gender"], a["hair"], a["shirt"], a["wall"], a["skin"], a["voice"],
-                                   tuple(a["words"]))
-        return make_caption(attributes, np.random.default_rng(len(text)))
+        return make_caption(ToyAttributes.from_dict(parse_caption(text)), np.random.default_rng(len(text)))
 
     def encode(text: str) -> torch.Tensor:
         return encoder.encode(text)[0].squeeze(0).float()

@@ -22,9 +22,8 @@ __all__ = ["NO_BACKGROUND_SOUND", "make_caption", "parse_caption"]
 NO_BACKGROUND_SOUND = "<No prominent background sound>"
 
 #: One sentence states every attribute. It is kept short on purpose: the transformer finds a caption's colour
-#: words by attention among all text tokens, and in a ~250-token caption (the first recipe, with mood, delivery
-#: and camera sentences) the toy model never learned to find them, while with ~60 tokens it does
-#: (docs/toy_world.md, "Why the captions are short").
+#: words by attention among all text tokens, and among the many tokens of the first recipe's mood, delivery and
+#: camera sentences the toy model never learned to find them (docs/toy_world.md, "Why the captions are short").
 _SENTENCES = (
     "A cartoon {gender} with {hair} hair and {skin} skin, wearing {a_shirt} shirt, in front of {a_wall} wall "
     "says \"{line}\" in a {voice} voice.",
@@ -41,8 +40,8 @@ def make_caption(attributes: ToyAttributes, rng: np.random.Generator) -> str:
     """The caption of a clip with ``attributes`` (wording chosen by ``rng``).
 
     Returns:
-        Three paragraphs separated by blank lines: description, ``Dialogue:``, ``Background Sound:``. About 60
-        tokens with the toy tokenizer (the attribute phrases are one token each).
+        Three paragraphs separated by blank lines: description, ``Dialogue:``, ``Background Sound:``; with the toy
+        tokenizer every word and attribute phrase is one token.
     """
     fields = dict(gender=attributes.gender, hair=attributes.hair, skin=attributes.skin,
                   a_shirt=_with_article(attributes.shirt), a_wall=_with_article(f"plain {attributes.wall}"),

@@ -133,9 +133,9 @@ def toy_vocabulary() -> list[str]:
     attribute phrases ("pink hair", "high voice") that become one token each.
 
     The transformer sees text without positions (architecture.md §3.3: the text is not rotated) and relies on the
-    encoder for context; a small random encoder gives almost none (changing one colour word changes the other
-    tokens' states by about 3 %), so "pink hair, black shirt" and "black hair, pink shirt" would be the same bag
-    of words. One token per attribute phrase makes the bag say which part has which colour.
+    encoder for context; a small random encoder gives almost none (docs/benchmarks.md, "text encoder check"),
+    so "pink hair, black shirt" and "black hair, pink shirt" would be the same bag of words. One token per
+    attribute phrase makes the bag say which part has which colour.
     """
     from magihuman.toy.attributes import GENDERS, VOICES, WORDS
     from magihuman.toy.palette import HAIR_COLOURS, HELD_OUT_SHIRT_COLOURS, SHIRT_COLOURS, SKIN_TONES, WALL_COLOURS
@@ -185,9 +185,9 @@ def _video_crop(recipe: ToyRecipe, step: int, index: int) -> torch.Tensor:
 
     Short crops (``video_crop``) until step ``video_long_from``, then crops of the whole clip's length
     (``video_long_crop``, smaller in space): the causal VAE carries a cache from chunk to chunk, and one trained
-    only on 9-frame crops (3 latent frames) drifts after them. On whole 49-frame clips its encoder's later
-    latents decoded to the wrong colours (a hair or wall colour changed after about 12 frames in 3 of 4 clips,
-    docs/toy_world.md), and the transformer learns whatever the encoder gives it."""
+    only on 9-frame crops (3 latent frames) drifts after them: on whole clips its encoder's later latents
+    decoded to the wrong colours (docs/toy_world.md, "Whole-length crops for the video VAE"), and the
+    transformer learns whatever the encoder gives it."""
     frames, size = recipe.video_long_crop if step >= recipe.video_long_from else recipe.video_crop
     clip = _clip(recipe, 1, step, index)
     rng = np.random.default_rng(derive_seed(recipe.seed, 11, step, index))
