@@ -13,7 +13,16 @@ from magihuman.toy.attributes import MAX_WORDS, ToyAttributes, sample_attributes
 from magihuman.toy.captions import parse_caption
 from magihuman.toy.clip import NUM_FRAMES, make_clip
 from magihuman.toy.dataset import held_out_clips, write_dataset
-from magihuman.toy.drawing import HEIGHT, MOUTH_REGION, MOUTH_WIDTH, REGIONS, WIDTH, draw_frame, mouth_height
+from magihuman.toy.drawing import (
+    FACE_REGION,
+    HEIGHT,
+    MOUTH_REGION,
+    MOUTH_WIDTH,
+    REGIONS,
+    WIDTH,
+    draw_frame,
+    mouth_height,
+)
 from magihuman.toy.voice import SAMPLE_RATE
 
 
@@ -103,6 +112,13 @@ def test_regions_hold_one_colour_for_every_offset(offset):
         assert (frame[y0:y1, x0:x1] == palette.COLOURS[getattr(attrs, part)]).all(), part
     x0, y0, x1, y1 = MOUTH_REGION
     assert (frame == palette.MOUTH_RGB).all(-1).sum() == (frame[y0:y1, x0:x1] == palette.MOUTH_RGB).all(-1).sum()
+    fx0, fy0, fx1, fy1 = FACE_REGION  # every eye and mouth pixel, open or blinking
+    assert fx0 <= x0 and fy0 <= y0 and fx1 >= x1 and fy1 >= y1
+    for eyes_open in (True, False):
+        frame = draw_frame(attrs, 1.0, eyes_open)
+        for rgb in (palette.MOUTH_RGB, palette.EYE_WHITE_RGB, palette.PUPIL_RGB, palette.EYELID_RGB):
+            whole, inside = ((f == rgb).all(-1).sum() for f in (frame, frame[fy0:fy1, fx0:fx1]))
+            assert whole == inside, (rgb, eyes_open)
 
 
 def test_caption_structure_and_round_trip():

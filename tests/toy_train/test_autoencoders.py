@@ -3,6 +3,7 @@ the official loaders read back unchanged."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import AutoencoderKLWan
 
@@ -20,6 +21,7 @@ from magihuman.train.autoencoders import (
     save_wan22_vae,
     stft_loss,
     video_vae_loss,
+    weighted_l1,
 )
 
 
@@ -110,3 +112,17 @@ def test_reconstruction_run_resumes_bit_for_bit(tmp_path):
         assert torch.equal(a, b)
     rows = (tmp_path / "resumed" / "loss.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows] == ["step", *map(str, range(1, 8))]
+
+
+def test_weighted_l1_counts_each_pixel_its_weight():
+    recon, target = torch.zeros(1, 3, 1, 2, 2), torch.zeros(1, 3, 1, 2, 2)
+    recon[..., 0, 0] = 1.0  # one pixel wrong by 1 in every channel
+    assert float(weighted_l1(recon, target)) == pytest.approx(0.25)
+    weight = torch.ones(1, 1, 1, 2, 2)
+    assert float(weighted_l1(recon, target, weight)) == pytest.approx(0.25)
+    weight[..., 0, 0] = 5.0  # (5 * 1) / (5 + 3)
+    assert float(weighted_l1(recon, target, weight)) == pytest.approx(5 / 8)
+    with pytest.raises(ValueError, match="broadcast"):
+        weighted_l1(recon, target, torch.ones(1, 1, 1, 3, 3))
+    with pytest.raises(ValueError, match="non-negative"):
+        weighted_l1(recon, target, torch.zeros(1, 1, 1, 2, 2))

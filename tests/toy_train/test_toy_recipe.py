@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import magihuman.cli.app as cli
@@ -77,16 +79,33 @@ def test_ship_copies_the_bundle_with_its_record(tmp_path, quick_work, monkeypatc
         assert (dest / folder).is_dir()
     assert not (dest / "cache").exists() and (dest / LORA_FILE).is_file()
     source = quick_work / "bundle" / "distill" / "model.safetensors"
-    assert (dest / "distill" / "model.safetensors").read_bytes() == source.read_bytes()
+    stored, original = load_file(dest / "distill" / "model.safetensors"), load_file(source)
+    assert stored.keys() == original.keys() and marker["storage_dtype"] == "bfloat16"
+    for key, value in original.items():  # matrices stored bf16, vectors (norm gains, RoPE bands) kept float32
+        expected = value.to(torch.bfloat16) if value.dim() >= 2 and value.dtype == torch.float32 else value
+        assert stored[key].dtype == expected.dtype and torch.equal(stored[key], expected), key
+    assert any(v.dtype == torch.bfloat16 for v in stored.values())
+    assert any(v.dtype == torch.float32 for v in stored.values())
+    vae = torch.load(dest / "Wan2.2-TI2V-5B" / "Wan2.2_VAE.pth", weights_only=True)
+    assert {v.dtype for v in vae.values() if v.dim() >= 2} == {torch.bfloat16}
     assert sum(marker["bytes"].values()) == sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()
                                                 and p.name != "TOY_BUNDLE.json")
+    full = runner.invoke(cli.app, ["toy", "ship", str(quick_work), "--dest", str(tmp_path / "fp32"),
+                                   "--dtype", "float32"])
+    assert full.exit_code == 0, full.output
+    assert (tmp_path / "fp32" / "distill" / "model.safetensors").read_bytes() == source.read_bytes()
+    assert sum(marker["bytes"].values()) < sum(json.loads((tmp_path / "fp32" / "TOY_BUNDLE.json").read_text())
+                                               ["bytes"].values())
+    bad = runner.invoke(cli.app, ["toy", "ship", str(quick_work), "--dest", str(tmp_path / "x"), "--dtype", "fp8"])
+    assert bad.exit_code != 0 and "unknown storage dtype" in bad.output and not (tmp_path / "x").exists()
+    shipped = (dest / "distill" / "model.safetensors").read_bytes()
 
     again = runner.invoke(cli.app, ["toy", "ship", str(quick_work), "--dest", str(dest)])
     assert again.exit_code != 0 and "already holds a bundle" in again.output
     (dest / "distill" / "model.safetensors").write_bytes(b"stale")
     replaced = runner.invoke(cli.app, ["toy", "ship", str(quick_work), "--dest", str(dest), "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
-    assert (dest / "distill" / "model.safetensors").read_bytes() == source.read_bytes()
+    assert (dest / "distill" / "model.safetensors").read_bytes() == shipped
     assert not list(tmp_path.glob(".toy_bundle.*"))
 
     monkeypatch.delenv("MAGIHUMAN_DEMO_DIR", raising=False)
@@ -212,8 +231,35 @@ def test_video_vae_crops_become_whole_length_from_video_long_from():
 
     recipe = ToyRecipe()
     assert recipe.video_long_from < recipe.video_vae_steps
-    short = _video_crop(recipe, recipe.video_long_from - 1, 0)
-    long = _video_crop(recipe, recipe.video_long_from, 0)
+    (short, short_weight), (long, long_weight) = (_video_crop(recipe, recipe.video_long_from + k, 0) for k in (-1, 0))
     assert short.shape == (3, *recipe.video_crop[:1], recipe.video_crop[1], recipe.video_crop[1])
     assert long.shape == (3, NUM_FRAMES, recipe.video_long_crop[1], recipe.video_long_crop[1])
+    assert short_weight.shape == (1, 1, *short.shape[-2:]) and long_weight.shape == (1, 1, *long.shape[-2:])
     assert recipe.video_long_crop[0] == NUM_FRAMES and -1.0 <= float(long.min()) <= float(long.max()) <= 1.0
+
+
+def test_face_weight_map_weights_the_eyes_and_mouth_wherever_the_crop_lies():
+    """The codecs' L1 counts the eyes and mouth ``face_weight`` times (the width-8 codecs drew a blank face)."""
+    from magihuman.toy.drawing import FACE_REGION, HEIGHT, WIDTH
+    from magihuman.train.toy_recipe import ToyRecipe, face_weight_map
+
+    recipe = ToyRecipe()
+    assert recipe.face_weight > 1
+    whole = face_weight_map(recipe, 0, 0, HEIGHT, WIDTH)[0, 0]
+    x0, y0, x1, y1 = FACE_REGION
+    assert (whole[y0:y1, x0:x1] == recipe.face_weight).all()
+    assert int((whole == recipe.face_weight).sum()) == (x1 - x0) * (y1 - y0)
+    crop = face_weight_map(recipe, 60, 70, 32, 32)[0, 0]  # rows 60..91, columns 70..101
+    assert torch.equal(crop, whole[60:92, 70:102])
+    assert (face_weight_map(recipe, 96, 96, 32, 32) == 1).all()  # the shirt corner: no face
+
+
+def test_turbo_windows_carry_face_weights_of_their_pixels():
+    from magihuman.train.toy_recipe import ToyRecipe, _turbo_window
+
+    recipe = ToyRecipe(turbo_crop=2, turbo_batch=3)
+    pool = [(torch.zeros(48, 5, 8, 8), torch.zeros(3, 17, 128, 128)) for _ in range(2)]
+    window, target, weight, first = _turbo_window(pool, recipe, 7)
+    assert window.shape[:2] == (3, 48) and window.shape[-2:] == (2, 2)
+    assert weight.shape == (3, 1, 1, 32, 32) and target.shape[-2:] == (32, 32)
+    assert set(weight.unique().tolist()) <= {1.0, recipe.face_weight}

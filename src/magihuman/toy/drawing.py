@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from magihuman.toy.attributes import ToyAttributes
 from magihuman.toy.palette import COLOURS, EYE_WHITE_RGB, EYELID_RGB, MOUTH_RGB, PUPIL_RGB, SKIN_TONES
 
-__all__ = ["WIDTH", "HEIGHT", "MAX_OFFSET", "MOUTH_WIDTH", "MOUTH_MAX_HEIGHT", "REGIONS", "MOUTH_REGION",
+__all__ = ["WIDTH", "HEIGHT", "MAX_OFFSET", "MOUTH_WIDTH", "MOUTH_MAX_HEIGHT", "REGIONS", "MOUTH_REGION", "FACE_REGION",
            "mouth_height", "draw_frame"]
 
 #: Canvas size: multiples of 32, as the pipeline renders (architecture.md §13.2).
@@ -26,6 +26,7 @@ MOUTH_WIDTH = 20
 MOUTH_MAX_HEIGHT = 14
 _MOUTH_CLOSED = 2
 _CENTRE_X, _MOUTH_Y = 64, 78
+_EYE_XS, _EYE_HALF_WIDTH, _EYE_TOP = (54, 74), 5, 54
 
 #: Part -> ``(x0, y0, x1, y1)`` box (exclusive ends) that lies inside that part for every allowed offset.
 REGIONS: dict[str, tuple[int, int, int, int]] = {
@@ -36,6 +37,9 @@ REGIONS: dict[str, tuple[int, int, int, int]] = {
 #: Box that holds the mouth for every allowed offset and opening (and nothing else of mouth colour).
 MOUTH_REGION = (_CENTRE_X - MOUTH_WIDTH // 2 - MAX_OFFSET[0] - 2, _MOUTH_Y - MOUTH_MAX_HEIGHT // 2 - MAX_OFFSET[1] - 2,
                 _CENTRE_X + MOUTH_WIDTH // 2 + MAX_OFFSET[0] + 2, _MOUTH_Y + MOUTH_MAX_HEIGHT // 2 + MAX_OFFSET[1] + 2)
+#: Box that holds both eyes and the mouth for every allowed offset and opening: the details a codec must keep.
+FACE_REGION = (_EYE_XS[0] - _EYE_HALF_WIDTH - MAX_OFFSET[0], _EYE_TOP - MAX_OFFSET[1],
+               _EYE_XS[1] + _EYE_HALF_WIDTH + 1 + MAX_OFFSET[0], MOUTH_REGION[3])
 
 
 def mouth_height(opening: float) -> int:
@@ -68,9 +72,10 @@ def draw_frame(attributes: ToyAttributes, opening: float, eyes_open: bool) -> np
     draw.rectangle(box(56, 84, 72, 104), fill=skin)
     draw.ellipse(box(40, 30, 88, 94), fill=skin)
     draw.pieslice(box(38, 20, 90, 66), 180, 360, fill=hair)
-    for eye_x in (54, 74):
+    for eye_x in _EYE_XS:
         if eyes_open:
-            draw.ellipse(box(eye_x - 5, 54, eye_x + 5, 62), fill=EYE_WHITE_RGB)
+            white = box(eye_x - _EYE_HALF_WIDTH, _EYE_TOP, eye_x + _EYE_HALF_WIDTH, _EYE_TOP + 8)
+            draw.ellipse(white, fill=EYE_WHITE_RGB)
             draw.ellipse(box(eye_x - 2, 56, eye_x + 2, 60), fill=PUPIL_RGB)
         else:
             draw.rectangle(box(eye_x - 5, 57, eye_x + 5, 58), fill=EYELID_RGB)

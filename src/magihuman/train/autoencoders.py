@@ -51,6 +51,7 @@ __all__ = [
     "stft_loss",
     "turbo_decoder_loss",
     "video_vae_loss",
+    "weighted_l1",
 ]
 
 LossFn = Callable[[int], tuple[Tensor, dict[str, float]]]
@@ -186,14 +187,39 @@ def decode_unclamped(model, z: Tensor) -> Tensor:
     return unpatchify(out, patch_size=model.config.patch_size) if model.config.patch_size is not None else out
 
 
-def video_vae_loss(model, pixels: Tensor, generator: torch.Generator, *, kl_weight: float = 1e-5
-                   ) -> tuple[Tensor, dict[str, float]]:
+def weighted_l1(recon: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean absolute error, each pixel counted ``weight`` times: ``sum(w |r - t|) / sum(w)`` over the broadcast.
+
+    Args:
+        recon, target: ``[B, C, F, H, W]`` float32.
+        weight: ``None`` (plain mean) or non-negative weights broadcastable to ``recon`` (``[B, 1, 1, H, W]``).
+
+    Raises:
+        ValueError: weights that do not broadcast to ``recon``, are negative or sum to zero.
+    """
+    error = (recon - target).abs()
+    if weight is None:
+        return error.mean()
+    try:
+        weight = weight.to(error.dtype).expand_as(error)
+    except RuntimeError as exc:
+        raise ValueError(f"pixel weights of shape {tuple(weight.shape)} do not broadcast to "
+                         f"{tuple(error.shape)}") from exc
+    if bool((weight < 0).any()) or float(weight.sum()) <= 0:
+        raise ValueError("pixel weights must be non-negative and not all zero")
+    return (error * weight).sum() / weight.sum()
+
+
+def video_vae_loss(model, pixels: Tensor, generator: torch.Generator, *, kl_weight: float = 1e-5,
+                   pixel_weight: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """L1 reconstruction of a posterior sample + ``kl_weight`` x normalised-latent KL (module docstring).
 
     Args:
         model: an ``AutoencoderKLWan`` with ``z_dim`` 48.
         pixels: ``[B, 3, 1 + 4k, H, W]`` float32 in [-1, 1], ``H`` and ``W`` multiples of 16 pixels.
         generator: draws the posterior sample.
+        kl_weight: weight of the KL term.
+        pixel_weight: optional ``[B, 1, 1, H, W]`` float32 weights of each pixel's L1 (:func:`weighted_l1`).
 
     Returns:
         ``(loss, {"l1", "kl", "latent_std"})``; ``latent_std`` is the std of the normalised posterior mean.
@@ -202,7 +228,7 @@ def video_vae_loss(model, pixels: Tensor, generator: torch.Generator, *, kl_weig
     noise = torch.randn(posterior.mean.shape, generator=generator, dtype=posterior.mean.dtype)
     z = posterior.mean + posterior.std * noise.to(posterior.mean.device)
     recon = decode_unclamped(model, z)
-    l1 = (recon - pixels).abs().mean()
+    l1 = weighted_l1(recon, pixels, pixel_weight)
     mu_n, logvar_n = _normalised(posterior.mean, posterior.logvar)
     kl = 0.5 * (mu_n.pow(2) + logvar_n.exp() - 1 - logvar_n).mean()
     return l1 + kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach()),
@@ -256,8 +282,8 @@ def audio_vae_loss(model, waveform: Tensor, generator: torch.Generator, *, kl_we
                   "latent_std": float(posterior.mean.detach().std())}
 
 
-def turbo_decoder_loss(decoder, raw_latent: Tensor, pixels: Tensor, *, is_first_chunk: bool
-                       ) -> tuple[Tensor, dict[str, float]]:
+def turbo_decoder_loss(decoder, raw_latent: Tensor, pixels: Tensor, *, is_first_chunk: bool,
+                       pixel_weight: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """L1 between the decoder's window output and the pixels it stands for.
 
     Args:
@@ -266,9 +292,10 @@ def turbo_decoder_loss(decoder, raw_latent: Tensor, pixels: Tensor, *, is_first_
         pixels: ``[B, 3, f, 16h, 16w]`` float32 in [-1, 1] with ``f = 4n - 3`` for a first chunk, else ``4n``
             (the frames the window covers, architecture.md §11.4).
         is_first_chunk: the decoder's first-chunk mode.
+        pixel_weight: optional ``[B, 1, 1, 16h, 16w]`` weights of each pixel's L1 (:func:`weighted_l1`).
     """
     recon = decoder(raw_latent, is_first_chunk=is_first_chunk).float()
-    l1 = (recon - pixels).abs().mean()
+    l1 = weighted_l1(recon, pixels, pixel_weight)
     return l1, {"l1": float(l1.detach())}
 
 

@@ -78,17 +78,18 @@ class ToyRecipe:
     clips: int = 600
     held_out: int = 100
     text_hidden: int = 32
-    video_vae_width: int = 8
+    video_vae_width: int = 16
     video_vae_steps: int = 4500
     video_vae_batch: int = 2
     video_crop: tuple[int, int] = (9, 64)  # frames (1 + 4k), pixels (multiple of 16)
     video_long_from: int = 3500  # from this step on, whole-length crops (video_long_crop)
     video_long_crop: tuple[int, int] = (49, 32)
-    audio_vae_width: int = 8
+    face_weight: float = 4.0  # L1 weight of FACE_REGION's pixels (eyes, mouth) in the video VAE and Turbo losses
+    audio_vae_width: int = 16
     audio_vae_steps: int = 3000
     audio_vae_batch: int = 2
     audio_crop_latents: int = 12
-    turbo_channels: tuple[int, int, int, int] = (8, 8, 16, 16)
+    turbo_channels: tuple[int, int, int, int] = (16, 16, 32, 32)
     turbo_steps: int = 2000
     turbo_pool: int = 64
     turbo_crop: int = 4  # latent pixels (x16 image pixels); 0: whole frames
@@ -109,7 +110,8 @@ class ToyRecipe:
     @classmethod
     def quick(cls) -> ToyRecipe:
         """Tiny budgets that run every stage in about a minute (tests, smoke runs)."""
-        return cls(clips=6, held_out=4, video_vae_steps=2, video_crop=(5, 32), video_long_from=1,
+        return cls(clips=6, held_out=4, video_vae_width=8, audio_vae_width=8, turbo_channels=(8, 8, 16, 16),
+                   video_vae_steps=2, video_crop=(5, 32), video_long_from=1,
                    video_long_crop=(9, 16), audio_vae_steps=2,
                    turbo_steps=2, turbo_pool=2, base_steps=4, base_batch=2, distill_steps=1, lora_clips=2, lora_steps=2)
 
@@ -180,8 +182,25 @@ def _reconstruct(work: Path, name: str, model: torch.nn.Module, loss_fn, steps: 
     return run.train(progress=_progress(log, name, steps))
 
 
-def _video_crop(recipe: ToyRecipe, step: int, index: int) -> torch.Tensor:
-    """``[3, F, P, P]`` float32 in [-1, 1]: a random crop of a freshly rendered clip.
+def face_weight_map(recipe: ToyRecipe, y0: int, x0: int, height: int, width: int) -> torch.Tensor:
+    """``[1, 1, height, width]`` float32 L1 weights of a crop at ``(y0, x0)`` pixels of a 128x128 toy frame:
+    ``recipe.face_weight`` inside :data:`~magihuman.toy.drawing.FACE_REGION` (the eyes and mouth), 1 elsewhere.
+
+    The eyes and mouth are about 2 % of a frame; with a plain mean the first toy codecs (widths 8) rendered the face
+    as one flat skin-coloured blob, so the sync measure found no mouth (docs/toy_world.md, "What the codecs keep").
+    """
+    from magihuman.toy.drawing import FACE_REGION
+
+    weight = torch.ones(1, 1, height, width)
+    fx0, fy0, fx1, fy1 = FACE_REGION
+    ys, xs = slice(max(fy0 - y0, 0), max(fy1 - y0, 0)), slice(max(fx0 - x0, 0), max(fx1 - x0, 0))
+    weight[..., ys, xs] = recipe.face_weight
+    return weight
+
+
+def _video_crop(recipe: ToyRecipe, step: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([3, F, P, P] float32 in [-1, 1], [1, 1, P, P] weights)``: a random crop of a freshly rendered clip and its
+    :func:`face_weight_map`.
 
     Short crops (``video_crop``) until step ``video_long_from``, then crops of the whole clip's length
     (``video_long_crop``, smaller in space): the causal VAE carries a cache from chunk to chunk, and one trained
@@ -195,7 +214,8 @@ def _video_crop(recipe: ToyRecipe, step: int, index: int) -> torch.Tensor:
     t0 = int(rng.integers(0, total - frames + 1))
     y0, x0 = (int(rng.integers(0, n - size + 1)) for n in (height, width))
     crop = clip.frames[t0 : t0 + frames, y0 : y0 + size, x0 : x0 + size]
-    return torch.from_numpy(crop).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+    pixels = torch.from_numpy(crop).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+    return pixels, face_weight_map(recipe, y0, x0, size, size)
 
 
 def _stage_video_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
@@ -207,8 +227,10 @@ def _stage_video_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) 
     model = AutoencoderKLWan(**wan22_vae_config(recipe.video_vae_width, recipe.video_vae_width, 48))
 
     def loss_fn(step: int):
-        pixels = torch.stack([_video_crop(recipe, step, j) for j in range(recipe.video_vae_batch)])
-        return video_vae_loss(model, pixels, torch.Generator().manual_seed(derive_seed(recipe.seed, 12, step)))
+        crops = [_video_crop(recipe, step, j) for j in range(recipe.video_vae_batch)]
+        pixels, weight = torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops])
+        return video_vae_loss(model, pixels, torch.Generator().manual_seed(derive_seed(recipe.seed, 12, step)),
+                              pixel_weight=weight)
 
     _reconstruct(work, "video_vae", model, loss_fn, recipe.video_vae_steps, log)
     save_wan22_vae(model, work / "bundle" / ROOT_LAYOUT["video_vae"])
@@ -259,16 +281,17 @@ def _latent_pool(work: Path, recipe: ToyRecipe) -> list[tuple[torch.Tensor, torc
     return pool
 
 
-def _turbo_window(pool, recipe: ToyRecipe, step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """A batch of random decode windows (first-chunk or later, as the sliding-window decode calls them) and their
-    pixels: ``[turbo_batch, 48, n, c, c]`` raw latents with ``c = turbo_crop`` (the whole frame when 0) and
-    ``n <= turbo_window`` latent frames; the decoder is convolutional, so spatial crops teach it the same map at a
-    fraction of the cost of whole frames."""
+def _turbo_window(pool, recipe: ToyRecipe, step: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """A batch of random decode windows (first-chunk or later, as the sliding-window decode calls them), their
+    pixels and :func:`face_weight_map`: ``[turbo_batch, 48, n, c, c]`` raw latents with ``c = turbo_crop`` (the
+    whole frame when 0) and ``n <= turbo_window`` latent frames; the decoder is convolutional, so spatial crops
+    teach it the same map at a fraction of the cost of whole frames."""
     rng = np.random.default_rng(derive_seed(recipe.seed, 31, step))
     frames = min(latent.shape[1] for latent, _ in pool)
     first = bool(rng.integers(2)) or frames < 3
     n = int(rng.integers(1 if first else 2, min(frames - (0 if first else 1), recipe.turbo_window) + 1))
-    windows, targets = [], []
+    windows, targets, weights = [], [], []
     for _ in range(recipe.turbo_batch):
         latent, pixels = pool[int(rng.integers(len(pool)))]
         a = 0 if first else int(rng.integers(1, frames - n + 1))
@@ -277,7 +300,8 @@ def _turbo_window(pool, recipe: ToyRecipe, step: int) -> tuple[torch.Tensor, tor
         y, x = (int(rng.integers(0, latent.shape[k] - size + 1)) for k in (2, 3))
         windows.append(latent[:, a : a + n, y : y + size, x : x + size])
         targets.append(pixels[:, span, 16 * y : 16 * (y + size), 16 * x : 16 * (x + size)])
-    return torch.stack(windows), torch.stack(targets), first
+        weights.append(face_weight_map(recipe, 16 * y, 16 * x, 16 * size, 16 * size))
+    return torch.stack(windows), torch.stack(targets), torch.stack(weights), first
 
 
 def _stage_turbo_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
@@ -291,8 +315,8 @@ def _stage_turbo_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) 
     pool = _latent_pool(work, recipe)
 
     def loss_fn(step: int):
-        window, target, first = _turbo_window(pool, recipe, step)
-        return turbo_decoder_loss(decoder, window, target, is_first_chunk=first)
+        window, target, weight, first = _turbo_window(pool, recipe, step)
+        return turbo_decoder_loss(decoder, window, target, is_first_chunk=first, pixel_weight=weight)
 
     done = _reconstruct(work, "turbo_vae", decoder, loss_fn, recipe.turbo_steps, log)
     save_turbo_decoder(decoder, work / "bundle" / ROOT_LAYOUT["turbo_vae"], global_step=done)

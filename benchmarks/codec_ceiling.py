@@ -1,0 +1,104 @@
+"""What do a toy bundle's codecs keep? The ceiling the transformer can reach on each toy metric.
+
+    python benchmarks/codec_ceiling.py --root WORK/bundle [--clips 8] [--json OUT.json]
+
+The transformer generates latents; the video and audio codecs turn them into the MP4 the eval kit scores. A
+codec that loses the mouth or the pitch caps the sync and pitch metrics no matter how well the transformer
+learns. For toy clips no training stream draws (seed ``(7, 9999, i)``), this encodes the real video with the
+bundle's Wan2.2 VAE (posterior mean) and decodes it with the Turbo decoder and with the Wan decoder, and
+round-trips the voice through the Stable Audio VAE, then scores the results with the eval kit's toy measures:
+
+* video: part colours right (:func:`magihuman.eval.toy_vision.part_colours`), frames where any mouth pixel
+  is found, the correlation of the decoded mouth opening with the drawn one
+  (:func:`magihuman.eval.toy_vision.toy_mouth_opening`), PSNR;
+* audio: voice pitch and spoken word count kept (:func:`magihuman.eval.toy_speech.analyse_toy_speech`),
+  and the fundamentals before and after.
+
+docs/benchmarks.md ("Toy codec ceiling") has the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from magihuman.eval.toy_speech import analyse_toy_speech
+from magihuman.eval.toy_vision import part_colours, toy_mouth_opening
+from magihuman.toy.clip import make_clip
+
+PARTS = ("hair", "shirt", "wall")
+
+
+def _uint8(video: torch.Tensor) -> np.ndarray:
+    """``[1, 3, F, H, W]`` in [-1, 1] -> ``uint8 [F, H, W, 3]``."""
+    return ((video[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+
+
+def _video_scores(clip, frames: np.ndarray) -> dict:
+    found = part_colours(frames)
+    drawn, seen = toy_mouth_opening(clip.frames), toy_mouth_opening(frames)
+    correlation = float(np.corrcoef(drawn, seen)[0, 1]) if seen.std() > 0 else float("nan")
+    mse = np.mean((frames.astype(np.float64) - clip.frames) ** 2)
+    return {"colours_right": sum(found[p].name == getattr(clip.attributes, p) for p in PARTS),
+            "mouth_frames_pct": 100.0 * float(np.mean(seen > 0)), "mouth_correlation": correlation,
+            "psnr_db": float(10 * np.log10(255**2 / mse))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="a checkpoint root (WORK/bundle)")
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the per-clip figures here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from scipy.signal import resample_poly
+
+    from magihuman.codecs.audio_vae import MODEL_SAMPLE_RATE, AudioVAE
+    from magihuman.codecs.turbo_vae import TurboVAE
+    from magihuman.codecs.video_vae import VideoVAE
+
+    vae = VideoVAE.from_official(args.root / "Wan2.2-TI2V-5B", dtype=torch.float32)
+    turbo = TurboVAE.from_official(args.root / "turbo_vae", dtype=torch.float32)
+    audio_vae = AudioVAE.from_official(args.root / "stable-audio-open-1.0", dtype=torch.float32)
+    rows = []
+    for index in range(args.clips):
+        clip = make_clip((7, 9999, index))
+        pixels = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1.0
+        wave = resample_poly(clip.audio, MODEL_SAMPLE_RATE // 100, clip.sample_rate // 100, axis=-1)
+        wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
+        with torch.no_grad():
+            latent = vae.encode(pixels)
+            decoded = {"turbo": _uint8(turbo.decode(latent)), "wan": _uint8(vae.decode(latent))}
+            audio_latent = audio_vae.model.encode(wave).latent_dist.mode()
+            round_trip = audio_vae.model.decode(audio_latent).sample[0, :, : wave.shape[-1]].numpy()
+        before = analyse_toy_speech(wave[0].numpy(), MODEL_SAMPLE_RATE)
+        after = analyse_toy_speech(round_trip, MODEL_SAMPLE_RATE)
+        row = {"clip": index, **{name: _video_scores(clip, frames) for name, frames in decoded.items()},
+               "audio": {"pitch_kept": before.pitch == after.pitch, "words_kept": before.words == after.words,
+                         "f0_hz": [round(before.f0_hz, 1), round(after.f0_hz, 1)],
+                         "words": [before.words, after.words]}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    summary = {"clips": len(rows)}
+    for name in ("turbo", "wan"):
+        scores = [r[name] for r in rows]
+        summary[name] = {
+            "colours_right_pct": 100.0 * sum(s["colours_right"] for s in scores) / (3 * len(rows)),
+            "mouth_frames_pct": float(np.mean([s["mouth_frames_pct"] for s in scores])),
+            "median_mouth_correlation": float(np.nanmedian([s["mouth_correlation"] for s in scores]))
+            if any(np.isfinite(s["mouth_correlation"]) for s in scores) else None,
+            "median_psnr_db": float(np.median([s["psnr_db"] for s in scores]))}
+    summary["audio"] = {"pitch_kept_pct": 100.0 * float(np.mean([r["audio"]["pitch_kept"] for r in rows])),
+                        "words_kept_pct": 100.0 * float(np.mean([r["audio"]["words_kept"] for r in rows]))}
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "clips": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
