@@ -1,12 +1,15 @@
 """What do a toy bundle's codecs keep? The ceiling the transformer can reach on each toy metric.
 
     python benchmarks/codec_ceiling.py --root WORK/bundle [--clips 8] [--json OUT.json]
+    python benchmarks/codec_ceiling.py --video-checkpoint WORK/runs/video_vae/checkpoints/step-N/trainable.safetensors \
+        --audio-checkpoint WORK/runs/audio_vae/checkpoints/step-N/trainable.safetensors --width 16
 
 The transformer generates latents; the video and audio codecs turn them into the MP4 the eval kit scores. A
 codec that loses the mouth or the pitch caps the sync and pitch metrics no matter how well the transformer
 learns. For toy clips no training stream draws (seed ``(7, 9999, i)``), this encodes the real video with the
 bundle's Wan2.2 VAE (posterior mean) and decodes it with the Turbo decoder and with the Wan decoder, and
-round-trips the voice through the Stable Audio VAE, then scores the results with the eval kit's toy measures:
+round-trips the voice through the Stable Audio VAE, then scores the results with the eval kit's toy measures
+(with training checkpoints instead of a bundle: the Wan decoder only, and only the codecs given):
 
 * video: part colours right (:func:`magihuman.eval.toy_vision.part_colours`), frames where any mouth pixel
   is found, the correlation of the decoded mouth opening with the drawn one
@@ -48,53 +51,86 @@ def _video_scores(clip, frames: np.ndarray) -> dict:
             "psnr_db": float(10 * np.log10(255**2 / mse))}
 
 
+def _load_codecs(args) -> tuple[dict, object, object]:
+    """``({decoder name: decode(latent)}, encode(pixels) or None, audio AutoencoderOobleck or None)``."""
+    from safetensors.torch import load_file
+
+    from magihuman.codecs.audio_vae import AudioVAE, build_audio_vae
+    from magihuman.codecs.turbo_vae import TurboVAE
+    from magihuman.codecs.video_vae import VideoVAE, wan22_vae_config
+    from magihuman.demo.random_codecs import sao_model_config
+
+    if args.root is not None:
+        vae = VideoVAE.from_official(args.root / "Wan2.2-TI2V-5B", dtype=torch.float32)
+        turbo = TurboVAE.from_official(args.root / "turbo_vae", dtype=torch.float32)
+        audio = AudioVAE.from_official(args.root / "stable-audio-open-1.0", dtype=torch.float32).model
+        return {"turbo": turbo.decode, "wan": vae.decode}, vae.encode, audio
+    decoders, encode, audio = {}, None, None
+    if args.video_checkpoint is not None:
+        from diffusers import AutoencoderKLWan
+
+        model = AutoencoderKLWan(**wan22_vae_config(args.width, args.width, 48)).eval()
+        model.load_state_dict(load_file(str(args.video_checkpoint)))
+        encode = lambda pixels: model.encode(pixels).latent_dist.mode()  # noqa: E731 (raw latents both ways)
+        decoders["wan"] = lambda latent: model.decode(latent).sample
+    if args.audio_checkpoint is not None:
+        audio = build_audio_vae(sao_model_config(args.width)).eval()
+        audio.load_state_dict(load_file(str(args.audio_checkpoint)))
+    return decoders, encode, audio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, required=True, help="a checkpoint root (WORK/bundle)")
+    parser.add_argument("--root", type=Path, help="a checkpoint root (WORK/bundle)")
+    parser.add_argument("--video-checkpoint", type=Path, help="instead of --root: a video_vae run's "
+                        "trainable.safetensors")
+    parser.add_argument("--audio-checkpoint", type=Path, help="instead of --root: an audio_vae run's "
+                        "trainable.safetensors")
+    parser.add_argument("--width", type=int, default=16, help="the checkpoints' base width (the recipe's)")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the per-clip figures here")
     args = parser.parse_args()
+    if (args.root is None) == (args.video_checkpoint is None and args.audio_checkpoint is None):
+        parser.error("give --root, or one or both of --video-checkpoint and --audio-checkpoint")
     torch.set_num_threads(args.threads)
     from scipy.signal import resample_poly
 
-    from magihuman.codecs.audio_vae import MODEL_SAMPLE_RATE, AudioVAE
-    from magihuman.codecs.turbo_vae import TurboVAE
-    from magihuman.codecs.video_vae import VideoVAE
+    from magihuman.codecs.audio_vae import MODEL_SAMPLE_RATE
 
-    vae = VideoVAE.from_official(args.root / "Wan2.2-TI2V-5B", dtype=torch.float32)
-    turbo = TurboVAE.from_official(args.root / "turbo_vae", dtype=torch.float32)
-    audio_vae = AudioVAE.from_official(args.root / "stable-audio-open-1.0", dtype=torch.float32)
+    decoders, encode, audio_vae = _load_codecs(args)
     rows = []
     for index in range(args.clips):
         clip = make_clip((7, 9999, index))
-        pixels = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1.0
-        wave = resample_poly(clip.audio, MODEL_SAMPLE_RATE // 100, clip.sample_rate // 100, axis=-1)
-        wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
+        row: dict = {"clip": index}
         with torch.no_grad():
-            latent = vae.encode(pixels)
-            decoded = {"turbo": _uint8(turbo.decode(latent)), "wan": _uint8(vae.decode(latent))}
-            audio_latent = audio_vae.model.encode(wave).latent_dist.mode()
-            round_trip = audio_vae.model.decode(audio_latent).sample[0, :, : wave.shape[-1]].numpy()
-        before = analyse_toy_speech(wave[0].numpy(), MODEL_SAMPLE_RATE)
-        after = analyse_toy_speech(round_trip, MODEL_SAMPLE_RATE)
-        row = {"clip": index, **{name: _video_scores(clip, frames) for name, frames in decoded.items()},
-               "audio": {"pitch_kept": before.pitch == after.pitch, "words_kept": before.words == after.words,
-                         "f0_hz": [round(before.f0_hz, 1), round(after.f0_hz, 1)],
-                         "words": [before.words, after.words]}}
+            if encode is not None:
+                pixels = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1.0
+                latent = encode(pixels)
+                row.update({name: _video_scores(clip, _uint8(decode(latent))) for name, decode in decoders.items()})
+            if audio_vae is not None:
+                wave = resample_poly(clip.audio, MODEL_SAMPLE_RATE // 100, clip.sample_rate // 100, axis=-1)
+                wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
+                round_trip = audio_vae.decode(audio_vae.encode(wave).latent_dist.mode()).sample
+                before = analyse_toy_speech(wave[0].numpy(), MODEL_SAMPLE_RATE)
+                after = analyse_toy_speech(round_trip[0, :, : wave.shape[-1]].numpy(), MODEL_SAMPLE_RATE)
+                row["audio"] = {"pitch_kept": before.pitch == after.pitch, "words_kept": before.words == after.words,
+                                "f0_hz": [round(before.f0_hz, 1), round(after.f0_hz, 1)],
+                                "words": [before.words, after.words]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    summary = {"clips": len(rows)}
-    for name in ("turbo", "wan"):
+    summary: dict = {"clips": len(rows)}
+    for name in decoders:
         scores = [r[name] for r in rows]
+        correlations = [s["mouth_correlation"] for s in scores if np.isfinite(s["mouth_correlation"])]
         summary[name] = {
             "colours_right_pct": 100.0 * sum(s["colours_right"] for s in scores) / (3 * len(rows)),
             "mouth_frames_pct": float(np.mean([s["mouth_frames_pct"] for s in scores])),
-            "median_mouth_correlation": float(np.nanmedian([s["mouth_correlation"] for s in scores]))
-            if any(np.isfinite(s["mouth_correlation"]) for s in scores) else None,
+            "median_mouth_correlation": float(np.median(correlations)) if correlations else None,
             "median_psnr_db": float(np.median([s["psnr_db"] for s in scores]))}
-    summary["audio"] = {"pitch_kept_pct": 100.0 * float(np.mean([r["audio"]["pitch_kept"] for r in rows])),
-                        "words_kept_pct": 100.0 * float(np.mean([r["audio"]["words_kept"] for r in rows]))}
+    if audio_vae is not None:
+        summary["audio"] = {"pitch_kept_pct": 100.0 * float(np.mean([r["audio"]["pitch_kept"] for r in rows])),
+                            "words_kept_pct": 100.0 * float(np.mean([r["audio"]["words_kept"] for r in rows]))}
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "clips": rows}, indent=1) + "\n")
