@@ -85,7 +85,7 @@ class ToyRecipe:
     video_long_from: int = 3500  # from this step on, whole-length crops (video_long_crop)
     video_long_crop: tuple[int, int] = (49, 32)
     face_weight: float = 4.0  # L1 weight of FACE_REGION's pixels (eyes, mouth) in the video VAE and Turbo losses
-    audio_vae_width: int = 16
+    audio_vae_width: int = 12
     audio_vae_steps: int = 3000
     audio_vae_batch: int = 2
     audio_crop_latents: int = 12
