@@ -82,6 +82,10 @@ def test_audio_vae_loss_parts_and_stft_identity():
     wave = torch.sin(torch.arange(4096, dtype=torch.float32) / 9.0).expand(1, 2, -1).contiguous()
     assert float(stft_loss(wave, wave)) < 1e-5
     assert float(stft_loss(0.5 * wave, wave)) > 0.3  # log-magnitude error of a factor 2, plus convergence 0.5
+    silence = torch.zeros_like(wave)  # a pause: the loss of a quiet output stays on the scale of a voiced crop's
+    quiet = stft_loss(1e-3 * wave, silence)
+    assert torch.isfinite(quiet) and float(quiet) < 2.0
+    assert float(stft_loss(silence, silence)) < 1e-5
     model = build_audio_vae(sao_model_config(4))
     loss, parts = audio_vae_loss(model, wave, torch.Generator().manual_seed(0))
     assert set(parts) == {"l1", "stft", "kl", "latent_std"}

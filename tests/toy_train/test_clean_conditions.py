@@ -55,3 +55,23 @@ def test_noise_batch_writes_clean_latents_and_masks_the_loss():
     assert torch.equal(batch.video[0, :, :p], sample.video_latent[:, :p])
     assert not torch.equal(batch.video[0, :, p:], sample.video_latent[:, p:])
     assert torch.equal(batch.audio[0, :q], sample.audio_latent[:q])
+
+
+def test_terminal_rate_draws_pure_noise_and_leaves_other_runs_unchanged():
+    """``terminal_rate``: that share of samples sits at sigma = 1 (input = the noise, target = noise - x0)."""
+    g = torch.Generator().manual_seed(0)
+    sample = LatentSample("a", "caption", torch.randn(48, 5, 2, 2, generator=g), torch.randn(17, 64, generator=g),
+                          torch.randn(5, 32, generator=g))
+    def draw(settings, seed):
+        return noise_batch([sample], torch.zeros(3, 32), settings, [torch.Generator().manual_seed(seed)])
+
+    sigmas = [float(draw(ObjectiveSettings(first_frame_rate=0.0, text_dropout=0.0, terminal_rate=0.5), s).sigma[0])
+              for s in range(200)]
+    terminal = sum(s == 1.0 for s in sigmas)
+    assert 70 <= terminal <= 130  # about half
+    assert max(s for s in sigmas if s != 1.0) < 1.0
+    batch = draw(ObjectiveSettings(first_frame_rate=0.0, text_dropout=0.0, terminal_rate=1.0), 0)
+    eps = batch.video[0]  # sigma 1: the input is the noise itself
+    assert float(batch.sigma[0]) == 1.0
+    assert torch.allclose(batch.video_target[0], eps - sample.video_latent)
+    assert torch.allclose(batch.audio_target[0], batch.audio[0] - sample.audio_latent)

@@ -73,6 +73,8 @@ class TrainConfig(BaseModel):
                                "and the matching audio (continuation / long-clip windows); no loss there.")
     range_rate: float = Field(0.0, ge=0, le=1, description="Share of samples clean everywhere except a random range "
                               "of latent frames and the matching audio (retakes).")
+    terminal_rate: float = Field(0.0, ge=0, le=1, description="Share of samples at sigma = 1 (pure noise in), where "
+                                 "only the text says what to draw: the sampler's first step.")
     mixed_precision: Literal["bf16", "fp32"] = Field(
         "bf16", description="bf16: block GEMMs in bf16 (autocast) over float32 master weights, as inference "
         "computes; fp32: all float32.")

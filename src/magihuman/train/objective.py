@@ -3,7 +3,12 @@
 For a clean sample ``(x0_video, x0_audio, text)``:
 
 1. ``u ~ U(0, 1)`` and ``σ = shift·u / (1 + (shift - 1)·u)``: the shifted time the sampler walks
-   (:func:`~magihuman.sampling.schedulers.flow_shift`, shift 5); one σ for both modalities, as at inference;
+   (:func:`~magihuman.sampling.schedulers.flow_shift`, shift 5); one σ for both modalities, as at inference.
+   With probability ``terminal_rate`` (off by default) σ is 1 instead: pure noise in, so the clean latent can
+   only come from the text (and any clean frames). The sampler's first step is at σ = 1 and decides there what
+   the later steps refine; below it the input already shows the latent's coarse content (a toy model trained
+   without these draws read its colours from the noisy input from σ = 0.97 down and ignored the caption,
+   docs/toy_world.md "Why the colours came from the noise");
 2. ``x_σ = (1 - σ)·x0 + σ·ε`` per modality, target velocity ``v = ε - x0`` (the model is timestep-free);
 3. image-to-video with probability ``first_frame_rate``: latent frame 0 is the clean frame (the sampler
    overwrites it at every step, pipeline.md 7.1 step 5) and is left out of the loss;
@@ -92,14 +97,16 @@ class ObjectiveSettings:
     audio_loss_weight: float = 1.0
     prefix_rate: float = 0.0
     range_rate: float = 0.0
+    terminal_rate: float = 0.0
 
 
 def noise_batch(samples: Sequence[LatentSample], negative: torch.Tensor, settings: ObjectiveSettings,
                 generators: Sequence[torch.Generator]) -> NoisedBatch:
     """Draw σ, ε and the dropouts of each sample (one generator each) and build the batch.
 
-    Draw order per sample: u, video ε, audio ε, text-dropout u, first-frame u (all float32 on the CPU), then,
-    only when ``prefix_rate`` or ``range_rate`` is set, the clean-condition u and its frame indices.
+    Draw order per sample: u, then only when ``terminal_rate`` is set the terminal-σ u, video ε, audio ε,
+    text-dropout u, first-frame u (all float32 on the CPU), then, only when ``prefix_rate`` or ``range_rate`` is
+    set, the clean-condition u and its frame indices.
 
     Args:
         samples: clips of one shape (one bucket).
@@ -122,6 +129,8 @@ def _noise_one(sample: LatentSample, negative: torch.Tensor, settings: Objective
                generator: torch.Generator) -> dict[str, torch.Tensor]:
     u = torch.rand((), generator=generator, dtype=torch.float64)
     sigma = torch.tensor(float(flow_shift(u, settings.shift)), dtype=torch.float32)
+    if settings.terminal_rate > 0 and torch.rand((), generator=generator).item() < settings.terminal_rate:
+        sigma = torch.tensor(1.0)
     x0_video = sample.video_latent.float()
     eps_video = torch.randn(x0_video.shape, generator=generator, dtype=torch.float32)
     audio_shape = (sample.audio_latent.shape if sample.audio_latent is not None

@@ -132,7 +132,8 @@ class Trainer:
         self.ema = {n: p.detach().clone() for n, p in self.params.items()} if config.ema_decay is not None else None
         self.step = 0
         self.objective = ObjectiveSettings(config.shift, config.first_frame_rate, config.text_dropout,
-                                           config.audio_loss_weight, config.prefix_rate, config.range_rate)
+                                           config.audio_loss_weight, config.prefix_rate, config.range_rate,
+                                           config.terminal_rate)
 
     # ------------------------------------------------------------------------------------ setup
     def _setup_model(self) -> None:
