@@ -2,7 +2,7 @@
 
     python benchmarks/codec_ceiling.py --root WORK/bundle [--clips 8] [--json OUT.json]
     python benchmarks/codec_ceiling.py --video-checkpoint WORK/runs/video_vae/checkpoints/step-N/trainable.safetensors \
-        --audio-checkpoint WORK/runs/audio_vae/checkpoints/step-N/trainable.safetensors --width 16
+        --audio-checkpoint WORK/runs/audio_vae/checkpoints/step-N/trainable.safetensors --width 16 --audio-width 12
 
 The transformer generates latents; the video and audio codecs turn them into the MP4 the eval kit scores. A
 codec that loses the mouth or the pitch caps the sync and pitch metrics no matter how well the transformer
@@ -74,7 +74,7 @@ def _load_codecs(args) -> tuple[dict, object, object]:
         encode = lambda pixels: model.encode(pixels).latent_dist.mode()  # noqa: E731 (raw latents both ways)
         decoders["wan"] = lambda latent: model.decode(latent).sample
     if args.audio_checkpoint is not None:
-        audio = build_audio_vae(sao_model_config(args.width)).eval()
+        audio = build_audio_vae(sao_model_config(args.audio_width)).eval()
         audio.load_state_dict(load_file(str(args.audio_checkpoint)))
     return decoders, encode, audio
 
@@ -86,7 +86,8 @@ def main() -> None:
                         "trainable.safetensors")
     parser.add_argument("--audio-checkpoint", type=Path, help="instead of --root: an audio_vae run's "
                         "trainable.safetensors")
-    parser.add_argument("--width", type=int, default=16, help="the checkpoints' base width (the recipe's)")
+    parser.add_argument("--width", type=int, default=16, help="the video checkpoint's base width (the recipe's)")
+    parser.add_argument("--audio-width", type=int, default=12, help="the audio checkpoint's width (the recipe's)")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the per-clip figures here")
