@@ -57,11 +57,12 @@ def test_noise_batch_writes_clean_latents_and_masks_the_loss():
     assert torch.equal(batch.audio[0, :q], sample.audio_latent[:q])
 
 
-def test_terminal_rate_draws_pure_noise_and_leaves_other_runs_unchanged():
+def test_terminal_rate_draws_pure_noise():
     """``terminal_rate``: that share of samples sits at sigma = 1 (input = the noise, target = noise - x0)."""
     g = torch.Generator().manual_seed(0)
     sample = LatentSample("a", "caption", torch.randn(48, 5, 2, 2, generator=g), torch.randn(17, 64, generator=g),
                           torch.randn(5, 32, generator=g))
+
     def draw(settings, seed):
         return noise_batch([sample], torch.zeros(3, 32), settings, [torch.Generator().manual_seed(seed)])
 

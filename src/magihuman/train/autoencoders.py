@@ -254,7 +254,7 @@ def stft_loss(recon: Tensor, target: Tensor, sizes: tuple[int, ...] = (256, 1024
         spec_t = torch.stft(flat_t, n, n // 4, window=window, return_complex=True).abs()
         log_term = (torch.log(spec_r + floor) - torch.log(spec_t + floor)).abs().mean()
         # the floor also bounds the convergence term: over a silent target (a pause) ||S_t|| is ~0, and a bare
-        # epsilon made the term 1e8-1e10 on 9 % of the toy recipe's steps
+        # epsilon lets it explode (docs/toy_world.md, "The audio VAE's loss on silent crops")
         convergence = torch.linalg.norm(spec_t - spec_r) / (torch.linalg.norm(spec_t) + floor * spec_t.numel() ** 0.5)
         total = total + log_term + convergence
     return total / len(sizes)

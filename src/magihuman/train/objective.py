@@ -6,9 +6,8 @@ For a clean sample ``(x0_video, x0_audio, text)``:
    (:func:`~magihuman.sampling.schedulers.flow_shift`, shift 5); one σ for both modalities, as at inference.
    With probability ``terminal_rate`` (off by default) σ is 1 instead: pure noise in, so the clean latent can
    only come from the text (and any clean frames). The sampler's first step is at σ = 1 and decides there what
-   the later steps refine; below it the input already shows the latent's coarse content (a toy model trained
-   without these draws read its colours from the noisy input from σ = 0.97 down and ignored the caption,
-   docs/toy_world.md "Why the colours came from the noise");
+   the later steps refine; just below it the input already shows the latent's coarse content, which a model can
+   copy instead of reading the text (docs/toy_world.md, "Why the colours came from the noise");
 2. ``x_σ = (1 - σ)·x0 + σ·ε`` per modality, target velocity ``v = ε - x0`` (the model is timestep-free);
 3. image-to-video with probability ``first_frame_rate``: latent frame 0 is the clean frame (the sampler
    overwrites it at every step, pipeline.md 7.1 step 5) and is left out of the loss;

@@ -186,8 +186,8 @@ def face_weight_map(recipe: ToyRecipe, y0: int, x0: int, height: int, width: int
     """``[1, 1, height, width]`` float32 L1 weights of a crop at ``(y0, x0)`` pixels of a 128x128 toy frame:
     ``recipe.face_weight`` inside :data:`~magihuman.toy.drawing.FACE_REGION` (the eyes and mouth), 1 elsewhere.
 
-    The eyes and mouth are about 2 % of a frame; with a plain mean the first toy codecs (widths 8) rendered the face
-    as one flat skin-coloured blob, so the sync measure found no mouth (docs/toy_world.md, "What the codecs keep").
+    The eyes and mouth are a small share of a frame, and a plain mean lets a small codec skip them, leaving the sync
+    measure no mouth to find (docs/toy_world.md, "What the codecs keep").
     """
     from magihuman.toy.drawing import FACE_REGION
 
