@@ -23,7 +23,7 @@ from magihuman.toy.drawing import (
     draw_frame,
     mouth_height,
 )
-from magihuman.toy.voice import SAMPLE_RATE
+from magihuman.toy.voice import SAMPLE_RATE, VOICE_F0, synthesise_speech
 
 
 def test_same_seed_same_clip_and_seeds_differ():
@@ -83,6 +83,23 @@ def test_one_voiced_segment_per_word_and_silence_between():
         gap = mono[int(end * SAMPLE_RATE) + 1:int(next_start * SAMPLE_RATE) - 1]
         assert np.abs(gap).max() == 0.0
     assert clip.segments[-1][1] < NUM_FRAMES / clip.fps  # speech ends inside the video
+
+
+def test_a_voice_says_a_word_with_one_waveform_whatever_the_clip():
+    """Fixed pitch and harmonic phases: the same word in the same voice is the same periodic waveform in every
+    utterance (up to its gain and its noise burst), and the two voices differ by their fundamental."""
+    skip = int(0.03 * SAMPLE_RATE)  # past the 15 ms burst and the 25 ms attack
+    bodies = {}
+    for voice in ("low", "high"):
+        for seed in (1, 2):
+            speech = synthesise_speech(("go",), voice, np.random.default_rng(seed))
+            assert speech.f0 == VOICE_F0[voice]
+            start = int(speech.segments[0][0] * SAMPLE_RATE) + skip
+            bodies[voice, seed] = speech.waveform[start:start + 2048].astype(np.float64)
+    for voice in ("low", "high"):
+        assert np.corrcoef(bodies[voice, 1], bodies[voice, 2])[0, 1] > 0.999
+    assert abs(np.corrcoef(bodies["low", 1], bodies["high", 1])[0, 1]) < 0.5
+    assert VOICE_F0["high"] / VOICE_F0["low"] > 2.0  # not an octave: a doubled low voice is not the high one
 
 
 def test_mouth_follows_loudness_and_is_closed_in_silence():

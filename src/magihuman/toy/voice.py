@@ -1,6 +1,7 @@
 """The toy voice: one voiced syllable per word, a low or high fundamental, formant-like timbre, pauses.
 
-Each syllable is additive synthesis of the harmonics of a gliding fundamental, weighted by a spectral
+Each syllable is additive synthesis of the harmonics of the voice's fixed fundamental (each harmonic with
+the same starting phase in every syllable), weighted by a spectral
 envelope with three resonances at the word's vowel formants and a glottal 1/k tilt, with a short noise
 burst as its consonant, an attack and a release. Syllables are separated by silence, so the number of
 voiced segments equals the number of words, and the loudness per video frame drives the mouth.
@@ -19,9 +20,10 @@ __all__ = [
 
 #: Audio rate of the toy world: the pipeline's output rate (architecture.md §12.2).
 SAMPLE_RATE = 44100
-#: Range of the base fundamental in Hz per voice.
-VOICE_F0 = {"low": (100.0, 125.0), "high": (200.0, 240.0)}
-#: Fundamentals below this are "low", above it "high" (the geometric middle of the two ranges).
+#: The fundamental of each voice in Hz, the same in every clip and syllable (a fixed waveform per voice and
+#: vowel is what a small audio VAE can learn to reproduce: docs/toy_world.md, "What the codecs keep").
+VOICE_F0 = {"low": 110.0, "high": 230.0}
+#: Fundamentals below this are "low", above it "high" (about the geometric middle of the two voices).
 PITCH_SPLIT_HZ = 155.0
 #: Word -> (F1, F2, F3) of its vowel in Hz (textbook adult averages).
 VOWEL_FORMANTS = {
@@ -35,6 +37,12 @@ OPEN_RMS = 0.12
 _SPEECH_END_S = 1.85  # every syllable ends before this (the 49-frame video lasts 1.96 s)
 _ATTACK_S, _RELEASE_S, _BURST_S = 0.025, 0.045, 0.015
 _MAX_HARMONIC_HZ = 5000.0
+#: Starting phase of each harmonic (radians), the same in every syllable: a fixed spread (not all zero, which
+#: would make a peaky pulse train), so a voice's waveform follows from its pitch, vowel and loudness alone.
+_HARMONIC_PHASES = np.random.default_rng(20261130).uniform(0.0, 2 * np.pi, size=64)
+#: The fundamental ranges earlier voices drew from; the draws (a fundamental per utterance, a jitter and one phase
+#: per harmonic per syllable) are still made, so a seed gives the same blinks as in earlier datasets.
+_RETIRED_F0_RANGES = {"low": (100.0, 125.0), "high": (200.0, 240.0)}
 
 
 @dataclass(frozen=True)
@@ -70,13 +78,15 @@ def synthesise_speech(words: tuple[str, ...], voice: str, rng: np.random.Generat
     span = durations.sum() + pauses.sum()
     if lead + span > _SPEECH_END_S:
         durations, pauses = durations * (_SPEECH_END_S - lead) / span, pauses * (_SPEECH_END_S - lead) / span
-    low, high = VOICE_F0[voice]
-    f0 = float(rng.uniform(low, high))
+    f0 = VOICE_F0[voice]
+    retired_f0 = float(rng.uniform(*_RETIRED_F0_RANGES[voice]))
     wave = np.zeros(int(round(seconds * sample_rate)), dtype=np.float64)
     segments, t = [], lead
     for i, word in enumerate(words):
         start = int(round(t * sample_rate))
-        syllable = _syllable(word, f0 * rng.uniform(0.97, 1.05), durations[i], stress[i], rng, sample_rate)
+        retired_draws = int(_MAX_HARMONIC_HZ // (retired_f0 * rng.uniform(0.97, 1.05)))
+        rng.uniform(0, 2 * np.pi, size=retired_draws)
+        syllable = _syllable(word, f0, durations[i], stress[i], rng, sample_rate)
         wave[start:start + len(syllable)] += syllable[: len(wave) - start]
         segments.append((start / sample_rate, (start + len(syllable)) / sample_rate))
         t += durations[i] + (pauses[i] if i < n - 1 else 0.0)
@@ -85,17 +95,17 @@ def synthesise_speech(words: tuple[str, ...], voice: str, rng: np.random.Generat
 
 def _syllable(word: str, f0: float, duration: float, stress: float, rng: np.random.Generator,
               sample_rate: int) -> np.ndarray:
-    """One voiced syllable of ``duration`` s: gliding harmonics under the vowel's formants, RMS-normalised."""
+    """One voiced syllable of ``duration`` s: harmonics of ``f0`` (fixed phases) under the vowel's formants,
+    RMS-normalised."""
     count = int(round(duration * sample_rate))
     t = np.arange(count) / sample_rate
-    contour = f0 * (1.04 - 0.1 * t / duration)  # a gentle falling glide
-    phase = 2 * np.pi * np.cumsum(contour) / sample_rate
+    phase = 2 * np.pi * f0 * t
     formants = VOWEL_FORMANTS[word]
     wave = np.zeros(count)
     for k in range(1, int(_MAX_HARMONIC_HZ // f0) + 1):
         freq = k * f0
         envelope = sum(1.0 / (1.0 + ((freq - fc) / (60.0 + 0.06 * fc)) ** 2) for fc in formants)
-        wave += (envelope + 0.05) / k * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
+        wave += (envelope + 0.05) / k * np.sin(k * phase + _HARMONIC_PHASES[k - 1])
     wave *= OPEN_RMS * stress / np.sqrt(np.mean(wave ** 2))
     burst = int(_BURST_S * sample_rate)
     wave[:burst] += rng.normal(0.0, 0.3 * OPEN_RMS, size=burst) * np.linspace(1.0, 0.0, burst)

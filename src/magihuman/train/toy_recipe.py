@@ -86,7 +86,7 @@ class ToyRecipe:
     video_long_crop: tuple[int, int] = (49, 32)
     face_weight: float = 4.0  # L1 weight of FACE_REGION's pixels (eyes, mouth) in the video VAE and Turbo losses
     audio_vae_width: int = 12
-    audio_vae_steps: int = 3000
+    audio_vae_steps: int = 4500
     audio_vae_batch: int = 2
     audio_crop_latents: int = 12
     turbo_channels: tuple[int, int, int, int] = (16, 16, 32, 32)
@@ -96,11 +96,15 @@ class ToyRecipe:
     turbo_window: int = 4  # most latent frames per training window
     turbo_batch: int = 2
     transformer: dict = field(default_factory=lambda: dict(TOY_TRANSFORMER_CONFIG))
-    base_steps: int = 2000
+    base_steps: int = 4000
     base_batch: int = 8
     base_learning_rate: float = 5e-4
-    prefix_rate: float = 0.2
-    range_rate: float = 0.1
+    # fewer clean-frame conditions and a share of sigma-1 draws: with first frame 0.5, prefix 0.2, range 0.1 and
+    # no sigma-1 draws the base took its colours from the noise, not the caption (docs/toy_world.md)
+    first_frame_rate: float = 0.3
+    prefix_rate: float = 0.1
+    range_rate: float = 0.05
+    terminal_rate: float = 0.3
     distill_steps: int = 200
     lora_clips: int = 120
     lora_steps: int = 300
@@ -357,7 +361,8 @@ def _stage_base(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> No
                          steps=recipe.base_steps, batch_size=recipe.base_batch,
                          learning_rate=recipe.base_learning_rate, warmup_steps=min(200, recipe.base_steps),
                          mixed_precision="fp32", checkpoint_every=100, seed=recipe.seed, ema_decay=0.995,
-                         prefix_rate=recipe.prefix_rate, range_rate=recipe.range_rate)
+                         prefix_rate=recipe.prefix_rate, range_rate=recipe.range_rate,
+                         first_frame_rate=recipe.first_frame_rate, terminal_rate=recipe.terminal_rate)
     result = Trainer(config).train()
     _replace_folder(result.output, work / "bundle" / "base")
 
