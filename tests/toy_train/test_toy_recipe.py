@@ -238,6 +238,41 @@ def test_video_vae_crops_become_whole_length_from_video_long_from():
     assert recipe.video_long_crop[0] == NUM_FRAMES and -1.0 <= float(long.min()) <= float(long.max()) <= 1.0
 
 
+def test_video_vae_alternates_face_crops_with_whole_length_ones_from_video_face_from():
+    """From ``video_face_from`` every other step's crops hold the whole face box (a VAE trained on random crops
+    drew a blank face; one shown the face learnt the mouth), and the steps between keep the whole-length crops."""
+    from magihuman.toy.clip import NUM_FRAMES
+    from magihuman.toy.drawing import FACE_REGION
+    from magihuman.train.toy_recipe import ToyRecipe, _video_crop
+
+    recipe = ToyRecipe()
+    assert recipe.video_long_from < recipe.video_face_from < recipe.video_vae_steps
+    x0, y0, x1, y1 = FACE_REGION
+    box = (x1 - x0) * (y1 - y0) * recipe.face_weight
+    for step in range(recipe.video_face_from - 1, recipe.video_face_from + 7):
+        for index in range(2):
+            pixels, weight = _video_crop(recipe, step, index)
+            if step > recipe.video_face_from and (step - recipe.video_face_from) % 2 == 1:
+                assert pixels.shape == (3, recipe.video_face_crop[0], *(recipe.video_face_crop[1],) * 2)
+                assert float((weight * (weight > 1)).sum()) == box  # the whole box lies inside the crop
+            else:
+                assert pixels.shape == (3, NUM_FRAMES, *(recipe.video_long_crop[1],) * 2)
+
+
+def test_turbo_face_windows_hold_the_face_box_and_small_crops_are_refused():
+    from magihuman.toy.drawing import FACE_REGION
+    from magihuman.train.toy_recipe import ToyRecipe, _turbo_window
+
+    pool = [(torch.zeros(48, 5, 8, 8), torch.zeros(3, 17, 128, 128))]
+    recipe = ToyRecipe(turbo_face_rate=1.0)
+    x0, y0, x1, y1 = FACE_REGION
+    for step in range(6):
+        weight = _turbo_window(pool, recipe, step)[2]
+        assert (weight > 1).sum(dim=(-1, -2)).eq((x1 - x0) * (y1 - y0)).all()
+    with pytest.raises(ValueError, match="cannot hold the face box"):
+        _turbo_window(pool, ToyRecipe(turbo_crop=2, turbo_face_rate=1.0), 0)
+
+
 def test_face_weight_map_weights_the_eyes_and_mouth_wherever_the_crop_lies():
     """The codecs' L1 counts the eyes and mouth ``face_weight`` times (the width-8 codecs drew a blank face)."""
     from magihuman.toy.drawing import FACE_REGION, HEIGHT, WIDTH
@@ -257,7 +292,7 @@ def test_face_weight_map_weights_the_eyes_and_mouth_wherever_the_crop_lies():
 def test_turbo_windows_carry_face_weights_of_their_pixels():
     from magihuman.train.toy_recipe import ToyRecipe, _turbo_window
 
-    recipe = ToyRecipe(turbo_crop=2, turbo_batch=3)
+    recipe = ToyRecipe(turbo_crop=2, turbo_batch=3, turbo_face_rate=0.0)
     pool = [(torch.zeros(48, 5, 8, 8), torch.zeros(3, 17, 128, 128)) for _ in range(2)]
     window, target, weight, first = _turbo_window(pool, recipe, 7)
     assert window.shape[:2] == (3, 48) and window.shape[-2:] == (2, 2)

@@ -79,11 +79,15 @@ class ToyRecipe:
     held_out: int = 100
     text_hidden: int = 32
     video_vae_width: int = 16
-    video_vae_steps: int = 4500
+    video_vae_steps: int = 5500
     video_vae_batch: int = 2
     video_crop: tuple[int, int] = (9, 64)  # frames (1 + 4k), pixels (multiple of 16)
     video_long_from: int = 3500  # from this step on, whole-length crops (video_long_crop)
     video_long_crop: tuple[int, int] = (49, 32)
+    # from this step on, every other step trains on crops that hold the whole face box (video_face_crop); the
+    # steps between keep the whole-length crops (docs/toy_world.md, "Crops over the face")
+    video_face_from: int = 4500
+    video_face_crop: tuple[int, int] = (17, 64)
     face_weight: float = 4.0  # L1 weight of FACE_REGION's pixels (eyes, mouth) in the video VAE and Turbo losses
     audio_vae_width: int = 12
     audio_vae_steps: int = 4500
@@ -95,6 +99,7 @@ class ToyRecipe:
     turbo_crop: int = 4  # latent pixels (x16 image pixels); 0: whole frames
     turbo_window: int = 4  # most latent frames per training window
     turbo_batch: int = 2
+    turbo_face_rate: float = 0.5  # share of training windows placed over the whole face box
     transformer: dict = field(default_factory=lambda: dict(TOY_TRANSFORMER_CONFIG))
     base_steps: int = 4000
     base_batch: int = 8
@@ -116,7 +121,7 @@ class ToyRecipe:
         """Tiny budgets that run every stage in about a minute (tests, smoke runs)."""
         return cls(clips=6, held_out=4, video_vae_width=8, audio_vae_width=8, turbo_channels=(8, 8, 16, 16),
                    video_vae_steps=2, video_crop=(5, 32), video_long_from=1,
-                   video_long_crop=(9, 16), audio_vae_steps=2,
+                   video_long_crop=(9, 16), video_face_from=1, video_face_crop=(5, 48), audio_vae_steps=2,
                    turbo_steps=2, turbo_pool=2, base_steps=4, base_batch=2, distill_steps=1, lora_clips=2, lora_steps=2)
 
 
@@ -202,6 +207,21 @@ def face_weight_map(recipe: ToyRecipe, y0: int, x0: int, height: int, width: int
     return weight
 
 
+def _over_face(rng: np.random.Generator, axis: int, size: int, extent: int, unit: int) -> int:
+    """A random start (in ``unit``-pixel cells) along ``axis`` (0: x, 1: y) of a ``size``-cell crop within
+    ``extent`` cells that holds all of :data:`~magihuman.toy.drawing.FACE_REGION`.
+
+    Raises:
+        ValueError: the crop is smaller than the face box.
+    """
+    from magihuman.toy.drawing import FACE_REGION
+
+    first, last = FACE_REGION[axis] // unit, -(-FACE_REGION[axis + 2] // unit)  # cells the box touches
+    if last - first > size:
+        raise ValueError(f"a {size * unit}-pixel crop cannot hold the face box {FACE_REGION}; use 48 pixels or more")
+    return int(rng.integers(max(0, last - size), min(first, extent - size) + 1))
+
+
 def _video_crop(recipe: ToyRecipe, step: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``([3, F, P, P] float32 in [-1, 1], [1, 1, P, P] weights)``: a random crop of a freshly rendered clip and its
     :func:`face_weight_map`.
@@ -211,12 +231,17 @@ def _video_crop(recipe: ToyRecipe, step: int, index: int) -> tuple[torch.Tensor,
     only on 9-frame crops (3 latent frames) drifts after them: on whole clips its encoder's later latents
     decoded to the wrong colours (docs/toy_world.md, "Whole-length crops for the video VAE"), and the
     transformer learns whatever the encoder gives it."""
-    frames, size = recipe.video_long_crop if step >= recipe.video_long_from else recipe.video_crop
+    face = step >= recipe.video_face_from and (step - recipe.video_face_from) % 2 == 1
+    frames, size = (recipe.video_face_crop if face else recipe.video_long_crop if step >= recipe.video_long_from
+                    else recipe.video_crop)
     clip = _clip(recipe, 1, step, index)
     rng = np.random.default_rng(derive_seed(recipe.seed, 11, step, index))
     total, height, width = clip.frames.shape[:3]
     t0 = int(rng.integers(0, total - frames + 1))
-    y0, x0 = (int(rng.integers(0, n - size + 1)) for n in (height, width))
+    if face:
+        y0, x0 = (_over_face(rng, axis, size, n, 1) for axis, n in ((1, height), (0, width)))
+    else:
+        y0, x0 = (int(rng.integers(0, n - size + 1)) for n in (height, width))
     crop = clip.frames[t0 : t0 + frames, y0 : y0 + size, x0 : x0 + size]
     pixels = torch.from_numpy(crop).permute(3, 0, 1, 2).float() / 127.5 - 1.0
     return pixels, face_weight_map(recipe, y0, x0, size, size)
@@ -301,7 +326,10 @@ def _turbo_window(pool, recipe: ToyRecipe, step: int
         a = 0 if first else int(rng.integers(1, frames - n + 1))
         span = slice(0, 4 * n - 3) if first else slice(4 * a - 3, 4 * (a + n) - 3)
         size = latent.shape[2] if recipe.turbo_crop == 0 else min(recipe.turbo_crop, latent.shape[2])
-        y, x = (int(rng.integers(0, latent.shape[k] - size + 1)) for k in (2, 3))
+        if rng.random() < recipe.turbo_face_rate:
+            y, x = (_over_face(rng, axis, size, latent.shape[k], 16) for axis, k in ((1, 2), (0, 3)))
+        else:
+            y, x = (int(rng.integers(0, latent.shape[k] - size + 1)) for k in (2, 3))
         windows.append(latent[:, a : a + n, y : y + size, x : x + size])
         targets.append(pixels[:, span, 16 * y : 16 * (y + size), 16 * x : 16 * (x + size)])
         weights.append(face_weight_map(recipe, 16 * y, 16 * x, 16 * size, 16 * size))
