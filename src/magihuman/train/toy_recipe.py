@@ -79,7 +79,7 @@ class ToyRecipe:
     held_out: int = 100
     text_hidden: int = 32
     video_vae_width: int = 16
-    video_vae_steps: int = 5500
+    video_vae_steps: int = 7000
     video_vae_batch: int = 2
     video_crop: tuple[int, int] = (9, 64)  # frames (1 + 4k), pixels (multiple of 16)
     video_long_from: int = 3500  # from this step on, whole-length crops (video_long_crop)
