@@ -216,9 +216,14 @@ def _over_face(rng: np.random.Generator, axis: int, size: int, extent: int, unit
     """
     from magihuman.toy.drawing import FACE_REGION
 
-    first, last = FACE_REGION[axis] // unit, -(-FACE_REGION[axis + 2] // unit)  # cells the box touches
+    def touched(a: int) -> tuple[int, int]:  # first and past-the-last cell the box touches along axis a
+        return FACE_REGION[a] // unit, -(-FACE_REGION[a + 2] // unit)
+
+    first, last = touched(axis)
     if last - first > size:
-        raise ValueError(f"a {size * unit}-pixel crop cannot hold the face box {FACE_REGION}; use 48 pixels or more")
+        need = max(b - a for a, b in map(touched, (0, 1))) * unit
+        raise ValueError(f"a {size * unit}-pixel crop cannot hold the face box {FACE_REGION}; "
+                         f"use {need} pixels or more")
     return int(rng.integers(max(0, last - size), min(first, extent - size) + 1))
 
 
