@@ -298,3 +298,32 @@ def test_turbo_windows_carry_face_weights_of_their_pixels():
     assert window.shape[:2] == (3, 48) and window.shape[-2:] == (2, 2)
     assert weight.shape == (3, 1, 1, 32, 32) and target.shape[-2:] == (32, 32)
     assert set(weight.unique().tolist()) <= {1.0, recipe.face_weight}
+
+
+def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares(tmp_path, monkeypatch):
+    import magihuman.toy.dataset as toy_dataset
+    import magihuman.train.config as train_config
+    import magihuman.train.prepare as prepare
+    from magihuman.train import toy_recipe
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(**kwargs):
+        seen[kwargs["mode"]] = kwargs
+        raise Stop
+
+    monkeypatch.setattr(train_config, "TrainConfig", capture)
+    monkeypatch.setattr(toy_dataset, "write_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(prepare, "prepare_dataset", lambda *a, **k: None)
+    recipe = toy_recipe.ToyRecipe(first_frame_rate=0.25, prefix_rate=0.15, range_rate=0.05, terminal_rate=0.35)
+    (tmp_path / "runs" / "base_init").mkdir(parents=True)
+    (tmp_path / "runs" / "base_init" / "model.safetensors").write_bytes(b"")
+    for stage in (toy_recipe._stage_base, toy_recipe._stage_lora):
+        with pytest.raises(Stop):
+            stage(tmp_path, recipe, print)
+    for mode in ("finetune", "lora"):
+        assert {k: seen[mode][k] for k in ("first_frame_rate", "prefix_rate", "range_rate", "terminal_rate")} == {
+            "first_frame_rate": 0.25, "prefix_rate": 0.15, "range_rate": 0.05, "terminal_rate": 0.35}, mode

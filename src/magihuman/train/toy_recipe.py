@@ -394,10 +394,19 @@ def _stage_base(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> No
                          steps=recipe.base_steps, batch_size=recipe.base_batch,
                          learning_rate=recipe.base_learning_rate, warmup_steps=min(200, recipe.base_steps),
                          mixed_precision="fp32", checkpoint_every=100, seed=recipe.seed, ema_decay=0.995,
-                         prefix_rate=recipe.prefix_rate, range_rate=recipe.range_rate,
-                         first_frame_rate=recipe.first_frame_rate, terminal_rate=recipe.terminal_rate)
+                         **_conditioning(recipe))
     result = Trainer(config).train()
     _replace_folder(result.output, work / "bundle" / "base")
+
+
+def _conditioning(recipe: ToyRecipe) -> dict[str, float]:
+    """The shares of training samples with clean frames or at sigma = 1, the same for the base model and its LoRA.
+
+    The LoRA teaches an attribute the base never saw (a new shirt colour); at sigma = 1 only the caption can say it,
+    so the LoRA needs the sigma-1 draws that taught the base to read its colours (docs/toy_world.md).
+    """
+    return dict(first_frame_rate=recipe.first_frame_rate, prefix_rate=recipe.prefix_rate,
+                range_rate=recipe.range_rate, terminal_rate=recipe.terminal_rate)
 
 
 def _stage_distill(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
@@ -428,7 +437,7 @@ def _stage_lora(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> No
     config = TrainConfig(mode="lora", cache=work / "lora_cache", base=work / "bundle" / "base",
                          output=work / "runs" / "lora", steps=recipe.lora_steps, batch_size=recipe.base_batch,
                          learning_rate=1e-3, warmup_steps=min(20, recipe.lora_steps), mixed_precision="fp32",
-                         checkpoint_every=50, seed=recipe.seed + 1, prefix_rate=recipe.prefix_rate,
+                         checkpoint_every=50, seed=recipe.seed + 1, **_conditioning(recipe),
                          lora=LoraSettings(rank=recipe.lora_rank, alpha=float(recipe.lora_rank)))
     result = Trainer(config).train()
     target = work / "bundle" / LORA_FILE
