@@ -378,3 +378,34 @@ def test_eval_run_overrides_the_step_count_runs_fp32_and_refuses_a_bad_lora(tmp_
     bad = CliRunner().invoke(app, ["eval", "run", "--prompts", str(prompts), "--out", str(tmp_path / "o2"),
                                    "--demo", "--lora", str(tmp_path / "missing.safetensors"), "--no-asr"])
     assert bad.exit_code == 2 and "--lora" in bad.output
+
+
+def test_eval_run_decodes_with_the_chosen_video_decoder_and_refuses_an_unknown_one(tmp_path, demo_root):
+    import json
+
+    from magihuman.cli.app import app
+    from magihuman.pipeline import stages
+
+    prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": "A man says hello.", "seconds": 0.32, "width": 64,
+                                                  "height": 64}])
+    decoders = []
+    original = stages.denoise_latents
+
+    def watching(pipe, *args, **kwargs):
+        decoders.append(pipe.video_decoder is pipe.video_vae)
+        return original(pipe, *args, **kwargs)
+
+    stages.denoise_latents = watching
+    try:
+        for name in ("wan", "turbo"):
+            result = CliRunner().invoke(app, ["eval", "run", "--prompts", str(prompts), "--out",
+                                              str(tmp_path / name), "--demo", "--no-asr", "--no-face-mesh",
+                                              "--video-decoder", name])
+            assert result.exit_code == 0, result.output
+            assert json.loads((tmp_path / name / "report.json").read_text())["settings"]["video_decoder"] == name
+    finally:
+        stages.denoise_latents = original
+    assert decoders == [True, False]
+    bad = CliRunner().invoke(app, ["eval", "run", "--prompts", str(prompts), "--out", str(tmp_path / "bad"),
+                                   "--demo", "--video-decoder", "vae", "--no-asr"])
+    assert bad.exit_code == 2 and "--video-decoder 'vae'" in bad.output and "turbo" in bad.output

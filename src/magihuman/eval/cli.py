@@ -68,6 +68,8 @@ def run(
     lora: Annotated[list[str] | None, typer.Option("--lora", help="LoRA adapter FILE[:SCALE] (repeat).")] = None,
     fp32: Annotated[bool, typer.Option("--fp32", metavar="", help="DiT block linears in float32 (models trained in "
                                        "float32, e.g. the toy world's; on by default for a trained --demo).")] = False,
+    video_decoder: Annotated[str, typer.Option("--video-decoder", help="turbo (default, as the official examples) "
+                                               "or wan (the Wan2.2 VAE decoder).")] = "turbo",
 ) -> None:
     """Generate every prompt of a set with one pipeline, score the clips, write the report."""
     from magihuman.eval.prompt_set import read_prompt_set
@@ -75,6 +77,11 @@ def run(
 
     if demo == (checkpoint_root is not None):
         raise InputError("give exactly one of --checkpoint-root ROOT or --demo", field="checkpoint_root")
+    from magihuman.pipeline.presets import VIDEO_DECODERS
+
+    if video_decoder not in VIDEO_DECODERS:
+        raise InputError(f"--video-decoder {video_decoder!r}: choose one of {', '.join(VIDEO_DECODERS)}",
+                         field="video_decoder")
     adapters = [_lora_spec(spec) for spec in lora or ()]
     entries = read_prompt_set(prompts)
     folder = _checked_out(out, overwrite)
@@ -89,7 +96,8 @@ def run(
         fp32 = fp32 or trained
     else:
         root = checkpoint_root.expanduser()
-    pipe = MagiHumanPipeline.from_official(root, preset=preset, device=device, runtime=RuntimeOptions(fp32=fp32))
+    pipe = MagiHumanPipeline.from_official(root, preset=preset, device=device, runtime=RuntimeOptions(fp32=fp32),
+                                           video_decoder=video_decoder)
     if steps is not None:
         import dataclasses
 
@@ -104,7 +112,8 @@ def run(
     scores = run_prompt_set(entries, pipe, folder, transcriber=transcriber, face=face, defaults=defaults,
                             overwrite=overwrite, log=lambda line: typer.echo(line, err=True))
     settings = {"command": "run", "prompts": str(prompts), "checkpoint_root": "demo" if demo else str(root),
-                "preset": preset, "device": device, "steps": steps, "lora": list(lora or ()), "fp32": fp32, **defaults}
+                "preset": preset, "device": device, "steps": steps, "lora": list(lora or ()), "fp32": fp32,
+                "video_decoder": video_decoder, **defaults}
     _finish(folder, scores, settings)
 
 
