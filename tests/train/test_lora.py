@@ -156,3 +156,17 @@ def enable_fp8_weights_copy(config):
     from magihuman.runtime.fp8 import enable_fp8_weights
 
     return enable_fp8_weights(random_transformer(config, seed=3))
+
+
+def test_an_fp32_lora_run_keeps_its_frozen_base_in_float32_and_a_bf16_one_in_the_official_dtypes(tmp_path):
+    from magihuman.model.layers import ExpertLinear
+
+    small = dict(TRAIN_TINY_CONFIG, hidden_size=64, head_dim=16)
+    for precision, want in (("fp32", {torch.float32}), ("bf16", {torch.bfloat16})):
+        model = random_transformer(small, seed=3).restore_official_dtypes()
+        config = TrainConfig(mode="lora", cache=tmp_path, base=tmp_path, output=tmp_path / precision, steps=1,
+                             batch_size=2, learning_rate=1e-2, mixed_precision=precision, checkpoint_every=1,
+                             lora={"rank": 4, "alpha": 4, "targets": ["attention"]})
+        Trainer(config, model=model, samples=latent_dataset(2), negative=torch.randn(4, 32)).train()
+        frozen = {m.weight.dtype for m in model.modules() if isinstance(m, ExpertLinear)}
+        assert frozen == want, (precision, frozen)

@@ -13,7 +13,9 @@ One optimiser step ``s`` (of ``config.steps``):
 
 Precision: the trained weights are float32 (master weights); ``mixed_precision="bf16"`` runs the block
 GEMMs in bf16 under autocast, as inference computes them. LoRA keeps the frozen base in its official
-dtypes (bf16 block linears, or FP8 with ``lora.fp8_base``) and trains float32 adapters.
+dtypes (bf16 block linears, or FP8 with ``lora.fp8_base``) and trains float32 adapters; with
+``mixed_precision="fp32"`` the frozen base is float32 too (a base trained and sampled in float32, as the toy
+world's).
 
 Several processes (``config.sharding``, :mod:`magihuman.train.distributed`): LoRA replicates the model
 (DDP); full fine-tuning shards the float32 weights, gradients and AdamW state (FSDP2), the block linears
@@ -142,6 +144,8 @@ class Trainer:
             from magihuman.train.lora import add_lora
 
             self.model.requires_grad_(False)
+            if config.mixed_precision == "fp32" and not config.lora.fp8_base:
+                self.model.float()  # all float32, as asked (bf16 GEMMs are slow on CPUs without bf16 units)
             if config.lora.fp8_base:
                 from magihuman.runtime.fp8 import enable_fp8_weights
 
