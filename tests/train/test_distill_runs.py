@@ -126,3 +126,18 @@ def test_two_gloo_processes_match_one(tmp_path):
     row = next(csv.DictReader((tmp_path / "two" / "distill_loss.csv").open()))
     assert float(row["generator_loss"]) == pytest.approx(single_result.generator_losses[0], rel=1e-5)
     assert float(row["fake_loss"]) == pytest.approx(single_result.fake_losses[0], rel=1e-5)
+
+
+def test_an_fp32_run_scores_with_a_float32_copy_of_the_teacher_and_leaves_the_teacher_alone(tmp_path):
+    from magihuman.model.layers import ExpertLinear
+
+    def block_dtypes(model):
+        return {m.weight.dtype for m in model.modules() if isinstance(m, ExpertLinear)}
+
+    for precision, want in (("fp32", {torch.float32}), ("bf16", {torch.bfloat16})):
+        teacher = random_transformer(SMALL, seed=5).restore_official_dtypes()
+        distiller = Distiller(DistillConfig(cache=tmp_path, teacher=tmp_path, output=tmp_path / precision, steps=1,
+                                            batch_size=2, mixed_precision=precision),
+                              teacher=teacher, samples=latent_dataset(2, seed=8), negative=torch.randn(4, 32))
+        assert block_dtypes(distiller.real) == want, precision
+        assert block_dtypes(teacher) == {torch.bfloat16}

@@ -131,6 +131,8 @@ class Distiller:
         self.negative = negative if negative is not None else load_negative(config.cache)
         self.groups = group_by_shape(self.samples)
         teacher = teacher if teacher is not None else load_transformer(config.teacher)
+        if config.mixed_precision == "fp32":  # all float32, as asked: a copy, the teacher is not modified
+            teacher = copy.deepcopy(teacher).float()
         self.real = teacher.to(self.device).eval().requires_grad_(False)
         self.generator = copy.deepcopy(teacher).float().requires_grad_(True).train()
         self.fake = copy.deepcopy(teacher).float().requires_grad_(True).train()
