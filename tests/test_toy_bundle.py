@@ -1,0 +1,68 @@
+"""The shipped toy bundle (``magihuman toy train`` + ``magihuman toy ship``): what ``--demo`` runs.
+
+``magihuman eval run`` generates held-out toy captions (attribute combinations that never occur in training)
+with the shipped 8-step student and scores them with the kit's own toy analysis, so a bundle that stops drawing
+its captions' colours, saying their words in their voice or moving its mouth with the voice fails here. The
+full 100-caption figures are in docs/benchmarks.md ("The shipped toy bundle").
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from magihuman.cli.app import app
+from magihuman.demo import bundle as demo_bundle
+from magihuman.toy.dataset import write_dataset
+
+#: Held-out captions generated here (about 2 s each on 2 cores with the 8-step student).
+PROBES = 6
+#: Floors for 6 captions, below the shipped student's 100-caption figures (docs/benchmarks.md: wall 90 %, shirt
+#: 74 %, pitch 99 %, word count 49 %, first-frame PSNR 18.1 dB) and far above chance (1 colour in 8, 1 word count
+#: in 6, one voice in 2; two held-out clips' first frames are a median 8.5 dB apart, 20 of them pairwise).
+PART_MIN_PCT, PITCH_MIN_PCT, WORDS_MIN_PCT, PSNR_MIN_DB, CORRELATION_MIN = 60.0, 80.0, 30.0, 13.0, 0.2
+
+
+def test_the_trained_bundle_ships_with_its_record():
+    root = demo_bundle.toy_bundle()
+    assert root is not None, "src/magihuman/demo/toy_bundle/ is missing: `magihuman toy ship WORK` makes it"
+    record = json.loads((root / demo_bundle.TOY_MARKER).read_text())
+    assert record["recipe"]["transformer"]["num_layers"] == 8
+    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    assert size <= 25 * 2**20, f"{size / 2**20:.1f} MiB"
+    assert {"distill", "base"} <= set(record["evaluation"]), sorted(record["evaluation"])
+
+
+@pytest.fixture(scope="module")
+def student_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy_eval")
+    write_dataset(folder / "data", clips=1, held_out=PROBES)
+    result = CliRunner().invoke(app, ["eval", "run", "--prompts", str(folder / "data" / "held_out.jsonl"),
+                                      "--checkpoint-root", str(demo_bundle.TOY_BUNDLE), "--preset", "distill",
+                                      "--fp32", "--no-asr", "--no-face-mesh", "--out", str(folder / "run")])
+    assert result.exit_code == 0, result.output
+    return json.loads((folder / "run" / "report.json").read_text())["aggregate"]
+
+
+def test_the_student_says_its_captions_words_in_their_voice(student_report):
+    assert student_report["toy_clips"] == PROBES
+    assert student_report["pitch_accuracy_pct"] >= PITCH_MIN_PCT
+    assert student_report["word_count_exact_pct"] >= WORDS_MIN_PCT
+
+
+def test_the_student_draws_the_wall_and_shirt_its_held_out_captions_ask_for(student_report):
+    parts = student_report["colour_accuracy_pct_by_part"]
+    assert parts["wall"] >= PART_MIN_PCT and parts["shirt"] >= PART_MIN_PCT, parts
+
+
+def test_the_students_mouth_moves_with_its_voice(student_report):
+    """Direction only: the lag target (within 1 frame) is not met yet (median offset 3 frames on 100 captions)."""
+    assert student_report["sync_clips"] >= 1
+    assert student_report["sync_median_correlation"] >= CORRELATION_MIN
+
+
+def test_first_frame_runs_keep_the_given_frame(student_report):
+    assert student_report["first_frame_clips"] >= 1
+    assert student_report["first_frame_median_psnr_db"] >= PSNR_MIN_DB
