@@ -12,7 +12,7 @@ __all__ = ["WORDS", "VOICES", "GENDERS", "MAX_WORDS", "ToyAttributes", "sample_a
 
 #: One-syllable words the person can say (one syllable each, so a word is one voiced segment).
 WORDS = ("one", "two", "three", "four", "five", "six", "eight", "nine", "ten", "yes", "no", "hi", "stop", "go")
-#: Voice names: the fundamental is low (about 100-125 Hz) or high (about 200-240 Hz).
+#: Voice names: the fundamental is low (110 Hz) or high (230 Hz): `magihuman.toy.voice.VOICE_F0`.
 VOICES = ("low", "high")
 GENDERS = ("woman", "man")
 MAX_WORDS = 6
