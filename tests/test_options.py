@@ -55,3 +55,23 @@ def test_fp32_follows_the_flag_and_a_trained_demo(monkeypatch):
     assert not _runtime_options(options()).fp32
     chosen = _runtime_options(options(demo=True, fp8=True))
     assert chosen.fp8 and not chosen.fp32
+
+
+def test_a_trained_demo_renders_the_toy_frame_size_unless_a_size_is_given(monkeypatch):
+    """The toy models were trained on 128x128 frames; the real model's default (448x256) stays for real roots."""
+    import magihuman.demo.bundle as bundle
+    from magihuman.cli.generate import _build_request
+    from magihuman.cli.options import GenerateOptions
+
+    def size(**fields):
+        request = _build_request(GenerateOptions(prompt="A man says hello.", **fields))
+        return request.width, request.height
+
+    monkeypatch.setattr(bundle, "demo_is_trained", lambda: True)
+    assert size(demo=True) == (128, 128)
+    assert size(demo=True, width=256) == (256, 128)
+    assert size(demo=True, width=256, height=192) == (256, 192)
+    default = size()
+    assert default != (128, 128)
+    monkeypatch.setattr(bundle, "demo_is_trained", lambda: False)
+    assert size(demo=True) == default

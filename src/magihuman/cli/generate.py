@@ -126,6 +126,7 @@ def _build_request(options: GenerateOptions):
     fields = {k: getattr(options, k) for k in REQUEST_KEYS}
     fields.update(prompt=prompt, negative_prompt=_text_option(options, "negative_prompt"))
     fields = {k: v for k, v in fields.items() if v is not None}  # unset: the request's own default
+    fields.update(_toy_demo_size(options, fields))
     chosen = fields.get("preset", "distill")
     try:
         fields["preset"] = preset_for_sr_size(chosen, fields.get("sr_width"), fields.get("sr_height"))
@@ -138,6 +139,18 @@ def _build_request(options: GenerateOptions):
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InputError(f"invalid settings: {problems}") from None
+
+
+def _toy_demo_size(options: GenerateOptions, fields: dict) -> dict[str, int]:
+    """``--demo`` on the trained toy bundle renders the toy's 128x128 frames unless --width/--height say otherwise
+    (its models never saw another size; the real model's default, 448x256, is also 7x the tokens)."""
+    from magihuman.demo.bundle import demo_is_trained
+
+    if not options.demo or not demo_is_trained() or "sr_width" in fields:
+        return {}
+    from magihuman.toy.drawing import HEIGHT, WIDTH
+
+    return {key: value for key, value in (("width", WIDTH), ("height", HEIGHT)) if key not in fields}
 
 
 def read_text_file(path: str | os.PathLike, what: str = "prompt") -> str:
