@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the per-clip figures here")
+    parser.add_argument("--held-out-shirt", action="store_true", help="clips with the shirt colours the base never "
+                        "saw (the LoRA's, HELD_OUT_SHIRT_COLOURS): can the codecs carry them?")
     args = parser.parse_args()
     if (args.root is None) == (args.video_checkpoint is None and args.audio_checkpoint is None):
         parser.error("give --root, or one or both of --video-checkpoint and --audio-checkpoint")
@@ -100,9 +102,12 @@ def main() -> None:
     from magihuman.codecs.audio_vae import MODEL_SAMPLE_RATE
 
     decoders, encode, audio_vae = _load_codecs(args)
+    from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS
+
+    shirts = {"shirt_colours": HELD_OUT_SHIRT_COLOURS} if args.held_out_shirt else {}
     rows = []
     for index in range(args.clips):
-        clip = make_clip((7, 9999, index))
+        clip = make_clip((7, 9999, index), **shirts)
         row: dict = {"clip": index}
         with torch.no_grad():
             if encode is not None:

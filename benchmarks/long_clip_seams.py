@@ -81,7 +81,9 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     caption = held_out_clips(0, args.index + 1)[args.index].caption
-    pipe = MagiHumanPipeline.from_official(args.root, preset=args.preset)
+    from magihuman.runtime.options import RuntimeOptions
+
+    pipe = MagiHumanPipeline.from_official(args.root, preset=args.preset, runtime=RuntimeOptions(fp32=True))
     results = {"caption": caption, "preset": args.preset}
     results["long"] = _windowed(pipe, caption, args.seconds, args.window_seconds, args.index, args.out)
     short = pipe(caption, seconds=2.0, width=SIZE, height=SIZE, seed=args.index + 1)
