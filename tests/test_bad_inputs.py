@@ -317,12 +317,9 @@ def test_damaged_pth_is_named_for_what_it_is(tmp_path):
 
 
 def test_ctrl_c_stops_within_seconds(tmp_path, demo_root):
-    """SIGINT during denoising ends the run with exit code 130 and one line, within 3 s.
-
-    The loop stops between steps, so the latency is up to one step: a 4 s clip of the random demo bundle (bf16
-    block linears) takes about 1.2 s per step on a 2-core AVX2 machine, a 6 s clip about 2 s, too close to 3 s."""
+    """SIGINT during denoising ends the run with exit code 130 and one line, within 3 s."""
     env = dict(os.environ, MAGIHUMAN_DEMO_DIR=str(demo_root), PYTHONPATH=os.pathsep.join(sys.path))
-    command = [sys.executable, "-m", "magihuman", "generate", "--demo", "--prompt", PROMPT, "--seconds", "4",
+    command = [sys.executable, "-m", "magihuman", "generate", "--demo", "--prompt", PROMPT, "--seconds", "6",
                "--output", str(tmp_path / "x.mp4"), "--device", "cpu"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     chunks: list[bytes] = []
