@@ -300,7 +300,7 @@ def test_turbo_windows_carry_face_weights_of_their_pixels():
     assert set(weight.unique().tolist()) <= {1.0, recipe.face_weight}
 
 
-def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares(tmp_path, monkeypatch):
+def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares_and_prior_clips(tmp_path, monkeypatch):
     import magihuman.toy.dataset as toy_dataset
     import magihuman.train.config as train_config
     import magihuman.train.prepare as prepare
@@ -318,6 +318,8 @@ def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares(t
     monkeypatch.setattr(train_config, "TrainConfig", capture)
     monkeypatch.setattr(toy_dataset, "write_dataset", lambda *a, **k: None)
     monkeypatch.setattr(prepare, "prepare_dataset", lambda *a, **k: None)
+    merged = []
+    monkeypatch.setattr(toy_recipe, "merge_caches", lambda parts, out: merged.append((parts, out)))
     recipe = toy_recipe.ToyRecipe(first_frame_rate=0.25, prefix_rate=0.15, range_rate=0.05, terminal_rate=0.35)
     (tmp_path / "runs" / "base_init").mkdir(parents=True)
     (tmp_path / "runs" / "base_init" / "model.safetensors").write_bytes(b"")
@@ -327,3 +329,22 @@ def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares(t
     for mode in ("finetune", "lora"):
         assert {k: seen[mode][k] for k in ("first_frame_rate", "prefix_rate", "range_rate", "terminal_rate")} == {
             "first_frame_rate": 0.25, "prefix_rate": 0.15, "range_rate": 0.05, "terminal_rate": 0.35}, mode
+    # prior preservation: the LoRA's cyan clips plus lora_prior_clips ordinary clips of the base's cache
+    assert merged == [([(tmp_path / "lora_cache", "new-", None), (tmp_path / "cache", "prior-", 120)],
+                       tmp_path / "lora_mix_cache")]
+    assert seen["lora"]["cache"] == tmp_path / "lora_mix_cache"
+    with pytest.raises(Stop):
+        toy_recipe._stage_lora(tmp_path, toy_recipe.ToyRecipe(lora_prior_clips=0), print)
+    assert seen["lora"]["cache"] == tmp_path / "lora_cache" and len(merged) == 1
+
+
+def test_the_codec_stages_draw_every_shirt_colour_the_held_out_one_included():
+    from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS, SHIRT_COLOURS
+    from magihuman.train import toy_recipe
+
+    recipe = toy_recipe.ToyRecipe()
+    assert set(recipe.codec_shirt_colours) == set(SHIRT_COLOURS) | set(HELD_OUT_SHIRT_COLOURS)
+    drawn = {toy_recipe._clip(recipe, 3, 0, i).attributes.shirt for i in range(40)}
+    assert "cyan" in drawn and len(drawn) >= 5
+    only = toy_recipe.ToyRecipe(codec_shirt_colours=("cyan",))
+    assert {toy_recipe._clip(only, 3, 0, i).attributes.shirt for i in range(3)} == {"cyan"}

@@ -8,11 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from magihuman.train.cache import CacheError, load_negative, load_samples, read_index
+from magihuman.train.cache import (
+    CacheError,
+    load_negative,
+    load_samples,
+    merge_caches,
+    read_index,
+    write_cache_header,
+    write_negative,
+    write_sample,
+)
 from magihuman.train.dataset import Bucket, DatasetError, choose_bucket, parse_buckets, read_dataset
 from magihuman.train.prepare import prepare_dataset
 
-from .helpers import write_clip
+from .helpers import latent_dataset, write_clip
 
 
 def test_bucket_sizes_follow_the_pipeline():
@@ -85,3 +94,32 @@ def test_prepare_writes_a_resumable_cache(tmp_path, demo_root):
         prepare_dataset(data, cache, root=root, buckets=buckets, video_only=True, progress=False)
     video_only = prepare_dataset(silent, tmp_path / "vo", root=root, buckets=buckets, video_only=True, progress=False)
     assert load_samples(video_only)[0].audio_latent is None
+
+
+def _cache_of(folder: Path, samples, *, root: str = "/codecs", negative: float = 0.0) -> Path:
+    write_cache_header(folder, {"root": root, "buckets": ["64x64_0.32s"], "seed": 0, "video_only": False})
+    for sample in samples:
+        write_sample(folder, sample, "64x64_0.32s")
+    write_negative(folder, torch.full((3, 32), negative))
+    return folder
+
+
+def test_merge_caches_takes_the_asked_samples_under_new_ids_and_refuses_mismatches(tmp_path):
+    new = _cache_of(tmp_path / "new", latent_dataset(2, seed=1), negative=1.0)
+    prior = _cache_of(tmp_path / "prior", latent_dataset(5, seed=2))
+    assert merge_caches([(new, "new-", None), (prior, "prior-", 3)], tmp_path / "mix") == 5
+    merged = load_samples(tmp_path / "mix")
+    assert [s.clip_id for s in merged] == ["new-clip0", "new-clip1", "prior-clip0", "prior-clip1", "prior-clip2"]
+    originals = load_samples(new) + load_samples(prior)[:3]
+    for got, want in zip(merged, originals, strict=True):
+        assert got.caption == want.caption and torch.equal(got.video_latent, want.video_latent)
+        assert torch.equal(got.audio_latent, want.audio_latent) and torch.equal(got.text_embeds, want.text_embeds)
+    assert torch.equal(load_negative(tmp_path / "mix"), torch.full((3, 32), 1.0))  # the first part's
+    with pytest.raises(CacheError, match="exists"):
+        merge_caches([(new, "new-", None)], tmp_path / "mix")
+    with pytest.raises(CacheError, match="holds 5 samples, fewer than the 6"):
+        merge_caches([(new, "new-", None), (prior, "prior-", 6)], tmp_path / "mix2")
+    other = _cache_of(tmp_path / "other", latent_dataset(1), root="/elsewhere")
+    with pytest.raises(CacheError, match="root='/elsewhere'"):
+        merge_caches([(new, "new-", None), (other, "o-", None)], tmp_path / "mix3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mix", "new", "other", "prior"]  # no staging left

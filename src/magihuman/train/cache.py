@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,68 @@ def load_samples(folder: str | Path) -> list[LatentSample]:
     if not samples:
         raise CacheError(f"the cache {folder} holds no samples; run `magihuman train prepare` on a dataset")
     return samples
+
+
+def _link_samples(parts: list[tuple[str | os.PathLike, str, int | None]], staging: Path) -> int:
+    """:func:`merge_caches`' sample files and index lines, written into ``staging``."""
+    count = 0
+    with open(staging / INDEX_FILE, "w", encoding="utf-8") as index:
+        for folder, prefix, take in parts:
+            entries = read_index(Path(folder))
+            if take is not None and len(entries) < take:
+                raise CacheError(f"{folder} holds {len(entries)} samples, fewer than the {take} asked for")
+            for entry in entries[:take]:
+                name = f"{SAMPLES_DIR}/{prefix}{entry['id']}.safetensors"
+                try:
+                    os.link(Path(folder) / entry["file"], staging / name)
+                except OSError:
+                    shutil.copyfile(Path(folder) / entry["file"], staging / name)
+                index.write(json.dumps(dict(entry, id=f"{prefix}{entry['id']}", file=name)) + "\n")
+                count += 1
+    return count
+
+
+def merge_caches(parts: list[tuple[str | os.PathLike, str, int | None]], output: str | os.PathLike) -> int:
+    """Write a cache made of samples of other caches (e.g. a LoRA's new clips plus ordinary clips as prior
+    preservation, the regularisation set of DreamBooth, arXiv:2208.12242 §3.3); returns its sample count.
+
+    Sample files are hard-linked where the file system allows, else copied. The header and negative prompt
+    come from the first part.
+
+    Args:
+        parts: ``(cache folder, id prefix, how many samples or None for all)``; samples are taken in index
+            order and renamed ``<prefix><id>`` so ids of different caches cannot collide.
+        output: new cache folder; must not exist yet.
+
+    Raises:
+        CacheError: a part is not a cache, holds fewer samples than asked, or was encoded with other codecs or
+            another video-only switch than the first part; ``output`` exists.
+    """
+    output = Path(output)
+    if output.exists():
+        raise CacheError(f"{output} exists; choose a new folder for the merged cache or delete it")
+    if not parts:
+        raise CacheError("merge_caches needs at least one cache")
+    headers = [read_cache_header(Path(folder)) for folder, _, _ in parts]
+    for (folder, _, _), header in zip(parts[1:], headers[1:], strict=True):
+        for key in ("root", "video_only"):
+            if header.get(key) != headers[0].get(key):
+                raise CacheError(f"{folder} has {key}={header.get(key)!r} but {parts[0][0]} has "
+                                 f"{headers[0].get(key)!r}; merge caches encoded the same way")
+    staging = output.with_name(f".{output.name}.staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    buckets = sorted({b for header in headers for b in header.get("buckets", [])})
+    header = {k: v for k, v in headers[0].items() if k != "version"}
+    write_cache_header(staging, dict(header, buckets=buckets))
+    try:
+        count = _link_samples(parts, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_negative(staging, load_negative(Path(parts[0][0])))
+    staging.rename(output)
+    return count
 
 
 def group_by_shape(samples: list[LatentSample]) -> dict[tuple, list[int]]:
