@@ -316,10 +316,22 @@ def test_damaged_pth_is_named_for_what_it_is(tmp_path):
 # ------------------------------------------------------------------------------------------------ Ctrl-C
 
 
+def _signal_masks(pid: int) -> str:
+    """The ``SigBlk``/``SigIgn``/``SigCgt`` lines of ``/proc/PID/status`` (bit 2 is SIGINT), or why not."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as exc:
+        return f"no status ({exc})"
+    return " ".join(line.replace("\t", "") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
 def test_ctrl_c_stops_within_seconds(tmp_path, demo_root):
     """SIGINT during denoising ends the run with exit code 130 and one line, within 3 s."""
     env = dict(os.environ, MAGIHUMAN_DEMO_DIR=str(demo_root), PYTHONPATH=os.pathsep.join(sys.path))
-    command = [sys.executable, "-m", "magihuman", "generate", "--demo", "--prompt", PROMPT, "--seconds", "6",
+    # `python -m magihuman` with a faulthandler on SIGUSR1, to see where a child that ignores Ctrl-C is
+    launcher = ("import faulthandler, runpy, signal; faulthandler.register(signal.SIGUSR1); "
+                "runpy.run_module('magihuman', run_name='__main__', alter_sys=True)")
+    command = [sys.executable, "-c", launcher, "generate", "--demo", "--prompt", PROMPT, "--seconds", "6",
                "--output", str(tmp_path / "x.mp4"), "--device", "cpu"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     chunks: list[bytes] = []
@@ -336,8 +348,13 @@ def test_ctrl_c_stops_within_seconds(tmp_path, demo_root):
     try:
         proc.wait(timeout=3)
     except subprocess.TimeoutExpired:
+        masks = _signal_masks(proc.pid)  # which of SIGINT's ignore/block/catch bits the child had
+        proc.send_signal(signal.SIGUSR1)  # faulthandler: the child's Python stacks to its stderr
+        time.sleep(0.5)
         proc.kill()
-        pytest.fail("still running 3 s after Ctrl-C")
+        reader.join(timeout=5)
+        pytest.fail(f"still running 3 s after Ctrl-C; child {masks}; parent {_signal_masks(os.getpid())}; "
+                    f"stderr tail: {b''.join(chunks).decode(errors='replace')[-3000:]}")
     elapsed = time.monotonic() - start
     reader.join(timeout=5)
     rest = b"".join(chunks).decode(errors="replace")
