@@ -69,9 +69,10 @@ def test_ship_copies_the_bundle_with_its_record(tmp_path, quick_work, monkeypatc
     report.write_text(json.dumps({"aggregate": {"toy.colour_accuracy": 0.5}}))
     dest = tmp_path / "toy_bundle"
     result = runner.invoke(cli.app, ["toy", "ship", str(quick_work), "--dest", str(dest), "--report",
-                                     f"distill={report}"])
+                                     f"distill={report}", "--note", "first line", "--note", "second line"])
     assert result.exit_code == 0, result.output
     marker = json.loads((dest / "TOY_BUNDLE.json").read_text())
+    assert marker["notes"] == ["first line", "second line"]
     assert marker["evaluation"]["distill"]["aggregate"] == {"toy.colour_accuracy": 0.5}
     assert set(marker["stage_seconds"]) == set(STAGES)
     assert marker["recipe"]["clips"] == 6

@@ -69,6 +69,8 @@ def toy_ship(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a bundle already there.")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype of the weights: bfloat16 (default; matrices "
                                        "and kernels, vectors stay float32) or float32.")] = "bfloat16",
+    notes: Annotated[list[str] | None, typer.Option("--note", help="A line recorded in TOY_BUNDLE.json's notes, "
+                                                    "e.g. how the run departed from its recipe (repeat).")] = None,
 ) -> None:
     """Copy WORK/bundle into the package (or --dest) with TOY_BUNDLE.json, so `generate --demo` runs it."""
     from magihuman.train.toy_ship import ship_bundle
@@ -80,7 +82,7 @@ def toy_ship(
             raise InputError(f"--report takes LABEL=path/to/report.json, got {item!r}", field="report")
         parsed[label] = Path(path).expanduser()
     try:
-        dest = ship_bundle(work.expanduser(), dest, reports=parsed, overwrite=overwrite, dtype=dtype)
+        dest = ship_bundle(work.expanduser(), dest, reports=parsed, overwrite=overwrite, dtype=dtype, notes=notes)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         raise InputError(str(exc), field="work") from None
     typer.echo(f"shipped toy bundle: {dest}")

@@ -74,7 +74,7 @@ def _summary(report: Path) -> dict:
 
 
 def ship_bundle(work: str | Path, dest: str | Path | None = None, *, reports: dict[str, Path] | None = None,
-                overwrite: bool = False, dtype: str = "bfloat16") -> Path:
+                overwrite: bool = False, dtype: str = "bfloat16", notes: list[str] | None = None) -> Path:
     """Copy ``work/bundle`` (from :func:`~magihuman.train.toy_recipe.run_recipe`) to ``dest`` (module docstring).
 
     Args:
@@ -83,6 +83,7 @@ def ship_bundle(work: str | Path, dest: str | Path | None = None, *, reports: di
         reports: ``{label: report.json}`` of ``magihuman eval`` runs on this bundle, summarised into the marker.
         overwrite: replace an existing bundle at ``dest``.
         dtype: storage dtype of the weights, a key of :data:`STORAGE_DTYPES` (module docstring).
+        notes: free-text lines recorded as ``notes`` (e.g. how a run departed from its recorded recipe).
 
     Returns:
         ``dest``.
@@ -133,6 +134,7 @@ def ship_bundle(work: str | Path, dest: str | Path | None = None, *, reports: di
             "storage_dtype": dtype,
             "bytes": sizes,
             "evaluation": {label: _summary(Path(r)) for label, r in (reports or {}).items()},
+            "notes": list(notes or []),
         }
         (staging / TOY_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         old = dest.with_name(f".{dest.name}.old")
