@@ -19,8 +19,8 @@ from magihuman.toy.dataset import write_dataset
 
 #: Held-out captions generated here (about 2 s each on 2 cores with the 8-step student).
 PROBES = 6
-#: Floors for 6 captions, below the shipped student's 100-caption figures (docs/benchmarks.md: wall 90 %, shirt
-#: 74 %, pitch 99 %, word count 49 %, first-frame PSNR 18.1 dB) and far above chance (1 colour in 8, 1 word count
+#: Floors for 6 captions, below the shipped student's 100-caption figures (docs/benchmarks.md: wall 97 %, shirt
+#: 84 %, pitch 99 %, word count 53 %, first-frame PSNR 18.9 dB) and far above chance (1 colour in 8, 1 word count
 #: in 6, one voice in 2; two held-out clips' first frames are a median 8.5 dB apart, 20 of them pairwise).
 PART_MIN_PCT, PITCH_MIN_PCT, WORDS_MIN_PCT, PSNR_MIN_DB, CORRELATION_MIN = 60.0, 80.0, 30.0, 13.0, 0.2
 
