@@ -4,9 +4,9 @@ opening and the voice loudness measured on the result drawn under it.
     python benchmarks/demo_strip.py --root WORK/bundle --out docs/images/toy_demo.png
 
 The caption is a held-out one (its attributes never occur in training); the PNG is made by this script
-from the pipeline's output, nothing is drawn by hand. The README's strip is ``--index 4``: of the text-to-video
-held-out captions whose three colours the shipped student drew right in its 100-caption eval (seed = index, as
-``magihuman eval run``), the first, and one of the two with a measured mouth (docs/benchmarks.md).
+from the pipeline's output, nothing is drawn by hand. The README's strip is ``--index 6``: of the text-to-video
+held-out captions whose three colours the shipped (w4) student drew right in its 100-caption eval (seed = index,
+as ``magihuman eval run``), the first with a measured mouth (its word count is off by one or more; docs/benchmarks.md).
 """
 
 from __future__ import annotations
