@@ -333,7 +333,11 @@ def test_ctrl_c_stops_within_seconds(tmp_path, demo_root):
                 "runpy.run_module('magihuman', run_name='__main__', alter_sys=True)")
     command = [sys.executable, "-c", launcher, "generate", "--demo", "--prompt", PROMPT, "--seconds", "6",
                "--output", str(tmp_path / "x.mp4"), "--device", "cpu"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # as a terminal's foreground job gets it: Ctrl-C not ignored. A shell's background job (`cmd &`, nohup: how the
+    # suite runs unattended) starts with SIGINT ignored, and a child inherits that through exec; the test then
+    # failed in every such full run, with SigIgn bit 2 set in both processes (/proc/PID/status)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read1(4096), b"")), daemon=True)
     reader.start()

@@ -228,11 +228,12 @@ def test_video_vae_crops_become_whole_length_from_video_long_from():
     """Short crops teach appearance cheaply; from ``video_long_from`` the crops span the whole clip, so the causal
     VAE also learns to carry its cache over all 13 latent frames (a VAE trained on 9-frame crops drifted)."""
     from magihuman.toy.clip import NUM_FRAMES
-    from magihuman.train.toy_recipe import ToyRecipe, _video_crop
+    from magihuman.train.toy_codec_data import video_crop
+    from magihuman.train.toy_recipe import ToyRecipe
 
     recipe = ToyRecipe()
     assert recipe.video_long_from < recipe.video_vae_steps
-    (short, short_weight), (long, long_weight) = (_video_crop(recipe, recipe.video_long_from + k, 0) for k in (-1, 0))
+    (short, short_weight), (long, long_weight) = (video_crop(recipe, recipe.video_long_from + k, 0) for k in (-1, 0))
     assert short.shape == (3, *recipe.video_crop[:1], recipe.video_crop[1], recipe.video_crop[1])
     assert long.shape == (3, NUM_FRAMES, recipe.video_long_crop[1], recipe.video_long_crop[1])
     assert short_weight.shape == (1, 1, *short.shape[-2:]) and long_weight.shape == (1, 1, *long.shape[-2:])
@@ -244,7 +245,8 @@ def test_video_vae_alternates_face_crops_with_whole_length_ones_from_video_face_
     drew a blank face; one shown the face learnt the mouth), and the steps between keep the whole-length crops."""
     from magihuman.toy.clip import NUM_FRAMES
     from magihuman.toy.drawing import FACE_REGION
-    from magihuman.train.toy_recipe import ToyRecipe, _video_crop
+    from magihuman.train.toy_codec_data import video_crop
+    from magihuman.train.toy_recipe import ToyRecipe
 
     recipe = ToyRecipe()
     assert recipe.video_long_from < recipe.video_face_from < recipe.video_vae_steps
@@ -252,7 +254,7 @@ def test_video_vae_alternates_face_crops_with_whole_length_ones_from_video_face_
     box = (x1 - x0) * (y1 - y0) * recipe.face_weight
     for step in range(recipe.video_face_from - 1, recipe.video_face_from + 7):
         for index in range(2):
-            pixels, weight = _video_crop(recipe, step, index)
+            pixels, weight = video_crop(recipe, step, index)
             if step > recipe.video_face_from and (step - recipe.video_face_from) % 2 == 1:
                 assert pixels.shape == (3, recipe.video_face_crop[0], *(recipe.video_face_crop[1],) * 2)
                 assert float((weight * (weight > 1)).sum()) == box  # the whole box lies inside the crop
@@ -262,22 +264,24 @@ def test_video_vae_alternates_face_crops_with_whole_length_ones_from_video_face_
 
 def test_turbo_face_windows_hold_the_face_box_and_small_crops_are_refused():
     from magihuman.toy.drawing import FACE_REGION
-    from magihuman.train.toy_recipe import ToyRecipe, _turbo_window
+    from magihuman.train.toy_codec_data import turbo_window
+    from magihuman.train.toy_recipe import ToyRecipe
 
     pool = [(torch.zeros(48, 5, 8, 8), torch.zeros(3, 17, 128, 128))]
     recipe = ToyRecipe(turbo_face_rate=1.0)
     x0, y0, x1, y1 = FACE_REGION
     for step in range(6):
-        weight = _turbo_window(pool, recipe, step)[2]
+        weight = turbo_window(pool, recipe, step)[2]
         assert (weight > 1).sum(dim=(-1, -2)).eq((x1 - x0) * (y1 - y0)).all()
     with pytest.raises(ValueError, match="cannot hold the face box"):
-        _turbo_window(pool, ToyRecipe(turbo_crop=2, turbo_face_rate=1.0), 0)
+        turbo_window(pool, ToyRecipe(turbo_crop=2, turbo_face_rate=1.0), 0)
 
 
 def test_face_weight_map_weights_the_eyes_and_mouth_wherever_the_crop_lies():
     """The codecs' L1 counts the eyes and mouth ``face_weight`` times (the width-8 codecs drew a blank face)."""
     from magihuman.toy.drawing import FACE_REGION, HEIGHT, WIDTH
-    from magihuman.train.toy_recipe import ToyRecipe, face_weight_map
+    from magihuman.train.toy_codec_data import face_weight_map
+    from magihuman.train.toy_recipe import ToyRecipe
 
     recipe = ToyRecipe()
     assert recipe.face_weight > 1
@@ -291,11 +295,12 @@ def test_face_weight_map_weights_the_eyes_and_mouth_wherever_the_crop_lies():
 
 
 def test_turbo_windows_carry_face_weights_of_their_pixels():
-    from magihuman.train.toy_recipe import ToyRecipe, _turbo_window
+    from magihuman.train.toy_codec_data import turbo_window
+    from magihuman.train.toy_recipe import ToyRecipe
 
     recipe = ToyRecipe(turbo_crop=2, turbo_batch=3, turbo_face_rate=0.0)
     pool = [(torch.zeros(48, 5, 8, 8), torch.zeros(3, 17, 128, 128)) for _ in range(2)]
-    window, target, weight, first = _turbo_window(pool, recipe, 7)
+    window, target, weight, first = turbo_window(pool, recipe, 7)
     assert window.shape[:2] == (3, 48) and window.shape[-2:] == (2, 2)
     assert weight.shape == (3, 1, 1, 32, 32) and target.shape[-2:] == (32, 32)
     assert set(weight.unique().tolist()) <= {1.0, recipe.face_weight}
@@ -342,10 +347,11 @@ def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares_a
 def test_the_codec_stages_draw_every_shirt_colour_the_held_out_one_included():
     from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS, SHIRT_COLOURS
     from magihuman.train import toy_recipe
+    from magihuman.train.toy_codec_data import codec_clip
 
     recipe = toy_recipe.ToyRecipe()
     assert set(recipe.codec_shirt_colours) == set(SHIRT_COLOURS) | set(HELD_OUT_SHIRT_COLOURS)
-    drawn = {toy_recipe._clip(recipe, 3, 0, i).attributes.shirt for i in range(40)}
+    drawn = {codec_clip(recipe, 3, 0, i).attributes.shirt for i in range(40)}
     assert "cyan" in drawn and len(drawn) >= 5
     only = toy_recipe.ToyRecipe(codec_shirt_colours=("cyan",))
-    assert {toy_recipe._clip(only, 3, 0, i).attributes.shirt for i in range(3)} == {"cyan"}
+    assert {codec_clip(only, 3, 0, i).attributes.shirt for i in range(3)} == {"cyan"}
