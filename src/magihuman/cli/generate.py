@@ -144,9 +144,11 @@ def _build_request(options: GenerateOptions):
 def _toy_demo_size(options: GenerateOptions, fields: dict) -> dict[str, int]:
     """``--demo`` on the trained toy bundle renders the toy's 128x128 frames unless --width/--height say otherwise
     (its models never saw another size; the real model's default, 448x256, is also 7x the tokens)."""
+    if not options.demo or "sr_width" in fields:
+        return {}
     from magihuman.demo.bundle import demo_is_trained
 
-    if not options.demo or not demo_is_trained() or "sr_width" in fields:
+    if not demo_is_trained():
         return {}
     from magihuman.toy.drawing import HEIGHT, WIDTH
 

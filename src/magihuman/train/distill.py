@@ -130,9 +130,12 @@ class Distiller:
         self.samples = samples if samples is not None else load_samples(config.cache)
         self.negative = negative if negative is not None else load_negative(config.cache)
         self.groups = group_by_shape(self.samples)
-        teacher = teacher if teacher is not None else load_transformer(config.teacher)
-        if config.mixed_precision == "fp32":  # all float32, as asked: a copy, the teacher is not modified
-            teacher = copy.deepcopy(teacher).float()
+        if teacher is None:
+            teacher = load_transformer(config.teacher)
+        elif config.mixed_precision == "fp32":  # a caller's teacher is not modified: cast a copy
+            teacher = copy.deepcopy(teacher)
+        if config.mixed_precision == "fp32":  # all float32, as asked
+            teacher = teacher.float()
         self.real = teacher.to(self.device).eval().requires_grad_(False)
         self.generator = copy.deepcopy(teacher).float().requires_grad_(True).train()
         self.fake = copy.deepcopy(teacher).float().requires_grad_(True).train()

@@ -116,8 +116,7 @@ def latent_pool(work: Path, recipe: ToyRecipe) -> list[tuple[torch.Tensor, torch
     return pool
 
 
-def turbo_window(pool, recipe: ToyRecipe, step: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+def turbo_window(pool, recipe: ToyRecipe, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """A batch of random decode windows (first-chunk or later, as the sliding-window decode calls them), their
     pixels and :func:`face_weight_map`: ``[turbo_batch, 48, n, c, c]`` raw latents with ``c = turbo_crop`` (the
     whole frame when 0) and ``n <= turbo_window`` latent frames; the decoder is convolutional, so spatial crops

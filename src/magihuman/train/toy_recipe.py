@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from magihuman.pipeline.loading import ROOT_LAYOUT
-from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS, SHIRT_COLOURS
+from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS, PART_PALETTES, SHIRT_COLOURS
 from magihuman.train.autoencoders import (
     ReconstructionRun,
     audio_vae_loss,
@@ -106,7 +106,7 @@ class ToyRecipe:
     # the codecs see every shirt colour, the held-out one included, as real codecs are trained on far more than the
     # transformer's data; only the transformer meets cyan first, through the LoRA. The w3 Turbo decoder, trained
     # on the base palette only, drew cyan shirts pale white (docs/toy_world.md, "The codecs and a new colour")
-    codec_shirt_colours: tuple[str, ...] = SHIRT_COLOURS + HELD_OUT_SHIRT_COLOURS
+    codec_shirt_colours: tuple[str, ...] = PART_PALETTES["shirt"]
     transformer: dict = field(default_factory=lambda: dict(TOY_TRANSFORMER_CONFIG))
     base_steps: int = 4000
     base_batch: int = 8
