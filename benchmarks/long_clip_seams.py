@@ -7,9 +7,10 @@
 2. the first 2 s of it extended by 2 s;
 3. a retake of 0.8-1.4 s of that 2 s clip (video and audio).
 
-For each: :func:`magihuman.eval.seams.seam_report` at the joins; for the retake also whether every held
-latent equals the encoded clip bit for bit. Writes the MP4s and ``seams.json`` into ``--out`` and prints a
-summary.
+For each: :func:`magihuman.eval.seams.seam_report` at the joins; for extend and retake also the largest
+frame-to-frame difference over each join's picture fade (``--fade-frames``, the pipeline's default when not
+given; 0 for the hard cut), and for the retake whether every held latent equals the encoded clip bit for bit.
+Writes the MP4s and ``seams.json`` into ``--out`` and prints a summary.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from magihuman.eval.seams import seam_frames, seam_report
+from magihuman.eval.seams import frame_differences, seam_frames, seam_report
 from magihuman.pipeline.windows import plan_windows, window_latent_frames
 from magihuman.toy.dataset import held_out_clips
 
@@ -41,15 +42,27 @@ def _windowed(pipe, caption: str, seconds: float, window: float, seed: int, out:
     return {"seconds": clip.duration, "windows": len(plan.windows), "wall_s": round(wall, 1), **report}
 
 
-def _extend(pipe, caption: str, source: Path, seconds: float, window: float, seed: int, out: Path) -> dict:
-    clip = pipe.extend(source, caption, seconds=seconds, width=SIZE, height=SIZE, seed=seed, window_seconds=window)
+def _fade_steps(frames: np.ndarray, seams: list[int], fade: int) -> list[float]:
+    """Per seam, the largest difference between consecutive frames from ``fade`` frames before it to ``fade``
+    after it (the fade, the join and the frames beside them)."""
+    diffs = frame_differences(frames)
+    return [float(diffs[max(0, s - 1 - fade) : s + fade].max()) for s in seams]
+
+
+def _extend(pipe, caption: str, source: Path, seconds: float, window: float, seed: int, out: Path,
+            fade: dict) -> dict:
+    clip = pipe.extend(source, caption, seconds=seconds, width=SIZE, height=SIZE, seed=seed, window_seconds=window,
+                       **fade)
     clip.save(out / "extended.mp4", overwrite=True)
-    report = seam_report(clip.frames, clip.audio, clip.sample_rate, [_frames_of(source)]).to_dict()
-    return {"seconds": clip.frames.shape[0] / clip.fps, **report}
+    seams = [_frames_of(source)]
+    report = seam_report(clip.frames, clip.audio, clip.sample_rate, seams).to_dict()
+    return {"seconds": clip.frames.shape[0] / clip.fps, "fade_max_difference": _fade_steps(clip.frames, seams, 8),
+            **report}
 
 
-def _retake(pipe, caption: str, source: Path, start: float, end: float, seed: int, out: Path) -> dict:
-    clip = pipe.retake(source, caption, start=start, end=end, target="both", width=SIZE, height=SIZE, seed=seed)
+def _retake(pipe, caption: str, source: Path, start: float, end: float, seed: int, out: Path, fade: dict) -> dict:
+    clip = pipe.retake(source, caption, start=start, end=end, target="both", width=SIZE, height=SIZE, seed=seed,
+                       **fade)
     clip.save(out / "retaken.mp4", overwrite=True)
     video_same = bool((clip.video_latent[:, :, clip.video_held] == clip.source_video_latent[:, :, clip.video_held])
                       .all())
@@ -59,7 +72,8 @@ def _retake(pipe, caption: str, source: Path, start: float, end: float, seed: in
     seams = [s for s in (4 * first - 3, 4 * last + 1) if 1 <= s < clip.frames.shape[0]]
     report = seam_report(clip.frames, clip.audio, clip.sample_rate, seams).to_dict()
     return {"held_video_bitwise": video_same, "held_audio_bitwise": audio_same,
-            "regenerated_latent_frames": [first, last], **report}
+            "regenerated_latent_frames": [first, last], "fade_max_difference": _fade_steps(clip.frames, seams, 8),
+            **report}
 
 
 def _frames_of(path: Path) -> int:
@@ -76,7 +90,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--window-seconds", type=float, default=2.0)
     parser.add_argument("--index", type=int, default=0, help="which held-out caption")
+    parser.add_argument("--fade-frames", type=int, help="extend and retake: frames of each picture fade (default: "
+                        "the pipeline's; 0: a hard cut)")
+    parser.add_argument("--skip-long", action="store_true", help="only the extend and the retake")
     args = parser.parse_args()
+    fade = {} if args.fade_frames is None else {"fade_frames": args.fade_frames}
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -84,21 +102,24 @@ def main() -> None:
     from magihuman.runtime.options import RuntimeOptions
 
     pipe = MagiHumanPipeline.from_official(args.root, preset=args.preset, runtime=RuntimeOptions(fp32=True))
-    results = {"caption": caption, "preset": args.preset}
-    results["long"] = _windowed(pipe, caption, args.seconds, args.window_seconds, args.index, args.out)
+    results = {"caption": caption, "preset": args.preset, "fade_frames": args.fade_frames}
+    if not args.skip_long:
+        results["long"] = _windowed(pipe, caption, args.seconds, args.window_seconds, args.index, args.out)
     short = pipe(caption, seconds=2.0, width=SIZE, height=SIZE, seed=args.index + 1)
     short.save(args.out / "short.mp4", overwrite=True)
     results["extend"] = _extend(pipe, caption, args.out / "short.mp4", 2.0, args.window_seconds, args.index + 2,
-                                args.out)
-    results["retake"] = _retake(pipe, caption, args.out / "short.mp4", 0.8, 1.4, args.index + 3, args.out)
+                                args.out, fade)
+    results["retake"] = _retake(pipe, caption, args.out / "short.mp4", 0.8, 1.4, args.index + 3, args.out, fade)
     (args.out / "seams.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    for name in ("long", "extend", "retake"):
+    for name in [n for n in ("long", "extend", "retake") if n in results]:
         r = results[name]
         print(f"{name}: seam diff {np.round(r['seam_difference'], 2).tolist()} vs inside mean "
               f"{r['inside_difference_mean']:.2f} p95 {r['inside_difference_p95']:.2f} "
               f"max {r['inside_difference_max']:.2f}; "
               f"colours constant {r['colours_constant']}; gaps {r['gaps']} clicks {r['clicks']}; "
-              f"sync lag {r['sync_offset_frames']} r {r['sync_correlation']:.2f}")
+              f"sync lag {r['sync_offset_frames']} r {r['sync_correlation']:.2f}"
+              + (f"; largest step over the fades {np.round(r['fade_max_difference'], 2).tolist()}"
+                 if "fade_max_difference" in r else ""))
     print(f"retake held latents bitwise: video {results['retake']['held_video_bitwise']}, "
           f"audio {results['retake']['held_audio_bitwise']}")
 

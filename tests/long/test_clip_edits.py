@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import torch
 
+from magihuman.pipeline import stages
 from magihuman.pipeline.clip_requests import ExtendRequest
 from magihuman.pipeline.media import probe_media, read_clip_frames
 
@@ -21,14 +22,21 @@ def _digest(path) -> str:
 
 def test_extend_appends_new_frames_after_the_clip(distill, clip, tmp_path):
     """0.48 s more (3 latent frames) in windows of 3 latent frames with one frame of overlap: two windows; the
-    output holds the clip's frames, then 12 new ones; the clip file is untouched."""
+    output holds the clip's frames, then 12 new ones; the clip file is untouched. With one held latent frame
+    (frame 24 alone) the fade has one frame: the clip's last, half its own and half its re-creation."""
     before = _digest(clip)
     steps = []
     request = ExtendRequest(clip=clip, prompt=PROMPT, seconds=0.48, window_seconds=0.32, overlap_frames=1, seed=3)
     out = distill(request, callback_on_step_end=lambda p, i, t, kw: steps.append(kw["total_steps"]))
     source = read_clip_frames(clip, width=CLIP_SIZE, height=CLIP_SIZE, num_frames=CLIP_FRAMES)
     assert out.frames.shape == (CLIP_FRAMES + 12, CLIP_SIZE, CLIP_SIZE, 3)
-    assert np.array_equal(out.frames[:CLIP_FRAMES], source)  # the clip itself, as decoded
+    assert np.array_equal(out.frames[:CLIP_FRAMES - 1], source[:-1])  # the clip itself, as decoded
+    recreated = stages.decode_video(distill, out.video_latent)[0]
+    half = np.rint((source[-1].astype(np.float32) + recreated.astype(np.float32)) / 2)
+    assert not np.array_equal(recreated, source[-1]) and np.array_equal(out.frames[CLIP_FRAMES - 1], half)
+    hard = distill(request.model_copy(update={"fade_frames": 0}))
+    assert np.array_equal(hard.frames[:CLIP_FRAMES], source)  # fade_frames=0: a hard cut, the clip untouched
+    assert np.array_equal(hard.frames[CLIP_FRAMES:], out.frames[CLIP_FRAMES:])  # the fade is on the clip's side only
     assert not np.array_equal(out.frames[CLIP_FRAMES:], np.repeat(source[-1:], 12, axis=0))
     assert out.audio.shape == (2, 1764 * (CLIP_FRAMES + 12))
     assert steps == [16] * 16  # two windows of 8 steps
@@ -46,9 +54,10 @@ def test_extend_appends_new_frames_after_the_clip(distill, clip, tmp_path):
 
 def test_retake_keeps_every_latent_outside_the_range(distill, clip):
     """0.4-0.6 s is frames 10..14: audio latents 10..14 and latent frames 3 (frames 9-12) and 4 (13-16) are
-    regenerated; every other latent is the encoded clip's, bit for bit, and so are the frames around them."""
+    regenerated; every other latent is the encoded clip's, bit for bit, and with fade_frames=0 so are the frames
+    around them."""
     before = _digest(clip)
-    out = distill.retake(clip, PROMPT, start=0.4, end=0.6, seed=5)
+    out = distill.retake(clip, PROMPT, start=0.4, end=0.6, seed=5, fade_frames=0)
     assert out.video_held.tolist() == [True, True, True, False, False, True, True]
     assert torch.nonzero(~out.audio_held).flatten().tolist() == [10, 11, 12, 13, 14]
     held_v, held_a = out.video_held, out.audio_held
@@ -62,6 +71,22 @@ def test_retake_keeps_every_latent_outside_the_range(distill, clip):
     assert not np.array_equal(out.frames[9:17], source[9:17])
     assert any("frames 9-16 change" in n for n in out.notices)
     assert _digest(clip) == before
+
+
+def test_retake_fades_into_the_decode_beside_the_range(distill, clip):
+    """The default fade of 8 frames each side of frames 9-16 reaches frames 1-8 and 17-24: frame ``9 - k`` is
+    ``(1 - w) clip + w decode`` with ``w = 1 - k/9``; frame 0 is the clip's; the regenerated frames and every
+    latent are those of the hard cut."""
+    hard = distill.retake(clip, PROMPT, start=0.4, end=0.6, seed=5, fade_frames=0)
+    out = distill.retake(clip, PROMPT, start=0.4, end=0.6, seed=5)
+    source = read_clip_frames(clip, width=CLIP_SIZE, height=CLIP_SIZE, num_frames=CLIP_FRAMES)
+    decoded = stages.decode_video(distill, out.video_latent)
+    assert torch.equal(out.video_latent, hard.video_latent) and np.array_equal(out.frames[9:17], hard.frames[9:17])
+    assert np.array_equal(out.frames[0], source[0])
+    for frame, weight in [(9 - k, 1 - k / 9) for k in range(1, 9)] + [(16 + k, 1 - k / 9) for k in range(1, 9)]:
+        expected = np.rint((1 - weight) * source[frame].astype(np.float32) + weight * decoded[frame].astype(np.float32))
+        assert np.abs(out.frames[frame].astype(int) - expected).max() <= 1, frame  # float32 weights vs float64 here
+    assert np.abs(out.frames[8].astype(int) - source[8]).mean() > np.abs(out.frames[1].astype(int) - source[1]).mean()
 
 
 def test_retake_in_a_window_leaves_the_rest_of_the_clip_alone(distill, clip):

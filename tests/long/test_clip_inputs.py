@@ -27,6 +27,8 @@ runner = CliRunner()
     ("retake", dict(start=0.1, end=0.2, preset="sr_540p"), "preset", "not supported"),
     ("extend", dict(seconds=61), "seconds", r"\(0, 60\]"),
     ("extend", dict(seconds=2, overlap_frames=9), "overlap_frames", "1..8"),
+    ("extend", dict(seconds=2, fade_frames=26), "fade_frames", r"0\.\.25 \(0: a hard cut\)"),
+    ("retake", dict(start=0.1, end=0.2, fade_frames=-1), "fade_frames", r"0\.\.25"),
     ("extend", dict(seconds=2, window_seconds=0.16, overlap_frames=2), "window_seconds", "longer than"),
     ("extend", dict(seconds=2, width=1024, height=512), "width", "32..896"),
     ("extend", dict(seconds=2, width=448), "height", "give both"),

@@ -92,3 +92,21 @@ def test_bad_seams_are_refused():
     frames = np.zeros((10, 8, 8, 3), dtype=np.uint8)
     with pytest.raises(ValueError, match="seams must lie"):
         seam_report(frames, np.zeros(16000), SAMPLE_RATE, [10])
+
+
+def test_crossfade_frames_blends_the_kept_side_only():
+    """Frames 8-11 from ``new`` (255), 3-frame fades before and after: 64, 128, 191 rising and back; the rest
+    ``kept`` (0); a fade at the clip's edge is cut short; bad spans and fades are refused."""
+    from magihuman.pipeline.long_decode import crossfade_frames
+
+    kept, new = np.zeros((20, 2, 2, 3), np.uint8), np.full((20, 2, 2, 3), 255, np.uint8)
+    out = crossfade_frames(kept, new, 8, 12, 3)
+    assert out[:, 0, 0, 0].tolist() == [0] * 5 + [64, 128, 191] + [255] * 4 + [191, 128, 64] + [0] * 5
+    assert out.dtype == np.uint8 and kept.max() == 0  # the inputs are left alone
+    assert crossfade_frames(kept, new, 1, 20, 3)[:, 0, 0, 0].tolist() == [128] + [255] * 19
+    assert np.array_equal(crossfade_frames(kept, new, 8, 12, 0)[:, 0, 0, 0], [0] * 8 + [255] * 4 + [0] * 8)
+    for args, message in [((8, 21, 3), "must lie in the 20 frames"), ((8, 12, -1), "fade >= 0")]:
+        with pytest.raises(ValueError, match=message):
+            crossfade_frames(kept, new, *args)
+    with pytest.raises(ValueError, match="differ in shape"):
+        crossfade_frames(kept, new[:19], 8, 12, 3)

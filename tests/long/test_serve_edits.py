@@ -75,6 +75,7 @@ def test_retake_with_a_data_url(server, clip):
     ("retake", {"start": 0.5, "end": 0.3}, "end", "invalid_value"),
     ("retake", {"start": 0.1, "end": 0.3, "target": "audio", "silent": True}, "target", "invalid_value"),
     ("extend", {"seconds": 61}, "seconds", "invalid_value"),
+    ("retake", {"start": 0.1, "end": 0.3, "fade_frames": 26}, "fade_frames", "invalid_value"),
     ("extend", {"seconds": 1, "no_clip": True}, "video", "missing_field"),
     ("extend", {"seconds": 1, "video_id": "video_" + "0" * 32}, "video_id", "video_not_found"),
     ("extend", {"seconds": 1, "model": "sr_540p"}, "model", "model_not_served"),

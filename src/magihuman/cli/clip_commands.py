@@ -19,8 +19,10 @@ import typer
 
 from magihuman.cli.errors import Failure
 from magihuman.cli.options import GenerateOptions
+from magihuman.pipeline.presets import DEFAULT_FADE_FRAMES
 from magihuman.pipeline.validation import (
     MAX_BASE_SIDE,
+    MAX_FADE_FRAMES,
     MAX_SECONDS,
     MIN_SIZE,
     InputError,
@@ -50,6 +52,10 @@ EDIT_OPTIONS = {
                "Default: the clip's height.", show_default=False)], None),
     "window_seconds": (Annotated[float | None, typer.Option("--window-seconds", help=f"Window the DiT sees at once, "
                        f"seconds, at most {MAX_SECONDS:g}. Default: the preset's 5 s.", show_default=False)], None),
+    "fade_frames": (Annotated[int | None, typer.Option("--fade-frames", help=f"Frames beside each picture join that "
+                    f"fade from the clip's own into their decode, 0..{MAX_FADE_FRAMES} (0: a hard cut, the clip's "
+                    f"frames untouched). Default: {DEFAULT_FADE_FRAMES} (extend: at most the frames its held latents "
+                    "re-create).", show_default=False)], None),
 }
 
 

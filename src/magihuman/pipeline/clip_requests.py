@@ -13,7 +13,9 @@ frames counted), then the prompt, device, checkpoints and memory through
   frames), followed by ``n`` new latent frames (``4n`` new frames, ``4n`` new audio latents);
 * retake: the range ``[start, end)`` is ``[f0, f1)`` in frames; the audio latents ``f0 .. f1 - 1`` and the
   latent frames whose pixel frames meet the range are regenerated inside one window around them; every
-  other latent of the clip is held clean.
+  other latent of the clip is held clean;
+* both: at each picture join the ``fade_frames`` frames on the kept side fade from the clip's own frames into
+  their decode from the held latents (docs/long_clips.md, "Joins in pixels"); no latent changes.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from magihuman.pipeline.errors import InputError, MissingInputError, expand_path
-from magihuman.pipeline.presets import DEFAULT_OVERLAP_FRAMES, DEFAULT_PRESET, DEFAULT_SECONDS, DEFAULT_SEED, get_preset
+from magihuman.pipeline.presets import (
+    DEFAULT_FADE_FRAMES,
+    DEFAULT_OVERLAP_FRAMES,
+    DEFAULT_PRESET,
+    DEFAULT_SECONDS,
+    DEFAULT_SEED,
+    get_preset,
+)
 from magihuman.pipeline.windows import WindowPlan, plan_windows, window_latent_frames
 
 __all__ = ["ExtendRequest", "RetakeRequest", "ExtendPlan", "RetakePlan", "RETAKE_TARGETS", "MIN_CLIP_FRAMES"]
@@ -52,6 +61,7 @@ class _ClipEdit(BaseModel):
     preset: str = DEFAULT_PRESET
     negative_prompt: str | None = None
     window_seconds: float | None = None
+    fade_frames: int | None = None
 
     @field_validator("clip", mode="before")
     @classmethod
@@ -81,6 +91,15 @@ class _ClipEdit(BaseModel):
             raise InputError(f"window_seconds must be in (0, {MAX_SECONDS:g}], got {window}; e.g. 5",
                              field="window_seconds")
         return window_latent_frames(window if window is not None else get_preset(self.preset).window_seconds)
+
+    def _fade_frames(self) -> int:
+        from magihuman.pipeline.validation import MAX_FADE_FRAMES
+
+        fade = DEFAULT_FADE_FRAMES if self.fade_frames is None else self.fade_frames
+        if isinstance(fade, bool) or not 0 <= fade <= MAX_FADE_FRAMES:
+            raise InputError(f"fade_frames must be 0..{MAX_FADE_FRAMES} (0: a hard cut), got {fade}",
+                             field="fade_frames")
+        return fade
 
     def _check_preset(self) -> None:
         from magihuman.pipeline.presets import PRESETS
@@ -163,6 +182,7 @@ class ExtendPlan:
         windows: the window plan of the generated sequence: the clip's last ``K`` latent frames (clean
             prefix) followed by the new ones.
         notices: messages for the user.
+        fade_frames: frames before the join that fade into their decode, at most ``4(K - 1) + 1``.
     """
 
     width: int
@@ -171,6 +191,7 @@ class ExtendPlan:
     has_audio: bool
     windows: WindowPlan
     notices: list[str]
+    fade_frames: int = 0
 
     @property
     def prefix_frames(self) -> int:
@@ -200,6 +221,8 @@ class ExtendRequest(_ClipEdit):
             (distill and base presets).
         window_seconds: window length of a long continuation (None: the preset's, 5 s).
         overlap_frames: ``K``, latent frames of the clip (and between windows) held clean (None: 2).
+        fade_frames: frames before the join that fade from the clip's own into their decode, ``0..25``
+            (None: 8; at most the ``4(K - 1) + 1`` frames the held latents re-create; 0: a hard cut).
     """
 
     seconds: float = DEFAULT_SECONDS
@@ -214,6 +237,7 @@ class ExtendRequest(_ClipEdit):
         if not 0 < seconds <= MAX_LONG_SECONDS:
             raise InputError(f"seconds (the continuation) must be in (0, {MAX_LONG_SECONDS:g}], got {seconds:g}",
                              field="seconds")
+        fade = self._fade_frames()
         overlap = DEFAULT_OVERLAP_FRAMES if self.overlap_frames is None else self.overlap_frames
         if isinstance(overlap, bool) or not 1 <= overlap <= MAX_OVERLAP_FRAMES:
             raise InputError(f"overlap_frames must be 1..{MAX_OVERLAP_FRAMES}, got {overlap}", field="overlap_frames")
@@ -242,7 +266,8 @@ class ExtendRequest(_ClipEdit):
         if not info.has_audio:
             notices.append("the clip has no sound: its part of the output stays silent and the continuation's "
                            "sound starts from silence")
-        return ExtendPlan(width, height, info.num_frames, info.has_audio, windows, notices)
+        return ExtendPlan(width, height, info.num_frames, info.has_audio, windows, notices,
+                          min(fade, prefix_pixels))
 
 
 @dataclass(frozen=True)
@@ -259,6 +284,7 @@ class RetakePlan:
         first_latent, last_latent: the latent frames (inclusive) whose pixel frames meet the range.
         window_start, window_frames: the window (latent frames) the DiT sees.
         notices: messages for the user.
+        fade_frames: frames on each side of the regenerated frames that fade into their decode.
     """
 
     width: int
@@ -274,6 +300,7 @@ class RetakePlan:
     window_start: int
     window_frames: int
     notices: list[str]
+    fade_frames: int = 0
 
     @property
     def latent_frames(self) -> int:
@@ -304,6 +331,9 @@ class RetakeRequest(_ClipEdit):
         target: ``"both"`` (default), ``"video"`` (the sound is kept) or ``"audio"`` (the frames are kept).
         width, height, seed, preset, negative_prompt, window_seconds: as in :class:`ExtendRequest`; the range
             must fit one window with a latent frame of context on each side.
+        fade_frames: frames on each side of the regenerated ones that fade from the clip's own into their
+            decode from the held latents, ``0..25`` (None: 8; 0: a hard cut, every frame outside the regenerated
+            ones the clip's own). Video targets only.
     """
 
     start: float
@@ -318,6 +348,7 @@ class RetakeRequest(_ClipEdit):
             raise InputError(f"start must be >= 0 s, got {start:g}", field="start")
         if end <= start:
             raise InputError(f"end ({end:g} s) must be after start ({start:g} s)", field="end")
+        fade = self._fade_frames()
         self._check_preset()
         window = self._window_frames()
         info = self._clip_info()
@@ -350,7 +381,7 @@ class RetakeRequest(_ClipEdit):
             notices.append("video is regenerated in whole latent frames (4 frames): frames "
                            f"{max(0, 4 * t0 - 3)}-{4 * t1} change for the range's frames {first}-{stop - 1}")
         return RetakePlan(width, height, info.num_frames, encoded, info.has_audio, self.target, first, stop, t0, t1,
-                          window_start, frames, notices)
+                          window_start, frames, notices, fade)
 
     def _window(self, t0: int, t1: int, total: int, window: int) -> tuple[int, int]:
         """The window (start, frames) around latent frames ``t0..t1``: the whole clip if it fits one window."""

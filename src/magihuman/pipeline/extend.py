@@ -6,9 +6,11 @@
    ``4(K - 1) + 1`` audio latents (encoded with some context before them);
 3. generate the continuation with those latents held clean, window by window when it is longer than one
    window (:func:`~magihuman.pipeline.long_generation.denoise_windows`);
-4. decode the generated sequence and drop its first ``4(K - 1) + 1`` frames (the clip's own, re-created);
-   the output is the clip's frames followed by the new ones; its sound is the clip's up to its last frame,
-   cross-faded over 20 ms into the decoded continuation.
+4. decode the generated sequence; its first ``4(K - 1) + 1`` frames re-create the clip's last ones. The output
+   is the clip's frames followed by the new ones, the clip's last ``fade_frames`` frames faded into their
+   re-creation (:func:`~magihuman.pipeline.long_decode.crossfade_frames`), so the codec's round-trip
+   difference is not one jump at the join; its sound is the clip's up to its last frame, cross-faded over
+   20 ms into the decoded continuation.
 
 The input file is only read; the result goes to a new file (:meth:`GenerationOutput.save` never replaces a file
 unless asked).
@@ -25,7 +27,7 @@ from magihuman.codecs.audio_vae import HOP_LENGTH, OUTPUT_SAMPLE_RATE, resample_
 from magihuman.pipeline import stages
 from magihuman.pipeline.clip_requests import ExtendRequest
 from magihuman.pipeline.clip_source import ClipEditOutput, encode_frames, encode_sound, load_clip_source
-from magihuman.pipeline.long_decode import AUDIO_MARGIN, crossfade_splice, decode_audio_span
+from magihuman.pipeline.long_decode import AUDIO_MARGIN, crossfade_frames, crossfade_splice, decode_audio_span
 from magihuman.pipeline.long_generation import denoise_windows, empty_latents
 from magihuman.pipeline.presets import FPS
 from magihuman.pipeline.progress import StageTimer, StepEndCallback, StepReporter
@@ -73,7 +75,7 @@ def extend_clip(pipe: MagiHumanPipeline, request: ExtendRequest, *, progress: bo
         reporter = StepReporter(pipe, callback_on_step_end, len(windows.windows) * pipe.preset.sampler.num_steps)
         latents = denoise_windows(pipe, windows, text, joined, generator=generator, reporter=reporter, timer=timer)
         if decode:
-            frames, waveform = _decode(pipe, latents, source, pixels, timer)
+            frames, waveform = _decode(pipe, latents, source, pixels, plan.fade_frames, timer)
         else:
             frames, waveform = stages.empty_outputs(latents.video)
     video_mask = torch.arange(windows.latent_frames) < prefix
@@ -93,12 +95,15 @@ def _tail_audio(pipe: MagiHumanPipeline, sound: np.ndarray, count: int, pixels: 
     return latents[:, -pixels:]
 
 
-def _decode(pipe: MagiHumanPipeline, latents, source, pixels: int, timer: StageTimer):
-    """The clip's frames then the new ones; the clip's sound cross-faded into the decoded continuation."""
+def _decode(pipe: MagiHumanPipeline, latents, source, pixels: int, fade: int, timer: StageTimer):
+    """The clip's frames (its last ``fade`` faded into their re-creation) then the new ones; the clip's sound
+    cross-faded into the decoded continuation."""
     count = source.frames.shape[0]
     with timer.stage("video decode"), pipe._lend("video_decoder"):
-        new_frames = stages.decode_video(pipe, latents.video)[pixels:]
-    frames = np.concatenate([source.frames, new_frames])
+        decoded = stages.decode_video(pipe, latents.video)
+    kept = np.concatenate([source.frames, decoded[pixels:]])
+    new = np.concatenate([source.frames[:count - pixels], decoded])  # decoded frame 0 re-creates frame count - pixels
+    frames = crossfade_frames(kept, new, count, kept.shape[0], fade)
     with timer.stage("audio decode"), pipe._lend("audio_vae"):
         decoded = decode_audio_span(pipe, latents.audio, pixels - 1, latents.audio.shape[1])
     join, total = count * HOP_LENGTH, (count - 1) * HOP_LENGTH + decoded.shape[1]

@@ -9,7 +9,10 @@
   :data:`AUDIO_MARGIN` latents of context on each side and keeps the span's samples, so a long track is
   decoded in pieces (:func:`decode_audio_long`) whose joins equal the one-pass decode up to float rounding.
 * Splicing (extend, retake): :func:`crossfade_splice` writes new audio into a kept track with short linear
-  cross-fades, placed on the kept side of each join.
+  cross-fades, placed on the kept side of each join; :func:`crossfade_frames` does the same for pictures over a
+  few frames. The decoded frames on the kept side re-create the clip's own from the same held latents, so the
+  fade shows one content throughout and spreads the codec's round-trip difference over several frames instead
+  of one jump at the join (docs/long_clips.md, "Joins in pixels").
 
 Waveforms here are ``float32 [2, samples]`` at the VAE's 51.2 kHz (architecture.md §12.2); the output
 track is resampled once, whole, by :func:`magihuman.codecs.audio_vae.resample_to_output_rate`.
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 
 __all__ = ["AUDIO_MARGIN", "AUDIO_CHUNK", "CROSSFADE_SAMPLES", "decode_audio_span", "decode_audio_long",
-           "crossfade_splice"]
+           "crossfade_splice", "crossfade_frames"]
 
 #: Latents of context decoded on each side of a span (more than the decoder's reach of about ten).
 AUDIO_MARGIN = 24
@@ -98,11 +101,51 @@ def crossfade_splice(kept: np.ndarray, new: np.ndarray, start: int, stop: int,
     return out
 
 
+def crossfade_frames(kept: np.ndarray, new: np.ndarray, start: int, stop: int, fade: int) -> np.ndarray:
+    """``kept`` frames with ``[start, stop)`` taken from ``new``, faded over up to ``fade`` frames each side.
+
+    The picture counterpart of :func:`crossfade_splice`: over the ``fade`` frames before ``start`` and after
+    ``stop`` (where the clip has them) the frames blend linearly from ``kept`` to ``new`` and back, end points
+    excluded, so frame ``start - k`` is ``(1 - w) kept + w new`` with ``w = 1 - k / (fade + 1)``. Only the faded
+    frames are converted to float; every other frame is copied as it is.
+
+    Args:
+        kept, new: ``uint8 [F, H, W, 3]`` of one shape; ``new`` is read only in ``[start - fade, stop + fade)``.
+        start, stop: the span taken from ``new``, frames.
+        fade: frames of each fade, ``>= 0`` (0: a hard cut).
+
+    Returns:
+        A new ``uint8`` array of ``kept``'s shape.
+
+    Raises:
+        ValueError: shapes that differ, a span outside the clip, or a negative ``fade``.
+    """
+    if kept.shape != new.shape:
+        raise ValueError(f"kept frames {kept.shape} and new frames {new.shape} differ in shape")
+    total = kept.shape[0]
+    if not 0 <= start <= stop <= total or fade < 0:
+        raise ValueError(f"span [{start}, {stop}) must lie in the {total} frames and fade >= 0, got fade {fade}")
+    out = kept.copy()
+    out[start:stop] = new[start:stop]
+    for where, rising in ((slice(max(0, start - fade), start), True), (slice(stop, min(total, stop + fade)), False)):
+        length = where.stop - where.start
+        if length > 0:
+            ramp = _ramp(length, rising).reshape(-1, *([1] * (kept.ndim - 1)))
+            mixed = kept[where].astype(np.float32) * (1 - ramp) + new[where].astype(np.float32) * ramp
+            out[where] = np.clip(np.rint(mixed), 0, 255).astype(kept.dtype)
+    return out
+
+
+def _ramp(length: int, rising: bool) -> np.ndarray:
+    """``float32 [length]``: the weights of ``new`` across a fade of ``length`` steps, end points excluded."""
+    ramp = np.linspace(0.0, 1.0, length + 2, dtype=np.float32)[1:-1]
+    return ramp if rising else ramp[::-1]
+
+
 def _fade(out: np.ndarray, kept: np.ndarray, new: np.ndarray, where: slice, *, rising: bool) -> None:
     """``out[where]`` = a linear blend from ``kept`` to ``new`` (``rising``) or back, end points excluded."""
     length = where.stop - where.start
     if length <= 0:
         return
-    ramp = np.linspace(0.0, 1.0, length + 2, dtype=np.float32)[1:-1]
-    ramp = ramp if rising else ramp[::-1]
+    ramp = _ramp(length, rising)
     out[..., where] = kept[..., where] * (1 - ramp) + new[..., where] * ramp

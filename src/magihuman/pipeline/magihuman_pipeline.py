@@ -317,7 +317,7 @@ class MagiHumanPipeline:
         """Continue ``clip`` by ``seconds`` from its last frames and sound (docs/long_clips.md).
 
         ``fields`` are the other :class:`ExtendRequest` fields (``width``, ``height``, ``seed``,
-        ``negative_prompt``, ``window_seconds``, ``overlap_frames``). Returns a
+        ``negative_prompt``, ``window_seconds``, ``overlap_frames``, ``fade_frames``). Returns a
         :class:`~magihuman.pipeline.clip_source.ClipEditOutput` (the clip's frames, then the new ones); the input
         file is never written. Raises ``InputError`` for a bad request before any model runs.
         """
@@ -331,7 +331,7 @@ class MagiHumanPipeline:
         every latent outside the range stays the encoded clip's, bit for bit (docs/long_clips.md).
 
         ``fields`` are the other :class:`RetakeRequest` fields (``width``, ``height``, ``seed``, ``negative_prompt``,
-        ``window_seconds``). Returns a :class:`~magihuman.pipeline.clip_source.ClipEditOutput`. Raises
+        ``window_seconds``, ``fade_frames``). Returns a :class:`~magihuman.pipeline.clip_source.ClipEditOutput`. Raises
         ``InputError`` for a bad request before any model runs.
         """
         fields.setdefault("preset", self.preset.name)

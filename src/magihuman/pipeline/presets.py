@@ -39,6 +39,10 @@ DEFAULT_WINDOW_SECONDS = 5.0
 #: Latent frames each window of a long clip shares with the previous one, held clean (docs/long_clips.md):
 #: two frames (8 pixel frames, 9 audio latents) carry motion across the join.
 DEFAULT_OVERLAP_FRAMES = 2
+#: Frames on the kept side of each picture join of extend and retake that fade from the clip's own frames into
+#: their decode (docs/long_clips.md, "Joins in pixels"): 8 frames, 0.32 s. Extend has at most the
+#: ``4(K - 1) + 1`` frames its held latents re-create.
+DEFAULT_FADE_FRAMES = 8
 #: Video decoders: the distilled Turbo-VAED (default, architecture.md §12.1 ``use_turbo_vae``) or the Wan2.2 VAE's own.
 VIDEO_DECODERS = ("turbo", "wan")
 #: Video decoder used when none is named.

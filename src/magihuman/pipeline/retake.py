@@ -13,8 +13,9 @@ docs/long_clips.md).
 4. write the window back into the clip's latents: outside the regenerated positions they equal the
    encoded clip exactly;
 5. output: the clip's own frames, with the frames of ``t0 .. t1`` replaced by the decode of the edited
-   latents; the clip's own sound, with the samples of ``f0 .. f1 - 1`` replaced by their decode and 20 ms
-   cross-fades on the kept side.
+   latents and ``fade_frames`` frames on each side faded from the clip's own into their decode from the held
+   latents (:func:`~magihuman.pipeline.long_decode.crossfade_frames`); the clip's own sound, with the samples
+   of ``f0 .. f1 - 1`` replaced by their decode and 20 ms cross-fades on the kept side.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from magihuman.codecs.audio_vae import HOP_LENGTH, OUTPUT_SAMPLE_RATE, resample_
 from magihuman.pipeline import stages
 from magihuman.pipeline.clip_requests import RetakePlan, RetakeRequest
 from magihuman.pipeline.clip_source import ClipEditOutput, encode_frames, encode_sound, load_clip_source
-from magihuman.pipeline.long_decode import crossfade_splice, decode_audio_span
+from magihuman.pipeline.long_decode import crossfade_frames, crossfade_splice, decode_audio_span
 from magihuman.pipeline.presets import FPS
 from magihuman.pipeline.progress import StageTimer, StepEndCallback, StepReporter
 from magihuman.sampling.conditioning import CleanCondition
@@ -126,8 +127,9 @@ def _decode(pipe, plan: RetakePlan, source, edited: Latents, timer: StageTimer):
         with timer.stage("video decode"), pipe._lend("video_decoder"):
             decoded = stages.decode_video(pipe, edited.video)
         first, end = plan.pixel_span
-        frames = frames.copy()
-        frames[first:end] = decoded[first:end]
+        new = frames.copy()
+        new[:decoded.shape[0]] = decoded  # the decode covers the N' encoded frames; the rest stays the clip's
+        frames = crossfade_frames(frames, new, first, end, plan.fade_frames)
     if plan.target == "video":
         sound = source.sound if plan.has_audio else None
     else:

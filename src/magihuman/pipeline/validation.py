@@ -29,7 +29,7 @@ from magihuman.pipeline.presets import get_preset
 
 __all__ = [
     "InputError", "MissingInputError", "MAX_PROMPT_CHARS", "MAX_SEED", "MIN_SIZE", "MAX_BASE_SIDE", "MAX_SR_SIDE",
-    "MAX_SECONDS", "MAX_LONG_SECONDS", "MAX_OVERLAP_FRAMES", "long_clip_window",
+    "MAX_SECONDS", "MAX_LONG_SECONDS", "MAX_OVERLAP_FRAMES", "MAX_FADE_FRAMES", "long_clip_window",
     "MIN_AUDIO_SECONDS", "MAX_IMAGE_PIXELS", "RECOMMENDED_PROMPT_WORDS", "validate_request",
     "check_device", "check_runtime", "check_output_file", "check_checkpoint_root", "check_checkpoint_files",
     "estimate_memory", "device_memory", "expand_path",
@@ -57,6 +57,8 @@ MAX_SECONDS = 10.0
 MAX_LONG_SECONDS = 60.0
 #: Most latent frames a window of a long clip may share with the previous one (ours; 8 = 1.28 s).
 MAX_OVERLAP_FRAMES = 8
+#: Most frames of a picture fade at an extend or retake join (1 s).
+MAX_FADE_FRAMES = 25
 #: Least driving audio that encodes to one latent frame (25 per second, architecture.md §11.5).
 MIN_AUDIO_SECONDS = 1 / LATENTS_PER_SECOND
 #: Largest first-frame image decoded, in pixels (an 8K frame is 33 MP; 50 MP covers phone photos).

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from magihuman.pipeline.clip_requests import ExtendRequest, RetakeRequest
 from magihuman.pipeline.validation import (
+    MAX_FADE_FRAMES,
     MAX_LONG_SECONDS,
     MAX_OVERLAP_FRAMES,
     MAX_PROMPT_CHARS,
@@ -63,6 +64,9 @@ class _EditFields(BaseModel):
                                         "(preset base).")
     window_seconds: float | None = Field(None, gt=0, le=MAX_SECONDS, allow_inf_nan=False,
                                          description="Window the model sees at once, seconds (default 5).")
+    fade_frames: int | None = Field(None, ge=0, le=MAX_FADE_FRAMES,
+                                    description="Frames beside each picture join that fade from the clip's own into "
+                                                "their decode (default 8; 0: a hard cut).")
 
 
 class ExtendVideoRequest(_EditFields):
@@ -93,7 +97,7 @@ def clip_edit_request(job: Job, folder: Path) -> ExtendRequest | RetakeRequest:
     params = job.params
     fields = {k: params.get(k) for k in _OWN[params["mode"]]}
     fields.update(seed=int(params["seed"]), negative_prompt=params.get("negative_prompt"),
-                  window_seconds=params.get("window_seconds"))
+                  window_seconds=params.get("window_seconds"), fade_frames=params.get("fade_frames"))
     if params.get("size"):
         fields["width"], fields["height"] = (int(v) for v in params["size"].split("x"))
     request_type = ExtendRequest if params["mode"] == "extend" else RetakeRequest
@@ -176,7 +180,7 @@ def _checked_params(service: JobService, mode: str, body, clip: Upload, folder: 
     if mode == "extend" and limit is not None and body.seconds > limit:
         raise RequestError("seconds", f"seconds must be at most {limit:g} on this server, got {body.seconds:g}")
     params = {"mode": mode, CLIP_FIELD: clip.name, "seed": body.seed, "negative_prompt": body.negative_prompt,
-              "window_seconds": body.window_seconds, "size": body.size,
+              "window_seconds": body.window_seconds, "fade_frames": body.fade_frames, "size": body.size,
               **{k: getattr(body, k) for k in _OWN[mode]}}
     job = Job("", "queued", body.model, body.prompt, params, 0, 0.0, None, None, 0, 1, None, None, None, None, None)
     try:
