@@ -115,3 +115,19 @@ def test_the_worker_runs_an_extend_job_on_the_demo_pipeline(server, clip, distil
     assert done["status"] == "completed" and done["progress"] == 100, done
     content = server.client.get(f"/v1/videos/{done['id']}/content").content
     assert _frames(content) == (CLIP_FRAMES + 4, CLIP_SIZE, CLIP_SIZE)
+
+
+def test_an_edit_job_carries_fade_frames_to_the_pipeline_request(clip):
+    """The job's stored params become the pipeline's request: fade_frames 0 (a hard cut) reaches it, and a job
+    without it leaves the pipeline's default."""
+    from magihuman.serve.clip_edits import CLIP_FIELD, clip_edit_request
+    from magihuman.serve.store import Job
+
+    def job(**params):
+        base = {"mode": "retake", CLIP_FIELD: clip.name, "seed": 5, "start": 0.2, "end": 0.4, "target": "both"}
+        return Job("", "queued", "distill", PROMPT, {**base, **params}, 0, 0.0, None, None, 0, 1, None, None, None,
+                   None, None)
+
+    assert clip_edit_request(job(fade_frames=0), clip.parent).fade_frames == 0
+    request = clip_edit_request(job(), clip.parent)
+    assert request.fade_frames is None and request.plan().fade_frames == 8
