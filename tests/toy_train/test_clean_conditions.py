@@ -76,3 +76,46 @@ def test_terminal_rate_draws_pure_noise():
     assert float(batch.sigma[0]) == 1.0
     assert torch.allclose(batch.video_target[0], eps - sample.video_latent)
     assert torch.allclose(batch.audio_target[0], batch.audio[0] - sample.audio_latent)
+
+
+def test_region_weights_mark_the_cells_a_pixel_box_touches():
+    """The toy mouth box (48, 66)-(80, 90) on 8x8 cells of 16 px touches columns 3-4 and rows 4-5."""
+    from magihuman.toy.drawing import MOUTH_REGION
+    from magihuman.train.objective import region_weights
+
+    weights = region_weights((8, 8), MOUTH_REGION, 8.0)[0, 0]
+    assert MOUTH_REGION == (48, 66, 80, 90)
+    assert weights.shape == (8, 8) and (weights == 8).nonzero().tolist() == [[4, 3], [4, 4], [5, 3], [5, 4]]
+    assert int((weights == 1).sum()) == 60
+    assert region_weights((2, 2), (0, 0, 1, 1), 3.0)[0, 0].tolist() == [[3.0, 1.0], [1.0, 1.0]]
+    import pytest
+
+    with pytest.raises(ValueError, match="outside the 32x32-pixel frames"):
+        region_weights((2, 2), (40, 0, 50, 10), 2.0)
+
+
+def test_the_video_loss_is_the_region_weighted_mean():
+    """A model whose only error is 1 in one latent cell of one frame: loss = w / (48 x weight sum) per element
+    of that cell, so with weight 8 on that cell and 60 + 4 x 8 in all the video loss is 48 x 8 / (48 x (T x 92))."""
+    from magihuman.train.objective import flow_matching_loss
+
+    g = torch.Generator().manual_seed(0)
+    frames = 3
+    sample = LatentSample("a", "caption", torch.randn(48, frames, 8, 8, generator=g),
+                          torch.randn(4 * (frames - 1) + 1, 64, generator=g), torch.randn(5, 32, generator=g))
+    from magihuman.toy.drawing import MOUTH_REGION
+
+    def loss_with(weight):
+        settings = ObjectiveSettings(first_frame_rate=0.0, text_dropout=0.0, video_region=MOUTH_REGION,
+                                     video_region_weight=weight)
+        batch = noise_batch([sample], torch.zeros(3, 32), settings, [torch.Generator().manual_seed(1)])
+
+        def model(video, audio, text, text_lengths):
+            v = batch.video_target.clone()
+            v[:, :, 1, 4, 3] += 1.0  # error 1 in the mouth cell (row 4, column 3) of latent frame 1
+            return v, batch.audio_target.clone()
+
+        return flow_matching_loss(model, batch)[1]["video"]
+
+    assert abs(loss_with(8.0) - 8.0 / (frames * (60 + 4 * 8))) < 1e-7
+    assert abs(loss_with(1.0) - 1.0 / (frames * 64)) < 1e-7

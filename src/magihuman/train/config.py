@@ -75,6 +75,11 @@ class TrainConfig(BaseModel):
                               "of latent frames and the matching audio (retakes).")
     terminal_rate: float = Field(0.0, ge=0, le=1, description="Share of samples at sigma = 1 (pure noise in), where "
                                  "only the text says what to draw: the sampler's first step.")
+    video_region: tuple[int, int, int, int] | None = Field(
+        None, description="A box (x0, y0, x1, y1) in pixels of the bucket's frames whose video loss counts "
+        "video_region_weight times (every latent cell of 16x16 pixels it touches), e.g. a face or mouth that is a "
+        "small share of the frame; None: every cell counts once.")
+    video_region_weight: float = Field(1.0, gt=0, description="Weight of the video_region's latent cells.")
     mixed_precision: Literal["bf16", "fp32"] = Field(
         "bf16", description="bf16: block GEMMs in bf16 (autocast) over float32 master weights, as inference "
         "computes; fp32: all float32.")
@@ -95,6 +100,11 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if self.video_region is not None:
+            x0, y0, x1, y1 = self.video_region
+            if not (0 <= x0 < x1 and 0 <= y0 < y1):
+                raise ValueError(f"video_region must be (x0, y0, x1, y1) pixels with 0 <= x0 < x1 and 0 <= y0 < y1, "
+                                 f"got {self.video_region}")
         if self.mode == "finetune" and self.lora.fp8_base:
             raise ValueError("lora.fp8_base only applies to mode 'lora' (full fine-tuning trains every weight)")
         if self.mode == "lora" and self.sharding == "fsdp2":

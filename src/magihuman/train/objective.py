@@ -21,7 +21,10 @@ For a clean sample ``(x0_video, x0_audio, text)``:
    with the clean latents and carry no loss, exactly as the sampler's clean-condition masks overwrite them;
 6. loss per sample = mean squared velocity error over the video elements + ``audio_loss_weight`` x the
    audio's, both over the positions that are not held clean (no audio term for video-only samples, whose
-   audio input is pure noise); the batch loss is the mean over samples.
+   audio input is pure noise); the batch loss is the mean over samples. With a ``video_region`` (a pixel box)
+   the video mean is weighted: the latent cells the box touches count ``video_region_weight`` times, the
+   others once, and the sum is divided by the sum of the weights (ours: the codecs' L1 weights their face
+   region the same way, docs/toy_world.md).
 
 Every random draw of sample ``j`` of global batch ``k`` comes from its own generator seeded by
 ``(seed, k, j)`` (:func:`sample_generator`), so the result does not depend on how a global batch is split
@@ -64,7 +67,8 @@ class NoisedBatch:
         video, audio: noisy latents ``[B, 48, T, h, w]`` / ``[B, A, 64]`` float32.
         text: ``[B, Nt, C]`` float32, zero-padded; ``text_lengths`` the true lengths.
         video_target, audio_target: velocities ``ε - x0``.
-        video_mask: ``[B, 1, T, 1, 1]`` float32, 0 on a conditioning frame.
+        video_mask: ``[B, 1, T, 1, 1]`` float32, 0 on a conditioning frame; ``[B, 1, T, h, w]`` with a
+            ``video_region``, whose cells carry its weight.
         audio_mask: ``[B, A, 1]`` float32, 0 on a clean audio latent.
         audio_weight: ``[B]`` float32, 0 for video-only samples.
         sigma: ``[B]`` float32 noise levels.
@@ -97,6 +101,8 @@ class ObjectiveSettings:
     prefix_rate: float = 0.0
     range_rate: float = 0.0
     terminal_rate: float = 0.0
+    video_region: tuple[int, int, int, int] | None = None
+    video_region_weight: float = 1.0
 
 
 def noise_batch(samples: Sequence[LatentSample], negative: torch.Tensor, settings: ObjectiveSettings,
@@ -141,6 +147,8 @@ def _noise_one(sample: LatentSample, negative: torch.Tensor, settings: Objective
     video_clean, audio_clean = clean_positions(x0_video.shape[1], audio_shape[0], settings, first_frame, generator)
     video[:, video_clean] = x0_video[:, video_clean]
     mask = (~video_clean).float().view(1, -1, 1, 1)
+    if settings.video_region is not None:
+        mask = mask * region_weights(x0_video.shape[-2:], settings.video_region, settings.video_region_weight)
     audio_mask = torch.ones(audio_shape[0], 1)
     if sample.audio_latent is not None:
         x0_audio = sample.audio_latent.float()
@@ -154,6 +162,27 @@ def _noise_one(sample: LatentSample, negative: torch.Tensor, settings: Objective
         "video_target": eps_video - x0_video, "audio_target": audio_target, "video_mask": mask,
         "audio_mask": audio_mask, "audio_weight": torch.tensor(weight * settings.audio_loss_weight), "sigma": sigma,
     }
+
+
+def region_weights(cells: tuple[int, int] | torch.Size, box: tuple[int, int, int, int],
+                   weight: float) -> torch.Tensor:
+    """``[1, 1, h, w]`` float32 loss weights of a latent grid of ``cells = (h, w)``: ``weight`` on every cell of
+    16x16 pixels that the pixel box ``(x0, y0, x1, y1)`` (end exclusive) touches, 1 elsewhere.
+
+    Raises:
+        ValueError: a box that touches no cell of the grid.
+    """
+    from magihuman.codecs.video_vae import SPATIAL_STRIDE
+
+    h, w = int(cells[0]), int(cells[1])
+    x0, y0, x1, y1 = box
+    rows = slice(y0 // SPATIAL_STRIDE, min(h, -(-y1 // SPATIAL_STRIDE)))
+    cols = slice(x0 // SPATIAL_STRIDE, min(w, -(-x1 // SPATIAL_STRIDE)))
+    if rows.start >= rows.stop or cols.start >= cols.stop:
+        raise ValueError(f"video_region {box} lies outside the {w * SPATIAL_STRIDE}x{h * SPATIAL_STRIDE}-pixel frames")
+    out = torch.ones(1, 1, h, w)
+    out[..., rows, cols] = weight
+    return out
 
 
 def clean_positions(frames: int, audio_latents: int, settings: ObjectiveSettings, first_frame: bool,

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from magihuman.pipeline.loading import ROOT_LAYOUT
+from magihuman.toy.drawing import MOUTH_REGION
 from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS, PART_PALETTES, SHIRT_COLOURS
 from magihuman.train.autoencoders import (
     ReconstructionRun,
@@ -117,6 +118,9 @@ class ToyRecipe:
     prefix_rate: float = 0.1
     range_rate: float = 0.05
     terminal_rate: float = 0.3
+    # the base's video loss counts the latent cells over the mouth (MOUTH_REGION) this many times: at weight 1 the
+    # w4 base opened the mouth only in the first frames while its voice went on (docs/toy_world.md, "Sync")
+    base_mouth_weight: float = 8.0
     distill_steps: int = 200
     lora_clips: int = 120
     lora_steps: int = 300
@@ -283,7 +287,8 @@ def _stage_base(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> No
                          steps=recipe.base_steps, batch_size=recipe.base_batch,
                          learning_rate=recipe.base_learning_rate, warmup_steps=min(200, recipe.base_steps),
                          mixed_precision="fp32", checkpoint_every=100, seed=recipe.seed, ema_decay=0.995,
-                         **_conditioning(recipe))
+                         video_region=MOUTH_REGION if recipe.base_mouth_weight != 1 else None,
+                         video_region_weight=recipe.base_mouth_weight, **_conditioning(recipe))
     result = Trainer(config).train()
     _replace_folder(result.output, work / "bundle" / "base")
 
