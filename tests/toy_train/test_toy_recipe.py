@@ -335,11 +335,13 @@ def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares_a
     for mode in ("finetune", "lora"):
         assert {k: seen[mode][k] for k in ("first_frame_rate", "prefix_rate", "range_rate", "terminal_rate")} == {
             "first_frame_rate": 0.25, "prefix_rate": 0.15, "range_rate": 0.05, "terminal_rate": 0.35}, mode
-    # the base's loss weights the mouth's latent cells (base_mouth_weight); the LoRA's does not
+    # by default no loss region; base_mouth_weight weights the base's mouth cells, never the LoRA's
+    assert seen["finetune"]["video_region"] is None and "video_region" not in seen["lora"]
     from magihuman.toy.drawing import MOUTH_REGION
 
+    with pytest.raises(Stop):
+        toy_recipe._stage_base(tmp_path, toy_recipe.ToyRecipe(base_mouth_weight=8.0), print)
     assert (seen["finetune"]["video_region"], seen["finetune"]["video_region_weight"]) == (MOUTH_REGION, 8.0)
-    assert "video_region" not in seen["lora"]
     # prior preservation: the LoRA's cyan clips plus lora_prior_clips ordinary clips of the base's cache
     assert merged == [([(tmp_path / "lora_cache", "new-", None), (tmp_path / "cache", "prior-", 120)],
                        tmp_path / "lora_mix_cache")]
