@@ -5,10 +5,9 @@
 
 The eval kit's sync figure (:func:`magihuman.eval.sync.measure_sync`) is the lag of the best correlation between
 the mouth opening and the loudness. When the mouth hardly moves, that correlation is noise and its best lag
-can land anywhere in the search, often at its edge. This looks at the series themselves: for every clip the
-*speaking frames* (loudness above 30 % of the clip's largest) and the share of them where the drawn mouth
-reads open (:func:`magihuman.eval.toy_vision.toy_mouth_opening` above 3 pixels; a closed mouth reads 2), split
-into the first 9 frames (latent frames 0-2) and the rest, plus the sync figures of the eval kit.
+can land anywhere in the search, often at its edge. This looks at the series themselves: the eval kit's
+:func:`magihuman.eval.toy_vision.mouth_open_while_speaking` (the share of speaking frames whose mouth reads
+open), split into the first 9 frames (latent frames 0-2) and the rest, plus the kit's sync figures.
 
 ``--round-trip ROOT`` adds, for the folder labelled ``reference``, its clips encoded by ROOT's Wan2.2 VAE and
 decoded by the Turbo and the Wan decoders (sound kept): what the codecs leave of the mouth. ``--show N``
@@ -26,11 +25,9 @@ import numpy as np
 
 from magihuman.eval.clips import read_clip
 from magihuman.eval.sync import frame_loudness, measure_sync
-from magihuman.eval.toy_vision import toy_mouth_opening
+from magihuman.eval.toy_vision import mouth_open_while_speaking, toy_mouth_opening
 
 EARLY = 9  # frames of latent frames 0-2
-SPEAKING = 0.3  # share of the clip's largest loudness
-OPEN = 3.0  # mouth pixels per column above which the mouth reads open
 
 
 def _series(frames: np.ndarray, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,10 +36,9 @@ def _series(frames: np.ndarray, audio: np.ndarray, sample_rate: int) -> tuple[np
 
 
 def _figures(mouth: np.ndarray, loudness: np.ndarray) -> dict:
-    speaking = loudness > SPEAKING * loudness.max() if loudness.max() > 0 else np.zeros_like(loudness, bool)
     early = np.arange(mouth.size) < EARLY
-    share = {part: float(np.mean(mouth[speaking & where] > OPEN)) if (speaking & where).any() else None
-             for part, where in (("early", early), ("late", ~early))}
+    share = {part: mouth_open_while_speaking(mouth, loudness, where) for part, where in (("early", early),
+                                                                                         ("late", ~early))}
     sync = measure_sync(mouth, loudness)
     return {"open_while_speaking_early": share["early"], "open_while_speaking_late": share["late"],
             "sync_offset_frames": sync.offset_frames, "sync_correlation": sync.correlation}

@@ -409,3 +409,24 @@ def test_eval_run_decodes_with_the_chosen_video_decoder_and_refuses_an_unknown_o
     bad = CliRunner().invoke(app, ["eval", "run", "--prompts", str(prompts), "--out", str(tmp_path / "bad"),
                                    "--demo", "--video-decoder", "vae", "--no-asr"])
     assert bad.exit_code == 2 and "--video-decoder 'vae'" in bad.output and "turbo" in bad.output
+
+
+def test_mouth_open_while_speaking_on_known_series_and_own_clips():
+    """Speaking frames are those above 30 % of the loudest; open means above 3 pixels (closed reads 2)."""
+    from magihuman.eval.toy_vision import mouth_open_while_speaking
+
+    loud = np.array([0.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.0, 0.5])
+    mouth = np.array([9.0, 9.0, 2.0, 4.0, 3.0, 9.0, 9.0, 8.0])  # speaking frames 1-4 and 7: open at 1, 3, 7
+    assert mouth_open_while_speaking(mouth, loud) == pytest.approx(3 / 5)
+    assert mouth_open_while_speaking(mouth, loud, np.arange(8) < 3) == pytest.approx(1 / 2)
+    assert mouth_open_while_speaking(mouth, np.zeros(8)) is None
+    with pytest.raises(ValueError, match="one length"):
+        mouth_open_while_speaking(mouth, loud[:7])
+    clips = [make_clip((6, i)) for i in range(6)]
+    scores = [score_clip(media_of(c), toy_entry(c, str(i))) for i, c in enumerate(clips)]
+    shares = [s["toy"]["mouth_open_while_speaking"] for s in scores]
+    assert min(shares) > 0.8  # the generator opens the mouth with its voice
+    still = [score_clip(media_of(c, frames=np.repeat(c.frames[:1], len(c.frames), axis=0)), toy_entry(c, "s"))
+             for c in clips[:2]]
+    assert all(s["toy"]["mouth_open_while_speaking"] < 0.5 for s in still)  # a frozen first frame
+    assert aggregate(scores)["mouth_open_while_speaking_pct"] == pytest.approx(100 * np.mean(shares))

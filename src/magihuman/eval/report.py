@@ -157,7 +157,9 @@ def _clip_table(clips: list[dict]) -> str:
     columns = [("colours right", ("toy", "colour_accuracy")), ("pitch", ("toy", "pitch")),
                ("pitch right", ("toy", "pitch_correct")), ("words", ("toy", "words")),
                ("words expected", ("toy", "words_expected")), ("sync offset (frames)", ("sync", "offset_frames")),
-               ("sync corr.", ("sync", "correlation")), ("PSNR (dB)", ("first_frame", "psnr_db")),
+               ("sync corr.", ("sync", "correlation")),
+               ("mouth open while speaking", ("toy", "mouth_open_while_speaking")),
+               ("PSNR (dB)", ("first_frame", "psnr_db")),
                ("SSIM", ("first_frame", "ssim")), ("WER/CER", ("intelligibility", "rate")),
                ("wall (s)", ("performance", "wall_s"))]
     used = [(n, p) for n, p in columns if any(_dig(c, p) is not None for c in clips)]

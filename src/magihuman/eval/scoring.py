@@ -21,7 +21,7 @@ from magihuman.eval.prompt_set import PromptEntry
 from magihuman.eval.sync import frame_loudness, measure_sync
 from magihuman.eval.text import error_rate
 from magihuman.eval.toy_speech import analyse_toy_speech
-from magihuman.eval.toy_vision import part_colours, toy_mouth_opening
+from magihuman.eval.toy_vision import mouth_open_while_speaking, part_colours, toy_mouth_opening
 from magihuman.toy.captions import parse_caption
 
 __all__ = ["score_clip", "aggregate"]
@@ -57,6 +57,8 @@ def score_clip(media: ClipMedia, entry: PromptEntry, *, transcriber: Transcriber
     if mouth is not None and loudness is not None:
         result = measure_sync(mouth, loudness, fps=media.fps)
         score["sync"] = {**result.__dict__, "mouth_backend": backend}
+        if entry.toy is not None:
+            score["toy"]["mouth_open_while_speaking"] = mouth_open_while_speaking(mouth, loudness)
     elif loudness is None:
         notes.append("sync not measured: the clip has no audio")
     if entry.toy is None and entry.dialogue and transcriber is not None and media.audio.size:
@@ -126,6 +128,7 @@ def aggregate(scores: list[dict]) -> dict[str, Any]:
                         "mean", 100.0) for p in parts},
         "pitch_accuracy_pct": _summary(_values(toy, "toy", "pitch_correct"), "mean", 100.0),
         "word_count_exact_pct": _summary(_values(toy, "toy", "word_count_exact"), "mean", 100.0),
+        "mouth_open_while_speaking_pct": _summary(_values(toy, "toy", "mouth_open_while_speaking"), "mean", 100.0),
         "sync_clips": len(offsets),
         "sync_median_offset_frames": _summary(offsets, "median"),
         "sync_median_abs_offset_frames": _summary([abs(v) for v in offsets], "median"),
