@@ -335,6 +335,7 @@ def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares_a
     for mode in ("finetune", "lora"):
         assert {k: seen[mode][k] for k in ("first_frame_rate", "prefix_rate", "range_rate", "terminal_rate")} == {
             "first_frame_rate": 0.25, "prefix_rate": 0.15, "range_rate": 0.05, "terminal_rate": 0.35}, mode
+    assert (seen["lora"]["learning_rate"], seen["lora"]["lora"].rank) == (1e-3, 16)  # lora_learning_rate, lora_rank
     # by default no loss region; base_mouth_weight weights the base's mouth cells, never the LoRA's
     assert seen["finetune"]["video_region"] is None and "video_region" not in seen["lora"]
     from magihuman.toy.drawing import MOUTH_REGION

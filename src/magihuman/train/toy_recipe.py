@@ -128,6 +128,7 @@ class ToyRecipe:
     # trained on cyan shirts only, turned the shirts of ordinary captions pale (shirt colours 74 % -> 28 %)
     lora_prior_clips: int = 120
     lora_rank: int = 16
+    lora_learning_rate: float = 1e-3
     qk_norm_gain: float = QK_NORM_GAIN
 
     @classmethod
@@ -335,7 +336,8 @@ def _stage_lora(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> No
                          cache)
     config = TrainConfig(mode="lora", cache=cache, base=work / "bundle" / "base",
                          output=work / "runs" / "lora", steps=recipe.lora_steps, batch_size=recipe.base_batch,
-                         learning_rate=1e-3, warmup_steps=min(20, recipe.lora_steps), mixed_precision="fp32",
+                         learning_rate=recipe.lora_learning_rate, warmup_steps=min(20, recipe.lora_steps),
+                         mixed_precision="fp32",
                          checkpoint_every=50, seed=recipe.seed + 1, **_conditioning(recipe),
                          lora=LoraSettings(rank=recipe.lora_rank, alpha=float(recipe.lora_rank)))
     result = Trainer(config).train()
