@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from magihuman.eval.seams import frame_differences, seam_frames, seam_report
+from magihuman.pipeline.presets import DEFAULT_FADE_FRAMES
 from magihuman.pipeline.windows import plan_windows, window_latent_frames
 from magihuman.toy.dataset import held_out_clips
 
@@ -42,9 +43,10 @@ def _windowed(pipe, caption: str, seconds: float, window: float, seed: int, out:
     return {"seconds": clip.duration, "windows": len(plan.windows), "wall_s": round(wall, 1), **report}
 
 
-def _fade_steps(frames: np.ndarray, seams: list[int], fade: int) -> list[float]:
+def _fade_steps(frames: np.ndarray, seams: list[int], fade: int = DEFAULT_FADE_FRAMES) -> list[float]:
     """Per seam, the largest difference between consecutive frames from ``fade`` frames before it to ``fade``
-    after it (the fade, the join and the frames beside them)."""
+    after it (the fade, the join and the frames beside them); the same window whatever ``--fade-frames`` is, so
+    a hard cut and a fade are measured alike."""
     diffs = frame_differences(frames)
     return [float(diffs[max(0, s - 1 - fade) : s + fade].max()) for s in seams]
 
@@ -56,7 +58,7 @@ def _extend(pipe, caption: str, source: Path, seconds: float, window: float, see
     clip.save(out / "extended.mp4", overwrite=True)
     seams = [_frames_of(source)]
     report = seam_report(clip.frames, clip.audio, clip.sample_rate, seams).to_dict()
-    return {"seconds": clip.frames.shape[0] / clip.fps, "fade_max_difference": _fade_steps(clip.frames, seams, 8),
+    return {"seconds": clip.frames.shape[0] / clip.fps, "fade_max_difference": _fade_steps(clip.frames, seams),
             **report}
 
 
@@ -72,7 +74,7 @@ def _retake(pipe, caption: str, source: Path, start: float, end: float, seed: in
     seams = [s for s in (4 * first - 3, 4 * last + 1) if 1 <= s < clip.frames.shape[0]]
     report = seam_report(clip.frames, clip.audio, clip.sample_rate, seams).to_dict()
     return {"held_video_bitwise": video_same, "held_audio_bitwise": audio_same,
-            "regenerated_latent_frames": [first, last], "fade_max_difference": _fade_steps(clip.frames, seams, 8),
+            "regenerated_latent_frames": [first, last], "fade_max_difference": _fade_steps(clip.frames, seams),
             **report}
 
 

@@ -53,6 +53,7 @@ def _round_trips(root: Path, paths: list[Path]) -> dict[str, list[tuple[str, np.
 
     from magihuman.codecs.turbo_vae import TurboVAE
     from magihuman.codecs.video_vae import VideoVAE
+    from magihuman.pipeline.media import video_to_uint8
 
     vae = VideoVAE.from_official(root / "Wan2.2-TI2V-5B", dtype=torch.float32)
     turbo = TurboVAE.from_official(root / "turbo_vae", dtype=torch.float32)
@@ -64,9 +65,7 @@ def _round_trips(root: Path, paths: list[Path]) -> dict[str, list[tuple[str, np.
         with torch.no_grad():
             latent = vae.encode(pixels)
             for label, decode in (("round trip, Turbo", turbo.decode), ("round trip, Wan", vae.decode)):
-                video = decode(latent)[0].permute(1, 2, 3, 0).clamp(-1, 1)
-                frames = ((video + 1) * 127.5).round().byte().numpy()
-                out[label].append((path.stem, frames, clip.audio, clip.sample_rate))
+                out[label].append((path.stem, video_to_uint8(decode(latent)), clip.audio, clip.sample_rate))
     return out
 
 
@@ -87,7 +86,8 @@ def main() -> None:
         paths = sorted(Path(folder).glob("*.mp4"))[: args.limit]
         if not paths:
             parser.error(f"no MP4 in {folder}")
-        sets[label] = [(p.stem, *(lambda c: (c.frames, c.audio, c.sample_rate))(read_clip(p))) for p in paths]
+        clips = [(p.stem, read_clip(p)) for p in paths]
+        sets[label] = [(name, c.frames, c.audio, c.sample_rate) for name, c in clips]
         if label == "reference" and args.round_trip is not None:
             sets.update(_round_trips(args.round_trip, paths))
     summary = {}

@@ -191,7 +191,7 @@ class ExtendPlan:
     has_audio: bool
     windows: WindowPlan
     notices: list[str]
-    fade_frames: int = 0
+    fade_frames: int
 
     @property
     def prefix_frames(self) -> int:
@@ -300,7 +300,7 @@ class RetakePlan:
     window_start: int
     window_frames: int
     notices: list[str]
-    fade_frames: int = 0
+    fade_frames: int
 
     @property
     def latent_frames(self) -> int:

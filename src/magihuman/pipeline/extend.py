@@ -101,9 +101,10 @@ def _decode(pipe: MagiHumanPipeline, latents, source, pixels: int, fade: int, ti
     count = source.frames.shape[0]
     with timer.stage("video decode"), pipe._lend("video_decoder"):
         decoded = stages.decode_video(pipe, latents.video)
-    kept = np.concatenate([source.frames, decoded[pixels:]])
-    new = np.concatenate([source.frames[:count - pixels], decoded])  # decoded frame 0 re-creates frame count - pixels
-    frames = crossfade_frames(kept, new, count, kept.shape[0], fade)
+    frames = np.concatenate([source.frames, decoded[pixels:]])
+    # decoded frame i re-creates clip frame count - pixels + i; only the clip's last `fade` frames change
+    tail = slice(count - fade, count)
+    frames[tail] = crossfade_frames(source.frames[tail], decoded[pixels - fade:pixels], fade, fade, fade)
     with timer.stage("audio decode"), pipe._lend("audio_vae"):
         decoded = decode_audio_span(pipe, latents.audio, pixels - 1, latents.audio.shape[1])
     join, total = count * HOP_LENGTH, (count - 1) * HOP_LENGTH + decoded.shape[1]

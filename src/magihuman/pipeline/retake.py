@@ -127,9 +127,11 @@ def _decode(pipe, plan: RetakePlan, source, edited: Latents, timer: StageTimer):
         with timer.stage("video decode"), pipe._lend("video_decoder"):
             decoded = stages.decode_video(pipe, edited.video)
         first, end = plan.pixel_span
-        new = frames.copy()
-        new[:decoded.shape[0]] = decoded  # the decode covers the N' encoded frames; the rest stays the clip's
-        frames = crossfade_frames(frames, new, first, end, plan.fade_frames)
+        # the decode covers the N' encoded frames; only the span and its fades change
+        near = slice(max(0, first - plan.fade_frames), min(decoded.shape[0], end + plan.fade_frames))
+        frames = frames.copy()
+        frames[near] = crossfade_frames(frames[near], decoded[near], first - near.start, end - near.start,
+                                        plan.fade_frames)
     if plan.target == "video":
         sound = source.sound if plan.has_audio else None
     else:
