@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from magihuman.pipeline.lora import METADATA_KEY, inject_lora, lora_config, lora_layers, save_lora_file, target_regex
+from magihuman.pipeline.lora import inject_lora, lora_config, lora_layers, save_lora_file, target_regex
+from magihuman.pipeline.lora_files import METADATA_KEY
 from magihuman.serve.config import ConfigError, ServeConfig
 from magihuman.serve.worker import Worker, load_official_pipeline
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from magihuman.demo.random_weights import random_transformer
-from magihuman.pipeline.lora import LoraError, load_lora, lora_layers, parse_lora_spec
+from magihuman.pipeline.lora import load_lora, lora_layers
+from magihuman.pipeline.lora_files import LoraError, parse_lora_spec
 from magihuman.train.config import TrainConfig
 from magihuman.train.trainer import Trainer
 from magihuman.train.validation import sample_like
@@ -172,3 +173,19 @@ def test_an_fp32_lora_run_keeps_its_frozen_base_in_float32_and_a_bf16_one_in_the
         Trainer(config, model=model, samples=latent_dataset(2), negative=torch.randn(4, 32)).train()
         frozen = {m.weight.dtype for m in model.modules() if isinstance(m, ExpertLinear)}
         assert frozen == want, (precision, frozen)
+
+
+def test_checking_adapter_files_does_not_import_peft(tmp_path):
+    """The command line checks ``--lora`` before loading anything; that check must not import PEFT (and with it
+    transformers' modelling code and scipy), which a run without a LoRA would pay for at start-up."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from magihuman.pipeline.lora_files import LoraError, check_lora_specs\n"
+            "assert check_lora_specs([]) == []\n"
+            f"try:\n    check_lora_specs([{str(tmp_path / 'none.safetensors')!r}])\n"
+            "except LoraError as exc:\n    print('refused:', exc)\n"
+            "print(sorted(m for m in ('peft', 'transformers', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "refused: --lora" in out and "not found" in out
+    assert out.strip().endswith("[]")

@@ -370,13 +370,13 @@ def _print_summary(path: Path, timings: dict[str, float]) -> None:
 
 def _check_loras(options: GenerateOptions) -> list:
     """``--lora FILE[:SCALE]`` parsed and the files checked (before any model loads)."""
-    from magihuman.pipeline.lora import check_lora_specs
+    from magihuman.pipeline.lora_files import check_lora_specs
 
     return _lora_input_errors(lambda: check_lora_specs(options.lora or ()))
 
 
 def _lora_input_errors(run):
-    from magihuman.pipeline.lora import LoraError
+    from magihuman.pipeline.lora_files import LoraError
 
     try:
         return run()

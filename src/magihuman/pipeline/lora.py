@@ -10,7 +10,8 @@ An expert linear of ``E`` experts gets one low-rank pair per expert, stored stac
 ``lora_A.weight [E·r, in]`` and ``lora_B.weight [E·out, r]``; expert ``e`` adds
 ``(alpha / r) · B_e A_e x`` to its own rows. With ``E = 1`` these are PEFT's ordinary Linear LoRA tensors.
 
-Adapter file: a ``.safetensors`` with keys ``transformer.<module>.lora_A.weight`` /
+Adapter file (:mod:`magihuman.pipeline.lora_files`, which reads and checks it without importing PEFT): a
+``.safetensors`` with keys ``transformer.<module>.lora_A.weight`` /
 ``transformer.<module>.lora_B.weight`` (the diffusers prefix), float32, and header metadata
 ``magihuman_lora`` (JSON: rank, alpha, target regex, the base model's config) so that loading needs no
 side file. Loading checks every key and shape against the model first and refuses a mismatched file in
@@ -33,22 +34,14 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora.layer import LoraLayer
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from magihuman.model.checkpoint import write_atomic
 from magihuman.model.layers import ExpertLinear, split_groups
+from magihuman.pipeline.lora_files import KEY_PREFIX, METADATA_KEY, LoraError, read_lora_file
 
-#: Key prefix of the adapter tensors in a file (diffusers' convention for a pipeline's transformer).
-KEY_PREFIX = "transformer."
-#: Safetensors header entry holding the adapter's settings (JSON).
-METADATA_KEY = "magihuman_lora"
 _MAX_LISTED = 12
-
-
-class LoraError(ValueError):
-    """An adapter file that does not fit the model: the message names the offending keys."""
 
 
 class ExpertLoraLinear(nn.Module, LoraLayer):
@@ -219,26 +212,6 @@ def save_lora_file(model: nn.Module, path: str | Path, *, adapter_name: str = "d
     return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(state, settings)`` of an adapter file: keys without the ``transformer.`` prefix.
-
-    Raises:
-        LoraError: not a readable safetensors file, or no magihuman LoRA metadata.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise LoraError(f"LoRA file {path} not found")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {k.removeprefix(KEY_PREFIX): handle.get_tensor(k) for k in handle.keys()}
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
-        raise LoraError(f"{path} is not a readable .safetensors adapter: {exc}") from None
-    if METADATA_KEY not in metadata:
-        raise LoraError(f"{path} has no {METADATA_KEY!r} metadata: it was not written by `magihuman train lora`")
-    return state, json.loads(metadata[METADATA_KEY])
-
-
 def check_lora_state(model: nn.Module, state: dict[str, torch.Tensor], rank: int, path: Path | str = "") -> None:
     """Refuse an adapter whose keys or shapes do not fit ``model`` (one error naming all the keys).
 
@@ -307,43 +280,3 @@ def load_lora(model: nn.Module, path: str | Path, scale: float = 1.0, *, adapter
             layer.merge(adapter_names=[name])
     model.requires_grad_(False)
     return name
-
-
-def parse_lora_spec(spec: str) -> tuple[Path, float]:
-    """``FILE[:SCALE]`` -> ``(path, scale)`` (scale 1.0 when absent).
-
-    Raises:
-        LoraError: a scale that is not a number.
-    """
-    head, sep, tail = spec.rpartition(":")
-    if sep and head and not tail.startswith(("/", "\\")):
-        try:
-            return Path(head), float(tail)
-        except ValueError:
-            if Path(spec).exists():
-                return Path(spec), 1.0
-            raise LoraError(f"--lora {spec!r}: the scale after ':' must be a number "
-                            "(e.g. style.safetensors:0.8)") from None
-    return Path(spec), 1.0
-
-
-def check_lora_specs(specs: Iterable[str]) -> list[tuple[Path, float]]:
-    """Parse ``FILE[:SCALE]`` specs and check that each file exists and holds adapter metadata (no tensor read).
-
-    Raises:
-        LoraError: a malformed spec, a missing file or a file that is not an adapter.
-    """
-    parsed = []
-    for spec in specs:
-        path, scale = parse_lora_spec(spec)
-        if not path.expanduser().is_file():
-            raise LoraError(f"--lora {spec!r}: file {path} not found")
-        try:
-            with safe_open(str(path.expanduser()), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
-            raise LoraError(f"--lora {spec!r}: {path} is not a readable .safetensors adapter ({exc})") from None
-        if METADATA_KEY not in metadata:
-            raise LoraError(f"--lora {spec!r}: {path} is not an adapter written by `magihuman train lora`")
-        parsed.append((path.expanduser(), scale))
-    return parsed

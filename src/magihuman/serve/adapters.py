@@ -65,7 +65,7 @@ def adapter_settings(path: Path) -> dict[str, Any] | None:
 
     from safetensors import safe_open
 
-    from magihuman.pipeline.lora import METADATA_KEY
+    from magihuman.pipeline.lora_files import METADATA_KEY
 
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -155,7 +155,8 @@ class AdapterSet:
         self._set_scales({adapter: 0.0 for adapter in self.loaded.values()})
 
     def _load(self, name: str) -> str:
-        from magihuman.pipeline.lora import LoraError, load_lora
+        from magihuman.pipeline.lora import load_lora
+        from magihuman.pipeline.lora_files import LoraError
 
         adapter = f"serve_{len(self.loaded)}"
         try:

@@ -23,7 +23,7 @@ _SET_HELP = "Override one config field: KEY=VALUE (JSON value), dotted for neste
 
 def _input_errors(run):
     """Run ``run()``; dataset, cache and config errors become :class:`InputError` (exit code 2)."""
-    from magihuman.pipeline.lora import LoraError
+    from magihuman.pipeline.lora_files import LoraError
     from magihuman.train.cache import CacheError
     from magihuman.train.config import ConfigError
     from magihuman.train.dataset import DatasetError
