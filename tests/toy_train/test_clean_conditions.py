@@ -119,3 +119,34 @@ def test_the_video_loss_is_the_region_weighted_mean():
 
     assert abs(loss_with(8.0) - 8.0 / (frames * (60 + 4 * 8))) < 1e-7
     assert abs(loss_with(1.0) - 1.0 / (frames * 64)) < 1e-7
+
+
+def test_audio_condition_rate_holds_the_whole_track_clean_without_loss():
+    """``audio_condition_rate``: that share of samples is audio-driven (the track is the clean latent and has no
+    loss, the video is noised as usual); with the rate at 0 the draws are those of the settings without it."""
+    from magihuman.train.objective import flow_matching_loss
+
+    g = torch.Generator().manual_seed(0)
+    sample = LatentSample("a", "caption", torch.randn(48, 5, 2, 2, generator=g), torch.randn(17, 64, generator=g),
+                          torch.randn(5, 32, generator=g))
+
+    def draw(settings, seed, s=sample):
+        return noise_batch([s], torch.zeros(3, 32), settings, [torch.Generator().manual_seed(seed)])
+
+    driven = [bool((draw(ObjectiveSettings(text_dropout=0.0, audio_condition_rate=0.5), s).audio_mask == 0).all())
+              for s in range(200)]
+    assert 70 <= sum(driven) <= 130  # about half
+    batch = draw(ObjectiveSettings(first_frame_rate=0.0, text_dropout=0.0, audio_condition_rate=1.0), 3)
+    assert torch.equal(batch.audio[0], sample.audio_latent) and not batch.audio_mask.any()
+    assert float(batch.sigma[0]) < 1 and not torch.equal(batch.video[0], sample.video_latent)
+
+    def model(video, audio, text, text_lengths):  # right video, wrong audio: the loss must not see the audio
+        return batch.video_target.clone(), batch.audio_target + 1.0
+
+    loss, parts = flow_matching_loss(model, batch)
+    assert float(loss) == 0.0 and parts == {"video": 0.0, "audio": 0.0}
+    plain, zero = draw(ObjectiveSettings(), 7), draw(ObjectiveSettings(audio_condition_rate=0.0), 7)
+    assert torch.equal(plain.video, zero.video) and torch.equal(plain.audio, zero.audio)
+    video_only = LatentSample("b", "caption", sample.video_latent, None, sample.text_embeds)
+    batch = draw(ObjectiveSettings(audio_condition_rate=1.0), 3, video_only)  # no track: stays pure noise
+    assert float(batch.audio_weight[0]) == 0.0 and batch.audio_mask.all()

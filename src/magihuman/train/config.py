@@ -75,6 +75,8 @@ class TrainConfig(BaseModel):
                               "of latent frames and the matching audio (retakes).")
     terminal_rate: float = Field(0.0, ge=0, le=1, description="Share of samples at sigma = 1 (pure noise in), where "
                                  "only the text says what to draw: the sampler's first step.")
+    audio_condition_rate: float = Field(0.0, ge=0, le=1, description="Share of samples trained as audio-driven: "
+                                        "every audio latent is clean and carries no loss (a driving track).")
     video_region: tuple[int, int, int, int] | None = Field(
         None, description="A box (x0, y0, x1, y1) in pixels of the bucket's frames whose video loss counts "
         "video_region_weight times (every latent cell of 16x16 pixels it touches), e.g. a face or mouth that is a "

@@ -24,7 +24,11 @@ For a clean sample ``(x0_video, x0_audio, text)``:
    audio input is pure noise); the batch loss is the mean over samples. With a ``video_region`` (a pixel box)
    the video mean is weighted: the latent cells the box touches count ``video_region_weight`` times, the
    others once, and the sum is divided by the sum of the weights (ours: the codecs' L1 weights their face
-   region the same way, docs/toy_world.md).
+   region the same way, docs/toy_world.md);
+7. audio-driven training (off by default): with probability ``audio_condition_rate`` every audio latent is
+   held clean and carries no loss, as the sampler holds a driving track clean at every step in audio-driven
+   generation (pipeline.md 7.1). Only there is the voice fully known while the video is noisy, which is what
+   teaches the video to follow the voice (docs/toy_world.md, "Sync").
 
 Every random draw of sample ``j`` of global batch ``k`` comes from its own generator seeded by
 ``(seed, k, j)`` (:func:`sample_generator`), so the result does not depend on how a global batch is split
@@ -103,6 +107,7 @@ class ObjectiveSettings:
     terminal_rate: float = 0.0
     video_region: tuple[int, int, int, int] | None = None
     video_region_weight: float = 1.0
+    audio_condition_rate: float = 0.0
 
 
 def noise_batch(samples: Sequence[LatentSample], negative: torch.Tensor, settings: ObjectiveSettings,
@@ -111,7 +116,8 @@ def noise_batch(samples: Sequence[LatentSample], negative: torch.Tensor, setting
 
     Draw order per sample: u, then only when ``terminal_rate`` is set the terminal-σ u, video ε, audio ε,
     text-dropout u, first-frame u (all float32 on the CPU), then, only when ``prefix_rate`` or ``range_rate`` is
-    set, the clean-condition u and its frame indices.
+    set, the clean-condition u and its frame indices, then, only when ``audio_condition_rate`` is set, the
+    audio-driven u (so runs without the newer settings draw what they drew before).
 
     Args:
         samples: clips of one shape (one bucket).
@@ -145,6 +151,8 @@ def _noise_one(sample: LatentSample, negative: torch.Tensor, settings: Objective
     first_frame = torch.rand((), generator=generator).item() < settings.first_frame_rate
     video = (1 - sigma) * x0_video + sigma * eps_video
     video_clean, audio_clean = clean_positions(x0_video.shape[1], audio_shape[0], settings, first_frame, generator)
+    if settings.audio_condition_rate > 0 and torch.rand((), generator=generator).item() < settings.audio_condition_rate:
+        audio_clean[:] = sample.audio_latent is not None  # a video-only sample has no track to drive it
     video[:, video_clean] = x0_video[:, video_clean]
     mask = (~video_clean).float().view(1, -1, 1, 1)
     if settings.video_region is not None:

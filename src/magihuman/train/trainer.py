@@ -135,7 +135,8 @@ class Trainer:
         self.step = 0
         self.objective = ObjectiveSettings(config.shift, config.first_frame_rate, config.text_dropout,
                                            config.audio_loss_weight, config.prefix_rate, config.range_rate,
-                                           config.terminal_rate, config.video_region, config.video_region_weight)
+                                           config.terminal_rate, config.video_region, config.video_region_weight,
+                                           config.audio_condition_rate)
 
     # ------------------------------------------------------------------------------------ setup
     def _setup_model(self) -> None:
