@@ -41,6 +41,13 @@ def test_a_second_run_skips_finished_stages(quick_work):
 
 def test_bundle_runs_through_the_pipeline(quick_work):
     root = quick_work / "bundle"
+    from magihuman.train.toy_recipe import TOY_ROPE_BANDS
+
+    for model in ("base", "distill"):  # the recipe's RoPE bands survive training, distillation and the loader
+        bands = load_file(str(root / model / "model.safetensors"))["adapter.rope.bands"]
+        assert bands.tolist() == list(TOY_ROPE_BANDS), model
+    loaded = MagiHumanPipeline.from_official(root, preset="distill").transformer.adapter.rope.bands
+    assert loaded.tolist() == list(TOY_ROPE_BANDS)
     for preset in ("distill", "base"):
         pipe = MagiHumanPipeline.from_official(root, preset=preset)
         if preset == "base":
@@ -161,6 +168,13 @@ def test_toy_transformer_init_opens_the_attention_logit_range():
     for key in state:
         if "norm" not in key:
             assert torch.equal(state[key], plain[key]) and state[key].dtype == plain[key].dtype, key
+    banded = toy_transformer_init(dict(TOY_TRANSFORMER_CONFIG), seed=3, rope_bands=(1.0, 0.5, 0.25, 0.125))
+    assert plain["adapter.rope.bands"].tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001])  # the formula's
+    assert banded["adapter.rope.bands"].tolist() == [1.0, 0.5, 0.25, 0.125]
+    assert all(torch.equal(banded[k], state[k]) for k in state if k != "adapter.rope.bands")
+    for bad in ((1.0, 0.5), (1.0, 0.5, 0.0, 0.1), (1.0, float("nan"), 0.25, 0.1)):
+        with pytest.raises(ValueError, match="rope_bands must be 4 positive numbers"):
+            toy_transformer_init(dict(TOY_TRANSFORMER_CONFIG), seed=3, rope_bands=bad)
 
 
 def test_toy_tokenizer_keeps_each_attribute_phrase_as_one_token():

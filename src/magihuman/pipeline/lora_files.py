@@ -3,8 +3,9 @@
 An adapter file (written by :func:`magihuman.pipeline.lora.save_lora_file`) is a ``.safetensors`` with keys
 ``transformer.<module>.lora_A.weight`` / ``transformer.<module>.lora_B.weight`` (the diffusers prefix) and the
 header entry ``magihuman_lora`` (JSON: rank, alpha, target regex, the base model's config). Checking a
-command line's or a request's adapters needs only this module, so a run without a LoRA never imports PEFT (and
-through it transformers' modelling code): :mod:`magihuman.pipeline.lora` holds the layers and the loading.
+command line's or a request's adapters needs only this module, which imports neither PEFT nor diffusers nor
+transformers; :mod:`magihuman.pipeline.lora` holds the PEFT layers and the loading. (A pipeline imports PEFT
+anyway: diffusers' model hooks do, whether or not a LoRA is used.)
 """
 
 from __future__ import annotations

@@ -63,6 +63,15 @@ STEP_FIELDS = {"video_vae": "video_vae_steps", "audio_vae": "audio_vae_steps", "
 #: moved them after 2200 steps and ignored the colour and voice words. 1.25 lifts the bound to 8.8.
 QK_NORM_GAIN = 1.25
 
+#: RoPE frequency bands of the toy transformer, stored in its checkpoint (``adapter.rope.bands``, which the official
+#: loader takes over the formula). The formula ``1/10000**(k/B)`` with the toy's head_dim of 32 (B = 4) gives
+#: 1, 0.1, 0.01, 0.001 radians per latent frame: only the first tells neighbouring latent frames apart, and it
+#: repeats every 6.3 frames, so a video token cannot single out the voice of its own time within a 2 s clip (13
+#: latent frames). Bands that halve one after the other give periods of 6.3 to 50 latent frames; with them a fresh
+#: model learned in 800 steps to draw the mouth from the voice, which with the formula's bands it hardly did
+#: (docs/toy_world.md, "Sync and the RoPE bands"). The 15B model's head_dim of 128 has 16 bands, several in between.
+TOY_ROPE_BANDS = (1.0, 0.5, 0.25, 0.125)
+
 #: Where the LoRA stage's adapter goes inside the bundle (a shirt colour the base model never saw).
 LORA_FILE = "loras/cyan_shirt.safetensors"
 
@@ -130,6 +139,8 @@ class ToyRecipe:
     lora_rank: int = 16
     lora_learning_rate: float = 1e-3
     qk_norm_gain: float = QK_NORM_GAIN
+    # None: the formula's bands. The shipped w4 bundle predates this setting and has the formula's.
+    rope_bands: tuple[float, ...] | None = TOY_ROPE_BANDS
 
     @classmethod
     def quick(cls) -> ToyRecipe:
@@ -261,13 +272,27 @@ def _stage_cache(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> N
                     buckets=[Bucket(128, 128, 2.0)], seed=recipe.seed, progress=False)
 
 
-def toy_transformer_init(config: dict, seed: int, qk_norm_gain: float = QK_NORM_GAIN) -> dict[str, torch.Tensor]:
+def toy_transformer_init(config: dict, seed: int, qk_norm_gain: float = QK_NORM_GAIN,
+                         rope_bands: tuple[float, ...] | None = None) -> dict[str, torch.Tensor]:
     """The toy transformer's starting weights in the official layout: the random demo's linears
     (:func:`~magihuman.demo.random_weights.random_transformer_state_dict`), every RMS-norm gain 1 except the query
-    and key norms at ``qk_norm_gain`` (:data:`QK_NORM_GAIN`); gains are stored as ``gain - 1``."""
+    and key norms at ``qk_norm_gain`` (:data:`QK_NORM_GAIN`); gains are stored as ``gain - 1``. ``rope_bands``
+    (radians per position, ``head_dim / 8`` of them, e.g. :data:`TOY_ROPE_BANDS`) replaces the formula's
+    ``adapter.rope.bands``; training keeps the buffer as it is.
+
+    Raises:
+        ValueError: ``rope_bands`` of the wrong count, or not all positive and finite.
+    """
     from magihuman.demo.random_weights import random_transformer_state_dict
 
     state = random_transformer_state_dict(config, seed)
+    if rope_bands is not None:
+        want = int(config["head_dim"]) // 8
+        bands = torch.tensor([float(b) for b in rope_bands], dtype=torch.float32)
+        if bands.numel() != want or not bool(torch.isfinite(bands).all() and (bands > 0).all()):
+            raise ValueError(f"rope_bands must be {want} positive numbers (head_dim {config['head_dim']} / 8), "
+                             f"got {tuple(rope_bands)}")
+        state["adapter.rope.bands"] = bands
     for name, tensor in state.items():
         if "norm" in name and name.endswith(".weight"):
             gain = qk_norm_gain if name.endswith(("q_norm.weight", "k_norm.weight")) else 1.0
@@ -282,7 +307,8 @@ def _stage_base(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> No
 
     init = work / "runs" / "base_init"
     if not (init / "model.safetensors").is_file():
-        save_official_checkpoint(toy_transformer_init(recipe.transformer, recipe.seed + 40, recipe.qk_norm_gain), init)
+        save_official_checkpoint(toy_transformer_init(recipe.transformer, recipe.seed + 40, recipe.qk_norm_gain,
+                                                      recipe.rope_bands), init)
         (init / "magihuman_transformer.json").write_text(json.dumps(recipe.transformer, indent=2) + "\n")
     config = TrainConfig(mode="finetune", cache=work / "cache", base=init, output=work / "runs" / "base",
                          steps=recipe.base_steps, batch_size=recipe.base_batch,
