@@ -27,8 +27,8 @@ For a clean sample ``(x0_video, x0_audio, text)``:
    region the same way, docs/toy_world.md);
 7. audio-driven training (off by default): with probability ``audio_condition_rate`` every audio latent is
    held clean and carries no loss, as the sampler holds a driving track clean at every step in audio-driven
-   generation (pipeline.md 7.1). Only there is the voice fully known while the video is noisy, which is what
-   teaches the video to follow the voice (docs/toy_world.md, "Sync and the RoPE bands").
+   generation (pipeline.md 7.1): the only samples where the voice is fully known while the video is noisy. On
+   its own it did not teach the toy base to follow the voice (docs/toy_world.md, "Sync and the RoPE bands").
 
 Every random draw of sample ``j`` of global batch ``k`` comes from its own generator seeded by
 ``(seed, k, j)`` (:func:`sample_generator`), so the result does not depend on how a global batch is split
