@@ -41,13 +41,9 @@ def test_a_second_run_skips_finished_stages(quick_work):
 
 def test_bundle_runs_through_the_pipeline(quick_work):
     root = quick_work / "bundle"
-    from magihuman.train.toy_recipe import TOY_ROPE_BANDS
-
-    for model in ("base", "distill"):  # the recipe's RoPE bands survive training, distillation and the loader
+    for model in ("base", "distill"):  # by default the formula's RoPE bands, through training and distillation
         bands = load_file(str(root / model / "model.safetensors"))["adapter.rope.bands"]
-        assert bands.tolist() == list(TOY_ROPE_BANDS), model
-    loaded = MagiHumanPipeline.from_official(root, preset="distill").transformer.adapter.rope.bands
-    assert loaded.tolist() == list(TOY_ROPE_BANDS)
+        assert bands.tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001]), model
     for preset in ("distill", "base"):
         pipe = MagiHumanPipeline.from_official(root, preset=preset)
         if preset == "base":
@@ -377,3 +373,21 @@ def test_the_codec_stages_draw_every_shirt_colour_the_held_out_one_included():
     assert "cyan" in drawn and len(drawn) >= 5
     only = toy_recipe.ToyRecipe(codec_shirt_colours=("cyan",))
     assert {codec_clip(only, 3, 0, i).attributes.shirt for i in range(3)} == {"cyan"}
+
+
+def test_the_base_stage_starts_from_the_recipes_rope_bands(tmp_path, monkeypatch):
+    """``rope_bands`` reaches the base's initial checkpoint (``adapter.rope.bands``), which training then keeps."""
+    import magihuman.train.config as train_config
+    from magihuman.train import toy_recipe
+
+    class Stop(Exception):
+        pass
+
+    def stop(**kwargs):
+        raise Stop
+
+    monkeypatch.setattr(train_config, "TrainConfig", stop)
+    with pytest.raises(Stop):
+        toy_recipe._stage_base(tmp_path, toy_recipe.ToyRecipe(rope_bands=toy_recipe.TOY_ROPE_BANDS), print)
+    bands = load_file(str(tmp_path / "runs" / "base_init" / "model.safetensors"))["adapter.rope.bands"]
+    assert bands.tolist() == [1.0, 0.5, 0.25, 0.125]
