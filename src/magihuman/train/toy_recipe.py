@@ -67,11 +67,10 @@ QK_NORM_GAIN = 1.25
 #: loader takes over the formula). The formula ``1/10000**(k/B)`` with the toy's head_dim of 32 (B = 4) gives
 #: 1, 0.1, 0.01, 0.001 radians per latent frame: only the first tells neighbouring latent frames apart, and it
 #: repeats every 6.3 frames, so a video token cannot single out the voice of its own time within a 2 s clip (13
-#: latent frames). Bands that halve one after the other give periods of 6.3 to 50 latent frames; with them a fresh
-#: model learned in 800 steps to draw the mouth from the voice, which with the formula's bands it hardly did
-#: (docs/toy_world.md, "Sync and the RoPE bands"). The 15B model's head_dim of 128 has 16 bands, several in between.
-#: Not the recipe's default yet: in a full base run from scratch they had not brought the voice in by step 3100 and
-#: the video loss was higher than with the formula's bands (3.24 against 2.58 over steps 2900-3000).
+#: latent frames). Bands that halve one after the other give periods of 6.3 to 50 latent frames; the 15B model's
+#: head_dim of 128 has 16 bands, several in between. With them a fresh model learned to draw the mouth from the
+#: voice where the voice was what was left to learn; in the recipe's full base run they had not yet, so they are
+#: not its default (docs/toy_world.md, "Sync and the RoPE bands", has the figures).
 TOY_ROPE_BANDS = (1.0, 0.5, 0.25, 0.125)
 
 #: Where the LoRA stage's adapter goes inside the bundle (a shirt colour the base model never saw).
