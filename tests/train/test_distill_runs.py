@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from magihuman.demo.random_weights import random_transformer
@@ -101,6 +102,7 @@ def _worker(rank: int, port: int, output: str) -> None:
         distiller.train()
         if rank == 0:
             torch.save((_state(distiller), _gradients(distiller)), Path(output) / "state.pt")
+        dist.barrier()  # as in test_fsdp2: neither process leaves gloo while the other still sends
     finally:
         shutdown()
 

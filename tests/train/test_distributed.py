@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from magihuman.demo.random_weights import random_transformer
@@ -38,6 +39,7 @@ def _worker(rank: int, port: int, output: str) -> None:
         params = _train(Path(output), batch_size=1)
         if rank == 0:
             torch.save(params, Path(output) / "params.pt")
+        dist.barrier()  # as in test_fsdp2: neither process leaves gloo while the other still sends
     finally:
         shutdown()
 
