@@ -1,6 +1,6 @@
 """Does a toy transformer take its colours from the caption? Read them off its clean-latent prediction.
 
-    python benchmarks/text_colour_probe.py --work WORK [--weights FILE.safetensors] [--sigma 1.0 0.97 0.9]
+    python benchmarks/text_colour_probe.py --work WORK [--weights FOLDER] [--sigma 1.0 0.97 0.9]
 
 The sampler's first step is at sigma = 1, where the input is pure noise and only the text can say what to draw;
 below it the noisy latent itself shows the wall, hair and shirt colours. For 24 held-in clips of WORK's cache this
@@ -18,12 +18,10 @@ import argparse
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from magihuman.model.transformer import MagiHumanTransformer
 from magihuman.toy.captions import parse_caption
 from magihuman.train.cache import load_samples
-from magihuman.train.toy_recipe import ToyRecipe
+from magihuman.train.trainer import load_transformer
 
 #: Latent cells ``(row, column)`` of the 8x8 latent grid that lie inside each part for every offset.
 CELLS = {"wall": [(0, 0), (0, 7)], "hair": [(1, 3), (1, 4)], "shirt": [(7, 3), (7, 4)]}
@@ -37,19 +35,14 @@ def part_feature(latent: torch.Tensor, part: str) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="a toy work folder with cache/ and runs/base/")
-    parser.add_argument("--weights", type=Path, help="transformer weights (default WORK/runs/base/transformer)")
+    parser.add_argument("--weights", type=Path, help="a transformer checkpoint folder (model.safetensors and its "
+                        "magihuman_transformer.json; default WORK/runs/base/transformer)")
     parser.add_argument("--sigma", type=float, nargs="+", default=[1.0, 0.97, 0.9])
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    weights = args.weights or args.work / "runs" / "base" / "transformer" / "model.safetensors"
-    model = MagiHumanTransformer(**ToyRecipe().transformer)
-    state = {k: v.float() for k, v in load_file(str(weights)).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if not k.endswith("rope.bands")]:
-        raise SystemExit(f"{weights} does not fit the toy transformer: missing {missing}, unexpected {unexpected}")
-    model = model.float().eval()
+    model = load_transformer(args.weights or args.work / "runs" / "base" / "transformer").float().eval()
     samples = [s for s in load_samples(args.work / "cache") if s.audio_latent is not None]
     truth = [parse_caption(s.caption) for s in samples]
     centroids = {}
