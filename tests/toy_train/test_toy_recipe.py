@@ -4,6 +4,7 @@ pipeline loads and runs unchanged (base, distill, the LoRA)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 import magihuman.cli.app as cli
 from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
-from magihuman.train.toy_recipe import LORA_FILE, STAGES
+from magihuman.train.toy_recipe import LORA_FILE, STAGES, TOY_ROPE_BANDS
 
 runner = CliRunner()
 
@@ -41,9 +42,15 @@ def test_a_second_run_skips_finished_stages(quick_work):
 
 def test_bundle_runs_through_the_pipeline(quick_work):
     root = quick_work / "bundle"
-    for model in ("base", "distill"):  # by default the formula's RoPE bands, through training and distillation
+    # the base stage trains on the formula's RoPE bands; the voice stage swaps in TOY_ROPE_BANDS, which the
+    # student keeps
+    bands = load_file(str(quick_work / "runs" / "base" / "transformer" / "model.safetensors"))["adapter.rope.bands"]
+    assert bands.tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001])
+    for model in ("base", "distill"):
         bands = load_file(str(root / model / "model.safetensors"))["adapter.rope.bands"]
-        assert bands.tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001]), model
+        assert bands.tolist() == list(TOY_ROPE_BANDS), model
+    for phase in ("voice_rebind", "voice_focus", "voice_mix"):
+        assert (quick_work / "runs" / phase / "loss.csv").is_file(), phase
     for preset in ("distill", "base"):
         pipe = MagiHumanPipeline.from_official(root, preset=preset)
         if preset == "base":
@@ -391,3 +398,59 @@ def test_the_base_stage_starts_from_the_recipes_rope_bands(tmp_path, monkeypatch
         toy_recipe._stage_base(tmp_path, toy_recipe.ToyRecipe(rope_bands=toy_recipe.TOY_ROPE_BANDS), print)
     bands = load_file(str(tmp_path / "runs" / "base_init" / "model.safetensors"))["adapter.rope.bands"]
     assert bands.tolist() == [1.0, 0.5, 0.25, 0.125]
+
+
+def test_the_voice_stage_swaps_the_bands_then_chains_its_three_phases(tmp_path, monkeypatch):
+    """Rebind (the base's objective on the new bands), focus (first frame and voice clean, mouth weighted), mix (the
+    base's objective with a share of voice-clean samples): each starts from the one before's output, the last one
+    becomes the bundle's base; phases of 0 steps are skipped and a wrong band count is refused before training."""
+    from types import SimpleNamespace
+
+    import magihuman.train.trainer as trainer_module
+    from magihuman.model.checkpoint import save_official_checkpoint
+    from magihuman.toy.drawing import MOUTH_REGION
+    from magihuman.train import toy_recipe
+
+    base = tmp_path / "runs" / "base" / "transformer"
+    state = toy_recipe.toy_transformer_init(dict(toy_recipe.TOY_TRANSFORMER_CONFIG), seed=3)
+    save_official_checkpoint(state, base)
+    (base / "magihuman_transformer.json").write_text(json.dumps(toy_recipe.TOY_TRANSFORMER_CONFIG))
+    configs = []
+
+    class FakeTrainer:  # copies its start checkpoint to its output, as a run of 0 updates would
+        def __init__(self, config):
+            configs.append(config)
+
+        def train(self):
+            output = configs[-1].output / "transformer"
+            shutil.copytree(configs[-1].base, output)
+            return SimpleNamespace(output=output)
+
+    monkeypatch.setattr(trainer_module, "Trainer", FakeTrainer)
+    recipe = toy_recipe.ToyRecipe()
+    toy_recipe._stage_voice(tmp_path, recipe, print)
+    rebind, focus, mix = configs
+    banded = load_file(str(rebind.base / "model.safetensors"))
+    assert banded["adapter.rope.bands"].tolist() == list(toy_recipe.TOY_ROPE_BANDS)
+    assert all(torch.equal(banded[k], v) for k, v in state.items() if k != "adapter.rope.bands")
+    assert focus.base == rebind.output / "transformer" and mix.base == focus.output / "transformer"
+    assert (rebind.steps, focus.steps, mix.steps) == (1000, 1000, 800)
+    assert rebind.video_region is None and rebind.audio_condition_rate == 0 and rebind.first_frame_rate == 0.3
+    assert (focus.first_frame_rate, focus.audio_condition_rate, focus.text_dropout) == (1.0, 1.0, 0.0)
+    assert tuple(focus.video_region) == tuple(MOUTH_REGION) and focus.video_region_weight == 8.0
+    assert (mix.first_frame_rate, mix.audio_condition_rate, mix.video_region_weight) == (0.3, 0.3, 4.0)
+    assert mix.text_dropout == rebind.text_dropout > 0
+    shipped = load_file(str(tmp_path / "bundle" / "base" / "model.safetensors"))
+    assert shipped["adapter.rope.bands"].tolist() == list(toy_recipe.TOY_ROPE_BANDS)
+
+    configs.clear()  # no phases, no swap: the base passes through
+    toy_recipe._stage_voice(tmp_path, toy_recipe.ToyRecipe(voice_rope_bands=None, voice_rebind_steps=0,
+                                                           voice_focus_steps=0, voice_mix_steps=0), print)
+    assert configs == []
+    kept = load_file(str(tmp_path / "bundle" / "base" / "model.safetensors"))["adapter.rope.bands"]
+    assert kept.tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001])
+
+    shutil.copytree(base, tmp_path / "w2" / "runs" / "base" / "transformer")
+    with pytest.raises(ValueError, match="rope_bands must be 4 positive numbers"):
+        toy_recipe._stage_voice(tmp_path / "w2", toy_recipe.ToyRecipe(voice_rope_bands=(1.0, 0.5)), print)
+    assert configs == []

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from magihuman.pipeline.loading import ROOT_LAYOUT
+from magihuman.pipeline.loading import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
 from magihuman.toy.drawing import MOUTH_REGION
 from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS, PART_PALETTES, SHIRT_COLOURS
 from magihuman.train.autoencoders import (
@@ -51,7 +51,8 @@ from magihuman.train.toy_codec_data import audio_crop, latent_pool, turbo_window
 
 __all__ = ["QK_NORM_GAIN", "STAGES", "STEP_FIELDS", "ToyRecipe", "run_recipe", "toy_transformer_init"]
 
-STAGES = ("dataset", "text_encoder", "video_vae", "audio_vae", "turbo_vae", "cache", "base", "distill", "lora")
+STAGES = ("dataset", "text_encoder", "video_vae", "audio_vae", "turbo_vae", "cache", "base", "voice", "distill",
+          "lora")
 
 #: The recipe field holding each training stage's step budget (``magihuman toy train --steps STAGE=N``).
 STEP_FIELDS = {"video_vae": "video_vae_steps", "audio_vae": "audio_vae_steps", "turbo_vae": "turbo_steps",
@@ -68,9 +69,8 @@ QK_NORM_GAIN = 1.25
 #: 1, 0.1, 0.01, 0.001 radians per latent frame: only the first tells neighbouring latent frames apart, and it
 #: repeats every 6.3 frames, so a video token cannot single out the voice of its own time within a 2 s clip (13
 #: latent frames). Bands that halve one after the other give periods of 6.3 to 50 latent frames; the 15B model's
-#: head_dim of 128 has 16 bands, several in between. With them a fresh model learned to draw the mouth from the
-#: voice where the voice was what was left to learn; in the recipe's full base run they had not yet, so they are
-#: not its default (docs/toy_world.md, "Sync and the RoPE bands", has the figures).
+#: head_dim of 128 has 16 bands, several in between. The voice stage swaps them in after the base stage
+#: (docs/toy_world.md, "Sync and the RoPE bands", has the figures).
 TOY_ROPE_BANDS = (1.0, 0.5, 0.25, 0.125)
 
 #: Where the LoRA stage's adapter goes inside the bundle (a shirt colour the base model never saw).
@@ -140,8 +140,21 @@ class ToyRecipe:
     lora_rank: int = 16
     lora_learning_rate: float = 1e-3
     qk_norm_gain: float = QK_NORM_GAIN
-    # None: the formula's bands, as in the shipped w4 bundle; TOY_ROPE_BANDS is the candidate for the voice link
+    # the base stage's RoPE bands; None: the formula's (the voice stage swaps in voice_rope_bands afterwards)
     rope_bands: tuple[float, ...] | None = None
+    # the voice stage (docs/toy_world.md, "Sync and the RoPE bands"): three continuations of the base, each from the
+    # one before's EMA weights with a new optimizer. rebind: voice_rope_bands swapped in (None: keep the base's),
+    # then the base's objective; focus: first frame and voice clean in every sample, no text dropout, the mouth's
+    # latent cells voice_focus_mouth_weight times (the voice is what is left to learn); mix: the base's objective
+    # again with a share of voice-clean samples and the mouth weighted, which brings back the voice and the words
+    # the focus phase left untrained. A phase of 0 steps is skipped; with all three at 0 the base passes through.
+    voice_rope_bands: tuple[float, ...] | None = TOY_ROPE_BANDS
+    voice_rebind_steps: int = 1000
+    voice_focus_steps: int = 1000
+    voice_focus_mouth_weight: float = 8.0
+    voice_mix_steps: int = 800
+    voice_mix_audio_rate: float = 0.3
+    voice_mix_mouth_weight: float = 4.0
 
     @classmethod
     def quick(cls) -> ToyRecipe:
@@ -149,8 +162,8 @@ class ToyRecipe:
         return cls(clips=6, held_out=4, video_vae_width=8, audio_vae_width=8, turbo_channels=(8, 8, 16, 16),
                    video_vae_steps=2, video_crop=(5, 32), video_long_from=1,
                    video_long_crop=(9, 16), video_face_from=1, video_face_crop=(5, 48), audio_vae_steps=2,
-                   turbo_steps=2, turbo_pool=2, base_steps=4, base_batch=2, distill_steps=1, lora_clips=2, lora_steps=2,
-                   lora_prior_clips=2)
+                   turbo_steps=2, turbo_pool=2, base_steps=4, base_batch=2, voice_rebind_steps=1, voice_focus_steps=1,
+                   voice_mix_steps=1, distill_steps=1, lora_clips=2, lora_steps=2, lora_prior_clips=2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,6 +286,15 @@ def _stage_cache(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> N
                     buckets=[Bucket(128, 128, 2.0)], seed=recipe.seed, progress=False)
 
 
+def _checked_bands(rope_bands: tuple[float, ...], want: int) -> torch.Tensor:
+    """``rope_bands`` as a float32 tensor; ValueError unless ``want`` (``head_dim / 8``) positive finite numbers."""
+    bands = torch.tensor([float(b) for b in rope_bands], dtype=torch.float32)
+    if bands.numel() != want or not bool(torch.isfinite(bands).all() and (bands > 0).all()):
+        raise ValueError(f"rope_bands must be {want} positive numbers (head_dim {want * 8} / 8), "
+                         f"got {tuple(rope_bands)}")
+    return bands
+
+
 def toy_transformer_init(config: dict, seed: int, qk_norm_gain: float = QK_NORM_GAIN,
                          rope_bands: tuple[float, ...] | None = None) -> dict[str, torch.Tensor]:
     """The toy transformer's starting weights in the official layout: the random demo's linears
@@ -288,12 +310,7 @@ def toy_transformer_init(config: dict, seed: int, qk_norm_gain: float = QK_NORM_
 
     state = random_transformer_state_dict(config, seed)
     if rope_bands is not None:
-        want = int(config["head_dim"]) // 8
-        bands = torch.tensor([float(b) for b in rope_bands], dtype=torch.float32)
-        if bands.numel() != want or not bool(torch.isfinite(bands).all() and (bands > 0).all()):
-            raise ValueError(f"rope_bands must be {want} positive numbers (head_dim {config['head_dim']} / 8), "
-                             f"got {tuple(rope_bands)}")
-        state["adapter.rope.bands"] = bands
+        state["adapter.rope.bands"] = _checked_bands(rope_bands, int(config["head_dim"]) // 8)
     for name, tensor in state.items():
         if "norm" in name and name.endswith(".weight"):
             gain = qk_norm_gain if name.endswith(("q_norm.weight", "k_norm.weight")) else 1.0
@@ -319,6 +336,45 @@ def _stage_base(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> No
                          video_region_weight=recipe.base_mouth_weight, **_conditioning(recipe))
     result = Trainer(config).train()
     _replace_folder(result.output, work / "bundle" / "base")
+
+
+def _stage_voice(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
+    from safetensors.torch import load_file
+
+    from magihuman.model.checkpoint import save_official_checkpoint
+    from magihuman.train.config import TrainConfig
+    from magihuman.train.trainer import Trainer
+
+    source = work / "runs" / "base" / "transformer"  # the base stage's EMA weights
+    if recipe.voice_rope_bands is not None:
+        banded = work / "runs" / "voice_bands"
+        if not (banded / "model.safetensors").is_file():
+            state = load_file(str(source / "model.safetensors"))
+            old = state["adapter.rope.bands"]
+            state["adapter.rope.bands"] = _checked_bands(recipe.voice_rope_bands, old.numel()).to(old.dtype)
+            save_official_checkpoint(state, banded)
+            shutil.copyfile(source / TRANSFORMER_CONFIG_FILE, banded / TRANSFORMER_CONFIG_FILE)
+        source = banded
+    mouth = dict(video_region=MOUTH_REGION)
+    phases = (
+        ("voice_rebind", recipe.voice_rebind_steps, 200, _conditioning(recipe)),
+        ("voice_focus", recipe.voice_focus_steps, 100,
+         dict(_conditioning(recipe), first_frame_rate=1.0, audio_condition_rate=1.0, text_dropout=0.0,
+              video_region_weight=recipe.voice_focus_mouth_weight, **mouth)),
+        ("voice_mix", recipe.voice_mix_steps, 100,
+         dict(_conditioning(recipe), audio_condition_rate=recipe.voice_mix_audio_rate,
+              video_region_weight=recipe.voice_mix_mouth_weight, **mouth)),
+    )
+    for name, steps, warmup, objective in phases:
+        if steps <= 0:
+            continue
+        config = TrainConfig(mode="finetune", cache=work / "cache", base=source, output=work / "runs" / name,
+                             steps=steps, batch_size=recipe.base_batch, learning_rate=recipe.base_learning_rate,
+                             warmup_steps=min(warmup, steps), mixed_precision="fp32", checkpoint_every=100,
+                             seed=recipe.seed, ema_decay=0.995, **objective)
+        source = Trainer(config).train().output
+        log(f"voice: {name} done ({steps} steps)")
+    _replace_folder(source, work / "bundle" / "base")
 
 
 def _conditioning(recipe: ToyRecipe) -> dict[str, float]:
@@ -391,7 +447,7 @@ def _progress(log: Callable[[str], None], name: str, total: int, every: int = 25
 
 _RUNNERS = {"dataset": _stage_dataset, "text_encoder": _stage_text_encoder, "video_vae": _stage_video_vae,
             "audio_vae": _stage_audio_vae, "turbo_vae": _stage_turbo_vae, "cache": _stage_cache,
-            "base": _stage_base, "distill": _stage_distill, "lora": _stage_lora}
+            "base": _stage_base, "voice": _stage_voice, "distill": _stage_distill, "lora": _stage_lora}
 
 
 def run_recipe(work: str | Path, recipe: ToyRecipe | None = None, *, stages: tuple[str, ...] = STAGES,
