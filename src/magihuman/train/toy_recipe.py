@@ -12,8 +12,11 @@ own trainers, the models that generate it, at small widths but in the official a
 6. ``cache``: ``magihuman train prepare`` on the dataset with the new codecs (one 128x128, 2 s bucket);
 7. ``base``: the transformer trained from a random initialisation with the flow-matching trainer
    (first-frame conditioning and text dropout, plus clean-prefix conditioning for continuation);
-8. ``distill``: the 8-step DMD-2 student from the base model;
-9. ``lora``: a LoRA on the base model teaching a shirt colour it never saw (cyan), from its own small dataset
+8. ``voice``: the base continued in three phases (its RoPE bands replaced, then its objective; then samples where
+   only the mouth is left to predict from the voice; then its objective with a share of voice-clean samples), which
+   teach it to move the mouth with the voice (docs/toy_world.md, "The voice stage");
+9. ``distill``: the 8-step DMD-2 student from the base model;
+10. ``lora``: a LoRA on the base model teaching a shirt colour it never saw (cyan), from its own small dataset
    plus as many ordinary clips of the base's dataset (prior preservation).
 
 Everything goes to one work folder; the assembled checkpoint root is ``WORK/bundle`` (loadable by
