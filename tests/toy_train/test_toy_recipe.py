@@ -69,6 +69,8 @@ def test_bad_inputs_are_refused(tmp_path, quick_work):
     assert result.exit_code != 0 and "is a file" in result.output
     result = runner.invoke(cli.app, ["toy", "train", str(quick_work)])  # full recipe over a quick folder
     assert result.exit_code != 0 and "other settings" in result.output
+    result = runner.invoke(cli.app, ["toy", "train", str(tmp_path / "fresh"), "--quick", "--stage", "voice"])
+    assert result.exit_code != 0 and "run the base stage first" in result.output
 
 
 def test_ship_copies_the_bundle_with_its_record(tmp_path, quick_work, monkeypatch):
@@ -450,6 +452,8 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_three_phases(tmp_path, 
     kept = load_file(str(tmp_path / "bundle" / "base" / "model.safetensors"))["adapter.rope.bands"]
     assert kept.tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001])
 
+    with pytest.raises(FileNotFoundError, match="run the base stage first"):
+        toy_recipe._stage_voice(tmp_path / "w2", recipe, print)
     shutil.copytree(base, tmp_path / "w2" / "runs" / "base" / "transformer")
     with pytest.raises(ValueError, match="rope_bands must be 4 positive numbers"):
         toy_recipe._stage_voice(tmp_path / "w2", toy_recipe.ToyRecipe(voice_rope_bands=(1.0, 0.5)), print)

@@ -55,7 +55,7 @@ def toy_train(
     try:
         root = run_recipe(target, recipe, stages=chosen,
                           log=lambda line: typer.echo(line, err=True))
-    except ValueError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise InputError(str(exc), field="work") from None
     typer.echo(f"toy checkpoint root: {root}")
 

@@ -349,6 +349,9 @@ def _stage_voice(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> N
     from magihuman.train.trainer import Trainer
 
     source = work / "runs" / "base" / "transformer"  # the base stage's EMA weights
+    if not (source / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the voice stage continues {source}, which is missing: run the base stage first "
+                                f"(`magihuman toy train {work} --stage base`)")
     if recipe.voice_rope_bands is not None:
         banded = work / "runs" / "voice_bands"
         if not (banded / "model.safetensors").is_file():
