@@ -145,7 +145,7 @@ class ToyRecipe:
     qk_norm_gain: float = QK_NORM_GAIN
     # the base stage's RoPE bands; None: the formula's (the voice stage swaps in voice_rope_bands afterwards)
     rope_bands: tuple[float, ...] | None = None
-    # the voice stage (docs/toy_world.md, "Sync and the RoPE bands"): three continuations of the base, each from the
+    # the voice stage (docs/toy_world.md, "The voice stage"): three continuations of the base, each from the
     # one before's EMA weights with a new optimizer. rebind: voice_rope_bands swapped in (None: keep the base's),
     # then the base's objective; focus: first frame and voice clean in every sample, no text dropout, the mouth's
     # latent cells voice_focus_mouth_weight times (the voice is what is left to learn); mix: the base's objective
@@ -321,9 +321,20 @@ def toy_transformer_init(config: dict, seed: int, qk_norm_gain: float = QK_NORM_
     return state
 
 
+def _transformer_run(work: Path, recipe: ToyRecipe, base: Path, name: str, steps: int, warmup: int, **objective):
+    """The ``TrainConfig`` of a base-transformer run from checkpoint ``base`` into ``WORK/runs/<name>``: the recipe's
+    batch and learning rate, float32, EMA 0.995, a checkpoint every 100 steps, ``min(warmup, steps)`` warm-up
+    steps and the given objective settings (the base stage and the voice stage's phases)."""
+    from magihuman.train.config import TrainConfig
+
+    return TrainConfig(mode="finetune", cache=work / "cache", base=base, output=work / "runs" / name, steps=steps,
+                       batch_size=recipe.base_batch, learning_rate=recipe.base_learning_rate,
+                       warmup_steps=min(warmup, steps), mixed_precision="fp32", checkpoint_every=100,
+                       seed=recipe.seed, ema_decay=0.995, **objective)
+
+
 def _stage_base(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
     from magihuman.model.checkpoint import save_official_checkpoint
-    from magihuman.train.config import TrainConfig
     from magihuman.train.trainer import Trainer
 
     init = work / "runs" / "base_init"
@@ -331,12 +342,9 @@ def _stage_base(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> No
         save_official_checkpoint(toy_transformer_init(recipe.transformer, recipe.seed + 40, recipe.qk_norm_gain,
                                                       recipe.rope_bands), init)
         (init / "magihuman_transformer.json").write_text(json.dumps(recipe.transformer, indent=2) + "\n")
-    config = TrainConfig(mode="finetune", cache=work / "cache", base=init, output=work / "runs" / "base",
-                         steps=recipe.base_steps, batch_size=recipe.base_batch,
-                         learning_rate=recipe.base_learning_rate, warmup_steps=min(200, recipe.base_steps),
-                         mixed_precision="fp32", checkpoint_every=100, seed=recipe.seed, ema_decay=0.995,
-                         video_region=MOUTH_REGION if recipe.base_mouth_weight != 1 else None,
-                         video_region_weight=recipe.base_mouth_weight, **_conditioning(recipe))
+    config = _transformer_run(work, recipe, init, "base", recipe.base_steps, 200,
+                              video_region=MOUTH_REGION if recipe.base_mouth_weight != 1 else None,
+                              video_region_weight=recipe.base_mouth_weight, **_conditioning(recipe))
     result = Trainer(config).train()
     _replace_folder(result.output, work / "bundle" / "base")
 
@@ -345,7 +353,6 @@ def _stage_voice(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> N
     from safetensors.torch import load_file
 
     from magihuman.model.checkpoint import save_official_checkpoint
-    from magihuman.train.config import TrainConfig
     from magihuman.train.trainer import Trainer
 
     source = work / "runs" / "base" / "transformer"  # the base stage's EMA weights
@@ -361,24 +368,20 @@ def _stage_voice(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> N
             save_official_checkpoint(state, banded)
             shutil.copyfile(source / TRANSFORMER_CONFIG_FILE, banded / TRANSFORMER_CONFIG_FILE)
         source = banded
-    mouth = dict(video_region=MOUTH_REGION)
+    base = _conditioning(recipe)
     phases = (
-        ("voice_rebind", recipe.voice_rebind_steps, 200, _conditioning(recipe)),
+        ("voice_rebind", recipe.voice_rebind_steps, 200, base),
         ("voice_focus", recipe.voice_focus_steps, 100,
-         dict(_conditioning(recipe), first_frame_rate=1.0, audio_condition_rate=1.0, text_dropout=0.0,
-              video_region_weight=recipe.voice_focus_mouth_weight, **mouth)),
+         dict(base, first_frame_rate=1.0, audio_condition_rate=1.0, text_dropout=0.0, video_region=MOUTH_REGION,
+              video_region_weight=recipe.voice_focus_mouth_weight)),
         ("voice_mix", recipe.voice_mix_steps, 100,
-         dict(_conditioning(recipe), audio_condition_rate=recipe.voice_mix_audio_rate,
-              video_region_weight=recipe.voice_mix_mouth_weight, **mouth)),
+         dict(base, audio_condition_rate=recipe.voice_mix_audio_rate, video_region=MOUTH_REGION,
+              video_region_weight=recipe.voice_mix_mouth_weight)),
     )
     for name, steps, warmup, objective in phases:
         if steps <= 0:
             continue
-        config = TrainConfig(mode="finetune", cache=work / "cache", base=source, output=work / "runs" / name,
-                             steps=steps, batch_size=recipe.base_batch, learning_rate=recipe.base_learning_rate,
-                             warmup_steps=min(warmup, steps), mixed_precision="fp32", checkpoint_every=100,
-                             seed=recipe.seed, ema_decay=0.995, **objective)
-        source = Trainer(config).train().output
+        source = Trainer(_transformer_run(work, recipe, source, name, steps, warmup, **objective)).train().output
         log(f"voice: {name} done ({steps} steps)")
     _replace_folder(source, work / "bundle" / "base")
 
