@@ -143,6 +143,34 @@ def test_colour_adherence_on_own_clips_and_a_wrong_caption():
         "hair": a.hair, "shirt": a.shirt, "wall": a.wall}
 
 
+def test_toy_figures_split_by_skin_tone_show_a_face_lost_on_one_tone():
+    """Clips of each skin tone; the dark ones have their mouth painted over with the skin, as the first toy
+    codecs drew them: the split says so while the totals only shrink."""
+    import dataclasses
+
+    from magihuman.toy.drawing import MOUTH_REGION
+    from magihuman.toy.palette import SKIN_TONES
+
+    scores = []
+    for i, skin in enumerate(["light", "tan", "dark"] * 2):
+        clip = make_clip((5, 40 + i), variant="t2v")
+        clip = make_clip((5, 40 + i), variant="t2v", attributes=dataclasses.replace(clip.attributes, skin=skin))
+        frames = clip.frames.copy()
+        if skin == "dark":
+            x0, y0, x1, y1 = MOUTH_REGION
+            frames[:, y0:y1, x0:x1] = SKIN_TONES["dark"]
+        scores.append(score_clip(media_of(clip, frames), toy_entry(clip, str(i))))
+    assert {s["toy"]["skin_expected"] for s in scores} == {"light", "tan", "dark"}
+    split = aggregate(scores)["toy_by_skin"]
+    assert sorted(split) == ["dark", "light", "tan"]
+    assert [split[k]["clips"] for k in ("dark", "light", "tan")] == [2, 2, 2]
+    assert split["light"]["sync_clips"] == split["tan"]["sync_clips"] == 2
+    assert split["dark"]["sync_clips"] == 0 and split["dark"]["mouth_open_while_speaking_pct"] == 0.0
+    assert split["light"]["mouth_open_while_speaking_pct"] > 50
+    assert split["dark"]["colour_accuracy_pct"] == split["light"]["colour_accuracy_pct"] == 100.0
+    assert aggregate(scores)["sync_clips"] == 4
+
+
 # ---------------------------------------------------------------------------------------- fidelity
 
 

@@ -90,6 +90,7 @@ def _toy_scores(media: ClipMedia, entry: PromptEntry) -> dict[str, Any]:
         "words_expected": words_expected,
         "words": speech.words if speech else 0,
         "word_count_exact": bool(speech and speech.words == words_expected),
+        "skin_expected": expected["skin"],
     }
 
 
@@ -146,4 +147,21 @@ def aggregate(scores: list[dict]) -> dict[str, Any]:
         "mean_stage_s": {k: _summary(_values(scores, "performance", "stage_s", k), "mean") for k in stages},
         "peak_rss_bytes": _summary(_values(scores, "performance", "peak_rss_bytes"), "max"),
         "peak_cuda_bytes": _summary(_values(scores, "performance", "peak_cuda_bytes"), "max"),
+        "toy_by_skin": _toy_by_skin(toy),
     }
+
+
+def _toy_by_skin(toy: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per skin tone the caption states: clips, colour accuracy, clips with a sync figure (a mouth that moved) and
+    mouth activity. A codec or model that loses the face on one skin tone shows here first (docs/evaluation.md)."""
+    out = {}
+    for skin in sorted({s["toy"].get("skin_expected") for s in toy} - {None}):
+        group = [s for s in toy if s["toy"].get("skin_expected") == skin]
+        out[skin] = {
+            "clips": len(group),
+            "colour_accuracy_pct": _summary(_values(group, "toy", "colour_accuracy"), "mean", 100.0),
+            "sync_clips": len(_values(group, "sync", "offset_frames")),
+            "mouth_open_while_speaking_pct": _summary(_values(group, "toy", "mouth_open_while_speaking"), "mean",
+                                                      100.0),
+        }
+    return out
