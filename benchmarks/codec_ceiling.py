@@ -108,7 +108,7 @@ def main() -> None:
     rows = []
     for index in range(args.clips):
         clip = make_clip((7, 9999, index), **shirts)
-        row: dict = {"clip": index}
+        row: dict = {"clip": index, "skin": clip.attributes.skin}
         with torch.no_grad():
             if encode is not None:
                 pixels = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1.0
@@ -133,7 +133,12 @@ def main() -> None:
             "colours_right_pct": 100.0 * sum(s["colours_right"] for s in scores) / (3 * len(rows)),
             "mouth_frames_pct": float(np.mean([s["mouth_frames_pct"] for s in scores])),
             "median_mouth_correlation": float(np.median(correlations)) if correlations else None,
-            "median_psnr_db": float(np.median([s["psnr_db"] for s in scores]))}
+            "median_psnr_db": float(np.median([s["psnr_db"] for s in scores])),
+            # per skin tone: a codec can lose the face on one tone while the means look fair (docs/toy_world.md)
+            "by_skin": {skin: {"clips": len(group), "clips_with_a_mouth": sum(s["mouth_frames_pct"] > 0 for s in group),
+                               "mouth_frames_pct": float(np.mean([s["mouth_frames_pct"] for s in group]))}
+                        for skin in sorted({r["skin"] for r in rows})
+                        for group in [[r[name] for r in rows if r["skin"] == skin]]}}
     if audio_vae is not None:
         summary["audio"] = {"pitch_kept_pct": 100.0 * float(np.mean([r["audio"]["pitch_kept"] for r in rows])),
                             "words_kept_pct": 100.0 * float(np.mean([r["audio"]["words_kept"] for r in rows]))}
