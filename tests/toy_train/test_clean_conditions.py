@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from magihuman.train.cache import LatentSample
@@ -119,6 +120,42 @@ def test_the_video_loss_is_the_region_weighted_mean():
 
     assert abs(loss_with(8.0) - 8.0 / (frames * (60 + 4 * 8))) < 1e-7
     assert abs(loss_with(1.0) - 1.0 / (frames * 64)) < 1e-7
+
+
+def test_extra_video_regions_multiply_their_weights_into_the_video_mean():
+    """The mouth x8 and the hair cap x4 (HAIR_CAP_REGION: rows 1-2, columns 2-5 of the 8x8 latent grid): 4 + 8
+    weighted cells of 64, so one unit of error in a hair cell counts 4 / (T x (52 + 4 x 8 + 8 x 4))."""
+    from magihuman.toy.drawing import HAIR_CAP_REGION, MOUTH_REGION
+    from magihuman.train.config import TrainConfig
+    from magihuman.train.objective import flow_matching_loss, region_weights
+
+    hair = region_weights((8, 8), HAIR_CAP_REGION, 4.0)[0, 0]
+    assert torch.nonzero(hair == 4.0).tolist() == [[r, c] for r in (1, 2) for c in (2, 3, 4, 5)]
+    g = torch.Generator().manual_seed(0)
+    frames = 3
+    sample = LatentSample("a", "caption", torch.randn(48, frames, 8, 8, generator=g),
+                          torch.randn(4 * (frames - 1) + 1, 64, generator=g), torch.randn(5, 32, generator=g))
+
+    def loss_with(extra, cell):
+        settings = ObjectiveSettings(first_frame_rate=0.0, text_dropout=0.0, video_region=MOUTH_REGION,
+                                     video_region_weight=8.0, extra_video_regions=extra)
+        batch = noise_batch([sample], torch.zeros(3, 32), settings, [torch.Generator().manual_seed(1)])
+
+        def model(video, audio, text, text_lengths):
+            v = batch.video_target.clone()
+            v[:, :, 1, cell[0], cell[1]] += 1.0
+            return v, batch.audio_target.clone()
+
+        return flow_matching_loss(model, batch)[1]["video"]
+
+    extra = ((*HAIR_CAP_REGION, 4.0),)
+    assert abs(loss_with(extra, (1, 3)) - 4.0 / (frames * 116)) < 1e-7
+    assert abs(loss_with(extra, (4, 3)) - 8.0 / (frames * 116)) < 1e-7
+    assert abs(loss_with((), (1, 3)) - 1.0 / (frames * 92)) < 1e-7
+    with pytest.raises(ValueError, match="extra_video_regions must be"):
+        TrainConfig(cache="c", output="o", base="b", extra_video_regions=[(10, 0, 5, 16, 2.0)])
+    with pytest.raises(ValueError, match="extra_video_regions must be"):
+        TrainConfig(cache="c", output="o", base="b", extra_video_regions=[(0, 0, 5, 16, 0.0)])
 
 
 def test_audio_condition_rate_holds_the_whole_track_clean_without_loss():

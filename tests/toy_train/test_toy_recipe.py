@@ -410,7 +410,7 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_three_phases(tmp_path, 
 
     import magihuman.train.trainer as trainer_module
     from magihuman.model.checkpoint import save_official_checkpoint
-    from magihuman.toy.drawing import MOUTH_REGION
+    from magihuman.toy.drawing import HAIR_CAP_REGION, MOUTH_REGION
     from magihuman.train import toy_recipe
 
     base = tmp_path / "runs" / "base" / "transformer"
@@ -431,7 +431,7 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_three_phases(tmp_path, 
     monkeypatch.setattr(trainer_module, "Trainer", FakeTrainer)
     recipe = toy_recipe.ToyRecipe()
     toy_recipe._stage_voice(tmp_path, recipe, print)
-    rebind, focus, mix = configs
+    rebind, focus, mix, hair = configs
     banded = load_file(str(rebind.base / "model.safetensors"))
     assert banded["adapter.rope.bands"].tolist() == list(toy_recipe.TOY_ROPE_BANDS)
     assert all(torch.equal(banded[k], v) for k, v in state.items() if k != "adapter.rope.bands")
@@ -442,12 +442,16 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_three_phases(tmp_path, 
     assert tuple(focus.video_region) == tuple(MOUTH_REGION) and focus.video_region_weight == 8.0
     assert (mix.first_frame_rate, mix.audio_condition_rate, mix.video_region_weight) == (0.3, 0.3, 4.0)
     assert mix.text_dropout == rebind.text_dropout > 0
+    assert hair.base == mix.output / "transformer" and hair.steps == 1000 and hair.seed == mix.seed + 1
+    assert (hair.audio_condition_rate, tuple(hair.video_region), hair.video_region_weight) == (0.3, MOUTH_REGION, 4.0)
+    assert [tuple(r) for r in hair.extra_video_regions] == [(*HAIR_CAP_REGION, 4.0)] and not mix.extra_video_regions
     shipped = load_file(str(tmp_path / "bundle" / "base" / "model.safetensors"))
     assert shipped["adapter.rope.bands"].tolist() == list(toy_recipe.TOY_ROPE_BANDS)
 
     configs.clear()  # no phases, no swap: the base passes through
     toy_recipe._stage_voice(tmp_path, toy_recipe.ToyRecipe(voice_rope_bands=None, voice_rebind_steps=0,
-                                                           voice_focus_steps=0, voice_mix_steps=0), print)
+                                                           voice_focus_steps=0, voice_mix_steps=0,
+                                                           voice_hair_steps=0), print)
     assert configs == []
     kept = load_file(str(tmp_path / "bundle" / "base" / "model.safetensors"))["adapter.rope.bands"]
     assert kept.tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001])

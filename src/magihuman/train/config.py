@@ -82,6 +82,9 @@ class TrainConfig(BaseModel):
         "video_region_weight times (every latent cell of 16x16 pixels it touches), e.g. a face or mouth that is a "
         "small share of the frame; None: every cell counts once.")
     video_region_weight: float = Field(1.0, gt=0, description="Weight of the video_region's latent cells.")
+    extra_video_regions: list[tuple[int, int, int, int, float]] = Field(
+        default_factory=list, description="More weighted boxes, each (x0, y0, x1, y1, weight) in pixels like "
+        "video_region; where boxes share a latent cell their weights multiply (e.g. the mouth and the hair).")
     mixed_precision: Literal["bf16", "fp32"] = Field(
         "bf16", description="bf16: block GEMMs in bf16 (autocast) over float32 master weights, as inference "
         "computes; fp32: all float32.")
@@ -107,6 +110,10 @@ class TrainConfig(BaseModel):
             if not (0 <= x0 < x1 and 0 <= y0 < y1):
                 raise ValueError(f"video_region must be (x0, y0, x1, y1) pixels with 0 <= x0 < x1 and 0 <= y0 < y1, "
                                  f"got {self.video_region}")
+        for x0, y0, x1, y1, weight in self.extra_video_regions:
+            if not (0 <= x0 < x1 and 0 <= y0 < y1 and weight > 0):
+                raise ValueError(f"each of extra_video_regions must be (x0, y0, x1, y1, weight) with pixels "
+                                 f"0 <= x0 < x1, 0 <= y0 < y1 and weight > 0, got {(x0, y0, x1, y1, weight)}")
         if self.mode == "finetune" and self.lora.fp8_base:
             raise ValueError("lora.fp8_base only applies to mode 'lora' (full fine-tuning trains every weight)")
         if self.mode == "lora" and self.sharding == "fsdp2":

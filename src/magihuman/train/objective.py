@@ -24,7 +24,8 @@ For a clean sample ``(x0_video, x0_audio, text)``:
    audio input is pure noise); the batch loss is the mean over samples. With a ``video_region`` (a pixel box)
    the video mean is weighted: the latent cells the box touches count ``video_region_weight`` times, the
    others once, and the sum is divided by the sum of the weights (ours: the codecs' L1 weights their face
-   region the same way, docs/toy_world.md);
+   region the same way, docs/toy_world.md); ``extra_video_regions`` add more ``(box, weight)`` pairs, whose
+   weights multiply where they share a cell;
 7. audio-driven training (off by default): with probability ``audio_condition_rate`` every audio latent is
    held clean and carries no loss, as the sampler holds a driving track clean at every step in audio-driven
    generation (pipeline.md 7.1): the only samples where the voice is fully known while the video is noisy. On
@@ -72,7 +73,7 @@ class NoisedBatch:
         text: ``[B, Nt, C]`` float32, zero-padded; ``text_lengths`` the true lengths.
         video_target, audio_target: velocities ``ε - x0``.
         video_mask: ``[B, 1, T, 1, 1]`` float32, 0 on a conditioning frame; ``[B, 1, T, h, w]`` with a
-            ``video_region``, whose cells carry its weight.
+            ``video_region`` or ``extra_video_regions``, whose cells carry their weights.
         audio_mask: ``[B, A, 1]`` float32, 0 on a clean audio latent.
         audio_weight: ``[B]`` float32, 0 for video-only samples.
         sigma: ``[B]`` float32 noise levels.
@@ -108,6 +109,7 @@ class ObjectiveSettings:
     video_region: tuple[int, int, int, int] | None = None
     video_region_weight: float = 1.0
     audio_condition_rate: float = 0.0
+    extra_video_regions: tuple[tuple[int, int, int, int, float], ...] = ()
 
 
 def noise_batch(samples: Sequence[LatentSample], negative: torch.Tensor, settings: ObjectiveSettings,
@@ -157,6 +159,8 @@ def _noise_one(sample: LatentSample, negative: torch.Tensor, settings: Objective
     mask = (~video_clean).float().view(1, -1, 1, 1)
     if settings.video_region is not None:
         mask = mask * region_weights(x0_video.shape[-2:], settings.video_region, settings.video_region_weight)
+    for *box, weight in settings.extra_video_regions:
+        mask = mask * region_weights(x0_video.shape[-2:], tuple(box), weight)
     audio_mask = torch.ones(audio_shape[0], 1)
     if sample.audio_latent is not None:
         x0_audio = sample.audio_latent.float()

@@ -12,9 +12,10 @@ own trainers, the models that generate it, at small widths but in the official a
 6. ``cache``: ``magihuman train prepare`` on the dataset with the new codecs (one 128x128, 2 s bucket);
 7. ``base``: the transformer trained from a random initialisation with the flow-matching trainer
    (first-frame conditioning and text dropout, plus clean-prefix conditioning for continuation);
-8. ``voice``: the base continued in three phases (its RoPE bands replaced, then its objective; then samples where
-   only the mouth is left to predict from the voice; then its objective with a share of voice-clean samples), which
-   teach it to move the mouth with the voice (docs/toy_world.md, "The voice stage");
+8. ``voice``: the base continued in four phases (its RoPE bands replaced, then its objective; then samples where
+   only the mouth is left to predict from the voice; then its objective with a share of voice-clean samples; then
+   that again with the hair weighted too), which teach it to move the mouth with the voice (docs/toy_world.md,
+   "The voice stage");
 9. ``distill``: the 8-step DMD-2 student from the base model;
 10. ``lora``: a LoRA on the base model teaching a shirt colour it never saw (cyan), from its own small dataset
    plus as many ordinary clips of the base's dataset (prior preservation).
@@ -37,7 +38,7 @@ from pathlib import Path
 import torch
 
 from magihuman.pipeline.loading import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
-from magihuman.toy.drawing import MOUTH_REGION
+from magihuman.toy.drawing import HAIR_CAP_REGION, MOUTH_REGION
 from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS, PART_PALETTES, SHIRT_COLOURS
 from magihuman.train.autoencoders import (
     ReconstructionRun,
@@ -145,12 +146,12 @@ class ToyRecipe:
     qk_norm_gain: float = QK_NORM_GAIN
     # the base stage's RoPE bands; None: the formula's (the voice stage swaps in voice_rope_bands afterwards)
     rope_bands: tuple[float, ...] | None = None
-    # the voice stage (docs/toy_world.md, "The voice stage"): three continuations of the base, each from the
+    # the voice stage (docs/toy_world.md, "The voice stage"): continuations of the base, each from the
     # one before's EMA weights with a new optimizer. rebind: voice_rope_bands swapped in (None: keep the base's),
     # then the base's objective; focus: first frame and voice clean in every sample, no text dropout, the mouth's
     # latent cells voice_focus_mouth_weight times (the voice is what is left to learn); mix: the base's objective
     # again with a share of voice-clean samples and the mouth weighted, which brings back the voice and the words
-    # the focus phase left untrained. A phase of 0 steps is skipped; with all three at 0 the base passes through.
+    # the focus phase left untrained. A phase of 0 steps is skipped; with all of them at 0 the base passes through.
     voice_rope_bands: tuple[float, ...] | None = TOY_ROPE_BANDS
     voice_rebind_steps: int = 1000
     voice_focus_steps: int = 1000
@@ -158,6 +159,11 @@ class ToyRecipe:
     voice_mix_steps: int = 800
     voice_mix_audio_rate: float = 0.3
     voice_mix_mouth_weight: float = 4.0
+    # hair: the mix's objective for voice_hair_steps more in a new data order, with the hair cap's latent cells
+    # (HAIR_CAP_REGION) weighted voice_hair_weight times: the hair is the smallest part and the one most often
+    # wrong (docs/toy_world.md, "The hair phase")
+    voice_hair_steps: int = 1000
+    voice_hair_weight: float = 4.0
 
     @classmethod
     def quick(cls) -> ToyRecipe:
@@ -166,7 +172,8 @@ class ToyRecipe:
                    video_vae_steps=2, video_crop=(5, 32), video_long_from=1,
                    video_long_crop=(9, 16), video_face_from=1, video_face_crop=(5, 48), audio_vae_steps=2,
                    turbo_steps=2, turbo_pool=2, base_steps=4, base_batch=2, voice_rebind_steps=1, voice_focus_steps=1,
-                   voice_mix_steps=1, distill_steps=1, lora_clips=2, lora_steps=2, lora_prior_clips=2)
+                   voice_mix_steps=1, voice_hair_steps=1, distill_steps=1, lora_clips=2, lora_steps=2,
+                   lora_prior_clips=2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -321,16 +328,18 @@ def toy_transformer_init(config: dict, seed: int, qk_norm_gain: float = QK_NORM_
     return state
 
 
-def _transformer_run(work: Path, recipe: ToyRecipe, base: Path, name: str, steps: int, warmup: int, **objective):
+def _transformer_run(work: Path, recipe: ToyRecipe, base: Path, name: str, steps: int, warmup: int,
+                     seed_offset: int = 0, **objective):
     """The ``TrainConfig`` of a base-transformer run from checkpoint ``base`` into ``WORK/runs/<name>``: the recipe's
     batch and learning rate, float32, EMA 0.995, a checkpoint every 100 steps, ``min(warmup, steps)`` warm-up
-    steps and the given objective settings (the base stage and the voice stage's phases)."""
+    steps, seed ``recipe.seed + seed_offset`` and the given objective settings (the base stage and the voice
+    stage's phases)."""
     from magihuman.train.config import TrainConfig
 
     return TrainConfig(mode="finetune", cache=work / "cache", base=base, output=work / "runs" / name, steps=steps,
                        batch_size=recipe.base_batch, learning_rate=recipe.base_learning_rate,
                        warmup_steps=min(warmup, steps), mixed_precision="fp32", checkpoint_every=100,
-                       seed=recipe.seed, ema_decay=0.995, **objective)
+                       seed=recipe.seed + seed_offset, ema_decay=0.995, **objective)
 
 
 def _stage_base(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
@@ -369,14 +378,17 @@ def _stage_voice(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> N
             shutil.copyfile(source / TRANSFORMER_CONFIG_FILE, banded / TRANSFORMER_CONFIG_FILE)
         source = banded
     base = _conditioning(recipe)
+    mix = dict(base, audio_condition_rate=recipe.voice_mix_audio_rate, video_region=MOUTH_REGION,
+               video_region_weight=recipe.voice_mix_mouth_weight)
     phases = (
         ("voice_rebind", recipe.voice_rebind_steps, 200, base),
         ("voice_focus", recipe.voice_focus_steps, 100,
          dict(base, first_frame_rate=1.0, audio_condition_rate=1.0, text_dropout=0.0, video_region=MOUTH_REGION,
               video_region_weight=recipe.voice_focus_mouth_weight)),
-        ("voice_mix", recipe.voice_mix_steps, 100,
-         dict(base, audio_condition_rate=recipe.voice_mix_audio_rate, video_region=MOUTH_REGION,
-              video_region_weight=recipe.voice_mix_mouth_weight)),
+        ("voice_mix", recipe.voice_mix_steps, 100, mix),
+        # the mix's objective again, in its own data order (seed + 1), with the hair cap's cells weighted too
+        ("voice_hair", recipe.voice_hair_steps, 100,
+         dict(mix, seed_offset=1, extra_video_regions=[(*HAIR_CAP_REGION, recipe.voice_hair_weight)])),
     )
     for name, steps, warmup, objective in phases:
         if steps <= 0:
