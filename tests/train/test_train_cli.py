@@ -66,3 +66,6 @@ def test_bad_inputs_stop_before_loading(tmp_path, demo_root):
     result = run("train", "lora", "--cache", tmp_path, "--base", tmp_path, "--output", tmp_path / "o",
                  "--set", "video_region=[80,0,40,16]")
     assert result.exit_code == 2 and "video_region must be (x0, y0, x1, y1)" in result.output
+    result = run("train", "lora", "--cache", tmp_path, "--base", tmp_path, "--output", tmp_path / "o",
+                 "--set", "extra_video_regions=[[34,17,95,47,0]]")
+    assert result.exit_code == 2 and "extra_video_regions must be (x0, y0, x1, y1, weight)" in result.output
