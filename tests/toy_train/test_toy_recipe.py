@@ -185,7 +185,7 @@ def test_toy_transformer_init_opens_the_attention_logit_range():
 def test_toy_tokenizer_keeps_each_attribute_phrase_as_one_token():
     from magihuman.demo.random_codecs import _build_demo_tokenizer
     from magihuman.toy.clip import make_clip
-    from magihuman.train.toy_recipe import toy_vocabulary
+    from magihuman.toy.vocabulary import toy_vocabulary
 
     tokenizer = _build_demo_tokenizer(1536, toy_vocabulary())
     for seed in range(4):
@@ -204,7 +204,7 @@ def test_toy_captions_are_short_and_every_caption_word_is_one_token():
     every word, including the quoted words and each line's first word, is one token and a caption is under 70."""
     from magihuman.demo.random_codecs import _build_demo_tokenizer
     from magihuman.toy.clip import make_clip
-    from magihuman.train.toy_recipe import toy_bare_words, toy_vocabulary
+    from magihuman.toy.vocabulary import toy_bare_words, toy_vocabulary
 
     tokenizer = _build_demo_tokenizer(1536, toy_vocabulary(), toy_bare_words())
     for seed in range(6):

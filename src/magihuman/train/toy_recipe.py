@@ -39,7 +39,7 @@ import torch
 
 from magihuman.pipeline.loading import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
 from magihuman.toy.drawing import HAIR_CAP_REGION, MOUTH_REGION
-from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS, PART_PALETTES, SHIRT_COLOURS
+from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS, PART_PALETTES
 from magihuman.train.autoencoders import (
     ReconstructionRun,
     audio_vae_loss,
@@ -190,38 +190,9 @@ def _stage_dataset(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) ->
                   progress=lambda done, total: log(f"dataset {done}/{total}") if done % 100 == 0 else None)
 
 
-def toy_vocabulary() -> list[str]:
-    """Every word the toy captions use that the tokenizer should keep whole (colours, numbers, parts), then the
-    attribute phrases ("pink hair", "high voice") that become one token each.
-
-    The transformer sees text without positions (architecture.md §3.3: the text is not rotated) and relies on the
-    encoder for context; a small random encoder gives almost none (docs/benchmarks.md, "text encoder check"),
-    so "pink hair, black shirt" and "black hair, pink shirt" would be the same bag of words. One token per
-    attribute phrase makes the bag say which part has which colour.
-    """
-    from magihuman.toy.attributes import GENDERS, VOICES, WORDS
-    from magihuman.toy.palette import HAIR_COLOURS, SKIN_TONES, WALL_COLOURS
-
-    words = [*HAIR_COLOURS, *SHIRT_COLOURS, *HELD_OUT_SHIRT_COLOURS, *WALL_COLOURS, *WORDS, *VOICES, *GENDERS,
-             *SKIN_TONES, "hair", "shirt", "wall", "skin", "Dialogue", "Background", "Sound", "pitched", "voice",
-             "cartoon", "plain", "front", "wearing", "says", "English", "prominent"]
-    phrases = [*(f"{c} hair" for c in HAIR_COLOURS), *(f"{c} shirt" for c in (*SHIRT_COLOURS, *HELD_OUT_SHIRT_COLOURS)),
-               *(f"{c} wall" for c in WALL_COLOURS), *(f"{t} skin" for t in SKIN_TONES),
-               *(f"{v} voice" for v in VOICES)]
-    return list(dict.fromkeys(words + phrases))
-
-
-def toy_bare_words() -> list[str]:
-    """Caption words that also appear without a space before them (the quoted words, a line's first word), so
-    the tokenizer keeps them whole there too (``bare_words`` of
-    :func:`~magihuman.demo.random_codecs.save_random_text_encoder`)."""
-    from magihuman.toy.attributes import GENDERS, WORDS
-
-    return [*WORDS, *(g.capitalize() for g in GENDERS), "In", "Dialogue", "Background", "English", "No"]
-
-
 def _stage_text_encoder(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
     from magihuman.demo.random_codecs import save_random_text_encoder
+    from magihuman.toy.vocabulary import toy_bare_words, toy_vocabulary
 
     save_random_text_encoder(work / "bundle" / ROOT_LAYOUT["text_encoder"], hidden_size=recipe.text_hidden,
                              seed=recipe.seed + 2, vocab_size=1536, extra_words=toy_vocabulary(),
