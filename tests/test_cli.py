@@ -269,6 +269,25 @@ def test_env_root_config_root_and_demo(fake, root, monkeypatch, tmp_path):
     assert "RANDOM weights" in result.output and "magihuman download" in result.output
 
 
+def test_demo_warns_when_a_toy_caption_asks_for_dark_skin(fake, monkeypatch, tmp_path):
+    """The shipped toy codecs draw no mouth on dark skin (docs/toy_world.md): --demo says so for such a caption,
+    and only for the trained toy bundle and only for that skin tone (no model is built: the pipeline is faked)."""
+    import magihuman.demo.bundle
+
+    monkeypatch.setattr(magihuman.demo.bundle, "demo_checkpoint_root", lambda: (tmp_path / "toy", True))
+    caption = ("A cartoon man with red hair and {} skin, wearing a black shirt, in front of a plain pink wall says "
+               "\"hi two\" in a high voice.")
+    result = run("generate", "--demo", "--prompt", caption.format("dark"), "-o", "dark.mp4")
+    assert result.exit_code == 0, result.output
+    assert "toy world's small models" in result.output and "no eyes and no mouth on dark skin" in result.output
+    result = run("generate", "--demo", "--prompt", caption.format("tan"), "-o", "tan.mp4")
+    assert result.exit_code == 0 and "toy world's small models" in result.output
+    assert "on dark skin" not in result.output
+    monkeypatch.setattr(magihuman.demo.bundle, "demo_checkpoint_root", lambda: (tmp_path / "random", False))
+    result = run("generate", "--demo", "--prompt", caption.format("dark"), "-o", "random.mp4")
+    assert result.exit_code == 0 and "RANDOM weights" in result.output and "on dark skin" not in result.output
+
+
 # ------------------------------------------------------------------------------------------------ validation
 
 

@@ -39,6 +39,11 @@ TOY_DEMO_NOTE = (
     "For real people run `magihuman download --root DIR` and pass --checkpoint-root DIR instead of --demo"
 )
 
+TOY_DARK_SKIN_NOTE = (
+    "note: the toy's codecs draw no eyes and no mouth on dark skin, so this clip's mouth will not move with its "
+    "voice (a known limit of the shipped toy models: docs/toy_world.md, \"Where the shipped run stands\")"
+)
+
 
 @dataclass
 class Job:
@@ -297,6 +302,8 @@ def run(job: Job) -> None:
         root, trained = demo_checkpoint_root()  # every rank resolves it; the builder is atomic if ranks race
         if speaker:
             typer.echo(TOY_DEMO_NOTE if trained else DEMO_NOTE, err=True)
+            if trained and _asks_for_dark_skin(job.request.prompt):
+                typer.echo(TOY_DARK_SKIN_NOTE, err=True)
     if speaker:
         typer.echo(f"loading {job.request.preset} checkpoints from {root or 'the given paths'} on {job.device}",
                    err=True)
@@ -382,3 +389,10 @@ def _lora_input_errors(run):
         return run()
     except LoraError as exc:
         raise InputError(str(exc), field="lora") from None
+
+
+def _asks_for_dark_skin(prompt: str) -> bool:
+    """Whether a toy caption asks for the dark skin tone (``magihuman.toy.captions.parse_caption``)."""
+    from magihuman.toy.captions import parse_caption
+
+    return parse_caption(prompt).get("skin") == "dark"
