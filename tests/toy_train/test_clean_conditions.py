@@ -95,31 +95,39 @@ def test_region_weights_mark_the_cells_a_pixel_box_touches():
         region_weights((2, 2), (40, 0, 50, 10), 2.0)
 
 
-def test_the_video_loss_is_the_region_weighted_mean():
-    """A model whose only error is 1 in one latent cell of one frame: loss = w / (48 x weight sum) per element
-    of that cell, so with weight 8 on that cell and 60 + 4 x 8 in all the video loss is 48 x 8 / (48 x (T x 92))."""
+#: Latent frames of the sample the region-weight tests score.
+REGION_FRAMES = 3
+
+
+def _video_loss_with_one_error(cell: tuple[int, int], **regions) -> float:
+    """The video loss of a model whose only error is 1 in latent cell ``cell`` (row, column) of latent frame 1,
+    on one 8x8-cell sample with no clean frame and no text dropout, under the given region settings."""
     from magihuman.train.objective import flow_matching_loss
 
     g = torch.Generator().manual_seed(0)
-    frames = 3
-    sample = LatentSample("a", "caption", torch.randn(48, frames, 8, 8, generator=g),
-                          torch.randn(4 * (frames - 1) + 1, 64, generator=g), torch.randn(5, 32, generator=g))
+    sample = LatentSample("a", "caption", torch.randn(48, REGION_FRAMES, 8, 8, generator=g),
+                          torch.randn(4 * (REGION_FRAMES - 1) + 1, 64, generator=g), torch.randn(5, 32, generator=g))
+    settings = ObjectiveSettings(first_frame_rate=0.0, text_dropout=0.0, **regions)
+    batch = noise_batch([sample], torch.zeros(3, 32), settings, [torch.Generator().manual_seed(1)])
+
+    def model(video, audio, text, text_lengths):
+        v = batch.video_target.clone()
+        v[:, :, 1, cell[0], cell[1]] += 1.0
+        return v, batch.audio_target.clone()
+
+    return flow_matching_loss(model, batch)[1]["video"]
+
+
+def test_the_video_loss_is_the_region_weighted_mean():
+    """A model whose only error is 1 in one latent cell of one frame: loss = w / (48 x weight sum) per element
+    of that cell, so with weight 8 on that cell and 60 + 4 x 8 in all the video loss is 48 x 8 / (48 x (T x 92))."""
     from magihuman.toy.drawing import MOUTH_REGION
 
-    def loss_with(weight):
-        settings = ObjectiveSettings(first_frame_rate=0.0, text_dropout=0.0, video_region=MOUTH_REGION,
-                                     video_region_weight=weight)
-        batch = noise_batch([sample], torch.zeros(3, 32), settings, [torch.Generator().manual_seed(1)])
+    def loss_with(weight):  # error in the mouth cell (row 4, column 3)
+        return _video_loss_with_one_error((4, 3), video_region=MOUTH_REGION, video_region_weight=weight)
 
-        def model(video, audio, text, text_lengths):
-            v = batch.video_target.clone()
-            v[:, :, 1, 4, 3] += 1.0  # error 1 in the mouth cell (row 4, column 3) of latent frame 1
-            return v, batch.audio_target.clone()
-
-        return flow_matching_loss(model, batch)[1]["video"]
-
-    assert abs(loss_with(8.0) - 8.0 / (frames * (60 + 4 * 8))) < 1e-7
-    assert abs(loss_with(1.0) - 1.0 / (frames * 64)) < 1e-7
+    assert abs(loss_with(8.0) - 8.0 / (REGION_FRAMES * (60 + 4 * 8))) < 1e-7
+    assert abs(loss_with(1.0) - 1.0 / (REGION_FRAMES * 64)) < 1e-7
 
 
 def test_extra_video_regions_multiply_their_weights_into_the_video_mean():
@@ -127,26 +135,15 @@ def test_extra_video_regions_multiply_their_weights_into_the_video_mean():
     weighted cells of 64, so one unit of error in a hair cell counts 4 / (T x (52 + 4 x 8 + 8 x 4))."""
     from magihuman.toy.drawing import HAIR_CAP_REGION, MOUTH_REGION
     from magihuman.train.config import TrainConfig
-    from magihuman.train.objective import flow_matching_loss, region_weights
+    from magihuman.train.objective import region_weights
 
     hair = region_weights((8, 8), HAIR_CAP_REGION, 4.0)[0, 0]
     assert torch.nonzero(hair == 4.0).tolist() == [[r, c] for r in (1, 2) for c in (2, 3, 4, 5)]
-    g = torch.Generator().manual_seed(0)
-    frames = 3
-    sample = LatentSample("a", "caption", torch.randn(48, frames, 8, 8, generator=g),
-                          torch.randn(4 * (frames - 1) + 1, 64, generator=g), torch.randn(5, 32, generator=g))
+    frames = REGION_FRAMES
 
     def loss_with(extra, cell):
-        settings = ObjectiveSettings(first_frame_rate=0.0, text_dropout=0.0, video_region=MOUTH_REGION,
-                                     video_region_weight=8.0, extra_video_regions=extra)
-        batch = noise_batch([sample], torch.zeros(3, 32), settings, [torch.Generator().manual_seed(1)])
-
-        def model(video, audio, text, text_lengths):
-            v = batch.video_target.clone()
-            v[:, :, 1, cell[0], cell[1]] += 1.0
-            return v, batch.audio_target.clone()
-
-        return flow_matching_loss(model, batch)[1]["video"]
+        return _video_loss_with_one_error(cell, video_region=MOUTH_REGION, video_region_weight=8.0,
+                                          extra_video_regions=extra)
 
     extra = ((*HAIR_CAP_REGION, 4.0),)
     assert abs(loss_with(extra, (1, 3)) - 4.0 / (frames * 116)) < 1e-7

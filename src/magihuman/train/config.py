@@ -105,13 +105,11 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.video_region is not None:
-            x0, y0, x1, y1 = self.video_region
-            if not (0 <= x0 < x1 and 0 <= y0 < y1):
-                raise ValueError(f"video_region must be (x0, y0, x1, y1) pixels with 0 <= x0 < x1 and 0 <= y0 < y1, "
-                                 f"got {self.video_region}")
+        if self.video_region is not None and not _is_box(*self.video_region):
+            raise ValueError(f"video_region must be (x0, y0, x1, y1) pixels with 0 <= x0 < x1 and 0 <= y0 < y1, "
+                             f"got {self.video_region}")
         for x0, y0, x1, y1, weight in self.extra_video_regions:
-            if not (0 <= x0 < x1 and 0 <= y0 < y1 and weight > 0):
+            if not (_is_box(x0, y0, x1, y1) and weight > 0):
                 raise ValueError(f"each of extra_video_regions must be (x0, y0, x1, y1, weight) with pixels "
                                  f"0 <= x0 < x1, 0 <= y0 < y1 and weight > 0, got {(x0, y0, x1, y1, weight)}")
         if self.mode == "finetune" and self.lora.fp8_base:
@@ -120,6 +118,11 @@ class TrainConfig(BaseModel):
             raise ValueError("sharding 'fsdp2' is for mode 'finetune'; LoRA replicates its frozen base "
                              "(use sharding 'ddp' or 'auto')")
         return self
+
+
+def _is_box(x0: int, y0: int, x1: int, y1: int) -> bool:
+    """A pixel box ``(x0, y0, x1, y1)`` (end exclusive) with ``0 <= x0 < x1`` and ``0 <= y0 < y1``."""
+    return 0 <= x0 < x1 and 0 <= y0 < y1
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,

@@ -157,9 +157,8 @@ def _noise_one(sample: LatentSample, negative: torch.Tensor, settings: Objective
         audio_clean[:] = sample.audio_latent is not None  # a video-only sample has no track to drive it
     video[:, video_clean] = x0_video[:, video_clean]
     mask = (~video_clean).float().view(1, -1, 1, 1)
-    if settings.video_region is not None:
-        mask = mask * region_weights(x0_video.shape[-2:], settings.video_region, settings.video_region_weight)
-    for *box, weight in settings.extra_video_regions:
+    boxes = () if settings.video_region is None else ((*settings.video_region, settings.video_region_weight),)
+    for *box, weight in (*boxes, *settings.extra_video_regions):
         mask = mask * region_weights(x0_video.shape[-2:], tuple(box), weight)
     audio_mask = torch.ones(audio_shape[0], 1)
     if sample.audio_latent is not None:

@@ -137,7 +137,7 @@ class Trainer:
                                            config.audio_loss_weight, config.prefix_rate, config.range_rate,
                                            config.terminal_rate, config.video_region, config.video_region_weight,
                                            config.audio_condition_rate,
-                                           tuple(tuple(r) for r in config.extra_video_regions))
+                                           tuple(config.extra_video_regions))
 
     # ------------------------------------------------------------------------------------ setup
     def _setup_model(self) -> None:
