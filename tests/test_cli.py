@@ -274,6 +274,7 @@ def test_demo_warns_when_a_toy_caption_asks_for_dark_skin(fake, monkeypatch, tmp
     and only for the trained toy bundle and only for that skin tone (no model is built: the pipeline is faked)."""
     import magihuman.demo.bundle
 
+    monkeypatch.chdir(tmp_path)  # the fake pipeline writes its outputs into the current folder
     monkeypatch.setattr(magihuman.demo.bundle, "demo_checkpoint_root", lambda: (tmp_path / "toy", True))
     caption = ("A cartoon man with red hair and {} skin, wearing a black shirt, in front of a plain pink wall says "
                "\"hi two\" in a high voice.")
