@@ -8,6 +8,7 @@ demo bundle and read the MP4 back.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -127,6 +128,33 @@ def test_module_and_console_script():
         pytest.skip("console script not installed (pip install -e .)")
     out = subprocess.run([script, "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"magihuman {cli.__version__}"
+
+
+def test_the_entry_point_ends_through_the_fast_exit_with_handlers_run_and_output_flushed(tmp_path):
+    """``main`` skips only the interpreter's module teardown (about a second with torch imported: benchmarks.md):
+    atexit handlers run, output is flushed, and the exit codes are the documented ones (0, 2)."""
+    marker, teardown = tmp_path / "atexit-ran", tmp_path / "teardown-ran"
+    script = (
+        "import atexit, pathlib, sys\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+        "class Global:\n"
+        f"    def __del__(self): pathlib.Path({str(teardown)!r}).write_text('yes')\n"
+        "kept = Global()\n"
+        "from magihuman.cli.app import main\n"
+        "sys.argv = ['magihuman', *sys.argv[1:]]\n"
+        "main()\n"
+        "print('unreachable')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, "--version"], capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (0, f"magihuman {cli.__version__}\n")  # flushed, nothing after main()
+    assert marker.read_text() == "yes"
+    assert not teardown.exists()  # the module teardown (which would collect `kept`) was skipped
+    marker.unlink()
+    env = {k: v for k, v in os.environ.items() if k != cli.CHECKPOINT_ROOT_ENV}
+    out = subprocess.run([sys.executable, "-c", script, "generate", "--prompt", "x"], capture_output=True, text=True,
+                         env=env)
+    assert out.returncode == 2 and out.stderr.count("error:") == 1 and "no checkpoint root" in out.stderr, out.stderr
+    assert marker.read_text() == "yes" and "unreachable" not in out.stdout
 
 
 def test_help_shows_flags_without_placeholders_and_states_the_limits():

@@ -162,15 +162,39 @@ app.add_typer(train_app, name="train")
 def main() -> None:
     """Console-script entry point (``magihuman``, ``python -m magihuman``).
 
-    After Ctrl-C the process ends at once with exit code 130 (``os._exit`` after flushing): the
-    interpreter's ordinary teardown of torch and the loaded models takes seconds, and an interrupted run
-    has nothing left to save (a partial MP4 is removed where it is written).
+    Every run ends through :func:`_fast_exit` with its exit code (0, 1, 2 or 130 as in the module
+    docstring): the ``atexit`` handlers run and the standard streams are flushed, then the process ends
+    without the interpreter's module teardown. With torch, diffusers and transformers imported that
+    teardown alone takes about a second (docs/benchmarks.md), and a command that has returned has nothing
+    left to save: outputs are written atomically before it returns, and a partial MP4 of an interrupted run
+    is removed where it is written.
     """
     try:
         app(prog_name="magihuman")
     except SystemExit as exc:
-        if exc.code == 130:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
-        raise
+        code = exc.code
+    else:
+        code = 0
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, exit code 1, as Python does
+        print(code, file=sys.stderr)
+        code = 1
+    _fast_exit(code)
+
+
+def _fast_exit(code: int) -> None:
+    """End the process with ``code`` after the ``atexit`` handlers (logging's flush, multiprocessing's worker
+    cleanup, ``weakref.finalize`` callbacks such as temporary folders) and a flush of stdout and stderr; skips
+    only the interpreter's teardown of the imported modules."""
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()  # noqa: SLF001 - the documented handlers, run as at a normal exit
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe (`magihuman ... | head`): nothing more to write
+                pass
+        os._exit(code)
