@@ -209,6 +209,13 @@ class DistillConfig(BaseModel):
                                                    "compare the generator's samples (shifted-uniform, clamped).")
     gan_weight: float = Field(0.0, ge=0, description="Weight of the GAN term on fake-score features (0: off; "
                               "DMD-2 uses ~1e-3 with real clips from the cache).")
+    first_frame_rate: float = Field(0.0, ge=0, le=1, description="Share of samples distilled as image-to-video: "
+                                    "latent frame 0 of the cached clip is held clean in the student's sampler and "
+                                    "in both scores' inputs, and gets no distribution-matching gradient.")
+    prefix_rate: float = Field(0.0, ge=0, le=1, description="Share of samples with a clean prefix of latent frames "
+                               "and the matching audio held the same way (long-clip windows, extend).")
+    range_rate: float = Field(0.0, ge=0, le=1, description="Share of samples clean everywhere except a random range "
+                              "of latent frames and the matching audio (retakes).")
     mixed_precision: Literal["bf16", "fp32"] = Field("bf16", description="As TrainConfig.mixed_precision.")
     seed: int = Field(0, description="Seed of every draw (re-derived per update).")
     checkpoint_every: int = Field(500, ge=1, description="Save a resumable checkpoint (generator, fake score, "

@@ -26,6 +26,14 @@ One generator update (after ``fake_steps`` fake-score updates, the two time-scal
 Result: ``OUTPUT/distill/`` in the official checkpoint layout (block linears bf16), which ``--preset
 distill`` loads unchanged (``--transformer OUTPUT/distill`` or as ``ROOT/distill``).
 
+Clean conditions (``first_frame_rate``, ``prefix_rate``, ``range_rate``; off by default): a sample may hold
+latent positions of its cached clip clean, drawn as the trainer's objective draws them
+(:func:`~magihuman.train.objective.clean_positions`: latent frame 0, a prefix of frames with the audio of the
+same time, or everything outside a range). The student's sampler writes them before every call and into its
+``x0``, as the pipeline's clean-condition sampler does (docs/long_clips.md); the re-noised inputs of both scores
+hold them too; the fake score's loss and the distribution-matching gradient leave them out. So the student
+learns the conditioned sampling that image-to-video, long-clip windows, extend and retake run.
+
 Video-only clips (cached without sound) carry no audio target: for them the audio term of the
 distribution-matching loss and of the fake score's loss has weight 0 (per sample, as the trainer's
 objective does with ``audio_weight``), and the GAN term sees pure-noise audio for the real clip and the
@@ -65,7 +73,7 @@ from magihuman.train.checkpointing import latest_checkpoint, load_checkpoint, sa
 from magihuman.train.config import DistillConfig
 from magihuman.train.distributed import average_gradients, rank_and_world
 from magihuman.train.metrics import DISTILL_COLUMNS, LossLog
-from magihuman.train.objective import derive_seed
+from magihuman.train.objective import ObjectiveSettings, clean_positions, derive_seed
 from magihuman.train.trainer import global_batch, load_transformer, save_transformer
 
 
@@ -80,10 +88,10 @@ class DistillResult:
 
 class _Batch:
     """This process's slice of one update's global batch: padded text, clean latents, which samples have
-    sound, and one noise generator per sample."""
+    sound, the positions held clean, and one noise generator per sample."""
 
     def __init__(self, samples: list[LatentSample], negative: torch.Tensor, device: torch.device,
-                 generators: list[torch.Generator]):
+                 generators: list[torch.Generator], conditions: ObjectiveSettings | None = None):
         self.device, self.generators = device, generators
         self.text, self.lengths = pad_text_batch([s.text_embeds[None].float() for s in samples])
         self.negative, self.neg_lengths = pad_text_batch([negative[None].float()] * len(samples))
@@ -95,6 +103,27 @@ class _Batch:
                                    for s in samples]).to(device)
         #: ``[B]`` float32: 1 for a clip with sound, 0 for a video-only clip (its audio has no target)
         self.has_audio = torch.tensor([float(s.audio_latent is not None) for s in samples], device=device)
+        #: ``[B, 1, T, 1, 1]`` and ``[B, A, 1]`` bool: positions held at the clean latents (None: none)
+        self.video_clean = self.audio_clean = None
+        if conditions is not None:
+            masks = [clean_positions(self.video0.shape[2], frames, conditions,
+                                     torch.rand((), generator=g).item() < conditions.first_frame_rate, g)
+                     for g in generators]
+            self.video_clean = torch.stack([m[0] for m in masks]).view(len(samples), 1, -1, 1, 1).to(device)
+            self.audio_clean = torch.stack([m[1] for m in masks]).view(len(samples), -1, 1).to(device)
+            self.audio_clean = self.audio_clean & (self.has_audio.view(-1, 1, 1) > 0)  # no track: nothing to hold
+
+    def hold(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(video, audio)`` with the held positions replaced by the clean latents (unchanged without conditions)."""
+        if self.video_clean is None:
+            return video, audio
+        return (torch.where(self.video_clean, self.video0, video), torch.where(self.audio_clean, self.audio0, audio))
+
+    def free(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, 1, T, 1, 1]`` and ``[B, A, 1]`` float32 weights: 1 where the sampler generates, 0 where it holds."""
+        if self.video_clean is None:
+            return torch.ones_like(video[:, :1, :, :1, :1]), torch.ones_like(audio[..., :1])
+        return (~self.video_clean).float(), (~self.audio_clean).float()
 
     def noise(self, shape: tuple[int, ...]) -> torch.Tensor:
         """``[B, *shape]`` standard normal float32, each sample's from its own generator."""
@@ -107,9 +136,13 @@ class _Batch:
         return keep * audio + (1 - keep) * eps
 
 
-def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``[B]``: mean squared difference of each sample."""
-    return (a - b).pow(2).flatten(1).mean(1)
+def _per_sample_mse(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B]``: mean squared difference of each sample; with a 0/1 ``weight`` (broadcast to ``a``) the mean over
+    the positions it keeps."""
+    if weight is None:
+        return (a - b).pow(2).flatten(1).mean(1)
+    weight = weight.expand_as(a)
+    return ((a - b).pow(2) * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1)
 
 
 class Distiller:
@@ -146,6 +179,10 @@ class Distiller:
         self.opt_g = torch.optim.AdamW(self.generator.parameters(), lr=config.generator_lr, betas=config.betas)
         self.opt_f = torch.optim.AdamW(self.fake_params, lr=config.fake_lr, betas=config.betas)
         self.sigmas = shifted_schedule(config.student_steps, config.shift)[0]
+        self.conditions = None
+        if config.first_frame_rate > 0 or config.prefix_rate > 0 or config.range_rate > 0:
+            self.conditions = ObjectiveSettings(first_frame_rate=config.first_frame_rate,
+                                                prefix_rate=config.prefix_rate, range_rate=config.range_rate)
         self.step = 0
 
     # ------------------------------------------------------------------------------------ pieces
@@ -168,14 +205,16 @@ class Distiller:
         audio = batch.noise(batch.audio_shape[1:])
         with torch.no_grad(), self._autocast():
             for j in range(k):
+                video, audio = batch.hold(video, audio)
                 v_video, v_audio = self._velocity(self.generator, video, audio, batch.text, batch.lengths)
                 eps_video, eps_audio = batch.noise(tuple(video.shape[1:])), batch.noise(tuple(audio.shape[1:]))
                 video = renoise_step(video, v_video, self.sigmas[j], self.sigmas[j + 1], eps_video)
                 audio = renoise_step(audio, v_audio, self.sigmas[j], self.sigmas[j + 1], eps_audio)
+        video, audio = batch.hold(video, audio)
         with torch.set_grad_enabled(grad), self._autocast():
             v_video, v_audio = self._velocity(self.generator, video, audio, batch.text, batch.lengths)
         sigma = self.sigmas[k].to(self.device)
-        return video - sigma * v_video, audio - sigma * v_audio
+        return batch.hold(video - sigma * v_video, audio - sigma * v_audio)
 
     def _score_sigma(self, generator: torch.Generator) -> torch.Tensor:
         low, high = self.config.score_sigma_range
@@ -186,6 +225,11 @@ class Distiller:
         """The score noise level ``σ`` (a shared draw), then each sample's ``ε``: ``(σ, ε_video, ε_audio)``."""
         sigma = self._score_sigma(generator)
         return sigma, batch.noise(tuple(x0_video.shape[1:])), batch.noise(tuple(x0_audio.shape[1:]))
+
+    @staticmethod
+    def _noised(batch: _Batch, x0_video, x0_audio, sigma, eps_video, eps_audio):
+        """``x_σ = (1 - σ)·x0 + σ·ε`` per modality, with the held positions clean (as the scores meet them)."""
+        return batch.hold((1 - sigma) * x0_video + sigma * eps_video, (1 - sigma) * x0_audio + sigma * eps_audio)
 
     def _real_velocity(self, video, audio, batch: _Batch, sigma: float):
         """The teacher's CFG velocity at noise level ``sigma`` (video scale switches at t = 500)."""
@@ -220,14 +264,15 @@ class Distiller:
         k = int(torch.randint(self.config.student_steps, (), generator=generator))
         x0_video, x0_audio = (x.detach() for x in self.generate(batch, k, grad=False))
         sigma, eps_video, eps_audio = self._renoise(batch, x0_video, x0_audio, generator)
-        video, audio = (1 - sigma) * x0_video + sigma * eps_video, (1 - sigma) * x0_audio + sigma * eps_audio
+        video, audio = self._noised(batch, x0_video, x0_audio, sigma, eps_video, eps_audio)
         with self._autocast():
             v_video, v_audio = self._velocity(self.fake, video, audio, batch.text, batch.lengths)
-        loss = (_per_sample_mse(v_video, eps_video - x0_video)
-                + batch.has_audio * _per_sample_mse(v_audio, eps_audio - x0_audio)).mean()
+        free_video, free_audio = batch.free(video, audio) if batch.video_clean is not None else (None, None)
+        loss = (_per_sample_mse(v_video, eps_video - x0_video, free_video)
+                + batch.has_audio * _per_sample_mse(v_audio, eps_audio - x0_audio, free_audio)).mean()
         if self.config.gan_weight > 0:
-            real_video = (1 - sigma) * batch.video0 + sigma * eps_video
-            real_audio = batch.silent_as_noise((1 - sigma) * batch.audio0 + sigma * eps_audio, eps_audio)
+            real_video, real_audio = self._noised(batch, batch.video0, batch.audio0, sigma, eps_video, eps_audio)
+            real_audio = batch.silent_as_noise(real_audio, eps_audio)
             d_real = self.head(self._features(real_video, real_audio, batch))
             d_fake = self.head(self._features(video, batch.silent_as_noise(audio, eps_audio), batch))
             loss = loss + self.config.gan_weight * (F.softplus(-d_real).mean() + F.softplus(d_fake).mean())
@@ -242,25 +287,31 @@ class Distiller:
         k = int(torch.randint(self.config.student_steps, (), generator=generator))
         x0_video, x0_audio = self.generate(batch, k, grad=True)
         sigma, eps_video, eps_audio = self._renoise(batch, x0_video, x0_audio, generator)
-        video = (1 - sigma) * x0_video.detach() + sigma * eps_video
-        audio = (1 - sigma) * x0_audio.detach() + sigma * eps_audio
+        video, audio = self._noised(batch, x0_video.detach(), x0_audio.detach(), sigma, eps_video, eps_audio)
         real = self._real_velocity(video, audio, batch, float(sigma))
         with torch.no_grad(), self._autocast():
             fake = self._velocity(self.fake, video, audio, batch.text, batch.lengths)
         per_sample = x0_video.new_zeros(len(batch.has_audio))
-        for x0, noisy, v_real, v_fake, weight in ((x0_video, video, real[0], fake[0], 1.0),
-                                                  (x0_audio, audio, real[1], fake[1], batch.has_audio)):
+        free = batch.free(video, audio) if batch.video_clean is not None else (None, None)
+        for x0, noisy, v_real, v_fake, weight, keep in ((x0_video, video, real[0], fake[0], 1.0, free[0]),
+                                                        (x0_audio, audio, real[1], fake[1], batch.has_audio, free[1])):
             pred_real, pred_fake = noisy - sigma * v_real, noisy - sigma * v_fake
             dims = tuple(range(1, x0.ndim))
-            normaliser = (x0.detach() - pred_real).abs().mean(dim=dims, keepdim=True).clamp_min(1e-6)
-            grad = (pred_fake - pred_real) / normaliser
-            per_sample = per_sample + weight * 0.5 * _per_sample_mse(x0, (x0 - grad).detach())
+            error = (x0.detach() - pred_real).abs()
+            if keep is None:
+                normaliser = error.mean(dim=dims, keepdim=True)
+                grad = (pred_fake - pred_real) / normaliser.clamp_min(1e-6)
+            else:  # over the generated positions only; the held ones get no gradient
+                kept = keep.expand_as(x0)
+                normaliser = (error * kept).sum(dim=dims, keepdim=True) / kept.sum(dim=dims, keepdim=True).clamp_min(1)
+                grad = (pred_fake - pred_real) * kept / normaliser.clamp_min(1e-6)
+            per_sample = per_sample + weight * 0.5 * _per_sample_mse(x0, (x0 - grad).detach(), keep)
         loss = per_sample.mean()
         if self.config.gan_weight > 0:
             self.fake.requires_grad_(False)
             try:
-                gen_video = (1 - sigma) * x0_video + sigma * eps_video
-                gen_audio = batch.silent_as_noise((1 - sigma) * x0_audio + sigma * eps_audio, eps_audio)
+                gen_video, gen_audio = self._noised(batch, x0_video, x0_audio, sigma, eps_video, eps_audio)
+                gen_audio = batch.silent_as_noise(gen_audio, eps_audio)
                 logits = self.head(self._features(gen_video, gen_audio, batch))
                 loss = loss + self.config.gan_weight * F.softplus(-logits).mean()
             finally:
@@ -285,7 +336,8 @@ class Distiller:
         picks = global_batch(self.groups, self.config.seed, update, size * self.world)
         mine = range(self.rank * size, (self.rank + 1) * size)
         generators = [torch.Generator().manual_seed(derive_seed(self.config.seed, 5, update, j)) for j in mine]
-        batch = _Batch([self.samples[picks[j]] for j in mine], self.negative, self.device, generators)
+        batch = _Batch([self.samples[picks[j]] for j in mine], self.negative, self.device, generators,
+                       self.conditions)
         return batch, torch.Generator().manual_seed(derive_seed(self.config.seed, 4, update))
 
     def _update_step(self) -> tuple[float, float]:
