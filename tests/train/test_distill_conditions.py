@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from .helpers import latent_dataset
 from .test_distill_runs import _distiller
 
 BIG = 1e3
@@ -85,4 +86,16 @@ def test_conditions_off_by_default_and_a_conditioned_run_trains(tmp_path):
     assert plain.conditions is None and batch.video_clean is None
     result = _distiller(tmp_path / "held", first_frame_rate=0.3, prefix_rate=0.3, range_rate=0.2).train()
     assert len(result.generator_losses) == 4
+    assert all(map(torch.isfinite, torch.tensor(result.generator_losses + result.fake_losses)))
+
+
+def test_the_student_samples_the_cached_audio_length(tmp_path):
+    """A 2 s toy clip caches 13 latent frames and 51 audio latents (25/s plus one), not 4 (13 - 1) + 1 = 49: the
+    student samples the cached length, the one the pipeline generates, and the GAN term and clean audio fit it."""
+    samples = latent_dataset(4, frames=2, audio=7, seed=8)
+    distiller = _distiller(tmp_path, samples=samples, prefix_rate=0.5)  # GAN term on
+    batch, _ = distiller._batch(0)
+    x0_video, x0_audio = distiller.generate(batch, 1, grad=False)
+    assert x0_audio.shape == (2, 7, 64) and x0_video.shape[2] == 2
+    result = distiller.train()
     assert all(map(torch.isfinite, torch.tensor(result.generator_losses + result.fake_losses)))

@@ -97,7 +97,9 @@ class _Batch:
         self.negative, self.neg_lengths = pad_text_batch([negative[None].float()] * len(samples))
         self.text, self.negative = self.text.to(device), self.negative.to(device)
         self.video0 = torch.stack([s.video_latent.float() for s in samples]).to(device)
-        frames = 4 * (samples[0].video_latent.shape[1] - 1) + 1
+        # the cached clips' audio length (a batch is one shape bucket); 4 (T - 1) + 1 for video-only clips
+        first_audio = samples[0].audio_latent
+        frames = first_audio.shape[0] if first_audio is not None else 4 * (samples[0].video_latent.shape[1] - 1) + 1
         self.audio_shape = (len(samples), frames, 64)
         self.audio0 = torch.stack([s.audio_latent.float() if s.audio_latent is not None else torch.zeros(frames, 64)
                                    for s in samples]).to(device)
