@@ -19,6 +19,7 @@ from magihuman.toy.drawing import (
     MOUTH_REGION,
     MOUTH_WIDTH,
     REGIONS,
+    SHIRT_REGION,
     WIDTH,
     draw_frame,
     mouth_height,
@@ -129,6 +130,9 @@ def test_regions_hold_one_colour_for_every_offset(offset):
         assert (frame[y0:y1, x0:x1] == palette.COLOURS[getattr(attrs, part)]).all(), part
     x0, y0, x1, y1 = MOUTH_REGION
     assert (frame == palette.MOUTH_RGB).all(-1).sum() == (frame[y0:y1, x0:x1] == palette.MOUTH_RGB).all(-1).sum()
+    sx0, sy0, sx1, sy1 = SHIRT_REGION  # every shirt pixel (blue appears nowhere else in this frame)
+    shirt = (frame == palette.COLOURS["blue"]).all(-1)
+    assert shirt.sum() > 1000 and shirt.sum() == shirt[sy0:sy1, sx0:sx1].sum()
     fx0, fy0, fx1, fy1 = FACE_REGION  # every eye and mouth pixel, open or blinking
     assert fx0 <= x0 and fy0 <= y0 and fx1 >= x1 and fy1 >= y1
     for eyes_open in (True, False):

@@ -357,7 +357,7 @@ def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares_a
     assert (seen["lora"]["learning_rate"], seen["lora"]["lora"].rank) == (1e-3, 16)  # lora_learning_rate, lora_rank
     # by default no loss region; base_mouth_weight weights the base's mouth cells, never the LoRA's
     assert seen["finetune"]["video_region"] is None and "video_region" not in seen["lora"]
-    from magihuman.toy.drawing import MOUTH_REGION
+    from magihuman.toy.drawing import MOUTH_REGION, SHIRT_REGION
 
     with pytest.raises(Stop):
         toy_recipe._stage_base(tmp_path, toy_recipe.ToyRecipe(base_mouth_weight=8.0), print)
@@ -369,6 +369,10 @@ def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares_a
     with pytest.raises(Stop):
         toy_recipe._stage_lora(tmp_path, toy_recipe.ToyRecipe(lora_prior_clips=0), print)
     assert seen["lora"]["cache"] == tmp_path / "lora_cache" and len(merged) == 1
+    assert seen["lora"]["extra_video_regions"] == [(*SHIRT_REGION, 4.0)]  # lora_shirt_weight: the new colour's part
+    with pytest.raises(Stop):
+        toy_recipe._stage_lora(tmp_path, toy_recipe.ToyRecipe(lora_prior_clips=0, lora_shirt_weight=1.0), print)
+    assert seen["lora"]["extra_video_regions"] == []
 
 
 def test_the_codec_stages_draw_every_shirt_colour_the_held_out_one_included():

@@ -15,7 +15,7 @@ from magihuman.toy.attributes import ToyAttributes
 from magihuman.toy.palette import COLOURS, EYE_WHITE_RGB, EYELID_RGB, MOUTH_RGB, PUPIL_RGB, SKIN_TONES
 
 __all__ = ["WIDTH", "HEIGHT", "MAX_OFFSET", "MOUTH_WIDTH", "MOUTH_MAX_HEIGHT", "REGIONS", "MOUTH_REGION",
-           "HAIR_CAP_REGION", "FACE_REGION", "mouth_height", "draw_frame"]
+           "HAIR_CAP_REGION", "SHIRT_REGION", "FACE_REGION", "mouth_height", "draw_frame"]
 
 #: Canvas size: multiples of 32, as the pipeline renders (architecture.md §13.2).
 WIDTH = HEIGHT = 128
@@ -39,6 +39,9 @@ MOUTH_REGION = (_CENTRE_X - MOUTH_WIDTH // 2 - MAX_OFFSET[0] - 2, _MOUTH_Y - MOU
                 _CENTRE_X + MOUTH_WIDTH // 2 + MAX_OFFSET[0] + 2, _MOUTH_Y + MOUTH_MAX_HEIGHT // 2 + MAX_OFFSET[1] + 2)
 #: Box that holds the hair cap (both hair styles draw it) for every allowed offset: latent cells 2-5 of rows 1-2.
 HAIR_CAP_REGION = (38 - MAX_OFFSET[0], 20 - MAX_OFFSET[1], 90 + MAX_OFFSET[0] + 1, 43 + MAX_OFFSET[1] + 1)
+#: Box that holds the shirt (an ellipse cut by the frame's bottom edge) for every allowed offset: the two bottom rows
+#: of latent cells.
+SHIRT_REGION = (18 - MAX_OFFSET[0], 100 - MAX_OFFSET[1], 110 + MAX_OFFSET[0] + 1, HEIGHT)
 #: Box that holds both eyes and the mouth for every allowed offset and opening: the details a codec must keep.
 FACE_REGION = (_EYE_XS[0] - _EYE_HALF_WIDTH - MAX_OFFSET[0], _EYE_TOP - MAX_OFFSET[1],
                _EYE_XS[1] + _EYE_HALF_WIDTH + 1 + MAX_OFFSET[0], MOUTH_REGION[3])

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from magihuman.pipeline.loading import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
-from magihuman.toy.drawing import HAIR_CAP_REGION, MOUTH_REGION
+from magihuman.toy.drawing import HAIR_CAP_REGION, MOUTH_REGION, SHIRT_REGION
 from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS, PART_PALETTES
 from magihuman.train.autoencoders import (
     ReconstructionRun,
@@ -143,6 +143,9 @@ class ToyRecipe:
     lora_prior_clips: int = 120
     lora_rank: int = 16
     lora_learning_rate: float = 1e-3
+    # the LoRA's video loss counts the shirt's latent cells (SHIRT_REGION) this many times (1: off): the new colour
+    # is all the LoRA has to teach (docs/toy_world.md, "The LoRA")
+    lora_shirt_weight: float = 4.0
     qk_norm_gain: float = QK_NORM_GAIN
     # the base stage's RoPE bands; None: the formula's (the voice stage swaps in voice_rope_bands afterwards)
     rope_bands: tuple[float, ...] | None = None
@@ -409,11 +412,12 @@ def _stage_lora(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> No
         if not (cache / "cache.json").is_file():
             merge_caches([(work / "lora_cache", "new-", None), (work / "cache", "prior-", recipe.lora_prior_clips)],
                          cache)
+    shirt = [(*SHIRT_REGION, recipe.lora_shirt_weight)] if recipe.lora_shirt_weight != 1 else []
     config = TrainConfig(mode="lora", cache=cache, base=work / "bundle" / "base",
                          output=work / "runs" / "lora", steps=recipe.lora_steps, batch_size=recipe.base_batch,
                          learning_rate=recipe.lora_learning_rate, warmup_steps=min(20, recipe.lora_steps),
                          mixed_precision="fp32",
-                         checkpoint_every=50, seed=recipe.seed + 1, **_conditioning(recipe),
+                         checkpoint_every=50, seed=recipe.seed + 1, **_conditioning(recipe), extra_video_regions=shirt,
                          lora=LoraSettings(rank=recipe.lora_rank, alpha=float(recipe.lora_rank)))
     result = Trainer(config).train()
     target = work / "bundle" / LORA_FILE
