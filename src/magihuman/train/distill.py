@@ -121,10 +121,11 @@ class _Batch:
             return video, audio
         return (torch.where(self.video_clean, self.video0, video), torch.where(self.audio_clean, self.audio0, audio))
 
-    def free(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, 1, T, 1, 1]`` and ``[B, A, 1]`` float32 weights: 1 where the sampler generates, 0 where it holds."""
+    def free(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``[B, 1, T, 1, 1]`` and ``[B, A, 1]`` float32 weights, 1 where the sampler generates and 0 where it holds;
+        ``(None, None)`` without conditions (every position counts)."""
         if self.video_clean is None:
-            return torch.ones_like(video[:, :1, :, :1, :1]), torch.ones_like(audio[..., :1])
+            return None, None
         return (~self.video_clean).float(), (~self.audio_clean).float()
 
     def noise(self, shape: tuple[int, ...]) -> torch.Tensor:
@@ -269,7 +270,7 @@ class Distiller:
         video, audio = self._noised(batch, x0_video, x0_audio, sigma, eps_video, eps_audio)
         with self._autocast():
             v_video, v_audio = self._velocity(self.fake, video, audio, batch.text, batch.lengths)
-        free_video, free_audio = batch.free(video, audio) if batch.video_clean is not None else (None, None)
+        free_video, free_audio = batch.free()
         loss = (_per_sample_mse(v_video, eps_video - x0_video, free_video)
                 + batch.has_audio * _per_sample_mse(v_audio, eps_audio - x0_audio, free_audio)).mean()
         if self.config.gan_weight > 0:
@@ -294,7 +295,7 @@ class Distiller:
         with torch.no_grad(), self._autocast():
             fake = self._velocity(self.fake, video, audio, batch.text, batch.lengths)
         per_sample = x0_video.new_zeros(len(batch.has_audio))
-        free = batch.free(video, audio) if batch.video_clean is not None else (None, None)
+        free = batch.free()
         for x0, noisy, v_real, v_fake, weight, keep in ((x0_video, video, real[0], fake[0], 1.0, free[0]),
                                                         (x0_audio, audio, real[1], fake[1], batch.has_audio, free[1])):
             pred_real, pred_fake = noisy - sigma * v_real, noisy - sigma * v_fake
