@@ -3,6 +3,7 @@ pipeline loads and runs unchanged (base, distill, the LoRA)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -311,6 +312,14 @@ def test_face_weight_map_weights_the_eyes_and_mouth_wherever_the_crop_lies():
     crop = face_weight_map(recipe, 60, 70, 32, 32)[0, 0]  # rows 60..91, columns 70..101
     assert torch.equal(crop, whole[60:92, 70:102])
     assert (face_weight_map(recipe, 96, 96, 32, 32) == 1).all()  # the shirt corner: no face
+    # the Turbo stage's mouth phase: the mouth box at its own weight, the rest of the face as before
+    from magihuman.toy.drawing import MOUTH_REGION
+
+    mouthed = face_weight_map(recipe, 0, 0, HEIGHT, WIDTH, mouth_weight=16.0)[0, 0]
+    mx0, my0, mx1, my1 = MOUTH_REGION
+    assert (mouthed[my0:my1, mx0:mx1] == 16).all() and int((mouthed == 16).sum()) == (mx1 - mx0) * (my1 - my0)
+    assert torch.equal(mouthed == recipe.face_weight, (whole == recipe.face_weight) & (mouthed != 16))
+    assert torch.equal(face_weight_map(recipe, 60, 70, 32, 32, mouth_weight=16.0)[0, 0], mouthed[60:92, 70:102])
 
 
 def test_turbo_windows_carry_face_weights_of_their_pixels():
@@ -323,6 +332,29 @@ def test_turbo_windows_carry_face_weights_of_their_pixels():
     assert window.shape[:2] == (3, 48) and window.shape[-2:] == (2, 2)
     assert weight.shape == (3, 1, 1, 32, 32) and target.shape[-2:] == (32, 32)
     assert set(weight.unique().tolist()) <= {1.0, recipe.face_weight}
+    again = turbo_window(pool, recipe, 7, mouth_weight=16.0)  # the same draw, the mouth weighted
+    assert torch.equal(again[0], window) and set(again[2].unique().tolist()) <= {1.0, recipe.face_weight, 16.0}
+
+
+def test_the_turbo_mouth_phase_trains_the_decoder_in_place_on_its_own_pool(tmp_path, monkeypatch):
+    from magihuman.train import toy_recipe
+
+    pool = [(torch.randn(48, 5, 8, 8), torch.rand(3, 17, 128, 128) * 2 - 1) for _ in range(2)]
+    draws = []
+    monkeypatch.setattr(toy_recipe, "latent_pool", lambda work, recipe, draw=0: draws.append(draw) or pool)
+    recipe = toy_recipe.ToyRecipe.quick()
+    from magihuman.codecs.turbo_vae_config import TurboVAEDConfig
+    from magihuman.codecs.turbo_vae_network import TurboVAEDecoder
+    from magihuman.demo.random_codecs import turbo_vaed_structure
+
+    decoder = TurboVAEDecoder(TurboVAEDConfig.from_dict(turbo_vaed_structure(recipe.turbo_channels), source="test"))
+    before = [p.detach().clone() for p in decoder.parameters()]
+    assert toy_recipe.turbo_mouth_phase(tmp_path, dataclasses.replace(recipe, turbo_mouth_steps=0), decoder,
+                                        print) == 0 and draws == []
+    assert toy_recipe.turbo_mouth_phase(tmp_path, dataclasses.replace(recipe, turbo_mouth_steps=2), decoder,
+                                        print) == 2
+    assert draws == [1] and (tmp_path / "runs" / "turbo_mouth").is_dir()
+    assert any(not torch.equal(a, b) for a, b in zip(before, decoder.parameters()))
 
 
 def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares_and_prior_clips(tmp_path, monkeypatch):

@@ -26,19 +26,22 @@ def codec_clip(recipe: ToyRecipe, stream: int, step: int, index: int):
     return make_clip((recipe.seed, 1000 + stream, step, index), shirt_colours=tuple(recipe.codec_shirt_colours))
 
 
-def face_weight_map(recipe: ToyRecipe, y0: int, x0: int, height: int, width: int) -> torch.Tensor:
+def face_weight_map(recipe: ToyRecipe, y0: int, x0: int, height: int, width: int,
+                    mouth_weight: float | None = None) -> torch.Tensor:
     """``[1, 1, height, width]`` float32 L1 weights of a crop at ``(y0, x0)`` pixels of a 128x128 toy frame:
-    ``recipe.face_weight`` inside :data:`~magihuman.toy.drawing.FACE_REGION` (the eyes and mouth), 1 elsewhere.
+    ``recipe.face_weight`` inside :data:`~magihuman.toy.drawing.FACE_REGION` (the eyes and mouth), 1 elsewhere;
+    with ``mouth_weight``, that weight inside :data:`~magihuman.toy.drawing.MOUTH_REGION` instead.
 
     The eyes and mouth are a small share of a frame, and a plain mean lets a small codec skip them, leaving the sync
     measure no mouth to find (docs/toy_world.md, "What the codecs keep").
     """
-    from magihuman.toy.drawing import FACE_REGION
+    from magihuman.toy.drawing import FACE_REGION, MOUTH_REGION
 
     weight = torch.ones(1, 1, height, width)
-    fx0, fy0, fx1, fy1 = FACE_REGION
-    ys, xs = slice(max(fy0 - y0, 0), max(fy1 - y0, 0)), slice(max(fx0 - x0, 0), max(fx1 - x0, 0))
-    weight[..., ys, xs] = recipe.face_weight
+    boxes = [(FACE_REGION, recipe.face_weight)] + ([(MOUTH_REGION, mouth_weight)] if mouth_weight is not None else [])
+    for (bx0, by0, bx1, by1), value in boxes:
+        ys, xs = slice(max(by0 - y0, 0), max(by1 - y0, 0)), slice(max(bx0 - x0, 0), max(bx1 - x0, 0))
+        weight[..., ys, xs] = value
     return weight
 
 
@@ -102,26 +105,29 @@ def audio_crop(recipe: ToyRecipe, step: int, index: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def latent_pool(work: Path, recipe: ToyRecipe) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(raw latent [48, T, h, w], pixels [3, F, H, W])`` of ``turbo_pool`` clips, encoded by the trained Wan VAE."""
+def latent_pool(work: Path, recipe: ToyRecipe, draw: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(raw latent [48, T, h, w], pixels [3, F, H, W])`` of ``turbo_pool`` clips, encoded by the trained Wan VAE;
+    ``draw`` picks another set of clips (the Turbo stage's mouth phase uses 1)."""
     from magihuman.codecs.video_vae import VideoVAE
 
     vae = VideoVAE.from_official(work / "bundle" / ROOT_LAYOUT["video_vae"], dtype=torch.float32)
     pool = []
     for index in range(recipe.turbo_pool):
-        frames = codec_clip(recipe, 3, 0, index).frames
+        frames = codec_clip(recipe, 3, draw, index).frames
         pixels = torch.from_numpy(frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1.0
         mu = vae.model.encode(pixels).latent_dist.mode()
         pool.append((mu[0], pixels[0]))
     return pool
 
 
-def turbo_window(pool, recipe: ToyRecipe, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+def turbo_window(pool, recipe: ToyRecipe, step: int, *, stream: int = 31,
+                 mouth_weight: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """A batch of random decode windows (first-chunk or later, as the sliding-window decode calls them), their
     pixels and :func:`face_weight_map`: ``[turbo_batch, 48, n, c, c]`` raw latents with ``c = turbo_crop`` (the
     whole frame when 0) and ``n <= turbo_window`` latent frames; the decoder is convolutional, so spatial crops
-    teach it the same map at a fraction of the cost of whole frames."""
-    rng = np.random.default_rng(derive_seed(recipe.seed, 31, step))
+    teach it the same map at a fraction of the cost of whole frames. ``stream`` seeds the draws (a phase of its own
+    uses another); ``mouth_weight`` goes to :func:`face_weight_map`."""
+    rng = np.random.default_rng(derive_seed(recipe.seed, stream, step))
     frames = min(latent.shape[1] for latent, _ in pool)
     first = bool(rng.integers(2)) or frames < 3
     n = int(rng.integers(1 if first else 2, min(frames - (0 if first else 1), recipe.turbo_window) + 1))
@@ -137,5 +143,5 @@ def turbo_window(pool, recipe: ToyRecipe, step: int) -> tuple[torch.Tensor, torc
             y, x = (int(rng.integers(0, latent.shape[k] - size + 1)) for k in (2, 3))
         windows.append(latent[:, a : a + n, y : y + size, x : x + size])
         targets.append(pixels[:, span, 16 * y : 16 * (y + size), 16 * x : 16 * (x + size)])
-        weights.append(face_weight_map(recipe, 16 * y, 16 * x, 16 * size, 16 * size))
+        weights.append(face_weight_map(recipe, 16 * y, 16 * x, 16 * size, 16 * size, mouth_weight))
     return torch.stack(windows), torch.stack(targets), torch.stack(weights), first

@@ -118,6 +118,11 @@ class ToyRecipe:
     turbo_window: int = 4  # most latent frames per training window
     turbo_batch: int = 2
     turbo_face_rate: float = 0.5  # share of training windows placed over the whole face box
+    # the Turbo stage's mouth phase (0 steps: off): more steps on another pool with the mouth box at this L1 weight
+    # (docs/toy_world.md, "The Turbo decoder's mouth phase")
+    turbo_mouth_steps: int = 800
+    turbo_mouth_weight: float = 8.0
+    turbo_mouth_learning_rate: float = 3e-4
     # the codecs see every shirt colour, the held-out one included, as real codecs are trained on far more than the
     # transformer's data; only the transformer meets cyan first, through the LoRA. The w3 Turbo decoder, trained
     # on the base palette only, drew cyan shirts pale white (docs/toy_world.md, "The codecs and a new colour")
@@ -172,9 +177,9 @@ class ToyRecipe:
     def quick(cls) -> ToyRecipe:
         """Tiny budgets that run every stage in about a minute (tests, smoke runs)."""
         return cls(clips=6, held_out=4, video_vae_width=8, audio_vae_width=8, turbo_channels=(8, 8, 16, 16),
-                   video_vae_steps=2, video_crop=(5, 32), video_long_from=1,
-                   video_long_crop=(9, 16), video_face_from=1, video_face_crop=(5, 48), audio_vae_steps=2,
-                   turbo_steps=2, turbo_pool=2, base_steps=4, base_batch=2, voice_rebind_steps=1, voice_focus_steps=1,
+                   video_vae_steps=2, video_crop=(5, 32), video_long_from=1, video_long_crop=(9, 16),
+                   video_face_from=1, video_face_crop=(5, 48), audio_vae_steps=2, turbo_steps=2, turbo_pool=2,
+                   turbo_mouth_steps=1, base_steps=4, base_batch=2, voice_rebind_steps=1, voice_focus_steps=1,
                    voice_mix_steps=1, voice_hair_steps=1, distill_steps=1, lora_clips=2, lora_steps=2,
                    lora_prior_clips=2)
 
@@ -259,7 +264,25 @@ def _stage_turbo_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) 
         return turbo_decoder_loss(decoder, window, target, is_first_chunk=first, pixel_weight=weight)
 
     done = _reconstruct(work, "turbo_vae", decoder, loss_fn, recipe.turbo_steps, log)
+    done += turbo_mouth_phase(work, recipe, decoder, log)
     save_turbo_decoder(decoder, work / "bundle" / ROOT_LAYOUT["turbo_vae"], global_step=done)
+
+
+def turbo_mouth_phase(work: Path, recipe: ToyRecipe, decoder: torch.nn.Module, log: Callable[[str], None]) -> int:
+    """The Turbo stage's mouth phase (``turbo_mouth_*``): ``decoder`` trained in place on another pool with the mouth
+    box weighted, in ``WORK/runs/turbo_mouth`` (resuming); returns the steps done (0 when off)."""
+    if recipe.turbo_mouth_steps <= 0:
+        return 0
+    pool = latent_pool(work, recipe, draw=1)
+
+    def loss_fn(step: int):
+        window, target, weight, first = turbo_window(pool, recipe, step, stream=32,
+                                                     mouth_weight=recipe.turbo_mouth_weight)
+        return turbo_decoder_loss(decoder, window, target, is_first_chunk=first, pixel_weight=weight)
+
+    run = ReconstructionRun(decoder, work / "runs" / "turbo_mouth", loss_fn, recipe.turbo_mouth_steps,
+                            learning_rate=recipe.turbo_mouth_learning_rate, checkpoint_every=50)
+    return run.train(progress=_progress(log, "turbo_mouth", recipe.turbo_mouth_steps))
 
 
 def _stage_cache(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
