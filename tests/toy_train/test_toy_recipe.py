@@ -336,12 +336,12 @@ def test_turbo_windows_carry_face_weights_of_their_pixels():
     assert torch.equal(again[0], window) and set(again[2].unique().tolist()) <= {1.0, recipe.face_weight, 16.0}
 
 
-def test_the_turbo_mouth_phase_trains_the_decoder_in_place_on_its_own_pool(tmp_path, monkeypatch):
+def test_the_turbo_mouth_phase_trains_the_decoder_in_place_on_the_stages_pool(tmp_path, monkeypatch):
     from magihuman.train import toy_recipe
 
     pool = [(torch.randn(48, 5, 8, 8), torch.rand(3, 17, 128, 128) * 2 - 1) for _ in range(2)]
-    draws = []
-    monkeypatch.setattr(toy_recipe, "latent_pool", lambda work, recipe, draw=0: draws.append(draw) or pool)
+    encoded = []
+    monkeypatch.setattr(toy_recipe, "latent_pool", lambda work, recipe: encoded.append(work) or pool)
     recipe = toy_recipe.ToyRecipe.quick()
     from magihuman.codecs.turbo_vae_config import TurboVAEDConfig
     from magihuman.codecs.turbo_vae_network import TurboVAEDecoder
@@ -350,11 +350,13 @@ def test_the_turbo_mouth_phase_trains_the_decoder_in_place_on_its_own_pool(tmp_p
     decoder = TurboVAEDecoder(TurboVAEDConfig.from_dict(turbo_vaed_structure(recipe.turbo_channels), source="test"))
     before = [p.detach().clone() for p in decoder.parameters()]
     assert toy_recipe.turbo_mouth_phase(tmp_path, dataclasses.replace(recipe, turbo_mouth_steps=0), decoder,
-                                        print) == 0 and draws == []
+                                        print) == 0 and encoded == []
     assert toy_recipe.turbo_mouth_phase(tmp_path, dataclasses.replace(recipe, turbo_mouth_steps=2), decoder,
-                                        print) == 2
-    assert draws == [1] and (tmp_path / "runs" / "turbo_mouth").is_dir()
+                                        print, pool) == 2
+    assert encoded == [] and (tmp_path / "runs" / "turbo_mouth").is_dir()  # the stage's pool, not encoded again
     assert any(not torch.equal(a, b) for a, b in zip(before, decoder.parameters()))
+    assert toy_recipe.turbo_mouth_phase(tmp_path / "other", dataclasses.replace(recipe, turbo_mouth_steps=1),
+                                        decoder, print) == 1 and encoded == [tmp_path / "other"]
 
 
 def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares_and_prior_clips(tmp_path, monkeypatch):

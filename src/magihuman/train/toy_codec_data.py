@@ -105,15 +105,14 @@ def audio_crop(recipe: ToyRecipe, step: int, index: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def latent_pool(work: Path, recipe: ToyRecipe, draw: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(raw latent [48, T, h, w], pixels [3, F, H, W])`` of ``turbo_pool`` clips, encoded by the trained Wan VAE;
-    ``draw`` picks another set of clips (the Turbo stage's mouth phase uses 1)."""
+def latent_pool(work: Path, recipe: ToyRecipe) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(raw latent [48, T, h, w], pixels [3, F, H, W])`` of ``turbo_pool`` clips, encoded by the trained Wan VAE."""
     from magihuman.codecs.video_vae import VideoVAE
 
     vae = VideoVAE.from_official(work / "bundle" / ROOT_LAYOUT["video_vae"], dtype=torch.float32)
     pool = []
     for index in range(recipe.turbo_pool):
-        frames = codec_clip(recipe, 3, draw, index).frames
+        frames = codec_clip(recipe, 3, 0, index).frames
         pixels = torch.from_numpy(frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1.0
         mu = vae.model.encode(pixels).latent_dist.mode()
         pool.append((mu[0], pixels[0]))

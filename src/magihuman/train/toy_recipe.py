@@ -118,7 +118,7 @@ class ToyRecipe:
     turbo_window: int = 4  # most latent frames per training window
     turbo_batch: int = 2
     turbo_face_rate: float = 0.5  # share of training windows placed over the whole face box
-    # the Turbo stage's mouth phase (0 steps: off): more steps on another pool with the mouth box at this L1 weight
+    # the Turbo stage's mouth phase (0 steps: off): more steps on its pool with the mouth box at this L1 weight
     # (docs/toy_world.md, "The Turbo decoder's mouth phase")
     turbo_mouth_steps: int = 800
     turbo_mouth_weight: float = 8.0
@@ -264,16 +264,16 @@ def _stage_turbo_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) 
         return turbo_decoder_loss(decoder, window, target, is_first_chunk=first, pixel_weight=weight)
 
     done = _reconstruct(work, "turbo_vae", decoder, loss_fn, recipe.turbo_steps, log)
-    done += turbo_mouth_phase(work, recipe, decoder, log)
+    done += turbo_mouth_phase(work, recipe, decoder, log, pool)
     save_turbo_decoder(decoder, work / "bundle" / ROOT_LAYOUT["turbo_vae"], global_step=done)
 
 
-def turbo_mouth_phase(work: Path, recipe: ToyRecipe, decoder: torch.nn.Module, log: Callable[[str], None]) -> int:
-    """The Turbo stage's mouth phase (``turbo_mouth_*``): ``decoder`` trained in place on another pool with the mouth
-    box weighted, in ``WORK/runs/turbo_mouth`` (resuming); returns the steps done (0 when off)."""
+def turbo_mouth_phase(work: Path, recipe: ToyRecipe, decoder: torch.nn.Module, log: Callable, pool=None) -> int:
+    """The Turbo stage's mouth phase (``turbo_mouth_*``): ``decoder`` trained in place on the stage's pool (encoded
+    when not given), mouth box weighted, in ``WORK/runs/turbo_mouth`` (resuming); returns the steps done."""
     if recipe.turbo_mouth_steps <= 0:
         return 0
-    pool = latent_pool(work, recipe, draw=1)
+    pool = pool or latent_pool(work, recipe)
 
     def loss_fn(step: int):
         window, target, weight, first = turbo_window(pool, recipe, step, stream=32,
