@@ -132,8 +132,9 @@ def test_module_and_console_script():
 
 def test_the_entry_point_ends_through_the_fast_exit_with_handlers_run_and_output_flushed(tmp_path):
     """``main`` skips only the interpreter's module teardown (about a second with torch imported: benchmarks.md):
-    atexit handlers run, output is flushed, and the exit codes are the documented ones (0, 2)."""
-    marker, teardown = tmp_path / "atexit-ran", tmp_path / "teardown-ran"
+    non-daemon threads are waited for, atexit handlers run, output is flushed, and the exit codes are the documented
+    ones (0, 2)."""
+    marker, teardown, thread_file = tmp_path / "atexit-ran", tmp_path / "teardown-ran", tmp_path / "thread-ran"
     script = (
         "import atexit, pathlib, sys\n"
         f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
@@ -142,6 +143,9 @@ def test_the_entry_point_ends_through_the_fast_exit_with_handlers_run_and_output
         "kept = Global()\n"
         "from magihuman.cli.app import main\n"
         "sys.argv = ['magihuman', *sys.argv[1:]]\n"
+        "import threading, time\n"  # a thread that is not a daemon: a normal exit waits for it
+        f"threading.Thread(target=lambda: (time.sleep(0.5), pathlib.Path({str(thread_file)!r}).write_text('yes'))"
+        ").start()\n"
         "main()\n"
         "print('unreachable')\n"
     )
@@ -149,6 +153,7 @@ def test_the_entry_point_ends_through_the_fast_exit_with_handlers_run_and_output
     assert (out.returncode, out.stdout) == (0, f"magihuman {cli.__version__}\n")  # flushed, nothing after main()
     assert marker.read_text() == "yes"
     assert not teardown.exists()  # the module teardown (which would collect `kept`) was skipped
+    assert thread_file.read_text() == "yes"  # ... but not the wait for the non-daemon thread
     marker.unlink()
     env = {k: v for k, v in os.environ.items() if k != cli.CHECKPOINT_ROOT_ENV}
     out = subprocess.run([sys.executable, "-c", script, "generate", "--prompt", "x"], capture_output=True, text=True,

@@ -184,12 +184,17 @@ def main() -> None:
 
 
 def _fast_exit(code: int) -> None:
-    """End the process with ``code`` after the ``atexit`` handlers (logging's flush, multiprocessing's worker
-    cleanup, ``weakref.finalize`` callbacks such as temporary folders) and a flush of stdout and stderr; skips
-    only the interpreter's teardown of the imported modules."""
+    """End the process with ``code`` as a normal exit would, in its order: wait for the threads that are not
+    daemons, run the ``atexit`` handlers (logging's flush, multiprocessing's worker cleanup, ``weakref.finalize``
+    callbacks such as temporary folders), flush stdout and stderr; skips only the interpreter's teardown of the
+    imported modules."""
     import atexit
+    import threading
 
     try:
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
         atexit._run_exitfuncs()  # noqa: SLF001 - the documented handlers, run as at a normal exit
     finally:
         for stream in (sys.stdout, sys.stderr):
