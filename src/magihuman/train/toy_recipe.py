@@ -8,7 +8,8 @@ own trainers, the models that generate it, at small widths but in the official a
 3. ``video_vae``: the Wan2.2 VAE, reconstruction-trained on clips rendered on the fly
    (:func:`~magihuman.train.autoencoders.video_vae_loss`);
 4. ``audio_vae``: the Stable Audio VAE, reconstruction-trained on the toy voices at 51.2 kHz;
-5. ``turbo_vae``: the Turbo-VAED decoder, trained to decode the trained Wan encoder's latents;
+5. ``turbo_vae``: the Turbo-VAED decoder, trained to decode the trained Wan encoder's latents, then a phase with
+   the mouth weighted;
 6. ``cache``: ``magihuman train prepare`` on the dataset with the new codecs (one 128x128, 2 s bucket);
 7. ``base``: the transformer trained from a random initialisation with the flow-matching trainer
    (first-frame conditioning and text dropout, plus clean-prefix conditioning for continuation);
@@ -208,10 +209,11 @@ def _stage_text_encoder(work: Path, recipe: ToyRecipe, log: Callable[[str], None
 
 
 def _reconstruct(work: Path, name: str, model: torch.nn.Module, loss_fn, steps: int,
-                 log: Callable[[str], None]) -> int:
-    """Train a codec stage with :class:`ReconstructionRun` in ``WORK/runs/<name>`` (AdamW 1e-3, a checkpoint
-    every 50 steps, resuming); returns the steps done."""
-    run = ReconstructionRun(model, work / "runs" / name, loss_fn, steps, learning_rate=1e-3, checkpoint_every=50)
+                 log: Callable[[str], None], learning_rate: float = 1e-3) -> int:
+    """Train a codec stage with :class:`ReconstructionRun` in ``WORK/runs/<name>`` (AdamW at ``learning_rate``, a
+    checkpoint every 50 steps, resuming); returns the steps done."""
+    run = ReconstructionRun(model, work / "runs" / name, loss_fn, steps, learning_rate=learning_rate,
+                            checkpoint_every=50)
     return run.train(progress=_progress(log, name, steps))
 
 
@@ -258,14 +260,17 @@ def _stage_turbo_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) 
     decoder = TurboVAEDecoder(TurboVAEDConfig.from_dict(turbo_vaed_structure(recipe.turbo_channels),
                                                         source="toy recipe"))
     pool = latent_pool(work, recipe)
-
-    def loss_fn(step: int):
-        window, target, weight, first = turbo_window(pool, recipe, step)
-        return turbo_decoder_loss(decoder, window, target, is_first_chunk=first, pixel_weight=weight)
-
-    done = _reconstruct(work, "turbo_vae", decoder, loss_fn, recipe.turbo_steps, log)
+    done = _reconstruct(work, "turbo_vae", decoder, _turbo_loss(decoder, pool, recipe), recipe.turbo_steps, log)
     done += turbo_mouth_phase(work, recipe, decoder, log, pool)
     save_turbo_decoder(decoder, work / "bundle" / ROOT_LAYOUT["turbo_vae"], global_step=done)
+
+
+def _turbo_loss(decoder: torch.nn.Module, pool: list, recipe: ToyRecipe, **window):
+    """The Turbo stage's loss of a step: a :func:`turbo_window` batch (``window``: its ``stream``/``mouth_weight``)."""
+    def loss_fn(step: int):
+        latents, target, weight, first = turbo_window(pool, recipe, step, **window)
+        return turbo_decoder_loss(decoder, latents, target, is_first_chunk=first, pixel_weight=weight)
+    return loss_fn
 
 
 def turbo_mouth_phase(work: Path, recipe: ToyRecipe, decoder: torch.nn.Module, log: Callable, pool=None) -> int:
@@ -273,16 +278,10 @@ def turbo_mouth_phase(work: Path, recipe: ToyRecipe, decoder: torch.nn.Module, l
     when not given), mouth box weighted, in ``WORK/runs/turbo_mouth`` (resuming); returns the steps done."""
     if recipe.turbo_mouth_steps <= 0:
         return 0
-    pool = pool or latent_pool(work, recipe)
-
-    def loss_fn(step: int):
-        window, target, weight, first = turbo_window(pool, recipe, step, stream=32,
-                                                     mouth_weight=recipe.turbo_mouth_weight)
-        return turbo_decoder_loss(decoder, window, target, is_first_chunk=first, pixel_weight=weight)
-
-    run = ReconstructionRun(decoder, work / "runs" / "turbo_mouth", loss_fn, recipe.turbo_mouth_steps,
-                            learning_rate=recipe.turbo_mouth_learning_rate, checkpoint_every=50)
-    return run.train(progress=_progress(log, "turbo_mouth", recipe.turbo_mouth_steps))
+    pool = latent_pool(work, recipe) if pool is None else pool
+    loss_fn = _turbo_loss(decoder, pool, recipe, stream=32, mouth_weight=recipe.turbo_mouth_weight)
+    return _reconstruct(work, "turbo_mouth", decoder, loss_fn, recipe.turbo_mouth_steps, log,
+                        learning_rate=recipe.turbo_mouth_learning_rate)
 
 
 def _stage_cache(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
