@@ -422,6 +422,36 @@ def test_decode_chunks_concatenate_to_decode(case, vae_f32, f32_video):
     assert torch.equal(torch.cat(chunks, dim=2), f32_video)
 
 
+def test_crossfade_blends_the_dropped_frames_into_the_next_chunk(case, vae_f32, f32_video):
+    """Chunks of 25/28/12 frames: with ``crossfade`` the first 4 kept frames of chunks 2 and 3 are ``(1 - j/5)`` of
+    the frames the chunk before decoded for the same times (and the hard cut drops) plus ``j/5`` of their own;
+    every other frame is the hard cut's, bit for bit."""
+    latent = case[1]["decode.latent"]
+    plan = vae_f32.plan(latent.shape[2])
+    faded = list(vae_f32.decode_chunks(latent, output_device="cpu", crossfade=True))
+    assert [c.shape[2] for c in faded] == [25, 28, 12]
+    faded = torch.cat(faded, dim=2)
+    z = vae_f32.denormalize(latent)
+    z = torch.cat([z, z[:, :, -1:].expand(-1, -1, plan.pad_frames, -1, -1)], dim=2)  # the plan's padding
+    with torch.no_grad():
+        calls = [vae_f32.model(z[:, :, c.start:c.stop], is_first_chunk=c.is_first_chunk).float() for c in plan.chunks]
+    assert torch.equal(faded[:, :, :25], f32_video[:, :, :25])
+    for k, border in ((1, 25), (2, 53)):
+        before, chunk = plan.chunks[k - 1], plan.chunks[k]
+        dropped = calls[k - 1][:, :, before.keep_stop:]
+        assert dropped.shape[2] == 4  # the reference's overlap trim: one latent frame
+        own = calls[k][:, :, chunk.keep_start:chunk.keep_start + 4]
+        assert torch.equal(own, f32_video[:, :, border:border + 4])
+        for j in range(4):
+            weight = (j + 1) / 5
+            expected = (1 - weight) * dropped[:, :, j] + weight * own[:, :, j]
+            torch.testing.assert_close(faded[:, :, border + j], expected, rtol=0, atol=1e-6)
+        assert not torch.equal(faded[:, :, border], f32_video[:, :, border])
+        end = border + chunk.kept_frames
+        assert torch.equal(faded[:, :, border + 4:end], f32_video[:, :, border + 4:end])
+    assert torch.equal(vae_f32.decode(latent, crossfade=True), faded)
+
+
 def test_interface_and_input_errors(vae_f32):
     assert vae_f32.dtype == torch.float32 and vae_f32.device == torch.device("cpu")
     assert vae_f32.to("cpu") is vae_f32

@@ -115,3 +115,14 @@ def test_retake_video_of_a_silent_clip_stays_silent(distill, silent_clip, tmp_pa
     assert out.video_held.tolist() == [False, False, True, True, True, True, True]  # frames 0..4: latents 0, 1
     info = probe_media(out.save(tmp_path / "retake.mp4"))
     assert info["num_audio_streams"] == 0 and info["num_frames"] == CLIP_FRAMES
+
+
+def test_extend_and_retake_decode_with_the_chunks_faded(distill, clip, monkeypatch):
+    """Both decode their joined latents with the Turbo decoder's chunk borders faded, as the windowed clip does."""
+    calls = []
+    decode = stages.decode_video
+    monkeypatch.setattr(stages, "decode_video",
+                        lambda pipe, latent, **kw: calls.append(kw) or decode(pipe, latent, **kw))
+    distill(ExtendRequest(clip=clip, prompt=PROMPT, seconds=0.16, seed=3))
+    distill.retake(clip, PROMPT, start=0.4, end=0.6, seed=5)
+    assert calls == [{"crossfade": True}, {"crossfade": True}]

@@ -136,3 +136,17 @@ def test_generate_passes_the_window_options(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert (asked[0].seconds, asked[0].window_seconds, asked[0].overlap_frames) == (30, 4, 3)
     assert "generated in 9 windows of 4 s" in " ".join(result.output.split())
+
+
+def test_the_joined_clip_is_decoded_with_the_chunks_faded(distill):
+    """1.28 s is 9 latent frames, two Turbo decoder chunks: the frames are the faded decode of the joined latents
+    (:meth:`TurboVAE.decode_chunks` ``crossfade``), which differs from the reference's hard cut at the border."""
+    from magihuman.pipeline import stages
+
+    out = distill(**{**LONG, "seconds": 1.28})
+    assert out.video_latent.shape[2] == 9 and len(distill.video_decoder.plan(9).chunks) == 2
+    faded = stages.decode_video(distill, out.video_latent, crossfade=True)
+    hard = stages.decode_video(distill, out.video_latent)
+    assert np.array_equal(out.frames, faded)
+    changed = np.flatnonzero((faded != hard).any(axis=(1, 2, 3)))
+    assert changed.size and set(changed) <= {25, 26, 27, 28}  # only the 4 frames after the chunk border

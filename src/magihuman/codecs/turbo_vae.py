@@ -338,6 +338,7 @@ class TurboVAE(ModelWrapper):
         tile_size: int | None = None,
         tile_overlap: int | None = None,
         output_device: torch.device | str | None = None,
+        crossfade: bool = False,
     ) -> Iterator[Tensor]:
         """Sliding-window decode (architecture.md §11.4), yielding the output chunk by chunk.
 
@@ -357,6 +358,12 @@ class TurboVAE(ModelWrapper):
                 ``0 <= tile_overlap < tile_size``; ``None`` means ``tile_size // 3`` (e.g. 48 -> 16).
             output_device: Where to put each yielded chunk (e.g. ``"cpu"`` to offload from a GPU);
                 ``None`` keeps the model device.
+            crossfade: ``False`` (default) joins the chunks with the reference's hard cut. ``True`` (our own,
+                not in the reference) fades each chunk's first ``r = 4`` kept frames in linearly from the frames
+                the chunk before decoded for the same times and the reference drops (weights ``j / (r + 1)``,
+                ``j = 1..r``, for the new chunk), so a decoder that draws a window's ends differently shows no
+                jump at the chunk border; the chunk lengths are unchanged and frames away from the borders are
+                bit for bit the hard cut's.
 
         Yields:
             ``[B, 3, f_k, 16h, 16w]`` float32, unclamped.
@@ -366,23 +373,29 @@ class TurboVAE(ModelWrapper):
         """
         _check_latent(latent, self.config.latent_channels)
         overlap = _check_tiling(tile_size, tile_overlap)
-        return self._iter_chunks(latent, tile_size, overlap, output_device)
+        return self._iter_chunks(latent, tile_size, overlap, output_device, crossfade)
 
     def _iter_chunks(
-        self, latent: Tensor, tile_size: int | None, tile_overlap: int, output_device: torch.device | str | None
+        self, latent: Tensor, tile_size: int | None, tile_overlap: int, output_device: torch.device | str | None,
+        crossfade: bool = False,
     ) -> Iterator[Tensor]:
         plan = self.plan(latent.shape[2])
         with torch.no_grad():
             z = self.denormalize(latent)
             if plan.pad_frames:
                 z = torch.cat([z, z[:, :, -1:].expand(-1, -1, plan.pad_frames, -1, -1)], dim=2)
+        tail = None  # the frames the chunk before decoded past its kept ones (crossfade)
         for chunk in plan.chunks:
             if chunk.kept_frames == 0:  # only padding frames: nothing of it reaches the output
                 continue
             with torch.no_grad():
                 window = z[:, :, chunk.start : chunk.stop]
                 video = self._decode_window(window, chunk.is_first_chunk, tile_size, tile_overlap)
-            video = video[:, :, chunk.keep_start : chunk.keep_stop]
+            decoded, video = video, video[:, :, chunk.keep_start : chunk.keep_stop]
+            if tail is not None:
+                video = _fade_in(tail, video)
+            tail = decoded[:, :, chunk.keep_stop :] if crossfade else None
+            del decoded
             if output_device is not None:
                 video = video.to(output_device)
             yield video
@@ -396,6 +409,7 @@ class TurboVAE(ModelWrapper):
         tile_size: int | None = None,
         tile_overlap: int | None = None,
         output_device: torch.device | str | None = None,
+        crossfade: bool = False,
     ) -> Tensor:
         """Decode normalised latents to pixels (architecture.md §11.4, §12.1).
 
@@ -404,6 +418,7 @@ class TurboVAE(ModelWrapper):
             tile_size: Optional spatial tiling, see :meth:`decode_chunks`.
             tile_overlap: Tile overlap in latent pixels (``None``: ``tile_size // 3``).
             output_device: See :meth:`decode_chunks`.
+            crossfade: Fade the chunk borders instead of the reference's hard cut, see :meth:`decode_chunks`.
 
         Returns:
             ``[B, 3, 4T-3, 16h, 16w]`` float32, **unclamped** (nominally [-1, 1]). Convert to uint8
@@ -412,5 +427,18 @@ class TurboVAE(ModelWrapper):
         Raises:
             ValueError: On a wrong rank, channel count, dtype, empty axis or tiling argument.
         """
-        chunks = self.decode_chunks(latent, tile_size=tile_size, tile_overlap=tile_overlap, output_device=output_device)
+        chunks = self.decode_chunks(latent, tile_size=tile_size, tile_overlap=tile_overlap, output_device=output_device,
+                                    crossfade=crossfade)
         return torch.cat(list(chunks), dim=2)
+
+
+def _fade_in(tail: Tensor, video: Tensor) -> Tensor:
+    """``video`` (a chunk's kept frames, ``[B, 3, f, H, W]``) with its first ``n = min(tail frames, f)`` frames
+    blended from ``tail`` (the chunk before's frames for the same times): frame ``j`` (1-based) takes
+    ``j / (n + 1)`` of ``video`` and the rest of ``tail``."""
+    n = min(tail.shape[2], video.shape[2])
+    if n == 0:
+        return video
+    weight = torch.arange(1, n + 1, dtype=video.dtype, device=video.device).view(1, 1, n, 1, 1) / (n + 1)
+    head = torch.lerp(tail[:, :, :n].to(video.device), video[:, :, :n], weight)
+    return torch.cat([head, video[:, :, n:]], dim=2)

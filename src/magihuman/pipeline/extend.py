@@ -100,7 +100,7 @@ def _decode(pipe: MagiHumanPipeline, latents, source, pixels: int, fade: int, ti
     cross-faded into the decoded continuation."""
     count = source.frames.shape[0]
     with timer.stage("video decode"), pipe._lend("video_decoder"):
-        decoded = stages.decode_video(pipe, latents.video)
+        decoded = stages.decode_video(pipe, latents.video, crossfade=True)
     frames = np.concatenate([source.frames, decoded[pixels:]])
     # decoded frame i re-creates clip frame count - pixels + i; only the clip's last `fade` frames change
     tail = slice(count - fade, count)

@@ -161,7 +161,7 @@ def window_condition(joined: Latents, window, *, audio_held: bool = True) -> Cle
 def decode_long(pipe: MagiHumanPipeline, latents: Latents, driving: DrivingAudio | None, timer: StageTimer):
     """Frames ``uint8 [4T - 3, H, W, 3]`` and the 44.1 kHz waveform of the joined latents (module docstring)."""
     with timer.stage("video decode"), pipe._lend("video_decoder"):
-        frames = stages.decode_video(pipe, latents.video)
+        frames = stages.decode_video(pipe, latents.video, crossfade=True)
     with timer.stage("audio decode"), pipe._lend("audio_vae"):
         waveform = driving.waveform_44k if driving is not None else decode_audio_long(pipe, latents.audio)
     return frames, waveform

@@ -125,7 +125,7 @@ def _decode(pipe, plan: RetakePlan, source, edited: Latents, timer: StageTimer):
     frames = source.frames
     if plan.target != "audio":
         with timer.stage("video decode"), pipe._lend("video_decoder"):
-            decoded = stages.decode_video(pipe, edited.video)
+            decoded = stages.decode_video(pipe, edited.video, crossfade=True)
         first, end = plan.pixel_span
         # the decode covers the N' encoded frames; only the span and its fades change
         near = slice(max(0, first - plan.fade_frames), min(decoded.shape[0], end + plan.fade_frames))

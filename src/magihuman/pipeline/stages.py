@@ -132,13 +132,15 @@ def super_resolve_latents(pipe: MagiHumanPipeline, stage: SuperResolutionStage, 
                          image_latent=image_latent, callback=callback, batch_cfg=pipe.batch_cfg)
 
 
-def decode_video(pipe: MagiHumanPipeline, video_latent: torch.Tensor) -> np.ndarray:
+def decode_video(pipe: MagiHumanPipeline, video_latent: torch.Tensor, *, crossfade: bool = False) -> np.ndarray:
     """Stage 6: ``[1, 48, T, h, w]`` -> ``uint8 [4T-3, 16h, 16w, 3]`` (architecture.md §12.1).
 
     The Turbo decoder's sliding windows are converted to uint8 one by one on the CPU into one
     preallocated array, so the float video (12 bytes per pixel: 3.1 GB for 125 frames at 1920x1088,
     computed) is never held whole and the frames are held once. ``pipe.decode_tile`` (latent pixels)
-    adds spatial tiling.
+    adds spatial tiling. ``crossfade`` fades the Turbo decoder's chunk borders instead of the reference's hard cut
+    (:meth:`~magihuman.codecs.turbo_vae.TurboVAE.decode_chunks`; the windowed, extend and retake paths use it);
+    a decoder without chunks ignores it.
 
     Raises:
         GenerationInterrupted: when ``pipe.interrupt`` is set between two windows.
@@ -151,7 +153,8 @@ def decode_video(pipe: MagiHumanPipeline, video_latent: torch.Tensor) -> np.ndar
     stride = video_vae.SPATIAL_STRIDE
     frames = np.empty((video_vae.pixel_frames(t), stride * h, stride * w, 3), dtype=np.uint8)  # filled window by window
     start = 0
-    for chunk in pipe.video_decoder.decode_chunks(video_latent, output_device="cpu", tile_size=pipe.decode_tile):
+    for chunk in pipe.video_decoder.decode_chunks(video_latent, output_device="cpu", tile_size=pipe.decode_tile,
+                                                      crossfade=crossfade):
         pixels = video_to_uint8(chunk)
         frames[start:start + len(pixels)] = pixels
         start += len(pixels)
