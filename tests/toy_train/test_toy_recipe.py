@@ -336,12 +336,70 @@ def test_turbo_windows_carry_face_weights_of_their_pixels():
     assert torch.equal(again[0], window) and set(again[2].unique().tolist()) <= {1.0, recipe.face_weight, 16.0}
 
 
+def test_first_chunk_windows_weight_frame_zero_and_leave_the_default_draws_alone():
+    """``first_chunk`` draws first-chunk windows only; ``first_frame_weight`` multiplies frame 0's weights and
+    nothing else; without them a window is drawn exactly as before."""
+    from magihuman.train.toy_codec_data import turbo_window
+    from magihuman.train.toy_recipe import ToyRecipe
+
+    recipe = ToyRecipe(turbo_crop=0, turbo_batch=2, turbo_face_rate=0.5)
+    pool = [(torch.randn(48, 5, 8, 8), torch.rand(3, 17, 128, 128)) for _ in range(3)]
+    drawn = [turbo_window(pool, recipe, step) for step in range(8)]
+    assert {first for *_, first in drawn} == {True, False}  # the default draws both kinds
+    for step, (window, target, weight, first) in enumerate(drawn):
+        again = turbo_window(pool, recipe, step, first_frame_weight=5.0)  # no first_chunk: the same draw
+        assert torch.equal(again[0], window) and torch.equal(again[1], target) and again[3] == first
+        if not first:
+            assert torch.equal(again[2], weight)  # frame 0 of a later chunk is not the clip's first frame
+    for step in range(8):
+        window, target, weight, first = turbo_window(pool, recipe, step, first_chunk=True, first_frame_weight=5.0)
+        plain = turbo_window(pool, recipe, step, first_chunk=True)[2]
+        n = window.shape[2]
+        assert first and target.shape[2] == 4 * n - 3 and window.shape[-1] == 8  # whole frames
+        assert weight.shape == (2, 1, 4 * n - 3, 128, 128) and plain.shape == (2, 1, 1, 128, 128)
+        assert torch.equal(weight[:, :, 0], 5.0 * plain[:, :, 0]) and (weight[:, :, 1:] == plain).all()
+        assert all(any(torch.equal(w[:, 0], latent[:, 0]) for latent, _ in pool) for w in window)  # from latent 0
+
+
+def test_the_turbo_first_frame_phase_trains_first_chunks_with_frame_zero_weighted(tmp_path, monkeypatch):
+    from magihuman.train import toy_codec_data, toy_codec_stages, toy_recipe
+
+    pool = [(torch.randn(48, 5, 8, 8), torch.rand(3, 17, 128, 128) * 2 - 1) for _ in range(2)]
+    calls = []
+    window = toy_codec_data.turbo_window
+
+    def spy(pool_, recipe_, step, **kwargs):
+        out = window(pool_, recipe_, step, **kwargs)
+        calls.append((recipe_.turbo_crop, recipe_.turbo_batch, kwargs, out[2].shape, out[3]))
+        return out
+
+    monkeypatch.setattr(toy_codec_stages, "turbo_window", spy)
+    monkeypatch.setattr(toy_codec_stages, "latent_pool", lambda work, recipe: pytest.fail("the pool was given"))
+    recipe = dataclasses.replace(toy_recipe.ToyRecipe.quick(), turbo_first_steps=2, turbo_first_batch=3,
+                                 turbo_first_weight=6.0)
+    from magihuman.codecs.turbo_vae_config import TurboVAEDConfig
+    from magihuman.codecs.turbo_vae_network import TurboVAEDecoder
+    from magihuman.demo.random_codecs import turbo_vaed_structure
+
+    decoder = TurboVAEDecoder(TurboVAEDConfig.from_dict(turbo_vaed_structure(recipe.turbo_channels), source="test"))
+    before = [p.detach().clone() for p in decoder.parameters()]
+    assert toy_codec_stages.turbo_first_frame_phase(tmp_path, dataclasses.replace(recipe, turbo_first_steps=0),
+                                                    decoder, print, pool) == 0 and calls == []
+    assert toy_codec_stages.turbo_first_frame_phase(tmp_path, recipe, decoder, print, pool) == 2
+    assert (tmp_path / "runs" / "turbo_first").is_dir()
+    assert any(not torch.equal(a, b) for a, b in zip(before, decoder.parameters()))
+    assert len(calls) == 2 and all(crop == 0 and batch == 3 and first for crop, batch, _, _, first in calls)
+    assert all(kw == {"stream": 33, "mouth_weight": recipe.turbo_mouth_weight, "first_chunk": True,
+                      "first_frame_weight": 6.0} and shape[:2] == (3, 1) and shape[-1] == 128
+               for _, _, kw, shape, _ in calls)
+
+
 def test_the_turbo_mouth_phase_trains_the_decoder_in_place_on_the_stages_pool(tmp_path, monkeypatch):
-    from magihuman.train import toy_recipe
+    from magihuman.train import toy_codec_stages, toy_recipe
 
     pool = [(torch.randn(48, 5, 8, 8), torch.rand(3, 17, 128, 128) * 2 - 1) for _ in range(2)]
     encoded = []
-    monkeypatch.setattr(toy_recipe, "latent_pool", lambda work, recipe: encoded.append(work) or pool)
+    monkeypatch.setattr(toy_codec_stages, "latent_pool", lambda work, recipe: encoded.append(work) or pool)
     recipe = toy_recipe.ToyRecipe.quick()
     from magihuman.codecs.turbo_vae_config import TurboVAEDConfig
     from magihuman.codecs.turbo_vae_network import TurboVAEDecoder
@@ -349,13 +407,13 @@ def test_the_turbo_mouth_phase_trains_the_decoder_in_place_on_the_stages_pool(tm
 
     decoder = TurboVAEDecoder(TurboVAEDConfig.from_dict(turbo_vaed_structure(recipe.turbo_channels), source="test"))
     before = [p.detach().clone() for p in decoder.parameters()]
-    assert toy_recipe.turbo_mouth_phase(tmp_path, dataclasses.replace(recipe, turbo_mouth_steps=0), decoder,
+    assert toy_codec_stages.turbo_mouth_phase(tmp_path, dataclasses.replace(recipe, turbo_mouth_steps=0), decoder,
                                         print) == 0 and encoded == []
-    assert toy_recipe.turbo_mouth_phase(tmp_path, dataclasses.replace(recipe, turbo_mouth_steps=2), decoder,
+    assert toy_codec_stages.turbo_mouth_phase(tmp_path, dataclasses.replace(recipe, turbo_mouth_steps=2), decoder,
                                         print, pool) == 2
     assert encoded == [] and (tmp_path / "runs" / "turbo_mouth").is_dir()  # the stage's pool, not encoded again
     assert any(not torch.equal(a, b) for a, b in zip(before, decoder.parameters()))
-    assert toy_recipe.turbo_mouth_phase(tmp_path / "other", dataclasses.replace(recipe, turbo_mouth_steps=1),
+    assert toy_codec_stages.turbo_mouth_phase(tmp_path / "other", dataclasses.replace(recipe, turbo_mouth_steps=1),
                                         decoder, print) == 1 and encoded == [tmp_path / "other"]
 
 

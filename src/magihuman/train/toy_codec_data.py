@@ -119,16 +119,19 @@ def latent_pool(work: Path, recipe: ToyRecipe) -> list[tuple[torch.Tensor, torch
     return pool
 
 
-def turbo_window(pool, recipe: ToyRecipe, step: int, *, stream: int = 31,
-                 mouth_weight: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+def turbo_window(pool, recipe: ToyRecipe, step: int, *, stream: int = 31, mouth_weight: float | None = None,
+                 first_chunk: bool = False, first_frame_weight: float | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """A batch of random decode windows (first-chunk or later, as the sliding-window decode calls them), their
     pixels and :func:`face_weight_map`: ``[turbo_batch, 48, n, c, c]`` raw latents with ``c = turbo_crop`` (the
     whole frame when 0) and ``n <= turbo_window`` latent frames; the decoder is convolutional, so spatial crops
     teach it the same map at a fraction of the cost of whole frames. ``stream`` seeds the draws (a phase of its own
-    uses another); ``mouth_weight`` goes to :func:`face_weight_map`."""
+    uses another); ``mouth_weight`` goes to :func:`face_weight_map`. ``first_chunk`` draws first-chunk windows only;
+    ``first_frame_weight`` multiplies the weights of a first chunk's frame 0 (the weights are then
+    ``[turbo_batch, 1, f, H, W]`` instead of ``[turbo_batch, 1, 1, H, W]``). The defaults draw exactly as before."""
     rng = np.random.default_rng(derive_seed(recipe.seed, stream, step))
     frames = min(latent.shape[1] for latent, _ in pool)
-    first = bool(rng.integers(2)) or frames < 3
+    first = first_chunk or bool(rng.integers(2)) or frames < 3
     n = int(rng.integers(1 if first else 2, min(frames - (0 if first else 1), recipe.turbo_window) + 1))
     windows, targets, weights = [], [], []
     for _ in range(recipe.turbo_batch):
@@ -143,4 +146,9 @@ def turbo_window(pool, recipe: ToyRecipe, step: int, *, stream: int = 31,
         windows.append(latent[:, a : a + n, y : y + size, x : x + size])
         targets.append(pixels[:, span, 16 * y : 16 * (y + size), 16 * x : 16 * (x + size)])
         weights.append(face_weight_map(recipe, 16 * y, 16 * x, 16 * size, 16 * size, mouth_weight))
-    return torch.stack(windows), torch.stack(targets), torch.stack(weights), first
+    weight = torch.stack(weights)
+    if first and first_frame_weight is not None:
+        per_frame = torch.ones(1, 1, 4 * n - 3, 1, 1)
+        per_frame[:, :, 0] = first_frame_weight
+        weight = weight * per_frame
+    return torch.stack(windows), torch.stack(targets), weight, first

@@ -9,7 +9,7 @@ own trainers, the models that generate it, at small widths but in the official a
    (:func:`~magihuman.train.autoencoders.video_vae_loss`);
 4. ``audio_vae``: the Stable Audio VAE, reconstruction-trained on the toy voices at 51.2 kHz;
 5. ``turbo_vae``: the Turbo-VAED decoder, trained to decode the trained Wan encoder's latents, then a phase with
-   the mouth weighted;
+   the mouth weighted and one with the first frame weighted (:mod:`magihuman.train.toy_codec_stages`);
 6. ``cache``: ``magihuman train prepare`` on the dataset with the new codecs (one 128x128, 2 s bucket);
 7. ``base``: the transformer trained from a random initialisation with the flow-matching trainer
    (first-frame conditioning and text dropout, plus clean-prefix conditioning for continuation);
@@ -41,18 +41,8 @@ import torch
 from magihuman.pipeline.loading import ROOT_LAYOUT, TRANSFORMER_CONFIG_FILE
 from magihuman.toy.drawing import HAIR_CAP_REGION, MOUTH_REGION, SHIRT_REGION
 from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS, PART_PALETTES
-from magihuman.train.autoencoders import (
-    ReconstructionRun,
-    audio_vae_loss,
-    save_audio_vae,
-    save_turbo_decoder,
-    save_wan22_vae,
-    turbo_decoder_loss,
-    video_vae_loss,
-)
 from magihuman.train.cache import merge_caches
-from magihuman.train.objective import derive_seed
-from magihuman.train.toy_codec_data import audio_crop, latent_pool, turbo_window, video_crop
+from magihuman.train.toy_codec_stages import CODEC_RUNNERS
 
 __all__ = ["QK_NORM_GAIN", "STAGES", "STEP_FIELDS", "ToyRecipe", "run_recipe", "toy_transformer_init"]
 
@@ -124,6 +114,12 @@ class ToyRecipe:
     turbo_mouth_steps: int = 800
     turbo_mouth_weight: float = 8.0
     turbo_mouth_learning_rate: float = 3e-4
+    # then its first-frame phase (0 steps: off): first-chunk windows of whole frames only, frame 0 at this L1 weight
+    # (docs/toy_world.md, "The Turbo decoder's first-frame phase")
+    turbo_first_steps: int = 400
+    turbo_first_weight: float = 8.0
+    turbo_first_learning_rate: float = 3e-4
+    turbo_first_batch: int = 4
     # the codecs see every shirt colour, the held-out one included, as real codecs are trained on far more than the
     # transformer's data; only the transformer meets cyan first, through the LoRA. The w3 Turbo decoder, trained
     # on the base palette only, drew cyan shirts pale white (docs/toy_world.md, "The codecs and a new colour")
@@ -180,7 +176,8 @@ class ToyRecipe:
         return cls(clips=6, held_out=4, video_vae_width=8, audio_vae_width=8, turbo_channels=(8, 8, 16, 16),
                    video_vae_steps=2, video_crop=(5, 32), video_long_from=1, video_long_crop=(9, 16),
                    video_face_from=1, video_face_crop=(5, 48), audio_vae_steps=2, turbo_steps=2, turbo_pool=2,
-                   turbo_mouth_steps=1, base_steps=4, base_batch=2, voice_rebind_steps=1, voice_focus_steps=1,
+                   turbo_mouth_steps=1, turbo_first_steps=1,
+                   turbo_first_batch=1, base_steps=4, base_batch=2, voice_rebind_steps=1, voice_focus_steps=1,
                    voice_mix_steps=1, voice_hair_steps=1, distill_steps=1, lora_clips=2, lora_steps=2,
                    lora_prior_clips=2)
 
@@ -206,82 +203,6 @@ def _stage_text_encoder(work: Path, recipe: ToyRecipe, log: Callable[[str], None
     save_random_text_encoder(work / "bundle" / ROOT_LAYOUT["text_encoder"], hidden_size=recipe.text_hidden,
                              seed=recipe.seed + 2, vocab_size=1536, extra_words=toy_vocabulary(),
                              bare_words=toy_bare_words())
-
-
-def _reconstruct(work: Path, name: str, model: torch.nn.Module, loss_fn, steps: int,
-                 log: Callable[[str], None], learning_rate: float = 1e-3) -> int:
-    """Train a codec stage with :class:`ReconstructionRun` in ``WORK/runs/<name>`` (AdamW at ``learning_rate``, a
-    checkpoint every 50 steps, resuming); returns the steps done."""
-    run = ReconstructionRun(model, work / "runs" / name, loss_fn, steps, learning_rate=learning_rate,
-                            checkpoint_every=50)
-    return run.train(progress=_progress(log, name, steps))
-
-
-def _stage_video_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
-    from diffusers import AutoencoderKLWan
-
-    from magihuman.codecs.video_vae import wan22_vae_config
-
-    torch.manual_seed(derive_seed(recipe.seed, 10))
-    model = AutoencoderKLWan(**wan22_vae_config(recipe.video_vae_width, recipe.video_vae_width, 48))
-
-    def loss_fn(step: int):
-        crops = [video_crop(recipe, step, j) for j in range(recipe.video_vae_batch)]
-        pixels, weight = torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops])
-        return video_vae_loss(model, pixels, torch.Generator().manual_seed(derive_seed(recipe.seed, 12, step)),
-                              pixel_weight=weight)
-
-    _reconstruct(work, "video_vae", model, loss_fn, recipe.video_vae_steps, log)
-    save_wan22_vae(model, work / "bundle" / ROOT_LAYOUT["video_vae"])
-
-
-def _stage_audio_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
-    from magihuman.codecs.audio_vae import build_audio_vae
-    from magihuman.demo.random_codecs import sao_model_config
-
-    torch.manual_seed(derive_seed(recipe.seed, 20))
-    config = sao_model_config(recipe.audio_vae_width)
-    model = build_audio_vae(config)
-
-    def loss_fn(step: int):
-        wave = torch.stack([audio_crop(recipe, step, j) for j in range(recipe.audio_vae_batch)])
-        return audio_vae_loss(model, wave, torch.Generator().manual_seed(derive_seed(recipe.seed, 22, step)))
-
-    _reconstruct(work, "audio_vae", model, loss_fn, recipe.audio_vae_steps, log)
-    save_audio_vae(model, config, work / "bundle" / ROOT_LAYOUT["audio_vae"])
-
-
-def _stage_turbo_vae(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
-    from magihuman.codecs.turbo_vae_config import TurboVAEDConfig
-    from magihuman.codecs.turbo_vae_network import TurboVAEDecoder
-    from magihuman.demo.random_codecs import turbo_vaed_structure
-
-    torch.manual_seed(derive_seed(recipe.seed, 30))
-    decoder = TurboVAEDecoder(TurboVAEDConfig.from_dict(turbo_vaed_structure(recipe.turbo_channels),
-                                                        source="toy recipe"))
-    pool = latent_pool(work, recipe)
-    done = _reconstruct(work, "turbo_vae", decoder, _turbo_loss(decoder, pool, recipe), recipe.turbo_steps, log)
-    done += turbo_mouth_phase(work, recipe, decoder, log, pool)
-    save_turbo_decoder(decoder, work / "bundle" / ROOT_LAYOUT["turbo_vae"], global_step=done)
-
-
-def _turbo_loss(decoder: torch.nn.Module, pool: list, recipe: ToyRecipe, **window):
-    """The Turbo stage's loss of a step: a :func:`turbo_window` batch (``window``: its ``stream``/``mouth_weight``)."""
-    def loss_fn(step: int):
-        latents, target, weight, first = turbo_window(pool, recipe, step, **window)
-        return turbo_decoder_loss(decoder, latents, target, is_first_chunk=first, pixel_weight=weight)
-    return loss_fn
-
-
-def turbo_mouth_phase(work: Path, recipe: ToyRecipe, decoder: torch.nn.Module, log: Callable, pool=None) -> int:
-    """The Turbo stage's mouth phase (``turbo_mouth_*``): ``decoder`` trained in place on the stage's pool (encoded
-    when not given), mouth box weighted, in ``WORK/runs/turbo_mouth`` (resuming); returns the steps done."""
-    if recipe.turbo_mouth_steps <= 0:
-        return 0
-    pool = latent_pool(work, recipe) if pool is None else pool
-    loss_fn = _turbo_loss(decoder, pool, recipe, stream=32, mouth_weight=recipe.turbo_mouth_weight)
-    return _reconstruct(work, "turbo_mouth", decoder, loss_fn, recipe.turbo_mouth_steps, log,
-                        learning_rate=recipe.turbo_mouth_learning_rate)
 
 
 def _stage_cache(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> None:
@@ -455,16 +376,7 @@ def _replace_folder(source: Path, target: Path) -> None:
     staging.rename(target)
 
 
-def _progress(log: Callable[[str], None], name: str, total: int, every: int = 25):
-    def report(step: int, values: dict) -> None:
-        if step % every == 0 or step == total:
-            parts = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-            log(f"{name} {step}/{total} {parts}")
-    return report
-
-
-_RUNNERS = {"dataset": _stage_dataset, "text_encoder": _stage_text_encoder, "video_vae": _stage_video_vae,
-            "audio_vae": _stage_audio_vae, "turbo_vae": _stage_turbo_vae, "cache": _stage_cache,
+_RUNNERS = {"dataset": _stage_dataset, "text_encoder": _stage_text_encoder, **CODEC_RUNNERS, "cache": _stage_cache,
             "base": _stage_base, "voice": _stage_voice, "distill": _stage_distill, "lora": _stage_lora}
 
 
