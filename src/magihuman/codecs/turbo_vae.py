@@ -390,11 +390,12 @@ class TurboVAE(ModelWrapper):
                 continue
             with torch.no_grad():
                 window = z[:, :, chunk.start : chunk.stop]
-                video = self._decode_window(window, chunk.is_first_chunk, tile_size, tile_overlap)
-            decoded, video = video, video[:, :, chunk.keep_start : chunk.keep_stop]
+                decoded = self._decode_window(window, chunk.is_first_chunk, tile_size, tile_overlap)
+            video = decoded[:, :, chunk.keep_start : chunk.keep_stop]
             if tail is not None:
                 video = _fade_in(tail, video)
-            tail = decoded[:, :, chunk.keep_stop :] if crossfade else None
+            # a copy of the few dropped frames, so the whole decoded window is not held through the next decode
+            tail = decoded[:, :, chunk.keep_stop :].clone() if crossfade else None
             del decoded
             if output_device is not None:
                 video = video.to(output_device)
