@@ -176,10 +176,9 @@ class ToyRecipe:
         return cls(clips=6, held_out=4, video_vae_width=8, audio_vae_width=8, turbo_channels=(8, 8, 16, 16),
                    video_vae_steps=2, video_crop=(5, 32), video_long_from=1, video_long_crop=(9, 16),
                    video_face_from=1, video_face_crop=(5, 48), audio_vae_steps=2, turbo_steps=2, turbo_pool=2,
-                   turbo_mouth_steps=1, turbo_first_steps=1,
-                   turbo_first_batch=1, base_steps=4, base_batch=2, voice_rebind_steps=1, voice_focus_steps=1,
-                   voice_mix_steps=1, voice_hair_steps=1, distill_steps=1, lora_clips=2, lora_steps=2,
-                   lora_prior_clips=2)
+                   turbo_mouth_steps=1, turbo_first_steps=1, turbo_first_batch=1, base_steps=4, base_batch=2,
+                   voice_rebind_steps=1, voice_focus_steps=1, voice_mix_steps=1, voice_hair_steps=1, distill_steps=1,
+                   lora_clips=2, lora_steps=2, lora_prior_clips=2)
 
 
 # --------------------------------------------------------------------------------------------------
