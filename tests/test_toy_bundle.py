@@ -73,7 +73,7 @@ def test_first_frame_runs_keep_the_given_frame(student_report):
 
 def test_the_shipped_lora_draws_the_shirt_colour_the_base_never_saw(tmp_path):
     """Text-to-video cyan-shirt captions (held out, so their first frames are dropped: an image would carry the
-    colour) through the 32-step base with and without the shipped LoRA. On 50 such captions the LoRA draws 45 cyan
+    colour) through the 32-step base with and without the shipped LoRA. On 50 such captions the LoRA draws 49 cyan
     shirts (docs/benchmarks.md); the base alone never draws cyan, a colour absent from its training clips."""
     from magihuman.toy.palette import HELD_OUT_SHIRT_COLOURS
     from magihuman.train.toy_recipe import LORA_FILE
