@@ -1,6 +1,6 @@
 """The shipped toy bundle (``magihuman toy train`` + ``magihuman toy ship``): what ``--demo`` runs.
 
-``magihuman eval run`` generates held-out toy captions (attribute combinations that never occur in training)
+``magihuman eval run`` generates held-out toy captions (no training clip has a held-out caption's attributes and words together)
 with the shipped 8-step student and scores them with the kit's own toy analysis, so a bundle that stops drawing
 its captions' colours, saying their words in their voice or moving its mouth with the voice fails here. The
 full 100-caption figures are in docs/benchmarks.md ("The Turbo decoder's first-frame phase (w12 bundle)").
