@@ -50,8 +50,13 @@ def test_bundle_runs_through_the_pipeline(quick_work):
     for model in ("base", "distill"):
         bands = load_file(str(root / model / "model.safetensors"))["adapter.rope.bands"]
         assert bands.tolist() == list(TOY_ROPE_BANDS), model
-    for phase in ("voice_rebind", "voice_focus", "voice_mix"):
+    for phase in ("voice_rebind", "voice_focus", "voice_mix", "voice_hair", "voice_wide"):
         assert (quick_work / "runs" / phase / "loss.csv").is_file(), phase
+    # the quick recipe's 6 clips, of which the base and the first four voice phases train on 4
+    from magihuman.train.cache import read_index
+    assert len(read_index(quick_work / "cache")) == 6
+    assert [e["id"] for e in read_index(quick_work / "cache_early")] == [e["id"] for e in
+                                                                          read_index(quick_work / "cache")][:4]
     for preset in ("distill", "base"):
         pipe = MagiHumanPipeline.from_official(root, preset=preset)
         if preset == "base":
@@ -72,6 +77,10 @@ def test_bad_inputs_are_refused(tmp_path, quick_work):
     assert result.exit_code != 0 and "other settings" in result.output
     result = runner.invoke(cli.app, ["toy", "train", str(tmp_path / "fresh"), "--quick", "--stage", "voice"])
     assert result.exit_code != 0 and "run the base stage first" in result.output
+    from magihuman.train.toy_recipe import ToyRecipe, run_recipe
+    with pytest.raises(ValueError, match="early_clips must be >= 0"):
+        run_recipe(tmp_path / "neg", dataclasses.replace(ToyRecipe.quick(), early_clips=-1))
+    assert not (tmp_path / "neg").exists()
 
 
 def test_ship_copies_the_bundle_with_its_record(tmp_path, quick_work, monkeypatch):
@@ -437,7 +446,8 @@ def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares_a
     monkeypatch.setattr(prepare, "prepare_dataset", lambda *a, **k: None)
     merged = []
     monkeypatch.setattr(toy_recipe, "merge_caches", lambda parts, out: merged.append((parts, out)))
-    recipe = toy_recipe.ToyRecipe(first_frame_rate=0.25, prefix_rate=0.15, range_rate=0.05, terminal_rate=0.35)
+    recipe = toy_recipe.ToyRecipe(first_frame_rate=0.25, prefix_rate=0.15, range_rate=0.05, terminal_rate=0.35,
+                                   early_clips=0)  # every clip: no early cache to build here
     (tmp_path / "runs" / "base_init").mkdir(parents=True)
     (tmp_path / "runs" / "base_init" / "model.safetensors").write_bytes(b"")
     for stage in (toy_recipe._stage_base, toy_recipe._stage_lora):
@@ -452,7 +462,7 @@ def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares_a
     from magihuman.toy.drawing import MOUTH_REGION, SHIRT_REGION
 
     with pytest.raises(Stop):
-        toy_recipe._stage_base(tmp_path, toy_recipe.ToyRecipe(base_mouth_weight=8.0), print)
+        toy_recipe._stage_base(tmp_path, toy_recipe.ToyRecipe(base_mouth_weight=8.0, early_clips=0), print)
     assert (seen["finetune"]["video_region"], seen["finetune"]["video_region_weight"]) == (MOUTH_REGION, 8.0)
     # prior preservation: the LoRA's cyan clips plus lora_prior_clips ordinary clips of the base's cache
     assert merged == [([(tmp_path / "lora_cache", "new-", None), (tmp_path / "cache", "prior-", 120)],
@@ -493,21 +503,38 @@ def test_the_base_stage_starts_from_the_recipes_rope_bands(tmp_path, monkeypatch
 
     monkeypatch.setattr(train_config, "TrainConfig", stop)
     with pytest.raises(Stop):
-        toy_recipe._stage_base(tmp_path, toy_recipe.ToyRecipe(rope_bands=toy_recipe.TOY_ROPE_BANDS), print)
+        toy_recipe._stage_base(tmp_path, toy_recipe.ToyRecipe(rope_bands=toy_recipe.TOY_ROPE_BANDS, early_clips=0),
+                                print)
     bands = load_file(str(tmp_path / "runs" / "base_init" / "model.safetensors"))["adapter.rope.bands"]
     assert bands.tolist() == [1.0, 0.5, 0.25, 0.125]
 
 
-def test_the_voice_stage_swaps_the_bands_then_chains_its_three_phases(tmp_path, monkeypatch):
+def _tiny_cache(folder, count):
+    """A cache of ``count`` random latent clips ``clip0 ..`` (the layout ``magihuman train prepare`` writes)."""
+    from magihuman.train.cache import LatentSample, write_cache_header, write_negative, write_sample
+
+    write_cache_header(folder, {"root": "/codecs", "buckets": ["64x64_0.32s"], "seed": 0, "video_only": False})
+    generator = torch.Generator().manual_seed(0)
+    for i in range(count):
+        write_sample(folder, LatentSample(f"clip{i}", f"clip {i}", torch.randn(48, 2, 4, 4, generator=generator),
+                                          torch.randn(5, 64, generator=generator),
+                                          torch.randn(6, 32, generator=generator)), "64x64_0.32s")
+    write_negative(folder, torch.zeros(3, 32))
+
+
+def test_the_voice_stage_swaps_the_bands_then_chains_its_phases(tmp_path, monkeypatch):
     """Rebind (the base's objective on the new bands), focus (first frame and voice clean, mouth weighted), mix (the
-    base's objective with a share of voice-clean samples): each starts from the one before's output, the last one
-    becomes the bundle's base; phases of 0 steps are skipped and a wrong band count is refused before training."""
+    base's objective with a share of voice-clean samples), hair (the mix with the hair weighted), wide (the hair
+    phase on every clip; the phases before it see the first ``early_clips``): each starts from the one before's
+    output, the last one becomes the bundle's base; phases of 0 steps are skipped and a wrong band count is refused
+    before training."""
     from types import SimpleNamespace
 
     import magihuman.train.trainer as trainer_module
     from magihuman.model.checkpoint import save_official_checkpoint
     from magihuman.toy.drawing import HAIR_CAP_REGION, MOUTH_REGION
     from magihuman.train import toy_recipe
+    from magihuman.train.cache import read_index
 
     base = tmp_path / "runs" / "base" / "transformer"
     state = toy_recipe.toy_transformer_init(dict(toy_recipe.TOY_TRANSFORMER_CONFIG), seed=3)
@@ -525,9 +552,10 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_three_phases(tmp_path, 
             return SimpleNamespace(output=output)
 
     monkeypatch.setattr(trainer_module, "Trainer", FakeTrainer)
-    recipe = toy_recipe.ToyRecipe()
+    _tiny_cache(tmp_path / "cache", 5)
+    recipe = toy_recipe.ToyRecipe(clips=5, early_clips=3)
     toy_recipe._stage_voice(tmp_path, recipe, print)
-    rebind, focus, mix, hair = configs
+    rebind, focus, mix, hair, wide = configs
     banded = load_file(str(rebind.base / "model.safetensors"))
     assert banded["adapter.rope.bands"].tolist() == list(toy_recipe.TOY_ROPE_BANDS)
     assert all(torch.equal(banded[k], v) for k, v in state.items() if k != "adapter.rope.bands")
@@ -541,13 +569,19 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_three_phases(tmp_path, 
     assert hair.base == mix.output / "transformer" and hair.steps == 1000 and hair.seed == mix.seed + 1
     assert (hair.audio_condition_rate, tuple(hair.video_region), hair.video_region_weight) == (0.3, MOUTH_REGION, 4.0)
     assert [tuple(r) for r in hair.extra_video_regions] == [(*HAIR_CAP_REGION, 4.0)] and not mix.extra_video_regions
+    assert wide.base == hair.output / "transformer" and wide.steps == 1500 and wide.seed == mix.seed + 2
+    assert (wide.audio_condition_rate, wide.video_region_weight, wide.extra_video_regions) == (
+        hair.audio_condition_rate, hair.video_region_weight, hair.extra_video_regions)
+    early = tmp_path / "cache_early"
+    assert {c.cache for c in (rebind, focus, mix, hair)} == {early} and wide.cache == tmp_path / "cache"
+    assert [e["id"] for e in read_index(early)] == ["clip0", "clip1", "clip2"]
     shipped = load_file(str(tmp_path / "bundle" / "base" / "model.safetensors"))
     assert shipped["adapter.rope.bands"].tolist() == list(toy_recipe.TOY_ROPE_BANDS)
 
     configs.clear()  # no phases, no swap: the base passes through
     toy_recipe._stage_voice(tmp_path, toy_recipe.ToyRecipe(voice_rope_bands=None, voice_rebind_steps=0,
                                                            voice_focus_steps=0, voice_mix_steps=0,
-                                                           voice_hair_steps=0), print)
+                                                           voice_hair_steps=0, voice_wide_steps=0), print)
     assert configs == []
     kept = load_file(str(tmp_path / "bundle" / "base" / "model.safetensors"))["adapter.rope.bands"]
     assert kept.tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001])
@@ -558,3 +592,8 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_three_phases(tmp_path, 
     with pytest.raises(ValueError, match="rope_bands must be 4 positive numbers"):
         toy_recipe._stage_voice(tmp_path / "w2", toy_recipe.ToyRecipe(voice_rope_bands=(1.0, 0.5)), print)
     assert configs == []
+    _tiny_cache(tmp_path / "w3" / "cache", 2)  # early_clips 0, or not below the clip count: every clip throughout
+    shutil.copytree(base, tmp_path / "w3" / "runs" / "base" / "transformer")
+    toy_recipe._stage_voice(tmp_path / "w3", toy_recipe.ToyRecipe(clips=2, early_clips=2), print)
+    assert {c.cache for c in configs} == {tmp_path / "w3" / "cache"} and len(configs) == 5
+    assert not (tmp_path / "w3" / "cache_early").exists()
