@@ -50,7 +50,7 @@ def test_bundle_runs_through_the_pipeline(quick_work):
     for model in ("base", "distill"):
         bands = load_file(str(root / model / "model.safetensors"))["adapter.rope.bands"]
         assert bands.tolist() == list(TOY_ROPE_BANDS), model
-    for phase in ("voice_rebind", "voice_focus", "voice_mix", "voice_hair", "voice_wide"):
+    for phase in ("voice_rebind", "voice_focus", "voice_mix", "voice_hair", "voice_wide", "voice_audio"):
         assert (quick_work / "runs" / phase / "loss.csv").is_file(), phase
     # the quick recipe's 6 clips, of which the base and the first four voice phases train on 4
     from magihuman.train.cache import read_index
@@ -525,7 +525,8 @@ def _tiny_cache(folder, count):
 def test_the_voice_stage_swaps_the_bands_then_chains_its_phases(tmp_path, monkeypatch):
     """Rebind (the base's objective on the new bands), focus (first frame and voice clean, mouth weighted), mix (the
     base's objective with a share of voice-clean samples), hair (the mix with the hair weighted), wide (the hair
-    phase on every clip; the phases before it see the first ``early_clips``): each starts from the one before's
+    phase on every clip; the phases before it see the first ``early_clips``), audio (wide with the audio loss
+    weighted): each starts from the one before's
     output, the last one becomes the bundle's base; phases of 0 steps are skipped and a wrong band count is refused
     before training."""
     from types import SimpleNamespace
@@ -555,7 +556,7 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_phases(tmp_path, monkey
     _tiny_cache(tmp_path / "cache", 5)
     recipe = toy_recipe.ToyRecipe(clips=5, early_clips=3)
     toy_recipe._stage_voice(tmp_path, recipe, print)
-    rebind, focus, mix, hair, wide = configs
+    rebind, focus, mix, hair, wide, audio = configs
     banded = load_file(str(rebind.base / "model.safetensors"))
     assert banded["adapter.rope.bands"].tolist() == list(toy_recipe.TOY_ROPE_BANDS)
     assert all(torch.equal(banded[k], v) for k, v in state.items() if k != "adapter.rope.bands")
@@ -572,6 +573,9 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_phases(tmp_path, monkey
     assert wide.base == hair.output / "transformer" and wide.steps == 1500 and wide.seed == mix.seed + 2
     assert (wide.audio_condition_rate, wide.video_region_weight, wide.extra_video_regions) == (
         hair.audio_condition_rate, hair.video_region_weight, hair.extra_video_regions)
+    assert audio.base == wide.output / "transformer" and audio.steps == 1000 and audio.seed == mix.seed + 3
+    assert (audio.audio_loss_weight, wide.audio_loss_weight) == (4.0, 1.0) and audio.cache == tmp_path / "cache"
+    assert audio.extra_video_regions == wide.extra_video_regions and audio.video_region_weight == 4.0
     early = tmp_path / "cache_early"
     assert {c.cache for c in (rebind, focus, mix, hair)} == {early} and wide.cache == tmp_path / "cache"
     assert [e["id"] for e in read_index(early)] == ["clip0", "clip1", "clip2"]
@@ -581,7 +585,8 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_phases(tmp_path, monkey
     configs.clear()  # no phases, no swap: the base passes through
     toy_recipe._stage_voice(tmp_path, toy_recipe.ToyRecipe(voice_rope_bands=None, voice_rebind_steps=0,
                                                            voice_focus_steps=0, voice_mix_steps=0,
-                                                           voice_hair_steps=0, voice_wide_steps=0), print)
+                                                           voice_hair_steps=0, voice_wide_steps=0,
+                                                           voice_audio_steps=0), print)
     assert configs == []
     kept = load_file(str(tmp_path / "bundle" / "base" / "model.safetensors"))["adapter.rope.bands"]
     assert kept.tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001])
@@ -595,5 +600,5 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_phases(tmp_path, monkey
     _tiny_cache(tmp_path / "w3" / "cache", 2)  # early_clips 0, or not below the clip count: every clip throughout
     shutil.copytree(base, tmp_path / "w3" / "runs" / "base" / "transformer")
     toy_recipe._stage_voice(tmp_path / "w3", toy_recipe.ToyRecipe(clips=2, early_clips=2), print)
-    assert {c.cache for c in configs} == {tmp_path / "w3" / "cache"} and len(configs) == 5
+    assert {c.cache for c in configs} == {tmp_path / "w3" / "cache"} and len(configs) == 6
     assert not (tmp_path / "w3" / "cache_early").exists()

@@ -13,10 +13,10 @@ own trainers, the models that generate it, at small widths but in the official a
 6. ``cache``: ``magihuman train prepare`` on the dataset with the new codecs (one 128x128, 2 s bucket);
 7. ``base``: the transformer trained from a random initialisation with the flow-matching trainer
    (first-frame conditioning and text dropout, plus clean-prefix conditioning for continuation);
-8. ``voice``: the base continued in five phases (its RoPE bands replaced, then its objective; then samples where
+8. ``voice``: the base continued in six phases (its RoPE bands replaced, then its objective; then samples where
    only the mouth is left to predict from the voice; then its objective with a share of voice-clean samples; then
-   that again with the hair weighted too; then that on every clip of the dataset), which teach it to move the mouth
-   with the voice (docs/toy_world.md, "The voice stage");
+   that again with the hair weighted too; then that on every clip of the dataset; then that with the audio loss
+   weighted), which teach it to move the mouth with the voice (docs/toy_world.md, "The voice stage");
 9. ``distill``: the 8-step DMD-2 student from the base model;
 10. ``lora``: a LoRA on the base model teaching a shirt colour it never saw (cyan), from its own small dataset
    plus as many ordinary clips of the base's dataset (prior preservation).
@@ -176,6 +176,10 @@ class ToyRecipe:
     # wide: the hair phase's objective for voice_wide_steps more on every clip (early_clips is the phases' before it)
     # in another data order (docs/toy_world.md, "The wide phase")
     voice_wide_steps: int = 1500
+    # audio: the wide phase's objective for voice_audio_steps more, the audio velocity loss voice_audio_weight times
+    # (the word count lives in the audio; docs/toy_world.md, "The audio phase")
+    voice_audio_steps: int = 1000
+    voice_audio_weight: float = 4.0
 
     @classmethod
     def quick(cls) -> ToyRecipe:
@@ -185,7 +189,8 @@ class ToyRecipe:
                    video_face_from=1, video_face_crop=(5, 48), audio_vae_steps=2, turbo_steps=2, turbo_pool=2,
                    turbo_mouth_steps=1, turbo_first_steps=1, turbo_first_batch=1, base_steps=4, base_batch=2,
                    voice_rebind_steps=1, voice_focus_steps=1, voice_mix_steps=1, voice_hair_steps=1,
-                   voice_wide_steps=1, early_clips=4, distill_steps=1, lora_clips=2, lora_steps=2, lora_prior_clips=2)
+                   voice_wide_steps=1, voice_audio_steps=1, early_clips=4, distill_steps=1, lora_clips=2,
+                   lora_steps=2, lora_prior_clips=2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,6 +333,9 @@ def _stage_voice(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> N
         ("voice_hair", recipe.voice_hair_steps, 100, hair),
         # the same on every clip of the dataset, in a third data order
         ("voice_wide", recipe.voice_wide_steps, 100, dict(hair, seed_offset=2, every_clip=True)),
+        # then with the audio velocity loss weighted, in a fourth data order
+        ("voice_audio", recipe.voice_audio_steps, 100,
+         dict(hair, seed_offset=3, every_clip=True, audio_loss_weight=recipe.voice_audio_weight)),
     )
     for name, steps, warmup, objective in phases:
         if steps <= 0:
