@@ -422,9 +422,9 @@ def run_recipe(work: str | Path, recipe: ToyRecipe | None = None, *, stages: tup
 
     Raises:
         ValueError: an unknown stage name, a negative ``early_clips``, or a recipe that differs from the one the
-            folder was started with
-            other than in step budgets. A raised budget (:data:`STEP_FIELDS`) reopens a finished stage, which
-            resumes from its last checkpoint; the stages after it are not redone (delete their ``.done`` files).
+            folder was started with other than in step budgets. A raised budget (:data:`STEP_FIELDS`) reopens a
+            finished stage, which resumes from its last checkpoint; the stages after it are not redone (delete their
+            ``.done`` files).
     """
     recipe = recipe or ToyRecipe()
     unknown = [s for s in stages if s not in STAGES]
