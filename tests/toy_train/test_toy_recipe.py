@@ -526,9 +526,8 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_phases(tmp_path, monkey
     """Rebind (the base's objective on the new bands), focus (first frame and voice clean, mouth weighted), mix (the
     base's objective with a share of voice-clean samples), hair (the mix with the hair weighted), wide (the hair
     phase on every clip; the phases before it see the first ``early_clips``), audio (wide with the audio loss
-    weighted): each starts from the one before's
-    output, the last one becomes the bundle's base; phases of 0 steps are skipped and a wrong band count is refused
-    before training."""
+    weighted): each starts from the one before's output, the last one becomes the bundle's base; phases of 0 steps
+    are skipped and a wrong band count is refused before training."""
     from types import SimpleNamespace
 
     import magihuman.train.trainer as trainer_module
