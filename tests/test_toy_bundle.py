@@ -40,6 +40,20 @@ def test_the_trained_bundle_ships_with_its_record():
     assert {"distill", "base"} <= set(record["evaluation"]), sorted(record["evaluation"])
 
 
+def test_the_recipes_defaults_are_the_shipped_bundles():
+    """``magihuman toy train`` with no options retrains the shipped bundle: every field of ``ToyRecipe()`` equals
+    the recipe its record holds (before this test the defaults still had 4000 base, 200 distil and 300 LoRA steps
+    against the shipped 6000, 150 and 900)."""
+    from dataclasses import asdict
+
+    from magihuman.train.toy_recipe import ToyRecipe
+
+    shipped = json.loads((demo_bundle.toy_bundle() / demo_bundle.TOY_MARKER).read_text())["recipe"]
+    defaults = json.loads(json.dumps(asdict(ToyRecipe())))
+    assert {k: v for k, v in defaults.items() if shipped.get(k) != v} == {}
+    assert set(shipped) == set(defaults)
+
+
 @pytest.fixture(scope="module")
 def student_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("toy_eval")

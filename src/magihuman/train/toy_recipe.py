@@ -129,7 +129,7 @@ class ToyRecipe:
     # on the base palette only, drew cyan shirts pale white (docs/toy_world.md, "The codecs and a new colour")
     codec_shirt_colours: tuple[str, ...] = PART_PALETTES["shirt"]
     transformer: dict = field(default_factory=lambda: dict(TOY_TRANSFORMER_CONFIG))
-    base_steps: int = 4000
+    base_steps: int = 6000
     base_batch: int = 8
     base_learning_rate: float = 5e-4
     # fewer clean-frame conditions and a share of sigma-1 draws: with first frame 0.5, prefix 0.2, range 0.1 and
@@ -141,9 +141,9 @@ class ToyRecipe:
     # the base's video loss counts the latent cells over the mouth (MOUTH_REGION) this many times (1: off). The w4
     # base opens the mouth only in the first frames; 1500 steps at 8 did not change that (docs/toy_world.md, "Sync")
     base_mouth_weight: float = 1.0
-    distill_steps: int = 200
+    distill_steps: int = 150
     lora_clips: int = 120
-    lora_steps: int = 300
+    lora_steps: int = 900
     # ordinary clips of the base's dataset trained beside the new-colour clips (prior preservation): the w3 LoRA,
     # trained on cyan shirts only, turned the shirts of ordinary captions pale (shirt colours 74 % -> 28 %)
     lora_prior_clips: int = 120
