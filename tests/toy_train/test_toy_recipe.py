@@ -80,6 +80,9 @@ def test_bad_inputs_are_refused(tmp_path, quick_work):
     from magihuman.train.toy_recipe import ToyRecipe, run_recipe
     with pytest.raises(ValueError, match="early_clips must be >= 0"):
         run_recipe(tmp_path / "neg", dataclasses.replace(ToyRecipe.quick(), early_clips=-1))
+    for bad in (dict(lora_new_repeats=0), dict(lora_prior_clips=7), dict(lora_prior_clips=-1)):  # quick: 6 clips
+        with pytest.raises(ValueError, match="lora_new_repeats must be >= 1"):
+            run_recipe(tmp_path / "neg", dataclasses.replace(ToyRecipe.quick(), **bad))
     assert not (tmp_path / "neg").exists()
 
 
@@ -464,9 +467,10 @@ def test_the_lora_trains_with_the_base_models_clean_frame_and_sigma_one_shares_a
     with pytest.raises(Stop):
         toy_recipe._stage_base(tmp_path, toy_recipe.ToyRecipe(base_mouth_weight=8.0, early_clips=0), print)
     assert (seen["finetune"]["video_region"], seen["finetune"]["video_region_weight"]) == (MOUTH_REGION, 8.0)
-    # prior preservation: the LoRA's cyan clips plus lora_prior_clips ordinary clips of the base's cache
-    assert merged == [([(tmp_path / "lora_cache", "new-", None), (tmp_path / "cache", "prior-", 120)],
-                       tmp_path / "lora_mix_cache")]
+    # prior preservation: the LoRA's cyan clips, lora_new_repeats times, plus lora_prior_clips ordinary clips of the
+    # base's cache
+    assert merged == [([(tmp_path / "lora_cache", f"new{k}-", None) for k in range(5)]
+                       + [(tmp_path / "cache", "prior-", 600)], tmp_path / "lora_mix_cache")]
     assert seen["lora"]["cache"] == tmp_path / "lora_mix_cache"
     with pytest.raises(Stop):
         toy_recipe._stage_lora(tmp_path, toy_recipe.ToyRecipe(lora_prior_clips=0), print)
@@ -572,7 +576,7 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_phases(tmp_path, monkey
     assert wide.base == hair.output / "transformer" and wide.steps == 1500 and wide.seed == mix.seed + 2
     assert (wide.audio_condition_rate, wide.video_region_weight, wide.extra_video_regions) == (
         hair.audio_condition_rate, hair.video_region_weight, hair.extra_video_regions)
-    assert audio.base == wide.output / "transformer" and audio.steps == 1000 and audio.seed == mix.seed + 3
+    assert audio.base == wide.output / "transformer" and audio.steps == 4000 and audio.seed == mix.seed + 3
     assert (audio.audio_loss_weight, wide.audio_loss_weight) == (4.0, 1.0) and audio.cache == tmp_path / "cache"
     assert audio.extra_video_regions == wide.extra_video_regions and audio.video_region_weight == 4.0
     early = tmp_path / "cache_early"

@@ -146,7 +146,10 @@ class ToyRecipe:
     lora_steps: int = 900
     # ordinary clips of the base's dataset trained beside the new-colour clips (prior preservation): the w3 LoRA,
     # trained on cyan shirts only, turned the shirts of ordinary captions pale (shirt colours 74 % -> 28 %)
-    lora_prior_clips: int = 120
+    lora_prior_clips: int = 600
+    # the new-colour clips are listed this many times in the mixed cache, so that they keep about half the draws beside
+    # the prior clips (docs/toy_world.md, "Prior clips for the LoRA")
+    lora_new_repeats: int = 5
     lora_rank: int = 16
     lora_learning_rate: float = 1e-3
     # the LoRA's video loss counts the shirt's latent cells (SHIRT_REGION) this many times (1: off): the new colour
@@ -178,7 +181,7 @@ class ToyRecipe:
     voice_wide_steps: int = 1500
     # audio: the wide phase's objective for voice_audio_steps more, the audio velocity loss voice_audio_weight times
     # (the word count lives in the audio; docs/toy_world.md, "The audio phase")
-    voice_audio_steps: int = 1000
+    voice_audio_steps: int = 4000
     voice_audio_weight: float = 4.0
 
     @classmethod
@@ -383,7 +386,8 @@ def _stage_lora(work: Path, recipe: ToyRecipe, log: Callable[[str], None]) -> No
     if recipe.lora_prior_clips:
         cache = work / "lora_mix_cache"
         if not (cache / "cache.json").is_file():
-            merge_caches([(work / "lora_cache", "new-", None), (work / "cache", "prior-", recipe.lora_prior_clips)],
+            merge_caches([(work / "lora_cache", f"new{k}-", None) for k in range(recipe.lora_new_repeats)]
+                         + [(work / "cache", "prior-", recipe.lora_prior_clips)],
                          cache)
     shirt = [(*SHIRT_REGION, recipe.lora_shirt_weight)] if recipe.lora_shirt_weight != 1 else []
     config = TrainConfig(mode="lora", cache=cache, base=work / "bundle" / "base",
@@ -421,7 +425,8 @@ def run_recipe(work: str | Path, recipe: ToyRecipe | None = None, *, stages: tup
         log: receives one line per progress report.
 
     Raises:
-        ValueError: an unknown stage name, a negative ``early_clips``, or a recipe that differs from the one the
+        ValueError: an unknown stage name, a negative ``early_clips``, ``lora_new_repeats`` below 1,
+            ``lora_prior_clips`` outside ``[0, clips]``, or a recipe that differs from the one the
             folder was started with other than in step budgets. A raised budget (:data:`STEP_FIELDS`) reopens a
             finished stage, which resumes from its last checkpoint; the stages after it are not redone (delete their
             ``.done`` files).
@@ -433,6 +438,9 @@ def run_recipe(work: str | Path, recipe: ToyRecipe | None = None, *, stages: tup
     if recipe.early_clips < 0:
         raise ValueError(f"early_clips must be >= 0 (0: the early phases train on every clip), "
                          f"got {recipe.early_clips}")
+    if recipe.lora_new_repeats < 1 or not 0 <= recipe.lora_prior_clips <= recipe.clips:
+        raise ValueError(f"lora_new_repeats must be >= 1 (got {recipe.lora_new_repeats}) and lora_prior_clips "
+                         f"between 0 and clips={recipe.clips} (got {recipe.lora_prior_clips})")
     work = Path(work)
     (work / "stages").mkdir(parents=True, exist_ok=True)
     saved = work / "recipe.json"
