@@ -4,10 +4,10 @@ opening and the voice loudness measured on the result drawn under it.
     python benchmarks/demo_strip.py --root WORK/bundle --out docs/images/toy_demo.png
 
 The caption is a held-out one (no training clip has its attributes and words together); the PNG is made by this script
-from the pipeline's output, nothing is drawn by hand. The README's strip is ``--index 4``: of the text-to-video
+from the pipeline's output, nothing is drawn by hand. The README's strip is ``--index 6``: of the text-to-video
 held-out captions whose three colours the shipped student drew right in its 100-caption eval (seed = index,
-as ``magihuman eval run``), the first with a measured mouth (index 4 for the w14 student; 6 for the w4 to w13
-students).
+as ``magihuman eval run``), the first with a measured mouth (index 6 for the w4 to w13 and w15 students; 4 for the
+w14 student).
 """
 
 from __future__ import annotations
