@@ -24,9 +24,8 @@ PROBES = 6
 #: (1 colour in 8, 1 word count in 6, one voice in 2; two held-out clips' first frames are a median 8.5 dB apart, 20
 #: of them pairwise). The correlation floor separates the bundles: on these 6 captions the shipped (w15) student's
 #: median is 0.59 (shirts 5 of 6, words 5 of 6, PSNR 20.6 dB), the w14 bundle's 0.68 (shirts 5, words 4, 20.2 dB),
-#: the w13 bundle's 0.52, the w12 bundle's 0.56 (shirts
-#: 4, words 2, 19.5 dB), the w11 bundle's 0.55, the w9 bundle's 0.57 and the w8 student's 0.64; the w4 student's,
-#: whose mouth did not follow its voice, 0.42.
+#: the w13 bundle's 0.52, the w12 bundle's 0.56 (shirts 4, words 2, 19.5 dB), the w11 bundle's 0.55, the w9 bundle's
+#: 0.57 and the w8 student's 0.64; the w4 student's, whose mouth did not follow its voice, 0.42.
 PART_MIN_PCT, PITCH_MIN_PCT, WORDS_MIN_PCT, PSNR_MIN_DB, CORRELATION_MIN = 60.0, 80.0, 30.0, 13.0, 0.5
 
 
