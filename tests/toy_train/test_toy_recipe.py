@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import magihuman.cli.app as cli
 from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 from magihuman.train.toy_recipe import LORA_FILE, STAGES, TOY_ROPE_BANDS
+from train.helpers import latent_dataset, write_latent_cache
 
 runner = CliRunner()
 
@@ -513,19 +514,6 @@ def test_the_base_stage_starts_from_the_recipes_rope_bands(tmp_path, monkeypatch
     assert bands.tolist() == [1.0, 0.5, 0.25, 0.125]
 
 
-def _tiny_cache(folder, count):
-    """A cache of ``count`` random latent clips ``clip0 ..`` (the layout ``magihuman train prepare`` writes)."""
-    from magihuman.train.cache import LatentSample, write_cache_header, write_negative, write_sample
-
-    write_cache_header(folder, {"root": "/codecs", "buckets": ["64x64_0.32s"], "seed": 0, "video_only": False})
-    generator = torch.Generator().manual_seed(0)
-    for i in range(count):
-        write_sample(folder, LatentSample(f"clip{i}", f"clip {i}", torch.randn(48, 2, 4, 4, generator=generator),
-                                          torch.randn(5, 64, generator=generator),
-                                          torch.randn(6, 32, generator=generator)), "64x64_0.32s")
-    write_negative(folder, torch.zeros(3, 32))
-
-
 def test_the_voice_stage_swaps_the_bands_then_chains_its_phases(tmp_path, monkeypatch):
     """Rebind (the base's objective on the new bands), focus (first frame and voice clean, mouth weighted), mix (the
     base's objective with a share of voice-clean samples), hair (the mix with the hair weighted), wide (the hair
@@ -556,7 +544,7 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_phases(tmp_path, monkey
             return SimpleNamespace(output=output)
 
     monkeypatch.setattr(trainer_module, "Trainer", FakeTrainer)
-    _tiny_cache(tmp_path / "cache", 5)
+    write_latent_cache(tmp_path / "cache", latent_dataset(5))
     recipe = toy_recipe.ToyRecipe(clips=5, early_clips=3)
     toy_recipe._stage_voice(tmp_path, recipe, print)
     rebind, focus, mix, hair, wide, audio = configs
@@ -600,7 +588,8 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_phases(tmp_path, monkey
     with pytest.raises(ValueError, match="rope_bands must be 4 positive numbers"):
         toy_recipe._stage_voice(tmp_path / "w2", toy_recipe.ToyRecipe(voice_rope_bands=(1.0, 0.5)), print)
     assert configs == []
-    _tiny_cache(tmp_path / "w3" / "cache", 2)  # early_clips 0, or not below the clip count: every clip throughout
+    # early_clips 0, or not below the clip count: every clip throughout
+    write_latent_cache(tmp_path / "w3" / "cache", latent_dataset(2))
     shutil.copytree(base, tmp_path / "w3" / "runs" / "base" / "transformer")
     toy_recipe._stage_voice(tmp_path / "w3", toy_recipe.ToyRecipe(clips=2, early_clips=2), print)
     assert {c.cache for c in configs} == {tmp_path / "w3" / "cache"} and len(configs) == 6

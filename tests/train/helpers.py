@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from magihuman.train.cache import LatentSample
+from magihuman.train.cache import LatentSample, write_cache_header, write_negative, write_sample
 
 #: Transformer config of the training tests: 2 layers at width 256 (wider than a 192-d video token, so a
 #: layer can carry the noisy latent through) with the 15B structure (a sandwich
@@ -49,3 +49,14 @@ def latent_dataset(count: int, *, frames: int = 2, size: tuple[int, int] = (4, 4
         text = torch.randn(text_tokens + i % 3, text_dim, generator=generator)
         samples.append(LatentSample(f"clip{i}", f"clip {i}", video, sound, text))
     return samples
+
+
+def write_latent_cache(folder: Path, samples: list[LatentSample], *, root: str = "/codecs",
+                       negative: float = 0.0) -> Path:
+    """A cache folder holding ``samples`` in one ``64x64_0.32s`` bucket (the layout ``magihuman train prepare``
+    writes), its header naming codec root ``root`` and its negative-prompt states all ``negative``."""
+    write_cache_header(folder, {"root": root, "buckets": ["64x64_0.32s"], "seed": 0, "video_only": False})
+    for sample in samples:
+        write_sample(folder, sample, "64x64_0.32s")
+    write_negative(folder, torch.full((3, 32), negative))
+    return folder

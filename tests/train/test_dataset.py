@@ -14,14 +14,11 @@ from magihuman.train.cache import (
     load_samples,
     merge_caches,
     read_index,
-    write_cache_header,
-    write_negative,
-    write_sample,
 )
 from magihuman.train.dataset import Bucket, DatasetError, choose_bucket, parse_buckets, read_dataset
 from magihuman.train.prepare import prepare_dataset
 
-from .helpers import latent_dataset, write_clip
+from .helpers import latent_dataset, write_clip, write_latent_cache
 
 
 def test_bucket_sizes_follow_the_pipeline():
@@ -96,17 +93,9 @@ def test_prepare_writes_a_resumable_cache(tmp_path, demo_root):
     assert load_samples(video_only)[0].audio_latent is None
 
 
-def _cache_of(folder: Path, samples, *, root: str = "/codecs", negative: float = 0.0) -> Path:
-    write_cache_header(folder, {"root": root, "buckets": ["64x64_0.32s"], "seed": 0, "video_only": False})
-    for sample in samples:
-        write_sample(folder, sample, "64x64_0.32s")
-    write_negative(folder, torch.full((3, 32), negative))
-    return folder
-
-
 def test_merge_caches_takes_the_asked_samples_under_new_ids_and_refuses_mismatches(tmp_path):
-    new = _cache_of(tmp_path / "new", latent_dataset(2, seed=1), negative=1.0)
-    prior = _cache_of(tmp_path / "prior", latent_dataset(5, seed=2))
+    new = write_latent_cache(tmp_path / "new", latent_dataset(2, seed=1), negative=1.0)
+    prior = write_latent_cache(tmp_path / "prior", latent_dataset(5, seed=2))
     assert merge_caches([(new, "new-", None), (prior, "prior-", 3)], tmp_path / "mix") == 5
     merged = load_samples(tmp_path / "mix")
     assert [s.clip_id for s in merged] == ["new-clip0", "new-clip1", "prior-clip0", "prior-clip1", "prior-clip2"]
@@ -119,7 +108,7 @@ def test_merge_caches_takes_the_asked_samples_under_new_ids_and_refuses_mismatch
         merge_caches([(new, "new-", None)], tmp_path / "mix")
     with pytest.raises(CacheError, match="holds 5 samples, fewer than the 6"):
         merge_caches([(new, "new-", None), (prior, "prior-", 6)], tmp_path / "mix2")
-    other = _cache_of(tmp_path / "other", latent_dataset(1), root="/elsewhere")
+    other = write_latent_cache(tmp_path / "other", latent_dataset(1), root="/elsewhere")
     with pytest.raises(CacheError, match="root='/elsewhere'"):
         merge_caches([(new, "new-", None), (other, "o-", None)], tmp_path / "mix3")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mix", "new", "other", "prior"]  # no staging left
