@@ -88,6 +88,24 @@ def test_video_only_clips_do_not_train_the_audio_branch(tmp_path):
     assert distiller.generator.final_linear_video.weight.grad.abs().max() > 1e-6
 
 
+def test_audio_loss_weight_scales_the_audio_term_of_the_generator_loss(tmp_path):
+    """Without the GAN term the generator's audio output projection is trained by the audio DMD term alone: its
+    gradient is ``audio_loss_weight`` times the weight-1 gradient (0 at weight 0), while the video projection's
+    gradient does not move."""
+    grads = {}
+    for weight in (0.0, 1.0, 3.0):
+        distiller = _distiller(tmp_path / str(weight), gan_weight=0.0, audio_loss_weight=weight,
+                                max_grad_norm=None)
+        distiller.generator_update(*distiller._batch(0))
+        grads[weight] = (distiller.generator.final_linear_audio.weight.grad.clone(),
+                         distiller.generator.final_linear_video.weight.grad.clone())
+    assert torch.count_nonzero(grads[0.0][0]) == 0
+    assert grads[1.0][0].abs().max() > 1e-6
+    torch.testing.assert_close(grads[3.0][0], 3 * grads[1.0][0], rtol=1e-4, atol=1e-8)
+    for weight in (0.0, 3.0):
+        torch.testing.assert_close(grads[weight][1], grads[1.0][1], rtol=1e-4, atol=1e-8)
+
+
 def _gradients(distiller: Distiller) -> dict[str, torch.Tensor]:
     """The gradients left by the last updates: the generator's, and the fake score's (from its update)."""
     return {f"{prefix}.{name}": param.grad.clone() for prefix, module in

@@ -207,6 +207,8 @@ class DistillConfig(BaseModel):
     audio_guidance_scale: float = Field(5.0, description="Real-score audio CFG.")
     score_sigma_range: tuple[float, float] = Field((0.02, 0.98), description="Noise levels at which the scores "
                                                    "compare the generator's samples (shifted-uniform, clamped).")
+    audio_loss_weight: float = Field(1.0, ge=0, description="Weight of the audio term of the generator's "
+                                     "distribution-matching loss next to the video's (as TrainConfig's).")
     gan_weight: float = Field(0.0, ge=0, description="Weight of the GAN term on fake-score features (0: off; "
                               "DMD-2 uses ~1e-3 with real clips from the cache).")
     first_frame_rate: float = Field(0.0, ge=0, le=1, description="Share of samples distilled as image-to-video: "

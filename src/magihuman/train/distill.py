@@ -18,7 +18,7 @@ One generator update (after ``fake_steps`` fake-score updates, the two time-scal
    clean sample, ``x0_real = x_σ - σ·v_real`` and ``x0_fake = x_σ - σ·v_fake``;
 3. the distribution-matching gradient ``(x0_fake - x0_real) / mean|x0 - x0_real|`` (the normalisation:
    per sample and modality) is applied to ``x0`` through the surrogate loss
-   ``½‖x0 - sg(x0 - grad)‖²``; both modalities add up;
+   ``½‖x0 - sg(x0 - grad)‖²``; the video's and ``audio_loss_weight`` x the audio's add up;
 4. optional GAN term: a linear head on the fake score's last-layer features (video and audio tokens
    pooled) separates noised real clips from noised generator samples; the generator gets
    ``gan_weight·softplus(-D(fake))``.
@@ -296,8 +296,9 @@ class Distiller:
             fake = self._velocity(self.fake, video, audio, batch.text, batch.lengths)
         per_sample = x0_video.new_zeros(len(batch.has_audio))
         free = batch.free()
+        audio_weight = batch.has_audio * self.config.audio_loss_weight
         for x0, noisy, v_real, v_fake, weight, keep in ((x0_video, video, real[0], fake[0], 1.0, free[0]),
-                                                        (x0_audio, audio, real[1], fake[1], batch.has_audio, free[1])):
+                                                        (x0_audio, audio, real[1], fake[1], audio_weight, free[1])):
             pred_real, pred_fake = noisy - sigma * v_real, noisy - sigma * v_fake
             dims = tuple(range(1, x0.ndim))
             error = (x0.detach() - pred_real).abs()
