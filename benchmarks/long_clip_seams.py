@@ -118,7 +118,8 @@ def main() -> None:
         print(f"{name}: seam diff {np.round(r['seam_difference'], 2).tolist()} vs inside mean "
               f"{r['inside_difference_mean']:.2f} p95 {r['inside_difference_p95']:.2f} "
               f"max {r['inside_difference_max']:.2f}; "
-              f"colours constant {r['colours_constant']}; gaps {r['gaps']} clicks {r['clicks']}; "
+              f"colours constant {r['colours_constant']}; gaps {r['gaps']} "
+              f"(silences to an end {sum(r['seam_pause_open'])}) clicks {r['clicks']}; "
               f"sync lag {r['sync_offset_frames']} r {r['sync_correlation']:.2f}"
               + (f"; largest step over the fades {np.round(r['fade_max_difference'], 2).tolist()}"
                  if "fade_max_difference" in r else ""))

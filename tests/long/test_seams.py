@@ -78,6 +78,22 @@ def test_silence_across_the_seam_longer_than_any_pause_is_a_gap():
     assert report.gaps == 1
     assert report.seam_pause_s[0] == pytest.approx(0.4, abs=0.05)
     assert report.longest_pause_inside_s == pytest.approx(0.1, abs=0.05)
+    assert report.seam_pause_open == [False]
+
+
+def test_silence_from_a_seam_to_the_clips_end_is_its_ending_not_a_gap():
+    """The voice stops 0.2 s before the seam and never resumes: the seam's silent run is reported, open-ended,
+    and is no gap (the pauses elsewhere leave out runs that reach the clip's ends the same way)."""
+    clip = make_clip(4)
+    frames, _, seams = _joined(clip, clip)
+    t = np.arange(frames.shape[0] * SAMPLE_RATE // FPS) / SAMPLE_RATE
+    tone = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    tone[int(0.5 * SAMPLE_RATE):int(0.6 * SAMPLE_RATE)] = 0.0  # a 0.1 s pause inside
+    tone[seams[0] * SAMPLE_RATE // FPS - SAMPLE_RATE // 5:] = 0.0
+    report = seam_report(frames, tone, SAMPLE_RATE, seams)
+    assert report.seam_pause_open == [True] and report.gaps == 0
+    assert report.seam_pause_s[0] == pytest.approx(0.2 + (frames.shape[0] - seams[0]) / FPS, abs=0.05)
+    assert report.longest_pause_inside_s == pytest.approx(0.1, abs=0.05)
 
 
 def test_a_drawn_toy_clip_is_in_sync_across_its_seam():

@@ -7,7 +7,10 @@ previous window's last one. With the time convention of the sampler (latent fram
 * **Picture**: the mean absolute difference (0-255 sRGB units) between consecutive frames, at the seams
   against every other pair of consecutive frames (inside the windows).
 * **Colours**: the toy parts' colours (:func:`~magihuman.eval.toy_vision.part_colours`) of each piece.
-* **Voice**: a gap is a silent run across the seam longer than the longest pause elsewhere in the clip; a
+* **Voice**: a gap is a silent run across the seam, with sound on both sides of it, longer than the longest pause
+  elsewhere in the clip. A silent run across a seam that reaches the clip's end (or its start) is the clip's ending
+  (or lead-in), as it is for the pauses elsewhere, which leave out such runs: it is reported
+  (``seam_pause_s``, ``seam_pause_open``) but is not a gap. A
   click is a sample-to-sample step near the seam larger than the clip's own largest step elsewhere
   (``click_ratio`` above 1).
 * **Sync**: :func:`~magihuman.eval.sync.measure_sync` over the whole clip and per piece.
@@ -60,6 +63,7 @@ class SeamReport:
     colours_constant: bool
     longest_pause_inside_s: float
     seam_pause_s: list[float]
+    seam_pause_open: list[bool]
     gaps: int
     click_ratio: list[float]
     clicks: int
@@ -119,6 +123,8 @@ def seam_report(frames: np.ndarray, audio: np.ndarray, sample_rate: int, seams: 
     # the silent run holding frame s - 1, the last before each seam (runs are disjoint: at most one)
     at_seam = [next((r for r in runs if r[0] < s <= r[1]), None) for s in seams]
     seam_pause = [(r[1] - r[0]) / fps if r else 0.0 for r in at_seam]
+    # a run from the clip's first frame or to its last has sound on one side only: lead-in or ending, not a gap
+    open_ended = [bool(r) and (r[0] == 0 or r[1] == count) for r in at_seam]
     crossing = {r for r in at_seam if r}
     inside_pauses = [(b - a) / fps for a, b in runs if (a, b) not in crossing and a > 0 and b < count]
     longest = max(inside_pauses, default=0.0)
@@ -145,6 +151,7 @@ def seam_report(frames: np.ndarray, audio: np.ndarray, sample_rate: int, seams: 
         inside_difference_mean=float(inside.mean()), inside_difference_p95=float(np.percentile(inside, 95)),
         inside_difference_max=float(inside.max()), colours_per_piece=colours,
         colours_constant=all(c == colours[0] for c in colours), longest_pause_inside_s=longest,
-        seam_pause_s=seam_pause, gaps=sum(p > longest for p in seam_pause), click_ratio=ratios,
+        seam_pause_s=seam_pause, seam_pause_open=open_ended,
+        gaps=sum(p > longest and not end for p, end in zip(seam_pause, open_ended)), click_ratio=ratios,
         clicks=sum(r > 1.0 for r in ratios if r == r), sync_offset_frames=whole.offset_frames,
         sync_correlation=whole.correlation, sync_per_piece=per_piece)
