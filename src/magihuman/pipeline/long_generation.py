@@ -5,8 +5,9 @@ A request longer than one window (:func:`magihuman.pipeline.validation.long_clip
 
 1. encode the prompt once (every window uses it); with a driving track, encode the whole track once
    (:func:`magihuman.pipeline.stages.load_driving_audio`; the VAE windows tracks over 29 s itself);
-2. plan the windows (:func:`magihuman.pipeline.windows.plan_windows`): equal windows of the preset's
-   length, ``K`` latent frames of overlap, the last window moved back to end with the clip;
+2. plan the windows (:func:`magihuman.pipeline.windows.plan_windows`): windows of the preset's length (or up
+   to 3 latent frames shorter, to keep the joins off the video decoder's chunk borders), ``K`` latent frames of
+   overlap, the last window moved back to end with the clip;
 3. per window, from the request's one seeded CPU generator: the audio noise (or the driving track's slice
    of latents), then the video noise, as a single pass draws them (architecture.md §8.5); the frames it shares
    with the joined clip so far, video and the matching audio latents (``4(c - 1) + 1`` for ``c`` frames),

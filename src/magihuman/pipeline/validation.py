@@ -185,7 +185,7 @@ def _check_windows(request: Any, preset: Any) -> list[str]:
                          f"{overlap}; use longer windows or a smaller overlap_frames", field="window_seconds")
     audio = int(round(request.seconds * LATENTS_PER_SECOND)) + 1
     count = len(plan_windows(latent_frames_for(audio), audio, window_frames=frames, overlap=overlap).windows)
-    return [f"the clip is generated in {count} windows of {windowed:g} s, each holding the last {overlap} latent "
+    return [f"the clip is generated in {count} windows of up to {windowed:g} s, each holding the last {overlap} latent "
             "frame(s) of the one before (docs/long_clips.md)"]
 
 

@@ -1,16 +1,25 @@
 """Windows of a long clip: which latent frames and audio latents each generation window covers (ours).
 
-A clip longer than one window is generated window by window, each window the same size (the memory of one
-window, whatever the length). Window ``w`` covers latent frames ``[start_w, start_w + T_w)``; windows follow
-each other every ``T_w - K`` frames (``K``: the overlap), and the last one is moved back to end at the
-clip's last frame, so it may overlap its predecessor by more than ``K``. The frames a window shares with
-the previous one are held clean at the previous window's values (video and the matching audio latents),
-and the joined clip keeps each latent once.
+A clip longer than one window is generated window by window, each window at most ``T_w`` latent frames (the
+memory of one window, whatever the length). Window ``w`` covers latent frames ``[start_w, start_w + T_w')``
+(``T_w' = T_w``, or up to 3 fewer: below); each window starts ``K`` frames (the overlap) before the previous one
+ends, and the last one is ``T_w`` long and moved back to end at the clip's last frame, so it may overlap its
+predecessor by more than ``K``. The frames a window shares with the previous one are held clean at the previous
+window's values (video and the matching audio latents), and the joined clip keeps each latent once.
 
 Time alignment (the convention of :mod:`magihuman.sampling.conditioning`): a window starting at latent frame
 ``s`` starts at audio latent ``4s``; it holds ``4(T_w - 1) + 1`` audio latents (the last window: all that
 are left, up to 3 more, as a single pass has ``25 s + 1``); its ``c`` leading clean frames go with its
 ``4(c - 1) + 1`` leading audio latents.
+
+Joins and the video decoder's chunks: the Turbo-VAED decoder decodes in chunks of latent frames (the first
+``F``, then every ``S``; 7 and 7 in the official config ``TurboV3-Wan22-TinyShallow_7_7.json``, architecture.md
+§11.4), so a new decoder chunk starts at latent frames ``F + kS``. A join within one latent frame of such a chunk
+border shows as a larger step between frames than a join elsewhere (measured on the toy model:
+docs/benchmarks.md, "Joins away from the decoder's chunk borders"). So a window that another follows ends up to 3
+latent frames early, the least that puts its end (the next join) 2 or more latent frames from every chunk border;
+the overlap stays ``K``, so every window is conditioned as before. The first window keeps ``T_w`` (the single pass
+of that length), so the first join, at ``T_w``, does not move.
 
 Torch-free: the input boundary plans a request's windows before anything loads.
 """
@@ -19,9 +28,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Window", "WindowPlan", "plan_windows", "window_latent_frames"]
+__all__ = ["TURBO_DECODE_CHUNKS", "Window", "WindowPlan", "near_decode_border", "plan_windows",
+           "window_latent_frames"]
 
 _STRIDE = 4  # pixel frames (and audio latents) per latent frame after the first (architecture.md §11.3)
+#: ``(first_chunk_size, step_size)`` of the official Turbo-VAED config (codecs: TurboV3-Wan22-TinyShallow_7_7.json)
+TURBO_DECODE_CHUNKS = (7, 7)
+_MAX_SHIFT = 3  # latent frames a window may end early to keep the next join off a decoder chunk border
 
 
 def window_latent_frames(window_seconds: float) -> int:
@@ -36,7 +49,7 @@ class Window:
     Attributes:
         index: 0-based position in the plan.
         start: first latent frame of the clip it covers.
-        frames: latent frames it covers (``T_w``).
+        frames: latent frames it covers (``T_w``, or up to 3 fewer to keep its end off a decoder chunk border).
         clean_frames: its leading latent frames held clean (from the previous window, or a given prefix).
         audio_start: first audio latent it covers (``4 * start``).
         audio_latents: audio latents it covers.
@@ -80,8 +93,18 @@ class WindowPlan:
         return self.latent_frames - self.windows[0].clean_frames
 
 
+def near_decode_border(join: int, decode_chunks: tuple[int, int] = TURBO_DECODE_CHUNKS) -> bool:
+    """Whether a join before latent frame ``join`` lies within one latent frame of a decoder chunk border (the
+    first latent frame of a chunk after the first: ``F + kS`` for ``decode_chunks = (F, S)``, ``k >= 0``)."""
+    first, step = decode_chunks
+    if join <= first:
+        return first - join <= 1
+    offset = (join - first) % step
+    return offset <= 1 or offset >= step - 1
+
+
 def plan_windows(latent_frames: int, audio_latents: int, *, window_frames: int, overlap: int,
-                 prefix_frames: int = 0) -> WindowPlan:
+                 prefix_frames: int = 0, decode_chunks: tuple[int, int] | None = TURBO_DECODE_CHUNKS) -> WindowPlan:
     """Windows of ``window_frames`` latent frames covering ``latent_frames`` frames (module docstring).
 
     Args:
@@ -91,6 +114,9 @@ def plan_windows(latent_frames: int, audio_latents: int, *, window_frames: int, 
         overlap: ``K``, latent frames each window shares with the previous one (at least 1).
         prefix_frames: leading latent frames of the clip already given (extend), held clean in the first
             window.
+        decode_chunks: ``(F, S)`` of the video decoder's chunks; a window followed by another ends up to 3
+            latent frames early to keep the next join off a chunk border (module docstring). ``None``: every
+            window ``T_w`` long.
 
     Returns:
         The :class:`WindowPlan`.
@@ -111,14 +137,29 @@ def plan_windows(latent_frames: int, audio_latents: int, *, window_frames: int, 
     if not 0 <= prefix_frames < first:
         raise ValueError(f"a clean prefix of {prefix_frames} latent frames leaves nothing to generate in a first "
                          f"window of {first}")
-    starts = [0]
-    while starts[-1] + window_frames < latent_frames:
-        starts.append(min(starts[-1] + window_frames - overlap, latent_frames - window_frames))
+    spans = [(0, first)]  # the first window keeps T_w: it is the single pass of that length
+    while sum(spans[-1]) < latent_frames:
+        start = sum(spans[-1]) - overlap
+        if start + window_frames >= latent_frames:  # the last window: T_w long, ending with the clip
+            spans.append((latent_frames - window_frames, window_frames))
+        else:
+            spans.append((start, _frames_before_join(start, window_frames, overlap, latent_frames, decode_chunks)))
     windows = []
-    for index, start in enumerate(starts):
-        frames = min(window_frames, latent_frames)
-        clean = prefix_frames if index == 0 else starts[index - 1] + window_frames - start
-        last = index == len(starts) - 1
+    for index, (start, frames) in enumerate(spans):
+        clean = prefix_frames if index == 0 else sum(spans[index - 1]) - start
+        last = index == len(spans) - 1
         audio = audio_latents - _STRIDE * start if last else _STRIDE * (frames - 1) + 1
         windows.append(Window(index, start, frames, clean, _STRIDE * start, audio))
     return WindowPlan(latent_frames, audio_latents, tuple(windows))
+
+
+def _frames_before_join(start: int, frames: int, clean: int, latent_frames: int,
+                        decode_chunks: tuple[int, int] | None) -> int:
+    """Latent frames of a window at ``start`` holding ``clean`` clean frames: ``frames``, or up to 3 fewer when
+    another window follows and its end would lie within one latent frame of a decoder chunk border."""
+    if decode_chunks is None or start + frames >= latent_frames:
+        return frames
+    for shorter in range(frames, max(frames - _MAX_SHIFT, clean + 1) - 1, -1):
+        if not near_decode_border(start + shorter, decode_chunks):
+            return shorter
+    return frames
