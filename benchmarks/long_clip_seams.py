@@ -117,7 +117,9 @@ def main() -> None:
         r = results[name]
         print(f"{name}: seam diff {np.round(r['seam_difference'], 2).tolist()} vs inside mean "
               f"{r['inside_difference_mean']:.2f} p95 {r['inside_difference_p95']:.2f} "
-              f"max {r['inside_difference_max']:.2f}; "
+              f"max {r['inside_difference_max']:.2f}; above the two pieces' p95 "
+              f"{sum(d > q for d, q in zip(r['seam_difference'], r['pieces_difference_p95']))} and max "
+              f"{sum(d > q for d, q in zip(r['seam_difference'], r['pieces_difference_max']))}; "
               f"colours constant {r['colours_constant']}; gaps {r['gaps']} "
               f"(silences to an end {sum(r['seam_pause_open'])}) clicks {r['clicks']}; "
               f"sync lag {r['sync_offset_frames']} r {r['sync_correlation']:.2f}"

@@ -39,6 +39,22 @@ def test_picture_jump_is_found_at_the_seam_and_nowhere_else():
     assert report.inside_difference_max == 0.0
 
 
+def test_each_seam_is_set_against_the_steps_inside_the_two_pieces_it_joins():
+    """Three pieces of 10 frames: the first still, the second moving by 2 per frame, the third by 5, with jumps
+    of 3 and 4 at the seams (frames 10 and 20). The clip-wide inside max is 5 (the third piece), but the first
+    seam's neighbours step at most 2, so it stands out against them and not against the whole clip."""
+    steps = np.zeros(29)
+    steps[10:19], steps[20:29] = 2.0, 5.0
+    steps[9], steps[19] = 3.0, 4.0
+    levels = np.concatenate([[0.0], np.cumsum(steps)])
+    frames = np.repeat(levels.astype(np.uint8)[:, None, None, None], 4, axis=1).repeat(4, axis=2).repeat(3, axis=3)
+    report = seam_report(frames, np.zeros(30 * SAMPLE_RATE // FPS, dtype=np.float32), SAMPLE_RATE, [10, 20])
+    assert report.seam_difference == [3.0, 4.0]
+    assert report.inside_difference_max == 5.0
+    assert report.pieces_difference_max == [2.0, 5.0]
+    assert report.pieces_difference_p95 == [pytest.approx(2.0), pytest.approx(5.0)]
+
+
 def test_colours_change_between_two_people_and_not_within_one():
     a, b = make_clip(1), make_clip(2)
     assert a.attributes.shirt != b.attributes.shirt or a.attributes.hair != b.attributes.hair

@@ -5,7 +5,9 @@ previous window's last one. With the time convention of the sampler (latent fram
 ``4t - 3 .. 4t``), a join before latent frame ``s`` lies between pixel frames ``4s - 4`` and ``4s - 3``.
 
 * **Picture**: the mean absolute difference (0-255 sRGB units) between consecutive frames, at the seams
-  against every other pair of consecutive frames (inside the windows).
+  against every other pair of consecutive frames (inside the windows), and each seam against the pairs inside
+  the two pieces it joins (``pieces_difference_p95``, ``pieces_difference_max``): a long clip's motion varies
+  along it, and these are the frames the seam sits between.
 * **Colours**: the toy parts' colours (:func:`~magihuman.eval.toy_vision.part_colours`) of each piece.
 * **Voice**: a gap is a silent run across the seam, with sound on both sides of it, longer than the longest pause
   elsewhere in the clip. A silent run across a seam that reaches the clip's end (or its start) is the clip's ending
@@ -59,6 +61,8 @@ class SeamReport:
     inside_difference_mean: float
     inside_difference_p95: float
     inside_difference_max: float
+    pieces_difference_p95: list[float]
+    pieces_difference_max: list[float]
     colours_per_piece: list[dict[str, str]]
     colours_constant: bool
     longest_pause_inside_s: float
@@ -114,6 +118,8 @@ def seam_report(frames: np.ndarray, audio: np.ndarray, sample_rate: int, seams: 
     edges = [0, *seams, count]
     pieces = [(a, b) for a, b in zip(edges[:-1], edges[1:])]
     colours = [{part: c.name for part, c in part_colours(frames[a:b]).items()} for a, b in pieces]
+    # the steps inside the two pieces each seam joins (a piece of one frame has none)
+    around = [np.concatenate([diffs[a:b - 1] for a, b in pieces[k:k + 2]]) for k in range(len(seams))]
 
     mono = np.asarray(audio, dtype=np.float64)
     mono = mono.mean(axis=0) if mono.ndim == 2 else mono
@@ -149,7 +155,9 @@ def seam_report(frames: np.ndarray, audio: np.ndarray, sample_rate: int, seams: 
     return SeamReport(
         seams=list(seams), seam_difference=[float(diffs[s - 1]) for s in seams],
         inside_difference_mean=float(inside.mean()), inside_difference_p95=float(np.percentile(inside, 95)),
-        inside_difference_max=float(inside.max()), colours_per_piece=colours,
+        inside_difference_max=float(inside.max()),
+        pieces_difference_p95=[float(np.percentile(x, 95)) if x.size else float("nan") for x in around],
+        pieces_difference_max=[float(x.max()) if x.size else float("nan") for x in around], colours_per_piece=colours,
         colours_constant=all(c == colours[0] for c in colours), longest_pause_inside_s=longest,
         seam_pause_s=seam_pause, seam_pause_open=open_ended,
         gaps=sum(p > longest and not end for p, end in zip(seam_pause, open_ended)), click_ratio=ratios,
