@@ -8,9 +8,9 @@ predecessor by more than ``K``. The frames a window shares with the previous one
 window's values (video and the matching audio latents), and the joined clip keeps each latent once.
 
 Time alignment (the convention of :mod:`magihuman.sampling.conditioning`): a window starting at latent frame
-``s`` starts at audio latent ``4s``; it holds ``4(T_w - 1) + 1`` audio latents (the last window: all that
-are left, up to 3 more, as a single pass has ``25 s + 1``); its ``c`` leading clean frames go with its
-``4(c - 1) + 1`` leading audio latents.
+``s`` starts at audio latent ``4s``; it holds ``4(T_w' - 1) + 1`` audio latents for its ``T_w'`` frames (the
+last window: all that are left, up to 3 more, as a single pass has ``25 s + 1``); its ``c`` leading clean frames
+go with its ``4(c - 1) + 1`` leading audio latents.
 
 Joins and the video decoder's chunks: the Turbo-VAED decoder decodes in chunks of latent frames (the first
 ``F``, then every ``S``; 7 and 7 in the official config ``TurboV3-Wan22-TinyShallow_7_7.json``, architecture.md
