@@ -95,7 +95,9 @@ class WindowPlan:
 
 def near_decode_border(join: int, decode_chunks: tuple[int, int] = TURBO_DECODE_CHUNKS) -> bool:
     """Whether a join before latent frame ``join`` lies within one latent frame of a decoder chunk border (the
-    first latent frame of a chunk after the first: ``F + kS`` for ``decode_chunks = (F, S)``, ``k >= 0``)."""
+    first latent frame of a chunk after the first: ``F + kS`` for ``decode_chunks = (F, S)``, ``k >= 0``; the
+    chunking of the reference's sliding-window Turbo-VAED decode, ``first_chunk_size`` and ``step_size`` of its
+    config). Positions are latent frames of the decoded sequence; raises nothing."""
     first, step = decode_chunks
     if join <= first:
         return first - join <= 1
