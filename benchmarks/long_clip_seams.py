@@ -117,7 +117,8 @@ def main() -> None:
         r = results[name]
         print(f"{name}: seam diff {np.round(r['seam_difference'], 2).tolist()} vs inside mean "
               f"{r['inside_difference_mean']:.2f} p95 {r['inside_difference_p95']:.2f} "
-              f"max {r['inside_difference_max']:.2f}; above the two pieces' p95 "
+              f"max {r['inside_difference_max']:.2f}, across latent-frame boundaries p95 "
+              f"{r['boundary_difference_p95']:.2f} max {r['boundary_difference_max']:.2f}; above the two pieces' p95 "
               f"{sum(d > q for d, q in zip(r['seam_difference'], r['pieces_difference_p95']))} and max "
               f"{sum(d > q for d, q in zip(r['seam_difference'], r['pieces_difference_max']))}; "
               f"colours constant {r['colours_constant']}; gaps {r['gaps']} "

@@ -55,6 +55,25 @@ def test_each_seam_is_set_against_the_steps_inside_the_two_pieces_it_joins():
     assert report.pieces_difference_p95 == [pytest.approx(2.0), pytest.approx(5.0)]
 
 
+def test_each_seam_is_set_against_the_steps_across_latent_frame_boundaries():
+    """A decoder that flickers at every latent-frame boundary: steps of 6 from pixel frame 4k to 4k + 1 and of 1
+    elsewhere, 41 frames (11 latent frames), joins before latent frames 4 and 7 (pixel frames 13 and 25) stepping
+    6 like every boundary. They are three times the mean inside step (2.05), and level with the boundary steps, the
+    only steps a join can fall on."""
+    steps = np.where(np.arange(40) % 4 == 0, 6.0, 1.0)
+    levels = np.concatenate([[0.0], np.cumsum(steps)])
+    frames = np.repeat(levels.astype(np.uint8)[:, None, None, None], 4, axis=1).repeat(4, axis=2).repeat(3, axis=3)
+    seams = seam_frames([4, 7])
+    assert seams == [13, 25]
+    report = seam_report(frames, np.zeros(41 * SAMPLE_RATE // FPS, dtype=np.float32), SAMPLE_RATE, seams)
+    assert report.seam_difference == [6.0, 6.0]
+    assert report.inside_difference_mean == pytest.approx((8 * 6.0 + 30 * 1.0) / 38)
+    assert (report.boundary_difference_mean, report.boundary_difference_p95, report.boundary_difference_max) == \
+        (6.0, 6.0, 6.0)
+    report = seam_report(frames, np.zeros(41 * SAMPLE_RATE // FPS, dtype=np.float32), SAMPLE_RATE, [14])
+    assert report.seam_difference == [1.0] and report.boundary_difference_mean == 6.0  # off the grid
+
+
 def test_colours_change_between_two_people_and_not_within_one():
     a, b = make_clip(1), make_clip(2)
     assert a.attributes.shirt != b.attributes.shirt or a.attributes.hair != b.attributes.hair

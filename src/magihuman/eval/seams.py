@@ -7,7 +7,10 @@ previous window's last one. With the time convention of the sampler (latent fram
 * **Picture**: the mean absolute difference (0-255 sRGB units) between consecutive frames, at the seams
   against every other pair of consecutive frames (inside the windows), and each seam against the pairs inside
   the two pieces it joins (``pieces_difference_p95``, ``pieces_difference_max``): a long clip's motion varies
-  along it, and these are the frames the seam sits between.
+  along it, and these are the frames the seam sits between. A join can only fall between two latent frames, and
+  the video decoders draw the step across a latent-frame boundary (pixel frames ``4k`` to ``4k + 1``) differently
+  from the steps within one latent frame, so each seam is also set against the inside steps across latent-frame
+  boundaries (``boundary_difference_*``), the like-for-like steps.
 * **Colours**: the toy parts' colours (:func:`~magihuman.eval.toy_vision.part_colours`) of each piece.
 * **Voice**: a gap is a silent run across the seam, with sound on both sides of it, longer than the longest pause
   elsewhere in the clip. A silent run across a seam that reaches the clip's end (or its start) is the clip's ending
@@ -61,6 +64,9 @@ class SeamReport:
     inside_difference_mean: float
     inside_difference_p95: float
     inside_difference_max: float
+    boundary_difference_mean: float
+    boundary_difference_p95: float
+    boundary_difference_max: float
     pieces_difference_p95: list[float]
     pieces_difference_max: list[float]
     colours_per_piece: list[dict[str, str]]
@@ -94,6 +100,14 @@ def _silent_runs(loudness: np.ndarray, threshold: float) -> list[tuple[int, int]
     return runs
 
 
+def _step_figures(name: str, steps: np.ndarray) -> dict[str, float]:
+    """``{name}_difference_mean`` / ``_p95`` / ``_max`` of ``steps`` (NaN when there are none)."""
+    if not steps.size:
+        return {f"{name}_difference_{k}": float("nan") for k in ("mean", "p95", "max")}
+    return {f"{name}_difference_mean": float(steps.mean()), f"{name}_difference_p95": float(np.percentile(steps, 95)),
+            f"{name}_difference_max": float(steps.max())}
+
+
 def seam_report(frames: np.ndarray, audio: np.ndarray, sample_rate: int, seams: list[int], *,
                 fps: float = 25.0, click_window_s: float = 0.01) -> SeamReport:
     """Measure the joins at pixel frames ``seams`` of a toy clip (module docstring).
@@ -115,6 +129,8 @@ def seam_report(frames: np.ndarray, audio: np.ndarray, sample_rate: int, seams: 
     at_seam = np.zeros(diffs.size, dtype=bool)
     at_seam[[s - 1 for s in seams]] = True
     inside = diffs[~at_seam]
+    # steps from pixel frame 4k to 4k + 1: across a latent-frame boundary, where every join falls
+    boundary = diffs[(np.arange(diffs.size) % _STRIDE == 0) & ~at_seam]
     edges = [0, *seams, count]
     pieces = [(a, b) for a, b in zip(edges[:-1], edges[1:])]
     colours = [{part: c.name for part, c in part_colours(frames[a:b]).items()} for a, b in pieces]
@@ -154,8 +170,7 @@ def seam_report(frames: np.ndarray, audio: np.ndarray, sample_rate: int, seams: 
             per_piece.append({"offset_frames": r.offset_frames, "correlation": r.correlation})
     return SeamReport(
         seams=list(seams), seam_difference=[float(diffs[s - 1]) for s in seams],
-        inside_difference_mean=float(inside.mean()), inside_difference_p95=float(np.percentile(inside, 95)),
-        inside_difference_max=float(inside.max()),
+        **_step_figures("inside", inside), **_step_figures("boundary", boundary),
         pieces_difference_p95=[float(np.percentile(x, 95)) if x.size else float("nan") for x in around],
         pieces_difference_max=[float(x.max()) if x.size else float("nan") for x in around], colours_per_piece=colours,
         colours_constant=all(c == colours[0] for c in colours), longest_pause_inside_s=longest,
