@@ -10,7 +10,8 @@
 For each: :func:`magihuman.eval.seams.seam_report` at the joins; for extend and retake also the largest
 frame-to-frame difference over each join's picture fade (``--fade-frames``, the pipeline's default when not
 given; 0 for the hard cut), and for the retake whether every held latent equals the encoded clip bit for bit.
-Writes the MP4s and ``seams.json`` into ``--out`` and prints a summary.
+Writes the MP4s and ``seams.json`` into ``--out`` and prints a summary. ``--only-long`` runs the first part
+alone; ``benchmarks/long_clip_summary.py`` adds up the ``seams.json`` of several captions.
 """
 
 from __future__ import annotations
@@ -95,24 +96,39 @@ def main() -> None:
     parser.add_argument("--fade-frames", type=int, help="extend and retake: frames of each picture fade (default: "
                         "the pipeline's; 0: a hard cut)")
     parser.add_argument("--skip-long", action="store_true", help="only the extend and the retake")
+    parser.add_argument("--only-long", action="store_true", help="only the windowed clip")
     args = parser.parse_args()
+    if args.skip_long and args.only_long:
+        parser.error("--skip-long and --only-long leave nothing to run: pass at most one")
     fade = {} if args.fade_frames is None else {"fade_frames": args.fade_frames}
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 
     args.out.mkdir(parents=True, exist_ok=True)
-    caption = held_out_clips(0, args.index + 1)[args.index].caption
+    held_out = held_out_clips(0, args.index + 1)[args.index]
+    caption = held_out.caption
     from magihuman.runtime.options import RuntimeOptions
 
     pipe = MagiHumanPipeline.from_official(args.root, preset=args.preset, runtime=RuntimeOptions(fp32=True))
-    results = {"caption": caption, "preset": args.preset, "fade_frames": args.fade_frames}
+    results = {"index": args.index, "caption": caption, "attributes": held_out.attributes.to_dict(),
+               "preset": args.preset, "fade_frames": args.fade_frames}
     if not args.skip_long:
         results["long"] = _windowed(pipe, caption, args.seconds, args.window_seconds, args.index, args.out)
+    if not args.only_long:
+        _edits(pipe, caption, args, fade, results)
+    (args.out / "seams.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    _print(results)
+
+
+def _edits(pipe, caption: str, args: argparse.Namespace, fade: dict, results: dict) -> None:
+    """The 2 s clip, its extension and its retake, into ``results``."""
     short = pipe(caption, seconds=2.0, width=SIZE, height=SIZE, seed=args.index + 1)
     short.save(args.out / "short.mp4", overwrite=True)
     results["extend"] = _extend(pipe, caption, args.out / "short.mp4", 2.0, args.window_seconds, args.index + 2,
                                 args.out, fade)
     results["retake"] = _retake(pipe, caption, args.out / "short.mp4", 0.8, 1.4, args.index + 3, args.out, fade)
-    (args.out / "seams.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+
+
+def _print(results: dict) -> None:
     for name in [n for n in ("long", "extend", "retake") if n in results]:
         r = results[name]
         print(f"{name}: seam diff {np.round(r['seam_difference'], 2).tolist()} vs inside mean "
@@ -126,8 +142,9 @@ def main() -> None:
               f"sync lag {r['sync_offset_frames']} r {r['sync_correlation']:.2f}"
               + (f"; largest step over the fades {np.round(r['fade_max_difference'], 2).tolist()}"
                  if "fade_max_difference" in r else ""))
-    print(f"retake held latents bitwise: video {results['retake']['held_video_bitwise']}, "
-          f"audio {results['retake']['held_audio_bitwise']}")
+    if "retake" in results:
+        print(f"retake held latents bitwise: video {results['retake']['held_video_bitwise']}, "
+              f"audio {results['retake']['held_audio_bitwise']}")
 
 
 if __name__ == "__main__":
