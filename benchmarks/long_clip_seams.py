@@ -39,8 +39,7 @@ def _windowed(pipe, caption: str, seconds: float, window: float, seed: int, out:
     clip.save(out / "long.mp4", overwrite=True)
     latents, audio_latents = clip.video_latent.shape[2], clip.audio_latent.shape[1]
     plan = plan_windows(latents, audio_latents, window_frames=window_latent_frames(window), overlap=2)
-    joins = [w.start + w.clean_frames for w in plan.windows[1:]]
-    report = seam_report(clip.frames, clip.audio, clip.sample_rate, seam_frames(joins)).to_dict()
+    report = seam_report(clip.frames, clip.audio, clip.sample_rate, seam_frames(plan.joins)).to_dict()
     return {"seconds": clip.duration, "windows": len(plan.windows), "wall_s": round(wall, 1), **report}
 
 

@@ -81,8 +81,11 @@ def test_bad_inputs_are_refused(tmp_path, quick_work):
     from magihuman.train.toy_recipe import ToyRecipe, run_recipe
     with pytest.raises(ValueError, match="early_clips must be >= 0"):
         run_recipe(tmp_path / "neg", dataclasses.replace(ToyRecipe.quick(), early_clips=-1))
-    for bad in (dict(lora_new_repeats=0), dict(lora_prior_clips=7), dict(lora_prior_clips=-1)):  # quick: 6 clips
-        with pytest.raises(ValueError, match="lora_new_repeats must be >= 1"):
+    bad_values = ((dict(lora_new_repeats=0), "lora_new_repeats must be >= 1.*got 0"),  # quick: 6 clips
+                  (dict(lora_prior_clips=7), "lora_prior_clips must be between 0 and clips=6.*got 7"),
+                  (dict(lora_prior_clips=-1), "lora_prior_clips must be between 0 and clips=6.*got -1"))
+    for bad, message in bad_values:
+        with pytest.raises(ValueError, match=message):
             run_recipe(tmp_path / "neg", dataclasses.replace(ToyRecipe.quick(), **bad))
     assert not (tmp_path / "neg").exists()
 

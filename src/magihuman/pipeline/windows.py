@@ -92,6 +92,12 @@ class WindowPlan:
         """Latent frames the plan generates (the clip minus a given clean prefix)."""
         return self.latent_frames - self.windows[0].clean_frames
 
+    @property
+    def joins(self) -> list[int]:
+        """Latent frame where each window after the first starts generating (``start + clean_frames``): the join
+        lies just before it (:func:`magihuman.eval.seams.seam_frames` gives the pixel frames)."""
+        return [w.start + w.clean_frames for w in self.windows[1:]]
+
 
 def near_decode_border(join: int, decode_chunks: tuple[int, int] = TURBO_DECODE_CHUNKS) -> bool:
     """Whether a join before latent frame ``join`` lies within one latent frame of a decoder chunk border (the

@@ -438,9 +438,11 @@ def run_recipe(work: str | Path, recipe: ToyRecipe | None = None, *, stages: tup
     if recipe.early_clips < 0:
         raise ValueError(f"early_clips must be >= 0 (0: the early phases train on every clip), "
                          f"got {recipe.early_clips}")
-    if recipe.lora_new_repeats < 1 or not 0 <= recipe.lora_prior_clips <= recipe.clips:
-        raise ValueError(f"lora_new_repeats must be >= 1 (got {recipe.lora_new_repeats}) and lora_prior_clips "
-                         f"between 0 and clips={recipe.clips} (got {recipe.lora_prior_clips})")
+    if recipe.lora_new_repeats < 1:
+        raise ValueError(f"lora_new_repeats must be >= 1 (each new clip at least once), got {recipe.lora_new_repeats}")
+    if not 0 <= recipe.lora_prior_clips <= recipe.clips:
+        raise ValueError(f"lora_prior_clips must be between 0 and clips={recipe.clips} (the ordinary clips there are "
+                         f"to draw from), got {recipe.lora_prior_clips}")
     work = Path(work)
     (work / "stages").mkdir(parents=True, exist_ok=True)
     saved = work / "recipe.json"
