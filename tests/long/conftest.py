@@ -29,6 +29,20 @@ def write_clip(path, *, count: int = CLIP_FRAMES, size: int = CLIP_SIZE, sound: 
     return write_mp4(path, clip_frames(count, size), audio=audio, crf=0, preset="ultrafast")
 
 
+class Spy:
+    """Wraps the transformer, keeping a copy of every call's latents."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __call__(self, video, audio, text, **kwargs):
+        self.calls.append((video.clone(), audio.clone()))
+        return self.model(video, audio, text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
 @pytest.fixture(scope="package")
 def clip(tmp_path_factory):
     """A 1 s 32x32 test clip with sound."""

@@ -11,7 +11,7 @@ from magihuman.pipeline import stages
 from magihuman.pipeline.clip_requests import ExtendRequest
 from magihuman.pipeline.media import probe_media, read_clip_frames
 
-from .conftest import CLIP_FRAMES, CLIP_SIZE
+from .conftest import CLIP_FRAMES, CLIP_SIZE, Spy
 
 PROMPT = "The woman keeps talking about her garden, smiling, with the same calm voice and the same light."
 
@@ -50,6 +50,28 @@ def test_extend_appends_new_frames_after_the_clip(distill, clip, tmp_path):
     written = read_clip_frames(path, width=CLIP_SIZE, height=CLIP_SIZE, num_frames=CLIP_FRAMES)
     assert np.abs(written.astype(int) - source.astype(int)).mean() < 4  # H.264 at CRF 10 on 32x32 colour ramps
     assert _digest(clip) == before
+
+
+def test_an_extension_plans_its_windows_for_the_loaded_video_decoder(distill, demo_root, clip):
+    """2.08 s more (13 latent frames after 1 held: 14) in 0.64 s windows (5 frames), overlap 1: the Turbo decoder's
+    chunks of 7 move the last join from 13 to 12 (the third window is a frame shorter); a decoder without chunk
+    borders (the Wan2.2 VAE's, None) keeps the plain plan."""
+    from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
+
+    request = ExtendRequest(clip=clip, prompt=PROMPT, seconds=2.08, window_seconds=0.64, overlap_frames=1, seed=3)
+    assert request.plan().windows.joins == request.plan(decode_chunks=(7, 7)).windows.joins == [5, 9, 12]
+    assert request.plan(decode_chunks=None).windows.joins == [5, 9, 13]
+    wan = MagiHumanPipeline.from_official(demo_root, preset="distill", video_decoder="wan")
+    frames = {}
+    for name, pipe in (("turbo", distill), ("wan", wan)):
+        spy = Spy(pipe.transformer)
+        pipe.transformer, original = spy, pipe.transformer
+        try:
+            pipe(request, decode=False)
+        finally:
+            pipe.transformer = original
+        frames[name] = [video.shape[2] for video, _ in spy.calls[::8]]  # latent frames of each window
+    assert frames == {"turbo": [5, 5, 4, 5], "wan": [5, 5, 5, 5]}
 
 
 def test_retake_keeps_every_latent_outside_the_range(distill, clip):

@@ -8,24 +8,12 @@ import torch
 
 from magihuman.pipeline.long_decode import decode_audio_long, decode_audio_span
 
+from .conftest import Spy
+
 PROMPT = "A man in a grey suit talks calmly to the camera about the weather in a bright office."
 #: 0.96 s in windows of 0.32 s (3 latent frames, 9 audio latents) with one frame of overlap: windows start at
 #: latent frames 0, 2 and 4 of 7.
 LONG = dict(prompt=PROMPT, seconds=0.96, window_seconds=0.32, overlap_frames=1, width=32, height=32, seed=11)
-
-
-class Spy:
-    """Wraps the transformer, keeping a copy of every call's latents."""
-
-    def __init__(self, model):
-        self.model, self.calls = model, []
-
-    def __call__(self, video, audio, text, **kwargs):
-        self.calls.append((video.clone(), audio.clone()))
-        return self.model(video, audio, text, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +138,42 @@ def test_the_joined_clip_is_decoded_with_the_chunks_faded(distill):
     assert np.array_equal(out.frames, faded)
     changed = np.flatnonzero((faded != hard).any(axis=(1, 2, 3)))
     assert changed.size and set(changed) <= {25, 26, 27, 28}  # only the 4 frames after the chunk border
+
+
+def test_the_windows_follow_the_loaded_video_decoders_chunks(distill, demo_root):
+    """2.24 s (15 latent frames) in 0.64 s windows (5 frames), overlap 1: with the demo's Turbo decoder (chunks
+    of 7) the third window ends a frame early so the last join is at 12, not beside the border at 14; the Wan2.2
+    decoder has no chunk borders, so the plain plan (joins 5, 9, 13) runs."""
+    from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
+    from magihuman.pipeline.windows import decoder_chunks
+
+    wan = MagiHumanPipeline.from_official(demo_root, preset="distill", video_decoder="wan")
+    assert decoder_chunks(distill.video_decoder) == (7, 7) and decoder_chunks(wan.video_decoder) is None
+    request = dict(prompt=PROMPT, seconds=2.24, window_seconds=0.64, overlap_frames=1, width=32, height=32, seed=3,
+                   decode=False)
+    frames = {}
+    for name, pipe in (("turbo", distill), ("wan", wan)):
+        spy = Spy(pipe.transformer)
+        pipe.transformer, original = spy, pipe.transformer
+        try:
+            out = pipe(**request)
+        finally:
+            pipe.transformer = original
+        assert out.video_latent.shape[2] == 15
+        frames[name] = [video.shape[2] for video, _ in spy.calls[::8]]  # latent frames of each window
+    assert frames == {"turbo": [5, 5, 4, 5], "wan": [5, 5, 5, 5]}
+    # 1.92 s in 0.48 s windows: 5 windows for the Turbo decoder, which the checks announce, and 4 for the Wan one
+    shorter = dict(request, seconds=1.92, window_seconds=0.48)
+    assert not any("no chunk borders" in n for n in distill(**shorter).notices)
+    assert "the video decoder has no chunk borders to keep the joins off: the clip runs in 4 windows" in \
+        wan(**shorter).notices
+
+
+def test_decoder_chunks_reads_a_decoders_config():
+    from types import SimpleNamespace
+
+    from magihuman.pipeline.windows import decoder_chunks
+
+    assert decoder_chunks(SimpleNamespace(config=SimpleNamespace(first_chunk_size=5, step_size=4))) == (5, 4)
+    assert decoder_chunks(SimpleNamespace(config=SimpleNamespace(num_latent_channels=48))) is None
+    assert decoder_chunks(object()) is None

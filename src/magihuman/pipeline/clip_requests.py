@@ -36,7 +36,7 @@ from magihuman.pipeline.presets import (
     DEFAULT_SEED,
     get_preset,
 )
-from magihuman.pipeline.windows import WindowPlan, plan_windows, window_latent_frames
+from magihuman.pipeline.windows import TURBO_DECODE_CHUNKS, WindowPlan, plan_windows, window_latent_frames
 
 __all__ = ["ExtendRequest", "RetakeRequest", "ExtendPlan", "RetakePlan", "RETAKE_TARGETS", "MIN_CLIP_FRAMES"]
 
@@ -228,9 +228,11 @@ class ExtendRequest(_ClipEdit):
     seconds: float = DEFAULT_SECONDS
     overlap_frames: int | None = None
 
-    def plan(self, *, device: Any = None, runtime: Any = None,
-             checkpoints: dict[str, Path] | None = None) -> ExtendPlan:
-        """The checked plan (module docstring). Raises ``InputError`` naming the field."""
+    def plan(self, *, device: Any = None, runtime: Any = None, checkpoints: dict[str, Path] | None = None,
+             decode_chunks: tuple[int, int] | None = TURBO_DECODE_CHUNKS) -> ExtendPlan:
+        """The checked plan (module docstring); ``decode_chunks`` as for
+        :func:`~magihuman.pipeline.windows.plan_windows` (the loaded video decoder's, when it is known). Raises
+        ``InputError`` naming the field."""
         from magihuman.pipeline.validation import MAX_LONG_SECONDS, MAX_OVERLAP_FRAMES
 
         seconds = _finite("seconds", self.seconds)
@@ -259,7 +261,7 @@ class ExtendRequest(_ClipEdit):
         width, height, more = self._size(info)
         total = overlap + new
         windows = plan_windows(total, _STRIDE * (total - 1) + 1, window_frames=window, overlap=overlap,
-                               prefix_frames=overlap)
+                               prefix_frames=overlap, decode_chunks=decode_chunks)
         first_window = (windows.windows[0].frames - 1) * _STRIDE / _FPS
         notices += more + self._common_checks(first_window, width, height,
                                               dict(device=device, runtime=runtime, checkpoints=checkpoints))

@@ -31,6 +31,7 @@ from magihuman.pipeline.long_decode import AUDIO_MARGIN, crossfade_frames, cross
 from magihuman.pipeline.long_generation import denoise_windows, empty_latents
 from magihuman.pipeline.presets import FPS
 from magihuman.pipeline.progress import StageTimer, StepEndCallback, StepReporter
+from magihuman.pipeline.windows import decoder_chunks
 
 if TYPE_CHECKING:
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
@@ -56,7 +57,7 @@ def extend_clip(pipe: MagiHumanPipeline, request: ExtendRequest, *, progress: bo
         InputError: a bad request, before any model runs.
         GenerationInterrupted: when ``pipe.interrupt`` was set.
     """
-    plan = request.plan()
+    plan = request.plan(decode_chunks=decoder_chunks(pipe.video_decoder))
     timer = StageTimer(progress, pipe.device)
     generator = torch.Generator("cpu").manual_seed(request.seed)
     windows, prefix, pixels = plan.windows, plan.prefix_frames, plan.prefix_pixel_frames

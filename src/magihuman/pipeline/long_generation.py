@@ -6,8 +6,8 @@ A request longer than one window (:func:`magihuman.pipeline.validation.long_clip
 1. encode the prompt once (every window uses it); with a driving track, encode the whole track once
    (:func:`magihuman.pipeline.stages.load_driving_audio`; the VAE windows tracks over 29 s itself);
 2. plan the windows (:func:`magihuman.pipeline.windows.plan_windows`): windows of the preset's length (or up
-   to 3 latent frames shorter, to keep the joins off the video decoder's chunk borders), ``K`` latent frames of
-   overlap, the last window moved back to end with the clip;
+   to 3 latent frames shorter, to keep the joins off the loaded video decoder's chunk borders, when it has
+   any), ``K`` latent frames of overlap, the last window moved back to end with the clip;
 3. per window, from the request's one seeded CPU generator: the audio noise (or the driving track's slice
    of latents), then the video noise, as a single pass draws them (architecture.md §8.5); the frames it shares
    with the joined clip so far, video and the matching audio latents (``4(c - 1) + 1`` for ``c`` frames),
@@ -36,7 +36,13 @@ from magihuman.pipeline.presets import DEFAULT_OVERLAP_FRAMES, FPS
 from magihuman.pipeline.progress import StageTimer, StepEndCallback, StepReporter
 from magihuman.pipeline.request import GenerationRequest
 from magihuman.pipeline.validation import long_clip_window
-from magihuman.pipeline.windows import WindowPlan, plan_windows, window_latent_frames
+from magihuman.pipeline.windows import (
+    TURBO_DECODE_CHUNKS,
+    WindowPlan,
+    decoder_chunks,
+    plan_windows,
+    window_latent_frames,
+)
 from magihuman.sampling.conditioning import CleanCondition
 from magihuman.sampling.loop import draw_noise
 from magihuman.sampling.records import DrivingAudio, Latents, TextConditioning
@@ -47,12 +53,15 @@ if TYPE_CHECKING:
 __all__ = ["generate_long", "denoise_windows", "request_windows"]
 
 
-def request_windows(request: GenerationRequest, audio_latents: int, prefix_frames: int = 0) -> WindowPlan:
+def request_windows(request: GenerationRequest, audio_latents: int, prefix_frames: int = 0,
+                    decode_chunks: tuple[int, int] | None = TURBO_DECODE_CHUNKS) -> WindowPlan:
     """The window plan of a long ``request`` whose clip has ``audio_latents`` audio latents (``25 s + 1``, or a
-    driving track's encoded length) and ``prefix_frames`` given leading latent frames."""
+    driving track's encoded length) and ``prefix_frames`` given leading latent frames, for a video decoder whose
+    chunks are ``decode_chunks`` (:func:`~magihuman.pipeline.windows.decoder_chunks`; None: no chunk borders)."""
     window = long_clip_window(request) or request.seconds
     return plan_windows(latent_frames_for(audio_latents), audio_latents, window_frames=window_latent_frames(window),
-                        overlap=request.overlap_frames or DEFAULT_OVERLAP_FRAMES, prefix_frames=prefix_frames)
+                        overlap=request.overlap_frames or DEFAULT_OVERLAP_FRAMES, prefix_frames=prefix_frames,
+                        decode_chunks=decode_chunks)
 
 
 def generate_long(pipe: MagiHumanPipeline, request: GenerationRequest, notices: list[str], *, progress: bool = False,
@@ -79,7 +88,11 @@ def generate_long(pipe: MagiHumanPipeline, request: GenerationRequest, notices: 
         if request.audio is not None:
             with timer.stage("prepare latents"), pipe._lend("audio_vae"):
                 driving = stages.load_driving_audio(pipe, request.audio, request.seconds, generator)
-        windows = request_windows(request, plan_size.audio_latents if driving is None else driving.latent.shape[1])
+        audio_latents = plan_size.audio_latents if driving is None else driving.latent.shape[1]
+        windows = request_windows(request, audio_latents, decode_chunks=decoder_chunks(pipe.video_decoder))
+        if len(windows.windows) != len(request_windows(request, audio_latents).windows):  # the checks counted these
+            notices.append(f"the video decoder has no chunk borders to keep the joins off: the clip runs in "
+                           f"{len(windows.windows)} windows")
         first = None
         if request.image is not None:
             with timer.stage("image encode"), pipe._lend("video_vae"):

@@ -19,7 +19,10 @@ border shows as a larger step between frames than a join elsewhere (measured on 
 docs/benchmarks.md, "Joins away from the decoder's chunk borders"). So a window that another follows ends up to 3
 latent frames early, the least that puts its end (the next join) 2 or more latent frames from every chunk border;
 the overlap stays ``K``, so every window is conditioned as before. The first window keeps ``T_w`` (the single pass
-of that length), so the first join, at ``T_w``, does not move.
+of that length), so the first join, at ``T_w``, does not move. The generation reads ``F`` and ``S`` from the loaded
+decoder (:func:`decoder_chunks`); the Wan2.2 VAE decoder decodes the clip in one causal pass without chunks, so with
+it the windows are all ``T_w`` long. Checks made before any model loads assume the default decoder's chunks,
+:data:`TURBO_DECODE_CHUNKS`.
 
 Torch-free: the input boundary plans a request's windows before anything loads.
 """
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TURBO_DECODE_CHUNKS", "Window", "WindowPlan", "near_decode_border", "plan_windows",
+__all__ = ["TURBO_DECODE_CHUNKS", "Window", "WindowPlan", "decoder_chunks", "near_decode_border", "plan_windows",
            "window_latent_frames"]
 
 _STRIDE = 4  # pixel frames (and audio latents) per latent frame after the first (architecture.md §11.3)
@@ -97,6 +100,15 @@ class WindowPlan:
         """Latent frame where each window after the first starts generating (``start + clean_frames``): the join
         lies just before it (:func:`magihuman.eval.seams.seam_frames` gives the pixel frames)."""
         return [w.start + w.clean_frames for w in self.windows[1:]]
+
+
+def decoder_chunks(decoder: object) -> tuple[int, int] | None:
+    """``(first_chunk_size, step_size)`` of a video decoder that decodes in sliding-window chunks (Turbo-VAED: its
+    loaded config, :class:`magihuman.codecs.turbo_vae_config.TurboVAEConfig`), or None for one that decodes the
+    clip in one causal pass without chunk borders (the Wan2.2 VAE decoder); for :func:`plan_windows`."""
+    config = getattr(decoder, "config", None)
+    first, step = getattr(config, "first_chunk_size", None), getattr(config, "step_size", None)
+    return (int(first), int(step)) if isinstance(first, int) and isinstance(step, int) else None
 
 
 def near_decode_border(join: int, decode_chunks: tuple[int, int] = TURBO_DECODE_CHUNKS) -> bool:
