@@ -164,9 +164,9 @@ def test_the_windows_follow_the_loaded_video_decoders_chunks(distill, demo_root)
     assert frames == {"turbo": [5, 5, 4, 5], "wan": [5, 5, 5, 5]}
     # 1.92 s in 0.48 s windows: 5 windows for the Turbo decoder, which the checks announce, and 4 for the Wan one
     shorter = dict(request, seconds=1.92, window_seconds=0.48)
-    assert not any("no chunk borders" in n for n in distill(**shorter).notices)
-    assert "the video decoder has no chunk borders to keep the joins off: the clip runs in 4 windows" in \
-        wan(**shorter).notices
+    assert not any("video decoder's chunks" in n for n in distill(**shorter).notices)
+    assert "the loaded video decoder's chunks (none) differ from the default Turbo-VAED's: the clip runs in 4 " \
+        "windows" in wan(**shorter).notices
 
 
 def test_decoder_chunks_reads_a_decoders_config():

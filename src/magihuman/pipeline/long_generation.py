@@ -89,10 +89,11 @@ def generate_long(pipe: MagiHumanPipeline, request: GenerationRequest, notices: 
             with timer.stage("prepare latents"), pipe._lend("audio_vae"):
                 driving = stages.load_driving_audio(pipe, request.audio, request.seconds, generator)
         audio_latents = plan_size.audio_latents if driving is None else driving.latent.shape[1]
-        windows = request_windows(request, audio_latents, decode_chunks=decoder_chunks(pipe.video_decoder))
+        chunks = decoder_chunks(pipe.video_decoder)
+        windows = request_windows(request, audio_latents, decode_chunks=chunks)
         if len(windows.windows) != len(request_windows(request, audio_latents).windows):  # the checks counted these
-            notices.append(f"the video decoder has no chunk borders to keep the joins off: the clip runs in "
-                           f"{len(windows.windows)} windows")
+            notices.append(f"the loaded video decoder's chunks ({'none' if chunks is None else chunks}) differ from "
+                           f"the default Turbo-VAED's: the clip runs in {len(windows.windows)} windows")
         first = None
         if request.image is not None:
             with timer.stage("image encode"), pipe._lend("video_vae"):
