@@ -65,8 +65,28 @@ def test_missing_or_unreadable_clips(tmp_path):
 def test_plans(clip):
     extend = ExtendRequest(clip=clip, prompt=PROMPT, seconds=1.0).plan()
     assert (extend.width, extend.height, extend.clip_frames, extend.has_audio) == (32, 32, CLIP_FRAMES, True)
-    assert (extend.prefix_frames, extend.prefix_pixel_frames, extend.new_pixel_frames) == (2, 5, 28)
+    assert (extend.prefix_frames, extend.prefix_pixel_frames, extend.new_pixel_frames) == (4, 13, 28)
     assert any("rounded up to 1.12 s" in n for n in extend.notices)  # 25 frames -> 7 latent frames of 4
+    assert extend.fade_frames == 8
+
+
+def test_an_extension_holds_four_latent_frames_of_the_clip_by_default(clip, tmp_path):
+    """The clip's last 4 latent frames (13 frames) unless overlap_frames says otherwise or the clip is shorter;
+    windows after the first share 2 with each other (or overlap_frames)."""
+    def plan(path, **fields):
+        return ExtendRequest(clip=path, prompt=PROMPT, seconds=2.0, window_seconds=0.64, **fields).plan()
+
+    long = plan(clip)  # 4 held + 13 new latent frames in windows of 5; the last, moved back, holds 3
+    assert [w.clean_frames for w in long.windows.windows] == [4, 2, 2, 2, 2, 3]
+    assert (long.prefix_pixel_frames, long.fade_frames) == (13, 8)
+    given = plan(clip, overlap_frames=3)
+    assert [w.clean_frames for w in given.windows.windows][:2] == [3, 3] and given.prefix_pixel_frames == 9
+    nine = plan(write_clip(tmp_path / "nine.mp4", count=9))  # 9 frames hold 3 latent frames
+    assert (nine.prefix_frames, nine.prefix_pixel_frames, nine.fade_frames) == (3, 9, 8)
+    five = plan(write_clip(tmp_path / "five.mp4", count=5))
+    assert (five.prefix_frames, five.prefix_pixel_frames, five.fade_frames) == (2, 5, 5)
+    narrow = ExtendRequest(clip=clip, prompt=PROMPT, seconds=1.0, window_seconds=0.32).plan()  # windows of 3
+    assert narrow.prefix_frames == 2
     retake = RetakeRequest(clip=clip, prompt=PROMPT, start=0.44, end=0.52).plan()  # frames 11, 12
     assert (retake.first_frame, retake.end_frame, retake.first_latent, retake.last_latent) == (11, 13, 3, 3)
     assert retake.pixel_span == (9, 13) and (retake.window_start, retake.window_frames) == (0, 7)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from magihuman.cli.clip_commands import clip_stem, command_signature, run_edit
-from magihuman.pipeline.presets import DEFAULT_OVERLAP_FRAMES, DEFAULT_SECONDS
+from magihuman.pipeline.presets import DEFAULT_EXTEND_PREFIX_FRAMES, DEFAULT_OVERLAP_FRAMES, DEFAULT_SECONDS
 from magihuman.pipeline.validation import MAX_LONG_SECONDS, MAX_OVERLAP_FRAMES
 
 __all__ = ["extend"]
@@ -18,7 +18,8 @@ _OWN = {
                 f"runs in windows.")], DEFAULT_SECONDS),
     "overlap_frames": (Annotated[int | None, typer.Option("--overlap-frames", help=f"Latent frames of the clip's end "
                        f"(4 video frames each, plus their sound) held as they are, 1..{MAX_OVERLAP_FRAMES}; also the "
-                       f"overlap between windows. Default: {DEFAULT_OVERLAP_FRAMES}.", show_default=False)], None),
+                       f"overlap between windows. Default: {DEFAULT_EXTEND_PREFIX_FRAMES} of the clip (fewer for a "
+                       f"clip under 13 frames), {DEFAULT_OVERLAP_FRAMES} between windows.", show_default=False)], None),
 }
 
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from magihuman.pipeline.errors import InputError, MissingInputError, expand_path
 from magihuman.pipeline.presets import (
+    DEFAULT_EXTEND_PREFIX_FRAMES,
     DEFAULT_FADE_FRAMES,
     DEFAULT_OVERLAP_FRAMES,
     DEFAULT_PRESET,
@@ -220,7 +221,8 @@ class ExtendRequest(_ClipEdit):
         seed, preset, negative_prompt: as in :class:`~magihuman.pipeline.request.GenerationRequest`
             (distill and base presets).
         window_seconds: window length of a long continuation (None: the preset's, 5 s).
-        overlap_frames: ``K``, latent frames of the clip (and between windows) held clean (None: 2).
+        overlap_frames: ``K``, latent frames of the clip (and between windows) held clean (None: the clip's last
+            ``DEFAULT_EXTEND_PREFIX_FRAMES`` (4), or as many as a shorter clip holds, and 2 between windows).
         fade_frames: frames before the join that fade from the clip's own into their decode, ``0..25``
             (None: 8; at most the ``4(K - 1) + 1`` frames the held latents re-create; 0: a hard cut).
     """
@@ -249,7 +251,10 @@ class ExtendRequest(_ClipEdit):
             raise InputError(f"a window of {window} latent frames must be longer than overlap_frames={overlap}",
                              field="window_seconds")
         info = self._clip_info()
-        prefix_pixels = _STRIDE * (overlap - 1) + 1
+        prefix = overlap
+        if self.overlap_frames is None:  # as many as the clip and the window allow, up to the default
+            prefix = min(DEFAULT_EXTEND_PREFIX_FRAMES, (info.num_frames - 1) // _STRIDE + 1, window - 1)
+        prefix_pixels = _STRIDE * (prefix - 1) + 1
         if info.num_frames < prefix_pixels:
             raise InputError(f"the clip holds {info.num_frames} frames; overlap_frames={overlap} needs its last "
                              f"{prefix_pixels}: pass a smaller overlap_frames", field="overlap_frames")
@@ -259,9 +264,9 @@ class ExtendRequest(_ClipEdit):
             notices.append(f"the continuation is rounded up to {_STRIDE * new / _FPS:g} s (whole latent frames of "
                            f"{_STRIDE} frames)")
         width, height, more = self._size(info)
-        total = overlap + new
+        total = prefix + new
         windows = plan_windows(total, _STRIDE * (total - 1) + 1, window_frames=window, overlap=overlap,
-                               prefix_frames=overlap, decode_chunks=decode_chunks)
+                               prefix_frames=prefix, decode_chunks=decode_chunks)
         first_window = (windows.windows[0].frames - 1) * _STRIDE / _FPS
         notices += more + self._common_checks(first_window, width, height,
                                               dict(device=device, runtime=runtime, checkpoints=checkpoints))

@@ -76,7 +76,8 @@ class ExtendVideoRequest(_EditFields):
                            description="Length of the continuation in seconds, at most 60 (rounded up to 0.16 s).")
     overlap_frames: int | None = Field(None, ge=1, le=MAX_OVERLAP_FRAMES,
                                        description="Latent frames (4 video frames each) of the clip's end held as "
-                                                   "they are (default 2).")
+                                                   "they are, and shared between windows (default: 4 of the clip, "
+                                                   "fewer for a clip under 13 frames, and 2 between windows).")
 
 
 class RetakeVideoRequest(_EditFields):
