@@ -40,10 +40,10 @@ DEFAULT_WINDOW_SECONDS = 5.0
 #: two frames (8 pixel frames, 9 audio latents) carry motion across the join.
 DEFAULT_OVERLAP_FRAMES = 2
 #: Latent frames of the clip's end an extension holds clean when ``overlap_frames`` is not given (fewer when the
-#: clip is shorter than their 13 frames): four (13 pixel frames, 0.52 s, with their sound). On the toy model the
-#: extension's join then steps like the clip's own latent-frame boundaries, where with two it stood above their 95th
-#: percentile in 18 of 40 clips (docs/benchmarks.md, "Seams against the steps across latent-frame boundaries").
-#: Windows of a long continuation still share ``DEFAULT_OVERLAP_FRAMES`` with each other.
+#: clip is shorter than their 13 frames): four (13 pixel frames, 0.52 s, with their sound). The re-encoded frames
+#: are not the latents the model made; on the toy model, with four the extension's join steps like the clip's own
+#: latent-frame boundaries far more often than with two (docs/benchmarks.md, "Seams against the steps across
+#: latent-frame boundaries"). Windows of a long continuation still share ``DEFAULT_OVERLAP_FRAMES`` with each other.
 DEFAULT_EXTEND_PREFIX_FRAMES = 4
 #: Frames on the kept side of each picture join of extend and retake that fade from the clip's own frames into
 #: their decode (docs/long_clips.md, "Joins in pixels"): 8 frames, 0.32 s. Extend has at most the
