@@ -25,7 +25,7 @@ import numpy as np
 
 from magihuman.eval.seams import frame_differences, seam_frames, seam_report
 from magihuman.pipeline.presets import DEFAULT_FADE_FRAMES
-from magihuman.pipeline.windows import plan_windows, window_latent_frames
+from magihuman.pipeline.windows import decoder_chunks, plan_windows, window_latent_frames
 from magihuman.toy.dataset import held_out_clips
 
 SIZE = 128
@@ -38,7 +38,8 @@ def _windowed(pipe, caption: str, seconds: float, window: float, seed: int, out:
     wall = time.perf_counter() - start
     clip.save(out / "long.mp4", overwrite=True)
     latents, audio_latents = clip.video_latent.shape[2], clip.audio_latent.shape[1]
-    plan = plan_windows(latents, audio_latents, window_frames=window_latent_frames(window), overlap=2)
+    plan = plan_windows(latents, audio_latents, window_frames=window_latent_frames(window), overlap=2,
+                        decode_chunks=decoder_chunks(pipe.video_decoder))  # the plan the pipeline ran
     report = seam_report(clip.frames, clip.audio, clip.sample_rate, seam_frames(plan.joins)).to_dict()
     return {"seconds": clip.duration, "windows": len(plan.windows), "wall_s": round(wall, 1), **report}
 

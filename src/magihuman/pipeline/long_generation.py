@@ -91,7 +91,8 @@ def generate_long(pipe: MagiHumanPipeline, request: GenerationRequest, notices: 
         audio_latents = plan_size.audio_latents if driving is None else driving.latent.shape[1]
         chunks = decoder_chunks(pipe.video_decoder)
         windows = request_windows(request, audio_latents, decode_chunks=chunks)
-        if len(windows.windows) != len(request_windows(request, audio_latents).windows):  # the checks counted these
+        checked = windows if chunks == TURBO_DECODE_CHUNKS else request_windows(request, audio_latents)
+        if len(windows.windows) != len(checked.windows):  # the input checks counted the default decoder's windows
             notices.append(f"the loaded video decoder's chunks ({'none' if chunks is None else chunks}) differ from "
                            f"the default Turbo-VAED's: the clip runs in {len(windows.windows)} windows")
         first = None

@@ -108,7 +108,7 @@ def decoder_chunks(decoder: object) -> tuple[int, int] | None:
     clip in one causal pass without chunk borders (the Wan2.2 VAE decoder); for :func:`plan_windows`."""
     config = getattr(decoder, "config", None)
     first, step = getattr(config, "first_chunk_size", None), getattr(config, "step_size", None)
-    return (int(first), int(step)) if isinstance(first, int) and isinstance(step, int) else None
+    return (first, step) if isinstance(first, int) and isinstance(step, int) else None
 
 
 def near_decode_border(join: int, decode_chunks: tuple[int, int] = TURBO_DECODE_CHUNKS) -> bool:
