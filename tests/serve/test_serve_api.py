@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 
 import av
@@ -64,6 +65,29 @@ def test_create_multipart_with_image_and_audio(inproc, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["audio.wav", "input_reference.png"]  # names from content
     assert inproc.wait(job["id"])["status"] == "completed"
     assert pipe.calls == 1
+
+
+def test_a_prompt_schedule_is_checked_queued_and_shown(inproc, tmp_path):
+    from magihuman.serve.jobs import generation_request
+
+    inproc.start_worker()
+    cues = [{"start": 6, "prompt": "She laughs."}, {"start": 10, "prompt": "She waves goodbye."}]
+    created = inproc.client.post("/v1/videos", json={**SMALL, "seconds": 12, "prompt_schedule": cues})
+    assert created.status_code == 200, created.text
+    body = created.json()
+    # 12 s in the preset's 5 s windows: the second and third windows generate from 5 s and 9.64 s
+    assert "the prompt cue at 6 s takes over at 5 s (window 2 of 3)" in body["notices"]
+    assert "the prompt cue at 10 s takes over at 9.64 s (window 3 of 3)" in body["notices"]
+    assert body["prompt_schedule"] == [{"start": 6.0, "prompt": "She laughs."},
+                                       {"start": 10.0, "prompt": "She waves goodbye."}]
+    job = inproc.store.get(body["id"])
+    request = generation_request(job, tmp_path)
+    assert [c.model_dump() for c in request.prompt_schedule] == body["prompt_schedule"]
+    assert inproc.wait(body["id"])["status"] == "completed"
+    cues[1]["start"] = 7  # the same window as the first
+    form = inproc.client.post("/v1/videos", data={**SMALL, "seconds": "12", "prompt_schedule": json.dumps(cues)})
+    assert form.status_code == 400 and form.json()["error"]["param"] == "prompt_schedule"
+    assert "land on the same window" in form.json()["error"]["message"]
 
 
 def test_json_data_url_upload(inproc):
@@ -224,9 +248,10 @@ def test_openapi_documents_fields_with_units(inproc):
     assert set(create) == {"application/json", "multipart/form-data"}
     fields = create["application/json"]["schema"]["properties"]
     assert set(fields) == {"prompt", "model", "seconds", "size", "seed", "negative_prompt", "input_reference", "audio",
-                           "loras", "enhance"}
+                           "loras", "prompt_schedule", "enhance"}
     assert "seconds" in fields["seconds"]["description"] and "pixels" in fields["size"]["description"]
-    assert create["multipart/form-data"]["schema"]["properties"]["input_reference"]["format"] == "binary"
+    multipart = create["multipart/form-data"]["schema"]["properties"]
+    assert multipart["input_reference"]["format"] == "binary" and multipart["prompt_schedule"]["type"] == "string"
     video = schema["components"]["schemas"]["Video"]["properties"]
     assert "Unix seconds" in video["created_at"]["description"] and "0-100" in video["progress"]["description"]
     assert all(prop.get("description") for name, prop in video.items() if name != "object")

@@ -54,7 +54,23 @@ GIF = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
 TEXT = ("notes.png", b"this is a text file, not an image\n" * 20, "image/png")
 FORM = {k: str(v) for k, v in OK.items()}
 
+CUE = {"start": 11, "prompt": "She laughs."}
 CASES = {
+    # prompt schedules (the fake server's clips over 10 s run in windows of 5 s)
+    "prompt cue in a clip made in one pass": json_case({**OK, "prompt_schedule": [{"start": 0.2, "prompt": "x"}]},
+                                                       "prompt_schedule"),
+    "prompt cue at zero": json_case({**OK, "seconds": 12, "prompt_schedule": [{**CUE, "start": 0}]},
+                                    "prompt_schedule"),
+    "prompt cue with an unknown key": json_case({**OK, "seconds": 12, "prompt_schedule": [{**CUE, "text": "x"}]},
+                                                "prompt_schedule"),
+    "prompt cue on the first window": json_case({**OK, "seconds": 12, "prompt_schedule": [{**CUE, "start": 1}]},
+                                                "prompt_schedule"),
+    "prompt cues out of order": json_case({**OK, "seconds": 12, "prompt_schedule": [CUE, {**CUE, "start": 6}]},
+                                          "prompt_schedule"),
+    "prompt schedule with enhance": json_case({**OK, "seconds": 12, "enhance": True, "prompt_schedule": [CUE]},
+                                              "enhance"),
+    "prompt schedule not JSON": form_case({**FORM, "seconds": "12", "prompt_schedule": "[{"}, None,
+                                          "prompt_schedule"),
     # JSON fields
     "missing prompt": json_case({"seconds": 1}, "prompt"),
     "empty prompt": json_case({**OK, "prompt": ""}, "prompt"),

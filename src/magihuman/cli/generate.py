@@ -111,6 +111,9 @@ def _prompt_enhancer(options: GenerateOptions, output: Path, world: int):
         if given:
             raise InputError(f"{given[0]} has no effect without --enhance; add --enhance or drop it", field="enhance")
         return None
+    if options.prompt_at:
+        raise InputError("--enhance rewrites one prompt, and --prompt-at gives more; enhance each with `magihuman "
+                         "enhance` first and pass the results", field="enhance")
     if world > 1:
         raise InputError("--enhance cannot run under torchrun (each rank would get its own prompt); run `magihuman "
                          "enhance` first and pass its output with --prompt-file", field="enhance")
@@ -130,6 +133,10 @@ def _build_request(options: GenerateOptions):
         raise InputError("no prompt: pass --prompt TEXT or --prompt-file FILE", field="prompt")
     fields = {k: getattr(options, k) for k in REQUEST_KEYS}
     fields.update(prompt=prompt, negative_prompt=_text_option(options, "negative_prompt"))
+    if options.prompt_at:
+        from magihuman.pipeline.prompt_schedule import parse_prompt_at
+
+        fields["prompt_schedule"] = [parse_prompt_at(value) for value in options.prompt_at]
     fields = {k: v for k, v in fields.items() if v is not None}  # unset: the request's own default
     fields.update(_toy_demo_size(options, fields))
     chosen = fields.get("preset", "distill")

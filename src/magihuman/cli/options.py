@@ -111,6 +111,10 @@ class GenerateOptions:
     overlap_frames: Annotated[int | None, _opt("--overlap-frames", help=f"Long clips: latent frames (4 video "
         f"frames each) a window shares with the previous one, held as generated, 1..{MAX_OVERLAP_FRAMES}. "
         f"Default: {DEFAULT_OVERLAP_FRAMES}.", panel=_LONG)] = None
+    prompt_at: Annotated[list[str] | None, _opt("--prompt-at", metavar="SECONDS=TEXT", help="Long clips: from "
+        "about SECONDS on, use the prompt TEXT (the window whose new frames start nearest it takes it over; the held "
+        "frames keep the clip continuous). Repeat for more; --prompt holds from 0 s. E.g. --prompt-at "
+        "\"10=$(cat part2.txt)\" (docs/long_clips.md).", panel=_LONG)] = None
     negative_prompt: Annotated[str | None, _opt("--negative-prompt", help="Unconditional text for CFG (base and SR "
         "presets; refused with distill, which has no CFG). Default: a built-in list of defects.")] = None
     negative_prompt_file: Annotated[Path | None, _opt("--negative-prompt-file", help="Read the negative prompt "
@@ -236,10 +240,10 @@ class GenerateOptions:
 
 #: Every key a ``--config`` JSON file may hold.
 CONFIG_KEYS = (*REQUEST_KEYS, "prompt_file", "negative_prompt_file", "checkpoint_root", *COMPONENT_KEYS, "output",
-               "device", "video_decoder")
+               "device", "video_decoder", "prompt_at")
 #: Config keys whose value is a path or a name (JSON string or null).
 _STRING_KEYS = frozenset(CONFIG_KEYS) - {"seconds", "width", "height", "seed", "sr_width", "sr_height", "sr_cfg_number",
-                                          "window_seconds", "overlap_frames"}
+                                          "window_seconds", "overlap_frames", "prompt_at"}
 #: Options that form one setting: given on the command line, they replace all of the group's config keys.
 _GROUPS = (("prompt", "prompt_file"), ("negative_prompt", "negative_prompt_file"), ("output", "save_path_prefix"))
 
@@ -268,4 +272,8 @@ def _read_config(path: Path | None) -> dict[str, Any]:
     wrong = sorted(k for k, v in data.items() if k in _STRING_KEYS and not (v is None or isinstance(v, str)))
     if wrong:
         raise InputError(f"config file {path}: {', '.join(wrong)} must be a string (or null)", field="config")
+    cues = data.get("prompt_at")
+    if cues is not None and not (isinstance(cues, list) and all(isinstance(c, str) for c in cues)):
+        raise InputError(f"config file {path}: prompt_at must be a list of \"SECONDS=TEXT\" strings (or null)",
+                         field="config")
     return data

@@ -3,8 +3,9 @@
 A request longer than one window (:func:`magihuman.pipeline.validation.long_clip_window`) runs as
 (docs/long_clips.md):
 
-1. encode the prompt once (every window uses it); with a driving track, encode the whole track once
-   (:func:`magihuman.pipeline.stages.load_driving_audio`; the VAE windows tracks over 29 s itself);
+1. encode the prompt once (every window uses it, or with a prompt schedule each cue's prompt once, for the
+   windows from its cue on: :mod:`magihuman.pipeline.prompt_schedule`); with a driving track, encode the whole
+   track once (:func:`magihuman.pipeline.stages.load_driving_audio`; the VAE windows tracks over 29 s itself);
 2. plan the windows (:func:`magihuman.pipeline.windows.plan_windows`): windows of the preset's length (or up
    to 3 latent frames shorter, to keep the joins off the loaded video decoder's chunk borders, when it has
    any), ``K`` latent frames of overlap, the last window moved back to end with the clip;
@@ -34,6 +35,7 @@ from magihuman.pipeline import stages
 from magihuman.pipeline.long_decode import decode_audio_long
 from magihuman.pipeline.presets import DEFAULT_OVERLAP_FRAMES, FPS
 from magihuman.pipeline.progress import StageTimer, StepEndCallback, StepReporter
+from magihuman.pipeline.prompt_schedule import window_prompt_indices
 from magihuman.pipeline.request import GenerationRequest
 from magihuman.pipeline.validation import long_clip_window
 from magihuman.pipeline.windows import (
@@ -82,8 +84,6 @@ def generate_long(pipe: MagiHumanPipeline, request: GenerationRequest, notices: 
     generator = torch.Generator("cpu").manual_seed(request.seed)
     plan_size = request.plan()
     with torch.inference_mode():
-        with timer.stage("text encode"), pipe._lend("text_encoder"):
-            text = stages.encode_text(pipe, request, None)
         driving = None
         if request.audio is not None:
             with timer.stage("prepare latents"), pipe._lend("audio_vae"):
@@ -95,6 +95,9 @@ def generate_long(pipe: MagiHumanPipeline, request: GenerationRequest, notices: 
         if len(windows.windows) != len(checked.windows):  # the input checks counted the default decoder's windows
             notices.append(f"the loaded video decoder's chunks ({'none' if chunks is None else chunks}) differ from "
                            f"the default Turbo-VAED's: the clip runs in {len(windows.windows)} windows")
+        with timer.stage("text encode"), pipe._lend("text_encoder"):
+            text = stages.encode_text(pipe, request, None)
+            texts = scheduled_texts(pipe, request, text, windows, notices)
         first = None
         if request.image is not None:
             with timer.stage("image encode"), pipe._lend("video_vae"):
@@ -103,13 +106,29 @@ def generate_long(pipe: MagiHumanPipeline, request: GenerationRequest, notices: 
         reporter = StepReporter(pipe, callback_on_step_end, len(windows.windows) * pipe.preset.sampler.num_steps)
         joined = empty_latents(windows, plan_size.latent_size, pipe.device)
         latents = denoise_windows(pipe, windows, text, joined, generator=generator, reporter=reporter, timer=timer,
-                                  first=first, driving=driving)
+                                  first=first, driving=driving, texts=texts)
         if decode:
             frames, waveform = decode_long(pipe, latents, driving, timer)
         else:
             frames, waveform = stages.empty_outputs(latents.video)
     return GenerationOutput(frames, waveform, FPS, OUTPUT_SAMPLE_RATE, timer.timings, notices,
                             latents.video.cpu(), latents.audio.cpu())
+
+
+def scheduled_texts(pipe: MagiHumanPipeline, request: GenerationRequest, text: TextConditioning, windows: WindowPlan,
+                    notices: list[str]) -> list[TextConditioning] | None:
+    """Each window's text with a prompt schedule: every cue's prompt encoded once (the negative prompt shared),
+    per window the prompt that holds there (:func:`~magihuman.pipeline.prompt_schedule.window_prompt_indices`,
+    whose notices are added to ``notices``); None without a schedule. Runs where the text encoder is lent."""
+    if not request.prompt_schedule:
+        return None
+    indices, dropped = window_prompt_indices(windows, request.prompt_schedule)
+    notices.extend(dropped)
+    texts = [text]
+    for cue in request.prompt_schedule:
+        embedding, _ = pipe.text_encoder.encode(cue.prompt)
+        texts.append(TextConditioning(embedding.to(pipe.device), text.negative))
+    return [texts[i] for i in indices]
 
 
 def empty_latents(windows: WindowPlan, latent_size: tuple[int, int], device: torch.device) -> Latents:
@@ -120,13 +139,14 @@ def empty_latents(windows: WindowPlan, latent_size: tuple[int, int], device: tor
 
 def denoise_windows(pipe: MagiHumanPipeline, windows: WindowPlan, text: TextConditioning, joined: Latents, *,
                     generator: torch.Generator, reporter: StepReporter, timer: StageTimer,
-                    first: CleanCondition | None = None, driving: DrivingAudio | None = None) -> Latents:
+                    first: CleanCondition | None = None, driving: DrivingAudio | None = None,
+                    texts: list[TextConditioning] | None = None) -> Latents:
     """Run the preset's sampler over every window of ``windows``, writing into ``joined`` (module docstring).
 
     Args:
         pipe: the pipeline (its DiT, sampler and device).
         windows: the plan.
-        text: the prompt (and negative) embeddings, used by every window.
+        text: the prompt (and negative) embeddings, used by every window unless ``texts`` is given.
         joined: the clip's latents ``[1, 48, T, h, w]`` / ``[1, A, 64]`` float32, written in place; a given
             prefix (the first window's ``clean_frames``) must already be in it.
         generator: the request's CPU generator: per window the audio noise (unless driving), then the video noise.
@@ -134,6 +154,7 @@ def denoise_windows(pipe: MagiHumanPipeline, windows: WindowPlan, text: TextCond
         timer: stage timings; the windows add up under ``"denoise"``.
         first: the first window's condition when it holds no prefix (e.g. the first-frame image).
         driving: a driving track whose latents (``[1, A, 64]``) stay fixed in every window.
+        texts: one text per window (a prompt schedule, :func:`scheduled_texts`); None: ``text`` in every window.
 
     Returns:
         ``joined``, filled.
@@ -152,7 +173,8 @@ def denoise_windows(pipe: MagiHumanPipeline, windows: WindowPlan, text: TextCond
             condition = first if window.index == 0 and window.clean_frames == 0 else \
                 window_condition(joined, window, audio_held=driving is None)
             with timer.stage("denoise", total=steps) as bar:
-                out = stages.denoise_latents(pipe, state, text, image_latent=None, condition=condition,
+                window_text = text if texts is None else texts[window.index]
+                out = stages.denoise_latents(pipe, state, window_text, image_latent=None, condition=condition,
                                              audio_fixed=driving is not None, generator=generator,
                                              callback=reporter.for_stage("denoise", steps, bar))
             elapsed += timer.timings["denoise"]

@@ -254,9 +254,11 @@ class MagiHumanPipeline:
                 (:class:`magihuman.prompting.OpenAIChatBackend`, :class:`~magihuman.prompting.LocalModelBackend`).
                 If the enhancer fails, the prompt is used as given and a notice says why.
             **fields: the other :class:`GenerationRequest` fields: ``seconds``, ``width``, ``height``,
-                ``seed``, ``negative_prompt``, ``window_seconds``, ``overlap_frames`` (``preset`` defaults to the
-                loaded one). A clip longer than one window (over 10 s, or over ``window_seconds``) is generated
-                window by window (:mod:`magihuman.pipeline.long_generation`, docs/long_clips.md).
+                ``seed``, ``negative_prompt``, ``window_seconds``, ``overlap_frames``, ``prompt_schedule``
+                (``preset`` defaults to the loaded one). A clip longer than one window (over 10 s, or over
+                ``window_seconds``) is generated window by window (:mod:`magihuman.pipeline.long_generation`,
+                docs/long_clips.md); ``prompt_schedule``, ``[(start seconds, prompt), ...]``, hands later windows
+                other prompts (:mod:`magihuman.pipeline.prompt_schedule`).
 
         Returns:
             :class:`GenerationOutput` with ``uint8 [F, H, W, 3]`` frames and a ``float32 [2, samples]``
@@ -395,6 +397,9 @@ def _enhance_request(request: GenerationRequest, enhance: Any,
     from magihuman.prompting.backends import EnhancerConfigError, backend_from_settings
     from magihuman.prompting.enhancer import enhance_prompt
 
+    if request.prompt_schedule:
+        raise InputError("enhance rewrites one prompt, and prompt_schedule gives more; enhance each with "
+                         "magihuman.prompting.enhance_prompt first and pass the results", field="enhance")
     try:
         backend = backend_from_settings() if enhance is True else enhance
     except EnhancerConfigError as exc:

@@ -25,6 +25,7 @@ from magihuman.pipeline.presets import (
     DEFAULT_WIDTH,
     get_preset,
 )
+from magihuman.pipeline.prompt_schedule import PromptCue, cue_from_value
 from magihuman.sampling.config import SR_SAMPLER, SR_SAMPLER_CFG, SuperResolutionStage
 
 #: Spatial stride of the Wan2.2 VAE times the DiT's 2x2 patch: pixel sizes round down to this (architecture.md §13.2).
@@ -105,6 +106,9 @@ class GenerationRequest(BaseModel):
             pass up to 10 s, windows of the preset's length beyond).
         overlap_frames: long clips: latent frames each window shares with the previous one, held clean
             (None: 2).
+        prompt_schedule: long clips: later prompts, each taking over from its ``start`` seconds at the nearest
+            window (:mod:`magihuman.pipeline.prompt_schedule`); ``(start, prompt)`` pairs are accepted. None:
+            ``prompt`` throughout.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -123,11 +127,19 @@ class GenerationRequest(BaseModel):
     sr_cfg_number: int | None = None
     window_seconds: float | None = None
     overlap_frames: int | None = None
+    prompt_schedule: list[PromptCue] | None = None
 
     @field_validator("image", "audio", mode="before")
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
         return None if value in ("", None) else value
+
+    @field_validator("prompt_schedule", mode="before")
+    @classmethod
+    def _pairs_are_cues(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [cue_from_value(item) for item in value] or None
+        return value
 
     def validate_inputs(self, *, device: Any = None, runtime: Any = None) -> list[str]:
         """Check every value and file before any model loads (:func:`magihuman.pipeline.validation.validate_request`).

@@ -26,6 +26,7 @@ from magihuman.codecs.video_vae import LATENT_CHANNELS, SPATIAL_STRIDE, latent_f
 from magihuman.pipeline.errors import InputError, MissingInputError, expand_path
 from magihuman.pipeline.loading import check_checkpoint_files, check_checkpoint_root
 from magihuman.pipeline.presets import get_preset
+from magihuman.pipeline.prompt_schedule import check_prompt_schedule
 
 __all__ = [
     "InputError", "MissingInputError", "MAX_PROMPT_CHARS", "MAX_SEED", "MIN_SIZE", "MAX_BASE_SIDE", "MAX_SR_SIDE",
@@ -81,7 +82,8 @@ def validate_request(request: Any, *, device: Any = None, runtime: Any = None,
 
     Args:
         request: the request (its ``prompt``, ``image``, ``audio``, ``seconds``, ``width``, ``height``,
-            ``seed``, ``preset``, ``negative_prompt``, ``sr_width``, ``sr_height``, ``sr_cfg_number``).
+            ``seed``, ``preset``, ``negative_prompt``, ``sr_width``, ``sr_height``, ``sr_cfg_number``, and for long
+            clips ``window_seconds``, ``overlap_frames``, ``prompt_schedule``).
         device: where it will run (``"cpu"``, ``"cuda:0"``, a ``torch.device``); None skips the device,
             runtime and memory checks.
         runtime: the :class:`RuntimeOptions` (checked against ``device``), or None.
@@ -96,6 +98,7 @@ def validate_request(request: Any, *, device: Any = None, runtime: Any = None,
     """
     notices = _check_numbers(request)
     notices += _check_prompt(request)
+    notices += check_prompt_schedule(request)
     if device is not None:
         device = check_device(device)
         check_runtime(runtime, device)

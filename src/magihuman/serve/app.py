@@ -98,6 +98,8 @@ def _create_video_openapi() -> dict[str, Any]:
                                           "description": schema["properties"][field]["description"]}
     multipart["properties"]["loras"] = {"type": "string", "description": "JSON text of the `loras` list: "
                                         "`[{\"name\": \"style\", \"scale\": 0.8}]`."}
+    multipart["properties"]["prompt_schedule"] = {"type": "string", "description": "JSON text of the "
+                                                  "`prompt_schedule` list: `[{\"start\": 10, \"prompt\": \"...\"}]`."}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema},
                                                           "multipart/form-data": {"schema": multipart}}},
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,

@@ -64,6 +64,7 @@ def generation_request(job: Job, folder: Path):
         prompt=params.get("enhanced_prompt") or job.prompt, preset=job.model, seconds=float(params["seconds"]),
         width=width, height=height,
         seed=int(params["seed"]), negative_prompt=params.get("negative_prompt"),
+        prompt_schedule=params.get("prompt_schedule"),
         image=folder / params["input_reference"] if params.get("input_reference") else None,
         audio=folder / params["audio"] if params.get("audio") else None,
     )
@@ -89,6 +90,7 @@ def video_object(job: Job) -> Video:
         seconds=f"{seconds:g}", size=job.params.get("rendered_size", job.params["size"]), prompt=job.prompt,
         seed=int(job.params["seed"]), attempts=job.attempts, notices=job.notices, error=error,
         loras=job.params.get("loras") or [], enhanced_prompt=job.params.get("enhanced_prompt"),
+        prompt_schedule=job.params.get("prompt_schedule") or [],
         mode=job.params.get("mode", "generate"),
     )
 
@@ -184,11 +186,13 @@ class JobService:
         both = sorted(set(fields) & set(uploads))
         if both:
             raise RequestError(both[0], f"{both[0]} was sent twice (as a file and as a field); send it once")
-        if isinstance(fields.get("loras"), str):  # multipart: the list as JSON text
-            try:
-                fields = {**fields, "loras": json.loads(fields["loras"] or "[]")}
-            except ValueError:
-                raise RequestError("loras", 'loras must be JSON: [{"name": "style", "scale": 0.8}]') from None
+        for name, example in (("loras", '[{"name": "style", "scale": 0.8}]'),
+                              ("prompt_schedule", '[{"start": 10, "prompt": "..."}]')):
+            if isinstance(fields.get(name), str):  # multipart: the list as JSON text
+                try:
+                    fields = {**fields, name: json.loads(fields[name] or "[]")}
+                except ValueError:
+                    raise RequestError(name, f"{name} must be JSON: {example}") from None
         body = validate_body(CreateVideoRequest, fields, "POST /v1/videos")
         if not body.prompt.strip():
             raise RequestError("prompt", "prompt is empty; describe the clip (150-200 words work best)")
@@ -227,12 +231,17 @@ class JobService:
         except ValueError as exc:
             code = "lora_not_found" if "no adapter" in str(exc) else "invalid_value"
             raise RequestError("loras", str(exc), code=code) from None
+        if body.enhance and body.prompt_schedule:
+            raise RequestError("enhance", "enhance rewrites one prompt, and prompt_schedule gives more; send the "
+                                          "request without enhance, with prompts in the model's structure")
         if body.enhance and config.enhance_url is None:
             raise RequestError("enhance", "this server has no prompt enhancer; send the request without enhance, or "
                                           "start the server with --enhance-url and --enhance-model",
                                code="enhance_unavailable")
         params = {"seconds": body.seconds, "size": body.size, "seed": body.seed,
                   "negative_prompt": body.negative_prompt, "rendered_size": rendered_size(body.model, body.size),
+                  **({"prompt_schedule": [c.model_dump() for c in body.prompt_schedule]} if body.prompt_schedule
+                     else {}),
                   **{k: (stored[k].name if k in stored else None) for k in UPLOAD_FIELDS},
                   **({"loras": loras} if loras else {})}
         return params, self._notices(body, params, folder)

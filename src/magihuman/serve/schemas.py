@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from magihuman.pipeline.prompt_schedule import MAX_PROMPT_CUES
 from magihuman.pipeline.validation import MAX_PROMPT_CHARS, MAX_SEED
 from magihuman.serve.adapters import LORA_NAME_PATTERN, MAX_LORA_SCALE, MAX_LORAS
 
@@ -35,6 +36,16 @@ class LoraRef(BaseModel):
                                                               "--lora-dir): letters, digits, `.`, `_`, `-`; 1-64.")
     scale: float = Field(1.0, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE, allow_inf_nan=False,
                          description="Multiplier of the adapter's alpha/rank, in [-4, 4]; 0 turns it off.")
+
+
+class PromptCueRef(BaseModel):
+    """One cue of a request's ``prompt_schedule``: from ``start`` seconds on, ``prompt``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: float = Field(gt=0, allow_inf_nan=False, description="Seconds from the clip's start; the window whose new "
+                                                                "frames start nearest it takes the prompt over.")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The prompt from then on.")
 
 
 class CreateVideoRequest(BaseModel):
@@ -75,6 +86,11 @@ class CreateVideoRequest(BaseModel):
         default_factory=list, max_length=MAX_LORAS,
         description="LoRA adapters for this job only, at most 8: `[{\"name\": \"style\", \"scale\": 0.8}]` (in "
                     "multipart: a `loras` field holding that JSON). Names come from `GET /v1/models`.")
+    prompt_schedule: list[PromptCueRef] = Field(
+        default_factory=list, max_length=MAX_PROMPT_CUES,
+        description="Clips made in windows (over 10 s): later prompts, in time order, at most 32: `[{\"start\": 10, "
+                    "\"prompt\": \"...\"}]` (in multipart: a `prompt_schedule` field holding that JSON). `prompt` "
+                    "holds from 0 s; the notices say when each cue takes over.")
     enhance: bool = Field(
         False, description="Rewrite the prompt into the 150-200-word three-part structure the model was tuned on, "
                            "with the server's language model (started with --enhance-url), before queueing; the "
@@ -113,6 +129,7 @@ class Video(BaseModel):
     loras: list[LoraRef] = Field(default_factory=list, description="The adapters the job renders with.")
     enhanced_prompt: str | None = Field(None, description="The prompt rendered, when `enhance` rewrote `prompt`; "
                                                           "null otherwise.")
+    prompt_schedule: list[PromptCueRef] = Field(default_factory=list, description="The later prompts, as requested.")
     error: VideoError | None = Field(None, description="Set when `status` is `failed` or `cancelled`.")
     mode: Literal["generate", "extend", "retake"] = Field(
         "generate", description="`generate` (`POST /v1/videos`), `extend` or `retake` (`POST /v1/videos/extend`, "
