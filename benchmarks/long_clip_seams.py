@@ -3,7 +3,7 @@
     python benchmarks/long_clip_seams.py --root WORK/bundle --out /tmp/seams [--preset distill] [--seconds 20]
 
 1. a ``--seconds`` clip of a held-out caption in windows of ``--window-seconds`` (the toy model's training
-   length, 2 s, by default) with 2 latent frames of overlap;
+   length, 2 s, by default) with 2 latent frames of overlap (``--overlap-frames``);
 2. the first 2 s of it extended by 2 s;
 3. a retake of 0.8-1.4 s of that 2 s clip (video and audio).
 
@@ -31,17 +31,18 @@ from magihuman.toy.dataset import held_out_clips
 SIZE = 128
 
 
-def _windowed(pipe, caption: str, seconds: float, window: float, seed: int, out: Path) -> dict:
+def _windowed(pipe, caption: str, seconds: float, window: float, seed: int, out: Path, overlap: int = 2) -> dict:
     start = time.perf_counter()
     clip = pipe(caption, seconds=seconds, width=SIZE, height=SIZE, seed=seed, window_seconds=window,
-                overlap_frames=2)
+                overlap_frames=overlap)
     wall = time.perf_counter() - start
     clip.save(out / "long.mp4", overwrite=True)
     latents, audio_latents = clip.video_latent.shape[2], clip.audio_latent.shape[1]
-    plan = plan_windows(latents, audio_latents, window_frames=window_latent_frames(window), overlap=2,
+    plan = plan_windows(latents, audio_latents, window_frames=window_latent_frames(window), overlap=overlap,
                         decode_chunks=decoder_chunks(pipe.video_decoder))  # the plan the pipeline ran
     report = seam_report(clip.frames, clip.audio, clip.sample_rate, seam_frames(plan.joins)).to_dict()
-    return {"seconds": clip.duration, "windows": len(plan.windows), "wall_s": round(wall, 1), **report}
+    return {"seconds": clip.duration, "windows": len(plan.windows), "overlap_frames": overlap,
+            "wall_s": round(wall, 1), **report}
 
 
 def _fade_steps(frames: np.ndarray, seams: list[int], fade: int = DEFAULT_FADE_FRAMES) -> list[float]:
@@ -93,6 +94,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--window-seconds", type=float, default=2.0)
     parser.add_argument("--index", type=int, default=0, help="which held-out caption")
+    parser.add_argument("--overlap-frames", type=int, default=2, help="the windowed clip: latent frames each window "
+                        "shares with the one before (default 2, the pipeline's)")
     parser.add_argument("--fade-frames", type=int, help="extend and retake: frames of each picture fade (default: "
                         "the pipeline's; 0: a hard cut)")
     parser.add_argument("--skip-long", action="store_true", help="only the extend and the retake")
@@ -112,7 +115,8 @@ def main() -> None:
     results = {"index": args.index, "caption": caption, "attributes": held_out.attributes.to_dict(),
                "preset": args.preset, "fade_frames": args.fade_frames}
     if not args.skip_long:
-        results["long"] = _windowed(pipe, caption, args.seconds, args.window_seconds, args.index, args.out)
+        results["long"] = _windowed(pipe, caption, args.seconds, args.window_seconds, args.index, args.out,
+                                    args.overlap_frames)
     if not args.only_long:
         _edits(pipe, caption, args, fade, results)
     (args.out / "seams.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
