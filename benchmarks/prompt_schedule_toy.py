@@ -108,13 +108,21 @@ def summary(folder: Path) -> dict:
                 counts[f"{clip}_{part}_B"] += words == r["words"][1]
     pitch_kept = sum(all(p["pitch"] == r["scheduled"][0]["pitch"] for p in r["scheduled"] if p["pitch"]) for r in runs)
     above = sum(sum(d > r["seams"]["boundary_difference_p95"] for d in r["seams"]["seam_difference"]) for r in runs)
+    lags = [r["seams"]["sync_offset_frames"] for r in runs if r["seams"]["sync_offset_frames"] == r["seams"][
+        "sync_offset_frames"]]  # NaN: no mouth to measure
     return {"captions": len(runs), "pieces": totals, **counts,
             "before_cue_bitwise": sum(r["before_cue_bitwise"] for r in runs),
-            "colours_constant": sum(r["seams"]["colours_constant"] for r in runs), "pitch_constant": pitch_kept,
+            "plain_colours_constant": sum(_constant(r["plain"]) for r in runs),
+            "scheduled_colours_constant": sum(_constant(r["scheduled"]) for r in runs), "pitch_constant": pitch_kept,
             "seams": sum(len(r["seams"]["seam_difference"]) for r in runs), "seams_above_boundary_p95": above,
             "gaps": sum(r["seams"]["gaps"] for r in runs), "clicks": sum(r["seams"]["clicks"] for r in runs),
-            "median_sync_offset_frames": float(np.median([r["seams"]["sync_offset_frames"] for r in runs])),
-            "median_sync_correlation": float(np.median([r["seams"]["sync_correlation"] for r in runs]))}
+            "sync_clips": len(lags), "median_sync_offset_frames": float(np.median(lags)) if lags else None,
+            "median_sync_correlation": float(np.nanmedian([r["seams"]["sync_correlation"] for r in runs]))}
+
+
+def _constant(pieces: list[dict]) -> bool:
+    """Whether hair, shirt and wall read the same colour in every piece."""
+    return all(p.get(part) == pieces[0].get(part) for p in pieces for part in ("hair", "shirt", "wall"))
 
 
 def main(argv: list[str] | None = None) -> int:

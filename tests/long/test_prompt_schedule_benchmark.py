@@ -38,6 +38,8 @@ def _run(words, which, plain, scheduled, *, bitwise=True, hair="red"):
 def test_summary_counts_pieces_against_each_prompt(tmp_path):
     runs = [_run((2, 5), [0, 0, 1, 1], [2, 2, 2, 3], [2, 2, 5, 4]),
             _run((1, 3), [0, 1, 1], [1, 1, 1], [1, 3, 3], bitwise=False)]
+    runs[1]["scheduled"][2]["hair"] = "blue"
+    runs[1]["seams"]["sync_offset_frames"] = runs[1]["seams"]["sync_correlation"] = float("nan")
     for k, run in enumerate(runs):
         (tmp_path / f"d{k}").mkdir()
         (tmp_path / f"d{k}" / "schedule.json").write_text(json.dumps(run))
@@ -48,3 +50,5 @@ def test_summary_counts_pieces_against_each_prompt(tmp_path):
     assert (found["plain_after_A"], found["plain_after_B"]) == (3, 0)
     assert found["before_cue_bitwise"] == 1 and found["seams"] == 5 and found["gaps"] == 2
     assert found["seams_above_boundary_p95"] == 0 and found["median_sync_correlation"] == 0.6
+    assert (found["plain_colours_constant"], found["scheduled_colours_constant"]) == (2, 1)
+    assert found["sync_clips"] == 1 and found["median_sync_offset_frames"] == 1.0
