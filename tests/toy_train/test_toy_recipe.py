@@ -597,3 +597,26 @@ def test_the_voice_stage_swaps_the_bands_then_chains_its_phases(tmp_path, monkey
     toy_recipe._stage_voice(tmp_path / "w3", toy_recipe.ToyRecipe(clips=2, early_clips=2), print)
     assert {c.cache for c in configs} == {tmp_path / "w3" / "cache"} and len(configs) == 6
     assert not (tmp_path / "w3" / "cache_early").exists()
+
+
+def test_the_distill_stage_passes_the_recipes_clean_condition_shares(monkeypatch, tmp_path):
+    """The student is distilled with the recipe's first-frame, clean-prefix and clean-range shares (the shipped
+    student's long clips depend on them: docs/toy_world.md)."""
+    import magihuman.train.distill as distill
+    from magihuman.train import toy_recipe
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, config):
+            seen.append(config)
+
+        def train(self):
+            raise RuntimeError("recorded")
+
+    monkeypatch.setattr(distill, "Distiller", Recorder)
+    recipe = toy_recipe.ToyRecipe(distill_first_frame_rate=0.25, distill_prefix_rate=0.4, distill_range_rate=0.15)
+    with pytest.raises(RuntimeError, match="recorded"):
+        toy_recipe._stage_distill(tmp_path, recipe, print)
+    assert (seen[0].first_frame_rate, seen[0].prefix_rate, seen[0].range_rate) == (0.25, 0.4, 0.15)
+    assert (seen[0].steps, seen[0].seed) == (recipe.distill_steps, recipe.seed)
