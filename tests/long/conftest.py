@@ -3,6 +3,9 @@ shadow tests/conftest.py)."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -61,3 +64,31 @@ def distill(demo_root):
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 
     return MagiHumanPipeline.from_official(demo_root, preset="distill")
+
+
+def benchmark_module(name: str):
+    """The script ``benchmarks/<name>.py`` loaded as a module (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_generate(monkeypatch, *args: str):
+    """``magihuman generate ARGS`` with the pipeline replaced by a recorder: ``(result, requests asked for)``."""
+    from typer.testing import CliRunner
+
+    import magihuman.cli.app as cli
+    import magihuman.pipeline.magihuman_pipeline as pipeline
+
+    asked = []
+
+    class Recorder:
+        def __call__(self, request, progress=False, decode=True):
+            asked.append(request)
+            return pipeline.GenerationOutput(np.zeros((5, 32, 32, 3), np.uint8), np.zeros((2, 8820), np.float32),
+                                             25, 44100)
+
+    monkeypatch.setattr(pipeline.MagiHumanPipeline, "from_official", classmethod(lambda cls, *a, **k: Recorder()))
+    return CliRunner().invoke(cli.app, ["generate", *args]), asked

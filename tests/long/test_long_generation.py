@@ -8,7 +8,7 @@ import torch
 
 from magihuman.pipeline.long_decode import decode_audio_long, decode_audio_span
 
-from .conftest import Spy
+from .conftest import Spy, run_generate
 
 PROMPT = "A man in a grey suit talks calmly to the camera about the weather in a bright office."
 #: 0.96 s in windows of 0.32 s (3 latent frames, 9 audio latents) with one frame of overlap: windows start at
@@ -104,23 +104,8 @@ def test_a_driving_track_and_a_first_frame_across_windows(distill, examples_dir,
 
 def test_generate_passes_the_window_options(monkeypatch, tmp_path):
     """``magihuman generate --seconds 30 --window-seconds 4 --overlap-frames 3`` asks the pipeline for them."""
-    from typer.testing import CliRunner
-
-    import magihuman.cli.app as cli
-    import magihuman.pipeline.magihuman_pipeline as pipeline
-
-    asked = []
-
-    class Recorder:
-        def __call__(self, request, progress=False, decode=True):
-            asked.append(request)
-            return pipeline.GenerationOutput(np.zeros((5, 32, 32, 3), np.uint8), np.zeros((2, 8820), np.float32),
-                                             25, 44100)
-
-    monkeypatch.setattr(pipeline.MagiHumanPipeline, "from_official", classmethod(lambda cls, *a, **k: Recorder()))
-    result = CliRunner().invoke(cli.app, ["generate", "--demo", "--device", "cpu", "--prompt", PROMPT, "--seconds",
-                                          "30", "--window-seconds", "4", "--overlap-frames", "3", "-o",
-                                          str(tmp_path / "long.mp4")])
+    result, asked = run_generate(monkeypatch, "--demo", "--device", "cpu", "--prompt", PROMPT, "--seconds", "30",
+                                 "--window-seconds", "4", "--overlap-frames", "3", "-o", str(tmp_path / "long.mp4"))
     assert result.exit_code == 0, result.output
     assert (asked[0].seconds, asked[0].window_seconds, asked[0].overlap_frames) == (30, 4, 3)
     assert "generated in 9 windows of up to 4 s" in " ".join(result.output.split())

@@ -15,6 +15,7 @@ from magihuman.pipeline.prompt_schedule import (
 from magihuman.pipeline.request import GenerationRequest
 from magihuman.pipeline.windows import plan_windows
 
+from .conftest import run_generate
 from .test_long_generation import LONG
 
 LATER = "A woman in a red coat laughs and waves at the camera from a windy beach at dusk."
@@ -119,26 +120,9 @@ def test_windows_from_the_cue_on_see_the_cues_prompt(distill):
 
 
 def _generate(monkeypatch, tmp_path, *args):
-    """``magihuman generate --demo`` with ``args``, the pipeline replaced by a recorder: (result, requests)."""
-    import numpy as np
-    from typer.testing import CliRunner
-
-    import magihuman.cli.app as cli
-    import magihuman.pipeline.magihuman_pipeline as pipeline
-
-    asked = []
-
-    class Recorder:
-        def __call__(self, request, progress=False, decode=True):
-            asked.append(request)
-            return pipeline.GenerationOutput(np.zeros((5, 32, 32, 3), np.uint8), np.zeros((2, 8820), np.float32),
-                                             25, 44100)
-
-    monkeypatch.setattr(pipeline.MagiHumanPipeline, "from_official", classmethod(lambda cls, *a, **k: Recorder()))
-    result = CliRunner().invoke(cli.app, ["generate", "--demo", "--device", "cpu", "--prompt", LONG["prompt"],
-                                          "--seconds", "20", "--window-seconds", "2", "-o", str(tmp_path / "o.mp4"),
-                                          *args])
-    return result, asked
+    """``magihuman generate --demo`` of a 20 s clip in 2 s windows with ``args``: (result, requests)."""
+    return run_generate(monkeypatch, "--demo", "--device", "cpu", "--prompt", LONG["prompt"], "--seconds", "20",
+                        "--window-seconds", "2", "-o", str(tmp_path / "o.mp4"), *args)
 
 
 def test_generate_prompt_at(monkeypatch, tmp_path):

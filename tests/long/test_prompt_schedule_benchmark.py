@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from magihuman.toy.captions import parse_caption
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "prompt_schedule_toy.py"
+from .conftest import benchmark_module
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("prompt_schedule_toy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("prompt_schedule_toy")
 
 
 def test_the_second_prompt_is_the_same_person_with_another_line():

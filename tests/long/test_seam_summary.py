@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "long_clip_summary.py"
+from .conftest import benchmark_module
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("long_clip_summary", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("long_clip_summary")
 
 
 def _long(seams, *, inside=(1.0, 2.0, 3.0), boundary=(1.5, 2.5, 2.8), hair=("red", "red"), gaps=0, lag=0.0,
