@@ -98,11 +98,12 @@ def window_prompt_indices(plan: WindowPlan, cues: list[PromptCue]) -> tuple[list
     for k, cue in enumerate(cues, start=1):
         landed[_nearest_window(times, cue.start)] = k  # a later cue on the same window replaces an earlier one
     notices = []
-    used = set(landed.values()) - {landed.get(0)}
     for k, cue in enumerate(cues, start=1):
-        if k not in used:
+        window = _nearest_window(times, cue.start)
+        if window == 0 or landed[window] != k:
+            where = "the first window" if window == 0 else "the window of the cue after it"
             notices.append(f"the prompt cue at {cue.start:g} s is not used: with the loaded video decoder's windows "
-                           "it lands on the same window as the prompt before it or after it")
+                           f"it lands on {where}")
     current = 0
     for i in range(len(plan.windows)):
         if i > 0 and i in landed:
