@@ -176,7 +176,9 @@ def test_help_shows_flags_without_placeholders_and_states_the_limits():
 def test_cli_keys_match_the_library():
     from magihuman.pipeline.presets import PRESETS
 
-    assert set(REQUEST_KEYS) == set(GenerationRequest.model_fields)
+    # every request field has an option of its name, but prompt_schedule, which --prompt-at SECONDS=TEXT fills
+    assert set(REQUEST_KEYS) | {"prompt_schedule"} == set(GenerationRequest.model_fields)
+    assert "prompt_at" in {f.name for f in GenerateOptions.flag_fields()}
     assert {p.checkpoint for p in PRESETS.values()} <= set(hub.DIT_PRESETS)
     assert set(ROOT_LAYOUT.values()) <= {s.folder for s in hub.SOURCES}
 
