@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -152,3 +154,23 @@ def test_the_api_refuses_enhance_with_a_schedule(distill):
     with pytest.raises(InputError, match="enhance rewrites one prompt") as err:
         distill(**LONG, prompt_schedule=[(0.6, LATER)], enhance=True)
     assert err.value.field == "enhance"
+
+
+def test_a_schedule_with_cfg_shares_the_negative_prompt(demo_root):
+    """The base preset (CFG): every window gets the negative prompt's embedding, the cue's window its own prompt."""
+    from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
+
+    base = MagiHumanPipeline.from_official(demo_root, preset="base")
+    # 2 steps: the texts are what is checked
+    base.preset = dataclasses.replace(base.preset, sampler=dataclasses.replace(base.preset.sampler, num_steps=2))
+    spy = TextSpy(base.transformer)
+    base.transformer = spy
+    base(**{**LONG, "prompt_schedule": [(0.6, LATER)]}, negative_prompt="blurry")
+    with torch.inference_mode():
+        first, later, negative = (base.text_encoder.encode(t)[0] for t in (LONG["prompt"], LATER, "blurry"))
+    # batched CFG: each call holds the prompt and the negative, zero-padded to one length
+    lengths = [t.shape[1] for t in (first, later, negative)]
+    assert len(spy.texts) == 3 * 2 and all(t.shape[0] == 2 for t in spy.texts)
+    for call, prompt in zip(spy.texts, (first, first, first, first, later, later)):
+        n = prompt.shape[1]
+        assert torch.equal(call[0, :n], prompt[0]) and torch.equal(call[1, :lengths[2]], negative[0])
