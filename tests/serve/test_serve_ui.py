@@ -32,6 +32,7 @@ def test_generate_in_the_browser(fake_server):
             page.get_by_role("button", name="Login").click()
             page.wait_for_selector("#prompt textarea", timeout=60_000)
             assert "Dialogue:" in page.locator("#prompt textarea").get_attribute("placeholder")
+            assert page.get_by_text("Later prompts (clips over 10 s)").count() == 1  # closed: no cue is sent
             page.locator("#prompt textarea").fill("A woman in a grey coat says: \"The last train leaves soon.\"")
             page.locator("#seconds input").fill("0.4")
             page.locator("#size textarea, #size input").first.fill("64x64")
@@ -63,3 +64,25 @@ def test_generate_in_the_browser(fake_server):
     with fake_server.client() as client:
         job = client.get(f"/v1/videos/{job_id}").json()  # the page used the same queue as the API
     assert job["status"] == "completed" and job["size"] == "64x64" and job["seconds"] == "0.4"
+
+
+def test_the_pages_later_prompts_become_the_jobs_schedule(inproc):
+    """The page's cue rows (no browser): filled rows become ``prompt_schedule``, empty ones are left out, a half-filled
+    row or a schedule the checks refuse is an error on the page, and nothing is queued then."""
+    import gradio as gr
+
+    from magihuman.serve.jobs import JobService
+    from magihuman.serve.ui import _create
+
+    service = JobService(inproc.config, inproc.store)
+    args = ("A woman in a grey coat says: \"The last train leaves soon.\"", None, None, "distill")
+    job = _create(service, *args, 12, "64x64", 1, [(6, "She laughs."), (None, ""), (10, "She waves.")])
+    assert job.params["prompt_schedule"] == [{"start": 6.0, "prompt": "She laughs."},
+                                             {"start": 10.0, "prompt": "She waves."}]
+    assert "the prompt cue at 6 s takes over at 5 s (window 2 of 3)" in job.notices
+    assert "prompt_schedule" not in _create(service, *args, 0.4, "64x64", 2, [(None, None)] * 3).params
+    for cues, message in (([(None, "She laughs.")], "prompt 2: give both"),
+                          ([(6, "She laughs."), (7, "She waves.")], "land on the same window")):
+        with pytest.raises(gr.Error, match=message):
+            _create(service, *args, 12, "64x64", 3, cues)
+    assert len(inproc.store.list(limit=10)[0]) == 2

@@ -2,10 +2,11 @@
 
 A person fills the prompt (the placeholder shows the long-prompt structure the model was tuned for,
 architecture.md §13.4), optionally a first-frame image and a driving audio track, the preset, length, size and
-seed, and presses Generate. The page creates a job through :meth:`JobService.create` (the same checks as
-the API, uploads decoded), follows the job's ``progress`` in a progress bar, then plays the MP4 with a
-download button. A table lists this server's recent jobs. No model is loaded in this process: the workers
-render, as for API clients.
+seed, and for clips over one window up to :data:`UI_PROMPT_CUES` later prompts with their start times (the API's
+``prompt_schedule``, docs/long_clips.md), and presses Generate. The page creates a job through
+:meth:`JobService.create` (the same checks as the API, uploads decoded), follows the job's ``progress`` in a
+progress bar, then plays the MP4 with a download button. A table lists this server's recent jobs. No model is
+loaded in this process: the workers render, as for API clients.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from magihuman.serve.jobs import IncomingUpload, JobService
 from magihuman.serve.store import TERMINAL, IdempotencyConflict, QueueFull
 from magihuman.serve.uploads import RequestError
 
-__all__ = ["build_ui", "mount_ui", "PROMPT_EXAMPLE"]
+__all__ = ["build_ui", "mount_ui", "PROMPT_EXAMPLE", "UI_PROMPT_CUES"]
 
 #: Shown as the prompt's placeholder: the three-paragraph structure of the official prompts (architecture.md §13.4):
 #: a dense description (people, scene, what is said in quotes, delivery, camera), then ``Dialogue:`` and
@@ -36,6 +37,8 @@ PROMPT_EXAMPLE = (
     "Dialogue:\n<Woman in grey coat, English>: \"The last train leaves in ten minutes, so let's not be late.\"\n\n"
     "Background Sound:\n<Distant station announcements and a low hum of the waiting train>"
 )
+#: Later prompts the page offers (the API takes up to 32).
+UI_PROMPT_CUES = 3
 _HISTORY_HEADERS = ["id", "status", "progress", "model", "seconds", "size", "created (UTC)"]
 _POLL_SECONDS = 0.4
 
@@ -68,6 +71,14 @@ def build_ui(service: JobService) -> gr.Blocks:
                                         elem_id="seconds")
                     size = gr.Textbox("448x256", label="Size (WxH, px)", elem_id="size")
                     seed = gr.Number(42, label="Seed", precision=0, minimum=0, elem_id="seed")
+                cues = []
+                with gr.Accordion("Later prompts (clips over 10 s)", open=False):
+                    for k in range(UI_PROMPT_CUES):
+                        with gr.Row():
+                            cues.append(gr.Number(None, label="From (s)", minimum=0, step=0.04, scale=1,
+                                                  elem_id=f"cue{k}_start"))
+                            cues.append(gr.Textbox(label=f"Prompt {k + 2}", lines=3, scale=4, elem_id=f"cue{k}_prompt",
+                                                   info="Takes over at the window nearest that time; empty: unused."))
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 video = gr.Video(label="Result", interactive=False, buttons=["download"], elem_id="result")
@@ -76,9 +87,10 @@ def build_ui(service: JobService) -> gr.Blocks:
             history = gr.Dataframe(headers=_HISTORY_HEADERS, value=None, interactive=False, elem_id="history")
             refresh = gr.Button("Refresh", size="sm")
 
-        def run(prompt_text, image_path, audio_path, model_name, length, size_text, seed_value,
-                progress=gr.Progress()):  # noqa: B008 - Gradio's way to ask for a progress bar
-            job = _create(service, prompt_text, image_path, audio_path, model_name, length, size_text, seed_value)
+        def run(prompt_text, image_path, audio_path, model_name, length, size_text, seed_value, start1, prompt1,
+                start2, prompt2, start3, prompt3, progress=gr.Progress()):  # noqa: B008 - Gradio's progress bar
+            job = _create(service, prompt_text, image_path, audio_path, model_name, length, size_text, seed_value,
+                          [(start1, prompt1), (start2, prompt2), (start3, prompt3)])
             progress(0.0, desc="queued")
             while job.status not in TERMINAL:
                 time.sleep(_POLL_SECONDS)
@@ -92,16 +104,20 @@ def build_ui(service: JobService) -> gr.Blocks:
             path = service.content_path(job, "video")
             return str(path), f"`{job.id}` completed", _history(service)
 
-        generate.click(run, [prompt, image, audio, model, seconds, size, seed], [video, status, history],
+        generate.click(run, [prompt, image, audio, model, seconds, size, seed, *cues], [video, status, history],
                        concurrency_limit=None)
         refresh.click(lambda: _history(service), None, history, queue=False)
         page.load(lambda: _history(service), None, history, queue=False)
     return page
 
 
-def _create(service: JobService, prompt_text, image_path, audio_path, model_name, length, size_text, seed_value):
+def _create(service: JobService, prompt_text, image_path, audio_path, model_name, length, size_text, seed_value,
+            cues=()):
     fields = {"prompt": prompt_text or "", "model": model_name, "seconds": length, "size": (size_text or "").strip(),
               "seed": int(seed_value) if seed_value is not None else 42}
+    schedule = _schedule(cues)
+    if schedule:
+        fields["prompt_schedule"] = schedule
     uploads: dict[str, IncomingUpload] = {}
     try:
         for field, path in (("input_reference", image_path), ("audio", audio_path)):
@@ -116,6 +132,19 @@ def _create(service: JobService, prompt_text, image_path, audio_path, model_name
         for part in uploads.values():
             part.source.close()
     return job
+
+
+def _schedule(cues) -> list[dict[str, Any]]:
+    """The filled ``(start, prompt)`` rows as the API's ``prompt_schedule``; a prompt without a start, or a start
+    without a prompt, is a :class:`gr.Error` naming the row."""
+    schedule = []
+    for k, (start, text) in enumerate(cues, start=2):
+        if not (text or "").strip() and start is None:
+            continue
+        if start is None or not (text or "").strip():
+            raise gr.Error(f"prompt {k}: give both its start time and its text, or neither")
+        schedule.append({"start": float(start), "prompt": text})
+    return schedule
 
 
 def mount_ui(app: FastAPI, service: JobService) -> FastAPI:
