@@ -30,21 +30,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from magihuman.codecs.audio_vae import OUTPUT_SAMPLE_RATE
-from magihuman.codecs.video_vae import LATENT_CHANNELS, latent_frames_for
+from magihuman.codecs.video_vae import LATENT_CHANNELS
 from magihuman.pipeline import stages
 from magihuman.pipeline.long_decode import decode_audio_long
-from magihuman.pipeline.presets import DEFAULT_OVERLAP_FRAMES, FPS
+from magihuman.pipeline.presets import FPS
 from magihuman.pipeline.progress import StageTimer, StepEndCallback, StepReporter
 from magihuman.pipeline.prompt_schedule import window_prompt_indices
 from magihuman.pipeline.request import GenerationRequest
-from magihuman.pipeline.validation import long_clip_window
-from magihuman.pipeline.windows import (
-    TURBO_DECODE_CHUNKS,
-    WindowPlan,
-    decoder_chunks,
-    plan_windows,
-    window_latent_frames,
-)
+from magihuman.pipeline.validation import request_windows
+from magihuman.pipeline.windows import TURBO_DECODE_CHUNKS, WindowPlan, decoder_chunks
 from magihuman.sampling.conditioning import CleanCondition
 from magihuman.sampling.loop import draw_noise
 from magihuman.sampling.records import DrivingAudio, Latents, TextConditioning
@@ -52,18 +46,7 @@ from magihuman.sampling.records import DrivingAudio, Latents, TextConditioning
 if TYPE_CHECKING:
     from magihuman.pipeline.magihuman_pipeline import GenerationOutput, MagiHumanPipeline
 
-__all__ = ["generate_long", "denoise_windows", "request_windows"]
-
-
-def request_windows(request: GenerationRequest, audio_latents: int, prefix_frames: int = 0,
-                    decode_chunks: tuple[int, int] | None = TURBO_DECODE_CHUNKS) -> WindowPlan:
-    """The window plan of a long ``request`` whose clip has ``audio_latents`` audio latents (``25 s + 1``, or a
-    driving track's encoded length) and ``prefix_frames`` given leading latent frames, for a video decoder whose
-    chunks are ``decode_chunks`` (:func:`~magihuman.pipeline.windows.decoder_chunks`; None: no chunk borders)."""
-    window = long_clip_window(request) or request.seconds
-    return plan_windows(latent_frames_for(audio_latents), audio_latents, window_frames=window_latent_frames(window),
-                        overlap=request.overlap_frames or DEFAULT_OVERLAP_FRAMES, prefix_frames=prefix_frames,
-                        decode_chunks=decode_chunks)
+__all__ = ["generate_long", "denoise_windows"]
 
 
 def generate_long(pipe: MagiHumanPipeline, request: GenerationRequest, notices: list[str], *, progress: bool = False,

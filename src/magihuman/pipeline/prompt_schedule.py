@@ -93,22 +93,18 @@ def window_prompt_indices(plan: WindowPlan, cues: list[PromptCue]) -> tuple[list
         cue (possible only when the loaded decoder plans other windows than the input checks did).
     """
     times = window_start_seconds(plan)
-    indices = [0] * len(plan.windows)
-    landed: dict[int, int] = {}
-    for k, cue in enumerate(cues, start=1):
-        landed[_nearest_window(times, cue.start)] = k  # a later cue on the same window replaces an earlier one
+    landed = [_nearest_window(times, cue.start) for cue in cues]
+    taker = {window: k for k, window in enumerate(landed, start=1)}  # a later cue on a window replaces an earlier
     notices = []
-    for k, cue in enumerate(cues, start=1):
-        window = _nearest_window(times, cue.start)
-        if window == 0 or landed[window] != k:
+    for k, (cue, window) in enumerate(zip(cues, landed), start=1):
+        if window == 0 or taker[window] != k:
             where = "the first window" if window == 0 else "the window of the cue after it"
             notices.append(f"the prompt cue at {cue.start:g} s is not used: with the loaded video decoder's windows "
                            f"it lands on {where}")
-    current = 0
+    indices, current = [], 0
     for i in range(len(plan.windows)):
-        if i > 0 and i in landed:
-            current = landed[i]
-        indices[i] = current
+        current = taker.get(i, current) if i > 0 else 0
+        indices.append(current)
     return indices, notices
 
 
@@ -122,11 +118,7 @@ def check_prompt_schedule(request: Any) -> list[str]:
         InputError: (field ``prompt_schedule``) a schedule on a clip made in one pass, a time out of range or out
             of order, an empty or too long cue prompt, or cues landing on the first window or on one window.
     """
-    from magihuman.codecs.audio_vae import LATENTS_PER_SECOND
-    from magihuman.codecs.video_vae import latent_frames_for
-    from magihuman.pipeline.presets import DEFAULT_OVERLAP_FRAMES
-    from magihuman.pipeline.validation import MAX_PROMPT_CHARS, long_clip_window
-    from magihuman.pipeline.windows import plan_windows, window_latent_frames
+    from magihuman.pipeline.validation import MAX_PROMPT_CHARS, long_clip_window, request_windows
 
     cues = list(getattr(request, "prompt_schedule", None) or [])
     if not cues:
@@ -151,10 +143,7 @@ def check_prompt_schedule(request: Any) -> list[str]:
             raise InputError(f"the prompt cue at {cue.start:g} s has {len(cue.prompt):,} characters, over the limit "
                              f"of {MAX_PROMPT_CHARS:,}; shorten it", field="prompt_schedule")
         before = cue.start
-    audio = int(round(request.seconds * LATENTS_PER_SECOND)) + 1
-    plan = plan_windows(latent_frames_for(audio), audio, window_frames=window_latent_frames(window),
-                        overlap=request.overlap_frames or DEFAULT_OVERLAP_FRAMES)
-    times = window_start_seconds(plan)
+    times = window_start_seconds(request_windows(request))
     landed = [_nearest_window(times, cue.start) for cue in cues]
     if landed[0] == 0:
         raise InputError(f"the prompt cue at {cues[0].start:g} s is nearer the clip's start than the second "

@@ -27,10 +27,11 @@ from magihuman.pipeline.errors import InputError, MissingInputError, expand_path
 from magihuman.pipeline.loading import check_checkpoint_files, check_checkpoint_root
 from magihuman.pipeline.presets import get_preset
 from magihuman.pipeline.prompt_schedule import check_prompt_schedule
+from magihuman.pipeline.windows import TURBO_DECODE_CHUNKS, WindowPlan, plan_windows, window_latent_frames
 
 __all__ = [
     "InputError", "MissingInputError", "MAX_PROMPT_CHARS", "MAX_SEED", "MIN_SIZE", "MAX_BASE_SIDE", "MAX_SR_SIDE",
-    "MAX_SECONDS", "MAX_LONG_SECONDS", "MAX_OVERLAP_FRAMES", "MAX_FADE_FRAMES", "long_clip_window",
+    "MAX_SECONDS", "MAX_LONG_SECONDS", "MAX_OVERLAP_FRAMES", "MAX_FADE_FRAMES", "long_clip_window", "request_windows",
     "MIN_AUDIO_SECONDS", "MAX_IMAGE_PIXELS", "RECOMMENDED_PROMPT_WORDS", "validate_request",
     "check_device", "check_runtime", "check_output_file", "check_checkpoint_root", "check_checkpoint_files",
     "estimate_memory", "device_memory", "expand_path",
@@ -162,10 +163,29 @@ def long_clip_window(request: Any) -> float | None:
     return float(window) if request.seconds > window else None
 
 
+def request_windows(request: Any, audio_latents: int | None = None, prefix_frames: int = 0,
+                    decode_chunks: tuple[int, int] | None = TURBO_DECODE_CHUNKS) -> WindowPlan:
+    """The window plan of a long ``request`` (docs/long_clips.md): windows of :func:`long_clip_window` seconds
+    sharing ``overlap_frames`` (default 2) latent frames, over a clip of ``audio_latents`` audio latents (None:
+    ``25 s + 1`` of generated audio; a driving track's encoded length when there is one) with ``prefix_frames``
+    given leading latent frames, for a video decoder whose chunks are ``decode_chunks``
+    (:func:`~magihuman.pipeline.windows.decoder_chunks`; None: no chunk borders). Torch-free.
+
+    Raises:
+        ValueError: from :func:`~magihuman.pipeline.windows.plan_windows`, for a window that generates nothing.
+    """
+    from magihuman.pipeline.presets import DEFAULT_OVERLAP_FRAMES
+
+    if audio_latents is None:
+        audio_latents = int(round(request.seconds * LATENTS_PER_SECOND)) + 1
+    window = long_clip_window(request) or request.seconds
+    return plan_windows(latent_frames_for(audio_latents), audio_latents, window_frames=window_latent_frames(window),
+                        overlap=request.overlap_frames or DEFAULT_OVERLAP_FRAMES, prefix_frames=prefix_frames,
+                        decode_chunks=decode_chunks)
+
+
 def _check_windows(request: Any, preset: Any) -> list[str]:
     """``window_seconds`` and ``overlap_frames`` of a long clip (docs/long_clips.md)."""
-    from magihuman.pipeline.windows import plan_windows, window_latent_frames
-
     window, overlap = getattr(request, "window_seconds", None), getattr(request, "overlap_frames", None)
     if window is not None and (not math.isfinite(window) or not 0 < window <= MAX_SECONDS):
         raise InputError(f"window_seconds must be in (0, {MAX_SECONDS:g}] (one pass at most), got {window}; "
@@ -186,8 +206,7 @@ def _check_windows(request: Any, preset: Any) -> list[str]:
     if frames <= overlap:
         raise InputError(f"a window of {windowed:g} s holds {frames} latent frames, not more than the overlap of "
                          f"{overlap}; use longer windows or a smaller overlap_frames", field="window_seconds")
-    audio = int(round(request.seconds * LATENTS_PER_SECOND)) + 1
-    count = len(plan_windows(latent_frames_for(audio), audio, window_frames=frames, overlap=overlap).windows)
+    count = len(request_windows(request).windows)
     return [f"the clip is generated in {count} windows of up to {windowed:g} s, each holding the last {overlap} latent "
             "frame(s) of the one before (docs/long_clips.md)"]
 
