@@ -33,13 +33,14 @@ def write_clip(path, *, count: int = CLIP_FRAMES, size: int = CLIP_SIZE, sound: 
 
 
 class Spy:
-    """Wraps the transformer, keeping a copy of every call's latents."""
+    """Wraps the transformer, keeping a copy of every call's latents (``calls``) and text embedding (``texts``)."""
 
     def __init__(self, model):
-        self.model, self.calls = model, []
+        self.model, self.calls, self.texts = model, [], []
 
     def __call__(self, video, audio, text, **kwargs):
         self.calls.append((video.clone(), audio.clone()))
+        self.texts.append(text.clone())
         return self.model(video, audio, text, **kwargs)
 
     def __getattr__(self, name):

@@ -17,29 +17,14 @@ from magihuman.pipeline.prompt_schedule import (
 from magihuman.pipeline.request import GenerationRequest
 from magihuman.pipeline.windows import plan_windows
 
-from .conftest import run_generate
+from .conftest import Spy, run_generate
 from .test_long_generation import LONG
 
 LATER = "A woman in a red coat laughs and waves at the camera from a windy beach at dusk."
 
 
-class TextSpy:
-    """Wraps the transformer, keeping the text embedding of every call."""
-
-    def __init__(self, model):
-        self.model, self.texts, self.videos = model, [], []
-
-    def __call__(self, video, audio, text, **kwargs):
-        self.texts.append(text.clone())
-        self.videos.append(video.clone())
-        return self.model(video, audio, text, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-
 def _run(pipe, **fields):
-    spy = TextSpy(pipe.transformer)
+    spy = Spy(pipe.transformer)
     pipe.transformer, original = spy, pipe.transformer
     try:
         out = pipe(**{**LONG, **fields})
@@ -117,7 +102,7 @@ def test_windows_from_the_cue_on_see_the_cues_prompt(distill):
     assert all(torch.equal(t, first) for t in spy.texts[:16])
     assert all(torch.equal(t, later) for t in spy.texts[16:])
     # the windows before the cue are those of the plain run bit for bit; the third window holds the same clean frame
-    assert all(torch.equal(a, b) for a, b in zip(plain_spy.videos[:16], spy.videos[:16]))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(plain_spy.calls[:16], spy.calls[:16]))
     assert torch.equal(out.video_latent[:, :, :5], plain.video_latent[:, :, :5])
     assert not torch.equal(out.video_latent[:, :, 5:], plain.video_latent[:, :, 5:])
     assert out.frames.shape == plain.frames.shape
@@ -163,7 +148,7 @@ def test_a_schedule_with_cfg_shares_the_negative_prompt(demo_root):
     base = MagiHumanPipeline.from_official(demo_root, preset="base")
     # 2 steps: the texts are what is checked
     base.preset = dataclasses.replace(base.preset, sampler=dataclasses.replace(base.preset.sampler, num_steps=2))
-    spy = TextSpy(base.transformer)
+    spy = Spy(base.transformer)
     base.transformer = spy
     base(**{**LONG, "prompt_schedule": [(0.6, LATER)]}, negative_prompt="blurry")
     with torch.inference_mode():
