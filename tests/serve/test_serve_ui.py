@@ -32,7 +32,9 @@ def test_generate_in_the_browser(fake_server):
             page.get_by_role("button", name="Login").click()
             page.wait_for_selector("#prompt textarea", timeout=60_000)
             assert "Dialogue:" in page.locator("#prompt textarea").get_attribute("placeholder")
-            assert page.get_by_text("Later prompts (clips over 10 s)").count() == 1  # closed: no cue is sent
+            # Gradio loads each component type's code on its own, so the accordion may come after the textbox:
+            # wait for it (a bare count() raced in CI), then require exactly one. Closed: no cue is sent.
+            sync_api.expect(page.get_by_text("Later prompts (clips over 10 s)")).to_have_count(1, timeout=60_000)
             page.locator("#prompt textarea").fill("A woman in a grey coat says: \"The last train leaves soon.\"")
             page.locator("#seconds input").fill("0.4")
             page.locator("#size textarea, #size input").first.fill("64x64")
