@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--window-seconds", type=float, default=2.0)
     parser.add_argument("--index", type=int, default=0, help="which held-out caption")
+    parser.add_argument("--seed", type=int, help="the windowed clip's seed (default: --index); the 2 s clip, its "
+                        "extension and its retake take the next three")
     parser.add_argument("--overlap-frames", type=int, default=2, help="the windowed clip: latent frames each window "
                         "shares with the one before (default 2, the pipeline's)")
     parser.add_argument("--fade-frames", type=int, help="extend and retake: frames of each picture fade (default: "
@@ -104,6 +106,8 @@ def main() -> None:
     if args.skip_long and args.only_long:
         parser.error("--skip-long and --only-long leave nothing to run: pass at most one")
     fade = {} if args.fade_frames is None else {"fade_frames": args.fade_frames}
+    if args.seed is None:
+        args.seed = args.index
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -112,10 +116,11 @@ def main() -> None:
     from magihuman.runtime.options import RuntimeOptions
 
     pipe = MagiHumanPipeline.from_official(args.root, preset=args.preset, runtime=RuntimeOptions(fp32=True))
-    results = {"index": args.index, "caption": caption, "attributes": held_out.attributes.to_dict(),
+    results = {"index": args.index, "seed": args.seed, "caption": caption,
+               "attributes": held_out.attributes.to_dict(),
                "preset": args.preset, "fade_frames": args.fade_frames}
     if not args.skip_long:
-        results["long"] = _windowed(pipe, caption, args.seconds, args.window_seconds, args.index, args.out,
+        results["long"] = _windowed(pipe, caption, args.seconds, args.window_seconds, args.seed, args.out,
                                     args.overlap_frames)
     if not args.only_long:
         _edits(pipe, caption, args, fade, results)
@@ -125,11 +130,11 @@ def main() -> None:
 
 def _edits(pipe, caption: str, args: argparse.Namespace, fade: dict, results: dict) -> None:
     """The 2 s clip, its extension and its retake, into ``results``."""
-    short = pipe(caption, seconds=2.0, width=SIZE, height=SIZE, seed=args.index + 1)
+    short = pipe(caption, seconds=2.0, width=SIZE, height=SIZE, seed=args.seed + 1)
     short.save(args.out / "short.mp4", overwrite=True)
-    results["extend"] = _extend(pipe, caption, args.out / "short.mp4", 2.0, args.window_seconds, args.index + 2,
+    results["extend"] = _extend(pipe, caption, args.out / "short.mp4", 2.0, args.window_seconds, args.seed + 2,
                                 args.out, fade)
-    results["retake"] = _retake(pipe, caption, args.out / "short.mp4", 0.8, 1.4, args.index + 3, args.out, fade)
+    results["retake"] = _retake(pipe, caption, args.out / "short.mp4", 0.8, 1.4, args.seed + 3, args.out, fade)
 
 
 def _print(results: dict) -> None:

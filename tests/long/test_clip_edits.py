@@ -114,11 +114,24 @@ def test_retake_fades_into_the_decode_beside_the_range(distill, clip):
 def test_retake_in_a_window_leaves_the_rest_of_the_clip_alone(distill, clip):
     """Windows of 3 latent frames: the DiT sees latent frames 2..4 and audio latents 8..16 only; frame 3 and
     audio latents 11, 12 are regenerated, everything else is the encoded clip's."""
-    out = distill.retake(clip, PROMPT, start=0.44, end=0.52, window_seconds=0.32, seed=5)
+    spy = Spy(distill.transformer)
+    distill.transformer, original = spy, distill.transformer
+    try:
+        out = distill.retake(clip, PROMPT, start=0.44, end=0.52, window_seconds=0.32, seed=5)
+    finally:
+        distill.transformer = original
     assert out.video_held.tolist() == [True, True, True, False, True, True, True]
     assert torch.equal(out.video_latent[:, :, out.video_held], out.source_video_latent[:, :, out.video_held])
     assert torch.equal(out.audio_latent[:, out.audio_held], out.source_audio_latent[:, out.audio_held])
     assert not torch.equal(out.video_latent[:, :, 3], out.source_video_latent[:, :, 3])
+    # the window starts at latent frame 2: its first position holds the clip's pixel frame 8 encoded alone (a first
+    # frame, not the clip's latent frame 2, which holds frames 5-8); latent frame 3 is regenerated, 4 held as encoded
+    frames = read_clip_frames(clip, width=CLIP_SIZE, height=CLIP_SIZE, num_frames=CLIP_FRAMES)
+    first = distill.video_vae.encode(torch.from_numpy(frames[8:9]).permute(3, 0, 1, 2)[None].float() / 255 * 2 - 1)
+    video, _ = spy.calls[0]
+    assert video.shape[2] == 3 and torch.equal(video[:, :, :1], first)
+    assert not torch.allclose(first, out.source_video_latent[:, :, 2:3], atol=1e-3)
+    assert torch.equal(video[:, :, 2:], out.source_video_latent[:, :, 4:5])
 
 
 def test_retake_audio_only_holds_every_frame(distill, clip):

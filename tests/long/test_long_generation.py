@@ -38,10 +38,21 @@ def test_three_windows_make_the_whole_clip(long_run):
     assert steps[-1] == (24, 24)  # progress counts the steps of every window
 
 
-def test_each_window_sees_the_previous_windows_last_latents_as_clean(long_run):
+def _first_frame_by_hand(pipe, video: torch.Tensor, index: int) -> torch.Tensor:
+    """Pixel frame ``4 index``: the Wan2.2 VAE decodes latent frames ``index - 4 .. index`` (from 0 when fewer lie
+    before it); its last frame, encoded alone."""
+    pixels = pipe.video_vae.decode(video[:, :, max(0, index - 4):index + 1])
+    assert pixels.shape[2] == 4 * min(index, 4) + 1
+    return pipe.video_vae.encode(pixels[:, :, -1:])
+
+
+def test_each_window_sees_the_previous_windows_last_latents_as_clean(distill, long_run):
     out, calls, _ = long_run
     for window, start in ((1, 2), (2, 4)):
-        held_video = out.video_latent[:, :, start:start + 1]  # the previous window's last latent frame ...
+        # the previous window's last latent frame, as a first frame (its last pixel frame encoded alone) ...
+        held_video = _first_frame_by_hand(distill, out.video_latent, start)
+        assert held_video.shape == (1, 48, 1, 2, 2)
+        assert not torch.allclose(held_video, out.video_latent[:, :, start:start + 1], atol=1e-3)
         held_audio = out.audio_latent[:, 4 * start:4 * start + 1]  # ... and its audio latent (4 (1 - 1) + 1)
         for step in range(8):
             video, audio = calls[8 * window + step]
@@ -51,6 +62,22 @@ def test_each_window_sees_the_previous_windows_last_latents_as_clean(long_run):
         assert not torch.equal(first_video[:, :, 1:], out.video_latent[:, :, start + 1:start + 3])  # fresh noise
     # the first window holds nothing: its first call sees pure noise everywhere
     assert not torch.equal(calls[0][0][:, :, :1], out.video_latent[:, :, :1])
+
+
+def test_held_frames_after_the_first_are_the_joined_latents(distill):
+    """Two frames of overlap: a window holds its first frame rebuilt as a first frame and its second as the joined
+    clip has it; the joined clip keeps the earlier window's latents there (only new frames are written)."""
+    spy = Spy(distill.transformer)
+    distill.transformer, original = spy, distill.transformer
+    try:
+        out = distill(**{**LONG, "overlap_frames": 2})  # 3-frame windows at latent frames 0, 1, 2, 3, 4
+    finally:
+        distill.transformer = original
+    assert len(spy.calls) == 5 * 8
+    for window in range(1, 5):
+        video, _ = spy.calls[8 * window]
+        assert torch.equal(video[:, :, :1], _first_frame_by_hand(distill, out.video_latent, window))
+        assert torch.equal(video[:, :, 1:2], out.video_latent[:, :, window + 1:window + 2])
 
 
 def test_the_first_window_is_the_single_pass_of_its_length(distill, long_run):
@@ -75,8 +102,8 @@ def test_audio_decoded_in_pieces_equals_one_pass(distill, long_run):
 
 def test_a_driving_track_and_a_first_frame_across_windows(distill, examples_dir, tmp_path):
     """0.64 s of tone (16 audio latents, 4 latent frames) in windows of 3 frames: the first window holds the
-    image as frame 0, the second holds the first window's last two frames; the track's latents drive both
-    windows (each its slice) and come back unchanged; the output keeps the track itself."""
+    image as frame 0, the second holds the first window's last two frames (the first of them as a first frame);
+    the track's latents drive both windows (each its slice) and come back unchanged; the output keeps the track."""
     from magihuman.pipeline import stages
     from magihuman.pipeline.media import preprocess_image
 
@@ -98,7 +125,8 @@ def test_a_driving_track_and_a_first_frame_across_windows(distill, examples_dir,
     for step in range(8):
         assert torch.equal(spy.calls[step][0][:, :, :1], image)
         video, audio = spy.calls[8 + step]
-        assert torch.equal(video[:, :, :2], out.video_latent[:, :, 1:3])
+        assert torch.equal(video[:, :, :1], _first_frame_by_hand(distill, out.video_latent, 1))
+        assert torch.equal(video[:, :, 1:2], out.video_latent[:, :, 2:3])
         assert torch.equal(audio, driving.latent[:, 4:16])  # the second window's slice, fixed
 
 

@@ -13,8 +13,13 @@ A request longer than one window (:func:`magihuman.pipeline.validation.long_clip
    of latents), then the video noise, as a single pass draws them (architecture.md §8.5); the frames it shares
    with the joined clip so far, video and the matching audio latents (``4(c - 1) + 1`` for ``c`` frames),
    are held clean (:class:`~magihuman.sampling.conditioning.CleanCondition`); the first window holds the
-   first-frame image (architecture.md §9.1) or a given prefix (extend); then the preset's sampler;
-4. write each window's latents into the joined clip (the shared part is already there, unchanged);
+   first-frame image (architecture.md §9.1) or a given prefix (extend); then the preset's sampler. A window's
+   first latent frame is its first pixel frame alone, as the Wan2.2 VAE's causal encoder makes latent frame 0
+   (architecture.md §11.3) and as the audio plan counts it (a window at latent frame ``s`` starts at audio
+   latent ``4s``), while the joined clip's latent frame ``s`` holds pixel frames ``4s - 3 .. 4s``. So a window
+   that starts inside the clip holds, at its first position, pixel frame ``4s`` decoded and encoded alone
+   (:func:`first_frame_latent`), and its other held frames as they stand;
+4. write each window's new latents into the joined clip (the shared part is already there, unchanged);
 5. decode the joined latents once: video with the usual decoder (Turbo-VAED decodes in sliding windows,
    architecture.md §11.4), audio in pieces (:func:`magihuman.pipeline.long_decode.decode_audio_long`); a
    driving track is kept as given.
@@ -46,7 +51,7 @@ from magihuman.sampling.records import DrivingAudio, Latents, TextConditioning
 if TYPE_CHECKING:
     from magihuman.pipeline.magihuman_pipeline import GenerationOutput, MagiHumanPipeline
 
-__all__ = ["generate_long", "denoise_windows"]
+__all__ = ["generate_long", "denoise_windows", "first_frame_latent", "window_condition"]
 
 
 def generate_long(pipe: MagiHumanPipeline, request: GenerationRequest, notices: list[str], *, progress: bool = False,
@@ -154,29 +159,71 @@ def denoise_windows(pipe: MagiHumanPipeline, windows: WindowPlan, text: TextCond
                                pipe.device)
             state = Latents(video, audio)
             condition = first if window.index == 0 and window.clean_frames == 0 else \
-                window_condition(joined, window, audio_held=driving is None)
+                window_condition(pipe, joined, window, audio_held=driving is None)
             with timer.stage("denoise", total=steps) as bar:
                 window_text = text if texts is None else texts[window.index]
                 out = stages.denoise_latents(pipe, state, window_text, image_latent=None, condition=condition,
                                              audio_fixed=driving is not None, generator=generator,
                                              callback=reporter.for_stage("denoise", steps, bar))
             elapsed += timer.timings["denoise"]
-            joined.video[:, :, window.start:window.stop] = out.video
+            new = window.start + window.clean_frames
+            joined.video[:, :, new:window.stop] = out.video[:, :, window.clean_frames:]
             joined.audio[:, audio_range] = out.audio
     timer.timings["denoise"] = elapsed
     return joined
 
 
-def window_condition(joined: Latents, window, *, audio_held: bool = True) -> CleanCondition | None:
-    """The window's leading ``clean_frames`` latent frames and ``4(c - 1) + 1`` audio latents, as they stand in
-    ``joined``, as a clean prefix; None without clean frames."""
+def window_condition(pipe: MagiHumanPipeline, joined: Latents, window, *, audio_held: bool = True
+                     ) -> CleanCondition | None:
+    """The window's leading ``clean_frames`` latent frames and ``4(c - 1) + 1`` audio latents as a clean prefix;
+    None without clean frames.
+
+    The video frames are those of ``joined``, except that a window starting inside the clip (``start >= 1``)
+    holds :func:`first_frame_latent` at its first position (module docstring, step 3); a window at the clip's
+    start (the first window's given prefix) holds its frames as they stand.
+    """
     if window.clean_frames == 0:
         return None
     video = joined.video[:, :, window.start:window.start + window.clean_frames]
+    if window.start > 0:
+        video = torch.cat([first_frame_latent(pipe, joined.video, window.start), video[:, :, 1:]], dim=2)
     audio = None
     if audio_held:
         audio = joined.audio[:, window.audio_start:window.audio_start + window.clean_audio_latents]
     return CleanCondition.prefix(video, audio, num_frames=window.frames, audio_latents=window.audio_latents)
+
+
+#: Latent frames decoded before the one :func:`first_frame_latent` rebuilds (the Wan2.2 decoder is causal:
+#: each frame depends on the frames before it). Measured on the toy model: docs/benchmarks.md.
+FIRST_FRAME_CONTEXT = 4
+
+
+def first_frame_latent(pipe: MagiHumanPipeline, video: torch.Tensor, index: int) -> torch.Tensor:
+    """Pixel frame ``4 index`` of ``video``, the last of the four that latent frame ``index`` holds, as the Wan2.2
+    VAE encodes a first frame (architecture.md §11.3).
+
+    The frame is decoded by the Wan2.2 VAE (``pipe.video_vae``, the encoder's own decoder, whatever decoder makes
+    the output) from latent frames ``index - FIRST_FRAME_CONTEXT .. index`` (from 0 when fewer lie before it) and
+    encoded alone.
+
+    Args:
+        pipe: the pipeline; its Wan2.2 VAE is lent to the device for the call.
+        video: ``[1, 48, T, h, w]`` float32 normalised latents.
+        index: the latent frame, ``1 <= index < T``.
+
+    Returns:
+        ``[1, 48, 1, h, w]`` float32 on ``video``'s device.
+
+    Raises:
+        ValueError: ``index`` outside ``1 .. T - 1``.
+    """
+    if not 1 <= index < video.shape[2]:
+        raise ValueError(f"index must lie in 1..{video.shape[2] - 1}, got {index}")
+    first = max(0, index - FIRST_FRAME_CONTEXT)
+    with pipe._lend("video_vae"):
+        pixels = pipe.video_vae.decode(video[:, :, first:index + 1].float())
+        # 1 + 4 (index - first) frames: the last is pixel frame 4 index of the clip
+        return pipe.video_vae.encode(pixels[:, :, -1:]).float().to(video.device)
 
 
 def decode_long(pipe: MagiHumanPipeline, latents: Latents, driving: DrivingAudio | None, timer: StageTimer):

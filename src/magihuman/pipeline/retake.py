@@ -9,7 +9,9 @@ docs/long_clips.md).
 3. denoise the window from fresh noise with every position outside the range held clean
    (:class:`~magihuman.sampling.conditioning.CleanCondition`): target ``video`` regenerates latent frames
    ``t0 .. t1`` and keeps the whole audio fixed; ``audio`` regenerates audio latents ``f0 .. f1 - 1`` and holds
-   every video frame; ``both`` does both;
+   every video frame; ``both`` does both. A window that starts inside the clip (latent frame ``s >= 1``) holds at
+   its first position the clip's pixel frame ``4s`` encoded alone, as the VAE encodes a first frame (as the
+   windows of a long clip do, :func:`~magihuman.pipeline.long_generation.first_frame_latent`);
 4. write the window back into the clip's latents: outside the regenerated positions they equal the
    encoded clip exactly;
 5. output: the clip's own frames, with the frames of ``t0 .. t1`` replaced by the decode of the edited
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from magihuman.codecs.audio_vae import HOP_LENGTH, OUTPUT_SAMPLE_RATE, resample_to_output_rate
+from magihuman.codecs.video_vae import TEMPORAL_STRIDE
 from magihuman.pipeline import stages
 from magihuman.pipeline.clip_requests import RetakePlan, RetakeRequest
 from magihuman.pipeline.clip_source import ClipEditOutput, encode_frames, encode_sound, load_clip_source
@@ -84,8 +87,12 @@ def retake_clip(pipe: MagiHumanPipeline, request: RetakeRequest, *, progress: bo
         with timer.stage("clip encode"), pipe._lend("video_vae", "audio_vae"):
             clean = Latents(encode_frames(pipe, source.frames[:plan.encoded_frames]),
                             encode_sound(pipe, source.sound[:, :plan.encoded_frames * HOP_LENGTH], generator))
+            first = None
+            if plan.window_start > 0 and bool(video_held[plan.window_start]):
+                pixel = TEMPORAL_STRIDE * plan.window_start
+                first = encode_frames(pipe, source.frames[pixel:pixel + 1])
         edited = _denoise_window(pipe, plan, text, clean, (video_held, audio_held), generator, callback_on_step_end,
-                                 timer)
+                                 timer, first)
         if decode:
             frames, waveform = _decode(pipe, plan, source, edited, timer)
         else:
@@ -96,13 +103,17 @@ def retake_clip(pipe: MagiHumanPipeline, request: RetakeRequest, *, progress: bo
                           video_held=video_held, audio_held=audio_held)
 
 
-def _denoise_window(pipe, plan: RetakePlan, text, clean: Latents, held, generator, callback, timer) -> Latents:
-    """The window around the range denoised with everything held but the target (steps 3-4); the whole clip's
-    latents with the window written back."""
+def _denoise_window(pipe, plan: RetakePlan, text, clean: Latents, held, generator, callback, timer,
+                    first: torch.Tensor | None) -> Latents:
+    """The window around the range denoised with everything held but the target (steps 3-4; ``first``: the
+    window's first frame encoded alone, held at its first position); the whole clip's latents with the window's
+    regenerated positions written back."""
     start, stop = plan.window_start, plan.window_start + plan.window_frames
     audio_start, audio_stop = plan.window_audio
     video_held, audio_held = held[0][start:stop], held[1][audio_start:audio_stop]
     clean_video, clean_audio = clean.video[:, :, start:stop], clean.audio[:, audio_start:audio_stop]
+    if first is not None:
+        clean_video = torch.cat([first, clean_video[:, :, 1:]], dim=2)
     audio_fixed = plan.target == "video"
     audio = clean_audio.clone() if audio_fixed else draw_noise(clean_audio.shape, generator, pipe.device)
     video = draw_noise(clean_video.shape, generator, pipe.device)
@@ -115,7 +126,8 @@ def _denoise_window(pipe, plan: RetakePlan, text, clean: Latents, held, generato
                                      audio_fixed=audio_fixed, generator=generator,
                                      callback=reporter.for_stage("denoise", steps, bar))
     edited = clean.clone()
-    edited.video[:, :, start:stop] = out.video
+    edited.video[:, :, start:stop] = torch.where(video_held[None, None, :, None, None].to(out.video.device),
+                                                 edited.video[:, :, start:stop], out.video)
     edited.audio[:, audio_start:audio_stop] = out.audio
     return edited
 

@@ -5,7 +5,8 @@ memory of one window, whatever the length). Window ``w`` covers latent frames ``
 (``T_w' = T_w``, or up to 3 fewer: below); each window starts ``K`` frames (the overlap) before the previous one
 ends, and the last one is ``T_w`` long and moved back to end at the clip's last frame, so it may overlap its
 predecessor by more than ``K``. The frames a window shares with the previous one are held clean at the previous
-window's values (video and the matching audio latents), and the joined clip keeps each latent once.
+window's values (video and the matching audio latents; the first video frame rebuilt as a first frame,
+:func:`magihuman.pipeline.long_generation.first_frame_latent`), and the joined clip keeps each latent once.
 
 Time alignment (the convention of :mod:`magihuman.sampling.conditioning`): a window starting at latent frame
 ``s`` starts at audio latent ``4s``; it holds ``4(T_w' - 1) + 1`` audio latents for its ``T_w'`` frames (the
