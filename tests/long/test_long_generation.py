@@ -80,6 +80,30 @@ def test_held_frames_after_the_first_are_the_joined_latents(distill):
         assert torch.equal(video[:, :, 1:2], out.video_latent[:, :, window + 1:window + 2])
 
 
+def test_the_vae_rebuilds_first_frames_while_the_transformer_is_not_lent(distill, monkeypatch):
+    """With component offload each stage lends its own component: the Wan2.2 VAE that rebuilds a window's first
+    frame is never lent while the transformer is (both would sit on the GPU). Windows 2 and 3 rebuild one each."""
+    import contextlib
+
+    lent, together, vae_lends = [], [], []
+
+    @contextlib.contextmanager
+    def lend(*names):
+        lent.append(set(names))
+        now = set().union(*lent)
+        together.extend([now] if {"transformer", "video_vae"} <= now else [])
+        vae_lends.extend(["video_vae"] if "video_vae" in names else [])
+        try:
+            yield
+        finally:
+            lent.pop()
+
+    monkeypatch.setattr(distill, "_lend", lend)
+    out = distill(**LONG, decode=False)
+    assert together == [] and len(vae_lends) == 2
+    assert out.timings["window first frames"] > 0 and out.timings["denoise"] > 0
+
+
 def test_the_first_window_is_the_single_pass_of_its_length(distill, long_run):
     """Same seed, same draw order (audio then video noise): 0.32 s alone gives the first window exactly."""
     out, _, _ = long_run

@@ -139,7 +139,8 @@ def denoise_windows(pipe: MagiHumanPipeline, windows: WindowPlan, text: TextCond
             prefix (the first window's ``clean_frames``) must already be in it.
         generator: the request's CPU generator: per window the audio noise (unless driving), then the video noise.
         reporter: progress and the step callback over all windows.
-        timer: stage timings; the windows add up under ``"denoise"``.
+        timer: stage timings; the windows add up under ``"denoise"``, the first frames the windows hold rebuilt
+            (:func:`window_condition`) under ``"window first frames"``.
         first: the first window's condition when it holds no prefix (e.g. the first-frame image).
         driving: a driving track whose latents (``[1, A, 64]``) stay fixed in every window.
         texts: one text per window (a prompt schedule, :func:`scheduled_texts`); None: ``text`` in every window.
@@ -147,28 +148,35 @@ def denoise_windows(pipe: MagiHumanPipeline, windows: WindowPlan, text: TextCond
     Returns:
         ``joined``, filled.
     """
-    steps, elapsed = pipe.preset.sampler.num_steps, 0.0
-    with pipe._lend("transformer"):
-        for window in windows.windows:
-            audio_range = slice(window.audio_start, window.audio_start + window.audio_latents)
-            if driving is not None:
-                audio = driving.latent[:, audio_range].to(pipe.device)
-            else:
-                audio = draw_noise((1, window.audio_latents, joined.audio.shape[2]), generator, pipe.device)
-            video = draw_noise((1, *joined.video.shape[1:2], window.frames, *joined.video.shape[3:]), generator,
-                               pipe.device)
-            state = Latents(video, audio)
-            condition = first if window.index == 0 and window.clean_frames == 0 else \
-                window_condition(pipe, joined, window, audio_held=driving is None)
-            with timer.stage("denoise", total=steps) as bar:
-                window_text = text if texts is None else texts[window.index]
-                out = stages.denoise_latents(pipe, state, window_text, image_latent=None, condition=condition,
-                                             audio_fixed=driving is not None, generator=generator,
-                                             callback=reporter.for_stage("denoise", steps, bar))
-            elapsed += timer.timings["denoise"]
-            new = window.start + window.clean_frames
-            joined.video[:, :, new:window.stop] = out.video[:, :, window.clean_frames:]
-            joined.audio[:, audio_range] = out.audio
+    steps, elapsed, rebuilt = pipe.preset.sampler.num_steps, 0.0, 0.0
+    for window in windows.windows:
+        audio_range = slice(window.audio_start, window.audio_start + window.audio_latents)
+        if driving is not None:
+            audio = driving.latent[:, audio_range].to(pipe.device)
+        else:
+            audio = draw_noise((1, window.audio_latents, joined.audio.shape[2]), generator, pipe.device)
+        video = draw_noise((1, *joined.video.shape[1:2], window.frames, *joined.video.shape[3:]), generator,
+                           pipe.device)
+        state = Latents(video, audio)
+        if window.index == 0 and window.clean_frames == 0:
+            condition = first
+        elif window.start == 0:  # a given prefix (extend): its first frame is one already
+            condition = window_condition(pipe, joined, window, audio_held=driving is None)
+        else:  # before the transformer is lent: with offload, the VAE and the DiT are never on the device together
+            with timer.stage(_FIRST_FRAME_STAGE):
+                condition = window_condition(pipe, joined, window, audio_held=driving is None)
+            rebuilt += timer.timings[_FIRST_FRAME_STAGE]
+        with pipe._lend("transformer"), timer.stage("denoise", total=steps) as bar:
+            window_text = text if texts is None else texts[window.index]
+            out = stages.denoise_latents(pipe, state, window_text, image_latent=None, condition=condition,
+                                         audio_fixed=driving is not None, generator=generator,
+                                         callback=reporter.for_stage("denoise", steps, bar))
+        elapsed += timer.timings["denoise"]
+        new = window.start + window.clean_frames
+        joined.video[:, :, new:window.stop] = out.video[:, :, window.clean_frames:]
+        joined.audio[:, audio_range] = out.audio
+    if rebuilt:
+        timer.timings[_FIRST_FRAME_STAGE] = rebuilt
     timer.timings["denoise"] = elapsed
     return joined
 
@@ -194,17 +202,19 @@ def window_condition(pipe: MagiHumanPipeline, joined: Latents, window, *, audio_
 
 
 #: Latent frames decoded before the one :func:`first_frame_latent` rebuilds (the Wan2.2 decoder is causal:
-#: each frame depends on the frames before it). Measured on the toy model: docs/benchmarks.md.
+#: each frame depends on the frames before it). Chosen on the toy model (1, 2, 4 and 8 tried): docs/benchmarks.md,
+#: "A window's first frame as a first frame".
 FIRST_FRAME_CONTEXT = 4
+_FIRST_FRAME_STAGE = "window first frames"
 
 
 def first_frame_latent(pipe: MagiHumanPipeline, video: torch.Tensor, index: int) -> torch.Tensor:
     """Pixel frame ``4 index`` of ``video``, the last of the four that latent frame ``index`` holds, as the Wan2.2
     VAE encodes a first frame (architecture.md §11.3).
 
-    The frame is decoded by the Wan2.2 VAE (``pipe.video_vae``, the encoder's own decoder, whatever decoder makes
-    the output) from latent frames ``index - FIRST_FRAME_CONTEXT .. index`` (from 0 when fewer lie before it) and
-    encoded alone.
+    The frame is decoded by the Wan2.2 VAE (``pipe.video_vae``: the encoder's own decoder, also when the Turbo
+    decoder makes the output) from latent frames ``index - FIRST_FRAME_CONTEXT .. index`` (from 0 when fewer lie
+    before it) and encoded alone.
 
     Args:
         pipe: the pipeline; its Wan2.2 VAE is lent to the device for the call.
