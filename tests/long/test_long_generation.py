@@ -91,8 +91,10 @@ def test_the_vae_rebuilds_first_frames_while_the_transformer_is_not_lent(distill
     def lend(*names):
         lent.append(set(names))
         now = set().union(*lent)
-        together.extend([now] if {"transformer", "video_vae"} <= now else [])
-        vae_lends.extend(["video_vae"] if "video_vae" in names else [])
+        if {"transformer", "video_vae"} <= now:
+            together.append(now)
+        if "video_vae" in names:
+            vae_lends.append(names)
         try:
             yield
         finally:
