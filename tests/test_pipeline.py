@@ -363,3 +363,18 @@ def test_demo_dir_expands_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("MAGIHUMAN_DEMO_DIR", "~/demo-bundle")
     assert default_demo_root() == tmp_path / "demo-bundle"
+
+
+def test_stage_timer_adds_up_a_stage_run_again():
+    """A long clip times every window under the same stage names; each entry is the sum of its runs, in the order
+    the stages first ran."""
+    import time
+
+    from magihuman.pipeline.progress import StageTimer
+
+    timer = StageTimer(False, torch.device("cpu"))
+    for name, seconds in (("denoise", 0.02), ("window first frames", 0.01), ("denoise", 0.03)):
+        with timer.stage(name):
+            time.sleep(seconds)
+    assert list(timer.timings) == ["denoise", "window first frames"]
+    assert 0.05 <= timer.timings["denoise"] < 0.5 and 0.01 <= timer.timings["window first frames"] < 0.25

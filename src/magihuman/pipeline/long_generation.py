@@ -148,7 +148,7 @@ def denoise_windows(pipe: MagiHumanPipeline, windows: WindowPlan, text: TextCond
     Returns:
         ``joined``, filled.
     """
-    steps, elapsed, rebuilt = pipe.preset.sampler.num_steps, 0.0, 0.0
+    steps = pipe.preset.sampler.num_steps
     for window in windows.windows:
         audio_range = slice(window.audio_start, window.audio_start + window.audio_latents)
         if driving is not None:
@@ -165,19 +165,14 @@ def denoise_windows(pipe: MagiHumanPipeline, windows: WindowPlan, text: TextCond
         else:  # before the transformer is lent: with offload, the VAE and the DiT are never on the device together
             with timer.stage(_FIRST_FRAME_STAGE):
                 condition = window_condition(pipe, joined, window, audio_held=driving is None)
-            rebuilt += timer.timings[_FIRST_FRAME_STAGE]
         with pipe._lend("transformer"), timer.stage("denoise", total=steps) as bar:
             window_text = text if texts is None else texts[window.index]
             out = stages.denoise_latents(pipe, state, window_text, image_latent=None, condition=condition,
                                          audio_fixed=driving is not None, generator=generator,
                                          callback=reporter.for_stage("denoise", steps, bar))
-        elapsed += timer.timings["denoise"]
         new = window.start + window.clean_frames
         joined.video[:, :, new:window.stop] = out.video[:, :, window.clean_frames:]
         joined.audio[:, audio_range] = out.audio
-    if rebuilt:
-        timer.timings[_FIRST_FRAME_STAGE] = rebuilt
-    timer.timings["denoise"] = elapsed
     return joined
 
 

@@ -30,7 +30,8 @@ class StageTimer:
     """Wall time per stage (CUDA-synchronised), with an optional progress bar per stage.
 
     Attributes:
-        timings: ``{stage name: seconds}`` in the order the stages ran.
+        timings: ``{stage name: seconds}`` in the order the stages first ran; a stage run again (once per window
+            of a long clip) adds its seconds to the stage's entry.
     """
 
     def __init__(self, progress: bool, device: torch.device):
@@ -39,8 +40,8 @@ class StageTimer:
 
     @contextlib.contextmanager
     def stage(self, name: str, total: int = 1) -> Iterator[tqdm]:
-        """Time the block as stage ``name``; yields its progress bar of ``total`` ticks (disabled unless
-        ``progress``)."""
+        """Time the block as stage ``name`` (added to the stage's earlier seconds, if any); yields its progress
+        bar of ``total`` ticks (disabled unless ``progress``)."""
         bar = tqdm(total=total, desc=name, disable=not self.progress, leave=True, dynamic_ncols=True)
         start = time.perf_counter()
         try:
@@ -48,7 +49,7 @@ class StageTimer:
         finally:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.timings[name] = time.perf_counter() - start
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
             if total == 1 and bar.n == 0:
                 bar.update(1)
             bar.close()
