@@ -6,8 +6,8 @@ opening and the voice loudness measured on the result drawn under it.
 The caption is a held-out one (no training clip has its attributes and words together); the PNG is made by this script
 from the pipeline's output, nothing is drawn by hand. The README's strip is ``--index 6``: of the text-to-video
 held-out captions whose three colours the shipped student drew right in its 100-caption eval (seed = index,
-as ``magihuman eval run``), the first with a measured mouth (index 6 for the w4 to w13, w15 and w16 students; 4 for the
-w14 student).
+as ``magihuman eval run``), the first with a measured mouth (index 6 for the w4 to w13 and w15 to w17 students; 4
+for the w14 student).
 """
 
 from __future__ import annotations

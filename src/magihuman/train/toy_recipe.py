@@ -119,8 +119,8 @@ class ToyRecipe:
     turbo_mouth_weight: float = 8.0
     turbo_mouth_learning_rate: float = 3e-4
     # then its first-frame phase (0 steps: off): first-chunk windows of whole frames only, frame 0 at this L1 weight
-    # (docs/toy_world.md, "The Turbo decoder's first-frame phase")
-    turbo_first_steps: int = 400
+    # (docs/toy_world.md, "The Turbo decoder's first-frame phase"; 400 steps until the w17 bundle)
+    turbo_first_steps: int = 2000
     turbo_first_weight: float = 8.0
     turbo_first_learning_rate: float = 3e-4
     turbo_first_batch: int = 4
