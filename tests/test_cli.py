@@ -306,7 +306,8 @@ def test_env_root_config_root_and_demo(fake, root, monkeypatch, tmp_path):
 
 def test_demo_warns_when_a_toy_caption_asks_for_dark_skin(fake, monkeypatch, tmp_path):
     """The shipped toy codecs draw no mouth on dark skin (docs/toy_world.md): --demo says so for such a caption,
-    and only for the trained toy bundle and only for that skin tone (no model is built: the pipeline is faked)."""
+    and only for the trained toy bundle and only for that skin tone; likewise for a caption without the toy's
+    Dialogue and Background Sound parts (no model is built: the pipeline is faked)."""
     import magihuman.demo.bundle
 
     monkeypatch.chdir(tmp_path)  # the fake pipeline writes its outputs into the current folder
@@ -319,6 +320,11 @@ def test_demo_warns_when_a_toy_caption_asks_for_dark_skin(fake, monkeypatch, tmp
     result = run("generate", "--demo", "--prompt", caption.format("tan"), "-o", "tan.mp4")
     assert result.exit_code == 0 and "toy world's small models" in result.output
     assert "on dark skin" not in result.output
+    assert "lacks the toy captions' `Dialogue:` and `Background Sound:` parts" in " ".join(result.output.split())
+    full = caption.format("tan") + ("\n\nDialogue:\n<Man in black shirt, English>: \"hi two\"\n\nBackground Sound:\n"
+                                    "<No prominent background sound>")
+    result = run("generate", "--demo", "--prompt", full, "-o", "full.mp4")
+    assert result.exit_code == 0 and "toy world's small models" in result.output and "lacks" not in result.output
     monkeypatch.setattr(magihuman.demo.bundle, "demo_checkpoint_root", lambda: (tmp_path / "random", False))
     result = run("generate", "--demo", "--prompt", caption.format("dark"), "-o", "random.mp4")
     assert result.exit_code == 0 and "RANDOM weights" in result.output and "on dark skin" not in result.output

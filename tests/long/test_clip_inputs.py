@@ -137,3 +137,34 @@ def test_clips_are_read_at_25_fps(tmp_path, fps):
     read = read_clip_frames(path, width=32, height=32, num_frames=25)  # cropped to 1:1, resized
     expected = [levels[int(k * fps / 25 + 1e-9)] for k in range(25)]
     assert np.abs(read[:, 16, 16, 0].astype(int) - np.array(expected)).max() <= 2  # YUV round trip
+
+
+@pytest.mark.parametrize("trained", [True, False])
+def test_cli_edits_with_demo_run_what_generate_demo_runs(clip, tmp_path, monkeypatch, trained):
+    """``extend --demo`` and ``retake --demo`` load the shipped toy models, as ``generate --demo`` does (random
+    ones only where no toy bundle ships), and say which; a caption without the toy's Dialogue and Background
+    Sound parts gets the caption-form note. The load is stopped at once (no model is built)."""
+    import magihuman.demo.bundle
+
+    monkeypatch.chdir(tmp_path)
+    bundle = tmp_path / ("toy" if trained else "random")
+    monkeypatch.setattr(magihuman.demo.bundle, "demo_checkpoint_root", lambda: (bundle, trained))
+    roots = []
+
+    def record(cls, root=None, **kwargs):
+        roots.append(root)
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(pipeline.MagiHumanPipeline, "from_official", classmethod(record))
+    short = "A cartoon man with red hair and tan skin, wearing a black shirt, in front of a plain pink wall says " \
+            "\"hi two\" in a high voice."
+    full = short + "\n\nDialogue:\n<Man in black shirt, English>: \"hi two\"\n\nBackground Sound:\n" \
+                   "<No prominent background sound>"
+    for command in (["extend", str(clip), "--seconds", "1"], ["retake", str(clip), "--start", "0.2", "--end", "0.4"]):
+        for caption in (short, full):
+            result = runner.invoke(cli.app, [*command, "--prompt", caption, "--demo", "--device", "cpu"])
+            text = " ".join(result.output.split())
+            assert result.exit_code == 1 and "stopped by the test" in text, text
+            assert roots.pop() == bundle
+            assert ("toy world's small models" in text) is trained and ("RANDOM weights" in text) is not trained
+            assert ("lacks the toy captions' `Dialogue:`" in text) is (trained and caption is short), text

@@ -101,7 +101,7 @@ def run_edit(ctx: typer.Context, request_type: Any, flags: dict[str, Any], own: 
     if output.resolve() == expand_path(request.clip).resolve():
         raise InputError(f"the output {output} is the input clip; choose another --output (the clip is never "
                          "replaced)", field="output")
-    pipe, timings = _load(options, request.preset, device, runtime)
+    pipe, timings = _load(options, request.preset, device, runtime, request.prompt)
     try:
         out = pipe(request, progress=True)
     except Exception as exc:  # noqa: BLE001 - reported in one line
@@ -145,17 +145,13 @@ def _checked(options: GenerateOptions, request_type: Any, flags: dict[str, Any],
     return request, device, runtime, checkpoints
 
 
-def _load(options: GenerateOptions, preset: str, device: str, runtime: Any):
-    """The pipeline (the demo bundle with ``--demo``) and LoRA adapters; the load time."""
-    from magihuman.cli.generate import DEMO_NOTE, _check_loras, _lora_input_errors
+def _load(options: GenerateOptions, preset: str, device: str, runtime: Any, prompt: str | None):
+    """The pipeline (``--demo``: what ``generate --demo`` runs, the shipped toy models) and LoRA adapters; the
+    load time."""
+    from magihuman.cli.generate import _check_loras, _lora_input_errors, demo_root
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 
-    root = None if options.demo else expand_path(options.checkpoint_root)
-    if options.demo:
-        typer.echo(DEMO_NOTE, err=True)
-        from magihuman.demo.bundle import ensure_demo_bundle
-
-        root = ensure_demo_bundle()
+    root = demo_root(prompt) if options.demo else expand_path(options.checkpoint_root)
     typer.echo(f"loading {preset} checkpoints from {root or 'the given paths'} on {device}", err=True)
     start = time.perf_counter()
     components = {k: expand_path(v) for k, v in options.components().items()}

@@ -27,7 +27,7 @@ from magihuman.pipeline.validation import (
     expand_path,
 )
 
-__all__ = ["generate", "prepare", "default_output_name", "read_text_file", "DEMO_NOTE"]
+__all__ = ["generate", "prepare", "default_output_name", "read_text_file", "demo_root", "demo_notes", "DEMO_NOTE"]
 
 DEMO_NOTE = (
     "note: --demo runs tiny models with RANDOM weights, so the video and sound are noise; for real output "
@@ -37,6 +37,14 @@ TOY_DEMO_NOTE = (
     "note: --demo runs the toy world's small models trained on this project's synthetic cartoon clips (a person "
     "with coloured hair, shirt and wall who says a few words); prompts in the toy caption form work best (README). "
     "For real people run `magihuman download --root DIR` and pass --checkpoint-root DIR instead of --demo"
+)
+
+#: The parts every toy caption ends with (``magihuman.toy.captions.make_caption``).
+TOY_CAPTION_PARTS = ("Dialogue:", "Background Sound:")
+TOY_CAPTION_FORM_NOTE = (
+    "note: this caption lacks the toy captions' `Dialogue:` and `Background Sound:` parts; the toy models were "
+    "trained on captions that end with both and draw the shirt's colour wrong more often without them (see the "
+    "README's demo command; docs/toy_world.md, \"The caption's form\")"
 )
 
 TOY_DARK_SKIN_NOTE = (
@@ -303,14 +311,8 @@ def run(job: Job) -> None:
     speaker = is_output_rank()  # only the last rank decodes, writes and prints (architecture.md §6.4)
     root = None if options.demo else expand_path(options.checkpoint_root)  # `~` expanded for every loader
     components = {k: expand_path(v) for k, v in options.components().items()}
-    if options.demo:
-        from magihuman.demo.bundle import demo_checkpoint_root
-
-        root, trained = demo_checkpoint_root()  # every rank resolves it; the builder is atomic if ranks race
-        if speaker:
-            typer.echo(TOY_DEMO_NOTE if trained else DEMO_NOTE, err=True)
-            if trained and _asks_for_dark_skin(job.request.prompt):
-                typer.echo(TOY_DARK_SKIN_NOTE, err=True)
+    if options.demo:  # every rank resolves it; the builder is atomic if ranks race
+        root = demo_root(job.request.prompt, announce=speaker)
     if speaker:
         typer.echo(f"loading {job.request.preset} checkpoints from {root or 'the given paths'} on {job.device}",
                    err=True)
@@ -398,8 +400,30 @@ def _lora_input_errors(run):
         raise InputError(str(exc), field="lora") from None
 
 
-def _asks_for_dark_skin(prompt: str) -> bool:
-    """Whether a toy caption asks for the dark skin tone (``magihuman.toy.captions.parse_caption``)."""
+def demo_root(prompt: str | None, *, announce: bool = True) -> Path:
+    """The checkpoint root ``--demo`` runs (:func:`magihuman.demo.bundle.demo_checkpoint_root`: the shipped toy
+    models, or random ones), after printing what it is and :func:`demo_notes` for ``prompt`` to stderr when
+    ``announce``; ``generate``, ``extend`` and ``retake`` share it."""
+    from magihuman.demo.bundle import demo_checkpoint_root
+
+    root, trained = demo_checkpoint_root()
+    if announce:
+        for note in demo_notes(prompt, trained):
+            typer.echo(note, err=True)
+    return root
+
+
+def demo_notes(prompt: str | None, trained: bool) -> list[str]:
+    """What ``--demo`` tells the user: which models run, and for the trained toy models what a caption asks that
+    they do badly (dark skin; a caption without the ``Dialogue:`` and ``Background Sound:`` parts the toy's
+    captions all have, ``magihuman.toy.captions.make_caption``)."""
+    if not trained:
+        return [DEMO_NOTE]
     from magihuman.toy.captions import parse_caption
 
-    return parse_caption(prompt).get("skin") == "dark"
+    notes = [TOY_DEMO_NOTE]
+    if prompt and parse_caption(prompt).get("skin") == "dark":
+        notes.append(TOY_DARK_SKIN_NOTE)
+    if prompt and not all(part in prompt for part in TOY_CAPTION_PARTS):
+        notes.append(TOY_CAPTION_FORM_NOTE)
+    return notes
