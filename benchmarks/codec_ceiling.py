@@ -1,6 +1,6 @@
 """What do a toy bundle's codecs keep? The ceiling the transformer can reach on each toy metric.
 
-    python benchmarks/codec_ceiling.py --root WORK/bundle [--clips 8] [--json OUT.json]
+    python benchmarks/codec_ceiling.py --root WORK/bundle [--clips 8] [--first-frame] [--json OUT.json]
     python benchmarks/codec_ceiling.py --video-checkpoint WORK/runs/video_vae/checkpoints/step-N/trainable.safetensors \
         --audio-checkpoint WORK/runs/audio_vae/checkpoints/step-N/trainable.safetensors --width 16 --audio-width 12
 
@@ -15,7 +15,11 @@ round-trips the voice through the Stable Audio VAE, then scores the results with
   is found, the correlation of the decoded mouth opening with the drawn one
   (:func:`magihuman.eval.toy_vision.toy_mouth_opening`), PSNR;
 * audio: voice pitch and spoken word count kept (:func:`magihuman.eval.toy_speech.analyse_toy_speech`),
-  and the fundamentals before and after.
+  and the fundamentals before and after;
+* with ``--first-frame`` (first-frame clips, ``--root``): frame 0's PSNR as decoded, after the MP4 writer's H.264
+  round trip (what ``magihuman eval`` scores), the drawn frame's own round trip, and the share of frame 0's squared
+  error that lies on the drawing's edges (pixels within one of a colour change): the ceiling of the first-frame
+  target.
 
 docs/benchmarks.md ("Toy codec ceiling") has the figures.
 """
@@ -34,6 +38,36 @@ from magihuman.eval.toy_vision import part_colours, toy_mouth_opening
 from magihuman.toy.clip import make_clip
 
 PARTS = ("hair", "shirt", "wall")
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+def _mp4_round_trip(frames: np.ndarray) -> np.ndarray:
+    """``uint8 [F, H, W, 3]`` through the pipeline's MP4 writer and the eval kit's reader."""
+    import tempfile
+
+    from magihuman.eval.clips import read_clip
+    from magihuman.pipeline.media.mp4 import write_mp4
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_mp4(Path(folder) / "clip.mp4", frames, fps=25)
+        return read_clip(path).frames
+
+
+def _first_frame_scores(clip, frames: np.ndarray) -> dict:
+    """Frame 0 as decoded and after an H.264 round trip, and the share of its squared error on the edges."""
+    from scipy.ndimage import binary_dilation
+
+    drawn = clip.frames[0]
+    change = np.zeros(drawn.shape[:2], bool)
+    change[:-1] |= np.any(drawn[1:] != drawn[:-1], -1)
+    change[:, :-1] |= np.any(drawn[:, 1:] != drawn[:, :-1], -1)
+    edges = binary_dilation(change)
+    error = ((frames[0].astype(np.float64) - drawn) ** 2).sum(-1)
+    return {"psnr_db": _psnr(frames[0], drawn), "mp4_psnr_db": _psnr(_mp4_round_trip(frames)[0], drawn),
+            "edge_error_share": float(error[edges].sum() / error.sum())}
 
 
 def _uint8(video: torch.Tensor) -> np.ndarray:
@@ -102,11 +136,15 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the per-clip figures here")
+    parser.add_argument("--first-frame", action="store_true", help="first-frame clips, and frame 0's fidelity "
+                        "(with --root)")
     parser.add_argument("--held-out-shirt", action="store_true", help="clips with the shirt colours the base never "
                         "saw (the LoRA's, HELD_OUT_SHIRT_COLOURS): can the codecs carry them?")
     args = parser.parse_args()
     if (args.root is None) == (args.video_checkpoint is None and args.audio_checkpoint is None):
         parser.error("give --root, or one or both of --video-checkpoint and --audio-checkpoint")
+    if args.first_frame and args.root is None:
+        parser.error("--first-frame needs --root (the Turbo decoder)")
     torch.set_num_threads(args.threads)
     from scipy.signal import resample_poly
 
@@ -118,13 +156,19 @@ def main() -> None:
     shirts = {"shirt_colours": HELD_OUT_SHIRT_COLOURS} if args.held_out_shirt else {}
     rows = []
     for index in range(args.clips):
-        clip = make_clip((7, 9999, index), **shirts)
+        clip = make_clip((7, 9999, index), variant="i2v" if args.first_frame else None, **shirts)
         row: dict = {"clip": index, "skin": clip.attributes.skin}
+        if args.first_frame:
+            row["drawn_mp4_psnr_db"] = _psnr(_mp4_round_trip(clip.frames)[0], clip.frames[0])
         with torch.no_grad():
             if encode is not None:
                 pixels = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1.0
                 latent = encode(pixels)
-                row.update({name: _video_scores(clip, _uint8(decode(latent))) for name, decode in decoders.items()})
+                for name, decode in decoders.items():
+                    frames = _uint8(decode(latent))
+                    row[name] = _video_scores(clip, frames)
+                    if args.first_frame:
+                        row[name]["first_frame"] = _first_frame_scores(clip, frames)
             if audio_vae is not None:
                 wave = resample_poly(clip.audio, MODEL_SAMPLE_RATE // 100, clip.sample_rate // 100, axis=-1)
                 wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
@@ -146,6 +190,12 @@ def main() -> None:
             "median_mouth_correlation": float(np.median(correlations)) if correlations else None,
             "median_psnr_db": float(np.median([s["psnr_db"] for s in scores])),
             "by_skin": _by_skin(rows, name)}
+        if args.first_frame:
+            summary[name]["first_frame_median"] = {
+                key: float(np.median([s["first_frame"][key] for s in scores]))
+                for key in ("psnr_db", "mp4_psnr_db", "edge_error_share")}
+    if args.first_frame:
+        summary["drawn_mp4_median_psnr_db"] = float(np.median([r["drawn_mp4_psnr_db"] for r in rows]))
     if audio_vae is not None:
         summary["audio"] = {"pitch_kept_pct": 100.0 * float(np.mean([r["audio"]["pitch_kept"] for r in rows])),
                             "words_kept_pct": 100.0 * float(np.mean([r["audio"]["words_kept"] for r in rows]))}

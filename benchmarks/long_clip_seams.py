@@ -1,6 +1,7 @@
 """Seam figures of long clips, extend and retake on a trained toy bundle (issue: longer clips).
 
     python benchmarks/long_clip_seams.py --root WORK/bundle --out /tmp/seams [--preset distill] [--seconds 20]
+    python benchmarks/long_clip_seams.py --root WORK/bundle --out /tmp/readme --caption "$P" --seed 42 --only-long
 
 1. a ``--seconds`` clip of a held-out caption in windows of ``--window-seconds`` (the toy model's training
    length, 2 s, by default) with 2 latent frames of overlap (``--overlap-frames``);
@@ -26,6 +27,7 @@ import numpy as np
 from magihuman.eval.seams import frame_differences, seam_frames, seam_report
 from magihuman.pipeline.presets import DEFAULT_FADE_FRAMES
 from magihuman.pipeline.windows import decoder_chunks, plan_windows, window_latent_frames
+from magihuman.toy.captions import parse_caption
 from magihuman.toy.dataset import held_out_clips
 
 SIZE = 128
@@ -94,6 +96,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--window-seconds", type=float, default=2.0)
     parser.add_argument("--index", type=int, default=0, help="which held-out caption")
+    parser.add_argument("--caption", help="a toy caption of your own instead of a held-out one (e.g. the README's)")
     parser.add_argument("--seed", type=int, help="the windowed clip's seed (default: --index); the 2 s clip, its "
                         "extension and its retake take the next three")
     parser.add_argument("--overlap-frames", type=int, default=2, help="the windowed clip: latent frames each window "
@@ -111,13 +114,16 @@ def main() -> None:
     from magihuman.pipeline.magihuman_pipeline import MagiHumanPipeline
 
     args.out.mkdir(parents=True, exist_ok=True)
-    held_out = held_out_clips(0, args.index + 1)[args.index]
-    caption = held_out.caption
+    if args.caption is None:
+        held_out = held_out_clips(0, args.index + 1)[args.index]
+        caption, attributes = held_out.caption, held_out.attributes.to_dict()
+    else:
+        caption, attributes = args.caption, parse_caption(args.caption)
     from magihuman.runtime.options import RuntimeOptions
 
     pipe = MagiHumanPipeline.from_official(args.root, preset=args.preset, runtime=RuntimeOptions(fp32=True))
-    results = {"index": args.index, "seed": args.seed, "caption": caption,
-               "attributes": held_out.attributes.to_dict(),
+    results = {"index": None if args.caption else args.index, "seed": args.seed, "caption": caption,
+               "attributes": attributes,
                "preset": args.preset, "fade_frames": args.fade_frames}
     if not args.skip_long:
         results["long"] = _windowed(pipe, caption, args.seconds, args.window_seconds, args.seed, args.out,
