@@ -33,15 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from magihuman.eval.fidelity import psnr
 from magihuman.eval.toy_speech import analyse_toy_speech
 from magihuman.eval.toy_vision import part_colours, toy_mouth_opening
 from magihuman.toy.clip import make_clip
 
 PARTS = ("hair", "shirt", "wall")
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
 
 
 def _mp4_round_trip(frames: np.ndarray) -> np.ndarray:
@@ -66,7 +63,7 @@ def _first_frame_scores(clip, frames: np.ndarray) -> dict:
     change[:, :-1] |= np.any(drawn[:, 1:] != drawn[:, :-1], -1)
     edges = binary_dilation(change)
     error = ((frames[0].astype(np.float64) - drawn) ** 2).sum(-1)
-    return {"psnr_db": _psnr(frames[0], drawn), "mp4_psnr_db": _psnr(_mp4_round_trip(frames)[0], drawn),
+    return {"psnr_db": psnr(frames[0], drawn), "mp4_psnr_db": psnr(_mp4_round_trip(frames)[0], drawn),
             "edge_error_share": float(error[edges].sum() / error.sum())}
 
 
@@ -159,7 +156,7 @@ def main() -> None:
         clip = make_clip((7, 9999, index), variant="i2v" if args.first_frame else None, **shirts)
         row: dict = {"clip": index, "skin": clip.attributes.skin}
         if args.first_frame:
-            row["drawn_mp4_psnr_db"] = _psnr(_mp4_round_trip(clip.frames)[0], clip.frames[0])
+            row["drawn_mp4_psnr_db"] = psnr(_mp4_round_trip(clip.frames)[0], clip.frames[0])
         with torch.no_grad():
             if encode is not None:
                 pixels = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1.0

@@ -309,10 +309,9 @@ def run(job: Job) -> None:
     except (ValueError, RuntimeError) as exc:
         raise InputError(str(exc), field="cp") from None
     speaker = is_output_rank()  # only the last rank decodes, writes and prints (architecture.md §6.4)
-    root = None if options.demo else expand_path(options.checkpoint_root)  # `~` expanded for every loader
+    # --demo: every rank resolves the bundle (the builder is atomic if ranks race); `~` expanded for every loader
+    root = demo_root(job.request.prompt, announce=speaker) if options.demo else expand_path(options.checkpoint_root)
     components = {k: expand_path(v) for k, v in options.components().items()}
-    if options.demo:  # every rank resolves it; the builder is atomic if ranks race
-        root = demo_root(job.request.prompt, announce=speaker)
     if speaker:
         typer.echo(f"loading {job.request.preset} checkpoints from {root or 'the given paths'} on {job.device}",
                    err=True)
