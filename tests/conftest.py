@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import wave
 from pathlib import Path
@@ -47,6 +48,27 @@ def _missing_shared(what: str, path: Path) -> None:
     if ALLOW_MISSING_SHARED:
         pytest.skip(message)
     pytest.fail(message + " (or MAGIHUMAN_ALLOW_MISSING_SHARED=1 to skip)", pytrace=False)
+
+
+def end_spawned_rank() -> None:
+    """The last call of a spawned gloo test rank whose work succeeded and whose results are saved: wait for the
+    other ranks, leave the group, and exit at once (status 0).
+
+    ``os._exit`` skips the interpreter's shutdown, where gloo's threads and the last references to the group
+    (held by the rank's FSDP2 modules and DTensors) can abort the rank with "terminate called without an
+    active exception": CI lost a tests/train/test_fsdp2.py run to that with the barrier already in place.
+    Only the success path calls this; an exception still reaches ``torch.multiprocessing.spawn`` as a failure.
+    """
+    import sys
+
+    import torch.distributed as dist
+
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def rel_l2(a, b) -> float:

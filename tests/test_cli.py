@@ -307,11 +307,13 @@ def test_env_root_config_root_and_demo(fake, root, monkeypatch, tmp_path):
 def test_demo_warns_when_a_toy_caption_asks_for_dark_skin(fake, monkeypatch, tmp_path):
     """The shipped toy codecs draw no mouth on dark skin (docs/toy_world.md): --demo says so for such a caption,
     and only for the trained toy bundle and only for that skin tone; likewise for a caption without the toy's
-    Dialogue and Background Sound parts (no model is built: the pipeline is faked)."""
+    Dialogue and Background Sound parts (no model is built: the pipeline is faked). The real model's notice for
+    prompts under 50 words is left out for the toy models, whose captions are short by design."""
     import magihuman.demo.bundle
 
     monkeypatch.chdir(tmp_path)  # the fake pipeline writes its outputs into the current folder
     monkeypatch.setattr(magihuman.demo.bundle, "demo_checkpoint_root", lambda: (tmp_path / "toy", True))
+    monkeypatch.setattr(magihuman.demo.bundle, "demo_is_trained", lambda: True)
     caption = ("A cartoon man with red hair and {} skin, wearing a black shirt, in front of a plain pink wall says "
                "\"hi two\" in a high voice.")
     result = run("generate", "--demo", "--prompt", caption.format("dark"), "-o", "dark.mp4")
@@ -325,9 +327,12 @@ def test_demo_warns_when_a_toy_caption_asks_for_dark_skin(fake, monkeypatch, tmp
                                     "<No prominent background sound>")
     result = run("generate", "--demo", "--prompt", full, "-o", "full.mp4")
     assert result.exit_code == 0 and "toy world's small models" in result.output and "lacks" not in result.output
+    assert "150-200 words" not in result.output
     monkeypatch.setattr(magihuman.demo.bundle, "demo_checkpoint_root", lambda: (tmp_path / "random", False))
+    monkeypatch.setattr(magihuman.demo.bundle, "demo_is_trained", lambda: False)
     result = run("generate", "--demo", "--prompt", caption.format("dark"), "-o", "random.mp4")
     assert result.exit_code == 0 and "RANDOM weights" in result.output and "on dark skin" not in result.output
+    assert "the prompt has 27 words; the model was tuned for 150-200 words" in " ".join(result.output.split())
 
 
 # ------------------------------------------------------------------------------------------------ validation

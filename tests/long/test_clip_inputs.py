@@ -143,12 +143,14 @@ def test_clips_are_read_at_25_fps(tmp_path, fps):
 def test_cli_edits_with_demo_run_what_generate_demo_runs(clip, tmp_path, monkeypatch, trained):
     """``extend --demo`` and ``retake --demo`` load the shipped toy models, as ``generate --demo`` does (random
     ones only where no toy bundle ships), and say which; a caption without the toy's Dialogue and Background
-    Sound parts gets the caption-form note. The load is stopped at once (no model is built)."""
+    Sound parts gets the caption-form note, and none gets the real model's short-prompt notice. The load is
+    stopped at once (no model is built)."""
     import magihuman.demo.bundle
 
     monkeypatch.chdir(tmp_path)
     bundle = tmp_path / ("toy" if trained else "random")
     monkeypatch.setattr(magihuman.demo.bundle, "demo_checkpoint_root", lambda: (bundle, trained))
+    monkeypatch.setattr(magihuman.demo.bundle, "demo_is_trained", lambda: trained)
     roots = []
 
     def record(cls, root=None, **kwargs):
@@ -168,3 +170,4 @@ def test_cli_edits_with_demo_run_what_generate_demo_runs(clip, tmp_path, monkeyp
             assert roots.pop() == bundle
             assert ("toy world's small models" in text) is trained and ("RANDOM weights" in text) is not trained
             assert ("lacks the toy captions' `Dialogue:`" in text) is (trained and caption is short), text
+            assert ("tuned for 150-200 words" in text) is not trained, text  # the toy's captions are short

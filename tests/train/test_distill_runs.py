@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from magihuman.demo.random_weights import random_transformer
@@ -18,6 +17,7 @@ from magihuman.train.distill import Distiller
 from magihuman.train.distributed import free_port, init_explicit, shutdown
 
 from .helpers import TRAIN_TINY_CONFIG, latent_dataset
+from conftest import end_spawned_rank
 
 SMALL = dict(TRAIN_TINY_CONFIG, hidden_size=64, head_dim=16)
 
@@ -120,9 +120,10 @@ def _worker(rank: int, port: int, output: str) -> None:
         distiller.train()
         if rank == 0:
             torch.save((_state(distiller), _gradients(distiller)), Path(output) / "state.pt")
-        dist.barrier()  # as in test_fsdp2: neither process leaves gloo while the other still sends
-    finally:
-        shutdown()
+    except BaseException:
+        shutdown()  # no barrier: the other rank may be inside a collective
+        raise
+    end_spawned_rank()
 
 
 def _worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from magihuman.demo.random_weights import random_transformer
@@ -15,6 +14,7 @@ from magihuman.train.distributed import free_port, init_explicit, shutdown
 from magihuman.train.trainer import Trainer
 
 from .helpers import TRAIN_TINY_CONFIG, latent_dataset
+from conftest import end_spawned_rank
 
 SMALL = dict(TRAIN_TINY_CONFIG, hidden_size=64, head_dim=16)
 
@@ -39,9 +39,10 @@ def _worker(rank: int, port: int, output: str) -> None:
         params = _train(Path(output), batch_size=1)
         if rank == 0:
             torch.save(params, Path(output) / "params.pt")
-        dist.barrier()  # as in test_fsdp2: neither process leaves gloo while the other still sends
-    finally:
-        shutdown()
+    except BaseException:
+        shutdown()  # no barrier: the other rank may be inside a collective
+        raise
+    end_spawned_rank()
 
 
 def test_two_gloo_processes_match_one(tmp_path):

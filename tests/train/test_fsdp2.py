@@ -17,6 +17,7 @@ from magihuman.train.distributed import free_port, gather_full, init_explicit, s
 from magihuman.train.trainer import Trainer, load_transformer
 
 from .helpers import TRAIN_TINY_CONFIG, latent_dataset
+from conftest import end_spawned_rank
 
 SMALL = dict(TRAIN_TINY_CONFIG, hidden_size=64, head_dim=16)
 #: Validation latents at the last step (every process runs the sharded sampler, rank 0 writes).
@@ -59,13 +60,10 @@ def _worker(rank: int, port: int, folder: str) -> None:
         out["bf16"] = _full(bf16, rank)
         if rank == 0:
             torch.save(out, folder / "two.pt")
-        # The last collective was a test-side gather: without this barrier a rank that tears gloo down
-        # while the other still finishes it can die at exit with "terminate called without an active
-        # exception" (CI, 1 run; tests/test_sharding.py measured the same race). The trainer's own runs
-        # end with a barrier.
-        dist.barrier()
-    finally:
-        shutdown()
+    except BaseException:
+        shutdown()  # no barrier: the other rank may be inside a collective
+        raise
+    end_spawned_rank()  # barrier, leave gloo, skip the interpreter's shutdown (conftest.end_spawned_rank)
 
 
 def _max_rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -123,7 +123,7 @@ def _checked(options: GenerateOptions, request_type: Any, flags: dict[str, Any],
     """The request, device, runtime and checkpoints, every input checked (notices printed)."""
     from pydantic import ValidationError
 
-    from magihuman.cli.generate import _check_loras, _checkpoints, _runtime_options, _text_option
+    from magihuman.cli.generate import _check_loras, _checkpoints, _runtime_options, _text_option, print_notices
 
     prompt = _text_option(options, "prompt")
     if prompt is None:
@@ -140,8 +140,8 @@ def _checked(options: GenerateOptions, request_type: Any, flags: dict[str, Any],
     runtime = _runtime_options(options)
     _check_loras(options)
     checkpoints = _checkpoints(options, request.preset)
-    for notice in request.validate_inputs(device=device, runtime=runtime, checkpoints=checkpoints or None):
-        typer.echo(f"note: {notice}", err=True)
+    print_notices(request.validate_inputs(device=device, runtime=runtime, checkpoints=checkpoints or None),
+                  options.demo)
     return request, device, runtime, checkpoints
 
 

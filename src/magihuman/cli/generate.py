@@ -27,7 +27,8 @@ from magihuman.pipeline.validation import (
     expand_path,
 )
 
-__all__ = ["generate", "prepare", "default_output_name", "read_text_file", "demo_root", "demo_notes", "DEMO_NOTE"]
+__all__ = ["generate", "prepare", "default_output_name", "read_text_file", "demo_root", "demo_notes", "print_notices",
+           "DEMO_NOTE"]
 
 DEMO_NOTE = (
     "note: --demo runs tiny models with RANDOM weights, so the video and sound are noise; for real output "
@@ -104,8 +105,7 @@ def prepare(options: GenerateOptions) -> Job:
     output = check_output_file(_output_path(options, request), overwrite=options.overwrite,
                                overwrite_hint="--overwrite")
     enhancer = _prompt_enhancer(options, output, world)
-    for notice in notices:
-        typer.echo(f"note: {notice}", err=True)
+    print_notices(notices, options.demo)
     return Job(request, output, options, checkpoints, device, runtime, enhancer)
 
 
@@ -397,6 +397,19 @@ def _lora_input_errors(run):
         return run()
     except LoraError as exc:
         raise InputError(str(exc), field="lora") from None
+
+
+def print_notices(notices: list[str], demo: bool) -> None:
+    """Print the validation notices to stderr, each as ``note: ...``; with ``demo`` on the trained toy models,
+    without the real model's short-prompt notice (:data:`~magihuman.pipeline.validation.SHORT_PROMPT_NOTICE`):
+    the toy captions are short by design, and :data:`TOY_CAPTION_FORM_NOTE` says what they need."""
+    from magihuman.demo.bundle import demo_is_trained
+    from magihuman.pipeline.validation import SHORT_PROMPT_NOTICE
+
+    toy = demo and demo_is_trained()
+    for notice in notices:
+        if not (toy and SHORT_PROMPT_NOTICE in notice):
+            typer.echo(f"note: {notice}", err=True)
 
 
 def demo_root(prompt: str | None, *, announce: bool = True) -> Path:

@@ -32,7 +32,7 @@ from magihuman.pipeline.windows import TURBO_DECODE_CHUNKS, WindowPlan, plan_win
 __all__ = [
     "InputError", "MissingInputError", "MAX_PROMPT_CHARS", "MAX_SEED", "MIN_SIZE", "MAX_BASE_SIDE", "MAX_SR_SIDE",
     "MAX_SECONDS", "MAX_LONG_SECONDS", "MAX_OVERLAP_FRAMES", "MAX_FADE_FRAMES", "long_clip_window", "request_windows",
-    "MIN_AUDIO_SECONDS", "MAX_IMAGE_PIXELS", "RECOMMENDED_PROMPT_WORDS", "validate_request",
+    "MIN_AUDIO_SECONDS", "MAX_IMAGE_PIXELS", "RECOMMENDED_PROMPT_WORDS", "SHORT_PROMPT_NOTICE", "validate_request",
     "check_device", "check_runtime", "check_output_file", "check_checkpoint_root", "check_checkpoint_files",
     "estimate_memory", "device_memory", "expand_path",
 ]
@@ -67,6 +67,9 @@ MIN_AUDIO_SECONDS = 1 / LATENTS_PER_SECOND
 MAX_IMAGE_PIXELS = 50_000_000
 #: The prompt length the model was tuned for (architecture.md §13.4): shorter prompts give blurrier people.
 RECOMMENDED_PROMPT_WORDS = 150
+#: The words of the short-prompt notice that name the real model's prompt length (the CLI drops that notice for
+#: the trained toy models, whose captions are short by design).
+SHORT_PROMPT_NOTICE = "the model was tuned for 150-200 words"
 #: Hidden width of the published 15B DiT (architecture.md §2.1), used when a checkpoint states none.
 _DIT_HIDDEN = 5120
 #: Activations of one DiT layer per token, in hidden-width units (Q/K/V/out plus the MLP input and
@@ -266,7 +269,7 @@ def _check_prompt(request: Any) -> list[str]:
                          f"{MAX_PROMPT_CHARS:,}; shorten it", field="negative_prompt")
     words = len(prompt.split())
     if words < RECOMMENDED_PROMPT_WORDS // 3:
-        return [f"the prompt has {words} word{'s' if words != 1 else ''}; the model was tuned for 150-200 words "
+        return [f"the prompt has {words} word{'s' if words != 1 else ''}; {SHORT_PROMPT_NOTICE} "
                 "(appearance, scene, dialogue, delivery, camera), and short prompts tend to give blurry or ghosted "
                 "people"]
     return []

@@ -19,6 +19,7 @@ count.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from collections.abc import Iterable, Mapping
@@ -63,8 +64,11 @@ def free_port() -> int:
 
 
 def shutdown() -> None:
-    """Leave the process group, if any."""
+    """Leave the process group, if any, after freeing unreachable objects: FSDP2 modules and DTensors form
+    reference cycles that hold the group, and a group last released during the interpreter's shutdown can
+    abort the process ("terminate called without an active exception", pytorch/pytorch PR 179291)."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
