@@ -64,9 +64,9 @@ def free_port() -> int:
 
 
 def shutdown() -> None:
-    """Leave the process group, if any, after freeing unreachable objects: FSDP2 modules and DTensors form
-    reference cycles that hold the group, and a group last released during the interpreter's shutdown can
-    abort the process ("terminate called without an active exception", pytorch/pytorch PR 179291)."""
+    """Leave the process group, if any, after collecting unreachable objects: modules and DTensors left in
+    reference cycles may still hold the group, and gloo work released during the interpreter's shutdown can
+    abort the process (the mechanism described in pytorch/pytorch PR 179291)."""
     if dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
