@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import os
 import wave
 from pathlib import Path
@@ -50,22 +50,32 @@ def _missing_shared(what: str, path: Path) -> None:
     pytest.fail(message + " (or MAGIHUMAN_ALLOW_MISSING_SHARED=1 to skip)", pytrace=False)
 
 
-def end_spawned_rank() -> None:
-    """The last call of a spawned gloo test rank whose work succeeded and whose results are saved: wait for the
-    other ranks, leave the group, and exit at once (status 0).
+@contextlib.contextmanager
+def spawned_rank():
+    """Wrap the work of a spawned gloo test rank that has joined its group; the rank saves its results inside.
 
-    ``os._exit`` skips the interpreter's shutdown, where gloo's threads and the last references to the group
-    (held by the rank's FSDP2 modules and DTensors) can abort the rank with "terminate called without an
-    active exception": CI lost a tests/train/test_fsdp2.py run to that with the barrier already in place.
-    Only the success path calls this; an exception still reaches ``torch.multiprocessing.spawn`` as a failure.
+    On an exception: leave the group without a barrier (the other rank may be inside a collective) and re-raise,
+    so ``torch.multiprocessing.spawn`` reports the failure. On success: wait for the other ranks, leave the group
+    (``magihuman.train.distributed.shutdown``) and exit at once with status 0. ``os._exit`` skips the interpreter's
+    shutdown, where gloo's threads and the last references to the group (held by the rank's FSDP2 modules and
+    DTensors) can abort the rank with "terminate called without an active exception". The barrier comes
+    first because a rank that leaves while the other still finishes FSDP2's last all-gather dies that way
+    (tests/test_sharding.py without it: 5 of 24 runs; 0 of 24 with it); ``os._exit`` because CI still lost a
+    tests/train/test_fsdp2.py run to it with the barrier in place.
     """
     import sys
 
     import torch.distributed as dist
 
+    from magihuman.train.distributed import shutdown
+
+    try:
+        yield
+    except BaseException:
+        shutdown()
+        raise
     dist.barrier()
-    gc.collect()
-    dist.destroy_process_group()
+    shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -14,10 +14,10 @@ from magihuman.demo.random_weights import random_transformer
 from magihuman.train.checkpointing import CHECKPOINTS_DIR
 from magihuman.train.config import DistillConfig
 from magihuman.train.distill import Distiller
-from magihuman.train.distributed import free_port, init_explicit, shutdown
+from magihuman.train.distributed import free_port, init_explicit
 
 from .helpers import TRAIN_TINY_CONFIG, latent_dataset
-from conftest import end_spawned_rank
+from conftest import spawned_rank
 
 SMALL = dict(TRAIN_TINY_CONFIG, hidden_size=64, head_dim=16)
 
@@ -115,15 +115,11 @@ def _gradients(distiller: Distiller) -> dict[str, torch.Tensor]:
 def _worker(rank: int, port: int, output: str) -> None:
     torch.set_num_threads(1)
     init_explicit(rank, 2, port)
-    try:
+    with spawned_rank():
         distiller = _distiller(Path(output), batch_size=1, steps=1)
         distiller.train()
         if rank == 0:
             torch.save((_state(distiller), _gradients(distiller)), Path(output) / "state.pt")
-    except BaseException:
-        shutdown()  # no barrier: the other rank may be inside a collective
-        raise
-    end_spawned_rank()
 
 
 def _worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -10,11 +10,11 @@ import torch.multiprocessing as mp
 
 from magihuman.demo.random_weights import random_transformer
 from magihuman.train.config import TrainConfig
-from magihuman.train.distributed import free_port, init_explicit, shutdown
+from magihuman.train.distributed import free_port, init_explicit
 from magihuman.train.trainer import Trainer
 
 from .helpers import TRAIN_TINY_CONFIG, latent_dataset
-from conftest import end_spawned_rank
+from conftest import spawned_rank
 
 SMALL = dict(TRAIN_TINY_CONFIG, hidden_size=64, head_dim=16)
 
@@ -35,14 +35,10 @@ def _train(output: Path, batch_size: int) -> dict[str, torch.Tensor]:
 
 def _worker(rank: int, port: int, output: str) -> None:
     init_explicit(rank, 2, port)
-    try:
+    with spawned_rank():
         params = _train(Path(output), batch_size=1)
         if rank == 0:
             torch.save(params, Path(output) / "params.pt")
-    except BaseException:
-        shutdown()  # no barrier: the other rank may be inside a collective
-        raise
-    end_spawned_rank()
 
 
 def test_two_gloo_processes_match_one(tmp_path):

@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 
 from magihuman.demo.random_weights import random_transformer
 from magihuman.train.config import TrainConfig
-from magihuman.train.distributed import free_port, gather_full, init_explicit, shutdown
+from magihuman.train.distributed import free_port, gather_full, init_explicit
 from magihuman.train.trainer import Trainer, load_transformer
 
 from .helpers import TRAIN_TINY_CONFIG, latent_dataset
-from conftest import end_spawned_rank
+from conftest import spawned_rank
 
 SMALL = dict(TRAIN_TINY_CONFIG, hidden_size=64, head_dim=16)
 #: Validation latents at the last step (every process runs the sharded sampler, rank 0 writes).
@@ -42,7 +42,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
     init_explicit(rank, 2, port)
     folder = Path(folder)
-    try:
+    with spawned_rank():
         straight = _trainer(folder / "fsdp", 1, gradient_checkpointing=True, **VALIDATION)
         local = sum(p.to_local().numel() for p in straight.params.values())
         total = sum(p.numel() for p in straight.params.values())
@@ -60,10 +60,6 @@ def _worker(rank: int, port: int, folder: str) -> None:
         out["bf16"] = _full(bf16, rank)
         if rank == 0:
             torch.save(out, folder / "two.pt")
-    except BaseException:
-        shutdown()  # no barrier: the other rank may be inside a collective
-        raise
-    end_spawned_rank()  # barrier, leave gloo, skip the interpreter's shutdown (conftest.end_spawned_rank)
 
 
 def _max_rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
